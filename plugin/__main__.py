@@ -1,0 +1,73 @@
+"""Entry points: python -m plugin serve | restore | status.
+
+serve    run the plugin server (the managed plugin's entrypoint; also host-process mode)
+restore  reconcile kernel objects with the state store once, and print what changed
+status   print the networks, endpoints, pools and leases in the state store
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+
+from .config import load_settings
+from .domain.errors import PybridgeError
+
+
+def _status(settings) -> dict:
+    from .store.db import Store
+
+    store = Store(settings.db_path).open()
+    try:
+        with store.reading() as tx:
+            return {
+                "networks": [{"id": n.id, "bridge": n.bridge, "subnets": [str(p) for p in n.pools()],
+                              "gateways": [str(g) for g in n.gateways()], "internal": n.internal,
+                              "mtu": n.mtu} for n in tx.list_networks()],
+                "endpoints": [{"id": e.id, "network": e.network_id, "veth": e.host_ifname, "mac": e.mac,
+                               "ipv4": str(e.address4 or ""), "ipv6": str(e.address6 or "")}
+                              for e in tx.list_endpoints()],
+                "pools": [{"id": p.id, "subnet": str(p.subnet), "ip_range": str(p.ip_range or "")}
+                          for p in tx.list_pools()],
+                "leases": [{"pool": p, "address": str(ipaddress.ip_address(a)), "kind": k}
+                           for p, a, k in tx.list_leases()],
+            }
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plugin", description="pybridge Docker network plugin")
+    parser.add_argument("command", choices=["serve", "restore", "status"])
+    parser.add_argument("--socket", help="plugin socket path (serve)")
+    parser.add_argument("--state-dir", help="state directory")
+    args = parser.parse_args(argv)
+    overrides = {}
+    if args.socket:
+        overrides["socket"] = args.socket
+    if args.state_dir:
+        overrides["state_dir"] = args.state_dir
+    try:
+        settings = load_settings(**overrides)
+        if args.command == "serve":
+            from .server import serve
+            serve(settings)
+            return 0
+        if args.command == "restore":
+            from .server import setup_logging
+            from .wiring import build_services
+            setup_logging(settings.log_level)
+            report = build_services(settings).reconciler.restore()
+            print(json.dumps(report.as_dict(), indent=2))
+            return 1 if report.errors else 0
+        print(json.dumps(_status(settings), indent=2))
+        return 0
+    except PybridgeError as e:
+        print(f"pybridge: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""create_app(services) -> Flask. Routes, one error mapper, no import-time state.
+
+Protocol rules (see shared/protocol.md): dockerd sends no Content-Type and sometimes an empty
+body; success is HTTP 200 with a JSON object; failure is HTTP 500 with {"Err": message} for
+both drivers; an unknown method is 404.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from .domain.errors import InvalidRequest, PybridgeError
+from .protocol.routes import ROUTES
+from .protocol.stats import CallStats
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+MAX_BODY = 1 << 20
+
+
+def _reply(payload: dict, status: int = 200) -> Response:
+    return Response(json.dumps(payload), status=status, content_type=CONTENT_TYPE)
+
+
+def _body() -> dict:
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _view(services, stats: CallStats, method: str, handler):
+    def view():
+        started = time.perf_counter()
+        ok = False
+        try:
+            response = _reply(handler(services, _body()))
+            ok = True
+            return response
+        except HTTPException:
+            raise
+        except PybridgeError as e:
+            log.warning("%s failed: %s", method, e)
+            return _reply({"Err": str(e)}, 500)
+        except Exception:
+            log.exception("%s: unexpected error", method)
+            return _reply({"Err": f"{method}: internal error in pybridge (see the plugin log)"}, 500)
+        finally:
+            stats.record(method, time.perf_counter() - started, ok)
+    view.__name__ = method.replace(".", "_")
+    return view
+
+
+def create_app(services) -> Flask:
+    app = Flask("pybridge")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    stats = CallStats()
+    app.extensions["pybridge.stats"] = stats
+    for method, handler in ROUTES.items():
+        app.add_url_rule(f"/{method}", endpoint=method, view_func=_view(services, stats, method, handler),
+                         methods=["POST"])
+
+    @app.get("/pybridge/stats")
+    def get_stats():
+        return _reply(stats.summary())
+
+    @app.post("/pybridge/stats/reset")
+    def reset_stats():
+        stats.reset()
+        return _reply({})
+
+    @app.errorhandler(404)
+    def not_found(e):
+        return _reply({"Err": f"unknown method {request.path.lstrip('/')[:128]}"}, 404)
+
+    @app.errorhandler(405)
+    def not_allowed(e):
+        return _reply({"Err": "plugin methods are called with POST"}, 405)
+
+    @app.errorhandler(413)
+    def too_large(e):
+        return _reply({"Err": f"request body larger than {MAX_BODY} bytes"}, 413)
+
+    return app

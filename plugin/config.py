@@ -1,0 +1,70 @@
+"""Settings, read once from the environment (config.json's env in managed mode)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from .domain.errors import ConfigError
+from .domain.naming import chain_prefix
+from .ipam.pools import PoolSpec, parse_pool_specs
+
+DEFAULT_POOLS = "172.16.0.0/12:24,192.168.0.0/16:24"
+DEFAULT_POOLS6 = "fd42:7079:6272::/48:64"
+
+
+@dataclass(frozen=True)
+class Settings:
+    name: str = "pybridge"
+    ifprefix: str = "pb"
+    state_dir: str = "/var/lib/pybridge"
+    socket: str = "/run/docker/plugins/pybridge.sock"
+    host_plugin_dir: str = ""
+    proc_sys: str = "/proc/sys"
+    default_pools: tuple[PoolSpec, ...] = ()
+    default_pools6: tuple[PoolSpec, ...] = ()
+    log_level: str = "info"
+    threads: int = 16
+
+    @property
+    def chain_prefix(self) -> str:
+        return chain_prefix(self.name)
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.state_dir, "state.db")
+
+    @property
+    def sockets(self) -> list[str]:
+        """The plugin socket, plus <name>.sock in the host's plugin directory when it is
+        mounted, so that dockerd also finds the plugin by its short name (-d pybridge)."""
+        out = [self.socket]
+        if self.host_plugin_dir and os.path.isdir(self.host_plugin_dir):
+            out.append(os.path.join(self.host_plugin_dir, f"{self.name}.sock"))
+        return out
+
+
+def load_settings(env: dict | None = None, **overrides) -> Settings:
+    env = os.environ if env is None else env
+    name = env.get("PYBRIDGE_NAME", "pybridge")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,30}", name):
+        raise ConfigError(f"invalid PYBRIDGE_NAME {name!r}: lower-case letters, digits, '_', '.', '-'")
+    prefix = env.get("PYBRIDGE_IFPREFIX", "pb")
+    if not re.fullmatch(r"[a-z][a-z0-9]", prefix):
+        raise ConfigError(f"invalid PYBRIDGE_IFPREFIX {prefix!r}: two characters, a letter then a letter or digit")
+    level = env.get("PYBRIDGE_LOG_LEVEL", "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"invalid PYBRIDGE_LOG_LEVEL {level!r}")
+    values = dict(
+        name=name, ifprefix=prefix,
+        state_dir=env.get("PYBRIDGE_STATE_DIR", "/var/lib/pybridge"),
+        socket=env.get("PYBRIDGE_SOCKET", "/run/docker/plugins/pybridge.sock"),
+        host_plugin_dir=env.get("PYBRIDGE_HOST_PLUGIN_DIR", ""),
+        proc_sys=env.get("PYBRIDGE_PROC_SYS", "/proc/sys"),
+        default_pools=parse_pool_specs(env.get("PYBRIDGE_DEFAULT_POOLS", DEFAULT_POOLS), 4),
+        default_pools6=parse_pool_specs(env.get("PYBRIDGE_DEFAULT_POOLS6", DEFAULT_POOLS6), 6),
+        log_level=level,
+    )
+    values.update(overrides)
+    return Settings(**values)

@@ -1,0 +1,32 @@
+"""The error tree. The HTTP layer maps every PybridgeError to HTTP 500 + {"Err": message}.
+
+Messages are for users: they name the field, the value and the conflict.
+"""
+
+
+class PybridgeError(Exception):
+    """Base of every error pybridge reports to dockerd."""
+
+
+class InvalidRequest(PybridgeError):
+    """The request or an option in it is malformed or out of range."""
+
+
+class NotFound(PybridgeError):
+    """A network, endpoint or pool the request names is not known to pybridge."""
+
+
+class Conflict(PybridgeError):
+    """The request collides with something that exists (a subnet, an address, a link name)."""
+
+
+class Exhausted(PybridgeError):
+    """No subnet or address is left to allocate."""
+
+
+class KernelError(PybridgeError):
+    """A netlink or firewall operation failed."""
+
+
+class ConfigError(PybridgeError):
+    """A plugin setting is invalid."""

@@ -1,0 +1,64 @@
+"""The records pybridge keeps: networks and endpoints (pools and leases live in ipam/)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Union
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """One subnet of a network, as dockerd's IPv4Data/IPv6Data entry describes it."""
+
+    pool: IPNetwork
+    gateway: IPInterface | None = None
+    aux: tuple[tuple[str, IPInterface], ...] = ()
+
+    @property
+    def version(self) -> int:
+        return self.pool.version
+
+
+@dataclass(frozen=True)
+class Network:
+    id: str
+    bridge: str
+    subnets: tuple[Subnet, ...]
+    mtu: int | None = None
+    internal: bool = False
+    ipv6: bool = False
+    icc: bool = True
+    masquerade: bool = True
+    host_binding_ipv4: str = ""
+    bridge_owned: bool = True
+    options: tuple[tuple[str, str], ...] = ()
+
+    def gateways(self) -> list[IPInterface]:
+        return [s.gateway for s in self.subnets if s.gateway is not None]
+
+    def gateway(self, version: int) -> IPInterface | None:
+        for s in self.subnets:
+            if s.version == version and s.gateway is not None:
+                return s.gateway
+        return None
+
+    def pools(self, version: int | None = None) -> list[IPNetwork]:
+        return [s.pool for s in self.subnets if version is None or s.version == version]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    network_id: str
+    host_ifname: str
+    container_ifname: str
+    mac: str
+    address4: ipaddress.IPv4Interface | None = None
+    address6: ipaddress.IPv6Interface | None = None
+    sandbox_key: str = ""
+    options: tuple[tuple[str, str], ...] = field(default=())

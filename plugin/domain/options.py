@@ -1,0 +1,180 @@
+"""Docker option labels -> validated domain objects. Pure; every error names field and value.
+
+The typed request objects (plugin.protocol.requests) carry raw strings; this module gives them
+meaning: CIDRs, booleans, MTU range, bridge names, MAC addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidRequest
+from .model import Endpoint, IPInterface, Network, Subnet
+from .naming import bridge_name, is_valid_ifname, veth_names
+
+OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
+OPT_MTU = "com.docker.network.driver.mtu"
+OPT_ICC = "com.docker.network.bridge.enable_icc"
+OPT_MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
+OPT_HOST_BINDING_IPV4 = "com.docker.network.bridge.host_binding_ipv4"
+# Options of Docker's bridge driver that pybridge accepts and ignores (documented in README).
+IGNORED_BRIDGE_OPTIONS = frozenset({
+    "com.docker.network.bridge.default_bridge",
+    "com.docker.network.container_iface_prefix",
+})
+KNOWN_OPTIONS = frozenset({OPT_BRIDGE_NAME, OPT_MTU, OPT_ICC, OPT_MASQUERADE, OPT_HOST_BINDING_IPV4})
+OUR_NAMESPACE = "pybridge."
+
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+MTU_MIN, MTU_MAX, MTU_MIN_IPV6 = 68, 65535, 1280
+
+
+def parse_bool(field: str, value: str) -> bool:
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidRequest(f"invalid value {value!r} for {field}: expected true or false")
+
+
+def parse_cidr(field: str, value: str, version: int | None = None):
+    """A network in CIDR form with no host bits set ('10.1.0.0/24', not '10.1.0.5/24')."""
+    if "/" not in value:
+        raise InvalidRequest(f"invalid {field} {value!r}: a prefix length is required (e.g. {value}/24)")
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise InvalidRequest(f"invalid {field} {value!r}: not an IP network in CIDR form") from None
+    if net.network_address != ipaddress.ip_address(value.split("/", 1)[0]):
+        raise InvalidRequest(f"invalid {field} {value!r}: host bits are set; did you mean {net}?")
+    if version is not None and net.version != version:
+        raise InvalidRequest(f"invalid {field} {value!r}: expected an IPv{version} network")
+    return net
+
+
+def parse_interface(field: str, value: str) -> IPInterface:
+    """An address with prefix length ('10.1.0.1/24'); a bare address gets a host prefix."""
+    try:
+        return ipaddress.ip_interface(value)
+    except ValueError:
+        raise InvalidRequest(f"invalid {field} {value!r}: not an IP address") from None
+
+
+def parse_address(field: str, value: str):
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidRequest(f"invalid {field} {value!r}: not an IP address") from None
+
+
+def parse_mac(field: str, value: str) -> str:
+    if not _MAC_RE.match(value):
+        raise InvalidRequest(f"invalid {field} {value!r}: expected a MAC address like 02:42:ac:11:00:02")
+    if int(value[:2], 16) & 1:
+        raise InvalidRequest(f"invalid {field} {value!r}: a multicast MAC address cannot be an interface address")
+    return value.lower()
+
+
+def parse_mtu(value: str, ipv6: bool) -> int:
+    try:
+        mtu = int(value, 10)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"invalid {OPT_MTU} {value!r}: not an integer") from None
+    low = MTU_MIN_IPV6 if ipv6 else MTU_MIN
+    if not low <= mtu <= MTU_MAX:
+        raise InvalidRequest(f"invalid {OPT_MTU} {mtu}: must be between {low} and {MTU_MAX}")
+    return mtu
+
+
+@dataclass(frozen=True)
+class IpamDataSpec:
+    """One IPv4Data/IPv6Data entry as dockerd sent it (strings, not yet validated)."""
+
+    pool: str
+    gateway: str = ""
+    aux: tuple[tuple[str, str], ...] = ()
+
+
+def parse_subnet(entry: IpamDataSpec, version: int) -> Subnet:
+    label = f"IPv{version}Data"
+    pool = parse_cidr(f"{label} Pool", entry.pool, version)
+    gateway = None
+    if entry.gateway:
+        gw = parse_interface(f"{label} Gateway", entry.gateway)
+        if gw.version != version or gw.ip not in pool:
+            raise InvalidRequest(f"gateway {gw.ip} is outside subnet {pool}")
+        gateway = ipaddress.ip_interface(f"{gw.ip}/{pool.prefixlen}")
+    aux = []
+    for name, value in entry.aux:
+        addr = parse_interface(f"aux address {name!r}", value)
+        if addr.version != version or addr.ip not in pool:
+            raise InvalidRequest(f"aux address {name}={addr.ip} is outside subnet {pool}")
+        aux.append((name, ipaddress.ip_interface(f"{addr.ip}/{pool.prefixlen}")))
+    return Subnet(pool=pool, gateway=gateway, aux=tuple(aux))
+
+
+def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool, internal: bool,
+                         ipv4_data: list[IpamDataSpec], ipv6_data: list[IpamDataSpec],
+                         prefix: str) -> Network:
+    """Validate everything about a new network before any side effect."""
+    unknown = sorted(k for k in generic if k.startswith(OUR_NAMESPACE) and k not in KNOWN_OPTIONS)
+    if unknown:
+        raise InvalidRequest(f"unknown option {unknown[0]!r}")
+    name = generic.get(OPT_BRIDGE_NAME) or bridge_name(prefix, network_id)
+    if not is_valid_ifname(name):
+        raise InvalidRequest(
+            f"invalid {OPT_BRIDGE_NAME} {name!r}: use 1-15 letters, digits, '_', '.' or '-'")
+    mtu = parse_mtu(generic[OPT_MTU], ipv6) if generic.get(OPT_MTU) else None
+    icc = parse_bool(OPT_ICC, generic[OPT_ICC]) if OPT_ICC in generic else True
+    masq = parse_bool(OPT_MASQUERADE, generic[OPT_MASQUERADE]) if OPT_MASQUERADE in generic else True
+    binding = ""
+    if generic.get(OPT_HOST_BINDING_IPV4):
+        binding = str(parse_address(OPT_HOST_BINDING_IPV4, generic[OPT_HOST_BINDING_IPV4]))
+    subnets = [parse_subnet(e, 4) for e in ipv4_data] + [parse_subnet(e, 6) for e in ipv6_data]
+    for i, a in enumerate(subnets):
+        for b in subnets[i + 1:]:
+            if a.pool.version == b.pool.version and a.pool.overlaps(b.pool):
+                raise InvalidRequest(f"subnets {a.pool} and {b.pool} of one network overlap")
+    return Network(
+        id=network_id, bridge=name, subnets=tuple(subnets), mtu=mtu, internal=internal,
+        ipv6=ipv6, icc=icc, masquerade=masq, host_binding_ipv4=binding,
+        options=tuple(sorted(generic.items())),
+    )
+
+
+def generate_mac(address4: ipaddress.IPv4Interface | None) -> str:
+    """Docker's scheme: 02:42 followed by the IPv4 address; random when there is none."""
+    if address4 is not None:
+        tail = address4.ip.packed
+    else:
+        tail = os.urandom(4)
+    return ":".join(f"{b:02x}" for b in (0x02, 0x42, *tail))
+
+
+def endpoint_from_request(network: Network, endpoint_id: str, *, address: str, address6: str,
+                          mac: str, prefix: str) -> tuple[Endpoint, bool]:
+    """Validate a CreateEndpoint request. Returns the endpoint and whether pybridge chose the MAC."""
+    addr4 = addr6 = None
+    if address:
+        addr4 = parse_interface("Interface.Address", address)
+        if addr4.version != 4:
+            raise InvalidRequest(f"invalid Interface.Address {address!r}: expected IPv4")
+        if network.pools(4) and not any(addr4.ip in p for p in network.pools(4)):
+            raise InvalidRequest(f"address {addr4.ip} is outside the subnets of network {network.id[:12]}")
+    if address6:
+        addr6 = parse_interface("Interface.AddressIPv6", address6)
+        if addr6.version != 6:
+            raise InvalidRequest(f"invalid Interface.AddressIPv6 {address6!r}: expected IPv6")
+        if network.pools(6) and not any(addr6.ip in p for p in network.pools(6)):
+            raise InvalidRequest(f"address {addr6.ip} is outside the subnets of network {network.id[:12]}")
+    chosen = not mac
+    mac = generate_mac(addr4) if chosen else parse_mac("Interface.MacAddress", mac)
+    host, cont = veth_names(prefix, endpoint_id)
+    return Endpoint(id=endpoint_id, network_id=network.id, host_ifname=host, container_ifname=cont,
+                    mac=mac, address4=addr4, address6=addr6), chosen

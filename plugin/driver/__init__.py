@@ -1,0 +1,1 @@
+"""Use cases: the only layer that calls both the kernel adapters and the store."""

@@ -1,0 +1,97 @@
+"""EndpointService: CreateEndpoint, Join, Leave, DeleteEndpoint, EndpointOperInfo.
+
+The driver makes the veth pair in the host namespace with the host end on the bridge; libnetwork
+moves the other end into the container and configures it from Join's answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from ..domain.errors import KernelError, NotFound, PybridgeError
+from ..domain.naming import veth_names
+from ..domain.options import endpoint_from_request
+from .context import Context
+from .networks import _collect
+
+log = logging.getLogger(__name__)
+
+
+class EndpointService:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def create(self, network_id: str, endpoint_id: str, *, address: str, address6: str,
+               mac: str) -> dict:
+        ctx = self.ctx
+        with ctx.store.transaction() as tx:
+            network = tx.get_network(network_id)
+            if network is None:
+                raise NotFound(f"network {network_id[:12]} is not known to pybridge")
+            endpoint, chose_mac = endpoint_from_request(network, endpoint_id, address=address,
+                                                        address6=address6, mac=mac, prefix=ctx.prefix)
+            existing = tx.get_endpoint(endpoint_id)
+            if existing is not None:  # a retried call: answer as the first time
+                endpoint = existing
+            else:
+                ctx.netlink.create_veth(endpoint.host_ifname, endpoint.container_ifname,
+                                        network.bridge, network.mtu, endpoint.mac)
+                try:
+                    tx.put_endpoint(endpoint)
+                except Exception:
+                    ctx.netlink.delete_link(endpoint.host_ifname)
+                    raise
+        log.info("endpoint %s created on network %s", endpoint_id[:12], network_id[:12])
+        return {"Interface": {"MacAddress": endpoint.mac}} if chose_mac else {"Interface": {}}
+
+    def join(self, network_id: str, endpoint_id: str, sandbox_key: str) -> dict:
+        with self.ctx.store.transaction() as tx:
+            endpoint = tx.get_endpoint(endpoint_id)
+            network = tx.get_network(network_id)
+            if endpoint is None or network is None or endpoint.network_id != network_id:
+                raise NotFound(f"endpoint {endpoint_id[:12]} of network {network_id[:12]} is not known to pybridge")
+            if endpoint.sandbox_key != sandbox_key:
+                tx.put_endpoint(replace(endpoint, sandbox_key=sandbox_key))
+        resp: dict = {"InterfaceName": {"SrcName": endpoint.container_ifname, "DstPrefix": "eth"},
+                      "StaticRoutes": []}
+        if network.internal:
+            resp["DisableGatewayService"] = True
+            return resp
+        gw4, gw6 = network.gateway(4), network.gateway(6)
+        if gw4 is not None and endpoint.address4 is not None:
+            resp["Gateway"] = str(gw4.ip)
+        if gw6 is not None and endpoint.address6 is not None:
+            resp["GatewayIPv6"] = str(gw6.ip)
+        return resp
+
+    def leave(self, network_id: str, endpoint_id: str) -> None:
+        """Nothing to undo here: libnetwork moves the interface back, DeleteEndpoint removes it."""
+
+    def delete(self, network_id: str, endpoint_id: str) -> None:
+        ctx = self.ctx
+        errors: list[str] = []
+        with ctx.store.transaction() as tx:
+            endpoint = tx.get_endpoint(endpoint_id)
+            names = (endpoint.host_ifname, endpoint.container_ifname) if endpoint \
+                else veth_names(ctx.prefix, endpoint_id)
+            for name in names:
+                _collect(errors, ctx.netlink.delete_link, name)
+            if endpoint is not None:
+                tx.delete_endpoint(endpoint_id)
+        if errors:
+            raise KernelError(f"endpoint {endpoint_id[:12]} removed with errors: " + "; ".join(errors))
+        if endpoint is not None:
+            log.info("endpoint %s deleted", endpoint_id[:12])
+
+    def oper_info(self, network_id: str, endpoint_id: str) -> dict:
+        with self.ctx.store.reading() as tx:
+            endpoint = tx.get_endpoint(endpoint_id)
+        if endpoint is None:
+            return {"Value": {}}
+        value = {"pybridge.veth": endpoint.host_ifname, "pybridge.mac": endpoint.mac}
+        if endpoint.address4:
+            value["pybridge.ipv4"] = str(endpoint.address4)
+        if endpoint.address6:
+            value["pybridge.ipv6"] = str(endpoint.address6)
+        return {"Value": value}

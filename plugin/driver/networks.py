@@ -1,0 +1,127 @@
+"""NetworkService: CreateNetwork / DeleteNetwork.
+
+Create validates everything first, then ensures bridge, addresses and firewall, then records the
+network; a failure undoes what this call made. Delete is best effort and idempotent: it tears
+down what it can, forgets the network, and reports the errors it met.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from ..domain.errors import Conflict, KernelError, PybridgeError
+from ..domain.model import Network
+from ..domain.naming import bridge_mac, owned_link_prefixes
+from ..domain.options import IpamDataSpec, network_from_request
+from .context import Context
+
+log = logging.getLogger(__name__)
+
+
+class NetworkService:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    @staticmethod
+    def capabilities() -> dict:
+        return {"Scope": "local", "ConnectivityScope": "local"}
+
+    def create(self, network_id: str, generic: dict[str, str], *, ipv6: bool, internal: bool,
+               ipv4_data: list[IpamDataSpec], ipv6_data: list[IpamDataSpec]) -> None:
+        ctx = self.ctx
+        network = network_from_request(network_id, generic, ipv6=ipv6, internal=internal,
+                                       ipv4_data=ipv4_data, ipv6_data=ipv6_data, prefix=ctx.prefix)
+        created = touched = False
+        try:
+            with ctx.store.transaction() as tx:
+                existing = tx.get_network(network_id)
+                if existing is not None:
+                    if replace(existing, bridge_owned=True) != replace(network, bridge_owned=True):
+                        raise Conflict(f"network {network_id[:12]} exists with other settings")
+                    network = existing
+                other = tx.network_by_bridge(network.bridge)
+                if other is not None and other.id != network_id:
+                    raise Conflict(f"bridge {network.bridge} is already used by network {other.id[:12]}")
+                link = ctx.netlink.link(network.bridge)
+                if link is not None and link.kind != "bridge":
+                    raise Conflict(f"a {link.kind or 'non-bridge'} link named {network.bridge!r} already exists")
+                if existing is None:
+                    owned = link is None or network.bridge.startswith(owned_link_prefixes(ctx.prefix))
+                    network = replace(network, bridge_owned=owned)
+                touched = True
+                created = ctx.netlink.ensure_bridge(network.bridge, network.mtu, bridge_mac(network.id))
+                self._configure_bridge(network)
+                tx.put_network(network)
+                ctx.firewall.sync(tx.list_networks())
+        except PybridgeError:
+            self._undo_create(network, created, touched)
+            raise
+        except Exception as e:
+            self._undo_create(network, created, touched)
+            raise KernelError(f"create network {network_id[:12]}: {e}") from e
+        log.info("network %s created on bridge %s", network_id[:12], network.bridge)
+
+    def ensure_kernel(self, network: Network) -> bool:
+        """Bridge up with its gateway addresses (restore runs the same steps as create)."""
+        created = self.ctx.netlink.ensure_bridge(network.bridge, network.mtu, bridge_mac(network.id))
+        self._configure_bridge(network)
+        return created
+
+    def _configure_bridge(self, network: Network) -> None:
+        if network.pools(6):
+            self.ctx.sysctl.enable_ipv6(network.bridge)
+        self.ctx.netlink.ensure_addresses(network.bridge, network.gateways())
+
+    def _undo_create(self, network: Network, created: bool, touched: bool) -> None:
+        if not touched:
+            return
+        errors = []
+        try:
+            if created:
+                self.ctx.netlink.delete_link(network.bridge)
+            else:
+                with self.ctx.store.reading() as tx:
+                    recorded = tx.get_network(network.id) is not None
+                if not recorded:
+                    self.ctx.netlink.remove_addresses(network.bridge, network.gateways())
+        except PybridgeError as e:
+            errors.append(str(e))
+        try:
+            with self.ctx.store.transaction() as tx:
+                self.ctx.firewall.sync(tx.list_networks())
+        except PybridgeError as e:
+            errors.append(str(e))
+        if errors:
+            log.error("undo of network %s incomplete: %s", network.id[:12], "; ".join(errors))
+
+    def delete(self, network_id: str) -> None:
+        ctx = self.ctx
+        errors: list[str] = []
+        with ctx.store.transaction() as tx:
+            network = tx.get_network(network_id)
+            if network is None:
+                return
+            for ep in tx.list_endpoints(network_id):
+                for name in (ep.host_ifname, ep.container_ifname):
+                    _collect(errors, ctx.netlink.delete_link, name)
+                tx.delete_endpoint(ep.id)
+            tx.delete_network(network_id)
+            _collect(errors, ctx.firewall.sync, tx.list_networks())
+            if network.bridge_owned:
+                _collect(errors, ctx.netlink.delete_link, network.bridge)
+            else:
+                _collect(errors, ctx.netlink.remove_addresses, network.bridge, network.gateways())
+        if errors:
+            raise KernelError(f"network {network_id[:12]} removed with errors: " + "; ".join(errors))
+        log.info("network %s deleted", network_id[:12])
+
+
+def _collect(errors: list[str], fn, *args) -> None:
+    """Run one teardown step; record its failure and keep going."""
+    try:
+        fn(*args)
+    except PybridgeError as e:
+        errors.append(str(e))
+    except OSError as e:
+        errors.append(f"{getattr(fn, '__name__', 'step')}: {e}")

@@ -1,0 +1,73 @@
+"""Reconcile the kernel with the state store: at start, and on demand (gc).
+
+dockerd never replays CreateNetwork, so at start pybridge re-creates every recorded network's
+bridge, addresses and rules with the same steps as create, and removes the links it owns (by
+name prefix) that no record claims. Firewall chains are rewritten whole from state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ..domain.errors import PybridgeError
+from ..domain.naming import owned_link_prefixes
+from .context import Context
+from .networks import NetworkService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    networks: int = 0
+    endpoints: int = 0
+    removed_links: list[str] = field(default_factory=list)
+    dropped_endpoints: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"networks": self.networks, "endpoints": self.endpoints,
+                "removed_links": self.removed_links, "dropped_endpoints": self.dropped_endpoints,
+                "errors": self.errors}
+
+
+class Reconciler:
+    def __init__(self, ctx: Context, networks: NetworkService):
+        self.ctx = ctx
+        self.networks = networks
+
+    def restore(self) -> Report:
+        ctx, report = self.ctx, Report()
+        with ctx.store.transaction() as tx:
+            networks = tx.list_networks()
+            known_ids = {n.id for n in networks}
+            for n in networks:
+                try:
+                    self.networks.ensure_kernel(n)
+                except PybridgeError as e:
+                    report.errors.append(f"network {n.id[:12]}: {e}")
+            endpoints = []
+            for ep in tx.list_endpoints():
+                if ep.network_id in known_ids:
+                    endpoints.append(ep)
+                else:
+                    tx.delete_endpoint(ep.id)
+                    report.dropped_endpoints.append(ep.id)
+            claimed = {n.bridge for n in networks}
+            claimed |= {name for ep in endpoints for name in (ep.host_ifname, ep.container_ifname)}
+            prefixes = owned_link_prefixes(ctx.prefix)
+            for link in ctx.netlink.links():
+                if link.name.startswith(prefixes) and link.name not in claimed:
+                    try:
+                        if ctx.netlink.delete_link(link.name):
+                            report.removed_links.append(link.name)
+                    except PybridgeError as e:
+                        report.errors.append(str(e))
+            try:
+                ctx.firewall.sync(networks)
+            except PybridgeError as e:
+                report.errors.append(f"firewall: {e}")
+            report.networks, report.endpoints = len(networks), len(endpoints)
+        log.info("restore: %s", report.as_dict())
+        return report

@@ -1,0 +1,1 @@
+"""IP address management: pure pool/address logic (pools, allocator) and its service."""

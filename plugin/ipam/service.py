@@ -1,0 +1,123 @@
+"""IpamService: the IpamDriver use cases, each one store transaction.
+
+Overlap protection is ours to do (dockerd gives a remote IPAM none): explicit and automatic
+subnets are checked against every pool pybridge holds and every host route (all tables) and
+host address, and the error names the conflict.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+from typing import Callable, Sequence
+
+from ..domain.errors import Conflict, Exhausted, InvalidRequest, NotFound
+from ..domain.options import parse_address, parse_cidr
+from ..store.db import PoolRecord, Store
+from .allocator import is_usable, pick_address, usable_range
+from .pools import PoolSpec, Taken, find_free_subnet, first_conflict
+
+log = logging.getLogger(__name__)
+
+LOCAL_SPACE = "pybridge-local"
+GLOBAL_SPACE = "pybridge-global"
+GATEWAY_TYPE = "com.docker.network.gateway"
+
+HostNetworks = Callable[[], Sequence[Taken]]
+
+
+class IpamService:
+    def __init__(self, store: Store, host_networks: HostNetworks,
+                 default_pools: Sequence[PoolSpec], default_pools6: Sequence[PoolSpec]):
+        self._store = store
+        self._host_networks = host_networks
+        self._defaults = {4: tuple(default_pools), 6: tuple(default_pools6)}
+
+    @staticmethod
+    def capabilities() -> dict:
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    @staticmethod
+    def default_address_spaces() -> dict:
+        return {"LocalDefaultAddressSpace": LOCAL_SPACE, "GlobalDefaultAddressSpace": GLOBAL_SPACE}
+
+    # pools
+    def request_pool(self, space: str, pool: str, subpool: str, v6: bool) -> dict:
+        version = 6 if v6 else 4
+        subnet = parse_cidr("Pool (--subnet)", pool, version) if pool else None
+        if subpool and subnet is None:
+            raise InvalidRequest("--ip-range needs --subnet")
+        ip_range = parse_cidr("SubPool (--ip-range)", subpool, version) if subpool else None
+        if ip_range is not None and not ip_range.subnet_of(subnet):
+            raise InvalidRequest(f"ip-range {ip_range} is outside subnet {subnet}")
+        if subnet is not None and subnet.num_addresses < 4 and version == 4:
+            raise InvalidRequest(f"subnet {subnet} is too small: use /30 or larger")
+        with self._store.transaction() as tx:
+            taken = [Taken(p.subnet, f"pool {p.subnet} already held by pybridge") for p in tx.list_pools()]
+            taken += self._host_networks()
+            if subnet is None:
+                subnet = find_free_subnet(self._defaults[version], taken)
+                if subnet is None:
+                    pools = ", ".join(str(s) for s in self._defaults[version]) or "(none configured)"
+                    raise Exhausted(f"no free IPv{version} subnet left in the default pools {pools}")
+            else:
+                hit = first_conflict(subnet, taken)
+                if hit is not None:
+                    raise Conflict(f"subnet {subnet} overlaps {hit.reason}")
+            record = PoolRecord(id=f"{subnet}#{secrets.token_hex(4)}", space=space or LOCAL_SPACE,
+                                subnet=subnet, ip_range=ip_range, cursor=-1)
+            tx.put_pool(record)
+        log.info("pool %s reserved", record.id)
+        return {"PoolID": record.id, "Pool": str(subnet), "Data": {}}
+
+    def release_pool(self, pool_id: str) -> None:
+        with self._store.transaction() as tx:
+            if tx.get_pool(pool_id) is None:
+                return
+            tx.delete_pool(pool_id)
+        log.info("pool %s released", pool_id)
+
+    # addresses
+    def request_address(self, pool_id: str, address: str, options: dict[str, str]) -> str:
+        is_gateway = options.get("RequestAddressType") == GATEWAY_TYPE
+        wanted = parse_address("Address", address) if address else None
+        with self._store.transaction() as tx:
+            pool = tx.get_pool(pool_id)
+            if pool is None:
+                raise NotFound(f"unknown pool {pool_id!r}")
+            kind = "gateway" if is_gateway else ("static" if wanted is not None else "dynamic")
+            if wanted is not None:
+                value = self._reserve(tx, pool, wanted, kind)
+            elif is_gateway:
+                lo, hi = usable_range(pool.subnet)
+                value = pick_address(lo, hi, lo - 1, lambda s: tx.leases_from(pool.id, s))
+                if value is None or not tx.add_lease(pool.id, value, kind):
+                    raise Exhausted(f"no free address left for the gateway in pool {pool.subnet}")
+            else:
+                lo, hi = usable_range(pool.subnet, pool.ip_range)
+                value = pick_address(lo, hi, pool.cursor, lambda s: tx.leases_from(pool.id, s))
+                if value is None:
+                    where = f"ip-range {pool.ip_range} of pool {pool.subnet}" if pool.ip_range else f"pool {pool.subnet}"
+                    raise Exhausted(f"no free address left in {where}")
+                tx.add_lease(pool.id, value, kind)
+                tx.set_cursor(pool.id, value)
+        return f"{ipaddress.ip_address(value)}/{pool.subnet.prefixlen}"
+
+    @staticmethod
+    def _reserve(tx, pool: PoolRecord, wanted, kind: str) -> int:
+        if wanted.version != pool.subnet.version or wanted not in pool.subnet:
+            raise InvalidRequest(f"address {wanted} is outside pool {pool.subnet}")
+        if not is_usable(pool.subnet, int(wanted)):
+            raise InvalidRequest(f"address {wanted} is the network or broadcast address of {pool.subnet}")
+        if not tx.add_lease(pool.id, int(wanted), kind):
+            raise Conflict(f"address {wanted} is already in use in pool {pool.subnet}")
+        return int(wanted)
+
+    def release_address(self, pool_id: str, address: str) -> None:
+        try:
+            value = int(ipaddress.ip_interface(address).ip)
+        except ValueError:
+            raise InvalidRequest(f"invalid Address {address!r}: not an IP address") from None
+        with self._store.transaction() as tx:
+            tx.delete_lease(pool_id, value)

@@ -1,0 +1,70 @@
+"""The iptables adapter: whole-chain batches through iptables-restore --noflush.
+
+Uses the same iptables binaries (and so the same nft/legacy backend) as dockerd on the host.
+Never one process per rule: a sync is one iptables-save and one iptables-restore per family.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+from typing import Iterable
+
+from ..domain.errors import KernelError
+from ..domain.model import Network
+from . import rules
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 20
+
+
+class IptablesFirewall:
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._tools = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
+
+    def _run(self, argv: list[str], stdin: str | None = None) -> str:
+        try:
+            res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise KernelError(f"{argv[0]}: {e}") from e
+        if res.returncode != 0:
+            raise KernelError(f"{argv[0]} failed: {res.stderr.strip() or res.returncode}")
+        return res.stdout
+
+    def _available(self, version: int) -> bool:
+        return all(shutil.which(t) for t in self._tools[version])
+
+    def save(self, version: int) -> str:
+        save, _ = self._tools[version]
+        return self._run([save]) if self._available(version) else ""
+
+    def sync(self, networks: Iterable[Network]) -> None:
+        """Make our chains hold exactly the rules for these networks, in both families."""
+        networks = list(networks)
+        with self._lock:
+            for version in (4, 6):
+                if not self._available(version):
+                    if version == 4:
+                        raise KernelError("iptables-restore is not installed")
+                    continue
+                present = rules.present_jumps(self.prefix, self.save(version))
+                missing = [j for j in rules.jumps(self.prefix) if j not in present]
+                text = rules.restore_text(self.prefix, rules.render(self.prefix, networks, version), missing)
+                self._run([self._tools[version][1], "--noflush", "-w"], text)
+
+    def remove_all(self) -> None:
+        """Delete our jumps and chains (uninstall, tests)."""
+        with self._lock:
+            for version in (4, 6):
+                if not self._available(version):
+                    continue
+                saved = self.save(version)
+                if f":{self.prefix}-" not in saved:
+                    continue
+                text = rules.removal_text(self.prefix, rules.present_jumps(self.prefix, saved))
+                self._run([self._tools[version][1], "--noflush", "-w"], text)

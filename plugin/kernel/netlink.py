@@ -1,0 +1,165 @@
+"""Links and addresses through netlink (pyroute2). Small, idempotent operations.
+
+Each operation opens its own IPRoute socket (about 1 ms) and closes it, so the adapter is safe
+to call from any thread. Errors are matched by errno, never by message text.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+from pyroute2 import IPRoute, NetlinkError
+
+from ..domain.errors import Conflict, KernelError
+from ..domain.model import IPInterface
+from ..ipam.pools import Taken
+
+log = logging.getLogger(__name__)
+
+IFA_F_NODAD = 0x02
+RTN_MULTICAST = 5
+_GONE = (errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH)
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    name: str
+    index: int
+    kind: str
+    mtu: int
+    master: int | None
+    mac: str
+
+
+def _info(msg) -> LinkInfo:
+    return LinkInfo(name=msg.get("ifname"), index=msg["index"], kind=msg.get(("linkinfo", "kind")) or "",
+                    mtu=msg.get("mtu"), master=msg.get("master"), mac=msg.get("address") or "")
+
+
+def _lookup(ipr: IPRoute, name: str) -> LinkInfo | None:
+    idx = ipr.link_lookup(ifname=name)
+    if not idx:
+        return None
+    try:
+        return _info(ipr.get_links(idx[0])[0])
+    except NetlinkError as e:
+        if e.code in _GONE:
+            return None
+        raise
+
+
+class Netlink:
+    """The host network namespace as pybridge sees it."""
+
+    def link(self, name: str) -> LinkInfo | None:
+        with IPRoute() as ipr:
+            return _lookup(ipr, name)
+
+    def links(self) -> list[LinkInfo]:
+        with IPRoute() as ipr:
+            return [_info(m) for m in ipr.get_links()]
+
+    def ensure_bridge(self, name: str, mtu: int | None, mac: str) -> bool:
+        """Create the bridge if missing and bring it up. True when this call created it.
+        An existing link of another kind is a conflict, reported before anything changes."""
+        try:
+            with IPRoute() as ipr:
+                info = _lookup(ipr, name)
+                created = False
+                if info is None:
+                    ipr.link("add", ifname=name, kind="bridge", address=mac, **({"mtu": mtu} if mtu else {}))
+                    created = True
+                    info = _lookup(ipr, name)
+                elif info.kind != "bridge":
+                    raise Conflict(f"a {info.kind or 'non-bridge'} link named {name!r} already exists")
+                elif mtu and info.mtu != mtu:
+                    ipr.link("set", index=info.index, mtu=mtu)
+                ipr.link("set", index=info.index, state="up")
+                return created
+        except NetlinkError as e:
+            raise KernelError(f"create bridge {name}: {e}") from e
+
+    def ensure_addresses(self, name: str, addresses: Iterable[IPInterface]) -> None:
+        try:
+            with IPRoute() as ipr:
+                info = _lookup(ipr, name)
+                if info is None:
+                    raise KernelError(f"link {name} does not exist")
+                for a in addresses:
+                    flags = IFA_F_NODAD if a.version == 6 else 0
+                    try:
+                        ipr.addr("add", index=info.index, address=str(a.ip), prefixlen=a.network.prefixlen,
+                                 flags=flags)
+                    except NetlinkError as e:
+                        if e.code != errno.EEXIST:
+                            raise
+        except NetlinkError as e:
+            raise KernelError(f"add addresses to {name}: {e}") from e
+
+    def remove_addresses(self, name: str, addresses: Iterable[IPInterface]) -> None:
+        """Idempotent: a missing link or address is not an error."""
+        with IPRoute() as ipr:
+            info = _lookup(ipr, name)
+            if info is None:
+                return
+            for a in addresses:
+                try:
+                    ipr.addr("del", index=info.index, address=str(a.ip), prefixlen=a.network.prefixlen)
+                except NetlinkError as e:
+                    if e.code not in _GONE:
+                        raise KernelError(f"remove address {a} from {name}: {e}") from e
+
+    def delete_link(self, name: str) -> bool:
+        """Delete a link by name. False when it was already gone."""
+        with IPRoute() as ipr:
+            info = _lookup(ipr, name)
+            if info is None:
+                return False
+            try:
+                ipr.link("del", index=info.index)
+            except NetlinkError as e:
+                if e.code in _GONE:
+                    return False
+                raise KernelError(f"delete link {name}: {e}") from e
+            return True
+
+    def create_veth(self, host: str, peer: str, bridge: str, mtu: int | None, mac: str) -> None:
+        """A veth pair with the host end up on the bridge and the peer (for the container)
+        carrying the endpoint's MAC. Leftovers of an earlier attempt are replaced."""
+        try:
+            with IPRoute() as ipr:
+                br = _lookup(ipr, bridge)
+                if br is None:
+                    raise KernelError(f"bridge {bridge} does not exist")
+                for name in (host, peer):
+                    old = _lookup(ipr, name)
+                    if old is not None:
+                        ipr.link("del", index=old.index)
+                mtu = mtu or br.mtu
+                ipr.link("add", ifname=host, kind="veth", mtu=mtu,
+                         peer={"ifname": peer, "address": mac, "mtu": mtu})
+                info = _lookup(ipr, host)
+                ipr.link("set", index=info.index, master=br.index, state="up")
+        except NetlinkError as e:
+            self.delete_link(host)
+            raise KernelError(f"create veth {host}<->{peer} on {bridge}: {e}") from e
+
+    def host_networks(self) -> list[Taken]:
+        """Every route in every table (but default routes and multicast) as a range that new
+        subnets must not overlap, with a description naming it."""
+        taken = []
+        with IPRoute() as ipr:
+            names = {m["index"]: m.get("ifname") for m in ipr.get_links()}
+            for r in ipr.get_routes(table=None):
+                if r["dst_len"] == 0 or r["type"] == RTN_MULTICAST or not r.get("dst"):
+                    continue
+                net = ipaddress.ip_network(f"{r.get('dst')}/{r['dst_len']}", strict=False)
+                dev = names.get(r.get("oif"), "?")
+                table = r.get("table")
+                where = f"dev {dev}" + (f", table {table}" if table not in (254, None) else "")
+                taken.append(Taken(net, f"host route {net} ({where})"))
+        return taken

@@ -1,0 +1,1 @@
+"""HTTP layer: parse JSON -> typed fields -> one service call -> JSON. No decisions here."""

@@ -1,0 +1,75 @@
+"""The serving process: gunicorn (one worker, threads) on the plugin's unix socket(s).
+
+The arbiter binds the sockets at once (dockerd gives a managed plugin ~10 s); the worker then
+restores state into the kernel before it accepts the first request, so a call that dockerd
+sends right after start already finds the bridges and rules in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from gunicorn.app.base import BaseApplication
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: str) -> None:
+    # stdout reaches the dockerd log at level info; stderr would be logged as errors.
+    logging.basicConfig(stream=sys.stdout, level=level.upper(),
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _secure_sockets(server) -> None:
+    for listener in server.LISTENERS:
+        path = getattr(listener, "cfg_addr", None)
+        if isinstance(path, str) and os.path.exists(path):
+            os.chmod(path, 0o660)
+
+
+class PluginServer(BaseApplication):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        for path in s.sockets:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        options = {
+            "bind": [f"unix:{p}" for p in s.sockets],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "timeout": 120,
+            "graceful_timeout": 8,
+            "keepalive": 30,
+            "umask": 0o077,
+            "loglevel": s.log_level,
+            "errorlog": "-" if not os.path.exists("/dev/stdout") else "/dev/stdout",
+            "accesslog": None,
+            "proc_name": f"{s.name}-plugin",
+            "when_ready": _secure_sockets,
+            "control_socket_disable": True,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from .app import create_app
+        from .wiring import build_services
+
+        setup_logging(self.settings.log_level)
+        services = build_services(self.settings)
+        report = services.reconciler.restore()
+        if report.errors:
+            log.error("restore finished with errors: %s", report.errors)
+        return create_app(services)
+
+
+def serve(settings: Settings) -> None:
+    PluginServer(settings).run()

@@ -1,0 +1,1 @@
+"""The one state store: SQLite in the state directory."""

@@ -1,0 +1,45 @@
+"""Composition root: the only place that picks real adapters. Tests build their own."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .config import Settings
+from .driver.context import Context
+from .driver.endpoints import EndpointService
+from .driver.networks import NetworkService
+from .driver.restore import Reconciler
+from .ipam.service import IpamService
+from .store.db import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    ctx: Context
+    networks: NetworkService
+    endpoints: EndpointService
+    ipam: IpamService
+    reconciler: Reconciler
+
+
+def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=None,
+                   store: Store | None = None) -> Services:
+    if netlink is None:
+        from .kernel.netlink import Netlink
+        netlink = Netlink()
+    if firewall is None:
+        from .kernel.firewall import IptablesFirewall
+        firewall = IptablesFirewall(settings.chain_prefix)
+    if sysctl is None:
+        from .kernel.sysctl import Sysctl
+        sysctl = Sysctl(settings.proc_sys if os.path.isdir(settings.proc_sys) else "/proc/sys")
+    if store is None:
+        store = Store(settings.db_path).open()
+    ctx = Context(store=store, netlink=netlink, firewall=firewall, sysctl=sysctl, prefix=settings.ifprefix)
+    networks = NetworkService(ctx)
+    return Services(settings=settings, ctx=ctx, networks=networks, endpoints=EndpointService(ctx),
+                    ipam=IpamService(store, netlink.host_networks, settings.default_pools,
+                                     settings.default_pools6),
+                    reconciler=Reconciler(ctx, networks))
