@@ -36,12 +36,19 @@ class Settings:
         return os.path.join(self.state_dir, "state.db")
 
     @property
+    def driver_names(self) -> tuple[str, str]:
+        """The names users type: -d pybridge and -d pybridge:latest."""
+        return self.name, f"{self.name}:latest"
+
+    @property
     def sockets(self) -> list[str]:
-        """The plugin socket, plus <name>.sock in the host's plugin directory when it is
-        mounted, so that dockerd also finds the plugin by its short name (-d pybridge)."""
+        """The managed plugin's socket, plus <name>.sock and <name>:latest.sock in the host's
+        plugin directory when it is mounted. dockerd resolves a managed plugin only by its own
+        tagged name and then fails on the short one (moby#33347), so the managed plugin is
+        called <name>-plugin and both driver names are served by legacy discovery."""
         out = [self.socket]
         if self.host_plugin_dir and os.path.isdir(self.host_plugin_dir):
-            out.append(os.path.join(self.host_plugin_dir, f"{self.name}.sock"))
+            out += [os.path.join(self.host_plugin_dir, f"{n}.sock") for n in self.driver_names]
         return out
 
 

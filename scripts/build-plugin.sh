@@ -15,7 +15,9 @@ build="$root/build"
 base=${PYBRIDGE_BASE_IMAGE:-pybridge-base:bookworm}
 export DOCKER_BUILDKIT=0
 
-log() { printf 'build-plugin: %s\n' "$*" >&2; }
+PB_SCRIPT=build-plugin
+. "$root/scripts/lib.sh"
+log() { pb_log "$@"; }
 
 ensure_base_image() {
   docker image inspect "$base" >/dev/null 2>&1 && return 0
@@ -57,6 +59,7 @@ docker export "$cid" | tar -C "$dir/rootfs" -x
 # Two plugins made from byte-identical rootfs collide in Docker's content store; the instance
 # name makes each plugin's rootfs its own.
 echo "$name" >"$dir/rootfs/etc/pybridge-instance"
+pb_source_hash "$root" >"$dir/rootfs/etc/pybridge-build"
 cp "$root/config.json" "$dir/config.json"
 
 if docker plugin inspect "$name:latest" >/dev/null 2>&1; then

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run the whole pybridge test suite (root): unit tests, integration tests of the kernel adapters
+# in throwaway network namespaces, and end-to-end tests through a real dockerd with the plugin
+# built from this tree and installed as pybridge-test:latest (its own state, link prefix,
+# chains and address pools, so it never touches an installed pybridge or other networks).
+#
+#   scripts/test.sh [pytest arguments]
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+PB_SCRIPT=test
+. "$root/scripts/lib.sh"
+cd "$root"
+
+[ "$(id -u)" = 0 ] || { pb_log "run as root (the integration and end-to-end tests need it)"; exit 1; }
+pb_apt_install iptables iproute2 busybox-static
+python3 -m pip --version >/dev/null 2>&1 || pb_apt_install python3-pip
+if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, pytest, hypothesis' 2>/dev/null; then
+  pb_log "installing Python test dependencies"
+  python3 -m pip install -q -r requirements-dev.txt 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages -r requirements-dev.txt
+fi
+
+export PYBRIDGE_TEST_PLUGIN=${PYBRIDGE_TEST_PLUGIN:-pybridge-test}
+PYBRIDGE_SET="PYBRIDGE_IFPREFIX=pt PYBRIDGE_DEFAULT_POOLS=10.207.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:ff00::/40:64" \
+  "$root/scripts/install.sh" "$PYBRIDGE_TEST_PLUGIN"
+"$root/scripts/make-test-image.sh"
+
+exec python3 -m pytest tests "$@"

@@ -1,0 +1,140 @@
+"""Fakes of the kernel adapters that enforce the same contracts as the real ones.
+
+FakeNetlink refuses what the kernel refuses (duplicate names, a veth on a missing bridge, names
+over 15 bytes, an address on a missing link) and can be told to fail a given operation, so that
+services can be tested for "complete or leave nothing behind".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from plugin.domain.errors import Conflict, KernelError
+from plugin.ipam.pools import Taken
+from plugin.kernel import rules
+from plugin.kernel.netlink import LinkInfo
+
+
+@dataclass
+class FakeLink:
+    name: str
+    kind: str
+    mtu: int = 1500
+    master: str | None = None
+    peer: str | None = None
+    mac: str = ""
+    addresses: set = field(default_factory=set)
+    up: bool = False
+
+
+class FakeNetlink:
+    def __init__(self, host_routes=()):
+        self.links: dict[str, FakeLink] = {}
+        self.routes = [ipaddress.ip_network(r) for r in host_routes]
+        self.fail_on: set[str] = set()
+        self.calls: list[str] = []
+
+    def _step(self, op: str) -> None:
+        self.calls.append(op)
+        if op in self.fail_on:
+            raise KernelError(f"injected failure in {op}")
+
+    def _info(self, link: FakeLink) -> LinkInfo:
+        idx = list(self.links).index(link.name) + 1
+        master = list(self.links).index(link.master) + 1 if link.master in self.links else None
+        return LinkInfo(name=link.name, index=idx, kind=link.kind, mtu=link.mtu, master=master, mac=link.mac)
+
+    def link(self, name):
+        link = self.links.get(name)
+        return self._info(link) if link else None
+
+    def links(self):
+        return [self._info(l) for l in self.links.values()]
+
+    def ensure_bridge(self, name, mtu, mac):
+        self._step("ensure_bridge")
+        assert len(name) <= 15, name
+        link = self.links.get(name)
+        if link is not None and link.kind != "bridge":
+            raise Conflict(f"a {link.kind} link named {name!r} already exists")
+        created = link is None
+        if created:
+            link = self.links[name] = FakeLink(name, "bridge", mtu or 1500, mac=mac)
+        elif mtu:
+            link.mtu = mtu
+        link.up = True
+        return created
+
+    def ensure_addresses(self, name, addresses):
+        self._step("ensure_addresses")
+        if name not in self.links:
+            raise KernelError(f"link {name} does not exist")
+        self.links[name].addresses.update(str(a) for a in addresses)
+
+    def remove_addresses(self, name, addresses):
+        self._step("remove_addresses")
+        if name in self.links:
+            self.links[name].addresses.difference_update(str(a) for a in addresses)
+
+    def delete_link(self, name):
+        self._step("delete_link")
+        link = self.links.pop(name, None)
+        if link is None:
+            return False
+        if link.peer:
+            self.links.pop(link.peer, None)
+        for other in self.links.values():
+            if other.master == name:
+                other.master = None
+        return True
+
+    def create_veth(self, host, peer, bridge, mtu, mac):
+        self._step("create_veth")
+        assert len(host) <= 15 and len(peer) <= 15
+        if bridge not in self.links:
+            raise KernelError(f"bridge {bridge} does not exist")
+        for n in (host, peer):
+            self.links.pop(n, None)
+        mtu = mtu or self.links[bridge].mtu
+        self.links[host] = FakeLink(host, "veth", mtu, master=bridge, peer=peer, up=True)
+        self.links[peer] = FakeLink(peer, "veth", mtu, peer=host, mac=mac)
+
+    def host_networks(self):
+        taken = [Taken(r, f"host route {r} (dev eth0)") for r in self.routes]
+        for link in self.links.values():
+            for a in link.addresses:
+                net = ipaddress.ip_interface(a).network
+                taken.append(Taken(net, f"host route {net} (dev {link.name})"))
+        return taken
+
+
+class FakeFirewall:
+    """Keeps the rendered rules, like the real adapter keeps our chains."""
+
+    def __init__(self, prefix="PBTEST"):
+        self.prefix = prefix
+        self.rules: dict[int, dict[str, list[str]]] = {}
+        self.fail = False
+        self.syncs = 0
+
+    def sync(self, networks):
+        self.syncs += 1
+        if self.fail:
+            raise KernelError("injected firewall failure")
+        networks = list(networks)
+        self.rules = {v: rules.render(self.prefix, networks, v) for v in (4, 6)}
+
+    def remove_all(self):
+        self.rules = {}
+
+    def all_rules(self) -> list[str]:
+        return [r for fam in self.rules.values() for table in fam.values() for r in table]
+
+
+class FakeSysctl:
+    def __init__(self):
+        self.values = {}
+
+    def enable_ipv6(self, ifname):
+        self.values[("net", "ipv6", "conf", ifname, "disable_ipv6")] = "0"

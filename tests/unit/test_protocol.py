@@ -1,0 +1,160 @@
+"""The plugin protocol as dockerd speaks it (shared/protocol.md), through Flask's test client:
+no Content-Type, empty bodies for handshakes, nulls, 200+JSON on success, 500+Err on failure,
+404 for unknown methods."""
+
+import json
+
+import pytest
+
+NID = "3c7e" + "a" * 60
+EID = "9f1a" + "b" * 60
+HEADERS = {"Accept": "application/vnd.docker.plugins.v1.2+json"}
+
+
+def call(client, method, body=None, raw=None):
+    data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
+    resp = client.post(f"/{method}", data=data, headers=HEADERS)  # no Content-Type, like dockerd
+    return resp.status_code, json.loads(resp.data or b"null")
+
+
+def create_network(client, subnet="10.200.1.0/24", generic=None, internal=False, ipv6=False):
+    status, pool = call(client, "IpamDriver.RequestPool",
+                        {"AddressSpace": "pybridge-local", "Pool": subnet, "SubPool": "", "Options": {}, "V6": False})
+    assert status == 200, pool
+    status, gw = call(client, "IpamDriver.RequestAddress",
+                      {"PoolID": pool["PoolID"], "Address": "",
+                       "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+    assert status == 200, gw
+    options = {"com.docker.network.enable_ipv6": ipv6, "com.docker.network.generic": generic or {}}
+    if internal:
+        options["com.docker.network.internal"] = True
+    status, out = call(client, "NetworkDriver.CreateNetwork",
+                       {"NetworkID": NID, "Options": options,
+                        "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": pool["Pool"], "Gateway": gw["Address"]}],
+                        "IPv6Data": []})
+    return status, out, pool
+
+
+@pytest.mark.parametrize("method", ["Plugin.Activate", "NetworkDriver.GetCapabilities",
+                                    "IpamDriver.GetCapabilities", "IpamDriver.GetDefaultAddressSpaces"])
+def test_handshake_calls_accept_an_empty_body(client, method):
+    status, body = call(client, method)
+    assert status == 200 and isinstance(body, dict) and body
+
+
+def test_activate_implements_both_interfaces(client):
+    assert call(client, "Plugin.Activate")[1] == {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+
+def test_capabilities(client):
+    assert call(client, "NetworkDriver.GetCapabilities")[1] == {"Scope": "local", "ConnectivityScope": "local"}
+    assert call(client, "IpamDriver.GetCapabilities")[1] == {"RequiresMACAddress": False,
+                                                              "RequiresRequestReplay": False}
+    spaces = call(client, "IpamDriver.GetDefaultAddressSpaces")[1]
+    assert spaces["LocalDefaultAddressSpace"] and spaces["GlobalDefaultAddressSpace"]
+
+
+def test_unknown_method_is_404_with_err(client):
+    status, body = call(client, "NetworkDriver.NoSuchMethod", {})
+    assert status == 404 and "Err" in body
+
+
+def test_full_container_lifecycle_as_dockerd_sends_it(client, fake_services):
+    status, out, pool = create_network(client)
+    assert (status, out) == (200, {})
+    assert pool["Pool"] == "10.200.1.0/24"
+    status, addr = call(client, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": None})
+    assert status == 200 and addr["Address"] == "10.200.1.2/24"
+    portmap = [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}]
+    status, ep = call(client, "NetworkDriver.CreateEndpoint", {
+        "NetworkID": NID, "EndpointID": EID,
+        "Interface": {"Address": addr["Address"], "AddressIPv6": "", "MacAddress": ""},
+        "Options": {"com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}],
+                    "com.docker.network.portmap": portmap}})
+    assert status == 200
+    assert ep == {"Interface": {"MacAddress": "02:42:0a:c8:01:02"}}  # never the Address back
+    status, join = call(client, "NetworkDriver.Join", {
+        "NetworkID": NID, "EndpointID": EID, "SandboxKey": "/var/run/docker/netns/abc",
+        "Options": {"com.docker.network.portmap": portmap}})
+    assert status == 200
+    assert join["InterfaceName"] == {"SrcName": "ptc9f1abbbbbbbb", "DstPrefix": "eth"}
+    assert join["Gateway"] == "10.200.1.1"
+    assert call(client, "NetworkDriver.ProgramExternalConnectivity",
+                {"NetworkID": NID, "EndpointID": EID, "Options": {}})[0] == 200
+    status, info = call(client, "NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})
+    assert status == 200 and isinstance(info["Value"], dict)
+    for method in ("RevokeExternalConnectivity", "Leave", "DeleteEndpoint"):
+        assert call(client, f"NetworkDriver.{method}", {"NetworkID": NID, "EndpointID": EID}) == (200, {})
+    assert call(client, "IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": "10.200.1.2"}) == (200, {})
+    assert call(client, "IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": "10.200.1.1"}) == (200, {})
+    assert call(client, "IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]}) == (200, {})
+    assert call(client, "NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == (200, {})
+    assert fake_services.ctx.netlink.links == {}
+    with fake_services.ctx.store.reading() as tx:
+        assert tx.list_networks() == [] and tx.list_endpoints() == [] and tx.list_pools() == []
+        assert tx.list_leases() == []
+
+
+def test_mac_is_returned_only_when_dockerd_sent_none(client):
+    create_network(client)
+    status, ep = call(client, "NetworkDriver.CreateEndpoint", {
+        "NetworkID": NID, "EndpointID": EID,
+        "Interface": {"Address": "10.200.1.9/24", "AddressIPv6": "", "MacAddress": "02:42:0a:c8:01:63"}})
+    assert status == 200 and ep == {"Interface": {}}
+
+
+def test_internal_network_join_gives_no_gateway(client):
+    create_network(client, internal=True)
+    call(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID,
+                                                   "Interface": {"Address": "10.200.1.2/24"}})
+    status, join = call(client, "NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID})
+    assert status == 200 and "Gateway" not in join and join["DisableGatewayService"] is True
+
+
+@pytest.mark.parametrize("method", ["NetworkDriver.DeleteNetwork", "NetworkDriver.DeleteEndpoint",
+                                    "NetworkDriver.Leave", "NetworkDriver.RevokeExternalConnectivity",
+                                    "IpamDriver.ReleasePool", "IpamDriver.ReleaseAddress"])
+def test_teardown_of_unknown_ids_succeeds(client, method):
+    body = {"NetworkID": NID, "EndpointID": EID, "PoolID": "10.9.9.0/24#00000000", "Address": "10.9.9.9"}
+    assert call(client, method, body) == (200, {})
+    assert call(client, method, body) == (200, {})
+
+
+@pytest.mark.parametrize("body", [None, {}, {"Options": None}, {"NetworkID": None}])
+def test_create_network_without_id_is_a_clear_error(client, body):
+    status, out = call(client, "NetworkDriver.CreateNetwork", body)
+    assert status == 500 and "NetworkID" in out["Err"]
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[1,2]", b"\"text\"", b"\xff\xfe"])
+def test_malformed_bodies_get_err_not_traceback(client, raw):
+    status, out = call(client, "NetworkDriver.CreateNetwork", raw=raw)
+    assert status == 500 and "Err" in out and "Traceback" not in out["Err"]
+
+
+def test_null_body_is_tolerated_where_nothing_is_required(client):
+    assert call(client, "NetworkDriver.DiscoverNew", raw=b"null") == (200, {})
+    assert call(client, "NetworkDriver.AllocateNetwork", raw=b"null") == (200, {"Options": {}})
+
+
+def test_oversized_body_is_refused(client):
+    status, out = call(client, "NetworkDriver.CreateNetwork", raw=b" " * (2 << 20))
+    assert status == 413 and "Err" in out
+
+
+def test_ipam_errors_use_http_500_with_err(client):
+    # IPAM reads "Error" on 200 responses, so a failure must never be 200 (protocol.md).
+    status, out = call(client, "IpamDriver.RequestAddress", {"PoolID": "nope", "Address": ""})
+    assert status == 500 and "unknown pool" in out["Err"]
+
+
+def test_create_endpoint_on_unknown_network_names_it(client):
+    status, out = call(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID,
+                                                                 "Interface": {}})
+    assert status == 500 and NID[:12] in out["Err"]
+
+
+def test_stats_report_per_method_latency(client):
+    call(client, "NetworkDriver.GetCapabilities")
+    stats = json.loads(client.get("/pybridge/stats").data)
+    assert stats["NetworkDriver.GetCapabilities"]["count"] == 1
