@@ -26,4 +26,5 @@ PYBRIDGE_SET="PYBRIDGE_IFPREFIX=pt PYBRIDGE_DEFAULT_POOLS=10.207.0.0/16:24 PYBRI
   "$root/scripts/install.sh" "$PYBRIDGE_TEST_PLUGIN"
 "$root/scripts/make-test-image.sh"
 
+export PYBRIDGE_E2E=1
 exec python3 -m pytest tests "$@"

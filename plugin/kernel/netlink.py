@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 IFA_F_NODAD = 0x02
 RTN_MULTICAST = 5
+_ROUTE_TYPES = {6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 _GONE = (errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH)
 
 
@@ -158,8 +159,9 @@ class Netlink:
                 if r["dst_len"] == 0 or r["type"] == RTN_MULTICAST or not r.get("dst"):
                     continue
                 net = ipaddress.ip_network(f"{r.get('dst')}/{r['dst_len']}", strict=False)
-                dev = names.get(r.get("oif"), "?")
                 table = r.get("table")
-                where = f"dev {dev}" + (f", table {table}" if table not in (254, None) else "")
+                oif = r.get("oif")
+                where = f"dev {names.get(oif, oif)}" if oif else _ROUTE_TYPES.get(r["type"], f"type {r['type']}")
+                where += f", table {table}" if table not in (254, None) else ""
                 taken.append(Taken(net, f"host route {net} ({where})"))
         return taken

@@ -1,0 +1,210 @@
+"""Helpers for end-to-end tests: run docker, name everything with a per-test prefix, clean up.
+
+Network safety: tests only ever send traffic to containers and bridges they created, to
+addresses in 10.200.0.0/13 and fd70:6201::/32, and containers run with --dns 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import time
+import uuid
+
+PLUGIN = os.environ.get("PYBRIDGE_TEST_PLUGIN", "pybridge-test")
+MANAGED = f"{PLUGIN}-plugin:latest"
+IMAGE = "pybridge-test-busybox:latest"
+IFPREFIX = "pt"
+CHAIN_PREFIX = "".join(c for c in PLUGIN.upper() if c.isalnum())[:12]
+STATE_DB = f"/var/lib/{PLUGIN}/state.db"
+AUTO_POOL = ipaddress.ip_network("10.207.0.0/16")
+
+_subnets = itertools.count(random.randrange(0, 1000))
+
+
+class CommandFailed(AssertionError):
+    pass
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise CommandFailed(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> str:
+    return sh("docker", *args, check=check, timeout=timeout).stdout.strip()
+
+
+def host_routes() -> list:
+    out = json.loads(sh("ip", "-j", "route", "show", "table", "all").stdout or "[]")
+    out += json.loads(sh("ip", "-6", "-j", "route", "show", "table", "all").stdout or "[]")
+    nets = []
+    for r in out:
+        dst = r.get("dst", "")
+        if dst and dst != "default" and not dst.startswith(("ff", "fe80")):
+            try:
+                nets.append(ipaddress.ip_network(dst, strict=False))
+            except ValueError:
+                pass
+    return nets
+
+
+def free_subnet(prefixlen: int = 24) -> str:
+    """A subnet of 10.200.0.0/14 + 10.204.0.0/15 (test range, not the plugin's auto pool) that
+    no host route covers."""
+    taken = host_routes()
+    for _ in range(2000):
+        n = next(_subnets) % (6 * 256)
+        base = ipaddress.ip_network(f"10.{200 + n // 256}.{n % 256}.0/24")
+        net = next(base.subnets(new_prefix=prefixlen)) if prefixlen > 24 else base
+        if not any(net.overlaps(t) for t in taken if t.version == 4):
+            return str(net)
+    raise RuntimeError("no free test subnet")
+
+
+def free_subnet6() -> str:
+    return f"fd70:6201:{random.randrange(0x100, 0xfeff):x}::/64"
+
+
+def ifaces() -> dict[str, dict]:
+    return {l["ifname"]: l for l in json.loads(sh("ip", "-j", "-d", "link", "show").stdout)}
+
+
+def our_links() -> set[str]:
+    return {n for n in ifaces() if n.startswith((f"{IFPREFIX}-", f"{IFPREFIX}h", f"{IFPREFIX}c"))}
+
+
+def our_rules() -> list[str]:
+    rules = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        for line in sh(tool).stdout.splitlines():
+            if f"{CHAIN_PREFIX}-" in line and line.startswith("-A"):
+                rules.append(f"{tool}: {line}")
+    return sorted(rules)
+
+
+def state_rows() -> dict[str, list]:
+    if not os.path.exists(STATE_DB):
+        return {}
+    conn = sqlite3.connect(f"file:{STATE_DB}?mode=ro", uri=True, timeout=10)
+    try:
+        return {t: sorted(r[0] for r in conn.execute(f"SELECT {k} FROM {t}"))
+                for t, k in (("networks", "id"), ("endpoints", "id"), ("pools", "subnet"),
+                             ("leases", "pool_id || ' ' || addr"))}
+    finally:
+        conn.close()
+
+
+def snapshot() -> dict:
+    return {"links": sorted(our_links()), "rules": our_rules(), "state": state_rows()}
+
+
+class DockerEnv:
+    """Creates networks and containers named <prefix>-..., and removes them all at the end."""
+
+    def __init__(self):
+        self.prefix = f"pbt{uuid.uuid4().hex[:6]}"
+        self._n = itertools.count()
+        self.networks: list[str] = []
+        self.containers: list[str] = []
+
+    def name(self, kind: str) -> str:
+        return f"{self.prefix}-{kind}{next(self._n)}"
+
+    def network(self, *args: str, driver: str = PLUGIN, ipam: str | None = PLUGIN,
+                name: str | None = None) -> str:
+        name = name or self.name("net")
+        argv = ["network", "create", "-d", driver]
+        if ipam:
+            argv += ["--ipam-driver", ipam]
+        self.networks.append(name)
+        docker(*argv, *args, name)
+        return name
+
+    def try_network(self, *args: str, **kw) -> tuple[bool, str]:
+        try:
+            return True, self.network(*args, **kw)
+        except CommandFailed as e:
+            return False, str(e)
+
+    def run(self, network: str | None, *args: str, name: str | None = None,
+            cmd: tuple[str, ...] = ("sleep", "600")) -> str:
+        name = name or self.name("c")
+        self.containers.append(name)
+        argv = ["run", "-d", "--name", name, "--dns", "127.0.0.1"]
+        if network:
+            argv += ["--network", network]
+        docker(*argv, *args, IMAGE, *cmd)
+        return name
+
+    def run_once(self, network: str, *cmd: str, args: tuple[str, ...] = (), check: bool = True):
+        return sh("docker", "run", "--rm", "--network", network, "--dns", "127.0.0.1", *args,
+                  IMAGE, *cmd, check=check, timeout=60)
+
+    def exec(self, container: str, *cmd: str, check: bool = True):
+        return sh("docker", "exec", container, *cmd, check=check, timeout=60)
+
+    def ip(self, container: str, network: str, v6: bool = False) -> str:
+        key = "GlobalIPv6Address" if v6 else "IPAddress"
+        return docker("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{network}\").{key}}}}}", container)
+
+    def network_id(self, network: str) -> str:
+        return docker("network", "inspect", "-f", "{{.Id}}", network)
+
+    def cleanup(self) -> list[str]:
+        errors = []
+        if self.containers:
+            res = sh("docker", "rm", "-f", *self.containers, check=False)
+            if res.returncode != 0 and "No such container" not in res.stderr:
+                errors.append(res.stderr.strip())
+        for net in reversed(self.networks):
+            res = sh("docker", "network", "rm", net, check=False)
+            if res.returncode != 0 and "not found" not in res.stderr:
+                errors.append(res.stderr.strip())
+        return errors
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def docker_ready() -> bool:
+    return sh("docker", "info", check=False, timeout=30).returncode == 0
+
+
+def plugin_enabled() -> bool:
+    res = sh("docker", "plugin", "inspect", "-f", "{{.Enabled}}", MANAGED, check=False)
+    return res.stdout.strip() == "true"
+
+
+def wait_plugin_socket(timeout: float = 20) -> bool:
+    return wait_for(lambda: os.path.exists(f"/run/docker/plugins/{PLUGIN}.sock"), timeout)
+
+
+def restart_dockerd(kill_signal: str = "TERM") -> None:
+    """Restart the engine the way it was started (systemd, or a background dockerd)."""
+    if os.path.isdir("/run/systemd/system") and sh("systemctl", "is-active", "docker", check=False).stdout.strip() == "active":
+        sh("systemctl", "restart", "docker", timeout=120)
+    else:
+        pid = sh("pidof", "dockerd").stdout.split()[0]
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:-1]
+        sh("kill", f"-{kill_signal}", pid)
+        if not wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 60):
+            raise RuntimeError("dockerd did not stop")
+        log = open("/var/log/pybridge-dockerd.log", "ab")
+        subprocess.Popen([c.decode() for c in cmdline], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    if not wait_for(docker_ready, 60, 0.5):
+        raise RuntimeError("dockerd did not come back")
