@@ -193,6 +193,15 @@ def wait_plugin_socket(timeout: float = 20) -> bool:
     return wait_for(lambda: os.path.exists(f"/run/docker/plugins/{PLUGIN}.sock"), timeout)
 
 
+def _alive(pid: str) -> bool:
+    """False once the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def restart_dockerd(kill_signal: str = "TERM") -> None:
     """Restart the engine the way it was started (systemd, or a background dockerd)."""
     if os.path.isdir("/run/systemd/system") and sh("systemctl", "is-active", "docker", check=False).stdout.strip() == "active":
@@ -201,10 +210,19 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
         pid = sh("pidof", "dockerd").stdout.split()[0]
         cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:-1]
         sh("kill", f"-{kill_signal}", pid)
-        if not wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 60):
+        if not wait_for(lambda: not _alive(pid), 60):
             raise RuntimeError("dockerd did not stop")
-        log = open("/var/log/pybridge-dockerd.log", "ab")
-        subprocess.Popen([c.decode() for c in cmdline], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
+        # After SIGKILL the pid files stay; a zombie with such a pid (dockerd's, or that of the
+        # containerd it supervises, which dies with it) makes the new dockerd refuse or hang.
+        for pidfile in ("/var/run/docker.pid", "/var/run/docker/containerd/containerd.pid"):
+            try:
+                old = open(pidfile).read().strip()
+            except FileNotFoundError:
+                continue
+            if wait_for(lambda: not _alive(old), 30):
+                os.unlink(pidfile)
+        # detached (setsid, reparented to init) so that it outlives the test run
+        sh("sh", "-c", 'setsid "$@" >>/var/log/pybridge-dockerd.log 2>&1 </dev/null &', "sh",
+           *(c.decode() for c in cmdline))
     if not wait_for(docker_ready, 60, 0.5):
         raise RuntimeError("dockerd did not come back")

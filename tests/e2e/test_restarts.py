@@ -1,0 +1,61 @@
+"""State survives the plugin being disabled and enabled, and dockerd restarting.
+
+dockerd replays neither CreateNetwork nor RequestPool: the plugin restores bridges, addresses
+and rules from its own state."""
+
+import os
+
+import pytest
+
+from .dockerenv import MANAGED, PLUGIN, docker, free_subnet, ifaces, restart_dockerd, wait_for, wait_plugin_socket
+
+
+def ping(dk, network, target):
+    return dk.run_once(network, "ping", "-c1", "-W3", target, check=False)
+
+
+def test_plugin_disable_force_and_enable_keep_networks_usable(dk):
+    subnet = free_subnet()
+    net = dk.network("--subnet", subnet)
+    web = dk.run(net)
+    bridge = f"pt-{dk.network_id(net)[:12]}"
+    docker("plugin", "disable", "-f", MANAGED)
+    try:
+        assert not os.path.exists(f"/run/docker/plugins/{PLUGIN}.sock"), "socket left behind by a stopped plugin"
+    finally:
+        docker("plugin", "enable", MANAGED)
+    assert wait_plugin_socket()
+    assert bridge in ifaces()
+    res = ping(dk, net, web)
+    assert res.returncode == 0, res.stderr
+    # the address the running container holds is still leased: a new one gets another
+    other = dk.run(net)
+    assert dk.ip(other, net) != dk.ip(web, net)
+
+
+def test_plugin_restore_recreates_a_deleted_bridge(dk):
+    net = dk.network("--subnet", free_subnet())
+    bridge = f"pt-{dk.network_id(net)[:12]}"
+    docker("plugin", "disable", "-f", MANAGED)
+    try:
+        os.system(f"ip link del {bridge}")
+    finally:
+        docker("plugin", "enable", MANAGED)
+    assert wait_plugin_socket()
+    assert wait_for(lambda: bridge in ifaces(), 10)
+    web = dk.run(net)
+    assert ping(dk, net, web).returncode == 0
+
+
+@pytest.mark.skipif(os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
+                    reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
+@pytest.mark.parametrize("signal", ["TERM", "KILL"])
+def test_dockerd_restart_keeps_networks_and_restart_always_containers(dk, signal):
+    net = dk.network("--subnet", free_subnet())
+    web = dk.run(net, "--restart", "always")
+    restart_dockerd(signal)
+    assert wait_plugin_socket(30)
+    assert wait_for(lambda: docker("inspect", "-f", "{{.State.Running}}", web, check=False) == "true", 60)
+    res = ping(dk, net, web)
+    assert res.returncode == 0, res.stderr
+    assert dk.ip(web, net) in res.stdout
