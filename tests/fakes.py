@@ -30,7 +30,7 @@ class FakeLink:
 
 class FakeNetlink:
     def __init__(self, host_routes=()):
-        self.links: dict[str, FakeLink] = {}
+        self.devices: dict[str, FakeLink] = {}
         self.routes = [ipaddress.ip_network(r) for r in host_routes]
         self.fail_on: set[str] = set()
         self.calls: list[str] = []
@@ -41,26 +41,26 @@ class FakeNetlink:
             raise KernelError(f"injected failure in {op}")
 
     def _info(self, link: FakeLink) -> LinkInfo:
-        idx = list(self.links).index(link.name) + 1
-        master = list(self.links).index(link.master) + 1 if link.master in self.links else None
+        idx = list(self.devices).index(link.name) + 1
+        master = list(self.devices).index(link.master) + 1 if link.master in self.devices else None
         return LinkInfo(name=link.name, index=idx, kind=link.kind, mtu=link.mtu, master=master, mac=link.mac)
 
     def link(self, name):
-        link = self.links.get(name)
+        link = self.devices.get(name)
         return self._info(link) if link else None
 
     def links(self):
-        return [self._info(l) for l in self.links.values()]
+        return [self._info(l) for l in self.devices.values()]
 
     def ensure_bridge(self, name, mtu, mac):
         self._step("ensure_bridge")
         assert len(name) <= 15, name
-        link = self.links.get(name)
+        link = self.devices.get(name)
         if link is not None and link.kind != "bridge":
             raise Conflict(f"a {link.kind} link named {name!r} already exists")
         created = link is None
         if created:
-            link = self.links[name] = FakeLink(name, "bridge", mtu or 1500, mac=mac)
+            link = self.devices[name] = FakeLink(name, "bridge", mtu or 1500, mac=mac)
         elif mtu:
             link.mtu = mtu
         link.up = True
@@ -68,23 +68,23 @@ class FakeNetlink:
 
     def ensure_addresses(self, name, addresses):
         self._step("ensure_addresses")
-        if name not in self.links:
+        if name not in self.devices:
             raise KernelError(f"link {name} does not exist")
-        self.links[name].addresses.update(str(a) for a in addresses)
+        self.devices[name].addresses.update(str(a) for a in addresses)
 
     def remove_addresses(self, name, addresses):
         self._step("remove_addresses")
-        if name in self.links:
-            self.links[name].addresses.difference_update(str(a) for a in addresses)
+        if name in self.devices:
+            self.devices[name].addresses.difference_update(str(a) for a in addresses)
 
     def delete_link(self, name):
         self._step("delete_link")
-        link = self.links.pop(name, None)
+        link = self.devices.pop(name, None)
         if link is None:
             return False
         if link.peer:
-            self.links.pop(link.peer, None)
-        for other in self.links.values():
+            self.devices.pop(link.peer, None)
+        for other in self.devices.values():
             if other.master == name:
                 other.master = None
         return True
@@ -92,17 +92,17 @@ class FakeNetlink:
     def create_veth(self, host, peer, bridge, mtu, mac):
         self._step("create_veth")
         assert len(host) <= 15 and len(peer) <= 15
-        if bridge not in self.links:
+        if bridge not in self.devices:
             raise KernelError(f"bridge {bridge} does not exist")
         for n in (host, peer):
-            self.links.pop(n, None)
-        mtu = mtu or self.links[bridge].mtu
-        self.links[host] = FakeLink(host, "veth", mtu, master=bridge, peer=peer, up=True)
-        self.links[peer] = FakeLink(peer, "veth", mtu, peer=host, mac=mac)
+            self.devices.pop(n, None)
+        mtu = mtu or self.devices[bridge].mtu
+        self.devices[host] = FakeLink(host, "veth", mtu, master=bridge, peer=peer, up=True)
+        self.devices[peer] = FakeLink(peer, "veth", mtu, peer=host, mac=mac)
 
     def host_networks(self):
         taken = [Taken(r, f"host route {r} (dev eth0)") for r in self.routes]
-        for link in self.links.values():
+        for link in self.devices.values():
             for a in link.addresses:
                 net = ipaddress.ip_interface(a).network
                 taken.append(Taken(net, f"host route {net} (dev {link.name})"))

@@ -22,14 +22,15 @@ TIMEOUT = 20
 
 
 class IptablesFirewall:
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, netns: str | None = None):
         self.prefix = prefix
+        self._argv0 = ["ip", "netns", "exec", netns] if netns else []
         self._lock = threading.Lock()
         self._tools = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
 
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
         try:
-            res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
+            res = subprocess.run(self._argv0 + argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise KernelError(f"{argv[0]}: {e}") from e
         if res.returncode != 0:

@@ -54,21 +54,28 @@ def _lookup(ipr: IPRoute, name: str) -> LinkInfo | None:
 
 
 class Netlink:
-    """The host network namespace as pybridge sees it."""
+    """The host network namespace as pybridge sees it (or a named one, for tests: the socket is
+    opened in it, the calling thread never switches namespace)."""
+
+    def __init__(self, netns: str | None = None):
+        self.netns = netns
+
+    def _ipr(self) -> IPRoute:
+        return IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
 
     def link(self, name: str) -> LinkInfo | None:
-        with IPRoute() as ipr:
+        with self._ipr() as ipr:
             return _lookup(ipr, name)
 
     def links(self) -> list[LinkInfo]:
-        with IPRoute() as ipr:
+        with self._ipr() as ipr:
             return [_info(m) for m in ipr.get_links()]
 
     def ensure_bridge(self, name: str, mtu: int | None, mac: str) -> bool:
         """Create the bridge if missing and bring it up. True when this call created it.
         An existing link of another kind is a conflict, reported before anything changes."""
         try:
-            with IPRoute() as ipr:
+            with self._ipr() as ipr:
                 info = _lookup(ipr, name)
                 created = False
                 if info is None:
@@ -86,7 +93,7 @@ class Netlink:
 
     def ensure_addresses(self, name: str, addresses: Iterable[IPInterface]) -> None:
         try:
-            with IPRoute() as ipr:
+            with self._ipr() as ipr:
                 info = _lookup(ipr, name)
                 if info is None:
                     raise KernelError(f"link {name} does not exist")
@@ -103,7 +110,7 @@ class Netlink:
 
     def remove_addresses(self, name: str, addresses: Iterable[IPInterface]) -> None:
         """Idempotent: a missing link or address is not an error."""
-        with IPRoute() as ipr:
+        with self._ipr() as ipr:
             info = _lookup(ipr, name)
             if info is None:
                 return
@@ -116,7 +123,7 @@ class Netlink:
 
     def delete_link(self, name: str) -> bool:
         """Delete a link by name. False when it was already gone."""
-        with IPRoute() as ipr:
+        with self._ipr() as ipr:
             info = _lookup(ipr, name)
             if info is None:
                 return False
@@ -132,7 +139,7 @@ class Netlink:
         """A veth pair with the host end up on the bridge and the peer (for the container)
         carrying the endpoint's MAC. Leftovers of an earlier attempt are replaced."""
         try:
-            with IPRoute() as ipr:
+            with self._ipr() as ipr:
                 br = _lookup(ipr, bridge)
                 if br is None:
                     raise KernelError(f"bridge {bridge} does not exist")
@@ -153,7 +160,7 @@ class Netlink:
         """Every route in every table (but default routes and multicast) as a range that new
         subnets must not overlap, with a description naming it."""
         taken = []
-        with IPRoute() as ipr:
+        with self._ipr() as ipr:
             names = {m["index"]: m.get("ifname") for m in ipr.get_links()}
             for r in ipr.get_routes(table=None):
                 if r["dst_len"] == 0 or r["type"] == RTN_MULTICAST or not r.get("dst"):

@@ -89,7 +89,7 @@ def test_full_container_lifecycle_as_dockerd_sends_it(client, fake_services):
     assert call(client, "IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": "10.200.1.1"}) == (200, {})
     assert call(client, "IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]}) == (200, {})
     assert call(client, "NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == (200, {})
-    assert fake_services.ctx.netlink.links == {}
+    assert fake_services.ctx.netlink.devices == {}
     with fake_services.ctx.store.reading() as tx:
         assert tx.list_networks() == [] and tx.list_endpoints() == [] and tx.list_pools() == []
         assert tx.list_leases() == []

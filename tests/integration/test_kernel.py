@@ -1,0 +1,97 @@
+"""Netlink and firewall adapters against a real kernel, in a namespace of the test's own."""
+
+import ipaddress
+import json
+import subprocess
+
+import pytest
+
+from plugin.domain.errors import Conflict
+from plugin.domain.model import Network, Subnet
+from plugin.kernel.firewall import IptablesFirewall
+from plugin.kernel.netlink import Netlink
+
+from .conftest import run
+
+
+def links(netns):
+    return {l["ifname"]: l for l in json.loads(run(netns, "ip", "-j", "-d", "link", "show"))}
+
+
+def addrs(netns, dev):
+    out = json.loads(run(netns, "ip", "-j", "addr", "show", "dev", dev))[0]["addr_info"]
+    return {f"{a['local']}/{a['prefixlen']}" for a in out if a.get("scope") == "global"}
+
+
+def test_bridge_addresses_and_veth(netns):
+    nl = Netlink(netns)
+    assert nl.ensure_bridge("pt-br1", 1400, "02:aa:bb:cc:dd:ee") is True
+    assert nl.ensure_bridge("pt-br1", 1400, "02:aa:bb:cc:dd:ee") is False
+    gw4, gw6 = ipaddress.ip_interface("10.200.9.1/24"), ipaddress.ip_interface("fd70:6201:9::1/64")
+    nl.ensure_addresses("pt-br1", [gw4, gw6])
+    nl.ensure_addresses("pt-br1", [gw4, gw6])
+    assert addrs(netns, "pt-br1") == {"10.200.9.1/24", "fd70:6201:9::1/64"}
+    nl.create_veth("pth1", "ptc1", "pt-br1", None, "02:42:0a:c8:09:02")
+    ls = links(netns)
+    assert ls["pt-br1"]["mtu"] == 1400 and ls["pt-br1"]["address"] == "02:aa:bb:cc:dd:ee"
+    assert ls["pth1"]["master"] == "pt-br1" and ls["pth1"]["mtu"] == 1400
+    assert ls["ptc1"]["address"] == "02:42:0a:c8:09:02"
+    assert ls["pt-br1"]["address"] == "02:aa:bb:cc:dd:ee"  # a port does not change the bridge MAC
+    nl.create_veth("pth1", "ptc1", "pt-br1", None, "02:42:0a:c8:09:03")  # leftovers are replaced
+    assert links(netns)["ptc1"]["address"] == "02:42:0a:c8:09:03"
+    routes = {t.network for t in nl.host_networks()}
+    assert ipaddress.ip_network("10.200.9.0/24") in routes
+    assert nl.delete_link("pth1") is True
+    assert nl.delete_link("pth1") is False and "ptc1" not in links(netns)
+    nl.remove_addresses("pt-br1", [gw4])
+    nl.remove_addresses("pt-br1", [gw4])
+    assert addrs(netns, "pt-br1") == {"fd70:6201:9::1/64"}
+    assert nl.delete_link("pt-br1") is True
+    assert nl.delete_link("pt-br1") is False
+    nl.remove_addresses("pt-br1", [gw6])  # a missing link is fine too
+
+
+def test_a_non_bridge_link_is_not_taken_over(netns):
+    run(netns, "ip", "link", "add", "pt-x", "type", "veth", "peer", "name", "pt-y")
+    with pytest.raises(Conflict):
+        Netlink(netns).ensure_bridge("pt-x", None, "02:00:00:00:00:01")
+    assert links(netns)["pt-x"]["linkinfo"]["info_kind"] == "veth"
+
+
+def saved(netns, tool="iptables-save"):
+    return run(netns, tool)
+
+
+def test_firewall_sync_is_whole_chain_and_idempotent(netns):
+    fw = IptablesFirewall("PBTI", netns=netns)
+    net = Network(id="a" * 64, bridge="pt-br1", subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")),
+                                                          Subnet(ipaddress.ip_network("fd70:6201:9::/64"))))
+    fw.sync([net])
+    fw.sync([net])
+    v4 = saved(netns)
+    assert v4.count("-A FORWARD -j PBTI-FORWARD") == 1
+    assert v4.count("-A POSTROUTING -j PBTI-POSTROUTING") == 1
+    assert "-A PBTI-FORWARD -i pt-br1 -o pt-br1 -j ACCEPT" in v4
+    assert "-A PBTI-POSTROUTING -s 10.200.9.0/24 ! -o pt-br1 -j MASQUERADE" in v4
+    assert "-A PBTI-POSTROUTING -s fd70:6201:9::/64 ! -o pt-br1 -j MASQUERADE" in saved(netns, "ip6tables-save")
+    # a rule added to our chain from outside is dropped by the next sync (the chain is ours)
+    run(netns, "iptables", "-A", "PBTI-FORWARD", "-i", "stray", "-j", "ACCEPT")
+    fw.sync([net])
+    assert "stray" not in saved(netns)
+    # jumps deleted from outside come back
+    run(netns, "iptables", "-D", "FORWARD", "-j", "PBTI-FORWARD")
+    fw.sync([net])
+    assert saved(netns).count("-A FORWARD -j PBTI-FORWARD") == 1
+    fw.sync([])
+    assert "pt-br1" not in saved(netns)
+    fw.remove_all()
+    fw.remove_all()
+    assert "PBTI" not in saved(netns) and "PBTI" not in saved(netns, "ip6tables-save")
+
+
+def test_firewall_keeps_other_rules(netns):
+    run(netns, "iptables", "-A", "FORWARD", "-i", "other0", "-j", "ACCEPT")
+    fw = IptablesFirewall("PBTI", netns=netns)
+    fw.sync([Network(id="b" * 64, bridge="pt-br2", subnets=())])
+    fw.remove_all()
+    assert "-A FORWARD -i other0 -j ACCEPT" in saved(netns)

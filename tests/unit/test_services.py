@@ -1,0 +1,158 @@
+"""Driver services over contract-enforcing fakes: each operation completes or leaves nothing,
+teardown is idempotent, restore converges."""
+
+import ipaddress
+
+import pytest
+
+from plugin.domain.errors import Conflict, InvalidRequest, KernelError, NotFound
+from plugin.domain.options import IpamDataSpec
+
+from ..fakes import FakeLink
+
+NID = "ab" * 32
+EID = "cd" * 32
+
+
+def create(services, nid=NID, subnet="10.200.1.0/24", generic=None, **kw):
+    gw = str(ipaddress.ip_network(subnet).network_address + 1) + "/" + subnet.split("/")[1]
+    services.networks.create(nid, generic or {}, ipv6=kw.get("ipv6", False), internal=kw.get("internal", False),
+                             ipv4_data=[IpamDataSpec(pool=subnet, gateway=gw)], ipv6_data=kw.get("v6", []))
+
+
+def state(services):
+    with services.ctx.store.reading() as tx:
+        return tx.list_networks(), tx.list_endpoints()
+
+
+def test_create_network_makes_bridge_address_rules_and_record(fake_services):
+    create(fake_services)
+    nl, fw = fake_services.ctx.netlink, fake_services.ctx.firewall
+    br = nl.devices[f"pt-{NID[:12]}"]
+    assert br.kind == "bridge" and br.up and br.addresses == {"10.200.1.1/24"}
+    assert br.mac.startswith("02:")
+    assert any(f"-i pt-{NID[:12]} -o pt-{NID[:12]} -j ACCEPT" in r for r in fw.all_rules())
+    assert any("-s 10.200.1.0/24 ! -o" in r and "MASQUERADE" in r for r in fw.all_rules())
+    assert [n.id for n in state(fake_services)[0]] == [NID]
+
+
+@pytest.mark.parametrize("step", ["ensure_bridge", "ensure_addresses", "firewall"])
+def test_a_failure_at_any_step_of_create_leaves_nothing(fake_services, step):
+    nl, fw = fake_services.ctx.netlink, fake_services.ctx.firewall
+    if step == "firewall":
+        fw.fail = True
+    else:
+        nl.fail_on.add(step)
+    with pytest.raises(KernelError):
+        create(fake_services)
+    fw.fail = False
+    assert nl.devices == {}
+    assert state(fake_services) == ([], [])
+    fw.sync([])
+    assert fw.all_rules() == []
+
+
+def test_invalid_input_is_refused_before_any_side_effect(fake_services):
+    nl = fake_services.ctx.netlink
+    with pytest.raises(InvalidRequest, match="mtu"):
+        create(fake_services, generic={"com.docker.network.driver.mtu": "9x"})
+    with pytest.raises(InvalidRequest, match="gateway 10.9.9.9 is outside subnet 10.200.1.0/24"):
+        fake_services.networks.create(NID, {}, ipv6=False, internal=False,
+                                      ipv4_data=[IpamDataSpec("10.200.1.0/24", "10.9.9.9/24")], ipv6_data=[])
+    assert nl.calls == [] and nl.devices == {}
+
+
+def test_existing_non_bridge_link_with_the_name_is_a_conflict(fake_services):
+    nl = fake_services.ctx.netlink
+    nl.devices["mybr"] = FakeLink("mybr", "veth")
+    with pytest.raises(Conflict, match="a veth link named 'mybr' already exists"):
+        create(fake_services, generic={"com.docker.network.bridge.name": "mybr"})
+    assert nl.devices["mybr"].kind == "veth" and state(fake_services) == ([], [])
+
+
+def test_a_users_own_bridge_is_used_but_never_deleted(fake_services):
+    nl = fake_services.ctx.netlink
+    nl.devices["userbr"] = FakeLink("userbr", "bridge", addresses={"192.168.77.1/24"})
+    create(fake_services, generic={"com.docker.network.bridge.name": "userbr"})
+    assert nl.devices["userbr"].addresses == {"192.168.77.1/24", "10.200.1.1/24"}
+    fake_services.networks.delete(NID)
+    assert nl.devices["userbr"].addresses == {"192.168.77.1/24"}
+
+
+def test_two_networks_cannot_share_a_bridge_name(fake_services):
+    create(fake_services, generic={"com.docker.network.bridge.name": "shared"})
+    with pytest.raises(Conflict, match="bridge shared is already used by network"):
+        create(fake_services, nid="ef" * 32, subnet="10.200.2.0/24",
+               generic={"com.docker.network.bridge.name": "shared"})
+    assert fake_services.ctx.netlink.devices["shared"].addresses == {"10.200.1.1/24"}
+
+
+def test_endpoint_lifecycle_and_idempotent_teardown(fake_services):
+    create(fake_services)
+    eps, nl = fake_services.endpoints, fake_services.ctx.netlink
+    resp = eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    assert resp == {"Interface": {"MacAddress": "02:42:0a:c8:01:02"}}
+    assert eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="") == resp  # retried call
+    host, peer = f"pth{EID[:12]}", f"ptc{EID[:12]}"
+    assert nl.devices[host].master == f"pt-{NID[:12]}" and nl.devices[peer].mac == "02:42:0a:c8:01:02"
+    join = eps.join(NID, EID, "/var/run/docker/netns/x")
+    assert join["Gateway"] == "10.200.1.1" and join["InterfaceName"]["SrcName"] == peer
+    eps.leave(NID, EID)
+    eps.delete(NID, EID)
+    eps.delete(NID, EID)
+    assert host not in nl.devices and peer not in nl.devices and state(fake_services)[1] == []
+
+
+def test_endpoint_failure_leaves_nothing(fake_services):
+    create(fake_services)
+    nl = fake_services.ctx.netlink
+    nl.fail_on.add("create_veth")
+    with pytest.raises(KernelError):
+        fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    assert [n for n in nl.devices if n.startswith("pth")] == [] and state(fake_services)[1] == []
+
+
+def test_endpoint_address_outside_the_network_is_refused(fake_services):
+    create(fake_services)
+    with pytest.raises(InvalidRequest, match="outside the subnets"):
+        fake_services.endpoints.create(NID, EID, address="10.9.9.9/24", address6="", mac="")
+    with pytest.raises(NotFound):
+        fake_services.endpoints.join(NID, EID, "")
+
+
+def test_delete_network_removes_its_endpoints_bridge_and_rules(fake_services):
+    create(fake_services)
+    fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    fake_services.networks.delete(NID)
+    fake_services.networks.delete(NID)
+    assert fake_services.ctx.netlink.devices == {}
+    assert fake_services.ctx.firewall.all_rules() == []
+    assert state(fake_services) == ([], [])
+
+
+def test_restore_recreates_bridges_and_removes_orphans_it_owns(fake_services):
+    create(fake_services)
+    fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    nl = fake_services.ctx.netlink
+    nl.devices.pop(f"pt-{NID[:12]}")                     # bridge lost (e.g. a reboot)
+    nl.devices["pt-000000000000"] = FakeLink("pt-000000000000", "bridge")   # ours, no record
+    nl.devices["pthdeadbeef0000"] = FakeLink("pthdeadbeef0000", "veth")     # ours, no record
+    nl.devices["docker0"] = FakeLink("docker0", "bridge")                   # not ours
+    fake_services.ctx.firewall.rules = {}
+    report = fake_services.reconciler.restore()
+    assert report.errors == []
+    assert sorted(report.removed_links) == ["pt-000000000000", "pthdeadbeef0000"]
+    assert nl.devices[f"pt-{NID[:12]}"].addresses == {"10.200.1.1/24"}
+    assert "docker0" in nl.devices and f"pth{EID[:12]}" in nl.devices
+    assert fake_services.ctx.firewall.all_rules()
+    again = fake_services.reconciler.restore()
+    assert again.removed_links == [] and again.errors == []
+
+
+def test_internal_and_icc_off_render_drop_rules(fake_services):
+    create(fake_services, internal=True, generic={"com.docker.network.bridge.enable_icc": "false"})
+    rules = fake_services.ctx.firewall.all_rules()
+    br = f"pt-{NID[:12]}"
+    assert f"-A PBTEST-FORWARD -i {br} -o {br} -j DROP" in rules
+    assert f"-A PBTEST-FORWARD -i {br} ! -o {br} -j DROP" in rules
+    assert not any("MASQUERADE" in r for r in rules)
