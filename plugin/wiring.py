@@ -9,6 +9,7 @@ from .config import Settings
 from .driver.context import Context
 from .driver.endpoints import EndpointService
 from .driver.networks import NetworkService
+from .driver.reaper import Reaper
 from .driver.restore import Reconciler
 from .ipam.service import IpamService
 from .store.db import Store
@@ -25,7 +26,7 @@ class Services:
 
 
 def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=None,
-                   store: Store | None = None) -> Services:
+                   store: Store | None = None, synchronous_teardown: bool = False) -> Services:
     if netlink is None:
         from .kernel.netlink import Netlink
         netlink = Netlink()
@@ -37,7 +38,8 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
         sysctl = Sysctl(settings.proc_sys if os.path.isdir(settings.proc_sys) else "/proc/sys")
     if store is None:
         store = Store(settings.db_path).open()
-    ctx = Context(store=store, netlink=netlink, firewall=firewall, sysctl=sysctl, prefix=settings.ifprefix)
+    ctx = Context(store=store, netlink=netlink, firewall=firewall, sysctl=sysctl, prefix=settings.ifprefix,
+                  reaper=Reaper(netlink, synchronous=synchronous_teardown))
     networks = NetworkService(ctx)
     return Services(settings=settings, ctx=ctx, networks=networks, endpoints=EndpointService(ctx),
                     ipam=IpamService(store, netlink.host_networks, settings.default_pools,

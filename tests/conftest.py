@@ -19,7 +19,8 @@ def fake_services(tmp_path):
                              state_dir=str(tmp_path))
     store = Store(tmp_path / "state.db").open()
     services = build_services(settings, netlink=FakeNetlink(host_routes=["192.0.2.0/24"]),
-                              firewall=FakeFirewall(), sysctl=FakeSysctl(), store=store)
+                              firewall=FakeFirewall(), sysctl=FakeSysctl(), store=store,
+                              synchronous_teardown=True)
     yield services
     store.close()
 

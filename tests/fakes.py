@@ -89,6 +89,12 @@ class FakeNetlink:
                 other.master = None
         return True
 
+    def delete_link_by_index(self, index, name):
+        link = self.devices.get(name)
+        if link is None or self._info(link).index != index:
+            return False
+        return self.delete_link(name)
+
     def create_veth(self, host, peer, bridge, mtu, mac):
         self._step("create_veth")
         assert len(host) <= 15 and len(peer) <= 15

@@ -15,3 +15,4 @@ class Context:
     firewall: Any     # plugin.kernel.firewall.IptablesFirewall or a fake
     sysctl: Any       # plugin.kernel.sysctl.Sysctl or a fake
     prefix: str       # link-name prefix, e.g. "pb"
+    reaper: Any = None  # plugin.driver.reaper.Reaper: deferred veth deletion

@@ -75,8 +75,7 @@ class EndpointService:
             endpoint = tx.get_endpoint(endpoint_id)
             names = (endpoint.host_ifname, endpoint.container_ifname) if endpoint \
                 else veth_names(ctx.prefix, endpoint_id)
-            for name in names:
-                _collect(errors, ctx.netlink.delete_link, name)
+            _collect(errors, ctx.reaper.delete, names)
             if endpoint is not None:
                 tx.delete_endpoint(endpoint_id)
         if errors:

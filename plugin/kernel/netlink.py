@@ -9,8 +9,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from pyroute2 import IPRoute, NetlinkError
 
@@ -42,11 +44,9 @@ def _info(msg) -> LinkInfo:
 
 
 def _lookup(ipr: IPRoute, name: str) -> LinkInfo | None:
-    idx = ipr.link_lookup(ifname=name)
-    if not idx:
-        return None
+    """One targeted RTM_GETLINK (link_lookup would dump every link)."""
     try:
-        return _info(ipr.get_links(idx[0])[0])
+        return _info(ipr.link("get", ifname=name)[0])
     except NetlinkError as e:
         if e.code in _GONE:
             return None
@@ -59,9 +59,24 @@ class Netlink:
 
     def __init__(self, netns: str | None = None):
         self.netns = netns
+        self._local = threading.local()
 
-    def _ipr(self) -> IPRoute:
-        return IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+    @contextmanager
+    def _ipr(self) -> Iterator[IPRoute]:
+        """This thread's netlink socket, opened once (opening costs about 1 ms). A socket that
+        fails with anything but a netlink error reply is closed and reopened next time."""
+        ipr = getattr(self._local, "ipr", None)
+        if ipr is None:
+            ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+            self._local.ipr = ipr
+        try:
+            yield ipr
+        except NetlinkError:
+            raise
+        except Exception:
+            self._local.ipr = None
+            ipr.close()
+            raise
 
     def link(self, name: str) -> LinkInfo | None:
         with self._ipr() as ipr:
@@ -143,18 +158,37 @@ class Netlink:
                 br = _lookup(ipr, bridge)
                 if br is None:
                     raise KernelError(f"bridge {bridge} does not exist")
-                for name in (host, peer):
-                    old = _lookup(ipr, name)
-                    if old is not None:
-                        ipr.link("del", index=old.index)
                 mtu = mtu or br.mtu
-                ipr.link("add", ifname=host, kind="veth", mtu=mtu,
-                         peer={"ifname": peer, "address": mac, "mtu": mtu})
-                info = _lookup(ipr, host)
-                ipr.link("set", index=info.index, master=br.index, state="up")
+                spec = dict(ifname=host, kind="veth", mtu=mtu, master=br.index, state="up",
+                            peer={"ifname": peer, "address": mac, "mtu": mtu})
+                try:
+                    ipr.link("add", **spec)
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise
+                    for name in (host, peer):
+                        old = _lookup(ipr, name)
+                        if old is not None:
+                            ipr.link("del", index=old.index)
+                    ipr.link("add", **spec)
         except NetlinkError as e:
             self.delete_link(host)
             raise KernelError(f"create veth {host}<->{peer} on {bridge}: {e}") from e
+
+    def delete_link_by_index(self, index: int, name: str) -> bool:
+        """Delete the link with this index only if it still has this name (indexes are not
+        reused soon, so a link re-created under the same name is never hit)."""
+        with self._ipr() as ipr:
+            try:
+                msg = ipr.get_links(index)[0]
+                if msg.get("ifname") != name:
+                    return False
+                ipr.link("del", index=index)
+            except NetlinkError as e:
+                if e.code in _GONE:
+                    return False
+                raise KernelError(f"delete link {name}: {e}") from e
+            return True
 
     def host_networks(self) -> list[Taken]:
         """Every route in every table (but default routes and multicast) as a range that new

@@ -95,3 +95,15 @@ def test_firewall_keeps_other_rules(netns):
     fw.sync([Network(id="b" * 64, bridge="pt-br2", subnets=())])
     fw.remove_all()
     assert "-A FORWARD -i other0 -j ACCEPT" in saved(netns)
+
+
+def test_delete_by_index_spares_a_link_recreated_under_the_same_name(netns):
+    nl = Netlink(netns)
+    nl.ensure_bridge("pt-br3", None, "02:00:00:00:00:03")
+    nl.create_veth("pth3", "ptc3", "pt-br3", None, "02:42:0a:00:00:03")
+    old = nl.link("pth3").index
+    nl.create_veth("pth3", "ptc3", "pt-br3", None, "02:42:0a:00:00:04")  # same name, new link
+    assert nl.delete_link_by_index(old, "pth3") is False
+    assert "pth3" in links(netns)
+    assert nl.delete_link_by_index(nl.link("pth3").index, "pth3") is True
+    assert "pth3" not in links(netns)

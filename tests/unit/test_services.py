@@ -156,3 +156,15 @@ def test_internal_and_icc_off_render_drop_rules(fake_services):
     assert f"-A PBTEST-FORWARD -i {br} -o {br} -j DROP" in rules
     assert f"-A PBTEST-FORWARD -i {br} ! -o {br} -j DROP" in rules
     assert not any("MASQUERADE" in r for r in rules)
+
+
+def test_deferred_veth_deletion_happens_in_the_background(fake_services):
+    from plugin.driver.reaper import Reaper
+    create(fake_services)
+    nl = fake_services.ctx.netlink
+    fake_services.ctx.reaper = Reaper(nl, synchronous=False)
+    fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    fake_services.endpoints.delete(NID, EID)
+    assert state(fake_services)[1] == []          # forgotten at once
+    fake_services.ctx.reaper.drain()
+    assert f"pth{EID[:12]}" not in nl.devices and f"ptc{EID[:12]}" not in nl.devices

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""pybridge benchmark: figures and ratios against Docker's built-in bridge, in one run.
+
+    scripts/bench.py [--runs 20] [--driver pybridge]
+
+Prints the median (and p90) wall time of `docker run --rm` on a pybridge network and on a
+built-in bridge network, interleaved so both see the same machine state, their ratio, and the
+plugin's own latency per method (p50/p99) as the plugin measured it while serving those runs.
+Traffic stays on this machine: the containers run `true` with --dns 127.0.0.1 on subnets of
+10.200.0.0/13 that the script creates and removes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+IMAGE = "pybridge-test-busybox:latest"
+
+
+def sh(*argv, check=True):
+    res = subprocess.run(argv, capture_output=True, text=True)
+    if check and res.returncode:
+        raise SystemExit(f"{' '.join(argv)}: {res.stderr.strip()}")
+    return res.stdout.strip()
+
+
+def free_subnets(count: int) -> list[str]:
+    routes = json.loads(sh("ip", "-j", "route", "show", "table", "all"))
+    taken = [ipaddress.ip_network(r["dst"], strict=False) for r in routes
+             if r.get("dst") and r["dst"] != "default" and ":" not in r["dst"]]
+    out = []
+    for third in range(250, 0, -1):
+        net = ipaddress.ip_network(f"10.205.{third}.0/24")
+        if not any(net.overlaps(t) for t in taken):
+            out.append(str(net))
+            if len(out) == count:
+                return out
+    raise SystemExit("no free benchmark subnet in 10.205.0.0/16")
+
+
+def plugin_call(driver: str, method: str, path: str):
+    import requests_unixsocket
+    sock = f"/run/docker/plugins/{driver}.sock".replace("/", "%2F")
+    session = requests_unixsocket.Session()
+    resp = getattr(session, method)(f"http+unix://{sock}{path}", timeout=10)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def timed_run(network: str) -> float:
+    start = time.perf_counter()
+    sh("docker", "run", "--rm", "--network", network, "--dns", "127.0.0.1", IMAGE, "true")
+    return time.perf_counter() - start
+
+
+def pct(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--driver", default="pybridge", help="driver name of the pybridge instance to measure")
+    args = ap.parse_args()
+    sh(sys.executable, "-c", "import requests_unixsocket")
+    subprocess.run(["scripts/make-test-image.sh"], check=True)
+    tag = uuid.uuid4().hex[:6]
+    builtin, ours = f"pbbench-{tag}-builtin", f"pbbench-{tag}-pybridge"
+    s1, s2 = free_subnets(2)
+    try:
+        sh("docker", "network", "create", "-d", "bridge", "--subnet", s1, builtin)
+        sh("docker", "network", "create", "-d", args.driver, "--ipam-driver", args.driver, "--subnet", s2, ours)
+        for net in (builtin, ours):
+            timed_run(net)
+        plugin_call(args.driver, "post", "/pybridge/stats/reset")
+        times = {builtin: [], ours: []}
+        for i in range(args.runs):
+            order = (builtin, ours) if i % 2 == 0 else (ours, builtin)
+            for net in order:
+                times[net].append(timed_run(net))
+        stats = plugin_call(args.driver, "get", "/pybridge/stats")
+    finally:
+        sh("docker", "network", "rm", builtin, ours, check=False)
+
+    b, p = statistics.median(times[builtin]), statistics.median(times[ours])
+    print(f"docker run --rm, {args.runs} runs each, interleaved")
+    print(f"  built-in bridge : median {b * 1000:7.1f} ms   p90 {pct(times[builtin], 90) * 1000:7.1f} ms")
+    print(f"  pybridge        : median {p * 1000:7.1f} ms   p90 {pct(times[ours], 90) * 1000:7.1f} ms")
+    print(f"  ratio pybridge/built-in (median): {p / b:.3f}")
+    print("plugin's own latency per method while serving those runs")
+    print(f"  {'method':44s} {'calls':>5s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
+    per_container = 0.0
+    for method, s in stats.items():
+        print(f"  {method:44s} {s['count']:5d} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['max_ms']:8.2f}")
+        per_container += s["p50_ms"] * s["count"] / args.runs
+    print(f"  plugin work per container (sum of p50 x calls per container): {per_container:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
