@@ -157,22 +157,23 @@ def generate_mac(address4: ipaddress.IPv4Interface | None) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, 0x42, *tail))
 
 
+def _endpoint_address(network: Network, field: str, value: str, version: int):
+    """An endpoint address dockerd sent ('' for none), checked against the network's subnets."""
+    if not value:
+        return None
+    addr = parse_interface(field, value)
+    if addr.version != version:
+        raise InvalidRequest(f"invalid {field} {value!r}: expected IPv{version}")
+    if network.pools(version) and not any(addr.ip in p for p in network.pools(version)):
+        raise InvalidRequest(f"address {addr.ip} is outside the subnets of network {network.id[:12]}")
+    return addr
+
+
 def endpoint_from_request(network: Network, endpoint_id: str, *, address: str, address6: str,
                           mac: str, prefix: str) -> tuple[Endpoint, bool]:
     """Validate a CreateEndpoint request. Returns the endpoint and whether pybridge chose the MAC."""
-    addr4 = addr6 = None
-    if address:
-        addr4 = parse_interface("Interface.Address", address)
-        if addr4.version != 4:
-            raise InvalidRequest(f"invalid Interface.Address {address!r}: expected IPv4")
-        if network.pools(4) and not any(addr4.ip in p for p in network.pools(4)):
-            raise InvalidRequest(f"address {addr4.ip} is outside the subnets of network {network.id[:12]}")
-    if address6:
-        addr6 = parse_interface("Interface.AddressIPv6", address6)
-        if addr6.version != 6:
-            raise InvalidRequest(f"invalid Interface.AddressIPv6 {address6!r}: expected IPv6")
-        if network.pools(6) and not any(addr6.ip in p for p in network.pools(6)):
-            raise InvalidRequest(f"address {addr6.ip} is outside the subnets of network {network.id[:12]}")
+    addr4 = _endpoint_address(network, "Interface.Address", address, 4)
+    addr6 = _endpoint_address(network, "Interface.AddressIPv6", address6, 6)
     chosen = not mac
     mac = generate_mac(addr4) if chosen else parse_mac("Interface.MacAddress", mac)
     host, cont = veth_names(prefix, endpoint_id)

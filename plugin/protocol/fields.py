@@ -26,24 +26,19 @@ def text(body: dict, key: str, *, max_len: int = MAX_STRING) -> str:
     return value
 
 
-def ident(body: dict, key: str) -> str:
-    """A required ID (NetworkID, EndpointID, PoolID): 1-128 safe characters."""
+def ident(body: dict, key: str, valid=lambda v: bool(_ID_RE.match(v))) -> str:
+    """A required ID (NetworkID, EndpointID): 1-128 safe characters."""
     value = text(body, key, max_len=256)
     if not value:
         raise InvalidRequest(f"{key} is required")
-    if not _ID_RE.match(value):
+    if not valid(value):
         raise InvalidRequest(f"{key} {value[:64]!r} is not a valid ID")
     return value
 
 
 def pool_ident(body: dict, key: str) -> str:
-    """PoolIDs are ours ('10.1.0.0/24#ab12cd34'); anything printable up to 256 characters."""
-    value = text(body, key, max_len=256)
-    if not value:
-        raise InvalidRequest(f"{key} is required")
-    if not value.isprintable():
-        raise InvalidRequest(f"{key} is not a valid ID")
-    return value
+    """PoolIDs are ours ('10.1.0.0/24#ab12cd34'): any printable text up to 256 characters."""
+    return ident(body, key, valid=str.isprintable)
 
 
 def flag(body: dict, key: str) -> bool:
