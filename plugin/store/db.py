@@ -129,8 +129,9 @@ class Tx:
                               (pool_id, addr_key(address)))
         return cur.rowcount == 1
 
-    def leases_from(self, pool_id: str, start: int, batch: int = 256) -> Iterator[int]:
-        """Leased addresses >= start in ascending order, fetched lazily in batches."""
+    def leases_from(self, pool_id: str, start: int, batch: int = 8) -> Iterator[int]:
+        """Leased addresses >= start in ascending order, fetched lazily in growing batches
+        (the first address after the cursor is usually free: read little to find that out)."""
         key = addr_key(start)
         first = True
         while True:
@@ -141,7 +142,7 @@ class Tx:
                 yield int(a, 16)
             if len(rows) < batch:
                 return
-            key, first = rows[-1][0], False
+            key, first, batch = rows[-1][0], False, min(batch * 4, 1024)
 
     def list_leases(self, pool_id: str | None = None) -> list[tuple[str, int, str]]:
         q = "SELECT pool_id, addr, kind FROM leases"
