@@ -142,5 +142,8 @@ class FakeSysctl:
     def __init__(self):
         self.values = {}
 
+    def ensure(self, value, *parts):
+        self.values[parts] = value
+
     def enable_ipv6(self, ifname):
         self.values[("net", "ipv6", "conf", ifname, "disable_ipv6")] = "0"

@@ -69,6 +69,8 @@ class NetworkService:
         return created
 
     def _configure_bridge(self, network: Network) -> None:
+        if not network.internal:
+            self.ctx.sysctl.ensure("1", "net", "ipv4", "ip_forward")  # written only if it differs
         if network.pools(6):
             self.ctx.sysctl.enable_ipv6(network.bridge)
         self.ctx.netlink.ensure_addresses(network.bridge, network.gateways())

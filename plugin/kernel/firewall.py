@@ -53,8 +53,10 @@ class IptablesFirewall:
                     if version == 4:
                         raise KernelError("iptables-restore is not installed")
                     continue
-                present = rules.present_jumps(self.prefix, self.save(version))
-                missing = [j for j in rules.jumps(self.prefix) if j not in present]
+                saved = self.save(version)
+                present = rules.present_jumps(self.prefix, saved)
+                wanted = rules.jumps(self.prefix, docker_user=rules.has_docker_user(saved))
+                missing = [j for j in wanted if j not in present]
                 text = rules.restore_text(self.prefix, rules.render(self.prefix, networks, version), missing)
                 self._run([self._tools[version][1], "--noflush", "-w"], text)
 

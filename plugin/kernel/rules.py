@@ -28,19 +28,39 @@ def chains(prefix: str) -> dict[str, list[str]]:
     return {"filter": [f"{prefix}-FORWARD"], "nat": [f"{prefix}-POSTROUTING"]}
 
 
-def jumps(prefix: str) -> list[Jump]:
-    return [Jump("filter", "FORWARD", f"{prefix}-FORWARD"),
-            Jump("nat", "POSTROUTING", f"{prefix}-POSTROUTING")]
+def jumps(prefix: str, docker_user: bool = False) -> list[Jump]:
+    """Our jumps. dockerd re-inserts its own FORWARD rules at the top when it restarts, which
+    would put its bridge ACCEPTs before us; DOCKER-USER is the chain dockerd keeps first and
+    leaves to others, so where it exists our filter chain is jumped to from there too."""
+    out = [Jump("filter", "FORWARD", f"{prefix}-FORWARD"),
+           Jump("nat", "POSTROUTING", f"{prefix}-POSTROUTING")]
+    if docker_user:
+        out.insert(0, Jump("filter", "DOCKER-USER", f"{prefix}-FORWARD"))
+    return out
 
 
-def _forward_rules(chain: str, n: Network) -> list[str]:
+# Docker's own bridges (docker0 and br-<12 hex>, and custom names matched by none of these):
+# traffic from a pybridge network to them is dropped, as Docker drops traffic between its bridges.
+DOCKER_BRIDGES = ("docker0", "br-+")
+
+
+def _inbound_rules(chain: str, n: Network) -> list[str]:
+    """What may enter the network's bridge: replies, its own containers (ICC), nothing else.
+    Run for every network before any outbound accept, so one network never reaches another."""
     br = n.bridge
     rules = [f"-A {chain} -i {br} -o {br} -j {'ACCEPT' if n.icc else 'DROP'}"]
+    if not n.internal:
+        rules.append(f"-A {chain} -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    rules.append(f"-A {chain} -o {br} -j DROP")
+    return rules
+
+
+def _outbound_rules(chain: str, n: Network) -> list[str]:
+    br = n.bridge
     if n.internal:
-        rules += [f"-A {chain} -i {br} ! -o {br} -j DROP", f"-A {chain} ! -i {br} -o {br} -j DROP"]
-    else:
-        rules += [f"-A {chain} -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-                  f"-A {chain} -i {br} ! -o {br} -j ACCEPT"]
+        return [f"-A {chain} -i {br} -j DROP"]
+    rules = [f"-A {chain} -i {br} -o {other} -j DROP" for other in DOCKER_BRIDGES]
+    rules.append(f"-A {chain} -i {br} -j ACCEPT")
     return rules
 
 
@@ -54,8 +74,11 @@ def render(prefix: str, networks: Iterable[Network], version: int) -> dict[str, 
     """{table: [rule lines]} for our chains in one address family."""
     fwd, post = f"{prefix}-FORWARD", f"{prefix}-POSTROUTING"
     out: dict[str, list[str]] = {"filter": [], "nat": []}
-    for n in sorted(networks, key=lambda n: n.bridge):
-        out["filter"] += _forward_rules(fwd, n)
+    ordered = sorted(networks, key=lambda n: n.bridge)
+    for n in ordered:
+        out["filter"] += _inbound_rules(fwd, n)
+    for n in ordered:
+        out["filter"] += _outbound_rules(fwd, n)
         out["nat"] += _nat_rules(post, n, version)
     return out
 
@@ -86,6 +109,10 @@ def removal_text(prefix: str, present_jumps: Iterable[Jump]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def has_docker_user(saved: str) -> bool:
+    return ":DOCKER-USER " in saved
+
+
 def present_jumps(prefix: str, saved: str) -> list[Jump]:
     """Which of our jumps an iptables-save dump contains."""
     table, found = None, []
@@ -95,7 +122,7 @@ def present_jumps(prefix: str, saved: str) -> list[Jump]:
             table = line[1:].strip()
         elif line.startswith("-A "):
             rules.add((table, line.strip()))
-    for j in jumps(prefix):
+    for j in jumps(prefix, docker_user=True):
         if (j.table, j.rule()) in rules:
             found.append(j)
     return found

@@ -89,6 +89,19 @@ def test_firewall_sync_is_whole_chain_and_idempotent(netns):
     assert "PBTI" not in saved(netns) and "PBTI" not in saved(netns, "ip6tables-save")
 
 
+def test_firewall_jumps_from_docker_user_when_dockerd_made_it(netns):
+    run(netns, "iptables", "-N", "DOCKER-USER")
+    run(netns, "iptables", "-A", "DOCKER-USER", "-j", "RETURN")
+    fw = IptablesFirewall("PBTI", netns=netns)
+    fw.sync([])
+    fw.sync([])
+    dump = saved(netns)
+    assert dump.count("-A DOCKER-USER -j PBTI-FORWARD") == 1
+    assert dump.index("-A DOCKER-USER -j PBTI-FORWARD") < dump.index("-A DOCKER-USER -j RETURN")
+    fw.remove_all()
+    assert "PBTI" not in saved(netns) and "-A DOCKER-USER -j RETURN" in saved(netns)
+
+
 def test_firewall_keeps_other_rules(netns):
     run(netns, "iptables", "-A", "FORWARD", "-i", "other0", "-j", "ACCEPT")
     fw = IptablesFirewall("PBTI", netns=netns)
