@@ -3,6 +3,7 @@
 serve    run the plugin server (the managed plugin's entrypoint; also host-process mode)
 restore  reconcile kernel objects with the state store once, and print what changed
 status   print the networks, endpoints, pools and leases in the state store
+ports    print the published ports (docker port shows none for a plugin's networks)
 """
 
 from __future__ import annotations
@@ -38,9 +39,22 @@ def _status(settings) -> dict:
         store.close()
 
 
+def _ports(settings) -> list[dict]:
+    from .store.db import Store
+
+    store = Store(settings.db_path).open()
+    try:
+        with store.reading() as tx:
+            return [{"host": str(b), "container": f"{e.address4.ip}:{b.container_port}/{b.proto}",
+                     "endpoint": e.id[:12], "network": e.network_id[:12]}
+                    for e in tx.list_endpoints() for b in e.ports]
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plugin", description="pybridge Docker network plugin")
-    parser.add_argument("command", choices=["serve", "restore", "status"])
+    parser.add_argument("command", choices=["serve", "restore", "status", "ports"])
     parser.add_argument("--socket", help="plugin socket path (serve)")
     parser.add_argument("--state-dir", help="state directory")
     args = parser.parse_args(argv)
@@ -62,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             report = build_services(settings).reconciler.restore()
             print(json.dumps(report.as_dict(), indent=2))
             return 1 if report.errors else 0
+        if args.command == "ports":
+            for row in _ports(settings):
+                print("{host}\t-> {container}\tendpoint {endpoint}\tnetwork {network}".format(**row))
+            return 0
         print(json.dumps(_status(settings), indent=2))
         return 0
     except PybridgeError as e:

@@ -124,12 +124,12 @@ class FakeFirewall:
         self.fail = False
         self.syncs = 0
 
-    def sync(self, networks):
+    def sync(self, networks, endpoints=()):
         self.syncs += 1
         if self.fail:
             raise KernelError("injected firewall failure")
-        networks = list(networks)
-        self.rules = {v: rules.render(self.prefix, networks, v) for v in (4, 6)}
+        networks, endpoints = list(networks), list(endpoints)
+        self.rules = {v: rules.render(self.prefix, networks, v, endpoints) for v in (4, 6)}
 
     def remove_all(self):
         self.rules = {}

@@ -62,3 +62,4 @@ class Endpoint:
     address6: ipaddress.IPv6Interface | None = None
     sandbox_key: str = ""
     options: tuple[tuple[str, str], ...] = field(default=())
+    ports: tuple = ()    # PortBinding, while the endpoint is its container's gateway

@@ -12,6 +12,7 @@ from dataclasses import replace
 from ..domain.errors import KernelError, NotFound, PybridgeError
 from ..domain.naming import veth_names
 from ..domain.options import endpoint_from_request
+from ..domain.ports import assign, parse_portmap
 from .context import Context
 from .networks import _collect
 
@@ -65,8 +66,36 @@ class EndpointService:
             resp["GatewayIPv6"] = str(gw6.ip)
         return resp
 
+    def program(self, network_id: str, endpoint_id: str, portmap: list) -> None:
+        """Publish the container's ports (ProgramExternalConnectivity): all or nothing."""
+        ctx = self.ctx
+        with ctx.store.transaction() as tx:
+            endpoint, network = tx.get_endpoint(endpoint_id), tx.get_network(network_id)
+            if endpoint is None or network is None:
+                raise NotFound(f"endpoint {endpoint_id[:12]} of network {network_id[:12]} is not known to pybridge")
+            requests = parse_portmap(portmap, network.host_binding_ipv4)
+            if not requests or network.internal or endpoint.address4 is None:
+                return
+            held = [b for e in tx.list_endpoints() if e.id != endpoint_id for b in e.ports]
+            bindings = assign(requests, held)
+            ctx.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
+            tx.put_endpoint(replace(endpoint, ports=tuple(bindings)))
+            ctx.firewall.sync(tx.list_networks(), tx.list_endpoints())
+        log.info("endpoint %s publishes %s", endpoint_id[:12], ", ".join(map(str, bindings)))
+
+    def revoke(self, network_id: str, endpoint_id: str) -> None:
+        """Withdraw the container's published ports (idempotent)."""
+        with self.ctx.store.transaction() as tx:
+            endpoint = tx.get_endpoint(endpoint_id)
+            if endpoint is None or not endpoint.ports:
+                return
+            tx.put_endpoint(replace(endpoint, ports=()))
+            self.ctx.firewall.sync(tx.list_networks(), tx.list_endpoints())
+
     def leave(self, network_id: str, endpoint_id: str) -> None:
-        """Nothing to undo here: libnetwork moves the interface back, DeleteEndpoint removes it."""
+        """libnetwork moves the interface back and DeleteEndpoint removes it; ports are withdrawn
+        here too, for when no RevokeExternalConnectivity comes (live-restored containers)."""
+        self.revoke(network_id, endpoint_id)
 
     def delete(self, network_id: str, endpoint_id: str) -> None:
         ctx = self.ctx
@@ -78,6 +107,8 @@ class EndpointService:
             _collect(errors, ctx.reaper.delete, names)
             if endpoint is not None:
                 tx.delete_endpoint(endpoint_id)
+                if endpoint.ports:
+                    _collect(errors, ctx.firewall.sync, tx.list_networks(), tx.list_endpoints())
         if errors:
             raise KernelError(f"endpoint {endpoint_id[:12]} removed with errors: " + "; ".join(errors))
         if endpoint is not None:

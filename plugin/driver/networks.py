@@ -53,7 +53,7 @@ class NetworkService:
                 created = ctx.netlink.ensure_bridge(network.bridge, network.mtu, bridge_mac(network.id))
                 self._configure_bridge(network)
                 tx.put_network(network)
-                ctx.firewall.sync(tx.list_networks())
+                ctx.firewall.sync(tx.list_networks(), tx.list_endpoints())
         except PybridgeError:
             self._undo_create(network, created, touched)
             raise
@@ -91,7 +91,7 @@ class NetworkService:
             errors.append(str(e))
         try:
             with self.ctx.store.transaction() as tx:
-                self.ctx.firewall.sync(tx.list_networks())
+                self.ctx.firewall.sync(tx.list_networks(), tx.list_endpoints())
         except PybridgeError as e:
             errors.append(str(e))
         if errors:
@@ -109,7 +109,7 @@ class NetworkService:
                     _collect(errors, ctx.netlink.delete_link, name)
                 tx.delete_endpoint(ep.id)
             tx.delete_network(network_id)
-            _collect(errors, ctx.firewall.sync, tx.list_networks())
+            _collect(errors, ctx.firewall.sync, tx.list_networks(), tx.list_endpoints())
             if network.bridge_owned:
                 _collect(errors, ctx.netlink.delete_link, network.bridge)
             else:

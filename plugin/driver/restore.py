@@ -65,7 +65,7 @@ class Reconciler:
                     except PybridgeError as e:
                         report.errors.append(str(e))
             try:
-                ctx.firewall.sync(networks)
+                ctx.firewall.sync(networks, endpoints)
             except PybridgeError as e:
                 report.errors.append(f"firewall: {e}")
             report.networks, report.endpoints = len(networks), len(endpoints)

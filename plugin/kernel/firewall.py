@@ -13,7 +13,7 @@ import threading
 from typing import Iterable
 
 from ..domain.errors import KernelError
-from ..domain.model import Network
+from ..domain.model import Endpoint, Network
 from . import rules
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,10 @@ class IptablesFirewall:
         save, _ = self._tools[version]
         return self._run([save]) if self._available(version) else ""
 
-    def sync(self, networks: Iterable[Network]) -> None:
-        """Make our chains hold exactly the rules for these networks, in both families."""
-        networks = list(networks)
+    def sync(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = ()) -> None:
+        """Make our chains hold exactly the rules for these networks and the ports their
+        endpoints publish, in both families."""
+        networks, endpoints = list(networks), list(endpoints)
         with self._lock:
             for version in (4, 6):
                 if not self._available(version):
@@ -57,7 +58,7 @@ class IptablesFirewall:
                 present = rules.present_jumps(self.prefix, saved)
                 wanted = rules.jumps(self.prefix, docker_user=rules.has_docker_user(saved))
                 missing = [j for j in wanted if j not in present]
-                text = rules.restore_text(self.prefix, rules.render(self.prefix, networks, version), missing)
+                text = rules.restore_text(self.prefix, rules.render(self.prefix, networks, version, endpoints), missing)
                 self._run([self._tools[version][1], "--noflush", "-w"], text)
 
     def remove_all(self) -> None:

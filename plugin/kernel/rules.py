@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..domain.model import Network
+from ..domain.model import Endpoint, Network
 
 
 @dataclass(frozen=True)
@@ -18,14 +18,21 @@ class Jump:
     table: str
     builtin: str
     chain: str
+    match: str = ""
+
+    def spec(self) -> str:
+        return f"{self.match} -j {self.chain}".strip()
 
     def rule(self) -> str:
-        return f"-A {self.builtin} -j {self.chain}"
+        return f"-A {self.builtin} {self.spec()}"
+
+
+LOCAL = "-m addrtype --dst-type LOCAL"
 
 
 def chains(prefix: str) -> dict[str, list[str]]:
     """Our chains per table."""
-    return {"filter": [f"{prefix}-FORWARD"], "nat": [f"{prefix}-POSTROUTING"]}
+    return {"filter": [f"{prefix}-FORWARD"], "nat": [f"{prefix}-POSTROUTING", f"{prefix}-DNAT"]}
 
 
 def jumps(prefix: str, docker_user: bool = False) -> list[Jump]:
@@ -33,7 +40,9 @@ def jumps(prefix: str, docker_user: bool = False) -> list[Jump]:
     would put its bridge ACCEPTs before us; DOCKER-USER is the chain dockerd keeps first and
     leaves to others, so where it exists our filter chain is jumped to from there too."""
     out = [Jump("filter", "FORWARD", f"{prefix}-FORWARD"),
-           Jump("nat", "POSTROUTING", f"{prefix}-POSTROUTING")]
+           Jump("nat", "POSTROUTING", f"{prefix}-POSTROUTING"),
+           Jump("nat", "PREROUTING", f"{prefix}-DNAT", LOCAL),
+           Jump("nat", "OUTPUT", f"{prefix}-DNAT", LOCAL)]
     if docker_user:
         out.insert(0, Jump("filter", "DOCKER-USER", f"{prefix}-FORWARD"))
     return out
@@ -44,11 +53,21 @@ def jumps(prefix: str, docker_user: bool = False) -> list[Jump]:
 DOCKER_BRIDGES = ("docker0", "br-+")
 
 
-def _inbound_rules(chain: str, n: Network) -> list[str]:
-    """What may enter the network's bridge: replies, its own containers (ICC), nothing else.
-    Run for every network before any outbound accept, so one network never reaches another."""
+def _published(n: Network, endpoints: Iterable[Endpoint]):
+    """(endpoint, binding) for every published port of the network's endpoints."""
+    if n.internal:
+        return []
+    return [(e, b) for e in endpoints if e.network_id == n.id and e.address4 for b in e.ports]
+
+
+def _inbound_rules(chain: str, n: Network, endpoints: Iterable[Endpoint]) -> list[str]:
+    """What may enter the network's bridge: replies, published ports (only when DNATed to
+    them), its own containers (ICC), nothing else. Run for every network before any outbound
+    accept, so one network never reaches another."""
     br = n.bridge
-    rules = [f"-A {chain} -i {br} -o {br} -j {'ACCEPT' if n.icc else 'DROP'}"]
+    rules = [f"-A {chain} -o {br} -d {e.address4.ip} -p {b.proto} --dport {b.container_port} "
+             f"-m conntrack --ctstate DNAT -j ACCEPT" for e, b in _published(n, endpoints)]
+    rules.append(f"-A {chain} -i {br} -o {br} -j {'ACCEPT' if n.icc else 'DROP'}")
     if not n.internal:
         rules.append(f"-A {chain} -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
     rules.append(f"-A {chain} -o {br} -j DROP")
@@ -70,16 +89,35 @@ def _nat_rules(chain: str, n: Network, version: int) -> list[str]:
     return [f"-A {chain} -s {pool} ! -o {n.bridge} -j MASQUERADE" for pool in n.pools(version)]
 
 
-def render(prefix: str, networks: Iterable[Network], version: int) -> dict[str, list[str]]:
-    """{table: [rule lines]} for our chains in one address family."""
-    fwd, post = f"{prefix}-FORWARD", f"{prefix}-POSTROUTING"
+def _port_rules(post: str, dnat: str, n: Network, endpoints: Iterable[Endpoint]) -> list[str]:
+    """DNAT from any local address (or the binding's own) to the container; masquerade what
+    comes from loopback (route_localnet lets it out) and hairpin traffic of the container."""
+    rules = []
+    published = _published(n, endpoints)
+    for e, b in published:
+        dst = f"-d {b.host_ip}/32 " if b.host_ip else ""
+        rules.append(f"-A {dnat} {dst}-p {b.proto} -m {b.proto} --dport {b.host_port} "
+                     f"-j DNAT --to-destination {e.address4.ip}:{b.container_port}")
+        rules.append(f"-A {post} -s {e.address4.ip}/32 -d {e.address4.ip}/32 -p {b.proto} "
+                     f"-m {b.proto} --dport {b.container_port} -j MASQUERADE")
+    if published:
+        rules.append(f"-A {post} -s 127.0.0.0/8 -o {n.bridge} -j MASQUERADE")
+    return rules
+
+
+def render(prefix: str, networks: Iterable[Network], version: int,
+           endpoints: Iterable[Endpoint] = ()) -> dict[str, list[str]]:
+    """{table: [rule lines]} for our chains in one address family. Published ports are IPv4
+    only for now."""
+    fwd, post, dnat = f"{prefix}-FORWARD", f"{prefix}-POSTROUTING", f"{prefix}-DNAT"
     out: dict[str, list[str]] = {"filter": [], "nat": []}
     ordered = sorted(networks, key=lambda n: n.bridge)
+    endpoints = list(endpoints) if version == 4 else []
     for n in ordered:
-        out["filter"] += _inbound_rules(fwd, n)
+        out["filter"] += _inbound_rules(fwd, n, endpoints)
     for n in ordered:
         out["filter"] += _outbound_rules(fwd, n)
-        out["nat"] += _nat_rules(post, n, version)
+        out["nat"] += _port_rules(post, dnat, n, endpoints) + _nat_rules(post, n, version)
     return out
 
 
@@ -91,7 +129,7 @@ def restore_text(prefix: str, rules: dict[str, list[str]], missing_jumps: Iterab
         lines.append(f"*{table}")
         lines += [f":{name} - [0:0]" for name in names]
         lines += rules.get(table, [])
-        lines += [f"-I {j.builtin} 1 -j {j.chain}" for j in missing if j.table == table]
+        lines += [f"-I {j.builtin} 1 {j.spec()}" for j in missing if j.table == table]
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -103,7 +141,7 @@ def removal_text(prefix: str, present_jumps: Iterable[Jump]) -> str:
     for table, names in chains(prefix).items():
         lines.append(f"*{table}")
         lines += [f":{name} - [0:0]" for name in names]
-        lines += [f"-D {j.builtin} -j {j.chain}" for j in present if j.table == table]
+        lines += [f"-D {j.builtin} {j.spec()}" for j in present if j.table == table]
         lines += [f"-X {name}" for name in names]
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"

@@ -62,13 +62,17 @@ def leave(s, body):
     return {}
 
 
+PORTMAP = "com.docker.network.portmap"
+
+
 def program_external_connectivity(s, body):
-    f.ident(body, "NetworkID"), f.ident(body, "EndpointID"), f.mapping(body, "Options")
+    s.endpoints.program(f.ident(body, "NetworkID"), f.ident(body, "EndpointID"),
+                        f.items(f.mapping(body, "Options"), PORTMAP))
     return {}
 
 
 def revoke_external_connectivity(s, body):
-    f.ident(body, "NetworkID"), f.ident(body, "EndpointID")
+    s.endpoints.revoke(f.ident(body, "NetworkID"), f.ident(body, "EndpointID"))
     return {}
 
 

@@ -6,6 +6,7 @@ import ipaddress
 import json
 
 from ..domain.model import Endpoint, Network, Subnet
+from ..domain.ports import PortBinding
 
 
 def _iface(value):
@@ -39,6 +40,7 @@ def endpoint_to_json(e: Endpoint) -> str:
         "address4": str(e.address4) if e.address4 else "",
         "address6": str(e.address6) if e.address6 else "",
         "sandbox_key": e.sandbox_key, "options": dict(e.options),
+        "ports": [[p.proto, p.container_port, p.host_ip, p.host_port] for p in e.ports],
     }, sort_keys=True)
 
 
@@ -47,4 +49,5 @@ def endpoint_from_json(endpoint_id: str, network_id: str, text: str) -> Endpoint
     return Endpoint(id=endpoint_id, network_id=network_id, host_ifname=d["host_ifname"],
                     container_ifname=d["container_ifname"], mac=d["mac"],
                     address4=_iface(d["address4"]), address6=_iface(d["address6"]),
-                    sandbox_key=d["sandbox_key"], options=tuple(sorted(d["options"].items())))
+                    sandbox_key=d["sandbox_key"], options=tuple(sorted(d["options"].items())),
+                    ports=tuple(PortBinding(*p) for p in d.get("ports", [])))

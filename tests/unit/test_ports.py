@@ -1,0 +1,45 @@
+"""Published ports: parsing dockerd's portmap and assigning host ports, all or nothing."""
+
+import pytest
+
+from plugin.domain.errors import Conflict, InvalidRequest
+from plugin.domain.ports import EPHEMERAL, PortBinding, assign, parse_portmap
+
+
+def pm(**kw):
+    item = {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}
+    item.update(kw)
+    return item
+
+
+def test_parse_protocols_host_ip_and_ranges():
+    reqs = parse_portmap([pm(), pm(Proto=17, Port=53, HostPort=0, HostPortEnd=0),
+                          pm(Proto=132, HostIP="127.0.0.1", HostPort=9000, HostPortEnd=9005)])
+    assert [(r.proto, r.container_port, r.host_ip, r.host_port, r.host_port_end) for r in reqs] == [
+        ("tcp", 80, "", 8080, 8080), ("udp", 53, "", 0, 0), ("sctp", 80, "127.0.0.1", 9000, 9005)]
+    assert parse_portmap([pm()], default_host_ip="10.0.0.5")[0].host_ip == "10.0.0.5"
+
+
+@pytest.mark.parametrize("item", [pm(Proto=1), pm(Port=0), pm(HostPort=70000), pm(HostIP="nope"),
+                                  pm(HostPort="80"), "x", pm(HostPort=90, HostPortEnd=80)])
+def test_bad_portmap_entries_are_refused(item):
+    with pytest.raises(InvalidRequest):
+        parse_portmap([item])
+
+
+def test_assign_picks_free_ports_and_refuses_taken_ones():
+    held = [PortBinding("tcp", 80, "", 8080)]
+    with pytest.raises(Conflict, match="0.0.0.0:8080/tcp is already published"):
+        assign(parse_portmap([pm()]), held)
+    # another protocol, or a range with room, is fine
+    got = assign(parse_portmap([pm(Proto=17), pm(HostPort=8080, HostPortEnd=8082)]), held)
+    assert [(b.proto, b.host_port) for b in got] == [("udp", 8080), ("tcp", 8081)]
+    picked = assign(parse_portmap([pm(HostPort=0, HostPortEnd=0), pm(Port=81, HostPort=0, HostPortEnd=0)]), held)
+    assert EPHEMERAL[0] <= picked[0].host_port < picked[1].host_port <= EPHEMERAL[1]
+
+
+def test_specific_host_ips_do_not_clash_with_each_other():
+    held = [PortBinding("tcp", 80, "10.0.0.1", 8080)]
+    assert assign(parse_portmap([pm(HostIP="10.0.0.2")]), held)[0].host_port == 8080
+    with pytest.raises(Conflict):
+        assign(parse_portmap([pm()]), held)  # all addresses includes 10.0.0.1
