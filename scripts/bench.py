@@ -54,10 +54,29 @@ def plugin_call(driver: str, method: str, path: str):
     return resp.json()
 
 
-def timed_run(network: str) -> float:
+FIVE_PORTS = ("-p", "80", "-p", "81", "-p", "82", "-p", "83", "-p", "84")
+
+
+def timed_run(network: str, extra: tuple = ()) -> float:
     start = time.perf_counter()
-    sh("docker", "run", "--rm", "--network", network, "--dns", "127.0.0.1", IMAGE, "true")
+    sh("docker", "run", "--rm", "--network", network, "--dns", "127.0.0.1", *extra, IMAGE, "true")
     return time.perf_counter() - start
+
+
+def compare(builtin: str, ours: str, runs: int, extra: tuple = ()) -> dict:
+    times = {builtin: [], ours: []}
+    for i in range(runs):
+        for net in ((builtin, ours) if i % 2 == 0 else (ours, builtin)):
+            times[net].append(timed_run(net, extra))
+    return times
+
+
+def report(title: str, times: dict, builtin: str, ours: str) -> None:
+    b, p = statistics.median(times[builtin]), statistics.median(times[ours])
+    print(title)
+    print(f"  built-in bridge : median {b * 1000:7.1f} ms   p90 {pct(times[builtin], 90) * 1000:7.1f} ms")
+    print(f"  pybridge        : median {p * 1000:7.1f} ms   p90 {pct(times[ours], 90) * 1000:7.1f} ms")
+    print(f"  ratio pybridge/built-in (median): {p / b:.3f}")
 
 
 def pct(values, q):
@@ -118,20 +137,14 @@ def main() -> int:
         for net in (builtin, ours):
             timed_run(net)
         plugin_call(args.driver, "post", "/pybridge/stats/reset")
-        times = {builtin: [], ours: []}
-        for i in range(args.runs):
-            order = (builtin, ours) if i % 2 == 0 else (ours, builtin)
-            for net in order:
-                times[net].append(timed_run(net))
+        times = compare(builtin, ours, args.runs)
         stats = plugin_call(args.driver, "get", "/pybridge/stats")
+        ported = compare(builtin, ours, max(4, args.runs // 2), FIVE_PORTS)
     finally:
         sh("docker", "network", "rm", builtin, ours, check=False)
 
-    b, p = statistics.median(times[builtin]), statistics.median(times[ours])
-    print(f"docker run --rm, {args.runs} runs each, interleaved")
-    print(f"  built-in bridge : median {b * 1000:7.1f} ms   p90 {pct(times[builtin], 90) * 1000:7.1f} ms")
-    print(f"  pybridge        : median {p * 1000:7.1f} ms   p90 {pct(times[ours], 90) * 1000:7.1f} ms")
-    print(f"  ratio pybridge/built-in (median): {p / b:.3f}")
+    report(f"docker run --rm, {args.runs} runs each, interleaved", times, builtin, ours)
+    report("docker run --rm with five published ports (-p 80 ... -p 84), interleaved", ported, builtin, ours)
     print("plugin's own latency per method while serving those runs")
     print(f"  {'method':44s} {'calls':>5s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
     per_container = 0.0
