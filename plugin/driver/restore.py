@@ -54,6 +54,12 @@ class Reconciler:
                 else:
                     tx.delete_endpoint(ep.id)
                     report.dropped_endpoints.append(ep.id)
+            by_id = {n.id: n for n in networks}
+            for bridge in sorted({by_id[ep.network_id].bridge for ep in endpoints if ep.ports}):
+                try:  # loopback access to published ports (lost with a re-created bridge)
+                    ctx.sysctl.ensure("1", "net", "ipv4", "conf", bridge, "route_localnet")
+                except PybridgeError as e:
+                    report.errors.append(str(e))
             claimed = {n.bridge for n in networks}
             claimed |= {name for ep in endpoints for name in (ep.host_ifname, ep.container_ifname)}
             prefixes = owned_link_prefixes(ctx.prefix)

@@ -169,3 +169,20 @@ def test_deferred_veth_deletion_happens_in_the_background(fake_services):
     assert state(fake_services)[1] == []          # forgotten at once
     fake_services.ctx.reaper.drain()
     assert f"pth{EID[:12]}" not in nl.devices and f"ptc{EID[:12]}" not in nl.devices
+
+
+def test_published_ports_are_rendered_and_restored_from_state(fake_services):
+    create(fake_services)
+    eps = fake_services.endpoints
+    eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
+    fw, sysctl = fake_services.ctx.firewall, fake_services.ctx.sysctl
+    dnat = "-A PBTEST-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.200.1.2:80"
+    assert dnat in fw.all_rules()
+    sysctl.values.clear()
+    fw.rules = {}
+    fake_services.reconciler.restore()
+    assert dnat in fw.all_rules()
+    assert sysctl.values[("net", "ipv4", "conf", f"pt-{NID[:12]}", "route_localnet")] == "1"
+    eps.leave(NID, EID)
+    assert dnat not in fw.all_rules()
