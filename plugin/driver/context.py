@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..store.db import Store
+from ..domain.errors import PybridgeError
+from ..store.db import Store, Tx
 
 
 @dataclass
@@ -16,3 +17,17 @@ class Context:
     sysctl: Any       # plugin.kernel.sysctl.Sysctl or a fake
     prefix: str       # link-name prefix, e.g. "pb"
     reaper: Any = None  # plugin.driver.reaper.Reaper: deferred veth deletion
+
+    def sync_firewall(self, tx: Tx) -> None:
+        """Rewrite our chains from the state as this transaction sees it."""
+        self.firewall.sync(tx.list_networks(), tx.list_endpoints())
+
+
+def collect(errors: list[str], fn, *args) -> None:
+    """Run one teardown step; record its failure and keep going (teardown is best effort)."""
+    try:
+        fn(*args)
+    except PybridgeError as e:
+        errors.append(str(e))
+    except OSError as e:
+        errors.append(f"{getattr(fn, '__name__', 'step')}: {e}")

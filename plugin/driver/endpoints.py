@@ -13,8 +13,7 @@ from ..domain.errors import KernelError, NotFound, PybridgeError
 from ..domain.naming import veth_names
 from ..domain.options import endpoint_from_request
 from ..domain.ports import assign, parse_portmap
-from .context import Context
-from .networks import _collect
+from .context import Context, collect
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +73,16 @@ class EndpointService:
             if endpoint is None or network is None:
                 raise NotFound(f"endpoint {endpoint_id[:12]} of network {network_id[:12]} is not known to pybridge")
             requests = parse_portmap(portmap, network.host_binding_ipv4)
-            if not requests or network.internal or endpoint.address4 is None:
-                return
+            if network.internal or endpoint.address4 is None:
+                requests = []
             held = [b for e in tx.list_endpoints() if e.id != endpoint_id for b in e.ports]
-            bindings = assign(requests, held)
-            ctx.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
-            tx.put_endpoint(replace(endpoint, ports=tuple(bindings)))
-            ctx.firewall.sync(tx.list_networks(), tx.list_endpoints())
+            bindings = tuple(assign(requests, held))
+            if bindings == endpoint.ports:
+                return
+            if bindings:
+                ctx.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
+            tx.put_endpoint(replace(endpoint, ports=bindings))
+            ctx.sync_firewall(tx)
         log.info("endpoint %s publishes %s", endpoint_id[:12], ", ".join(map(str, bindings)))
 
     def revoke(self, network_id: str, endpoint_id: str) -> None:
@@ -90,7 +92,7 @@ class EndpointService:
             if endpoint is None or not endpoint.ports:
                 return
             tx.put_endpoint(replace(endpoint, ports=()))
-            self.ctx.firewall.sync(tx.list_networks(), tx.list_endpoints())
+            self.ctx.sync_firewall(tx)
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
         """libnetwork moves the interface back and DeleteEndpoint removes it; ports are withdrawn
@@ -104,11 +106,11 @@ class EndpointService:
             endpoint = tx.get_endpoint(endpoint_id)
             names = (endpoint.host_ifname, endpoint.container_ifname) if endpoint \
                 else veth_names(ctx.prefix, endpoint_id)
-            _collect(errors, ctx.reaper.delete, names)
+            collect(errors, ctx.reaper.delete, names)
             if endpoint is not None:
                 tx.delete_endpoint(endpoint_id)
                 if endpoint.ports:
-                    _collect(errors, ctx.firewall.sync, tx.list_networks(), tx.list_endpoints())
+                    collect(errors, ctx.sync_firewall, tx)
         if errors:
             raise KernelError(f"endpoint {endpoint_id[:12]} removed with errors: " + "; ".join(errors))
         if endpoint is not None:

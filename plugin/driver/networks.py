@@ -14,7 +14,7 @@ from ..domain.errors import Conflict, KernelError, PybridgeError
 from ..domain.model import Network
 from ..domain.naming import bridge_mac, owned_link_prefixes
 from ..domain.options import IpamDataSpec, network_from_request
-from .context import Context
+from .context import Context, collect
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class NetworkService:
                 created = ctx.netlink.ensure_bridge(network.bridge, network.mtu, bridge_mac(network.id))
                 self._configure_bridge(network)
                 tx.put_network(network)
-                ctx.firewall.sync(tx.list_networks(), tx.list_endpoints())
+                ctx.sync_firewall(tx)
         except PybridgeError:
             self._undo_create(network, created, touched)
             raise
@@ -91,7 +91,7 @@ class NetworkService:
             errors.append(str(e))
         try:
             with self.ctx.store.transaction() as tx:
-                self.ctx.firewall.sync(tx.list_networks(), tx.list_endpoints())
+                self.ctx.sync_firewall(tx)
         except PybridgeError as e:
             errors.append(str(e))
         if errors:
@@ -106,24 +106,15 @@ class NetworkService:
                 return
             for ep in tx.list_endpoints(network_id):
                 for name in (ep.host_ifname, ep.container_ifname):
-                    _collect(errors, ctx.netlink.delete_link, name)
+                    collect(errors, ctx.netlink.delete_link, name)
                 tx.delete_endpoint(ep.id)
             tx.delete_network(network_id)
-            _collect(errors, ctx.firewall.sync, tx.list_networks(), tx.list_endpoints())
+            collect(errors, ctx.sync_firewall, tx)
             if network.bridge_owned:
-                _collect(errors, ctx.netlink.delete_link, network.bridge)
+                collect(errors, ctx.netlink.delete_link, network.bridge)
             else:
-                _collect(errors, ctx.netlink.remove_addresses, network.bridge, network.gateways())
+                collect(errors, ctx.netlink.remove_addresses, network.bridge, network.gateways())
         if errors:
             raise KernelError(f"network {network_id[:12]} removed with errors: " + "; ".join(errors))
         log.info("network %s deleted", network_id[:12])
 
-
-def _collect(errors: list[str], fn, *args) -> None:
-    """Run one teardown step; record its failure and keep going."""
-    try:
-        fn(*args)
-    except PybridgeError as e:
-        errors.append(str(e))
-    except OSError as e:
-        errors.append(f"{getattr(fn, '__name__', 'step')}: {e}")

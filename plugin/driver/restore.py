@@ -71,7 +71,7 @@ class Reconciler:
                     except PybridgeError as e:
                         report.errors.append(str(e))
             try:
-                ctx.firewall.sync(networks, endpoints)
+                ctx.sync_firewall(tx)
             except PybridgeError as e:
                 report.errors.append(f"firewall: {e}")
             report.networks, report.endpoints = len(networks), len(endpoints)

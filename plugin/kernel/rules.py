@@ -165,9 +165,3 @@ def present_jumps(prefix: str, saved: str) -> list[Jump]:
             found.append(j)
     return found
 
-
-def our_rules(prefix: str, saved: str) -> list[str]:
-    """Lines of an iptables-save dump that belong to us (our chains, or jumps to them)."""
-    marker = f"{prefix}-"
-    return [line for line in saved.splitlines()
-            if line.startswith(("-A ", ":")) and marker in line]

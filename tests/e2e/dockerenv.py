@@ -16,11 +16,13 @@ import subprocess
 import time
 import uuid
 
+from plugin.domain.naming import chain_prefix
+
 PLUGIN = os.environ.get("PYBRIDGE_TEST_PLUGIN", "pybridge-test")
 MANAGED = f"{PLUGIN}-plugin:latest"
 IMAGE = "pybridge-test-busybox:latest"
 IFPREFIX = "pt"
-CHAIN_PREFIX = "".join(c for c in PLUGIN.upper() if c.isalnum())[:12]
+CHAIN_PREFIX = chain_prefix(PLUGIN)
 STATE_DB = f"/var/lib/{PLUGIN}/state.db"
 AUTO_POOL = ipaddress.ip_network("10.207.0.0/16")
 

@@ -186,3 +186,13 @@ def test_published_ports_are_rendered_and_restored_from_state(fake_services):
     assert sysctl.values[("net", "ipv4", "conf", f"pt-{NID[:12]}", "route_localnet")] == "1"
     eps.leave(NID, EID)
     assert dnat not in fw.all_rules()
+
+
+def test_programming_again_without_ports_withdraws_the_earlier_ones(fake_services):
+    create(fake_services)
+    eps = fake_services.endpoints
+    eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    eps.program(NID, EID, [{"Proto": 17, "Port": 53, "HostPort": 5353, "HostPortEnd": 5353}])
+    assert any("--dport 5353" in r for r in fake_services.ctx.firewall.all_rules())
+    eps.program(NID, EID, [])
+    assert not any("--dport 5353" in r for r in fake_services.ctx.firewall.all_rules())
