@@ -124,7 +124,7 @@ class FakeFirewall:
         self.fail = False
         self.syncs = 0
 
-    def sync(self, networks, endpoints=()):
+    def sync(self, networks, endpoints=(), check_jumps=True):
         self.syncs += 1
         if self.fail:
             raise KernelError("injected firewall failure")

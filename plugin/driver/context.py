@@ -18,9 +18,10 @@ class Context:
     prefix: str       # link-name prefix, e.g. "pb"
     reaper: Any = None  # plugin.driver.reaper.Reaper: deferred veth deletion
 
-    def sync_firewall(self, tx: Tx) -> None:
-        """Rewrite our chains from the state as this transaction sees it."""
-        self.firewall.sync(tx.list_networks(), tx.list_endpoints())
+    def sync_firewall(self, tx: Tx, check_jumps: bool = True) -> None:
+        """Rewrite our chains from the state as this transaction sees it. Endpoint changes
+        pass check_jumps=False: the jumps were checked when the network was made or restored."""
+        self.firewall.sync(tx.list_networks(), tx.list_endpoints(), check_jumps=check_jumps)
 
 
 def collect(errors: list[str], fn, *args) -> None:

@@ -82,7 +82,7 @@ class EndpointService:
             if bindings:
                 ctx.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
             tx.put_endpoint(replace(endpoint, ports=bindings))
-            ctx.sync_firewall(tx)
+            ctx.sync_firewall(tx, check_jumps=False)
         log.info("endpoint %s publishes %s", endpoint_id[:12], ", ".join(map(str, bindings)))
 
     def revoke(self, network_id: str, endpoint_id: str) -> None:
@@ -92,7 +92,7 @@ class EndpointService:
             if endpoint is None or not endpoint.ports:
                 return
             tx.put_endpoint(replace(endpoint, ports=()))
-            self.ctx.sync_firewall(tx)
+            self.ctx.sync_firewall(tx, check_jumps=False)
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
         """libnetwork moves the interface back and DeleteEndpoint removes it; ports are withdrawn
@@ -110,7 +110,7 @@ class EndpointService:
             if endpoint is not None:
                 tx.delete_endpoint(endpoint_id)
                 if endpoint.ports:
-                    collect(errors, ctx.sync_firewall, tx)
+                    collect(errors, ctx.sync_firewall, tx, False)
         if errors:
             raise KernelError(f"endpoint {endpoint_id[:12]} removed with errors: " + "; ".join(errors))
         if endpoint is not None:
