@@ -45,9 +45,11 @@ def _ports(settings) -> list[dict]:
     store = Store(settings.db_path).open()
     try:
         with store.reading() as tx:
-            return [{"host": str(b), "container": f"{e.address4.ip}:{b.container_port}/{b.proto}",
+            return [{"host": str(b), "container": f"{addr}:{b.container_port}/{b.proto}",
                      "endpoint": e.id[:12], "network": e.network_id[:12]}
-                    for e in tx.list_endpoints() for b in e.ports]
+                    for e in tx.list_endpoints() for b in e.ports
+                    for addr in ([e.address4.ip] if e.address4 and b.applies_to(4) else [])
+                    + ([f"[{e.address6.ip}]"] if e.address6 and b.applies_to(6) else [])]
     finally:
         store.close()
 

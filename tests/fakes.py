@@ -145,5 +145,8 @@ class FakeSysctl:
     def ensure(self, value, *parts):
         self.values[parts] = value
 
+    def enable_ipv6_forwarding(self):
+        self.values[("net", "ipv6", "conf", "all", "forwarding")] = "1"
+
     def enable_ipv6(self, ifname):
         self.values[("net", "ipv6", "conf", ifname, "disable_ipv6")] = "0"

@@ -23,17 +23,25 @@ class PortRequest:
     host_ip: str
     host_port: int       # 0: pick one
     host_port_end: int
+    family: int = 0
 
 
 @dataclass(frozen=True)
 class PortBinding:
     proto: str
     container_port: int
-    host_ip: str         # "" means every host address
+    host_ip: str         # "" means every host address of the family
     host_port: int
+    family: int = 0      # 4, 6, or 0 for both (HostIP "" from dockerd)
+
+    def applies_to(self, version: int) -> bool:
+        return self.family in (0, version)
 
     def __str__(self) -> str:
-        return f"{self.host_ip or '0.0.0.0'}:{self.host_port}/{self.proto}"
+        host = self.host_ip or ("[::]" if self.family == 6 else "0.0.0.0")
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.host_port}/{self.proto}"
 
 
 def _port(field: str, value) -> int:
@@ -56,22 +64,24 @@ def parse_portmap(items: list, default_host_ip: str = "") -> list[PortRequest]:
         host_ip = item.get("HostIP") or default_host_ip or ""
         if not isinstance(host_ip, str):
             raise InvalidRequest("HostIP in com.docker.network.portmap must be a string")
+        family = 0
         if host_ip:
             try:
                 addr = ipaddress.ip_address(host_ip)
             except ValueError:
                 raise InvalidRequest(f"invalid HostIP {host_ip!r} in com.docker.network.portmap") from None
-            if addr.version != 4:
-                continue  # IPv6 publishing is not done yet (see README)
+            family = addr.version
             host_ip = "" if addr.is_unspecified else str(addr)
         if cport == 0 or (hp and end < hp):
             raise InvalidRequest(f"invalid port mapping {item!r}")
-        out.append(PortRequest(proto, cport, host_ip, hp, max(end, hp)))
+        out.append(PortRequest(proto, cport, host_ip, hp, max(end, hp), family))
     return out
 
 
-def _clash(a_ip: str, b_ip: str) -> bool:
-    return not a_ip or not b_ip or a_ip == b_ip
+def _clash(a: PortBinding, proto: str, host_ip: str, family: int, port: int) -> bool:
+    same_family = a.family == 0 or family == 0 or a.family == family
+    same_ip = not a.host_ip or not host_ip or a.host_ip == host_ip
+    return a.proto == proto and a.host_port == port and same_family and same_ip
 
 
 def assign(requests: Iterable[PortRequest], held: Iterable[PortBinding]) -> list[PortBinding]:
@@ -79,17 +89,17 @@ def assign(requests: Iterable[PortRequest], held: Iterable[PortBinding]) -> list
     taken = list(held)
     out: list[PortBinding] = []
 
-    def free(proto: str, host_ip: str, port: int) -> bool:
-        return not any(b.proto == proto and b.host_port == port and _clash(b.host_ip, host_ip)
-                       for b in taken + out)
+    def free(r: PortRequest, port: int) -> bool:
+        return not any(_clash(b, r.proto, r.host_ip, r.family, port) for b in taken + out)
 
     for r in requests:
         lo, hi = (r.host_port, r.host_port_end) if r.host_port else EPHEMERAL
-        port = next((p for p in range(lo, hi + 1) if free(r.proto, r.host_ip, p)), None)
+        port = next((p for p in range(lo, hi + 1) if free(r, p)), None)
         if port is None:
-            where = f"{r.host_ip or '0.0.0.0'}:{lo}" + (f"-{hi}" if hi != lo else "") + f"/{r.proto}"
+            shown = str(PortBinding(r.proto, r.container_port, r.host_ip, lo, r.family))
+            where = shown if hi == lo else shown.replace(f":{lo}/", f":{lo}-{hi}/")
             if r.host_port:
                 raise Conflict(f"host port {where} is already published by another container")
             raise Exhausted(f"no free host port left for {r.container_port}/{r.proto}")
-        out.append(PortBinding(r.proto, r.container_port, r.host_ip, port))
+        out.append(PortBinding(r.proto, r.container_port, r.host_ip, port, r.family))
     return out

@@ -73,8 +73,10 @@ class EndpointService:
             if endpoint is None or network is None:
                 raise NotFound(f"endpoint {endpoint_id[:12]} of network {network_id[:12]} is not known to pybridge")
             requests = parse_portmap(portmap, network.host_binding_ipv4)
-            if network.internal or endpoint.address4 is None:
+            if network.internal:
                 requests = []
+            families = {v for v, a in ((4, endpoint.address4), (6, endpoint.address6)) if a is not None}
+            requests = [r for r in requests if r.family == 0 or r.family in families]
             held = [b for e in tx.list_endpoints() if e.id != endpoint_id for b in e.ports]
             bindings = tuple(assign(requests, held))
             if bindings == endpoint.ports:

@@ -73,6 +73,8 @@ class NetworkService:
             self.ctx.sysctl.ensure("1", "net", "ipv4", "ip_forward")  # written only if it differs
         if network.pools(6):
             self.ctx.sysctl.enable_ipv6(network.bridge)
+            if not network.internal:
+                self.ctx.sysctl.enable_ipv6_forwarding()
         self.ctx.netlink.ensure_addresses(network.bridge, network.gateways())
 
     def _undo_create(self, network: Network, created: bool, touched: bool) -> None:

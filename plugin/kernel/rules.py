@@ -53,20 +53,26 @@ def jumps(prefix: str, docker_user: bool = False) -> list[Jump]:
 DOCKER_BRIDGES = ("docker0", "br-+")
 
 
-def _published(n: Network, endpoints: Iterable[Endpoint]):
-    """(endpoint, binding) for every published port of the network's endpoints."""
+def _published(n: Network, endpoints: Iterable[Endpoint], version: int):
+    """(container address, binding) for every port the network's endpoints publish in this
+    address family."""
     if n.internal:
         return []
-    return [(e, b) for e in endpoints if e.network_id == n.id and e.address4 for b in e.ports]
+    out = []
+    for e in endpoints:
+        addr = e.address4 if version == 4 else e.address6
+        if e.network_id == n.id and addr is not None:
+            out += [(addr.ip, b) for b in e.ports if b.applies_to(version)]
+    return out
 
 
-def _inbound_rules(chain: str, n: Network, endpoints: Iterable[Endpoint]) -> list[str]:
+def _inbound_rules(chain: str, n: Network, published) -> list[str]:
     """What may enter the network's bridge: replies, published ports (only when DNATed to
     them), its own containers (ICC), nothing else. Run for every network before any outbound
     accept, so one network never reaches another."""
     br = n.bridge
-    rules = [f"-A {chain} -o {br} -d {e.address4.ip} -p {b.proto} --dport {b.container_port} "
-             f"-m conntrack --ctstate DNAT -j ACCEPT" for e, b in _published(n, endpoints)]
+    rules = [f"-A {chain} -o {br} -d {ip} -p {b.proto} --dport {b.container_port} "
+             f"-m conntrack --ctstate DNAT -j ACCEPT" for ip, b in published]
     rules.append(f"-A {chain} -i {br} -o {br} -j {'ACCEPT' if n.icc else 'DROP'}")
     if not n.internal:
         rules.append(f"-A {chain} -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
@@ -89,35 +95,36 @@ def _nat_rules(chain: str, n: Network, version: int) -> list[str]:
     return [f"-A {chain} -s {pool} ! -o {n.bridge} -j MASQUERADE" for pool in n.pools(version)]
 
 
-def _port_rules(post: str, dnat: str, n: Network, endpoints: Iterable[Endpoint]) -> list[str]:
-    """DNAT from any local address (or the binding's own) to the container; masquerade what
-    comes from loopback (route_localnet lets it out) and hairpin traffic of the container."""
+def _port_rules(post: str, dnat: str, n: Network, published, version: int) -> list[str]:
+    """DNAT from any local address (or the binding's own) to the container; masquerade hairpin
+    traffic, and (IPv4) what comes from loopback, which route_localnet lets out."""
     rules = []
-    published = _published(n, endpoints)
-    for e, b in published:
-        dst = f"-d {b.host_ip}/32 " if b.host_ip else ""
+    host_len = 32 if version == 4 else 128
+    for ip, b in published:
+        dst = f"-d {b.host_ip}/{host_len} " if b.host_ip else ""
+        to = f"{ip}:{b.container_port}" if version == 4 else f"[{ip}]:{b.container_port}"
         rules.append(f"-A {dnat} {dst}-p {b.proto} -m {b.proto} --dport {b.host_port} "
-                     f"-j DNAT --to-destination {e.address4.ip}:{b.container_port}")
-        rules.append(f"-A {post} -s {e.address4.ip}/32 -d {e.address4.ip}/32 -p {b.proto} "
+                     f"-j DNAT --to-destination {to}")
+        rules.append(f"-A {post} -s {ip}/{host_len} -d {ip}/{host_len} -p {b.proto} "
                      f"-m {b.proto} --dport {b.container_port} -j MASQUERADE")
-    if published:
+    if published and version == 4:
         rules.append(f"-A {post} -s 127.0.0.0/8 -o {n.bridge} -j MASQUERADE")
     return rules
 
 
 def render(prefix: str, networks: Iterable[Network], version: int,
            endpoints: Iterable[Endpoint] = ()) -> dict[str, list[str]]:
-    """{table: [rule lines]} for our chains in one address family. Published ports are IPv4
-    only for now."""
+    """{table: [rule lines]} for our chains in one address family."""
     fwd, post, dnat = f"{prefix}-FORWARD", f"{prefix}-POSTROUTING", f"{prefix}-DNAT"
     out: dict[str, list[str]] = {"filter": [], "nat": []}
     ordered = sorted(networks, key=lambda n: n.bridge)
-    endpoints = list(endpoints) if version == 4 else []
+    endpoints = list(endpoints)
+    published = {n.id: _published(n, endpoints, version) for n in ordered}
     for n in ordered:
-        out["filter"] += _inbound_rules(fwd, n, endpoints)
+        out["filter"] += _inbound_rules(fwd, n, published[n.id])
     for n in ordered:
         out["filter"] += _outbound_rules(fwd, n)
-        out["nat"] += _port_rules(post, dnat, n, endpoints) + _nat_rules(post, n, version)
+        out["nat"] += _port_rules(post, dnat, n, published[n.id], version) + _nat_rules(post, n, version)
     return out
 
 

@@ -40,7 +40,7 @@ def endpoint_to_json(e: Endpoint) -> str:
         "address4": str(e.address4) if e.address4 else "",
         "address6": str(e.address6) if e.address6 else "",
         "sandbox_key": e.sandbox_key, "options": dict(e.options),
-        "ports": [[p.proto, p.container_port, p.host_ip, p.host_port] for p in e.ports],
+        "ports": [[p.proto, p.container_port, p.host_ip, p.host_port, p.family] for p in e.ports],
     }, sort_keys=True)
 
 

@@ -29,6 +29,8 @@ class Outside:
     ns: str
     host_ip: str
     ip: str
+    host_ip6: str = ""
+    ip6: str = ""
 
     def listen(self, port: int, seconds: float = 8) -> subprocess.Popen:
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-c", LISTENER, self.ip,
@@ -59,7 +61,11 @@ def outside(engine):
         sh("ip", "-n", ns, "link", "set", ns_if, "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "-n", ns, "route", "add", "default", "via", host_ip)
-        yield Outside(ns, host_ip, ns_ip)
+        net6 = f"fd70:6201:ffff:{int(tag[:4], 16):x}"
+        sh("ip", "addr", "add", f"{net6}::1/64", "dev", host_if, "nodad")
+        sh("ip", "-n", ns, "addr", "add", f"{net6}::2/64", "dev", ns_if, "nodad")
+        sh("ip", "-n", ns, "-6", "route", "add", "default", "via", f"{net6}::1")
+        yield Outside(ns, host_ip, ns_ip, f"{net6}::1", f"{net6}::2")
     finally:
         sh("ip", "link", "del", host_if, check=False)
         sh("ip", "netns", "del", ns, check=False)
@@ -115,7 +121,8 @@ def test_icc_off_stops_traffic_between_containers_but_not_outbound(dk, outside):
 
 def test_internal_network_reaches_nothing_outside(dk, outside):
     net = dk.network("--subnet", free_subnet(), "--internal")
-    c1, c2 = dk.run(net), dk.run(net)
+    c1, c2 = dk.run(net, "-p", "28999:80"), dk.run(net)
+    assert "--dport 28999" not in sh("iptables", "-t", "nat", "-S").stdout   # nothing published
     assert can_ping(dk, c1, dk.ip(c2, net))
     assert "default" not in dk.exec(c1, "ip", "route").stdout
     listener = outside.listen(18084, seconds=5)

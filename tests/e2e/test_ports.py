@@ -1,6 +1,8 @@
 """Published ports through a real dockerd, shown by traffic from every side."""
 
 import random
+
+import pytest
 import socket
 import subprocess
 import sys
@@ -24,6 +26,43 @@ def fetch_from_ns(ns, ip, port):
     code = f"import socket; s=socket.create_connection(('{ip}', {port}), timeout=3); print(s.recv(64).decode().strip())"
     return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=20).stdout.strip()
+
+
+UDP_ECHO_C = r"""
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET6, SOCK_DGRAM, 0), off = 0;
+    setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+    struct sockaddr_in6 a; memset(&a, 0, sizeof a);
+    a.sin6_family = AF_INET6; a.sin6_port = htons(atoi(argv[1]));
+    if (bind(s, (struct sockaddr *)&a, sizeof a)) return 1;
+    for (;;) {
+        char buf[512]; struct sockaddr_in6 p; socklen_t l = sizeof p;
+        if (recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&p, &l) > 0)
+            sendto(s, "pong", 4, 0, (struct sockaddr *)&p, l);
+    }
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def udp_echo(tmp_path_factory):
+    """A static UDP echo server for the busybox image (whose nc has no UDP mode)."""
+    d = tmp_path_factory.mktemp("udpecho")
+    (d / "udpecho.c").write_text(UDP_ECHO_C)
+    sh("gcc", "-static", "-O2", "-o", str(d / "udpecho"), str(d / "udpecho.c"))
+    return str(d / "udpecho")
+
+
+def udp_fetch(ip, port, ns=None, timeout=2.0):
+    code = (f"import socket; s=socket.socket(socket.AF_INET6 if ':' in '{ip}' else socket.AF_INET, socket.SOCK_DGRAM);"
+            f"s.settimeout({timeout}); s.sendto(b'ping', ('{ip}', {port})); print(s.recv(64).decode())")
+    argv = ([ "ip", "netns", "exec", ns] if ns else []) + [sys.executable, "-c", code]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
 
 
 def published(endpoint_container_ip):
@@ -65,3 +104,67 @@ def test_a_host_port_taken_by_another_mapping_is_refused(dk):
              "pybridge-test-busybox", "true", check=False)
     assert res.returncode != 0
     assert f"host port 0.0.0.0:{port}/tcp is already published by another container" in res.stderr
+
+
+def test_udp_port_answers_from_the_host_and_from_outside(dk, outside, udp_echo):
+    port = random.randrange(20000, 29000)
+    net = dk.network("--subnet", free_subnet())
+    dk.run(net, "-p", f"{port}:53/udp", "-v", f"{udp_echo}:/bin/udpecho:ro", cmd=("udpecho", "53"))
+    assert wait_for(lambda: udp_fetch("127.0.0.1", port) == "pong", 15)
+    assert udp_fetch(outside.host_ip, port, ns=outside.ns) == "pong"
+
+
+def test_host_port_range_takes_the_next_free_port(dk):
+    port = random.randrange(20000, 29000)
+    net = dk.network("--subnet", free_subnet())
+    a = dk.run(net, "-p", f"{port}-{port + 2}:80", cmd=SERVER)
+    b = dk.run(net, "-p", f"{port}-{port + 2}:80", cmd=SERVER)
+    assert wait_for(lambda: published(dk.ip(b, net)), 10) == [f"0.0.0.0:{port + 1}/tcp"]
+    assert published(dk.ip(a, net)) == [f"0.0.0.0:{port}/tcp"]
+    assert wait_for(lambda: fetch("127.0.0.1", port + 1) == "pong", 15)
+
+
+def test_specific_host_ip_and_host_binding_option(dk, outside):
+    port = random.randrange(20000, 29000)
+    net = dk.network("--subnet", free_subnet())
+    dk.run(net, "-p", f"127.0.0.1:{port}:80", cmd=SERVER)
+    assert wait_for(lambda: fetch("127.0.0.1", port) == "pong", 15)
+    assert fetch_from_ns(outside.ns, outside.host_ip, port) == ""
+    bound = dk.network("--subnet", free_subnet(), "-o", "com.docker.network.bridge.host_binding_ipv4=127.0.0.1")
+    c = dk.run(bound, "-p", f"{port + 1}:80", cmd=SERVER)
+    assert wait_for(lambda: published(dk.ip(c, bound)), 10) == [f"127.0.0.1:{port + 1}/tcp"]
+    assert wait_for(lambda: fetch("127.0.0.1", port + 1) == "pong", 15)
+    assert fetch_from_ns(outside.ns, outside.host_ip, port + 1) == ""
+
+
+def test_ipv6_published_port_answers_from_outside(dk, outside):
+    from .dockerenv import free_subnet6
+    port = random.randrange(20000, 29000)
+    net = dk.network("--ipv6", "--subnet", free_subnet(), "--subnet", free_subnet6())
+    dk.run(net, "-p", f"{port}:80", cmd=SERVER)
+    assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip6, port) == "pong", 15)
+    assert fetch_from_ns(outside.ns, outside.host_ip, port) == "pong"
+
+
+def test_sctp_mapping_is_programmed_and_withdrawn(dk):
+    port = random.randrange(20000, 29000)
+    net = dk.network("--subnet", free_subnet())
+    c = dk.run(net, "-p", f"{port}:9000/sctp")
+    nat = sh("iptables", "-t", "nat", "-S").stdout
+    assert f"-p sctp -m sctp --dport {port} -j DNAT --to-destination {dk.ip(c, net)}:9000" in nat
+    sh("docker", "rm", "-f", c)
+    assert f"--dport {port} -j DNAT" not in sh("iptables", "-t", "nat", "-S").stdout
+
+
+@pytest.mark.skipif(__import__("os").environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
+                    reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
+def test_published_ports_survive_a_dockerd_restart(dk, outside):
+    from .dockerenv import restart_dockerd, wait_plugin_socket
+    port = random.randrange(20000, 29000)
+    net = dk.network("--subnet", free_subnet())
+    dk.run(net, "--restart", "always", "-p", f"{port}:80", cmd=SERVER)
+    assert wait_for(lambda: fetch("127.0.0.1", port) == "pong", 15)
+    restart_dockerd()
+    assert wait_plugin_socket(30)
+    assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 60)
+    assert fetch("127.0.0.1", port) == "pong"

@@ -38,6 +38,16 @@ def test_assign_picks_free_ports_and_refuses_taken_ones():
     assert EPHEMERAL[0] <= picked[0].host_port < picked[1].host_port <= EPHEMERAL[1]
 
 
+def test_families_are_separate_namespaces_for_host_ports():
+    v4, v6 = assign(parse_portmap([pm(HostIP="0.0.0.0"), pm(HostIP="::")]), [])
+    assert (v4.family, v4.host_port, str(v4)) == (4, 8080, "0.0.0.0:8080/tcp")
+    assert (v6.family, v6.host_port, str(v6)) == (6, 8080, "[::]:8080/tcp")
+    with pytest.raises(Conflict, match=r"\[::\]:8080/tcp"):
+        assign(parse_portmap([pm(HostIP="::")]), [v6])
+    with pytest.raises(Conflict):
+        assign(parse_portmap([pm()]), [v6])   # "" means both families
+
+
 def test_specific_host_ips_do_not_clash_with_each_other():
     held = [PortBinding("tcp", 80, "10.0.0.1", 8080)]
     assert assign(parse_portmap([pm(HostIP="10.0.0.2")]), held)[0].host_port == 8080
