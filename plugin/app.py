@@ -83,6 +83,22 @@ def create_app(services) -> Flask:
         stats.reset()
         return _reply({})
 
+    @app.get("/pybridge/dns")
+    def dns_overview():
+        dns = services.ctx.dns
+        return _reply(dns.overview() if dns else {})
+
+    @app.get("/pybridge/dns/<ref>/<what>")
+    def dns_detail(ref, what):
+        dns = services.ctx.dns
+        nid = dns.find(ref) if dns else None
+        if nid is None or what not in ("records", "log"):
+            return _reply({"Err": f"no DNS for network {ref[:64]!r}"}, 404)
+        if what == "log":
+            return _reply({"log": dns.server.query_log(nid)})
+        snap = dns.server.snapshot(nid)
+        return _reply({"records": snap.listing() if snap else []})
+
     @app.errorhandler(404)
     def not_found(e):
         return _reply({"Err": f"unknown method {request.path.lstrip('/')[:128]}"}, 404)

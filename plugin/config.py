@@ -26,6 +26,11 @@ class Settings:
     default_pools6: tuple[PoolSpec, ...] = ()
     log_level: str = "info"
     threads: int = 16
+    dns: bool = True
+    dns_port: int = 53
+    dns_ttl: int = 10
+    dns_default_upstream: str = "resolv.conf"   # or a list 'ip[:port],...', or '' for none
+    docker_socket: str = "/var/run/docker.sock"
 
     @property
     def chain_prefix(self) -> str:
@@ -72,6 +77,17 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         default_pools=parse_pool_specs(env.get("PYBRIDGE_DEFAULT_POOLS", DEFAULT_POOLS), 4),
         default_pools6=parse_pool_specs(env.get("PYBRIDGE_DEFAULT_POOLS6", DEFAULT_POOLS6), 6),
         log_level=level,
+        dns=env.get("PYBRIDGE_DNS", "on") not in ("off", "false", "0"),
+        dns_ttl=_int(env, "PYBRIDGE_DNS_TTL", 10, 0, 86400),
+        dns_default_upstream=env.get("PYBRIDGE_DNS_UPSTREAM", "resolv.conf"),
+        docker_socket=env.get("PYBRIDGE_DOCKER_SOCKET", "/var/run/docker.sock"),
     )
     values.update(overrides)
     return Settings(**values)
+
+
+def _int(env, key: str, default: int, low: int, high: int) -> int:
+    text = env.get(key, str(default))
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ConfigError(f"invalid {key} {text!r}: an integer from {low} to {high}")
+    return int(text)

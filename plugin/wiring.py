@@ -24,9 +24,17 @@ class Services:
     ipam: IpamService
     reconciler: Reconciler
 
+    def start_background(self) -> None:
+        """The Docker event watcher feeding the DNS (never called from a plugin handler)."""
+        dns = self.ctx.dns
+        if dns is None or not os.path.exists(self.settings.docker_socket):
+            return
+        from .dns.watcher import DockerWatcher
+        DockerWatcher(self.settings.docker_socket, dns.learned).start()
+
 
 def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=None,
-                   store: Store | None = None, synchronous_teardown: bool = False) -> Services:
+                   store: Store | None = None, synchronous_teardown: bool = False, dns=None) -> Services:
     if netlink is None:
         from .kernel.netlink import Netlink
         netlink = Netlink()
@@ -38,8 +46,13 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
         sysctl = Sysctl(settings.proc_sys if os.path.isdir(settings.proc_sys) else "/proc/sys")
     if store is None:
         store = Store(settings.db_path).open()
+    if dns is None and settings.dns:
+        from .dns.server import DnsServer
+        from .dns.service import DnsService
+        dns = DnsService(store, DnsServer(port=settings.dns_port, ttl=settings.dns_ttl),
+                         settings.dns_default_upstream)
     ctx = Context(store=store, netlink=netlink, firewall=firewall, sysctl=sysctl, prefix=settings.ifprefix,
-                  reaper=Reaper(netlink, synchronous=synchronous_teardown))
+                  reaper=Reaper(netlink, synchronous=synchronous_teardown), dns=dns)
     networks = NetworkService(ctx)
     return Services(settings=settings, ctx=ctx, networks=networks, endpoints=EndpointService(ctx),
                     ipam=IpamService(store, netlink.host_networks, settings.default_pools,

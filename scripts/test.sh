@@ -22,7 +22,9 @@ if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, pyt
 fi
 
 export PYBRIDGE_TEST_PLUGIN=${PYBRIDGE_TEST_PLUGIN:-pybridge-test}
-PYBRIDGE_SET="PYBRIDGE_IFPREFIX=pt PYBRIDGE_DEFAULT_POOLS=10.207.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:ff00::/40:64" \
+# The test instance forwards no DNS query by default: no lookup may leave the machine.
+TEST_SETTINGS="PYBRIDGE_IFPREFIX=pt PYBRIDGE_DEFAULT_POOLS=10.207.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:ff00::/40:64 PYBRIDGE_DNS_UPSTREAM="
+PYBRIDGE_SET="$TEST_SETTINGS" \
   "$root/scripts/install.sh" "$PYBRIDGE_TEST_PLUGIN"
 "$root/scripts/make-test-image.sh"
 

@@ -16,7 +16,7 @@ def fake_services(tmp_path):
     settings = load_settings({"PYBRIDGE_NAME": "pbtest", "PYBRIDGE_IFPREFIX": "pt",
                               "PYBRIDGE_DEFAULT_POOLS": "10.207.0.0/16:24",
                               "PYBRIDGE_DEFAULT_POOLS6": "fd70:6201:ff00::/40:64"},
-                             state_dir=str(tmp_path))
+                             state_dir=str(tmp_path), dns=False)
     store = Store(tmp_path / "state.db").open()
     services = build_services(settings, netlink=FakeNetlink(host_routes=["192.0.2.0/24"]),
                               firewall=FakeFirewall(), sysctl=FakeSysctl(), store=store,

@@ -25,7 +25,10 @@ IGNORED_BRIDGE_OPTIONS = frozenset({
     "com.docker.network.bridge.default_bridge",
     "com.docker.network.container_iface_prefix",
 })
-KNOWN_OPTIONS = frozenset({OPT_BRIDGE_NAME, OPT_MTU, OPT_ICC, OPT_MASQUERADE, OPT_HOST_BINDING_IPV4})
+OPT_DNS_UPSTREAM = "pybridge.dns.upstream"
+OPT_DNS_LOG = "pybridge.dns.log"
+KNOWN_OPTIONS = frozenset({OPT_BRIDGE_NAME, OPT_MTU, OPT_ICC, OPT_MASQUERADE, OPT_HOST_BINDING_IPV4,
+                           OPT_DNS_UPSTREAM, OPT_DNS_LOG})
 OUR_NAMESPACE = "pybridge."
 
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
@@ -92,6 +95,23 @@ def parse_mtu(value: str, ipv6: bool) -> int:
     return mtu
 
 
+def parse_upstreams(field: str, text: str) -> tuple[tuple[str, int], ...]:
+    """'1.1.1.1, 10.0.0.53:5353, [fd00::53]:53' -> ((ip, port), ...)."""
+    out = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        host, port = item, "53"
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else "53"
+        elif item.count(":") == 1:
+            host, port = item.split(":")
+        addr = parse_address(field, host)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidRequest(f"invalid {field} {item!r}: bad port")
+        out.append((str(addr), int(port)))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class IpamDataSpec:
     """One IPv4Data/IPv6Data entry as dockerd sent it (strings, not yet validated)."""
@@ -133,6 +153,10 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
     mtu = parse_mtu(generic[OPT_MTU], ipv6) if generic.get(OPT_MTU) else None
     icc = parse_bool(OPT_ICC, generic[OPT_ICC]) if OPT_ICC in generic else True
     masq = parse_bool(OPT_MASQUERADE, generic[OPT_MASQUERADE]) if OPT_MASQUERADE in generic else True
+    if generic.get(OPT_DNS_UPSTREAM):
+        parse_upstreams(OPT_DNS_UPSTREAM, generic[OPT_DNS_UPSTREAM])
+    if OPT_DNS_LOG in generic:
+        parse_bool(OPT_DNS_LOG, generic[OPT_DNS_LOG])
     binding = ""
     if generic.get(OPT_HOST_BINDING_IPV4):
         binding = str(parse_address(OPT_HOST_BINDING_IPV4, generic[OPT_HOST_BINDING_IPV4]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,17 @@ class Context:
     sysctl: Any       # plugin.kernel.sysctl.Sysctl or a fake
     prefix: str       # link-name prefix, e.g. "pb"
     reaper: Any = None  # plugin.driver.reaper.Reaper: deferred veth deletion
+    dns: Any = None     # plugin.dns.service.DnsService, or None when DNS is off
+
+    def networks_changed(self) -> None:
+        """Tell the DNS (if any) to listen for exactly the recorded networks. A DNS problem is
+        logged, never fails a network operation."""
+        if self.dns is None:
+            return
+        try:
+            self.dns.reconcile()
+        except Exception:
+            logging.getLogger(__name__).exception("DNS reconcile failed")
 
     def sync_firewall(self, tx: Tx, check_jumps: bool = True) -> None:
         """Rewrite our chains from the state as this transaction sees it. Endpoint changes

@@ -60,6 +60,7 @@ class NetworkService:
         except Exception as e:
             self._undo_create(network, created, touched)
             raise KernelError(f"create network {network_id[:12]}: {e}") from e
+        ctx.networks_changed()
         log.info("network %s created on bridge %s", network_id[:12], network.bridge)
 
     def ensure_kernel(self, network: Network) -> bool:
@@ -111,11 +112,14 @@ class NetworkService:
                     collect(errors, ctx.netlink.delete_link, name)
                 tx.delete_endpoint(ep.id)
             tx.delete_network(network_id)
+            if ctx.dns is not None:
+                ctx.dns.forget(network_id, tx)
             collect(errors, ctx.sync_firewall, tx)
             if network.bridge_owned:
                 collect(errors, ctx.netlink.delete_link, network.bridge)
             else:
                 collect(errors, ctx.netlink.remove_addresses, network.bridge, network.gateways())
+        ctx.networks_changed()
         if errors:
             raise KernelError(f"network {network_id[:12]} removed with errors: " + "; ".join(errors))
         log.info("network %s deleted", network_id[:12])

@@ -75,5 +75,6 @@ class Reconciler:
             except PybridgeError as e:
                 report.errors.append(f"firewall: {e}")
             report.networks, report.endpoints = len(networks), len(endpoints)
+        ctx.networks_changed()
         log.info("restore: %s", report.as_dict())
         return report

@@ -8,6 +8,7 @@ restore at start serialise. WAL mode keeps commits cheap and crash-safe for a pr
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import sqlite3
 import threading
@@ -29,6 +30,7 @@ CREATE INDEX IF NOT EXISTS endpoints_by_network ON endpoints (network_id);
 CREATE TABLE IF NOT EXISTS pools (
     id TEXT PRIMARY KEY, space TEXT NOT NULL, subnet TEXT NOT NULL, ip_range TEXT NOT NULL,
     cursor TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dns (network_id TEXT PRIMARY KEY, name TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
     pool_id TEXT NOT NULL, addr TEXT NOT NULL, kind TEXT NOT NULL,
     PRIMARY KEY (pool_id, addr)) WITHOUT ROWID;
@@ -95,6 +97,20 @@ class Tx:
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self._c.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,))
+
+    # DNS names learned from Docker, kept so the DNS answers at once after a restart
+    def put_dns(self, network_id: str, name: str, containers) -> None:
+        doc = json.dumps([[c.id, c.name, list(c.aliases), c.ipv4, c.ipv6] for c in containers])
+        self._c.execute("INSERT OR REPLACE INTO dns (network_id, name, doc) VALUES (?, ?, ?)",
+                        (network_id, name, doc))
+
+    def list_dns(self) -> dict:
+        from ..dns.records import ContainerInfo
+        return {nid: (name, [ContainerInfo(i, n, tuple(a), v4, v6) for i, n, a, v4, v6 in json.loads(doc)])
+                for nid, name, doc in self._c.execute("SELECT network_id, name, doc FROM dns")}
+
+    def delete_dns(self, network_id: str) -> None:
+        self._c.execute("DELETE FROM dns WHERE network_id = ?", (network_id,))
 
     # pools and leases
     def put_pool(self, p: PoolRecord) -> None:

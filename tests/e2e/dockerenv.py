@@ -99,7 +99,7 @@ def state_rows() -> dict[str, list]:
     try:
         return {t: sorted(r[0] for r in conn.execute(f"SELECT {k} FROM {t}"))
                 for t, k in (("networks", "id"), ("endpoints", "id"), ("pools", "subnet"),
-                             ("leases", "pool_id || ' ' || addr"))}
+                             ("leases", "pool_id || ' ' || addr"), ("dns", "network_id"))}
     finally:
         conn.close()
 

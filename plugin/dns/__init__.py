@@ -1,0 +1,1 @@
+"""Per-network DNS: record snapshots (pure), the server, and the Docker event watcher."""

@@ -1,0 +1,99 @@
+"""Answering one DNS query from a snapshot. Pure, so it can be fuzzed: bytes in, a decision out.
+
+Never raises on any input: a packet that does not parse is dropped (or answered FORMERR when its
+header can be read); a name the network does not own is handed to the forwarder, or REFUSED
+when the network forwards nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from .records import Snapshot
+
+_rotation = itertools.count()
+
+
+@dataclass
+class Decision:
+    reply: bytes | None = None                 # send this back
+    forward: dns.message.Message | None = None  # or forward this upstream
+    qname: str = ""
+    qtype: str = ""
+    rcode: str = ""
+
+
+def _header_only(wire: bytes, rcode: int) -> bytes | None:
+    if len(wire) < 12:
+        return None
+    flags = 0x8000 | (wire[2] & 0x79) << 8 | rcode  # QR, opcode and RD copied, RA clear
+    return wire[:2] + flags.to_bytes(2, "big") + b"\0" * 8
+
+
+def max_udp_size(query: dns.message.Message) -> int:
+    return max(512, min(query.payload, 4096)) if query.edns >= 0 else 512
+
+
+def render(response: dns.message.Message, limit: int) -> bytes:
+    """Wire form within limit; when too big, the answers go and TC is set."""
+    try:  # want_shuffle=False: dnspython would shuffle the records and undo the round robin
+        return response.to_wire(max_size=limit, want_shuffle=False)
+    except dns.exception.TooBig:
+        response.answer.clear()
+        response.flags |= dns.flags.TC
+        return response.to_wire(max_size=limit, want_shuffle=False)
+
+
+def answer(snapshot: Snapshot | None, wire: bytes, *, ttl: int, forward: bool, limit: int | None = None) -> Decision:
+    try:
+        query = dns.message.from_wire(wire)
+    except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
+        return Decision(reply=_header_only(wire, dns.rcode.FORMERR), rcode="FORMERR")
+    if query.flags & dns.flags.QR:
+        return Decision()  # a response, not a query: ignore
+    limit = limit or max_udp_size(query)
+    response = dns.message.make_response(query)
+    response.flags |= dns.flags.RA if forward else 0
+    if query.opcode() != dns.opcode.QUERY or len(query.question) != 1:
+        response.set_rcode(dns.rcode.NOTIMP if query.opcode() != dns.opcode.QUERY else dns.rcode.FORMERR)
+        return Decision(reply=render(response, limit), rcode=dns.rcode.to_text(response.rcode()))
+    q = query.question[0]
+    qname, qtype = q.name.to_text(), q.rdtype
+    decision = Decision(qname=qname, qtype=dns.rdatatype.to_text(qtype))
+    if q.rdclass != dns.rdataclass.IN or snapshot is None:
+        response.set_rcode(dns.rcode.REFUSED)
+    elif qtype == dns.rdatatype.PTR and snapshot.reverse(qname):
+        response.flags |= dns.flags.AA
+        response.answer.append(dns.rrset.from_text(q.name, ttl, "IN", "PTR", snapshot.reverse(qname)))
+    elif (found := snapshot.lookup(qname)) is not None:
+        response.flags |= dns.flags.AA
+        turn = next(_rotation)
+        for rdtype, addrs in ((dns.rdatatype.A, found[0]), (dns.rdatatype.AAAA, found[1])):
+            if addrs and qtype in (rdtype, dns.rdatatype.ANY):
+                k = turn % len(addrs)
+                ordered = addrs[k:] + addrs[:k]  # round robin between answers
+                response.answer.append(dns.rrset.from_text_list(q.name, ttl, "IN", rdtype, ordered))
+    elif forward:
+        decision.forward = query
+        return decision
+    else:
+        response.set_rcode(dns.rcode.REFUSED)
+    decision.rcode = dns.rcode.to_text(response.rcode())
+    decision.reply = render(response, limit)
+    return decision
+
+
+def failure(query: dns.message.Message, rcode: int = dns.rcode.SERVFAIL) -> bytes:
+    response = dns.message.make_response(query)
+    response.set_rcode(rcode)
+    return render(response, 512)

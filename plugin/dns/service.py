@@ -1,0 +1,101 @@
+"""DnsService: which networks the DNS serves (from the state store) and what it answers (from
+Docker, through the watcher). Records learned from Docker are persisted, so after a plugin
+restart the DNS answers at once, before dockerd's API is back."""
+
+from __future__ import annotations
+
+import logging
+
+from ..domain.errors import PybridgeError
+from ..domain.options import OPT_DNS_LOG, OPT_DNS_UPSTREAM, parse_bool, parse_upstreams
+from ..store.db import Store
+from .records import build
+from .server import DnsServer, NetSpec
+
+log = logging.getLogger(__name__)
+
+
+def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver" and parts[1] != "127.0.0.11":
+                    out.append(parts[1].split("%")[0])
+    except OSError:
+        return ()
+    try:
+        return parse_upstreams("nameserver", ",".join(f"[{a}]" if ":" in a else a for a in out))
+    except PybridgeError:
+        return ()
+
+
+class DnsService:
+    def __init__(self, store: Store, server: DnsServer, default_upstream: str = "resolv.conf"):
+        self.store = store
+        self.server = server
+        self.default_upstream = default_upstream
+        self._learned: dict = {}    # network id -> (name, [ContainerInfo])
+
+    def _default_upstreams(self):
+        if self.default_upstream == "resolv.conf":
+            return host_resolvers()
+        return parse_upstreams("PYBRIDGE_DNS_UPSTREAM", self.default_upstream)
+
+    def reconcile(self) -> None:
+        """Listeners for exactly the recorded networks; snapshots rebuilt from what we know."""
+        with self.store.reading() as tx:
+            networks = tx.list_networks()
+            if not self._learned:
+                self._learned = tx.list_dns()
+        specs = {}
+        for n in networks:
+            opts = dict(n.options)
+            name = self._learned.get(n.id, (n.id[:12], []))[0]
+            upstreams = parse_upstreams(OPT_DNS_UPSTREAM, opts[OPT_DNS_UPSTREAM]) \
+                if opts.get(OPT_DNS_UPSTREAM) else self._default_upstreams()
+            specs[n.id] = NetSpec(name=name, gateways=tuple(str(g.ip) for g in n.gateways()),
+                                  upstreams=upstreams, forward=not n.internal and bool(upstreams),
+                                  log_queries=parse_bool(OPT_DNS_LOG, opts.get(OPT_DNS_LOG, "false")))
+        self.server.configure(specs)
+        for n in networks:
+            name, containers = self._learned.get(n.id, (n.id[:12], []))
+            self.server.set_snapshot(n.id, build(name, containers, [str(g.ip) for g in n.gateways()]))
+
+    def learned(self, state, changed: set[str]) -> None:
+        """Watcher callback: Docker's view of the networks in `changed`."""
+        with self.store.transaction() as tx:
+            ours = {n.id: n for n in tx.list_networks()}
+            for nid in changed & set(ours):
+                name, members = state.get(nid, (self._learned.get(nid, (nid[:12], []))[0], {}))
+                containers = sorted(members.values(), key=lambda c: c.id)
+                self._learned[nid] = (name, containers)
+                tx.put_dns(nid, name, containers)
+        for nid in changed & set(ours):
+            name, containers = self._learned[nid]
+            gateways = [str(g.ip) for g in ours[nid].gateways()]
+            self.server.set_snapshot(nid, build(name, containers, gateways))
+        if any(ours[nid].id and self._name_changed(nid) for nid in changed & set(ours)):
+            self.reconcile()
+
+    def _name_changed(self, nid: str) -> bool:
+        spec_name = self.server._nets.get(nid).spec.name if nid in self.server._nets else None
+        return spec_name is not None and spec_name != self._learned[nid][0]
+
+    def forget(self, network_id: str, tx) -> None:
+        self._learned.pop(network_id, None)
+        tx.delete_dns(network_id)
+
+    def find(self, ref: str) -> str | None:
+        """A network ID from an ID, an ID prefix or a network name."""
+        for nid, (name, _) in self._learned.items():
+            if ref in (nid, name):
+                return nid
+        with self.store.reading() as tx:
+            ids = [n.id for n in tx.list_networks() if n.id.startswith(ref)]
+        return ids[0] if len(ids) == 1 else None
+
+    def overview(self) -> dict:
+        return {nid: {"name": name, "gateways": gws} for nid, gws in self.server.listening().items()
+                for name in [self._learned.get(nid, (nid[:12], []))[0]]}
