@@ -1,0 +1,114 @@
+"""DNS: records, answers (fuzzed), and the server's robustness on loopback."""
+
+import random
+import socket
+import struct
+import time
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from plugin.dns.answer import answer
+from plugin.dns.records import ContainerInfo, build
+from plugin.dns.server import DnsServer, NetSpec
+
+SNAP = build("app", [ContainerInfo("a" * 64, "web", ("www",), "10.0.0.2", "fd70::2"),
+                     ContainerInfo("b" * 64, "web2", ("www",), "10.0.0.3")], ["10.0.0.1"])
+
+
+def ask(name, rdtype="A", snap=SNAP, forward=False):
+    d = answer(snap, dns.message.make_query(name, rdtype).to_wire(), ttl=10, forward=forward)
+    return d, (dns.message.from_wire(d.reply) if d.reply else None)
+
+
+def addrs(msg):
+    return [r.to_text() for rrset in msg.answer for r in rrset]
+
+
+def test_names_aliases_short_ids_qualified_names_ptr_and_gateway():
+    assert addrs(ask("web")[1]) == ["10.0.0.2"]
+    assert addrs(ask("WEB.app.")[1]) == ["10.0.0.2"]
+    assert addrs(ask("aaaaaaaaaaaa")[1]) == ["10.0.0.2"]
+    assert addrs(ask("web", "AAAA")[1]) == ["fd70::2"]
+    assert addrs(ask("2.0.0.10.in-addr.arpa", "PTR")[1]) == ["web.app."]
+    assert addrs(ask("gateway")[1]) == ["10.0.0.1"]
+    assert ask("web2", "AAAA")[1].rcode() == dns.rcode.NOERROR and addrs(ask("web2", "AAAA")[1]) == []
+
+
+def test_shared_names_rotate():
+    orders = {tuple(addrs(ask("www")[1])) for _ in range(4)}
+    assert orders == {("10.0.0.2", "10.0.0.3"), ("10.0.0.3", "10.0.0.2")}
+
+
+def test_unknown_names_are_forwarded_or_refused():
+    d, _ = ask("example.com", forward=True)
+    assert d.forward is not None and d.reply is None
+    d, msg = ask("example.com", forward=False)
+    assert msg.rcode() == dns.rcode.REFUSED
+
+
+def test_big_answers_are_truncated_for_udp():
+    many = [ContainerInfo(f"{i:064x}", f"c{i}", ("svc",), f"10.1.{i // 250}.{i % 250 + 1}") for i in range(100)]
+    d, msg = ask("svc", snap=build("big", many))
+    assert msg.flags & dns.flags.TC and len(d.reply) <= 512
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=600))
+def test_any_bytes_never_raise(data):
+    d = answer(SNAP, data, ttl=10, forward=True)
+    if d.reply is not None:
+        dns.message.from_wire(d.reply)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.integers(0, 200), st.binary(min_size=1, max_size=8), st.sampled_from(["web", "www", "x.example"]))
+def test_mutated_queries_never_raise(pos, junk, name):
+    wire = bytearray(dns.message.make_query(name, "A", use_edns=True).to_wire())
+    pos %= len(wire)
+    wire[pos:pos + len(junk)] = junk
+    answer(SNAP, bytes(wire), ttl=10, forward=True)
+
+
+@pytest.fixture
+def server():
+    port = random.randrange(20000, 30000)
+    srv = DnsServer(port=port, ttl=10)
+    srv.configure({"n": NetSpec("app", ("127.0.0.1",), forward=False)})
+    srv.set_snapshot("n", SNAP)
+    yield srv, port
+    srv.configure({})
+
+
+def test_server_survives_garbage_truncated_tcp_and_floods(server):
+    srv, port = server
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for size in (0, 1, 11, 12, 100, 4000):
+        udp.sendto(bytes(random.getrandbits(8) for _ in range(size)), ("127.0.0.1", port))
+    for _ in range(500):  # a flood
+        udp.sendto(dns.message.make_query("web", "A").to_wire(), ("127.0.0.1", port))
+    tcp = socket.create_connection(("127.0.0.1", port), timeout=2)
+    tcp.sendall(struct.pack(">H", 300) + b"\x00" * 20)   # promises 300 bytes, sends 20
+    slow = socket.create_connection(("127.0.0.1", port), timeout=2)
+    slow.sendall(b"\xff")                                   # half a length prefix
+    start = time.monotonic()
+    reply = dns.query.udp(dns.message.make_query("web", "A"), "127.0.0.1", port=port, timeout=2)
+    assert addrs(reply) == ["10.0.0.2"] and time.monotonic() - start < 1
+    reply = dns.query.tcp(dns.message.make_query("www", "A"), "127.0.0.1", port=port, timeout=2)
+    assert len(addrs(reply)) == 2
+    for s in (udp, tcp, slow):
+        s.close()
+
+
+def test_reload_swaps_snapshots_without_dropping_queries(server):
+    srv, port = server
+    other = build("app", [ContainerInfo("c" * 64, "web", (), "10.0.0.9")])
+    seen = set()
+    for i in range(200):
+        srv.set_snapshot("n", other if i % 2 else SNAP)
+        seen.update(addrs(dns.query.udp(dns.message.make_query("web", "A"), "127.0.0.1", port=port, timeout=2)))
+    assert seen == {"10.0.0.2", "10.0.0.9"}
