@@ -4,6 +4,7 @@ serve    run the plugin server (the managed plugin's entrypoint; also host-proce
 restore  reconcile kernel objects with the state store once, and print what changed
 status   print the networks, endpoints, pools and leases in the state store
 ports    print the published ports (docker port shows none for a plugin's networks)
+dns NET  print the records the DNS of network NET (name or ID) serves; --log: its query log
 """
 
 from __future__ import annotations
@@ -54,9 +55,28 @@ def _ports(settings) -> list[dict]:
         store.close()
 
 
+def _dns(settings, network: str, query_log: bool) -> int:
+    """Ask the running plugin over its socket (the records live in its memory)."""
+    from urllib.parse import quote
+
+    import requests_unixsocket
+
+    sock = f"/run/docker/plugins/{settings.name}.sock"
+    path = f"/pybridge/dns/{quote(network, safe='')}/{'log' if query_log else 'records'}" if network else "/pybridge/dns"
+    resp = requests_unixsocket.Session().get("http+unix://" + quote(sock, safe="") + path, timeout=10)
+    body = resp.json()
+    if resp.status_code != 200:
+        print(f"pybridge: {body.get('Err', resp.status_code)}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plugin", description="pybridge Docker network plugin")
-    parser.add_argument("command", choices=["serve", "restore", "status", "ports"])
+    parser.add_argument("command", choices=["serve", "restore", "status", "ports", "dns"])
+    parser.add_argument("network", nargs="?", help="network name or ID (dns)")
+    parser.add_argument("--log", action="store_true", help="dns: the query log instead of the records")
     parser.add_argument("--socket", help="plugin socket path (serve)")
     parser.add_argument("--state-dir", help="state directory")
     args = parser.parse_args(argv)
@@ -78,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             report = build_services(settings).reconciler.restore()
             print(json.dumps(report.as_dict(), indent=2))
             return 1 if report.errors else 0
+        if args.command == "dns":
+            return _dns(settings, args.network or "", args.log)
         if args.command == "ports":
             for row in _ports(settings):
                 print("{host}\t-> {container}\tendpoint {endpoint}\tnetwork {network}".format(**row))

@@ -117,12 +117,93 @@ def bench_ipam() -> None:
     print(f"  with 16,000 leases : {large:7.1f} us   ratio {large / small:.2f}")
 
 
+DNS_CLIENT = r"""
+import json, socket, sys, time
+import dns.message
+server, name, seconds, window = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+wire = bytearray(dns.message.make_query(name, "A").to_wire())
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((server, 53))
+s.settimeout(0.5)
+sent, lat, qid, lost = {}, [], 0, 0
+def send():
+    global qid
+    qid = (qid + 1) & 0xFFFF
+    wire[0:2] = qid.to_bytes(2, "big")
+    sent[qid] = time.perf_counter()
+    s.send(wire)
+for _ in range(window):
+    send()
+end = time.perf_counter() + seconds
+while time.perf_counter() < end:
+    try:
+        data = s.recv(4096)
+    except socket.timeout:
+        lost += len(sent); sent.clear()
+        for _ in range(window):
+            send()
+        continue
+    t = sent.pop(int.from_bytes(data[:2], "big"), None)
+    if t is not None:
+        lat.append(time.perf_counter() - t)
+    send()
+lat.sort()
+print(json.dumps({"qps": len(lat) / seconds, "p50": lat[len(lat) // 2] * 1000,
+                  "p99": lat[int(len(lat) * 0.99)] * 1000, "lost": lost}))
+"""
+
+
+def dns_load(pid: str, server: str, name: str, seconds: float, window: int, clients: int) -> dict:
+    """clients load generators in parallel in the container's network namespace; summed q/s."""
+    argv = ["nsenter", "-t", pid, "-n", sys.executable, "-c", DNS_CLIENT, server, name, str(seconds), str(window)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(clients)]
+    outs = [json.loads(p.communicate(timeout=seconds + 30)[0]) for p in procs]
+    return {"qps": sum(o["qps"] for o in outs), "p50": statistics.median(o["p50"] for o in outs),
+            "p99": max(o["p99"] for o in outs), "lost": sum(o["lost"] for o in outs)}
+
+
+def bench_dns(driver: str, subnet: str, seconds: float = 3.0, window: int = 16, clients: int = 2) -> None:
+    """Queries per second and latency of pybridge's DNS against Docker's embedded resolver,
+    both asked from inside the same container (its network namespace) for a container name."""
+    tag = uuid.uuid4().hex[:6]
+    net, target, client = f"pbbench-{tag}-dns", f"pbbench-{tag}-target", f"pbbench-{tag}-client"
+    try:
+        sh("docker", "network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", subnet, net)
+        for name in (target, client):
+            sh("docker", "run", "-d", "--name", name, "--network", net, "--dns", "127.0.0.1", IMAGE, "sleep", "300")
+        pid = sh("docker", "inspect", "-f", "{{.State.Pid}}", client)
+        gateway = str(ipaddress.ip_network(subnet).network_address + 1)
+        time.sleep(1)
+        results = {"docker embedded (127.0.0.11)": [], f"pybridge ({gateway})": []}
+        for _ in range(2):
+            for label, server in zip(results, ("127.0.0.11", gateway)):
+                results[label].append(dns_load(pid, server, target, seconds, window, clients))
+    finally:
+        sh("docker", "rm", "-f", target, client, check=False)
+        sh("docker", "network", "rm", net, check=False)
+    print(f"DNS: A queries for a container name from inside a container, {clients} clients x {window} "
+          f"in flight, {seconds:.0f} s x 2 each, interleaved")
+    best = {}
+    for label, runs in results.items():
+        qps = statistics.median(r["qps"] for r in runs)
+        best[label] = qps
+        print(f"  {label:32s}: {qps:8.0f} q/s   p50 {statistics.median(r['p50'] for r in runs):6.3f} ms"
+              f"   p99 {statistics.median(r['p99'] for r in runs):6.3f} ms   lost {sum(r['lost'] for r in runs)}")
+    docker_qps, ours = list(best.values())
+    print(f"  ratio pybridge/embedded (q/s): {ours / docker_qps:.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--driver", default="pybridge", help="driver name of the pybridge instance to measure")
     ap.add_argument("--ipam-only", action="store_true", help="only the IPAM figures (no Docker needed)")
+    ap.add_argument("--dns-only", action="store_true", help="only the DNS figures")
     args = ap.parse_args()
+    if args.dns_only:
+        subprocess.run(["scripts/make-test-image.sh"], check=True)
+        bench_dns(args.driver, free_subnets(1)[0])
+        return 0
     bench_ipam()
     if args.ipam_only:
         return 0
@@ -145,6 +226,7 @@ def main() -> int:
     finally:
         sh("docker", "network", "rm", builtin, ours, check=False)
 
+    bench_dns(args.driver, free_subnets(3)[2])
     report(f"docker run --rm, {args.runs} runs each, interleaved", times, builtin, ours)
     report("docker run --rm with five published ports (-p 80 ... -p 84), interleaved", ported, builtin, ours)
     print("plugin's own latency per method while serving those runs")

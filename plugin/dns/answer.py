@@ -31,6 +31,7 @@ class Decision:
     qname: str = ""
     qtype: str = ""
     rcode: str = ""
+    rotations: int = 0                          # >0: a local answer with this many orders
 
 
 def _header_only(wire: bytes, rcode: int) -> bytes | None:
@@ -54,7 +55,8 @@ def render(response: dns.message.Message, limit: int) -> bytes:
         return response.to_wire(max_size=limit, want_shuffle=False)
 
 
-def answer(snapshot: Snapshot | None, wire: bytes, *, ttl: int, forward: bool, limit: int | None = None) -> Decision:
+def answer(snapshot: Snapshot | None, wire: bytes, *, ttl: int, forward: bool, limit: int | None = None,
+           rotate: int | None = None) -> Decision:
     try:
         query = dns.message.from_wire(wire)
     except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
@@ -77,7 +79,8 @@ def answer(snapshot: Snapshot | None, wire: bytes, *, ttl: int, forward: bool, l
         response.answer.append(dns.rrset.from_text(q.name, ttl, "IN", "PTR", snapshot.reverse(qname)))
     elif (found := snapshot.lookup(qname)) is not None:
         response.flags |= dns.flags.AA
-        turn = next(_rotation)
+        turn = next(_rotation) if rotate is None else rotate
+        decision.rotations = max(len(found[0]), len(found[1]), 1)
         for rdtype, addrs in ((dns.rdatatype.A, found[0]), (dns.rdatatype.AAAA, found[1])):
             if addrs and qtype in (rdtype, dns.rdatatype.ANY):
                 k = turn % len(addrs)

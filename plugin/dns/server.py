@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,11 +49,28 @@ class _Net:
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
 
 
+CACHE_MAX = 4096
+
+
+class AnswerCache:
+    """Ready wire answers of one snapshot, keyed by the query after its ID. A name with several
+    addresses keeps one answer per rotation and cycles through them (round robin survives)."""
+
+    def __init__(self):
+        self.entries: dict[bytes, list] = {}
+
+    def put(self, wire: bytes, bodies: list[bytes]) -> None:
+        if len(self.entries) >= CACHE_MAX:
+            self.entries = {}
+        self.entries[wire[2:]] = [[b[2:] for b in bodies], 0]
+
+
 class DnsServer:
     def __init__(self, port: int = 53, ttl: int = 10):
         self.port, self.ttl = port, ttl
         self._nets: dict[str, _Net] = {}
         self._snapshots: dict[str, Snapshot] = {}
+        self._caches: dict[str, AnswerCache] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -73,6 +91,7 @@ class DnsServer:
 
     def set_snapshot(self, network_id: str, snapshot: Snapshot) -> None:
         self._snapshots = {**self._snapshots, network_id: snapshot}
+        self._caches = {**self._caches, network_id: AnswerCache()}
 
     def snapshot(self, network_id: str) -> Snapshot | None:
         return self._snapshots.get(network_id)
@@ -100,11 +119,10 @@ class DnsServer:
             net = self._nets[nid] = _Net(spec)
             for gw in spec.gateways:
                 try:
-                    transport, _ = await self._loop.create_datagram_endpoint(
-                        lambda nid=nid, gw=gw: _Udp(self, nid), local_addr=(gw, self.port))
+                    udp = _UdpListener(self, nid, gw)
                     server = await asyncio.start_server(
                         lambda r, w, nid=nid: self._tcp(nid, r, w), host=gw, port=self.port, limit=70000)
-                    net.listeners += [transport.close, server.close]
+                    net.listeners += [udp.close, server.close]
                 except OSError as e:
                     log.error("DNS for network %s cannot listen on %s:%d: %s", spec.name, gw, self.port, e)
         for nid in [n for n in self._snapshots if n not in specs]:
@@ -115,17 +133,21 @@ class DnsServer:
         net = self._nets.get(nid)
         if net is None:
             return None
-        decision = answer(self._snapshots.get(nid), wire, ttl=self.ttl, forward=net.spec.forward, limit=limit)
+        snapshot, cache = self._snapshots.get(nid), self._caches.get(nid)
+        decision = answer(snapshot, wire, ttl=self.ttl, forward=net.spec.forward, limit=limit)
         reply = decision.reply
         if decision.forward is not None:
             reply, decision.rcode = await self._forward(net, decision.forward, limit)
-        if decision.qname:
+        elif decision.rotations and limit is None and cache is not None:
+            bodies = [answer(snapshot, wire, ttl=self.ttl, forward=False, rotate=k).reply
+                      for k in range(min(decision.rotations, 8))]
+            cache.put(wire, bodies)
+        if decision.qname and net.spec.log_queries:
             entry = {"time": round(time.time(), 3), "client": peer, "name": decision.qname,
                      "type": decision.qtype, "rcode": decision.rcode,
                      "ms": round((time.perf_counter() - started) * 1000, 3)}
             net.log.append(entry)
-            if net.spec.log_queries:
-                log.info("dns %s: %s", net.spec.name, entry)
+            log.info("dns %s: %s", net.spec.name, entry)
         return reply
 
     async def _forward(self, net: _Net, query: dns.message.Message, limit: int | None) -> tuple[bytes, str]:
@@ -169,24 +191,75 @@ class DnsServer:
             writer.close()
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsServer, nid: str):
+class _UdpListener:
+    """A blocking UDP socket on its own thread: answers found in the AnswerCache go straight
+    back (the GIL is released in recvfrom/sendto); everything else goes to the asyncio loop."""
+
+    # One socket and thread per address: a second thread on SO_REUSEPORT measured slower (the
+    # GIL serialises the Python part of the loop).
+    THREADS = 1
+
+    def __init__(self, server: DnsServer, nid: str, address: str):
         self.server, self.nid = server, nid
-        self.transport = None
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.socks = []
+        try:
+            for _ in range(self.THREADS):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                self.socks.append(sock)
+                if self.THREADS > 1:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((address, server.port))
+        except OSError:
+            for sock in self.socks:
+                sock.close()
+            raise
+        self._closed = False
+        for sock in self.socks:
+            threading.Thread(target=self._run, args=(sock,), name=f"pybridge-dns-udp-{address}",
+                             daemon=True).start()
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def _run(self, sock: socket.socket) -> None:
+        # The hot loop: locals bound once, no calls but the cache lookup for a cached answer.
+        server, nid, loop = self.server, self.nid, self.server._loop
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        while True:
+            try:
+                data, addr = recvfrom(4096)
+            except OSError:
+                if self._closed:
+                    return
+                continue
+            if addr is None or self._closed:  # shutdown() wakes recvfrom with nothing
+                return
+            try:
+                cache = server._caches.get(nid)
+                entry = cache.entries.get(data[2:]) if cache is not None and len(data) >= 12 else None
+                if entry is not None and not server._nets[nid].spec.log_queries:
+                    bodies, turn = entry
+                    entry[1] = turn + 1
+                    sendto(data[:2] + bodies[turn % len(bodies)], addr)
+                else:
+                    loop.call_soon_threadsafe(self._slow, sock, data, addr)
+            except Exception:
+                log.exception("DNS query from %s", addr[0])
 
-    def datagram_received(self, data: bytes, addr) -> None:
-        asyncio.get_running_loop().create_task(self._reply(data, addr))
+    def _slow(self, sock: socket.socket, data: bytes, addr) -> None:
+        asyncio.get_running_loop().create_task(self._reply(sock, data, addr))
 
-    async def _reply(self, data: bytes, addr) -> None:
+    async def _reply(self, sock: socket.socket, data: bytes, addr) -> None:
         try:
             reply = await self.server.resolve(self.nid, data, addr[0], None)
-            if reply is not None and self.transport is not None:
-                self.transport.sendto(reply, addr)
+            if reply is not None and not self._closed:
+                sock.sendto(reply, addr)
         except Exception:
             log.exception("DNS query from %s", addr[0])
 
-    def error_received(self, exc) -> None:
-        pass
+    def close(self) -> None:
+        self._closed = True
+        for sock in self.socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
