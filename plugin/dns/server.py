@@ -96,6 +96,10 @@ class DnsServer:
     def snapshot(self, network_id: str) -> Snapshot | None:
         return self._snapshots.get(network_id)
 
+    def spec_name(self, network_id: str) -> str | None:
+        net = self._nets.get(network_id)
+        return net.spec.name if net else None
+
     def query_log(self, network_id: str) -> list[dict]:
         net = self._nets.get(network_id)
         return list(net.log) if net else []

@@ -76,12 +76,8 @@ class DnsService:
             name, containers = self._learned[nid]
             gateways = [str(g.ip) for g in ours[nid].gateways()]
             self.server.set_snapshot(nid, build(name, containers, gateways))
-        if any(ours[nid].id and self._name_changed(nid) for nid in changed & set(ours)):
-            self.reconcile()
-
-    def _name_changed(self, nid: str) -> bool:
-        spec_name = self.server._nets.get(nid).spec.name if nid in self.server._nets else None
-        return spec_name is not None and spec_name != self._learned[nid][0]
+        if any(self.server.spec_name(nid) not in (None, self._learned[nid][0]) for nid in changed & set(ours)):
+            self.reconcile()  # the network's name is now known (or changed): relabel its server
 
     def forget(self, network_id: str, tx) -> None:
         self._learned.pop(network_id, None)
