@@ -5,6 +5,8 @@ restore  reconcile kernel objects with the state store once, and print what chan
 status   print the networks, endpoints, pools and leases in the state store
 ports    print the published ports (docker port shows none for a plugin's networks)
 dns NET  print the records the DNS of network NET (name or ID) serves; --log: its query log
+doctor   report every difference between the state and the kernel (links, addresses, rules)
+gc       repair them: restore what the state records, remove what it does not
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import ipaddress
 import json
 import sys
+from urllib.parse import quote
 
 from .config import load_settings
 from .domain.errors import PybridgeError
@@ -55,26 +58,24 @@ def _ports(settings) -> list[dict]:
         store.close()
 
 
-def _dns(settings, network: str, query_log: bool) -> int:
-    """Ask the running plugin over its socket (the records live in its memory)."""
-    from urllib.parse import quote
-
+def _ask(settings, method: str, path: str, fail_on: str = "") -> int:
+    """Ask the running plugin over its socket (it holds the DNS records and the locks).
+    Exits 1 on an error, or when the answer's fail_on list is not empty."""
     import requests_unixsocket
 
     sock = f"/run/docker/plugins/{settings.name}.sock"
-    path = f"/pybridge/dns/{quote(network, safe='')}/{'log' if query_log else 'records'}" if network else "/pybridge/dns"
-    resp = requests_unixsocket.Session().get("http+unix://" + quote(sock, safe="") + path, timeout=10)
+    resp = getattr(requests_unixsocket.Session(), method)("http+unix://" + quote(sock, safe="") + path, timeout=60)
     body = resp.json()
     if resp.status_code != 200:
         print(f"pybridge: {body.get('Err', resp.status_code)}", file=sys.stderr)
         return 1
     print(json.dumps(body, indent=2))
-    return 0
+    return 1 if fail_on and body.get(fail_on) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plugin", description="pybridge Docker network plugin")
-    parser.add_argument("command", choices=["serve", "restore", "status", "ports", "dns"])
+    parser.add_argument("command", choices=["serve", "restore", "status", "ports", "dns", "doctor", "gc"])
     parser.add_argument("network", nargs="?", help="network name or ID (dns)")
     parser.add_argument("--log", action="store_true", help="dns: the query log instead of the records")
     parser.add_argument("--socket", help="plugin socket path (serve)")
@@ -99,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report.as_dict(), indent=2))
             return 1 if report.errors else 0
         if args.command == "dns":
-            return _dns(settings, args.network or "", args.log)
+            net = quote(args.network or "", safe="")
+            return _ask(settings, "get", f"/pybridge/dns/{net}/{'log' if args.log else 'records'}"
+                        if net else "/pybridge/dns")
+        if args.command == "doctor":
+            return _ask(settings, "get", "/pybridge/doctor", fail_on="problems")
+        if args.command == "gc":
+            return _ask(settings, "post", "/pybridge/gc", fail_on="errors")
         if args.command == "ports":
             for row in _ports(settings):
                 print("{host}\t-> {container}\tendpoint {endpoint}\tnetwork {network}".format(**row))

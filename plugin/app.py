@@ -83,6 +83,14 @@ def create_app(services) -> Flask:
         stats.reset()
         return _reply({})
 
+    @app.get("/pybridge/doctor")
+    def doctor():
+        return _reply(services.doctor.examine())
+
+    @app.post("/pybridge/gc")
+    def gc():
+        return _reply(services.reconciler.restore().as_dict())
+
     @app.get("/pybridge/dns")
     def dns_overview():
         dns = services.ctx.dns

@@ -31,6 +31,7 @@ class Settings:
     dns_ttl: int = 10
     dns_default_upstream: str = "resolv.conf"   # or a list 'ip[:port],...', or '' for none
     docker_socket: str = "/var/run/docker.sock"
+    firewall_check: int = 2    # seconds between checks that our chains are intact; 0: never
 
     @property
     def chain_prefix(self) -> str:
@@ -81,6 +82,7 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         dns_ttl=_int(env, "PYBRIDGE_DNS_TTL", 10, 0, 86400),
         dns_default_upstream=env.get("PYBRIDGE_DNS_UPSTREAM", "resolv.conf"),
         docker_socket=env.get("PYBRIDGE_DOCKER_SOCKET", "/var/run/docker.sock"),
+        firewall_check=_int(env, "PYBRIDGE_FIREWALL_CHECK", 2, 0, 3600),
     )
     values.update(overrides)
     return Settings(**values)

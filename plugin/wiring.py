@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 
 from .config import Settings
@@ -10,7 +13,7 @@ from .driver.context import Context
 from .driver.endpoints import EndpointService
 from .driver.networks import NetworkService
 from .driver.reaper import Reaper
-from .driver.restore import Reconciler
+from .driver.restore import Doctor, Reconciler
 from .ipam.service import IpamService
 from .store.db import Store
 
@@ -23,14 +26,28 @@ class Services:
     endpoints: EndpointService
     ipam: IpamService
     reconciler: Reconciler
+    doctor: Doctor
 
     def start_background(self) -> None:
-        """The Docker event watcher feeding the DNS (never called from a plugin handler)."""
+        """Threads outside every plugin handler: the firewall watchdog, and the Docker event
+        watcher feeding the DNS."""
+        if self.settings.firewall_check:
+            threading.Thread(target=self._watch_firewall, name="pybridge-firewall-watchdog", daemon=True).start()
         dns = self.ctx.dns
         if dns is None or not os.path.exists(self.settings.docker_socket):
             return
         from .dns.watcher import DockerWatcher
         DockerWatcher(self.settings.docker_socket, dns.learned).start()
+
+    def _watch_firewall(self) -> None:
+        """Our chains flushed or deleted from outside (a firewall reload, iptables -F) come back
+        within seconds."""
+        while True:
+            time.sleep(self.settings.firewall_check)
+            try:
+                self.doctor.heal_firewall()
+            except Exception:
+                logging.getLogger(__name__).exception("firewall watchdog")
 
 
 def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=None,
@@ -57,4 +74,4 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
     return Services(settings=settings, ctx=ctx, networks=networks, endpoints=EndpointService(ctx),
                     ipam=IpamService(store, netlink.host_networks, settings.default_pools,
                                      settings.default_pools6),
-                    reconciler=Reconciler(ctx, networks))
+                    reconciler=Reconciler(ctx, networks), doctor=Doctor(ctx))

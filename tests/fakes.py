@@ -72,6 +72,10 @@ class FakeNetlink:
             raise KernelError(f"link {name} does not exist")
         self.devices[name].addresses.update(str(a) for a in addresses)
 
+    def addresses(self, name):
+        link = self.devices.get(name)
+        return set(link.addresses) if link else set()
+
     def remove_addresses(self, name, addresses):
         self._step("remove_addresses")
         if name in self.devices:
@@ -133,6 +137,10 @@ class FakeFirewall:
 
     def remove_all(self):
         self.rules = {}
+
+    def drift(self, networks, endpoints=()):
+        wanted = {v: rules.render(self.prefix, list(networks), v, list(endpoints)) for v in (4, 6)}
+        return [] if wanted == self.rules else ["rules differ"]
 
     def all_rules(self) -> list[str]:
         return [r for fam in self.rules.values() for table in fam.values() for r in table]

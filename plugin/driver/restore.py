@@ -78,3 +78,46 @@ class Reconciler:
         ctx.networks_changed()
         log.info("restore: %s", report.as_dict())
         return report
+
+
+class Doctor:
+    """Compares state with the kernel (links, addresses, rules), and heals the firewall."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def examine(self) -> dict:
+        ctx = self.ctx
+        with ctx.store.reading() as tx:
+            networks, endpoints = tx.list_networks(), tx.list_endpoints()
+        links = {l.name: l for l in ctx.netlink.links()}
+        problems = []
+        claimed = set()
+        for n in networks:
+            claimed.add(n.bridge)
+            if n.bridge not in links:
+                problems.append(f"network {n.id[:12]}: bridge {n.bridge} is missing")
+                continue
+            present = ctx.netlink.addresses(n.bridge)
+            for gw in n.gateways():
+                if str(gw) not in present:
+                    problems.append(f"network {n.id[:12]}: bridge {n.bridge} lacks address {gw}")
+        for ep in endpoints:
+            claimed |= {ep.host_ifname, ep.container_ifname}
+        for name in links:
+            if name.startswith(owned_link_prefixes(ctx.prefix)) and name not in claimed:
+                problems.append(f"link {name} is ours but no network or endpoint claims it")
+        problems += [f"firewall: {p}" for p in ctx.firewall.drift(networks, endpoints)]
+        return {"networks": len(networks), "endpoints": len(endpoints), "problems": problems}
+
+    def heal_firewall(self) -> list[str]:
+        """Rewrite our chains if they drifted (flushed, deleted, jumps gone). Returns the drift."""
+        ctx = self.ctx
+        with ctx.store.reading() as tx:
+            networks, endpoints = tx.list_networks(), tx.list_endpoints()
+        problems = ctx.firewall.drift(networks, endpoints)
+        if problems:
+            log.warning("firewall drift, restoring our chains: %s", problems)
+            with ctx.store.transaction() as tx:
+                ctx.sync_firewall(tx)
+        return problems

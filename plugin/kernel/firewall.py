@@ -75,6 +75,20 @@ class IptablesFirewall:
                 self._run([self._tools[version][1], "--noflush", "-w"], text)
                 self._applied[version] = rules.restore_text(self.prefix, wanted_rules, [])
 
+    def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = ()) -> list[str]:
+        """Differences between our chains in the kernel and the rules for this state."""
+        networks, endpoints = list(networks), list(endpoints)
+        problems = []
+        with self._lock:
+            for version in (4, 6):
+                if not self._available(version):
+                    continue
+                saved = self.save(version)
+                wanted = rules.render(self.prefix, networks, version, endpoints)
+                problems += [f"IPv{version}: {p}" for p in
+                             rules.drift(self.prefix, wanted, saved, rules.has_docker_user(saved))]
+        return problems
+
     def remove_all(self) -> None:
         """Delete our jumps and chains (uninstall, tests)."""
         with self._lock:

@@ -123,6 +123,14 @@ class Netlink:
         except NetlinkError as e:
             raise KernelError(f"add addresses to {name}: {e}") from e
 
+    def addresses(self, name: str) -> set[str]:
+        """The addresses on a link, as 'ip/prefixlen' (empty when the link is missing)."""
+        with self._ipr() as ipr:
+            info = _lookup(ipr, name)
+            if info is None:
+                return set()
+            return {f"{a.get('address')}/{a['prefixlen']}" for a in ipr.get_addr(index=info.index)}
+
     def remove_addresses(self, name: str, addresses: Iterable[IPInterface]) -> None:
         """Idempotent: a missing link or address is not an error."""
         with self._ipr() as ipr:

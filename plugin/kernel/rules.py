@@ -172,3 +172,27 @@ def present_jumps(prefix: str, saved: str) -> list[Jump]:
             found.append(j)
     return found
 
+
+
+def drift(prefix: str, wanted: dict[str, list[str]], saved: str, docker_user: bool) -> list[str]:
+    """How an iptables-save dump differs from what we want: missing jumps, missing chains, and
+    chains whose rule count differs (iptables-save rewrites rules, so counts are compared)."""
+    problems, table, counts, chains_seen = [], None, {}, set()
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith(":"):
+            chains_seen.add((table, line[1:].split()[0]))
+        elif line.startswith("-A "):
+            chain = line.split()[1]
+            counts[(table, chain)] = counts.get((table, chain), 0) + 1
+    present = present_jumps(prefix, saved)
+    problems += [f"missing jump {j.rule()} ({j.table})" for j in jumps(prefix, docker_user) if j not in present]
+    for table, names in chains(prefix).items():
+        for name in names:
+            want = sum(1 for r in wanted.get(table, []) if r.split()[1] == name)
+            if (table, name) not in chains_seen:
+                problems.append(f"missing chain {name} ({table})")
+            elif counts.get((table, name), 0) != want:
+                problems.append(f"chain {name} ({table}) has {counts.get((table, name), 0)} rules, expected {want}")
+    return problems

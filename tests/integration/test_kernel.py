@@ -122,3 +122,27 @@ def test_delete_by_index_spares_a_link_recreated_under_the_same_name(netns):
     assert "pth3" in links(netns)
     assert nl.delete_link_by_index(nl.link("pth3").index, "pth3") is True
     assert "pth3" not in links(netns)
+
+
+def test_drift_is_empty_after_sync_and_names_outside_changes(netns):
+    from plugin.domain.model import Endpoint
+    from plugin.domain.ports import PortBinding
+    run(netns, "iptables", "-N", "DOCKER-USER")
+    fw = IptablesFirewall("PBTI", netns=netns)
+    net = Network(id="a" * 64, bridge="pt-br1", subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")),
+                                                          Subnet(ipaddress.ip_network("fd70:6201:9::/64"))))
+    ep = Endpoint(id="e" * 64, network_id=net.id, host_ifname="pth1", container_ifname="ptc1", mac="02:00:00:00:00:09",
+                  address4=ipaddress.ip_interface("10.200.9.2/24"), address6=ipaddress.ip_interface("fd70:6201:9::2/64"),
+                  ports=(PortBinding("tcp", 80, "", 8080), PortBinding("udp", 53, "127.0.0.1", 5353, 4)))
+    fw.sync([net], [ep])
+    assert fw.drift([net], [ep]) == []
+    run(netns, "iptables", "-F", "PBTI-FORWARD")
+    run(netns, "iptables", "-t", "nat", "-D", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "PBTI-DNAT")
+    run(netns, "ip6tables", "-D", "FORWARD", "-j", "PBTI-FORWARD")
+    problems = fw.drift([net], [ep])
+    assert any("IPv4: chain PBTI-FORWARD (filter) has 0 rules" in p for p in problems)
+    assert any("IPv4: missing jump -A PREROUTING" in p for p in problems)
+    assert any("IPv6: missing jump -A FORWARD -j PBTI-FORWARD" in p for p in problems)
+    fw.sync([net], [ep])
+    assert fw.drift([net], [ep]) == []
+    fw.remove_all()

@@ -196,3 +196,19 @@ def test_programming_again_without_ports_withdraws_the_earlier_ones(fake_service
     assert any("--dport 5353" in r for r in fake_services.ctx.firewall.all_rules())
     eps.program(NID, EID, [])
     assert not any("--dport 5353" in r for r in fake_services.ctx.firewall.all_rules())
+
+
+def test_doctor_reports_differences_and_gc_repairs_them(fake_services):
+    create(fake_services)
+    nl = fake_services.ctx.netlink
+    assert fake_services.doctor.examine()["problems"] == []
+    nl.devices[f"pt-{NID[:12]}"].addresses.clear()
+    nl.devices["pthorphan00000"] = FakeLink("pthorphan00000", "veth")
+    fake_services.ctx.firewall.rules = {}
+    problems = fake_services.doctor.examine()["problems"]
+    assert any("lacks address 10.200.1.1/24" in p for p in problems)
+    assert any("pthorphan00000" in p for p in problems)
+    assert any(p.startswith("firewall:") for p in problems)
+    assert fake_services.doctor.heal_firewall() == ["rules differ"]
+    assert fake_services.reconciler.restore().errors == []
+    assert fake_services.doctor.examine()["problems"] == []
