@@ -28,7 +28,7 @@ def _secure_sockets(server) -> None:
     for listener in server.LISTENERS:
         path = getattr(listener, "cfg_addr", None)
         if isinstance(path, str) and os.path.exists(path):
-            os.chmod(path, 0o660)
+            os.chmod(path, 0o600)
 
 
 class PluginServer(BaseApplication):

@@ -149,8 +149,11 @@ class FakeFirewall:
 class FakeSysctl:
     def __init__(self):
         self.values = {}
+        self.fail = False
 
     def ensure(self, value, *parts):
+        if self.fail:
+            raise KernelError("injected sysctl failure")
         self.values[parts] = value
 
     def enable_ipv6_forwarding(self):

@@ -180,3 +180,18 @@ def test_dns_answers_after_dockerd_restart(dk):
     assert wait_plugin_socket(30)
     assert wait_for(lambda: docker("inspect", "-f", "{{.State.Running}}", c, check=False) == "true", 60)
     assert wait_for(lambda: resolves(gw, c, [dk.ip(c, net)]), 10)
+
+
+def test_dns_listens_only_on_gateway_addresses(dk):
+    net = dk.network("--subnet", free_subnet())
+    gw = gateway(dk, net)
+    listeners = sh("ss", "-H", "-lnup").stdout + sh("ss", "-H", "-lntp").stdout
+    ours = [l.split()[3] for l in listeners.splitlines() if l.split()[3].endswith(":53") and "python3" in l]
+    assert f"{gw}:53" in ours
+    assert not any(addr.startswith(("0.0.0.0:", "*:", "[::]:")) for addr in ours), ours
+
+
+def test_plugin_sockets_are_root_only(engine):
+    for name in (PLUGIN, f"{PLUGIN}:latest"):
+        mode = os.stat(f"/run/docker/plugins/{name}.sock").st_mode & 0o777
+        assert mode == 0o600, oct(mode)
