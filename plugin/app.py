@@ -83,13 +83,19 @@ def create_app(services) -> Flask:
         stats.reset()
         return _reply({})
 
+    def grace():
+        try:
+            return max(0.0, float(request.args.get("lease_grace", "60")))
+        except ValueError:
+            return 60.0
+
     @app.get("/pybridge/doctor")
     def doctor():
-        return _reply(services.doctor.examine())
+        return _reply(services.doctor.examine(grace()))
 
     @app.post("/pybridge/gc")
     def gc():
-        return _reply(services.reconciler.restore().as_dict())
+        return _reply(services.reconciler.restore(grace()).as_dict())
 
     @app.get("/pybridge/dns")
     def dns_overview():

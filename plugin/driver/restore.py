@@ -7,7 +7,9 @@ name prefix) that no record claims. Firewall chains are rewritten whole from sta
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import time
 from dataclasses import dataclass, field
 
 from ..domain.errors import PybridgeError
@@ -18,17 +20,45 @@ from .networks import NetworkService
 log = logging.getLogger(__name__)
 
 
+LEASE_GRACE = 60.0   # seconds between dockerd's RequestAddress and its CreateEndpoint
+
+
+def orphan_leases(tx, grace: float) -> list[tuple[str, int]]:
+    """Endpoint leases (dynamic or static) that no recorded endpoint of the pool's network holds,
+    older than grace: left by a ReleaseAddress that failed while the plugin was down. Pools no
+    recorded network uses (yet) are left alone, and so are gateway and aux addresses."""
+    by_subnet = {}
+    for n in tx.list_networks():
+        for pool in n.pools():
+            by_subnet[pool] = n.id
+    held = {}
+    for e in tx.list_endpoints():
+        for a in (e.address4, e.address6):
+            if a is not None:
+                held.setdefault(e.network_id, set()).add(int(a.ip))
+    pools = {p.id: p for p in tx.list_pools()}
+    out = []
+    for pool_id, addr, kind, age in tx.lease_ages(time.time()):
+        pool = pools.get(pool_id)
+        nid = by_subnet.get(pool.subnet) if pool else None
+        if kind in ("dynamic", "static") and nid and age > grace and addr not in held.get(nid, ()):
+            out.append((pool_id, addr))
+    return sorted(out)
+
+
 @dataclass
 class Report:
     networks: int = 0
     endpoints: int = 0
     removed_links: list[str] = field(default_factory=list)
     dropped_endpoints: list[str] = field(default_factory=list)
+    released_leases: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"networks": self.networks, "endpoints": self.endpoints,
                 "removed_links": self.removed_links, "dropped_endpoints": self.dropped_endpoints,
+                "released_leases": self.released_leases,
                 "errors": self.errors}
 
 
@@ -37,9 +67,12 @@ class Reconciler:
         self.ctx = ctx
         self.networks = networks
 
-    def restore(self) -> Report:
+    def restore(self, lease_grace: float = LEASE_GRACE) -> Report:
         ctx, report = self.ctx, Report()
         with ctx.store.transaction() as tx:
+            for pool_id, addr in orphan_leases(tx, lease_grace):
+                tx.delete_lease(pool_id, addr)
+                report.released_leases.append(f"{ipaddress.ip_address(addr)} ({pool_id})")
             networks = tx.list_networks()
             known_ids = {n.id for n in networks}
             for n in networks:
@@ -86,10 +119,11 @@ class Doctor:
     def __init__(self, ctx: Context):
         self.ctx = ctx
 
-    def examine(self) -> dict:
+    def examine(self, lease_grace: float = LEASE_GRACE) -> dict:
         ctx = self.ctx
         with ctx.store.reading() as tx:
             networks, endpoints = tx.list_networks(), tx.list_endpoints()
+            orphans = orphan_leases(tx, lease_grace)
         links = {l.name: l for l in ctx.netlink.links()}
         problems = []
         claimed = set()
@@ -107,6 +141,7 @@ class Doctor:
         for name in links:
             if name.startswith(owned_link_prefixes(ctx.prefix)) and name not in claimed:
                 problems.append(f"link {name} is ours but no network or endpoint claims it")
+        problems += [f"lease {ipaddress.ip_address(a)} in pool {p} has no endpoint" for p, a in orphans]
         problems += [f"firewall: {p}" for p in ctx.firewall.drift(networks, endpoints)]
         return {"networks": len(networks), "endpoints": len(endpoints), "problems": problems}
 

@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ CREATE TABLE IF NOT EXISTS pools (
     cursor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dns (network_id TEXT PRIMARY KEY, name TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
-    pool_id TEXT NOT NULL, addr TEXT NOT NULL, kind TEXT NOT NULL,
+    pool_id TEXT NOT NULL, addr TEXT NOT NULL, kind TEXT NOT NULL, created REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (pool_id, addr)) WITHOUT ROWID;
 """
 
@@ -136,8 +137,8 @@ class Tx:
 
     def add_lease(self, pool_id: str, address: int, kind: str) -> bool:
         """False when the address is already leased."""
-        cur = self._c.execute("INSERT OR IGNORE INTO leases (pool_id, addr, kind) VALUES (?, ?, ?)",
-                              (pool_id, addr_key(address), kind))
+        cur = self._c.execute("INSERT OR IGNORE INTO leases (pool_id, addr, kind, created) VALUES (?, ?, ?, ?)",
+                              (pool_id, addr_key(address), kind, time.time()))
         return cur.rowcount == 1
 
     def delete_lease(self, pool_id: str, address: int) -> bool:
@@ -159,6 +160,11 @@ class Tx:
             if len(rows) < batch:
                 return
             key, first, batch = rows[-1][0], False, min(batch * 4, 1024)
+
+    def lease_ages(self, now: float) -> list[tuple[str, int, str, float]]:
+        """(pool, address, kind, age in seconds) of every lease."""
+        return [(p, int(a, 16), k, now - c) for p, a, k, c in
+                self._c.execute("SELECT pool_id, addr, kind, created FROM leases")]
 
     def list_leases(self, pool_id: str | None = None) -> list[tuple[str, int, str]]:
         q = "SELECT pool_id, addr, kind FROM leases"
@@ -188,6 +194,9 @@ class Store:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(leases)")}
+        if "created" not in columns:  # schema 1 without lease times
+            conn.execute("ALTER TABLE leases ADD COLUMN created REAL NOT NULL DEFAULT 0")
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         if self.path != Path(":memory:"):
             os.chmod(self.path, 0o600)

@@ -171,12 +171,13 @@ def test_dns_answers_after_plugin_restart(dk):
 
 @pytest.mark.skipif(os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
                     reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
-def test_dns_answers_after_dockerd_restart(dk):
+@pytest.mark.parametrize("signal", ["TERM", "KILL"])
+def test_dns_answers_after_dockerd_restart(signal, dk):
     net = dk.network("--subnet", free_subnet())
     gw = gateway(dk, net)
     c = dk.run(net, "--restart", "always")
     assert wait_for(lambda: resolves(gw, c, [dk.ip(c, net)]), 5)
-    restart_dockerd()
+    restart_dockerd(signal)
     assert wait_plugin_socket(30)
     assert wait_for(lambda: docker("inspect", "-f", "{{.State.Running}}", c, check=False) == "true", 60)
     assert wait_for(lambda: resolves(gw, c, [dk.ip(c, net)]), 10)

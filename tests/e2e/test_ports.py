@@ -158,13 +158,14 @@ def test_sctp_mapping_is_programmed_and_withdrawn(dk):
 
 @pytest.mark.skipif(__import__("os").environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
                     reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
-def test_published_ports_survive_a_dockerd_restart(dk, outside):
+@pytest.mark.parametrize("signal", ["TERM", "KILL"])
+def test_published_ports_survive_a_dockerd_restart(signal, dk, outside):
     from .dockerenv import restart_dockerd, wait_plugin_socket
     port = random.randrange(20000, 29000)
     net = dk.network("--subnet", free_subnet())
     dk.run(net, "--restart", "always", "-p", f"{port}:80", cmd=SERVER)
     assert wait_for(lambda: fetch("127.0.0.1", port) == "pong", 15)
-    restart_dockerd()
+    restart_dockerd(signal)
     assert wait_plugin_socket(30)
     assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 60)
     assert fetch("127.0.0.1", port) == "pong"

@@ -212,3 +212,22 @@ def test_doctor_reports_differences_and_gc_repairs_them(fake_services):
     assert fake_services.doctor.heal_firewall() == ["rules differ"]
     assert fake_services.reconciler.restore().errors == []
     assert fake_services.doctor.examine()["problems"] == []
+
+
+def test_leases_without_an_endpoint_are_reported_and_released_after_a_grace(fake_services):
+    ipam = fake_services.ipam
+    pool = ipam.request_pool("", "10.200.1.0/24", "", False)
+    gw = ipam.request_address(pool["PoolID"], "", {"RequestAddressType": "com.docker.network.gateway"})
+    create(fake_services)
+    used = ipam.request_address(pool["PoolID"], "", {})
+    fake_services.endpoints.create(NID, EID, address=used, address6="", mac="")
+    leaked = ipam.request_address(pool["PoolID"], "", {})   # its ReleaseAddress never arrived
+    assert fake_services.doctor.examine()["problems"] == []           # young: may be in flight
+    problems = fake_services.doctor.examine(lease_grace=0)["problems"]
+    assert problems == [f"lease {leaked.split('/')[0]} in pool {pool['PoolID']} has no endpoint"]
+    report = fake_services.reconciler.restore(lease_grace=0)
+    assert report.released_leases == [f"{leaked.split('/')[0]} ({pool['PoolID']})"]
+    with fake_services.ctx.store.reading() as tx:
+        held = {a for _, a, _ in tx.list_leases(pool["PoolID"])}
+    import ipaddress
+    assert held == {int(ipaddress.ip_interface(gw).ip), int(ipaddress.ip_interface(used).ip)}
