@@ -167,7 +167,14 @@ class DockerEnv:
             if res.returncode != 0 and "No such container" not in res.stderr:
                 errors.append(res.stderr.strip())
         for net in reversed(self.networks):
-            res = sh("docker", "network", "rm", net, check=False)
+            deadline = time.monotonic() + 30
+            while True:
+                res = sh("docker", "network", "rm", net, check=False)
+                # After a plugin outage dockerd finishes deleting endpoints on its own schedule
+                # (its calls to the plugin back off); give it that time, then report.
+                if "has active endpoints" not in res.stderr or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
             if res.returncode != 0 and "not found" not in res.stderr:
                 errors.append(res.stderr.strip())
         return errors
