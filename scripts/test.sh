@@ -13,7 +13,7 @@ PB_SCRIPT=test
 cd "$root"
 
 [ "$(id -u)" = 0 ] || { pb_log "run as root (the integration and end-to-end tests need it)"; exit 1; }
-pb_apt_install iptables iproute2 busybox-static
+pb_apt_install iptables iproute2 busybox-static curl gcc libc6-dev
 python3 -m pip --version >/dev/null 2>&1 || pb_apt_install python3-pip
 if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, pytest, hypothesis' 2>/dev/null; then
   pb_log "installing Python test dependencies"
