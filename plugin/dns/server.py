@@ -129,8 +129,8 @@ class DnsServer:
                     net.listeners += [udp.close, server.close]
                 except OSError as e:
                     log.error("DNS for network %s cannot listen on %s:%d: %s", spec.name, gw, self.port, e)
-        for nid in [n for n in self._snapshots if n not in specs]:
-            self._snapshots = {k: v for k, v in self._snapshots.items() if k != nid}
+        self._snapshots = {k: v for k, v in self._snapshots.items() if k in specs}
+        self._caches = {k: v for k, v in self._caches.items() if k in specs}
 
     async def resolve(self, nid: str, wire: bytes, peer: str, limit: int | None) -> bytes | None:
         started = time.perf_counter()
