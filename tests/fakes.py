@@ -11,8 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from plugin.domain.errors import Conflict, KernelError
-from plugin.ipam.pools import Taken
 from plugin.kernel import rules
+from plugin.domain.model import Taken
 from plugin.kernel.netlink import LinkInfo
 
 
@@ -120,7 +120,8 @@ class FakeNetlink:
 
 
 class FakeFirewall:
-    """Keeps the rendered rules, like the real adapter keeps our chains."""
+    """Keeps the rendered rules, like the real adapter keeps our chains, and refuses what the real
+    adapter refuses: every rule goes through the same checked renderer (unsafe tokens raise)."""
 
     def __init__(self, prefix="PBTEST"):
         self.prefix = prefix
@@ -128,19 +129,25 @@ class FakeFirewall:
         self.fail = False
         self.syncs = 0
 
+    def _render(self, networks, endpoints):
+        out = {}
+        for v in (4, 6):
+            rendered = rules.render(self.prefix, list(networks), v, list(endpoints))
+            rules.restore_text(self.prefix, rendered, [])
+            out[v] = {table: [rules.line(r) for r in rs] for table, rs in rendered.items()}
+        return out
+
     def sync(self, networks, endpoints=(), check_jumps=True):
         self.syncs += 1
         if self.fail:
             raise KernelError("injected firewall failure")
-        networks, endpoints = list(networks), list(endpoints)
-        self.rules = {v: rules.render(self.prefix, networks, v, endpoints) for v in (4, 6)}
+        self.rules = self._render(networks, endpoints)
 
     def remove_all(self):
         self.rules = {}
 
     def drift(self, networks, endpoints=()):
-        wanted = {v: rules.render(self.prefix, list(networks), v, list(endpoints)) for v in (4, 6)}
-        return [] if wanted == self.rules else ["rules differ"]
+        return [] if self._render(networks, endpoints) == self.rules else ["rules differ"]
 
     def all_rules(self) -> list[str]:
         return [r for fam in self.rules.values() for table in fam.values() for r in table]

@@ -10,16 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable
 
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """One container's endpoint on one network, as Docker's inspect shows it."""
-
-    id: str
-    name: str
-    aliases: tuple[str, ...] = ()
-    ipv4: str = ""
-    ipv6: str = ""
+from ..domain.model import ContainerInfo
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,10 @@ def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...
         with open(path) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver" and parts[1] != "127.0.0.11":
-                    out.append(parts[1].split("%")[0])
+                # a scoped (link-local) resolver cannot be named without its scope ID: skipped
+                if len(parts) >= 2 and parts[0] == "nameserver" and parts[1] != "127.0.0.11" \
+                        and "%" not in parts[1]:
+                    out.append(parts[1])
     except OSError:
         return ()
     try:

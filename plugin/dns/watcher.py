@@ -15,7 +15,9 @@ import time
 from typing import Callable
 from urllib.parse import quote
 
-from .records import ContainerInfo
+from ..domain.addresses import parse_ip
+from ..domain.errors import InvalidRequest
+from ..domain.model import ContainerInfo
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +26,44 @@ State = dict[str, tuple[str, dict[str, ContainerInfo]]]
 EVENT_FILTER = json.dumps({"type": ["container", "network"]})
 
 
+def _address(value, version: int) -> str:
+    """An address Docker reports, parsed like any other input ('' when absent or malformed)."""
+    if not value or not isinstance(value, str):
+        return ""
+    try:
+        return str(parse_ip("address", value, version))
+    except InvalidRequest:
+        log.warning("ignoring a malformed IPv%d address %r from Docker", version, value[:64])
+        return ""
+
+
+def _object(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value, limit: int = 255) -> str:
+    return value if isinstance(value, str) and len(value) <= limit and value.isprintable() else ""
+
+
 def containers_of(inspect: dict) -> dict[str, tuple[str, ContainerInfo]]:
-    """network id -> (network name, this container's entry) from a container inspect."""
+    """network id -> (network name, this container's entry) from a container inspect. Every
+    value is checked: names are printable text, addresses parse, IDs are IDs."""
     out = {}
-    cid, name = inspect.get("Id", ""), (inspect.get("Name") or "").lstrip("/")
-    running = (inspect.get("State") or {}).get("Running", False)
-    networks = ((inspect.get("NetworkSettings") or {}).get("Networks") or {})
+    if not isinstance(inspect, dict):
+        return out
+    cid, name = _text(inspect.get("Id")), _text(inspect.get("Name")).lstrip("/")
+    running = _object(inspect.get("State")).get("Running", False) is True
+    networks = _object(_object(inspect.get("NetworkSettings")).get("Networks"))
+    if not running or not cid:
+        return out
     for net_name, ep in networks.items():
-        ep = ep or {}
-        if not running or not ep.get("NetworkID") or not (ep.get("IPAddress") or ep.get("GlobalIPv6Address")):
+        ep = _object(ep)
+        nid = _text(ep.get("NetworkID"), 128)
+        ipv4, ipv6 = _address(ep.get("IPAddress"), 4), _address(ep.get("GlobalIPv6Address"), 6)
+        if not nid or not (ipv4 or ipv6):
             continue
-        aliases = tuple(a for a in (ep.get("Aliases") or []) if isinstance(a, str))
-        out[ep["NetworkID"]] = (net_name, ContainerInfo(id=cid, name=name, aliases=aliases,
-                                                        ipv4=ep.get("IPAddress") or "",
-                                                        ipv6=ep.get("GlobalIPv6Address") or ""))
+        aliases = tuple(a for a in (ep.get("Aliases") or []) if _text(a))
+        out[nid] = (_text(net_name), ContainerInfo(id=cid, name=name, aliases=aliases, ipv4=ipv4, ipv6=ipv6))
     return out
 
 

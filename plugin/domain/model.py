@@ -12,6 +12,26 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 @dataclass(frozen=True)
+class Taken:
+    """A range that automatic and explicit subnets must not overlap, and why (a host route, a
+    pool pybridge holds)."""
+
+    network: IPNetwork
+    reason: str
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """One container's endpoint on one network, as Docker's inspect shows it (for the DNS)."""
+
+    id: str
+    name: str
+    aliases: tuple[str, ...] = ()
+    ipv4: str = ""
+    ipv6: str = ""
+
+
+@dataclass(frozen=True)
 class Subnet:
     """One subnet of a network, as dockerd's IPv4Data/IPv6Data entry describes it."""
 

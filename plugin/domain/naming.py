@@ -7,7 +7,7 @@ the name (restore/gc only ever removes links that carry it). Linux limits names 
 import re
 
 IFNAMSIZ = 15
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}")
 
 
 def bridge_name(prefix: str, network_id: str) -> str:
@@ -25,8 +25,8 @@ def owned_link_prefixes(prefix: str) -> tuple[str, ...]:
 
 def is_valid_ifname(name: str) -> bool:
     """Names the kernel accepts and that are safe on any command line: 1-15 characters of
-    letters, digits, '_', '.', '-', and not '.' or '..'."""
-    return bool(_IFNAME_RE.match(name)) and name not in (".", "..")
+    letters, digits, '_', '.', '-', starting with a letter or digit (so never an option)."""
+    return isinstance(name, str) and bool(_IFNAME_RE.fullmatch(name))
 
 
 def chain_prefix(instance_name: str) -> str:

@@ -11,8 +11,9 @@ import os
 import re
 from dataclasses import dataclass
 
+from .addresses import parse_cidr, parse_ip, parse_ip_interface
 from .errors import InvalidRequest
-from .model import Endpoint, IPInterface, Network, Subnet
+from .model import Endpoint, Network, Subnet
 from .naming import bridge_name, is_valid_ifname, veth_names
 
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
@@ -33,7 +34,7 @@ OUR_NAMESPACE = "pybridge."
 
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 MTU_MIN, MTU_MAX, MTU_MIN_IPV6 = 68, 65535, 1280
 
@@ -46,38 +47,8 @@ def parse_bool(field: str, value: str) -> bool:
     raise InvalidRequest(f"invalid value {value!r} for {field}: expected true or false")
 
 
-def parse_cidr(field: str, value: str, version: int | None = None):
-    """A network in CIDR form with no host bits set ('10.1.0.0/24', not '10.1.0.5/24')."""
-    if "/" not in value:
-        raise InvalidRequest(f"invalid {field} {value!r}: a prefix length is required (e.g. {value}/24)")
-    try:
-        net = ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise InvalidRequest(f"invalid {field} {value!r}: not an IP network in CIDR form") from None
-    if net.network_address != ipaddress.ip_address(value.split("/", 1)[0]):
-        raise InvalidRequest(f"invalid {field} {value!r}: host bits are set; did you mean {net}?")
-    if version is not None and net.version != version:
-        raise InvalidRequest(f"invalid {field} {value!r}: expected an IPv{version} network")
-    return net
-
-
-def parse_interface(field: str, value: str) -> IPInterface:
-    """An address with prefix length ('10.1.0.1/24'); a bare address gets a host prefix."""
-    try:
-        return ipaddress.ip_interface(value)
-    except ValueError:
-        raise InvalidRequest(f"invalid {field} {value!r}: not an IP address") from None
-
-
-def parse_address(field: str, value: str):
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        raise InvalidRequest(f"invalid {field} {value!r}: not an IP address") from None
-
-
 def parse_mac(field: str, value: str) -> str:
-    if not _MAC_RE.match(value):
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
         raise InvalidRequest(f"invalid {field} {value!r}: expected a MAC address like 02:42:ac:11:00:02")
     if int(value[:2], 16) & 1:
         raise InvalidRequest(f"invalid {field} {value!r}: a multicast MAC address cannot be an interface address")
@@ -105,7 +76,7 @@ def parse_upstreams(field: str, text: str) -> tuple[tuple[str, int], ...]:
             port = rest[1:] if rest.startswith(":") else "53"
         elif item.count(":") == 1:
             host, port = item.split(":")
-        addr = parse_address(field, host)
+        addr = parse_ip(field, host)
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise InvalidRequest(f"invalid {field} {item!r}: bad port")
         out.append((str(addr), int(port)))
@@ -126,13 +97,13 @@ def parse_subnet(entry: IpamDataSpec, version: int) -> Subnet:
     pool = parse_cidr(f"{label} Pool", entry.pool, version)
     gateway = None
     if entry.gateway:
-        gw = parse_interface(f"{label} Gateway", entry.gateway)
+        gw = parse_ip_interface(f"{label} Gateway", entry.gateway)
         if gw.version != version or gw.ip not in pool:
             raise InvalidRequest(f"gateway {gw.ip} is outside subnet {pool}")
         gateway = ipaddress.ip_interface(f"{gw.ip}/{pool.prefixlen}")
     aux = []
     for name, value in entry.aux:
-        addr = parse_interface(f"aux address {name!r}", value)
+        addr = parse_ip_interface(f"aux address {name!r}", value)
         if addr.version != version or addr.ip not in pool:
             raise InvalidRequest(f"aux address {name}={addr.ip} is outside subnet {pool}")
         aux.append((name, ipaddress.ip_interface(f"{addr.ip}/{pool.prefixlen}")))
@@ -159,7 +130,7 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
         parse_bool(OPT_DNS_LOG, generic[OPT_DNS_LOG])
     binding = ""
     if generic.get(OPT_HOST_BINDING_IPV4):
-        binding = str(parse_address(OPT_HOST_BINDING_IPV4, generic[OPT_HOST_BINDING_IPV4]))
+        binding = str(parse_ip(OPT_HOST_BINDING_IPV4, generic[OPT_HOST_BINDING_IPV4], 4))
     subnets = [parse_subnet(e, 4) for e in ipv4_data] + [parse_subnet(e, 6) for e in ipv6_data]
     for i, a in enumerate(subnets):
         for b in subnets[i + 1:]:
@@ -185,9 +156,7 @@ def _endpoint_address(network: Network, field: str, value: str, version: int):
     """An endpoint address dockerd sent ('' for none), checked against the network's subnets."""
     if not value:
         return None
-    addr = parse_interface(field, value)
-    if addr.version != version:
-        raise InvalidRequest(f"invalid {field} {value!r}: expected IPv{version}")
+    addr = parse_ip_interface(field, value, version)
     if network.pools(version) and not any(addr.ip in p for p in network.pools(version)):
         raise InvalidRequest(f"address {addr.ip} is outside the subnets of network {network.id[:12]}")
     return addr

@@ -6,10 +6,10 @@ request fails naming the binding that could not, and nothing is held.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
+from .addresses import parse_ip
 from .errors import Conflict, Exhausted, InvalidRequest
 
 PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
@@ -66,10 +66,7 @@ def parse_portmap(items: list, default_host_ip: str = "") -> list[PortRequest]:
             raise InvalidRequest("HostIP in com.docker.network.portmap must be a string")
         family = 0
         if host_ip:
-            try:
-                addr = ipaddress.ip_address(host_ip)
-            except ValueError:
-                raise InvalidRequest(f"invalid HostIP {host_ip!r} in com.docker.network.portmap") from None
+            addr = parse_ip("HostIP in com.docker.network.portmap", host_ip)
             family = addr.version
             host_ip = "" if addr.is_unspecified else str(addr)
         if cport == 0 or (hp and end < hp):

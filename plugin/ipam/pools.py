@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..domain.errors import ConfigError
-from ..domain.model import IPNetwork
+from ..domain.model import IPNetwork, Taken
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,6 @@ class PoolSpec:
 
     def __str__(self) -> str:
         return f"{self.base}:{self.size}"
-
-
-@dataclass(frozen=True)
-class Taken:
-    """A range that automatic and explicit subnets must not overlap, and why."""
-
-    network: IPNetwork
-    reason: str
 
 
 def parse_pool_specs(text: str, version: int) -> tuple[PoolSpec, ...]:

@@ -13,10 +13,11 @@ import secrets
 from typing import Callable, Sequence
 
 from ..domain.errors import Conflict, Exhausted, InvalidRequest, NotFound
-from ..domain.options import parse_address, parse_cidr
+from ..domain.addresses import parse_cidr, parse_ip, parse_ip_interface
 from ..store.db import PoolRecord, Store
 from .allocator import is_usable, pick_address, usable_range
-from .pools import PoolSpec, Taken, find_free_subnet, first_conflict
+from ..domain.model import Taken
+from .pools import PoolSpec, find_free_subnet, first_conflict
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class IpamService:
     # addresses
     def request_address(self, pool_id: str, address: str, options: dict[str, str]) -> str:
         is_gateway = options.get("RequestAddressType") == GATEWAY_TYPE
-        wanted = parse_address("Address", address) if address else None
+        wanted = parse_ip("Address", address) if address else None
         with self._store.transaction() as tx:
             pool = tx.get_pool(pool_id)
             if pool is None:
@@ -115,9 +116,6 @@ class IpamService:
         return int(wanted)
 
     def release_address(self, pool_id: str, address: str) -> None:
-        try:
-            value = int(ipaddress.ip_interface(address).ip)
-        except ValueError:
-            raise InvalidRequest(f"invalid Address {address!r}: not an IP address") from None
+        value = int(parse_ip_interface("Address", address).ip)
         with self._store.transaction() as tx:
             tx.delete_lease(pool_id, value)

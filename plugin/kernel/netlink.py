@@ -17,8 +17,7 @@ from typing import Iterable, Iterator
 from pyroute2 import IPRoute, NetlinkError
 
 from ..domain.errors import Conflict, KernelError
-from ..domain.model import IPInterface
-from ..ipam.pools import Taken
+from ..domain.model import IPInterface, Taken
 
 log = logging.getLogger(__name__)
 

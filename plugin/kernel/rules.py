@@ -7,10 +7,32 @@ family: restore after a restart and cleanup of rules without a record come for f
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from ..domain.errors import KernelError
 from ..domain.model import Endpoint, Network
+
+# What a token of iptables-restore input may contain: names, addresses, ports, flags. Whitespace,
+# newlines, quotes, '#' and '%' (and everything else) never reach the kernel tool.
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.:/,+!\[\]-]+")
+
+
+def safe(token) -> str:
+    """A token of a rule, refused unless it is plainly one token."""
+    text = str(token)
+    if not _SAFE_TOKEN.fullmatch(text):
+        raise KernelError(f"refusing to write an unsafe token {text[:64]!r} into a firewall rule")
+    return text
+
+
+def line(tokens: Iterable) -> str:
+    """One rule line from its tokens, each checked."""
+    return " ".join(safe(t) for t in tokens)
+
+
+Rule = tuple  # the tokens of one rule: ("-A", chain, ...)
 
 
 @dataclass(frozen=True)
@@ -18,16 +40,16 @@ class Jump:
     table: str
     builtin: str
     chain: str
-    match: str = ""
+    match: tuple[str, ...] = ()
 
-    def spec(self) -> str:
-        return f"{self.match} -j {self.chain}".strip()
+    def spec(self) -> tuple[str, ...]:
+        return (*self.match, "-j", self.chain)
 
     def rule(self) -> str:
-        return f"-A {self.builtin} {self.spec()}"
+        return line(("-A", self.builtin, *self.spec()))
 
 
-LOCAL = "-m addrtype --dst-type LOCAL"
+LOCAL = ("-m", "addrtype", "--dst-type", "LOCAL")
 
 
 def chains(prefix: str) -> dict[str, list[str]]:
@@ -66,57 +88,58 @@ def _published(n: Network, endpoints: Iterable[Endpoint], version: int):
     return out
 
 
-def _inbound_rules(chain: str, n: Network, published) -> list[str]:
+def _inbound_rules(chain: str, n: Network, published) -> list[Rule]:
     """What may enter the network's bridge: replies, published ports (only when DNATed to
     them), its own containers (ICC), nothing else. Run for every network before any outbound
     accept, so one network never reaches another."""
     br = n.bridge
-    rules = [f"-A {chain} -o {br} -d {ip} -p {b.proto} --dport {b.container_port} "
-             f"-m conntrack --ctstate DNAT -j ACCEPT" for ip, b in published]
-    rules.append(f"-A {chain} -i {br} -o {br} -j {'ACCEPT' if n.icc else 'DROP'}")
+    rules = [("-A", chain, "-o", br, "-d", ip, "-p", b.proto, "--dport", b.container_port,
+              "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT") for ip, b in published]
+    rules.append(("-A", chain, "-i", br, "-o", br, "-j", "ACCEPT" if n.icc else "DROP"))
     if not n.internal:
-        rules.append(f"-A {chain} -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
-    rules.append(f"-A {chain} -o {br} -j DROP")
+        rules.append(("-A", chain, "-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
+                      "-j", "ACCEPT"))
+    rules.append(("-A", chain, "-o", br, "-j", "DROP"))
     return rules
 
 
-def _outbound_rules(chain: str, n: Network) -> list[str]:
+def _outbound_rules(chain: str, n: Network) -> list[Rule]:
     br = n.bridge
     if n.internal:
-        return [f"-A {chain} -i {br} -j DROP"]
-    rules = [f"-A {chain} -i {br} -o {other} -j DROP" for other in DOCKER_BRIDGES]
-    rules.append(f"-A {chain} -i {br} -j ACCEPT")
+        return [("-A", chain, "-i", br, "-j", "DROP")]
+    rules = [("-A", chain, "-i", br, "-o", other, "-j", "DROP") for other in DOCKER_BRIDGES]
+    rules.append(("-A", chain, "-i", br, "-j", "ACCEPT"))
     return rules
 
 
-def _nat_rules(chain: str, n: Network, version: int) -> list[str]:
+def _nat_rules(chain: str, n: Network, version: int) -> list[Rule]:
     if n.internal or not n.masquerade:
         return []
-    return [f"-A {chain} -s {pool} ! -o {n.bridge} -j MASQUERADE" for pool in n.pools(version)]
+    return [("-A", chain, "-s", pool, "!", "-o", n.bridge, "-j", "MASQUERADE") for pool in n.pools(version)]
 
 
-def _port_rules(post: str, dnat: str, n: Network, published, version: int) -> list[str]:
+def _port_rules(post: str, dnat: str, n: Network, published, version: int) -> list[Rule]:
     """DNAT from any local address (or the binding's own) to the container; masquerade hairpin
     traffic, and (IPv4) what comes from loopback, which route_localnet lets out."""
     rules = []
     host_len = 32 if version == 4 else 128
     for ip, b in published:
-        dst = f"-d {b.host_ip}/{host_len} " if b.host_ip else ""
+        dst = ("-d", f"{b.host_ip}/{host_len}") if b.host_ip else ()
         to = f"{ip}:{b.container_port}" if version == 4 else f"[{ip}]:{b.container_port}"
-        rules.append(f"-A {dnat} {dst}-p {b.proto} -m {b.proto} --dport {b.host_port} "
-                     f"-j DNAT --to-destination {to}")
-        rules.append(f"-A {post} -s {ip}/{host_len} -d {ip}/{host_len} -p {b.proto} "
-                     f"-m {b.proto} --dport {b.container_port} -j MASQUERADE")
+        rules.append(("-A", dnat, *dst, "-p", b.proto, "-m", b.proto, "--dport", b.host_port,
+                      "-j", "DNAT", "--to-destination", to))
+        rules.append(("-A", post, "-s", f"{ip}/{host_len}", "-d", f"{ip}/{host_len}", "-p", b.proto,
+                      "-m", b.proto, "--dport", b.container_port, "-j", "MASQUERADE"))
     if published and version == 4:
-        rules.append(f"-A {post} -s 127.0.0.0/8 -o {n.bridge} -j MASQUERADE")
+        rules.append(("-A", post, "-s", "127.0.0.0/8", "-o", n.bridge, "-j", "MASQUERADE"))
     return rules
 
 
 def render(prefix: str, networks: Iterable[Network], version: int,
-           endpoints: Iterable[Endpoint] = ()) -> dict[str, list[str]]:
-    """{table: [rule lines]} for our chains in one address family."""
+           endpoints: Iterable[Endpoint] = ()) -> dict[str, list[Rule]]:
+    """{table: [rules as token tuples]} for our chains in one address family."""
     fwd, post, dnat = f"{prefix}-FORWARD", f"{prefix}-POSTROUTING", f"{prefix}-DNAT"
-    out: dict[str, list[str]] = {"filter": [], "nat": []}
+    out: dict[str, list[Rule]] = {"filter": [], "nat": []}
     ordered = sorted(networks, key=lambda n: n.bridge)
     endpoints = list(endpoints)
     published = {n.id: _published(n, endpoints, version) for n in ordered}
@@ -128,15 +151,16 @@ def render(prefix: str, networks: Iterable[Network], version: int,
     return out
 
 
-def restore_text(prefix: str, rules: dict[str, list[str]], missing_jumps: Iterable[Jump]) -> str:
-    """iptables-restore --noflush input: declaring a chain creates or flushes it."""
+def restore_text(prefix: str, rules: dict[str, list[Rule]], missing_jumps: Iterable[Jump]) -> str:
+    """iptables-restore --noflush input: declaring a chain creates or flushes it. Every token
+    is checked (KernelError on an unsafe one) before any text exists."""
     lines = []
     missing = list(missing_jumps)
     for table, names in chains(prefix).items():
         lines.append(f"*{table}")
-        lines += [f":{name} - [0:0]" for name in names]
-        lines += rules.get(table, [])
-        lines += [f"-I {j.builtin} 1 {j.spec()}" for j in missing if j.table == table]
+        lines += [f":{safe(name)} - [0:0]" for name in names]
+        lines += [line(r) for r in rules.get(table, [])]
+        lines += [line(("-I", j.builtin, 1, *j.spec())) for j in missing if j.table == table]
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -147,9 +171,9 @@ def removal_text(prefix: str, present_jumps: Iterable[Jump]) -> str:
     present = list(present_jumps)
     for table, names in chains(prefix).items():
         lines.append(f"*{table}")
-        lines += [f":{name} - [0:0]" for name in names]
-        lines += [f"-D {j.builtin} {j.spec()}" for j in present if j.table == table]
-        lines += [f"-X {name}" for name in names]
+        lines += [f":{safe(name)} - [0:0]" for name in names]
+        lines += [line(("-D", j.builtin, *j.spec())) for j in present if j.table == table]
+        lines += [line(("-X", name)) for name in names]
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -174,7 +198,7 @@ def present_jumps(prefix: str, saved: str) -> list[Jump]:
 
 
 
-def drift(prefix: str, wanted: dict[str, list[str]], saved: str, docker_user: bool) -> list[str]:
+def drift(prefix: str, wanted: dict[str, list[Rule]], saved: str, docker_user: bool) -> list[str]:
     """How an iptables-save dump differs from what we want: missing jumps, missing chains, and
     chains whose rule count differs (iptables-save rewrites rules, so counts are compared)."""
     problems, table, counts, chains_seen = [], None, {}, set()
@@ -190,7 +214,7 @@ def drift(prefix: str, wanted: dict[str, list[str]], saved: str, docker_user: bo
     problems += [f"missing jump {j.rule()} ({j.table})" for j in jumps(prefix, docker_user) if j not in present]
     for table, names in chains(prefix).items():
         for name in names:
-            want = sum(1 for r in wanted.get(table, []) if r.split()[1] == name)
+            want = sum(1 for r in wanted.get(table, []) if r[1] == name)
             if (table, name) not in chains_seen:
                 problems.append(f"missing chain {name} ({table})")
             elif counts.get((table, name), 0) != want:

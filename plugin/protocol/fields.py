@@ -11,7 +11,7 @@ from ..domain.options import IpamDataSpec
 
 MAX_STRING = 4096
 MAX_ITEMS = 1024
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 def text(body: dict, key: str, *, max_len: int = MAX_STRING) -> str:
@@ -26,7 +26,7 @@ def text(body: dict, key: str, *, max_len: int = MAX_STRING) -> str:
     return value
 
 
-def ident(body: dict, key: str, valid=lambda v: bool(_ID_RE.match(v))) -> str:
+def ident(body: dict, key: str, valid=lambda v: bool(_ID_RE.fullmatch(v))) -> str:
     """A required ID (NetworkID, EndpointID): 1-128 safe characters."""
     value = text(body, key, max_len=256)
     if not value:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..domain.model import Endpoint, IPNetwork, Network
+from ..domain.model import ContainerInfo, Endpoint, IPNetwork, Network
 from . import codec
 
 SCHEMA_VERSION = 1
@@ -106,7 +106,6 @@ class Tx:
                         (network_id, name, doc))
 
     def list_dns(self) -> dict:
-        from ..dns.records import ContainerInfo
         return {nid: (name, [ContainerInfo(i, n, tuple(a), v4, v6) for i, n, a, v4, v6 in json.loads(doc)])
                 for nid, name, doc in self._c.execute("SELECT network_id, name, doc FROM dns")}
 

@@ -186,11 +186,21 @@ def test_routes_in_other_tables_count_too(dk):
     ("com.docker.network.bridge.name=averyveryverylongname", "invalid com.docker.network.bridge.name"),
     ("com.docker.network.bridge.enable_icc=maybe", "invalid value 'maybe' for com.docker.network.bridge.enable_icc"),
     ("pybridge.no.such.option=1", "unknown option 'pybridge.no.such.option'"),
+    # issue 8, item 1: a scope ID carried a newline and rules of the caller's choosing into
+    # ip6tables-restore; host_binding_ipv4 is an IPv4 address and nothing else
+    ("com.docker.network.bridge.host_binding_ipv4=::1%0 -j RETURN\nCOMMIT\n*filter\n-I INPUT 1 -j ACCEPT\nCOMMIT\n",
+     "invalid com.docker.network.bridge.host_binding_ipv4"),
+    ("com.docker.network.bridge.host_binding_ipv4=::1", "expected an IPv4 address"),
+    ("com.docker.network.bridge.name=br0\n", "invalid com.docker.network.bridge.name"),
 ])
 def test_bad_options_fail_clearly_and_leave_nothing(dk, option, message):
-    ok, err = dk.try_network("--subnet", free_subnet(), "-o", option)
+    before = sh("ip6tables-save").stdout + sh("iptables-save").stdout
+    v6 = ("--ipv6", "--subnet", free_subnet6()) if "host_binding" in option else ()
+    ok, err = dk.try_network(*v6, "--subnet", free_subnet(), "-o", option)
     assert not ok
     assert message in err
+    rules = lambda text: sorted(l for l in text.splitlines() if l.startswith("-A"))   # noqa: E731
+    assert rules(sh("ip6tables-save").stdout + sh("iptables-save").stdout) == rules(before)
     # the dk fixture checks that no link, rule, state row, pool or lease is left behind
 
 

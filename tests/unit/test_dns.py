@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from plugin.dns.answer import answer
-from plugin.dns.records import ContainerInfo, build
+from plugin.domain.model import ContainerInfo
+from plugin.dns.records import build
 from plugin.dns.server import DnsServer, NetSpec
 
 SNAP = build("app", [ContainerInfo("a" * 64, "web", ("www",), "10.0.0.2", "fd70::2"),

@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from plugin.domain.errors import Conflict, Exhausted, InvalidRequest, NotFound
 from plugin.ipam.allocator import pick_address, usable_range
-from plugin.ipam.pools import PoolSpec, Taken, find_free_subnet, parse_pool_specs
+from plugin.domain.model import Taken
+from plugin.ipam.pools import PoolSpec, find_free_subnet, parse_pool_specs
 from plugin.ipam.service import IpamService
 from plugin.store.db import Store
 

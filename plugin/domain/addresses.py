@@ -1,0 +1,67 @@
+"""The one parser for every value that names an IP address, an interface address or a network.
+
+Python's ipaddress accepts an IPv6 scope ID ("::1%<anything>", spaces and newlines included),
+and such a value must never reach a kernel tool. Addresses and CIDRs are written with hex
+digits, '.', ':' and '/' only: anything else is refused before ipaddress sees it, and the error
+names the field and the value. A version pins the family the field means.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from .errors import InvalidRequest
+from .model import IPAddress, IPInterface, IPNetwork
+
+_ADDRESS_CHARS = re.compile(r"[0-9A-Fa-f.:]{2,45}")
+_CIDR_CHARS = re.compile(r"[0-9A-Fa-f.:]{2,45}/[0-9]{1,3}")
+
+
+def _checked(field: str, value, pattern: re.Pattern, what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidRequest(f"invalid {field} {value!r}: not {what}")
+    return value
+
+
+def _family(field: str, value: str, parsed, version: int | None):
+    if version is not None and parsed.version != version:
+        raise InvalidRequest(f"invalid {field} {value!r}: expected an IPv{version} address")
+    return parsed
+
+
+def parse_ip(field: str, value: str, version: int | None = None) -> IPAddress:
+    """A bare address ('10.1.0.5', 'fd70::5')."""
+    _checked(field, value, _ADDRESS_CHARS, "an IP address")
+    try:
+        parsed = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidRequest(f"invalid {field} {value!r}: not an IP address") from None
+    return _family(field, value, parsed, version)
+
+
+def parse_ip_interface(field: str, value: str, version: int | None = None) -> IPInterface:
+    """An address with a prefix length ('10.1.0.1/24'); a bare address gets a host prefix."""
+    pattern = _CIDR_CHARS if "/" in str(value) else _ADDRESS_CHARS
+    _checked(field, value, pattern, "an IP address")
+    try:
+        parsed = ipaddress.ip_interface(value)
+    except ValueError:
+        raise InvalidRequest(f"invalid {field} {value!r}: not an IP address") from None
+    return _family(field, value, parsed, version)
+
+
+def parse_cidr(field: str, value: str, version: int | None = None) -> IPNetwork:
+    """A network in CIDR form with no host bits set ('10.1.0.0/24', not '10.1.0.5/24')."""
+    if isinstance(value, str) and "/" not in value and _ADDRESS_CHARS.fullmatch(value):
+        raise InvalidRequest(f"invalid {field} {value!r}: a prefix length is required (e.g. {value}/24)")
+    _checked(field, value, _CIDR_CHARS, "an IP network in CIDR form")
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise InvalidRequest(f"invalid {field} {value!r}: not an IP network in CIDR form") from None
+    if net.network_address != ipaddress.ip_address(value.split("/", 1)[0]):
+        raise InvalidRequest(f"invalid {field} {value!r}: host bits are set; did you mean {net}?")
+    if version is not None and net.version != version:
+        raise InvalidRequest(f"invalid {field} {value!r}: expected an IPv{version} network")
+    return net
