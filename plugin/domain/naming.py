@@ -29,6 +29,15 @@ def is_valid_ifname(name: str) -> bool:
     return isinstance(name, str) and bool(_IFNAME_RE.fullmatch(name))
 
 
+# Bridges Docker makes: its default bridge, swarm's gateway bridge, and br-<network id[:12]>.
+DOCKER_BRIDGE_NAMES = frozenset({"docker0", "docker_gwbridge"})
+_DOCKER_BRIDGE_RE = re.compile(r"br-[0-9a-f]{12}")
+
+
+def is_docker_bridge_name(name: str) -> bool:
+    return name in DOCKER_BRIDGE_NAMES or bool(_DOCKER_BRIDGE_RE.fullmatch(name))
+
+
 def chain_prefix(instance_name: str) -> str:
     """Firewall chain prefix for an instance: 'pybridge' -> 'PYBRIDGE'."""
     return re.sub(r"[^A-Z0-9]", "", instance_name.upper())[:12] or "PYBRIDGE"

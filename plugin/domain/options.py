@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .addresses import parse_cidr, parse_ip, parse_ip_interface
 from .errors import InvalidRequest
 from .model import Endpoint, Network, Subnet
-from .naming import bridge_name, is_valid_ifname, veth_names
+from .naming import bridge_name, is_docker_bridge_name, is_valid_ifname, owned_link_prefixes, veth_names
 
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
 OPT_MTU = "com.docker.network.driver.mtu"
@@ -83,6 +83,18 @@ def parse_upstreams(field: str, text: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def check_adoptable_bridge(name: str, prefix: str, docker_bridges=frozenset()) -> None:
+    """A bridge a user names may be any existing bridge but Docker's own (docker0,
+    docker_gwbridge, br-<id>, or one Docker reports for a network of its own) and names in the
+    space of links pybridge makes itself."""
+    if is_docker_bridge_name(name) or name in docker_bridges:
+        raise InvalidRequest(f"invalid {OPT_BRIDGE_NAME} {name!r}: it is Docker's bridge; pybridge "
+                             "will not add its addresses or rules to it")
+    if name.startswith(owned_link_prefixes(prefix)):
+        raise InvalidRequest(f"invalid {OPT_BRIDGE_NAME} {name!r}: names starting with "
+                             f"{', '.join(owned_link_prefixes(prefix))} are reserved for the links pybridge makes")
+
+
 @dataclass(frozen=True)
 class IpamDataSpec:
     """One IPv4Data/IPv6Data entry as dockerd sent it (strings, not yet validated)."""
@@ -121,6 +133,8 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
     if not is_valid_ifname(name):
         raise InvalidRequest(
             f"invalid {OPT_BRIDGE_NAME} {name!r}: use 1-15 letters, digits, '_', '.' or '-'")
+    if generic.get(OPT_BRIDGE_NAME):
+        check_adoptable_bridge(name, prefix)
     mtu = parse_mtu(generic[OPT_MTU], ipv6) if generic.get(OPT_MTU) else None
     icc = parse_bool(OPT_ICC, generic[OPT_ICC]) if OPT_ICC in generic else True
     masq = parse_bool(OPT_MASQUERADE, generic[OPT_MASQUERADE]) if OPT_MASQUERADE in generic else True

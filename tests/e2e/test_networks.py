@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .dockerenv import AUTO_POOL, MANAGED, PLUGIN, docker, free_subnet, free_subnet6, ifaces, sh
+from .dockerenv import AUTO_POOL, IFPREFIX, MANAGED, PLUGIN, docker, free_subnet, free_subnet6, ifaces, sh
 
 
 def bridge_addresses(dk, network, family="inet"):
@@ -202,6 +202,18 @@ def test_bad_options_fail_clearly_and_leave_nothing(dk, option, message):
     rules = lambda text: sorted(l for l in text.splitlines() if l.startswith("-A"))   # noqa: E731
     assert rules(sh("ip6tables-save").stdout + sh("iptables-save").stdout) == rules(before)
     # the dk fixture checks that no link, rule, state row, pool or lease is left behind
+
+
+@pytest.mark.parametrize("name, message", [("docker0", "it is Docker's bridge"),
+                                           (f"{IFPREFIX}-taken", "reserved for the links pybridge makes")])
+def test_dockers_bridge_and_our_own_names_cannot_be_taken_over(dk, name, message):
+    """Issue 8, item 7: -o com.docker.network.bridge.name=docker0 added our gateway to Docker's
+    bridge and dropped its traffic."""
+    before = sh("ip", "-o", "addr", "show", "dev", "docker0").stdout
+    ok, err = dk.try_network("--subnet", free_subnet(), "-o", f"com.docker.network.bridge.name={name}")
+    assert not ok and message in err
+    assert sh("ip", "-o", "addr", "show", "dev", "docker0").stdout == before
+    assert name not in ifaces() or name == "docker0"
 
 
 def test_gateway_outside_subnet_is_refused(dk):

@@ -231,3 +231,25 @@ def test_leases_without_an_endpoint_are_reported_and_released_after_a_grace(fake
         held = {a for _, a, _ in tx.list_leases(pool["PoolID"])}
     import ipaddress
     assert held == {int(ipaddress.ip_interface(gw).ip), int(ipaddress.ip_interface(used).ip)}
+
+
+@pytest.mark.parametrize("name, why", [
+    ("docker0", "Docker's"), ("docker_gwbridge", "Docker's"), ("br-0123456789ab", "Docker's"),
+    ("pt-mine", "reserved"), ("pth0123456789a", "reserved"), ("ptc0123456789a", "reserved")])
+def test_dockers_bridges_and_our_reserved_names_cannot_be_taken_over(fake_services, name, why):
+    """Issue 8, item 7: adding our gateway to docker0 and dropping its traffic, or naming a bridge
+    like one of our veths, is refused before anything is touched."""
+    nl = fake_services.ctx.netlink
+    nl.devices[name] = FakeLink(name, "bridge", addresses={"172.17.0.1/16"})
+    with pytest.raises(InvalidRequest, match=why):
+        create(fake_services, generic={"com.docker.network.bridge.name": name})
+    assert nl.devices[name].addresses == {"172.17.0.1/16"} and nl.calls == []
+    assert state(fake_services) == ([], [])
+
+
+def test_any_other_existing_bridge_can_still_be_adopted(fake_services):
+    for i, name in enumerate(["br-lan", "lxdbr0x", "virbr7"]):
+        fake_services.ctx.netlink.devices[name] = FakeLink(name, "bridge")
+        create(fake_services, nid=f"{i:02x}" * 32, subnet=f"10.200.{i + 1}.0/24",
+               generic={"com.docker.network.bridge.name": name})
+    assert len(state(fake_services)[0]) == 3
