@@ -26,12 +26,15 @@ LEASE_GRACE = 60.0   # seconds between dockerd's RequestAddress and its CreateEn
 def orphan_leases(tx, grace: float) -> list[tuple[str, int]]:
     """Endpoint leases (dynamic or static) that no recorded endpoint of the pool's network holds,
     older than grace: left by a ReleaseAddress that failed while the plugin was down. Pools no
-    recorded network uses (yet) are left alone, and so are gateway and aux addresses."""
+    recorded network uses (yet) are left alone, and so are gateway and aux addresses: libnetwork
+    reserves --aux-address with a plain RequestAddress, so its lease looks like a container's,
+    and it is held for as long as the network exists."""
     by_subnet = {}
+    held: dict[str, set[int]] = {}
     for n in tx.list_networks():
-        for pool in n.pools():
-            by_subnet[pool] = n.id
-    held = {}
+        for subnet in n.subnets:
+            by_subnet[subnet.pool] = n.id
+            held.setdefault(n.id, set()).update(int(a.ip) for _, a in subnet.aux)
     for e in tx.list_endpoints():
         for a in (e.address4, e.address6):
             if a is not None:

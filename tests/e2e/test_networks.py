@@ -107,6 +107,22 @@ def test_aux_address_is_never_handed_out(dk):
     assert got == {str(subnet.network_address + i) for i in (3, 4, 5)}
 
 
+def test_aux_address_stays_reserved_after_gc(dk):
+    """Issue 8, item 8: gc released the aux reservation once the lease grace had passed, so the
+    address could be handed out twice."""
+    import json
+    subnet = ipaddress.ip_network(free_subnet(29))
+    aux = str(subnet.network_address + 2)
+    net = dk.network("--subnet", str(subnet), "--aux-address", f"router={aux}")
+    sock = f"/run/docker/plugins/{PLUGIN}.sock"
+    report = json.loads(sh("curl", "-s", "-X", "POST", "--unix-socket", sock,
+                           "http://x/pybridge/gc?lease_grace=0").stdout)
+    assert report["errors"] == [] and not any(aux in r for r in report["released_leases"])
+    res = sh("docker", "run", "--rm", "--network", net, "--ip", aux, "--dns", "127.0.0.1",
+             "pybridge-test-busybox", "true", check=False)
+    assert res.returncode != 0 and f"address {aux} is already in use" in res.stderr
+
+
 def test_ipv6_dual_stack(dk):
     v4, v6 = free_subnet(), free_subnet6()
     net = dk.network("--ipv6", "--subnet", v4, "--subnet", v6)

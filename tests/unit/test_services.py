@@ -253,3 +253,21 @@ def test_any_other_existing_bridge_can_still_be_adopted(fake_services):
         create(fake_services, nid=f"{i:02x}" * 32, subnet=f"10.200.{i + 1}.0/24",
                generic={"com.docker.network.bridge.name": name})
     assert len(state(fake_services)[0]) == 3
+
+
+def test_aux_address_reservations_stay_for_the_networks_life(fake_services):
+    """Issue 8, item 8: libnetwork reserves --aux-address with a plain RequestAddress, so the lease
+    looked like a container's with no endpoint, and gc/restore released it after the grace."""
+    ipam = fake_services.ipam
+    pool = ipam.request_pool("", "10.200.1.0/24", "", False)["PoolID"]
+    gw = ipam.request_address(pool, "", {"RequestAddressType": "com.docker.network.gateway"})
+    aux = ipam.request_address(pool, "10.200.1.5", {})
+    fake_services.networks.create(NID, {}, ipv6=False, internal=False, ipv6_data=[], ipv4_data=[
+        IpamDataSpec(pool="10.200.1.0/24", gateway=gw, aux=(("router", aux),))])
+    assert fake_services.doctor.examine(lease_grace=0)["problems"] == []
+    report = fake_services.reconciler.restore(lease_grace=0)
+    assert report.released_leases == []
+    with pytest.raises(Conflict, match="10.200.1.5 is already in use"):
+        ipam.request_address(pool, "10.200.1.5", {})
+    handed = {ipam.request_address(pool, "", {}) for _ in range(250)}
+    assert "10.200.1.5/24" not in handed
