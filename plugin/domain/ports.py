@@ -6,6 +6,7 @@ request fails naming the binding that could not, and nothing is held.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -81,22 +82,51 @@ def _clash(a: PortBinding, proto: str, host_ip: str, family: int, port: int) -> 
     return a.proto == proto and a.host_port == port and same_family and same_ip
 
 
-def assign(requests: Iterable[PortRequest], held: Iterable[PortBinding]) -> list[PortBinding]:
-    """Host ports for every request, avoiding the bindings already held (and each other)."""
-    taken = list(held)
-    out: list[PortBinding] = []
+class _Held:
+    """Bindings by (protocol, host port): a candidate port is compared only with the bindings
+    on that very port, not with every binding on the host."""
 
-    def free(r: PortRequest, port: int) -> bool:
-        return not any(_clash(b, r.proto, r.host_ip, r.family, port) for b in taken + out)
+    def __init__(self, bindings: Iterable[PortBinding]):
+        self._by_port: dict[tuple[str, int], list[PortBinding]] = defaultdict(list)
+        for b in bindings:
+            self.add(b)
+
+    def add(self, b: PortBinding) -> None:
+        self._by_port[(b.proto, b.host_port)].append(b)
+
+    def free(self, r: PortRequest, port: int) -> bool:
+        return not any(_clash(b, r.proto, r.host_ip, r.family, port)
+                       for b in self._by_port.get((r.proto, port), ()))
+
+
+def assign(requests: Iterable[PortRequest], held: Iterable[PortBinding]) -> list[PortBinding]:
+    """Host ports for every request, avoiding the bindings already held (and each other).
+
+    Linear in the requests and the bindings held: each binding is indexed once, and a request
+    continues from the last port this call picked in the same range instead of rescanning it."""
+    taken = _Held(held)
+    out: list[PortBinding] = []
+    cursor: dict[tuple, int] = {}   # next port to try, per kind of binding and range
+
+    def first_free(r: PortRequest, lo: int, hi: int) -> int | None:
+        return next((p for p in range(lo, hi + 1) if taken.free(r, p)), None)
 
     for r in requests:
         lo, hi = (r.host_port, r.host_port_end) if r.host_port else EPHEMERAL
-        port = next((p for p in range(lo, hi + 1) if free(r, p)), None)
+        key = (r.proto, r.host_ip, r.family, lo, hi)
+        start = cursor.get(key, lo)
+        port = first_free(r, start, hi)
+        if port is None and start > lo:
+            port = first_free(r, lo, start - 1)
+        if port is not None:
+            cursor[key] = port + 1
         if port is None:
             shown = str(PortBinding(r.proto, r.container_port, r.host_ip, lo, r.family))
             where = shown if hi == lo else shown.replace(f":{lo}/", f":{lo}-{hi}/")
             if r.host_port:
                 raise Conflict(f"host port {where} is already published by another container")
             raise Exhausted(f"no free host port left for {r.container_port}/{r.proto}")
-        out.append(PortBinding(r.proto, r.container_port, r.host_ip, port, r.family))
+        binding = PortBinding(r.proto, r.container_port, r.host_ip, port, r.family)
+        taken.add(binding)
+        out.append(binding)
     return out
