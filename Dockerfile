@@ -13,5 +13,5 @@ RUN python3 -m pip install --no-cache-dir --no-index --find-links /tmp/wheels --
       flask gunicorn pyroute2 requests-unixsocket dnspython && rm -rf /tmp/wheels
 COPY plugin /opt/pybridge/plugin
 ENV PYTHONPATH=/opt/pybridge PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-RUN mkdir -p /run/docker/plugins /var/lib/pybridge /host/run-docker-plugins /host/proc/sys /run/pybridge
+RUN mkdir -p /run/docker/plugins /var/lib/pybridge /host/run-docker-plugins /host/proc/sys/net /run/pybridge
 ENTRYPOINT ["python3", "-m", "plugin", "serve"]

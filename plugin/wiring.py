@@ -60,7 +60,8 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
         firewall = IptablesFirewall(settings.chain_prefix)
     if sysctl is None:
         from .kernel.sysctl import Sysctl
-        sysctl = Sysctl(settings.proc_sys if os.path.isdir(settings.proc_sys) else "/proc/sys")
+        mounted = os.path.isdir(os.path.join(settings.proc_sys, "net", "ipv4"))
+        sysctl = Sysctl(settings.proc_sys if mounted else "/proc/sys")
     if store is None:
         store = Store(settings.db_path).open()
     if dns is None and settings.dns:

@@ -128,6 +128,10 @@ class FakeFirewall:
         self.rules: dict[int, dict[str, list[str]]] = {}
         self.fail = False
         self.syncs = 0
+        self.families = (4, 6)
+
+    def supports(self, version):
+        return version in self.families
 
     def _render(self, networks, endpoints):
         out = {}

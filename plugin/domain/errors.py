@@ -30,3 +30,7 @@ class KernelError(PybridgeError):
 
 class ConfigError(PybridgeError):
     """A plugin setting is invalid."""
+
+
+class CorruptState(PybridgeError):
+    """A row of the state store cannot be read back (restore skips it; doctor reports it)."""

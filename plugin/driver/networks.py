@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from ..domain.errors import Conflict, KernelError, PybridgeError
+from ..domain.errors import Conflict, CorruptState, InvalidRequest, KernelError, PybridgeError
 from ..domain.model import Network
 from ..domain.naming import bridge_mac, owned_link_prefixes
 from ..domain.options import IpamDataSpec, network_from_request
@@ -32,6 +32,9 @@ class NetworkService:
         ctx = self.ctx
         network = network_from_request(network_id, generic, ipv6=ipv6, internal=internal,
                                        ipv4_data=ipv4_data, ipv6_data=ipv6_data, prefix=ctx.prefix)
+        if network.pools(6) and not ctx.firewall.supports(6):
+            raise InvalidRequest("IPv6 networks need ip6tables, which is not installed where pybridge "
+                                 "runs: without it IPv6 traffic could not be filtered")
         created = touched = False
         try:
             with ctx.store.transaction() as tx:
@@ -74,9 +77,11 @@ class NetworkService:
             self.ctx.sysctl.ensure("1", "net", "ipv4", "ip_forward")  # written only if it differs
         if network.pools(6):
             self.ctx.sysctl.enable_ipv6(network.bridge)
-            if not network.internal:
-                self.ctx.sysctl.enable_ipv6_forwarding()
         self.ctx.netlink.ensure_addresses(network.bridge, network.gateways())
+        if network.pools(6) and not network.internal:
+            if not self.ctx.firewall.supports(6):   # fail closed: nothing forwarded unfiltered
+                raise KernelError(f"IPv6 of network {network.id[:12]} is not forwarded: ip6tables is missing")
+            self.ctx.sysctl.enable_ipv6_forwarding()
 
     def _undo_create(self, network: Network, created: bool, touched: bool) -> None:
         if not touched:
@@ -104,23 +109,39 @@ class NetworkService:
         ctx = self.ctx
         errors: list[str] = []
         with ctx.store.transaction() as tx:
-            network = tx.get_network(network_id)
-            if network is None:
-                return
-            for ep in tx.list_endpoints(network_id):
-                for name in (ep.host_ifname, ep.container_ifname):
-                    collect(errors, ctx.netlink.delete_link, name)
-                tx.delete_endpoint(ep.id)
-            tx.delete_network(network_id)
-            if ctx.dns is not None:
-                ctx.dns.forget(network_id, tx)
-            collect(errors, ctx.sync_firewall, tx)
-            if network.bridge_owned:
-                collect(errors, ctx.netlink.delete_link, network.bridge)
+            try:
+                network = tx.get_network(network_id)
+            except CorruptState as e:
+                self._forget_unreadable(tx, network_id, e, errors)
             else:
-                collect(errors, ctx.netlink.remove_addresses, network.bridge, network.gateways())
+                if network is None:
+                    return
+                self._teardown(tx, network, errors)
         ctx.networks_changed()
         if errors:
             raise KernelError(f"network {network_id[:12]} removed with errors: " + "; ".join(errors))
         log.info("network %s deleted", network_id[:12])
 
+    def _teardown(self, tx, network: Network, errors: list[str]) -> None:
+        ctx = self.ctx
+        for ep in tx.list_endpoints(network.id):
+            for name in (ep.host_ifname, ep.container_ifname):
+                collect(errors, ctx.netlink.delete_link, name)
+            tx.delete_endpoint(ep.id)
+        tx.delete_network(network.id)
+        if ctx.dns is not None:
+            ctx.dns.forget(network.id, tx)
+        collect(errors, ctx.sync_firewall, tx)
+        if network.bridge_owned:
+            collect(errors, ctx.netlink.delete_link, network.bridge)
+        else:
+            collect(errors, ctx.netlink.remove_addresses, network.bridge, network.gateways())
+
+    def _forget_unreadable(self, tx, network_id: str, problem: CorruptState, errors: list[str]) -> None:
+        """dockerd wants the network gone and its row cannot be read: forget its rows. Its bridge
+        and veths carry our prefix and no record claims them any more, so restore/gc remove them."""
+        log.error("network %s: %s; forgetting its rows", network_id[:12], problem)
+        tx.forget_network_rows(network_id)
+        if self.ctx.dns is not None:
+            self.ctx.dns.forget(network_id, tx)
+        collect(errors, self.ctx.sync_firewall, tx)

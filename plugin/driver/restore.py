@@ -56,12 +56,13 @@ class Report:
     removed_links: list[str] = field(default_factory=list)
     dropped_endpoints: list[str] = field(default_factory=list)
     released_leases: list[str] = field(default_factory=list)
+    unreadable_rows: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"networks": self.networks, "endpoints": self.endpoints,
                 "removed_links": self.removed_links, "dropped_endpoints": self.dropped_endpoints,
-                "released_leases": self.released_leases,
+                "released_leases": self.released_leases, "unreadable_rows": self.unreadable_rows,
                 "errors": self.errors}
 
 
@@ -73,6 +74,9 @@ class Reconciler:
     def restore(self, lease_grace: float = LEASE_GRACE) -> Report:
         ctx, report = self.ctx, Report()
         with ctx.store.transaction() as tx:
+            report.unreadable_rows = tx.unreadable()
+            for row in report.unreadable_rows:
+                log.error("restore skips %s (doctor lists it; remove the network or fix the row)", row)
             for pool_id, addr in orphan_leases(tx, lease_grace):
                 tx.delete_lease(pool_id, addr)
                 report.released_leases.append(f"{ipaddress.ip_address(addr)} ({pool_id})")
@@ -127,8 +131,8 @@ class Doctor:
         with ctx.store.reading() as tx:
             networks, endpoints = tx.list_networks(), tx.list_endpoints()
             orphans = orphan_leases(tx, lease_grace)
+            problems = [f"state: {row}" for row in tx.unreadable()]
         links = {l.name: l for l in ctx.netlink.links()}
-        problems = []
         claimed = set()
         for n in networks:
             claimed.add(n.bridge)

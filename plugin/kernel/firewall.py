@@ -41,6 +41,10 @@ class IptablesFirewall:
     def _available(self, version: int) -> bool:
         return all(shutil.which(t) for t in self._tools[version])
 
+    def supports(self, version: int) -> bool:
+        """Whether this address family can be filtered (its iptables tools are installed)."""
+        return self._available(version)
+
     def save(self, version: int) -> str:
         save, _ = self._tools[version]
         return self._run([save]) if self._available(version) else ""

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 
+from ..domain.addresses import parse_cidr, parse_ip_interface
+from ..domain.errors import CorruptState
 from ..domain.model import Endpoint, Network, Subnet
-from ..domain.ports import PortBinding
+from ..domain.naming import is_valid_ifname
+from ..domain.ports import PortBinding, PROTOCOLS
+
+# What a stored document can fail with when it was damaged (by hand, a disk, an old bug).
+DECODE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
 def _iface(value):
-    return ipaddress.ip_interface(value) if value else None
+    return parse_ip_interface("stored address", value) if value else None
+
+
+def _ifname(value: str) -> str:
+    if not is_valid_ifname(value):
+        raise CorruptState(f"stored interface name {str(value)[:32]!r} is not valid")
+    return value
+
+
+def _port(p) -> PortBinding:
+    proto, cport, host_ip, hport, family = p
+    if proto not in PROTOCOLS.values() or not all(isinstance(v, int) for v in (cport, hport, family)):
+        raise CorruptState(f"stored port binding {str(p)[:64]!r} is not valid")
+    if host_ip:
+        parse_ip_interface("stored host IP", host_ip)
+    return PortBinding(proto, cport, host_ip, hport, family)
 
 
 def network_to_json(n: Network) -> str:
@@ -25,10 +45,10 @@ def network_to_json(n: Network) -> str:
 
 def network_from_json(network_id: str, text: str) -> Network:
     d = json.loads(text)
-    subnets = tuple(Subnet(pool=ipaddress.ip_network(s["pool"]), gateway=_iface(s["gateway"]),
-                           aux=tuple((k, ipaddress.ip_interface(v)) for k, v in sorted(s["aux"].items())))
+    subnets = tuple(Subnet(pool=parse_cidr("stored subnet", s["pool"]), gateway=_iface(s["gateway"]),
+                           aux=tuple((k, _iface(v)) for k, v in sorted(s["aux"].items())))
                     for s in d["subnets"])
-    return Network(id=network_id, bridge=d["bridge"], subnets=subnets, mtu=d["mtu"],
+    return Network(id=network_id, bridge=_ifname(d["bridge"]), subnets=subnets, mtu=d["mtu"],
                    internal=d["internal"], ipv6=d["ipv6"], icc=d["icc"], masquerade=d["masquerade"],
                    host_binding_ipv4=d["host_binding_ipv4"], bridge_owned=d["bridge_owned"],
                    options=tuple(sorted(d["options"].items())))
@@ -46,8 +66,8 @@ def endpoint_to_json(e: Endpoint) -> str:
 
 def endpoint_from_json(endpoint_id: str, network_id: str, text: str) -> Endpoint:
     d = json.loads(text)
-    return Endpoint(id=endpoint_id, network_id=network_id, host_ifname=d["host_ifname"],
-                    container_ifname=d["container_ifname"], mac=d["mac"],
+    return Endpoint(id=endpoint_id, network_id=network_id, host_ifname=_ifname(d["host_ifname"]),
+                    container_ifname=_ifname(d["container_ifname"]), mac=d["mac"],
                     address4=_iface(d["address4"]), address6=_iface(d["address6"]),
                     sandbox_key=d["sandbox_key"], options=tuple(sorted(d["options"].items())),
-                    ports=tuple(PortBinding(*p) for p in d.get("ports", [])))
+                    ports=tuple(_port(p) for p in d.get("ports", [])))

@@ -7,7 +7,6 @@ restore at start serialise. WAL mode keeps commits cheap and crash-safe for a pr
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import sqlite3
@@ -18,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..domain.addresses import parse_cidr
+from ..domain.errors import CorruptState, PybridgeError
 from ..domain.model import ContainerInfo, Endpoint, IPNetwork, Network
 from . import codec
+
+_BAD_ROW = (*codec.DECODE_ERRORS, PybridgeError)
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -52,8 +55,34 @@ class PoolRecord:
     cursor: int
 
 
+def _one(table: str, key: str, decode, *row):
+    """A row decoded, or CorruptState naming it (a direct read of a damaged row)."""
+    try:
+        return decode(*row)
+    except _BAD_ROW as e:
+        raise CorruptState(f"the state row {table}/{key[:64]} is unreadable: {e}") from e
+
+
+def _readable(decode, rows) -> list:
+    """The rows that decode; damaged ones are skipped here and listed by Tx.unreadable()."""
+    out = []
+    for row in rows:
+        try:
+            out.append(decode(*row))
+        except _BAD_ROW:
+            continue
+    return out
+
+
+def _lease(pool_id: str, addr: str, *rest):
+    return (pool_id, int(addr, 16), *rest)
+
+
 class Tx:
-    """The operations available inside a transaction."""
+    """The operations available inside a transaction.
+
+    A row that cannot be decoded never stops a listing (restore must be able to start): list_*
+    skip it, get_* raise CorruptState naming it, unreadable() reports all of them."""
 
     def __init__(self, conn: sqlite3.Connection):
         self._c = conn
@@ -65,15 +94,15 @@ class Tx:
 
     def get_network(self, network_id: str) -> Network | None:
         row = self._c.execute("SELECT doc FROM networks WHERE id = ?", (network_id,)).fetchone()
-        return codec.network_from_json(network_id, row[0]) if row else None
+        return _one("networks", network_id, codec.network_from_json, network_id, row[0]) if row else None
 
     def network_by_bridge(self, bridge: str) -> Network | None:
         row = self._c.execute("SELECT id, doc FROM networks WHERE bridge = ?", (bridge,)).fetchone()
-        return codec.network_from_json(row[0], row[1]) if row else None
+        return _one("networks", row[0], codec.network_from_json, *row) if row else None
 
     def list_networks(self) -> list[Network]:
-        rows = self._c.execute("SELECT id, doc FROM networks ORDER BY id").fetchall()
-        return [codec.network_from_json(i, d) for i, d in rows]
+        return _readable(codec.network_from_json,
+                         self._c.execute("SELECT id, doc FROM networks ORDER BY id").fetchall())
 
     def delete_network(self, network_id: str) -> None:
         self._c.execute("DELETE FROM networks WHERE id = ?", (network_id,))
@@ -86,7 +115,7 @@ class Tx:
     def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
         row = self._c.execute("SELECT network_id, doc FROM endpoints WHERE id = ?",
                               (endpoint_id,)).fetchone()
-        return codec.endpoint_from_json(endpoint_id, row[0], row[1]) if row else None
+        return _one("endpoints", endpoint_id, codec.endpoint_from_json, endpoint_id, *row) if row else None
 
     def list_endpoints(self, network_id: str | None = None) -> list[Endpoint]:
         if network_id is None:
@@ -94,10 +123,16 @@ class Tx:
         else:
             rows = self._c.execute("SELECT id, network_id, doc FROM endpoints WHERE network_id = ? "
                                    "ORDER BY id", (network_id,)).fetchall()
-        return [codec.endpoint_from_json(*r) for r in rows]
+        return _readable(codec.endpoint_from_json, rows)
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self._c.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,))
+
+    def forget_network_rows(self, network_id: str) -> None:
+        """Remove a network's rows without reading them (its own row may be unreadable); the
+        kernel objects left behind carry our prefix and restore/gc collect them."""
+        for table, column in (("endpoints", "network_id"), ("dns", "network_id"), ("networks", "id")):
+            self._c.execute(f"DELETE FROM {table} WHERE {column} = ?", (network_id,))
 
     # DNS names learned from Docker, kept so the DNS answers at once after a restart
     def put_dns(self, network_id: str, name: str, containers) -> None:
@@ -106,8 +141,8 @@ class Tx:
                         (network_id, name, doc))
 
     def list_dns(self) -> dict:
-        return {nid: (name, [ContainerInfo(i, n, tuple(a), v4, v6) for i, n, a, v4, v6 in json.loads(doc)])
-                for nid, name, doc in self._c.execute("SELECT network_id, name, doc FROM dns")}
+        rows = self._c.execute("SELECT network_id, name, doc FROM dns").fetchall()
+        return dict(_readable(_dns_row, rows))
 
     def delete_dns(self, network_id: str) -> None:
         self._c.execute("DELETE FROM dns WHERE network_id = ?", (network_id,))
@@ -121,11 +156,11 @@ class Tx:
     def get_pool(self, pool_id: str) -> PoolRecord | None:
         row = self._c.execute("SELECT id, space, subnet, ip_range, cursor FROM pools WHERE id = ?",
                               (pool_id,)).fetchone()
-        return _pool(row) if row else None
+        return _one("pools", pool_id, _pool, *row) if row else None
 
     def list_pools(self) -> list[PoolRecord]:
-        return [_pool(r) for r in self._c.execute(
-            "SELECT id, space, subnet, ip_range, cursor FROM pools ORDER BY id")]
+        return _readable(_pool, self._c.execute(
+            "SELECT id, space, subnet, ip_range, cursor FROM pools ORDER BY id").fetchall())
 
     def set_cursor(self, pool_id: str, cursor: int) -> None:
         self._c.execute("UPDATE pools SET cursor = ? WHERE id = ?", (addr_key(cursor + 1), pool_id))
@@ -155,28 +190,51 @@ class Tx:
             rows = self._c.execute(f"SELECT addr FROM leases WHERE pool_id = ? AND addr {op} ? "
                                    "ORDER BY addr LIMIT ?", (pool_id, key, batch)).fetchall()
             for (a,) in rows:
-                yield int(a, 16)
+                try:
+                    yield int(a, 16)
+                except ValueError:
+                    continue
             if len(rows) < batch:
                 return
             key, first, batch = rows[-1][0], False, min(batch * 4, 1024)
 
     def lease_ages(self, now: float) -> list[tuple[str, int, str, float]]:
         """(pool, address, kind, age in seconds) of every lease."""
-        return [(p, int(a, 16), k, now - c) for p, a, k, c in
-                self._c.execute("SELECT pool_id, addr, kind, created FROM leases")]
+        return [(p, a, k, now - c) for p, a, k, c in _readable(_lease, self._c.execute(
+            "SELECT pool_id, addr, kind, created FROM leases").fetchall())]
 
     def list_leases(self, pool_id: str | None = None) -> list[tuple[str, int, str]]:
         q = "SELECT pool_id, addr, kind FROM leases"
         rows = self._c.execute(q + (" WHERE pool_id = ?" if pool_id else "") + " ORDER BY pool_id, addr",
                                (pool_id,) if pool_id else ()).fetchall()
-        return [(p, int(a, 16), k) for p, a, k in rows]
+        return _readable(_lease, rows)
+
+    def unreadable(self) -> list[str]:
+        """Every row that cannot be decoded, named by table and key (for doctor and restore)."""
+        checks = [("networks", "SELECT id, id, doc FROM networks", codec.network_from_json),
+                  ("endpoints", "SELECT id, id, network_id, doc FROM endpoints", codec.endpoint_from_json),
+                  ("pools", "SELECT id, id, space, subnet, ip_range, cursor FROM pools", _pool),
+                  ("leases", "SELECT pool_id || ' ' || addr, pool_id, addr FROM leases", _lease),
+                  ("dns", "SELECT network_id, network_id, name, doc FROM dns", _dns_row)]
+        out = []
+        for table, query, decode in checks:
+            for key, *row in self._c.execute(query).fetchall():
+                try:
+                    decode(*row)
+                except _BAD_ROW as e:
+                    out.append(f"{table} row {str(key)[:64]} is unreadable: {str(e)[:120]}")
+        return out
 
 
-def _pool(row) -> PoolRecord:
-    pid, space, subnet, ip_range, cursor = row
-    return PoolRecord(id=pid, space=space, subnet=ipaddress.ip_network(subnet),
-                      ip_range=ipaddress.ip_network(ip_range) if ip_range else None,
+def _pool(pid, space, subnet, ip_range, cursor) -> PoolRecord:
+    return PoolRecord(id=pid, space=space, subnet=parse_cidr("stored pool", subnet),
+                      ip_range=parse_cidr("stored ip-range", ip_range) if ip_range else None,
                       cursor=int(cursor, 16) - 1)
+
+
+def _dns_row(network_id: str, name: str, doc: str):
+    return network_id, (name, [ContainerInfo(str(i), str(n), tuple(map(str, a)), str(v4), str(v6))
+                               for i, n, a, v4, v6 in json.loads(doc)])
 
 
 class Store:
@@ -186,8 +244,13 @@ class Store:
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> "Store":
-        if self.path != Path(":memory:"):
+        on_disk = self.path != Path(":memory:")
+        if on_disk:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # SQLite gives the -wal and -shm files the mode of the database file: make that 0600
+            # before SQLite creates any of them.
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(self.path, 0o600)
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
                                timeout=10)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -197,8 +260,10 @@ class Store:
         if "created" not in columns:  # schema 1 without lease times
             conn.execute("ALTER TABLE leases ADD COLUMN created REAL NOT NULL DEFAULT 0")
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        if self.path != Path(":memory:"):
-            os.chmod(self.path, 0o600)
+        for suffix in ("-wal", "-shm") if on_disk else ():   # files left by an older version
+            side = Path(f"{self.path}{suffix}")
+            if side.exists():
+                os.chmod(side, 0o600)
         self._conn = conn
         return self
 

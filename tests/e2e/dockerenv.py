@@ -235,3 +235,17 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
            *(c.decode() for c in cmdline))
     if not wait_for(docker_ready, 60, 0.5):
         raise RuntimeError("dockerd did not come back")
+
+
+def plugin_pids() -> list[str]:
+    """The test plugin's processes (gunicorn arbiter and worker), found by the instance name
+    baked into its rootfs."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/root/etc/pybridge-instance") as f:
+                if f.read().strip() == f"{PLUGIN}-plugin":
+                    out.append(pid)
+        except OSError:
+            continue
+    return out

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from .dockerenv import MANAGED, PLUGIN, docker, free_subnet, ifaces, restart_dockerd, wait_for, wait_plugin_socket
+from .dockerenv import (MANAGED, PLUGIN, STATE_DB, docker, free_subnet, ifaces, restart_dockerd, sh, wait_for,
+                        wait_plugin_socket)
 
 
 def ping(dk, network, target):
@@ -59,3 +60,29 @@ def test_dockerd_restart_keeps_networks_and_restart_always_containers(dk, signal
     res = ping(dk, net, web)
     assert res.returncode == 0, res.stderr
     assert dk.ip(web, net) in res.stdout
+
+
+def test_a_malformed_state_row_does_not_keep_the_plugin_from_starting(dk):
+    """Issue 8, item 11: one unreadable row made restore raise, and the plugin never came up."""
+    import json
+    import sqlite3
+    good, bad = dk.network("--subnet", free_subnet()), dk.network("--subnet", free_subnet())
+    bad_id = dk.network_id(bad)
+    docker("plugin", "disable", "-f", MANAGED)
+    try:
+        db = sqlite3.connect(STATE_DB, isolation_level=None)
+        db.execute("UPDATE networks SET doc = '{damaged' WHERE id = ?", (bad_id,))
+        db.close()
+    finally:
+        docker("plugin", "enable", MANAGED)
+    assert wait_plugin_socket()
+    web = dk.run(good)
+    assert ping(dk, good, web).returncode == 0
+    sock = f"/run/docker/plugins/{PLUGIN}.sock"
+    doctor = lambda: json.loads(sh("curl", "-s", "--unix-socket", sock, "http://x/pybridge/doctor").stdout)  # noqa: E731
+    assert any(f"networks row {bad_id[:12]}" in p and "unreadable" in p for p in doctor()["problems"])
+    docker("network", "rm", bad)            # dockerd can still remove it
+    dk.networks.remove(bad)
+    sh("curl", "-s", "-X", "POST", "--unix-socket", sock, "http://x/pybridge/gc")
+    assert not any(bad_id[:12] in p for p in doctor()["problems"])
+    assert f"pt-{bad_id[:12]}" not in ifaces()

@@ -271,3 +271,48 @@ def test_aux_address_reservations_stay_for_the_networks_life(fake_services):
         ipam.request_address(pool, "10.200.1.5", {})
     handed = {ipam.request_address(pool, "", {}) for _ in range(250)}
     assert "10.200.1.5/24" not in handed
+
+
+def test_malformed_state_rows_are_skipped_and_reported_not_fatal(fake_services, tmp_path):
+    """Issue 8, item 11: one unreadable row made restore raise, so the plugin never started."""
+    import sqlite3
+    good, bad = NID, "ef" * 32
+    create(fake_services)
+    create(fake_services, nid=bad, subnet="10.200.2.0/24")
+    fake_services.endpoints.create(good, EID, address="10.200.1.2/24", address6="", mac="")
+    db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    db.execute("UPDATE networks SET doc = '{not json' WHERE id = ?", (bad,))
+    db.execute("INSERT INTO endpoints VALUES ('x1', ?, '[]')", (good,))
+    db.execute("INSERT INTO pools VALUES ('bad#1', 's', '10.0.0.0/33', '', 'zz')")
+    db.execute("INSERT INTO leases VALUES ('bad#1', 'not-hex', 'dynamic', 0)")
+    db.execute("INSERT INTO dns VALUES (?, 'app', 'garbage')", (good,))
+    db.close()
+    nl = fake_services.ctx.netlink
+    nl.devices.clear()                                   # a reboot: the kernel forgot everything
+    report = fake_services.reconciler.restore()
+    assert f"pt-{good[:12]}" in nl.devices and f"pt-{bad[:12]}" not in nl.devices
+    assert (report.networks, report.endpoints, report.errors) == (1, 1, [])
+    assert len(report.unreadable_rows) == 5, report.unreadable_rows
+    problems = fake_services.doctor.examine()["problems"]
+    assert sum("unreadable" in p for p in problems) == 5, problems
+    assert any(f"networks row {bad[:12]}" in p for p in problems)
+    # the plugin keeps working around them, and dockerd can still remove the broken network
+    fake_services.endpoints.create(good, "12" * 32, address="10.200.1.3/24", address6="", mac="")
+    fake_services.networks.delete(bad)
+    assert not any(f"networks row {bad[:12]}" in p for p in fake_services.doctor.examine()["problems"])
+
+
+def test_ipv6_fails_closed_without_ip6tables(fake_services):
+    """Issue 8, item 11: with ip6tables missing the firewall skipped IPv6, yet IPv6 forwarding was
+    turned on, so IPv6 traffic was forwarded with no isolation at all."""
+    fw, sysctl = fake_services.ctx.firewall, fake_services.ctx.sysctl
+    fw.families = (4,)
+    v6 = [IpamDataSpec(pool="fd70:6201:1::/64", gateway="fd70:6201:1::1/64")]
+    with pytest.raises(InvalidRequest, match="ip6tables"):
+        create(fake_services, ipv6=True, v6=v6)
+    assert ("net", "ipv6", "conf", "all", "forwarding") not in sysctl.values
+    assert fake_services.ctx.netlink.calls == [] and state(fake_services) == ([], [])
+    create(fake_services)                   # IPv4-only networks are fine
+    fw.families = (4, 6)
+    create(fake_services, nid="ef" * 32, subnet="10.200.2.0/24", ipv6=True, v6=v6)
+    assert sysctl.values[("net", "ipv6", "conf", "all", "forwarding")] == "1"

@@ -1,8 +1,11 @@
-"""The state store opens state written by an earlier schema."""
+"""The state store: state written by an earlier schema, file modes, unreadable rows."""
 
+import ipaddress
+import os
 import sqlite3
+import stat
 
-from plugin.store.db import Store
+from plugin.store.db import PoolRecord, Store
 
 
 def test_leases_from_before_lease_times_are_migrated(tmp_path):
@@ -21,3 +24,23 @@ def test_leases_from_before_lease_times_are_migrated(tmp_path):
     with store.transaction() as tx:
         assert tx.add_lease("p", 0xAB, "dynamic")
     store.close()
+
+
+def test_database_wal_and_shm_files_are_owner_only(tmp_path):
+    """Issue 8, item 11: the WAL and SHM files were created with the process umask (0644)."""
+    old = os.umask(0o022)
+    try:
+        store = Store(tmp_path / "state" / "state.db").open()
+        with store.transaction() as tx:
+            tx.put_pool(PoolRecord("p#1", "s", ipaddress.ip_network("10.200.1.0/24"), None, -1))
+        files = sorted(p.name for p in (tmp_path / "state").iterdir())
+        assert files == ["state.db", "state.db-shm", "state.db-wal"]
+        for p in (tmp_path / "state").iterdir():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p.name
+        assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+        store.close()
+        (tmp_path / "state" / "state.db").chmod(0o644)     # an old install's file
+        Store(tmp_path / "state" / "state.db").open().close()
+        assert stat.S_IMODE((tmp_path / "state" / "state.db").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
