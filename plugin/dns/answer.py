@@ -32,6 +32,7 @@ class Decision:
     qtype: str = ""
     rcode: str = ""
     rotations: int = 0                          # >0: a local answer with this many orders
+    limit: int = 512                            # the most this client takes
 
 
 def _header_only(wire: bytes, rcode: int) -> bytes | None:
@@ -64,14 +65,24 @@ def answer(snapshot: Snapshot | None, wire: bytes, *, ttl: int, forward: bool, l
     if query.flags & dns.flags.QR:
         return Decision()  # a response, not a query: ignore
     limit = limit or max_udp_size(query)
+    try:
+        return _decide(snapshot, query, ttl=ttl, forward=forward, limit=limit, rotate=rotate)
+    except (dns.exception.DNSException, ValueError) as e:   # a record that cannot be written
+        response = dns.message.make_response(query)
+        response.set_rcode(dns.rcode.SERVFAIL)
+        return Decision(reply=render(response, limit), rcode=f"SERVFAIL ({type(e).__name__})", limit=limit)
+
+
+def _decide(snapshot: Snapshot | None, query: dns.message.Message, *, ttl: int, forward: bool, limit: int,
+            rotate: int | None) -> Decision:
     response = dns.message.make_response(query)
     response.flags |= dns.flags.RA if forward else 0
     if query.opcode() != dns.opcode.QUERY or len(query.question) != 1:
         response.set_rcode(dns.rcode.NOTIMP if query.opcode() != dns.opcode.QUERY else dns.rcode.FORMERR)
-        return Decision(reply=render(response, limit), rcode=dns.rcode.to_text(response.rcode()))
+        return Decision(reply=render(response, limit), rcode=dns.rcode.to_text(response.rcode()), limit=limit)
     q = query.question[0]
     qname, qtype = q.name.to_text(), q.rdtype
-    decision = Decision(qname=qname, qtype=dns.rdatatype.to_text(qtype))
+    decision = Decision(qname=qname, qtype=dns.rdatatype.to_text(qtype), limit=limit)
     if q.rdclass != dns.rdataclass.IN or snapshot is None:
         response.set_rcode(dns.rcode.REFUSED)
     elif qtype == dns.rdatatype.PTR and snapshot.reverse(qname):

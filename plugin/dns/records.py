@@ -7,6 +7,7 @@ networks never leak. Reloading swaps a whole snapshot; nothing is edited in plac
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -56,16 +57,42 @@ def build(network_name: str, containers: Iterable[ContainerInfo], gateways: Iter
         for n in {name, c.id[:12], *c.aliases}:
             if n and _valid(n):
                 add(n, c.ipv4, c.ipv6)
+        target = _ptr_target(name, c.id[:12], net)
         for addr in (c.ipv4, c.ipv6):
-            if addr:
-                ptr.setdefault(ipaddress.ip_address(addr).reverse_pointer + ".", _fqdn(f"{name}.{net}"))
+            ip = _ip(addr)
+            if ip is not None and target:
+                ptr.setdefault(ip.reverse_pointer + ".", target)
     for gw in gateways:
-        ip = ipaddress.ip_address(gw)
+        ip = _ip(gw)
+        if ip is None:
+            continue
         add("gateway", gw if ip.version == 4 else "", gw if ip.version == 6 else "")
-        ptr.setdefault(ip.reverse_pointer + ".", _fqdn(f"gateway.{net}"))
+        target = _ptr_target("gateway", "gateway", net)
+        if target:
+            ptr.setdefault(ip.reverse_pointer + ".", target)
     names = {k: (tuple(v4.get(k, ())), tuple(v6.get(k, ()))) for k in set(v4) | set(v6)}
     return Snapshot(network=network_name, names=names, ptr=ptr)
 
 
+_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+
+
 def _valid(name: str) -> bool:
-    return 0 < len(name) < 254 and all(0 < len(label) < 64 for label in name.strip(".").split("."))
+    """A name DNS can carry: labels of 1-63 letters, digits, '-' or '_', 253 characters in all."""
+    return 0 < len(name) < 254 and all(_LABEL.fullmatch(label) for label in name.strip(".").split("."))
+
+
+def _ptr_target(name: str, short_id: str, net: str) -> str:
+    """The name a PTR points at: name.network, else the first of name, id.network, id that DNS
+    can carry (a container name over 63 characters is not a DNS label)."""
+    for candidate in (f"{name}.{net}", name, f"{short_id}.{net}", short_id):
+        if _valid(candidate):
+            return _fqdn(candidate)
+    return ""
+
+
+def _ip(text: str):
+    try:
+        return ipaddress.ip_address(text) if text else None
+    except ValueError:
+        return None

@@ -1,7 +1,10 @@
-"""The DNS runtime: one asyncio loop on its own thread, UDP and TCP listeners on each network's
-gateway addresses (never anywhere else), forwarding with timeouts and a bound on concurrency.
+"""The DNS runtime: one asyncio loop on its own thread, and a UDP and a TCP listener on each
+network's gateway addresses, bound to the network's bridge (plugin/dns/listeners.py says who may
+ask and what may pile up). Forwarding has timeouts and a bound on concurrency.
 
-Other threads talk to it only through configure()/set_snapshot(), which swap whole objects.
+Other threads talk to it through configure(), set_snapshot() and the read-only accessors. Shared
+maps (networks, snapshots, caches) are replaced whole under one lock, never edited in place, so
+a reader always holds a consistent object without taking the lock.
 """
 
 from __future__ import annotations
@@ -18,24 +21,28 @@ import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
+import dns.rcode
 
 from .answer import answer, failure, render
+from .cache import AnswerCache, cache_key, question_end
+from .listeners import TCP_PER_CLIENT, TCP_PER_LISTENER, UDP_BACKLOG, SourceFilter, TcpListener, UdpListener
 from .records import Snapshot
 
 log = logging.getLogger(__name__)
 
 FORWARD_TIMEOUT = 2.0
 MAX_FORWARDS = 256          # per network, in flight
-MAX_TCP_CLIENTS = 64        # per listener
-TCP_IDLE = 10.0
+TCP_LIMIT = 65535
 
 
 @dataclass(frozen=True)
 class NetSpec:
-    """What the DNS of one network serves and where it forwards."""
+    """What the DNS of one network serves, to whom, and where it forwards."""
 
     name: str
     gateways: tuple[str, ...]
+    bridge: str                          # the only device queries are taken from
+    subnets: tuple[str, ...]             # the only sources answered
     upstreams: tuple[tuple[str, int], ...] = ()
     forward: bool = True
     log_queries: bool = False
@@ -44,34 +51,35 @@ class NetSpec:
 @dataclass
 class _Net:
     spec: NetSpec
-    listeners: list = field(default_factory=list)
+    key: tuple                          # what the listeners were made for
+    udp: list = field(default_factory=list)
+    tcp: list = field(default_factory=list)
+    allows: SourceFilter | None = None
     inflight: int = 0
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
 
+    def close(self) -> None:
+        for listener in self.udp + self.tcp:
+            listener.close()
 
-CACHE_MAX = 4096
 
-
-class AnswerCache:
-    """Ready wire answers of one snapshot, keyed by the query after its ID. A name with several
-    addresses keeps one answer per rotation and cycles through them (round robin survives)."""
-
-    def __init__(self):
-        self.entries: dict[bytes, list] = {}
-
-    def put(self, wire: bytes, bodies: list[bytes]) -> None:
-        if len(self.entries) >= CACHE_MAX:
-            self.entries = {}
-        self.entries[wire[2:]] = [[b[2:] for b in bodies], 0]
+def _listen_key(spec: NetSpec) -> tuple:
+    """Listeners are made again when their addresses, bridge or subnets change, or when the
+    bridge was made again (a socket stays bound to the old bridge's index)."""
+    try:
+        index = socket.if_nametoindex(spec.bridge)
+    except OSError:
+        index = None
+    return spec.gateways, spec.bridge, spec.subnets, index
 
 
 class DnsServer:
     def __init__(self, port: int = 53, ttl: int = 10):
         self.port, self.ttl = port, ttl
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.caches: dict[str, AnswerCache] = {}
         self._nets: dict[str, _Net] = {}
         self._snapshots: dict[str, Snapshot] = {}
-        self._caches: dict[str, AnswerCache] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -80,18 +88,20 @@ class DnsServer:
         with self._lock:
             if self._thread is not None:
                 return
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, name="pybridge-dns", daemon=True)
+            self.loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self.loop.run_forever, name="pybridge-dns", daemon=True)
             self._thread.start()
 
     def configure(self, specs: dict[str, NetSpec]) -> None:
         """Listen for exactly these networks (by ID): start new listeners, stop gone ones."""
         self.start()
-        asyncio.run_coroutine_threadsafe(self._reconcile(dict(specs)), self._loop).result(timeout=10)
+        keyed = {nid: (spec, _listen_key(spec)) for nid, spec in specs.items()}
+        asyncio.run_coroutine_threadsafe(self._reconcile(keyed), self.loop).result(timeout=10)
 
     def set_snapshot(self, network_id: str, snapshot: Snapshot) -> None:
-        self._snapshots = {**self._snapshots, network_id: snapshot}
-        self._caches = {**self._caches, network_id: AnswerCache()}
+        with self._lock:
+            self._snapshots = {**self._snapshots, network_id: snapshot}
+            self.caches = {**self.caches, network_id: AnswerCache()}
 
     def snapshot(self, network_id: str) -> Snapshot | None:
         return self._snapshots.get(network_id)
@@ -100,61 +110,95 @@ class DnsServer:
         net = self._nets.get(network_id)
         return net.spec.name if net else None
 
+    def logs_queries(self, network_id: str) -> bool:
+        net = self._nets.get(network_id)
+        return net is not None and net.spec.log_queries
+
     def query_log(self, network_id: str) -> list[dict]:
         net = self._nets.get(network_id)
         return list(net.log) if net else []
 
     def listening(self) -> dict[str, list[str]]:
-        return {nid: list(n.spec.gateways) for nid, n in self._nets.items() if n.listeners}
+        return {nid: list(n.spec.gateways) for nid, n in self._nets.items() if n.udp}
+
+    def stats(self) -> dict:
+        """What the listeners hold and refused, for tests and the operator."""
+        nets = list(self._nets.values())
+        udp = [u for n in nets for u in n.udp]
+        tcp = [t for n in nets for t in n.tcp]
+        return {"tcp_connections": sum(len(t.conns) for t in tcp),
+                "tcp_evicted": sum(t.evicted for t in tcp),
+                "tcp_limit_per_listener": TCP_PER_LISTENER, "tcp_limit_per_client": TCP_PER_CLIENT,
+                "udp_backlog_max": max((u.backlog.peak for u in udp), default=0),
+                "udp_backlog_dropped": sum(u.backlog.dropped for u in udp),
+                "udp_backlog_limit": UDP_BACKLOG,
+                "refused_sources": sum(n.allows.refused for n in nets if n.allows),
+                "cache_entries": {nid: len(c.entries) for nid, c in self.caches.items()}}
 
     def stop(self) -> None:
-        if self._loop is not None:
+        if self.loop is not None:
             self.configure({})
 
     # inside the loop
-    async def _reconcile(self, specs: dict[str, NetSpec]) -> None:
-        for nid in [n for n in self._nets if n not in specs or self._nets[n].spec.gateways != specs[n].gateways]:
-            for closer in self._nets.pop(nid).listeners:
-                closer()
-        for nid, spec in specs.items():
-            if nid in self._nets:
-                self._nets[nid].spec = spec
+    async def _reconcile(self, keyed: dict[str, tuple[NetSpec, tuple]]) -> None:
+        nets = dict(self._nets)
+        for nid in [n for n in nets if n not in keyed or nets[n].key != keyed[n][1]]:
+            nets.pop(nid).close()
+        for nid, (spec, key) in keyed.items():
+            if nid in nets:
+                nets[nid].spec = spec
                 continue
-            net = self._nets[nid] = _Net(spec)
-            for gw in spec.gateways:
-                try:
-                    udp = _UdpListener(self, nid, gw)
-                    server = await asyncio.start_server(
-                        lambda r, w, nid=nid: self._tcp(nid, r, w), host=gw, port=self.port, limit=70000)
-                    net.listeners += [udp.close, server.close]
-                except OSError as e:
-                    log.error("DNS for network %s cannot listen on %s:%d: %s", spec.name, gw, self.port, e)
-        self._snapshots = {k: v for k, v in self._snapshots.items() if k in specs}
-        self._caches = {k: v for k, v in self._caches.items() if k in specs}
+            net = nets[nid] = _Net(spec, key, allows=SourceFilter(spec.subnets))
+            await self._listen(nid, net)
+        with self._lock:
+            self._nets = nets
+            self._snapshots = {k: v for k, v in self._snapshots.items() if k in keyed}
+            self.caches = {k: v for k, v in self.caches.items() if k in keyed}
 
-    async def resolve(self, nid: str, wire: bytes, peer: str, limit: int | None) -> bytes | None:
+    async def _listen(self, nid: str, net: _Net) -> None:
+        for gw in net.spec.gateways:
+            try:
+                net.udp.append(UdpListener(self, nid, gw, net.spec.bridge, net.allows))
+                tcp = TcpListener(self, nid, gw, net.spec.bridge, net.allows)
+                await tcp.start()
+                net.tcp.append(tcp)
+            except OSError as e:
+                log.error("DNS for network %s cannot listen on %s:%d (%s): %s",
+                          net.spec.name, gw, self.port, net.spec.bridge, e)
+
+    async def resolve(self, nid: str, wire: bytes, peer: str, tcp: bool) -> bytes | None:
+        """The answer to one query that arrived on network nid (UDP answers within the client's
+        size limit, with TC when cut; TCP answers whole)."""
         started = time.perf_counter()
         net = self._nets.get(nid)
         if net is None:
             return None
-        snapshot, cache = self._snapshots.get(nid), self._caches.get(nid)
-        decision = answer(snapshot, wire, ttl=self.ttl, forward=net.spec.forward, limit=limit)
+        snapshot, cache = self._snapshots.get(nid), self.caches.get(nid)
+        qend = question_end(wire) if not tcp and cache is not None else None
+        key = cache_key(wire, qend) if qend is not None else None
+        existing = cache.entries.get(key) if key is not None else None
+        rotation = existing.take_turn() if existing is not None else (0 if key is not None else None)
+        decision = answer(snapshot, wire, ttl=self.ttl, forward=net.spec.forward,
+                          limit=TCP_LIMIT if tcp else None, rotate=rotation)
         reply = decision.reply
         if decision.forward is not None:
-            reply, decision.rcode = await self._forward(net, decision.forward, limit)
-        elif decision.rotations and limit is None and cache is not None:
-            bodies = [answer(snapshot, wire, ttl=self.ttl, forward=False, rotate=k).reply
-                      for k in range(min(decision.rotations, 8))]
-            cache.put(wire, bodies)
+            reply, decision.rcode = await self._forward(net, decision.forward, decision.limit, tcp)
+        elif key is not None and decision.rotations and reply is not None:
+            entry = existing or cache.entry(key, decision.rotations)
+            if existing is None:
+                entry.take_turn()
+            cache.fill(entry, rotation, reply[2:])
         if decision.qname and net.spec.log_queries:
-            entry = {"time": round(time.time(), 3), "client": peer, "name": decision.qname,
-                     "type": decision.qtype, "rcode": decision.rcode,
-                     "ms": round((time.perf_counter() - started) * 1000, 3)}
-            net.log.append(entry)
-            log.info("dns %s: %s", net.spec.name, entry)
+            record = {"time": round(time.time(), 3), "client": peer, "name": decision.qname,
+                      "type": decision.qtype, "rcode": decision.rcode,
+                      "ms": round((time.perf_counter() - started) * 1000, 3)}
+            net.log.append(record)
+            log.info("dns %s: %s", net.spec.name, record)
         return reply
 
-    async def _forward(self, net: _Net, query: dns.message.Message, limit: int | None) -> tuple[bytes, str]:
+    async def _forward(self, net: _Net, query: dns.message.Message, limit: int, tcp: bool) -> tuple[bytes, str]:
+        """Ask the upstreams over UDP. Only a TCP client's question is asked again over TCP when
+        the UDP answer was cut: a UDP client gets at most its own limit, with TC set."""
         if not net.spec.upstreams or net.inflight >= MAX_FORWARDS:
             return failure(query), "SERVFAIL"
         net.inflight += 1
@@ -162,108 +206,11 @@ class DnsServer:
             for host, port in net.spec.upstreams:
                 try:
                     resp = await dns.asyncquery.udp(query, host, port=port, timeout=FORWARD_TIMEOUT)
-                    if resp.flags & dns.flags.TC and limit is None:
+                    if tcp and resp.flags & dns.flags.TC:
                         resp = await dns.asyncquery.tcp(query, host, port=port, timeout=FORWARD_TIMEOUT)
-                    return render(resp, limit or 65535), dns.rcode.to_text(resp.rcode())
+                    return render(resp, limit), dns.rcode.to_text(resp.rcode())
                 except (dns.exception.DNSException, OSError, EOFError, ValueError):
                     continue
             return failure(query), "SERVFAIL"
         finally:
             net.inflight -= 1
-
-    async def _tcp(self, nid: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        net = self._nets.get(nid)
-        peer = writer.get_extra_info("peername") or ("?",)
-        try:
-            if net is None or len(asyncio.all_tasks()) > MAX_TCP_CLIENTS * max(1, len(self._nets)) + 64:
-                return
-            while True:
-                size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE), "big")
-                if size < 12:
-                    return
-                wire = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE)
-                reply = await self.resolve(nid, wire, peer[0], 65535)
-                if reply is None:
-                    return
-                writer.write(len(reply).to_bytes(2, "big") + reply)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, OSError):
-            pass
-        except Exception:
-            log.exception("DNS TCP client %s", peer[0])
-        finally:
-            writer.close()
-
-
-class _UdpListener:
-    """A blocking UDP socket on its own thread: answers found in the AnswerCache go straight
-    back (the GIL is released in recvfrom/sendto); everything else goes to the asyncio loop."""
-
-    # One socket and thread per address: a second thread on SO_REUSEPORT measured slower (the
-    # GIL serialises the Python part of the loop).
-    THREADS = 1
-
-    def __init__(self, server: DnsServer, nid: str, address: str):
-        self.server, self.nid = server, nid
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self.socks = []
-        try:
-            for _ in range(self.THREADS):
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                self.socks.append(sock)
-                if self.THREADS > 1:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind((address, server.port))
-        except OSError:
-            for sock in self.socks:
-                sock.close()
-            raise
-        self._closed = False
-        for sock in self.socks:
-            threading.Thread(target=self._run, args=(sock,), name=f"pybridge-dns-udp-{address}",
-                             daemon=True).start()
-
-    def _run(self, sock: socket.socket) -> None:
-        # The hot loop: locals bound once, no calls but the cache lookup for a cached answer.
-        server, nid, loop = self.server, self.nid, self.server._loop
-        recvfrom, sendto = sock.recvfrom, sock.sendto
-        while True:
-            try:
-                data, addr = recvfrom(4096)
-            except OSError:
-                if self._closed:
-                    return
-                continue
-            if addr is None or self._closed:  # shutdown() wakes recvfrom with nothing
-                return
-            try:
-                cache = server._caches.get(nid)
-                entry = cache.entries.get(data[2:]) if cache is not None and len(data) >= 12 else None
-                if entry is not None and not server._nets[nid].spec.log_queries:
-                    bodies, turn = entry
-                    entry[1] = turn + 1
-                    sendto(data[:2] + bodies[turn % len(bodies)], addr)
-                else:
-                    loop.call_soon_threadsafe(self._slow, sock, data, addr)
-            except Exception:
-                log.exception("DNS query from %s", addr[0])
-
-    def _slow(self, sock: socket.socket, data: bytes, addr) -> None:
-        asyncio.get_running_loop().create_task(self._reply(sock, data, addr))
-
-    async def _reply(self, sock: socket.socket, data: bytes, addr) -> None:
-        try:
-            reply = await self.server.resolve(self.nid, data, addr[0], None)
-            if reply is not None and not self._closed:
-                sock.sendto(reply, addr)
-        except Exception:
-            log.exception("DNS query from %s", addr[0])
-
-    def close(self) -> None:
-        self._closed = True
-        for sock in self.socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()

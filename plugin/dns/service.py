@@ -5,6 +5,7 @@ restart the DNS answers at once, before dockerd's API is back."""
 from __future__ import annotations
 
 import logging
+import threading
 
 from ..domain.errors import PybridgeError
 from ..domain.options import OPT_DNS_LOG, OPT_DNS_UPSTREAM, parse_bool, parse_upstreams
@@ -34,60 +35,75 @@ def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...
 
 
 class DnsService:
+    """Locks: the store's lock is always taken before this service's own, which guards _learned
+    (the watcher thread writes it, plugin calls and the HTTP views read it)."""
+
     def __init__(self, store: Store, server: DnsServer, default_upstream: str = "resolv.conf"):
         self.store = store
         self.server = server
         self.default_upstream = default_upstream
         self._learned: dict = {}    # network id -> (name, [ContainerInfo])
+        self._loaded = False
+        self._lock = threading.RLock()
 
     def _default_upstreams(self):
         if self.default_upstream == "resolv.conf":
             return host_resolvers()
         return parse_upstreams("PYBRIDGE_DNS_UPSTREAM", self.default_upstream)
 
+    def _known(self) -> dict:
+        with self._lock:
+            return dict(self._learned)
+
     def reconcile(self) -> None:
         """Listeners for exactly the recorded networks; snapshots rebuilt from what we know."""
         with self.store.reading() as tx:
             networks = tx.list_networks()
-            if not self._learned:
-                self._learned = tx.list_dns()
+            with self._lock:
+                if not self._loaded:
+                    self._learned, self._loaded = tx.list_dns(), True
+        learned = self._known()
         specs = {}
         for n in networks:
             opts = dict(n.options)
-            name = self._learned.get(n.id, (n.id[:12], []))[0]
+            name = learned.get(n.id, (n.id[:12], []))[0]
             upstreams = parse_upstreams(OPT_DNS_UPSTREAM, opts[OPT_DNS_UPSTREAM]) \
                 if opts.get(OPT_DNS_UPSTREAM) else self._default_upstreams()
             specs[n.id] = NetSpec(name=name, gateways=tuple(str(g.ip) for g in n.gateways()),
+                                  bridge=n.bridge, subnets=tuple(str(p) for p in n.pools()),
                                   upstreams=upstreams, forward=not n.internal and bool(upstreams),
                                   log_queries=parse_bool(OPT_DNS_LOG, opts.get(OPT_DNS_LOG, "false")))
         self.server.configure(specs)
         for n in networks:
-            name, containers = self._learned.get(n.id, (n.id[:12], []))
+            name, containers = learned.get(n.id, (n.id[:12], []))
             self.server.set_snapshot(n.id, build(name, containers, [str(g.ip) for g in n.gateways()]))
 
     def learned(self, state, changed: set[str]) -> None:
         """Watcher callback: Docker's view of the networks in `changed`."""
         with self.store.transaction() as tx:
             ours = {n.id: n for n in tx.list_networks()}
-            for nid in changed & set(ours):
-                name, members = state.get(nid, (self._learned.get(nid, (nid[:12], []))[0], {}))
-                containers = sorted(members.values(), key=lambda c: c.id)
-                self._learned[nid] = (name, containers)
-                tx.put_dns(nid, name, containers)
-        for nid in changed & set(ours):
-            name, containers = self._learned[nid]
+            mine = changed & set(ours)
+            with self._lock:
+                for nid in mine:
+                    name, members = state.get(nid, (self._learned.get(nid, (nid[:12], []))[0], {}))
+                    containers = sorted(members.values(), key=lambda c: c.id)
+                    self._learned[nid] = (name, containers)
+                    tx.put_dns(nid, name, containers)
+                updated = {nid: self._learned[nid] for nid in mine}
+        for nid, (name, containers) in updated.items():
             gateways = [str(g.ip) for g in ours[nid].gateways()]
             self.server.set_snapshot(nid, build(name, containers, gateways))
-        if any(self.server.spec_name(nid) not in (None, self._learned[nid][0]) for nid in changed & set(ours)):
+        if any(self.server.spec_name(nid) not in (None, name) for nid, (name, _) in updated.items()):
             self.reconcile()  # the network's name is now known (or changed): relabel its server
 
     def forget(self, network_id: str, tx) -> None:
-        self._learned.pop(network_id, None)
+        with self._lock:
+            self._learned.pop(network_id, None)
         tx.delete_dns(network_id)
 
     def find(self, ref: str) -> str | None:
         """A network ID from an ID, an ID prefix or a network name."""
-        for nid, (name, _) in self._learned.items():
+        for nid, (name, _) in self._known().items():
             if ref in (nid, name):
                 return nid
         with self.store.reading() as tx:
@@ -95,5 +111,6 @@ class DnsService:
         return ids[0] if len(ids) == 1 else None
 
     def overview(self) -> dict:
-        return {nid: {"name": name, "gateways": gws} for nid, gws in self.server.listening().items()
-                for name in [self._learned.get(nid, (nid[:12], []))[0]]}
+        learned = self._known()
+        return {nid: {"name": learned.get(nid, (nid[:12], []))[0], "gateways": gws}
+                for nid, gws in self.server.listening().items()}

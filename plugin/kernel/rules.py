@@ -145,6 +145,10 @@ def render(prefix: str, networks: Iterable[Network], version: int,
     published = {n.id: _published(n, endpoints, version) for n in ordered}
     for n in ordered:
         out["filter"] += _inbound_rules(fwd, n, published[n.id])
+    # What the host delivers to itself (to a gateway address, say) leaves through lo and is never
+    # source-NATed: a host's DNS query to a gateway keeps the gateway as its source.
+    if ordered:
+        out["nat"].append(("-A", post, "-o", "lo", "-j", "RETURN"))
     for n in ordered:
         out["filter"] += _outbound_rules(fwd, n)
         out["nat"] += _port_rules(post, dnat, n, published[n.id], version) + _nat_rules(post, n, version)

@@ -15,6 +15,7 @@ import dns.reversename
 import pytest
 
 from .dockerenv import MANAGED, PLUGIN, docker, free_subnet, restart_dockerd, sh, wait_for, wait_plugin_socket
+from .test_connectivity import outside  # noqa: F401  (fixture)
 
 
 def gateway(dk, net):
@@ -183,13 +184,97 @@ def test_dns_answers_after_dockerd_restart(signal, dk):
     assert wait_for(lambda: resolves(gw, c, [dk.ip(c, net)]), 10)
 
 
-def test_dns_listens_only_on_gateway_addresses(dk):
+def test_dns_listens_only_on_gateway_addresses_bound_to_the_bridge(dk):
     net = dk.network("--subnet", free_subnet())
-    gw = gateway(dk, net)
+    gw, bridge = gateway(dk, net), f"pt-{dk.network_id(net)[:12]}"
     listeners = sh("ss", "-H", "-lnup").stdout + sh("ss", "-H", "-lntp").stdout
     ours = [l.split()[3] for l in listeners.splitlines() if l.split()[3].endswith(":53") and "python3" in l]
-    assert f"{gw}:53" in ours
-    assert not any(addr.startswith(("0.0.0.0:", "*:", "[::]:")) for addr in ours), ours
+    assert ours.count(f"{gw}%{bridge}:53") == 2, ours       # UDP and TCP, each bound to the bridge
+    assert not any(addr.startswith(("0.0.0.0", "*", "[::]")) for addr in ours), ours
+
+
+QUERY = """
+import sys, dns.message, dns.query, dns.exception, dns.rcode
+q = dns.message.make_query(sys.argv[2], "A")
+try:
+    fn = dns.query.tcp if sys.argv[3] == "tcp" else dns.query.udp
+    r = fn(q, sys.argv[1], timeout=3)
+    print("ANSWER", " ".join(sorted(x.to_text() for rr in r.answer for x in rr)) or dns.rcode.to_text(r.rcode()))
+except dns.exception.Timeout:
+    print("TIMEOUT")
+except OSError as e:
+    print("ERROR", type(e).__name__)
+"""
+
+
+def ask_from(netns: str, server: str, name: str, tcp: bool = False) -> str:
+    """A query made inside a network namespace (a path, e.g. a container's SandboxKey, or an
+    `ip netns` name), with the host's Python and dnspython."""
+    import sys
+    enter = ["nsenter", f"--net={netns}"] if netns.startswith("/") else ["ip", "netns", "exec", netns]
+    res = sh(*enter, sys.executable, "-c", QUERY, server, name, "tcp" if tcp else "udp", check=False, timeout=30)
+    return res.stdout.strip() or res.stderr.strip()
+
+
+def sandbox(container: str) -> str:
+    return docker("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", container)
+
+
+def test_only_the_networks_own_containers_and_the_host_get_answers(dk, outside):
+    """Issue 8, item 2: a container on network A could list network B's names through B's
+    gateway, and a machine routing to a gateway had an open recursive resolver."""
+    net, other = dk.network("--subnet", free_subnet()), dk.network("--subnet", free_subnet())
+    docker_net = dk.network("--subnet", free_subnet(), driver="bridge", ipam=None)
+    gw = gateway(dk, net)
+    web, mine = dk.run(net), dk.run(net)
+    expected = f"ANSWER {dk.ip(web, net)}"
+    assert wait_for(lambda: resolves(gw, web, [dk.ip(web, net)]), 5)          # from the host
+    assert ask_from(sandbox(mine), gw, web) == expected
+    assert ask_from(sandbox(mine), gw, web, tcp=True) == expected
+    for stranger in (dk.run(other), dk.run(docker_net)):
+        assert ask_from(sandbox(stranger), gw, web) == "TIMEOUT"
+        assert ask_from(sandbox(stranger), gw, web, tcp=True) in ("TIMEOUT", "ERROR ConnectionRefusedError",
+                                                                  "ERROR ConnectionResetError")
+    sh("ip", "-n", outside.ns, "route", "add", f"{gw}/32", "via", outside.host_ip)
+    assert ask_from(outside.ns, gw, web) == "TIMEOUT"
+
+
+@pytest.fixture
+def neighbour():
+    """A namespace plugged into a bridge as a machine on the same LAN segment would be (as on a
+    bridge a user adopted together with its uplink)."""
+    import uuid
+    tag = uuid.uuid4().hex[:6]
+    ns, host_if, ns_if = f"pbt-lan-{tag}", f"pbtl{tag}", f"pbtm{tag}"
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+    sh("ip", "link", "set", ns_if, "netns", ns)
+    sh("ip", "-n", ns, "link", "set", ns_if, "up")
+
+    def plug(bridge: str, address: str, gw: str) -> tuple[str, str]:
+        sh("ip", "link", "set", host_if, "master", bridge, "up")
+        sh("ip", "-n", ns, "addr", "add", address, "dev", ns_if)
+        sh("ip", "-n", ns, "route", "add", f"{gw}/32", "dev", ns_if)
+        return ns, ns_if
+    try:
+        yield plug
+    finally:
+        sh("ip", "link", "del", host_if, check=False)
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def test_a_neighbour_on_the_bridge_outside_the_subnet_gets_no_answer(dk, neighbour):
+    import ipaddress
+    subnet = ipaddress.ip_network(free_subnet())
+    net = dk.network("--subnet", str(subnet))
+    gw = gateway(dk, net)
+    web = dk.run(net)
+    assert wait_for(lambda: resolves(gw, web, [dk.ip(web, net)]), 5)
+    ns, dev = neighbour(f"pt-{dk.network_id(net)[:12]}", "198.51.100.77/32", gw)
+    assert ask_from(ns, gw, web) == "TIMEOUT"
+    sh("ip", "-n", ns, "addr", "add", f"{subnet.broadcast_address - 1}/32", "dev", dev)
+    sh("ip", "-n", ns, "addr", "del", "198.51.100.77/32", "dev", dev)
+    assert ask_from(ns, gw, web) == f"ANSWER {dk.ip(web, net)}", "inside the subnet it is answered"
 
 
 def test_plugin_sockets_are_root_only(engine):
