@@ -8,8 +8,9 @@ containers, not Docker's bridges, not a machine that routes to the gateway.
 
 What may pile up: UDP queries that need the event loop wait in a bounded backlog (dropped when it
 is full); TCP has a connection limit per listener and per client, an idle limit between queries
-and a write limit for answers a client does not read. When a listener is full, the connection
-idle the longest makes room (RFC 7766 lets a server close idle connections under load).
+and a write limit for answers a client does not read. When a listener is full, the oldest idle
+connection (else the oldest) makes room for the new one, so a new client is always heard
+(RFC 7766 lets a server close connections under load).
 """
 
 from __future__ import annotations
@@ -216,12 +217,10 @@ class TcpListener:
     def _admit(self, conn: _Conn) -> bool:
         if not self.allows(conn.client) or self.per_client[conn.client] >= TCP_PER_CLIENT:
             return False
-        if len(self.conns) >= TCP_PER_LISTENER:
-            oldest_idle = next((c for c in self.conns.values() if c.idle), None)
-            if oldest_idle is None:
-                return False
-            self._forget(oldest_idle)
-            reset(oldest_idle.writer)
+        if len(self.conns) >= TCP_PER_LISTENER:   # make room: the oldest idle one, else the oldest
+            victim = next((c for c in self.conns.values() if c.idle), None) or next(iter(self.conns.values()))
+            self._forget(victim)
+            reset(victim.writer)
             self.evicted += 1
         self.conns[id(conn)] = conn
         self.per_client[conn.client] += 1
