@@ -29,10 +29,12 @@ class Services:
     doctor: Doctor
 
     def start_background(self) -> None:
-        """Threads outside every plugin handler: the firewall watchdog, and the Docker event
-        watcher feeding the DNS."""
+        """Threads outside every plugin handler: the firewall watchdog, the netlink watch that
+        keeps our networks isolated from bridges that appear, and the Docker event watcher
+        feeding the DNS."""
         if self.settings.firewall_check:
             threading.Thread(target=self._watch_firewall, name="pybridge-firewall-watchdog", daemon=True).start()
+        self.reconciler.bridges.start()
         dns = self.ctx.dns
         if dns is None or not os.path.exists(self.settings.docker_socket):
             return

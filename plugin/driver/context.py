@@ -7,18 +7,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..domain.errors import PybridgeError
+from ..kernel.interfaces import FirewallPort, NetlinkPort, SysctlPort
 from ..store.db import Store, Tx
 
 
 @dataclass
 class Context:
     store: Store
-    netlink: Any      # plugin.kernel.netlink.Netlink or a test fake with the same methods
-    firewall: Any     # plugin.kernel.firewall.IptablesFirewall or a fake
-    sysctl: Any       # plugin.kernel.sysctl.Sysctl or a fake
+    netlink: NetlinkPort
+    firewall: FirewallPort
+    sysctl: SysctlPort
     prefix: str       # link-name prefix, e.g. "pb"
     reaper: Any = None  # plugin.driver.reaper.Reaper: deferred veth deletion
     dns: Any = None     # plugin.dns.service.DnsService, or None when DNS is off
+    foreign: tuple[str, ...] = ()   # bridges on the host that are not ours (plugin.driver.bridges)
 
     def networks_changed(self) -> None:
         """Tell the DNS (if any) to listen for exactly the recorded networks. A DNS problem is
@@ -33,7 +35,7 @@ class Context:
     def sync_firewall(self, tx: Tx, check_jumps: bool = True) -> None:
         """Rewrite our chains from the state as this transaction sees it. Endpoint changes
         pass check_jumps=False: the jumps were checked when the network was made or restored."""
-        self.firewall.sync(tx.list_networks(), tx.list_endpoints(), check_jumps=check_jumps)
+        self.firewall.sync(tx.list_networks(), tx.list_endpoints(), foreign=self.foreign, check_jumps=check_jumps)
 
 
 def collect(errors: list[str], fn, *args) -> None:

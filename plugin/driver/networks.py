@@ -124,6 +124,11 @@ class NetworkService:
 
     def _teardown(self, tx, network: Network, errors: list[str]) -> None:
         ctx = self.ctx
+        if not network.bridge_owned:
+            # Nothing would ever take our gateway off a user's bridge later (restore collects
+            # only links with our prefix): first, and if the kernel refuses, the delete fails
+            # with nothing changed, so that dockerd's retry finds the network whole.
+            ctx.netlink.remove_addresses(network.bridge, network.gateways())
         for ep in tx.list_endpoints(network.id):
             for name in (ep.host_ifname, ep.container_ifname):
                 collect(errors, ctx.netlink.delete_link, name)
@@ -134,8 +139,6 @@ class NetworkService:
         collect(errors, ctx.sync_firewall, tx)
         if network.bridge_owned:
             collect(errors, ctx.netlink.delete_link, network.bridge)
-        else:
-            collect(errors, ctx.netlink.remove_addresses, network.bridge, network.gateways())
 
     def _forget_unreadable(self, tx, network_id: str, problem: CorruptState, errors: list[str]) -> None:
         """dockerd wants the network gone and its row cannot be read: forget its rows. Its bridge

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..domain.errors import PybridgeError
 from ..domain.naming import owned_link_prefixes
+from .bridges import ForeignBridges
 from .context import Context
 from .networks import NetworkService
 
@@ -70,6 +71,7 @@ class Reconciler:
     def __init__(self, ctx: Context, networks: NetworkService):
         self.ctx = ctx
         self.networks = networks
+        self.bridges = ForeignBridges(ctx)
 
     def restore(self, lease_grace: float = LEASE_GRACE) -> Report:
         ctx, report = self.ctx, Report()
@@ -111,6 +113,7 @@ class Reconciler:
                     except PybridgeError as e:
                         report.errors.append(str(e))
             try:
+                self.bridges.refresh(tx)
                 ctx.sync_firewall(tx)
             except PybridgeError as e:
                 report.errors.append(f"firewall: {e}")
@@ -149,7 +152,9 @@ class Doctor:
             if name.startswith(owned_link_prefixes(ctx.prefix)) and name not in claimed:
                 problems.append(f"link {name} is ours but no network or endpoint claims it")
         problems += [f"lease {ipaddress.ip_address(a)} in pool {p} has no endpoint" for p, a in orphans]
-        problems += [f"firewall: {p}" for p in ctx.firewall.drift(networks, endpoints)]
+        unisolated = set(ctx.netlink.foreign_bridges([n.bridge for n in networks])) - set(ctx.foreign)
+        problems += [f"firewall: bridge {b} is not ours and not isolated yet" for b in sorted(unisolated)]
+        problems += [f"firewall: {p}" for p in ctx.firewall.drift(networks, endpoints, ctx.foreign)]
         return {"networks": len(networks), "endpoints": len(endpoints), "problems": problems}
 
     def heal_firewall(self) -> list[str]:
@@ -157,7 +162,7 @@ class Doctor:
         ctx = self.ctx
         with ctx.store.reading() as tx:
             networks, endpoints = tx.list_networks(), tx.list_endpoints()
-        problems = ctx.firewall.drift(networks, endpoints)
+        problems = ctx.firewall.drift(networks, endpoints, ctx.foreign)
         if problems:
             log.warning("firewall drift, restoring our chains: %s", problems)
             with ctx.store.transaction() as tx:

@@ -1,7 +1,8 @@
 """The iptables adapter: whole-chain batches through iptables-restore --noflush.
 
 Uses the same iptables binaries (and so the same nft/legacy backend) as dockerd on the host.
-Never one process per rule: a sync is one iptables-save and one iptables-restore per family.
+Never one process per rule: a sync is at most one iptables-save and one iptables-restore per
+family. What goes in is rendered by plugin.kernel.rules, token by token checked.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class IptablesFirewall:
         self._argv0 = ["ip", "netns", "exec", netns] if netns else []
         self._lock = threading.Lock()
         self._tools = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
-        self._applied: dict[int, str] = {}   # the text last applied per family, by this process
+        self._applied: dict[tuple[int, str], str] = {}   # (family, table) -> text this process last wrote
 
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
         try:
@@ -50,47 +51,47 @@ class IptablesFirewall:
         return self._run([save]) if self._available(version) else ""
 
     def sync(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
-             check_jumps: bool = True) -> None:
-        """Make our chains hold exactly the rules for these networks and the ports their
-        endpoints publish, in both families.
+             foreign: Iterable[str] = (), check_jumps: bool = True) -> None:
+        """Make our chains hold exactly the rules for these networks, the ports their endpoints
+        publish and the bridges that are not ours, in both families.
 
-        Rewriting chains that hold rules costs the kernel 15-25 ms per family. A checking sync
-        (network changes, restore) reads the tables back, restores missing jumps and rewrites
-        every family, which also repairs edits made to our chains from outside. An unchecked
-        sync (endpoint changes) skips a family whose rules this process already applied."""
-        networks, endpoints = list(networks), list(endpoints)
+        Rewriting chains that hold rules costs the kernel 15-25 ms per family and table. A
+        checking sync (network changes, restore, healing) reads the tables back, puts our jumps
+        where they belong and rewrites every table. An unchecked sync (endpoint changes) writes
+        only the tables whose rules differ from what this process last wrote."""
+        networks, endpoints, foreign = list(networks), list(endpoints), list(foreign)
         with self._lock:
             for version in (4, 6):
                 if not self._available(version):
                     if version == 4:
                         raise KernelError("iptables-restore is not installed")
                     continue
-                wanted_rules = rules.render(self.prefix, networks, version, endpoints)
-                missing: list = []
+                wanted = rules.render(self.prefix, networks, version, endpoints, foreign)
+                fixes: dict = {}
                 if check_jumps:
-                    saved = self.save(version)
-                    present = rules.present_jumps(self.prefix, saved)
-                    wanted = rules.jumps(self.prefix, docker_user=rules.has_docker_user(saved))
-                    missing = [j for j in wanted if j not in present]
-                text = rules.restore_text(self.prefix, wanted_rules, missing)
-                if not check_jumps and self._applied.get(version) == text:
+                    fixes, _ = rules.jump_fixes(self.prefix, rules.parse_saved(self.save(version)))
+                plain = {t: rules.table_text(self.prefix, t, wanted[t]) for t in rules.TABLES}
+                write = [t for t in rules.TABLES if check_jumps or self._applied.get((version, t)) != plain[t]]
+                if not write:
                     continue
-                self._applied.pop(version, None)
+                text = "".join(rules.table_text(self.prefix, t, wanted[t], fixes.get(t, [])) for t in write)
+                for t in write:
+                    self._applied.pop((version, t), None)
                 self._run([self._tools[version][1], "--noflush", "-w"], text)
-                self._applied[version] = rules.restore_text(self.prefix, wanted_rules, [])
+                self._applied.update({(version, t): plain[t] for t in write})
 
-    def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = ()) -> list[str]:
-        """Differences between our chains in the kernel and the rules for this state."""
-        networks, endpoints = list(networks), list(endpoints)
+    def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
+              foreign: Iterable[str] = ()) -> list[str]:
+        """Differences between our chains and jumps in the kernel and the rules for this state."""
+        networks, endpoints, foreign = list(networks), list(endpoints), list(foreign)
         problems = []
         with self._lock:
             for version in (4, 6):
                 if not self._available(version):
                     continue
-                saved = self.save(version)
-                wanted = rules.render(self.prefix, networks, version, endpoints)
-                problems += [f"IPv{version}: {p}" for p in
-                             rules.drift(self.prefix, wanted, saved, rules.has_docker_user(saved))]
+                tables = rules.parse_saved(self.save(version))
+                wanted = rules.render(self.prefix, networks, version, endpoints, foreign)
+                problems += [f"IPv{version}: {p}" for p in rules.drift(self.prefix, wanted, tables)]
         return problems
 
     def remove_all(self) -> None:
@@ -102,6 +103,7 @@ class IptablesFirewall:
                 saved = self.save(version)
                 if f":{self.prefix}-" not in saved:
                     continue
-                text = rules.removal_text(self.prefix, rules.present_jumps(self.prefix, saved))
-                self._applied.pop(version, None)
-                self._run([self._tools[version][1], "--noflush", "-w"], text)
+                for table in rules.TABLES:
+                    self._applied.pop((version, table), None)
+                self._run([self._tools[version][1], "--noflush", "-w"],
+                          rules.removal_text(self.prefix, rules.parse_saved(saved)))

@@ -11,13 +11,15 @@ import ipaddress
 import logging
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from pyroute2 import IPRoute, NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK
 
 from ..domain.errors import Conflict, KernelError
 from ..domain.model import IPInterface, Taken
+from ..domain.naming import is_valid_ifname
+from .interfaces import LinkInfo
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +27,6 @@ IFA_F_NODAD = 0x02
 RTN_MULTICAST = 5
 _ROUTE_TYPES = {6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 _GONE = (errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH)
-
-
-@dataclass(frozen=True)
-class LinkInfo:
-    name: str
-    index: int
-    kind: str
-    mtu: int
-    master: int | None
-    mac: str
 
 
 def _info(msg) -> LinkInfo:
@@ -213,3 +205,53 @@ class Netlink:
                 where += f", table {table}" if table not in (254, None) else ""
                 taken.append(Taken(net, f"host route {net} ({where})"))
         return taken
+
+    def foreign_bridges(self, own: Iterable[str]) -> list[str]:
+        """The bridges on the host that are not in `own` and carry no route through a gateway
+        (a bridge that does is an uplink: the way out for our networks too). Docker's, libvirt's
+        and LXD's bridges, and a user's bridge with no gateway behind it, are foreign."""
+        own = set(own)
+        with self._ipr() as ipr:
+            bridges = {m["index"]: m.get("ifname") for m in ipr.get_links()
+                       if m.get(("linkinfo", "kind")) == "bridge"}
+            uplinks = set()
+            for r in ipr.get_routes(table=None):
+                hops = r.get("multipath") or []
+                if r["dst_len"] == 0 or r.get("gateway") or hops:
+                    uplinks.add(r.get("oif"))
+                    uplinks.update(h.get("oif") for h in hops)
+        out = []
+        for index, name in sorted(bridges.items(), key=lambda kv: str(kv[1])):
+            if name in own or index in uplinks:
+                continue
+            if not is_valid_ifname(name):
+                log.warning("bridge %r has a name pybridge cannot write into a rule; it is not isolated", name)
+                continue
+            out.append(name)
+        return out
+
+    def watch_links(self, on_change: Callable[[], None]) -> None:
+        """Block on netlink events, calling on_change() once the subscription is in place (to
+        catch up) and again whenever what foreign_bridges() reports could have changed: a bridge
+        made or removed, a route through a gateway added or withdrawn. Other events (a veth per
+        container, a bridge's carrier) are ignored. Run it on a thread of its own."""
+        ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+        try:
+            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+            on_change()
+            seen = {m["index"] for m in ipr.get_links() if m.get(("linkinfo", "kind")) == "bridge"}
+            while True:
+                relevant = False
+                for msg in ipr.get():
+                    event = msg.get("event")
+                    if event in ("RTM_NEWLINK", "RTM_DELLINK") and msg.get(("linkinfo", "kind")) == "bridge":
+                        if event == "RTM_DELLINK" or msg["index"] not in seen:
+                            relevant = True
+                        (seen.discard if event == "RTM_DELLINK" else seen.add)(msg["index"])
+                    elif event in ("RTM_NEWROUTE", "RTM_DELROUTE") and (
+                            msg.get("dst_len") == 0 or msg.get("gateway") or msg.get("multipath")):
+                        relevant = True
+                if relevant:
+                    on_change()
+        finally:
+            ipr.close()

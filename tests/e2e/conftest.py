@@ -5,10 +5,11 @@ otherwise they are skipped, so unit tests still run on a machine without Docker.
 """
 
 import os
+import uuid
 
 import pytest
 
-from .dockerenv import DockerEnv, MANAGED, docker_ready, plugin_enabled, snapshot, wait_for
+from .dockerenv import DockerEnv, MANAGED, docker_ready, plugin_enabled, sh, snapshot, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +38,26 @@ def dk(engine):
     after = wait_for(lambda: (lambda s: s if s == before else None)(snapshot()), 10) or snapshot()
     assert not errors, f"cleanup failed: {errors}"
     assert after == before, f"left behind after cleanup:\nbefore={before}\nafter={after}"
+
+
+@pytest.fixture
+def neighbour():
+    """A namespace plugged into a bridge as a machine on the same LAN segment would be (as on a
+    bridge a user adopted together with its uplink)."""
+    tag = uuid.uuid4().hex[:6]
+    ns, host_if, ns_if = f"pbt-lan-{tag}", f"pbtl{tag}", f"pbtm{tag}"
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+    sh("ip", "link", "set", ns_if, "netns", ns)
+    sh("ip", "-n", ns, "link", "set", ns_if, "up")
+
+    def plug(bridge: str, address: str, gw: str) -> tuple[str, str]:
+        sh("ip", "link", "set", host_if, "master", bridge, "up")
+        sh("ip", "-n", ns, "addr", "add", address, "dev", ns_if)
+        sh("ip", "-n", ns, "route", "add", f"{gw}/32", "dev", ns_if)
+        return ns, ns_if
+    try:
+        yield plug
+    finally:
+        sh("ip", "link", "del", host_if, check=False)
+        sh("ip", "netns", "del", ns, check=False)

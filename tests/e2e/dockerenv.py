@@ -249,3 +249,39 @@ def plugin_pids() -> list[str]:
         except OSError:
             continue
     return out
+
+
+def free_port(low: int = 20000, high: int = 39000, count: int = 1) -> int:
+    """The first of `count` consecutive host ports that no process here listens on (TCP or UDP)
+    and no mapping of the test plugin uses: checked, not guessed."""
+    import socket
+    used = sh("ss", "-Htuan").stdout
+    ours = "\n".join(our_rules())
+
+    def free(port: int) -> bool:
+        if f":{port} " in used or f"--dport {port} " in ours:
+            return False
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+    for _ in range(200):
+        port = random.randrange(low, high - count)
+        if all(free(port + i) for i in range(count)):
+            return port
+    raise RuntimeError("no free host port")
+
+
+def gateway_of(env: "DockerEnv", network: str) -> str:
+    """The IPv4 gateway address on a test network's bridge."""
+    out = sh("ip", "-4", "-o", "addr", "show", "dev", f"{IFPREFIX}-{env.network_id(network)[:12]}").stdout
+    return out.split()[3].split("/")[0]
+
+
+def sandbox(container: str) -> str:
+    """A container's network namespace (its SandboxKey path)."""
+    return docker("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", container)

@@ -1,13 +1,11 @@
 """Published ports through a real dockerd, shown by traffic from every side."""
 
-import random
-
 import pytest
 import socket
 import subprocess
 import sys
 
-from .dockerenv import PLUGIN, free_subnet, sh, wait_for
+from .dockerenv import PLUGIN, free_port, free_subnet, sh, wait_for
 from .test_connectivity import outside  # noqa: F401  (fixture)
 
 SERVER = ("sh", "-c", "while true; do echo pong | nc -l -p 80; done")
@@ -71,7 +69,7 @@ def published(endpoint_container_ip):
 
 
 def test_published_port_answers_from_outside_host_hairpin_and_other_networks(dk, outside):
-    port = random.randrange(20000, 29000)
+    port = free_port()
     net = dk.network("--subnet", free_subnet())
     web = dk.run(net, "-p", f"{port}:80", cmd=SERVER)
     assert wait_for(lambda: fetch("127.0.0.1", port) == "pong", 15), "from the host via 127.0.0.1"
@@ -97,7 +95,7 @@ def test_port_zero_gets_a_free_port_shown_by_the_ports_command(dk):
 
 
 def test_a_host_port_taken_by_another_mapping_is_refused(dk):
-    port = random.randrange(30000, 39000)
+    port = free_port()
     net = dk.network("--subnet", free_subnet())
     dk.run(net, "-p", f"{port}:80", cmd=SERVER)
     res = sh("docker", "run", "--rm", "--network", net, "--dns", "127.0.0.1", "-p", f"{port}:80",
@@ -107,7 +105,7 @@ def test_a_host_port_taken_by_another_mapping_is_refused(dk):
 
 
 def test_udp_port_answers_from_the_host_and_from_outside(dk, outside, udp_echo):
-    port = random.randrange(20000, 29000)
+    port = free_port()
     net = dk.network("--subnet", free_subnet())
     dk.run(net, "-p", f"{port}:53/udp", "-v", f"{udp_echo}:/bin/udpecho:ro", cmd=("udpecho", "53"))
     assert wait_for(lambda: udp_fetch("127.0.0.1", port) == "pong", 15)
@@ -115,7 +113,7 @@ def test_udp_port_answers_from_the_host_and_from_outside(dk, outside, udp_echo):
 
 
 def test_host_port_range_takes_the_next_free_port(dk):
-    port = random.randrange(20000, 29000)
+    port = free_port(count=3)
     net = dk.network("--subnet", free_subnet())
     a = dk.run(net, "-p", f"{port}-{port + 2}:80", cmd=SERVER)
     b = dk.run(net, "-p", f"{port}-{port + 2}:80", cmd=SERVER)
@@ -125,7 +123,7 @@ def test_host_port_range_takes_the_next_free_port(dk):
 
 
 def test_specific_host_ip_and_host_binding_option(dk, outside):
-    port = random.randrange(20000, 29000)
+    port = free_port(count=2)
     net = dk.network("--subnet", free_subnet())
     dk.run(net, "-p", f"127.0.0.1:{port}:80", cmd=SERVER)
     assert wait_for(lambda: fetch("127.0.0.1", port) == "pong", 15)
@@ -139,7 +137,7 @@ def test_specific_host_ip_and_host_binding_option(dk, outside):
 
 def test_ipv6_published_port_answers_from_outside(dk, outside):
     from .dockerenv import free_subnet6
-    port = random.randrange(20000, 29000)
+    port = free_port()
     net = dk.network("--ipv6", "--subnet", free_subnet(), "--subnet", free_subnet6())
     dk.run(net, "-p", f"{port}:80", cmd=SERVER)
     assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip6, port) == "pong", 15)
@@ -147,7 +145,7 @@ def test_ipv6_published_port_answers_from_outside(dk, outside):
 
 
 def test_sctp_mapping_is_programmed_and_withdrawn(dk):
-    port = random.randrange(20000, 29000)
+    port = free_port()
     net = dk.network("--subnet", free_subnet())
     c = dk.run(net, "-p", f"{port}:9000/sctp")
     nat = sh("iptables", "-t", "nat", "-S").stdout
@@ -161,7 +159,7 @@ def test_sctp_mapping_is_programmed_and_withdrawn(dk):
 @pytest.mark.parametrize("signal", ["TERM", "KILL"])
 def test_published_ports_survive_a_dockerd_restart(signal, dk, outside):
     from .dockerenv import restart_dockerd, wait_plugin_socket
-    port = random.randrange(20000, 29000)
+    port = free_port()
     net = dk.network("--subnet", free_subnet())
     dk.run(net, "--restart", "always", "-p", f"{port}:80", cmd=SERVER)
     assert wait_for(lambda: fetch("127.0.0.1", port) == "pong", 15)

@@ -2,7 +2,6 @@
 the differences between state and kernel."""
 
 import json
-import time
 
 from .dockerenv import CHAIN_PREFIX, PLUGIN, free_subnet, sh, wait_for
 
@@ -22,13 +21,12 @@ def test_chains_flushed_or_deleted_from_outside_come_back_within_seconds(dk):
     ip = dk.ip(b, net)
     assert can_ping(dk, a, ip)
     fwd = f"{CHAIN_PREFIX}-FORWARD"
+    iso = f"{CHAIN_PREFIX}-ISOLATE"
     for damage in (["iptables", "-F", fwd],                                    # a flush
-                   ["sh", "-c", f"iptables -D DOCKER-USER -j {fwd}; iptables -D FORWARD -j {fwd}; "
+                   ["sh", "-c", f"iptables -D DOCKER-USER -j {iso}; iptables -D FORWARD -j {fwd}; "
                                 f"iptables -F {fwd}; iptables -X {fwd}"]):      # chain and jumps gone
         sh(*damage)
-        broke = time.monotonic()
-        assert wait_for(lambda: can_ping(dk, a, ip), 10, 0.5), f"not healed after {damage}"
-        assert time.monotonic() - broke < 10
+        assert wait_for(lambda: can_ping(dk, a, ip), 30, 0.5), f"not healed after {damage}"
     assert plugin("GET", "/pybridge/doctor")["problems"] == []
 
 

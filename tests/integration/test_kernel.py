@@ -80,6 +80,7 @@ def test_firewall_sync_is_whole_chain_and_idempotent(netns):
     assert "stray" not in saved(netns)
     # jumps deleted from outside come back when a sync checks them
     run(netns, "iptables", "-D", "FORWARD", "-j", "PBTI-FORWARD")
+    fw.sync([net, Network(id="c" * 64, bridge="pt-br9", subnets=())], check_jumps=False)
     fw.sync([net], check_jumps=False)
     assert "-A FORWARD -j PBTI-FORWARD" not in saved(netns)
     fw.sync([net])
@@ -91,17 +92,76 @@ def test_firewall_sync_is_whole_chain_and_idempotent(netns):
     assert "PBTI" not in saved(netns) and "PBTI" not in saved(netns, "ip6tables-save")
 
 
+def chain(netns, name, table="filter"):
+    return [l for l in saved(netns).split(f"*{table}")[1].split("COMMIT")[0].splitlines()
+            if l.startswith(f"-A {name} ")]
+
+
 def test_firewall_jumps_from_docker_user_when_dockerd_made_it(netns):
     run(netns, "iptables", "-N", "DOCKER-USER")
     run(netns, "iptables", "-A", "DOCKER-USER", "-j", "RETURN")
+    run(netns, "iptables", "-A", "FORWARD", "-j", "DOCKER-USER")
     fw = IptablesFirewall("PBTI", netns=netns)
     fw.sync([])
     fw.sync([])
-    dump = saved(netns)
-    assert dump.count("-A DOCKER-USER -j PBTI-FORWARD") == 1
-    assert dump.index("-A DOCKER-USER -j PBTI-FORWARD") < dump.index("-A DOCKER-USER -j RETURN")
+    assert chain(netns, "DOCKER-USER") == ["-A DOCKER-USER -j PBTI-ISOLATE", "-A DOCKER-USER -j RETURN"]
+    assert chain(netns, "FORWARD") == ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j PBTI-FORWARD"]
     fw.remove_all()
     assert "PBTI" not in saved(netns) and "-A DOCKER-USER -j RETURN" in saved(netns)
+
+
+def test_administrators_docker_user_rules_stay_first_and_order_is_repaired(netns):
+    """Issue 8, item 6: our filter chain, full of ACCEPTs, was jumped to from position 1 of
+    DOCKER-USER and of FORWARD, and after a reinstall sat ahead of DOCKER-USER itself."""
+    run(netns, "iptables", "-N", "DOCKER-USER")
+    run(netns, "iptables", "-A", "DOCKER-USER", "-j", "RETURN")
+    # a reinstall on a host where dockerd was there first: our old jumps at position 1
+    run(netns, "iptables", "-N", "PBTI-FORWARD")
+    run(netns, "iptables", "-I", "FORWARD", "1", "-j", "PBTI-FORWARD")
+    run(netns, "iptables", "-I", "FORWARD", "1", "-j", "DOCKER-USER")
+    run(netns, "iptables", "-A", "FORWARD", "-o", "docker0", "-j", "ACCEPT")
+    run(netns, "iptables", "-I", "FORWARD", "1", "-j", "PBTI-FORWARD")          # ahead of DOCKER-USER
+    run(netns, "iptables", "-I", "DOCKER-USER", "1", "-j", "PBTI-FORWARD")      # the old layout
+    run(netns, "iptables", "-I", "DOCKER-USER", "1", "-s", "203.0.113.9", "-j", "DROP")   # an admin's rule
+    fw = IptablesFirewall("PBTI", netns=netns)
+    net = Network(id="a" * 64, bridge="pt-br1", subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")),))
+    assert any("misplaced" in p or "duplicate" in p for p in fw.drift([net]))
+    assert any("stale jump -A DOCKER-USER -j PBTI-FORWARD" in p for p in fw.drift([net]))
+    fw.sync([net])
+    assert chain(netns, "DOCKER-USER") == ["-A DOCKER-USER -s 203.0.113.9/32 -j DROP",
+                                           "-A DOCKER-USER -j PBTI-ISOLATE", "-A DOCKER-USER -j RETURN"]
+    assert chain(netns, "FORWARD") == ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j PBTI-FORWARD",
+                                       "-A FORWARD -o docker0 -j ACCEPT"]
+    assert fw.drift([net]) == []
+    # an administrator inserts another rule later; a sync (a heal, a restart) keeps it first
+    run(netns, "iptables", "-I", "DOCKER-USER", "1", "-o", "pt-br1", "-j", "DROP")
+    run(netns, "iptables", "-D", "FORWARD", "-j", "PBTI-FORWARD")
+    fw.sync([net])
+    assert chain(netns, "DOCKER-USER")[:2] == ["-A DOCKER-USER -o pt-br1 -j DROP",
+                                               "-A DOCKER-USER -s 203.0.113.9/32 -j DROP"]
+    assert chain(netns, "FORWARD")[:2] == ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j PBTI-FORWARD"]
+    # our DOCKER-USER chain only ever drops: the ACCEPTs are all in the chain jumped to after it
+    assert not any("ACCEPT" in r for r in chain(netns, "PBTI-ISOLATE") + chain(netns, "PBTI-EGRESS"))
+    fw.remove_all()
+    assert "PBTI" not in saved(netns)
+
+
+def test_loopback_guard_and_gateway_dns_rules_in_raw(netns):
+    fw = IptablesFirewall("PBTI", netns=netns)
+    net = Network(id="a" * 64, bridge="pt-br1", subnets=(
+        Subnet(ipaddress.ip_network("10.200.9.0/24"), ipaddress.ip_interface("10.200.9.1/24")),))
+    fw.sync([net])
+    raw = chain(netns, "PBTI-PREROUTING", "raw") + chain(netns, "PBTI-DNS", "raw")
+    assert "-A PBTI-PREROUTING -d 127.0.0.0/8 ! -i lo -j DROP" in raw
+    assert "-A PBTI-DNS -s 10.200.9.0/24 -d 10.200.9.1/32 -i pt-br1 -j RETURN" in raw
+    assert raw[-1] == "-A PBTI-DNS -d 10.200.9.1/32 -j DROP"
+    assert "-A PREROUTING -j PBTI-PREROUTING" in saved(netns)
+    dnat = chain(netns, "PBTI-DNAT", "nat")
+    assert "-A PBTI-DNAT -d 10.200.9.1/32 -p udp -m udp --dport 53 -j RETURN" in dnat
+    fw.sync([])
+    assert chain(netns, "PBTI-PREROUTING", "raw") == []
+    fw.remove_all()
+    assert "PBTI" not in saved(netns)
 
 
 def test_firewall_keeps_other_rules(netns):
@@ -139,10 +199,14 @@ def test_drift_is_empty_after_sync_and_names_outside_changes(netns):
     run(netns, "iptables", "-F", "PBTI-FORWARD")
     run(netns, "iptables", "-t", "nat", "-D", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "PBTI-DNAT")
     run(netns, "ip6tables", "-D", "FORWARD", "-j", "PBTI-FORWARD")
+    run(netns, "iptables", "-I", "FORWARD", "1", "-j", "DOCKER-USER")
+    run(netns, "iptables", "-D", "FORWARD", "-j", "PBTI-FORWARD")
+    run(netns, "iptables", "-I", "FORWARD", "1", "-j", "PBTI-FORWARD")      # moved ahead of DOCKER-USER
     problems = fw.drift([net], [ep])
     assert any("IPv4: chain PBTI-FORWARD (filter) has 0 rules" in p for p in problems)
     assert any("IPv4: missing jump -A PREROUTING" in p for p in problems)
     assert any("IPv6: missing jump -A FORWARD -j PBTI-FORWARD" in p for p in problems)
+    assert any("IPv4: misplaced jump -A FORWARD -j PBTI-FORWARD" in p for p in problems)
     fw.sync([net], [ep])
     assert fw.drift([net], [ep]) == []
     fw.remove_all()

@@ -153,10 +153,11 @@ def test_internal_and_icc_off_render_drop_rules(fake_services):
     create(fake_services, internal=True, generic={"com.docker.network.bridge.enable_icc": "false"})
     rules = fake_services.ctx.firewall.all_rules()
     br = f"pt-{NID[:12]}"
-    assert f"-A PBTEST-FORWARD -i {br} -o {br} -j DROP" in rules
-    assert f"-A PBTEST-FORWARD -o {br} -j DROP" in rules       # nothing enters
-    assert f"-A PBTEST-FORWARD -i {br} -j DROP" in rules       # nothing leaves
+    assert f"-A PBTEST-ISOLATE -i {br} -o {br} -j DROP" in rules
+    assert f"-A PBTEST-ISOLATE -o {br} ! -i {br} -j DROP" in rules    # nothing enters, replies neither
+    assert f"-A PBTEST-ISOLATE -i {br} ! -o {br} -j DROP" in rules    # nothing leaves
     assert not any("MASQUERADE" in r for r in rules)
+    assert not any(r.startswith("-A PBTEST-FORWARD") and "ACCEPT" in r and br in r for r in rules)
 
 
 def test_deferred_veth_deletion_happens_in_the_background(fake_services):
