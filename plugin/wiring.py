@@ -35,11 +35,12 @@ class Services:
         if self.settings.firewall_check:
             threading.Thread(target=self._watch_firewall, name="pybridge-firewall-watchdog", daemon=True).start()
         self.reconciler.bridges.start()
-        dns = self.ctx.dns
-        if dns is None or not os.path.exists(self.settings.docker_socket):
+        if not os.path.exists(self.settings.docker_socket):
             return
         from .dns.watcher import DockerWatcher
-        DockerWatcher(self.settings.docker_socket, dns.learned).start()
+        dns = self.ctx.dns
+        DockerWatcher(self.settings.docker_socket, dns.learned if dns else (lambda state, changed: None),
+                      on_bridges=self.networks.docker_bridges_seen).start()
 
     def _watch_firewall(self) -> None:
         """Our chains flushed or deleted from outside (a firewall reload, iptables -F) come back

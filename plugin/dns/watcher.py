@@ -1,15 +1,20 @@
-"""Learning container names from Docker, asynchronously, outside every plugin handler.
+"""Learning container names (and Docker's bridges) from Docker, asynchronously, outside every
+plugin handler.
 
-A thread resynchronises fully (list + inspect every running container), then follows the event
-stream, re-inspecting a container on each network or container event. When the stream drops or
-dockerd is away it retries with back-off; the DNS keeps serving the last records meanwhile.
-Calls to dockerd have timeouts: at dockerd's start its socket exists before the API answers.
+A thread resynchronises fully (list + inspect every running container, list the networks), then
+follows the event stream, re-inspecting a container only on the events that can change a name
+or an address (health checks and execs cannot). When the stream drops or dockerd is away it
+retries with a back-off that is reset only once the stream has proven itself (stayed up for
+PROVEN seconds): a stream that fails at once costs one resync per back-off, not one every half
+second. The DNS keeps serving the last records meanwhile. Calls to dockerd have timeouts: at
+dockerd's start its socket exists before the API answers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from typing import Callable
@@ -18,12 +23,18 @@ from urllib.parse import quote
 from ..domain.addresses import parse_ip
 from ..domain.errors import InvalidRequest
 from ..domain.model import ContainerInfo
+from ..domain.naming import is_valid_ifname
 
 log = logging.getLogger(__name__)
 
 # network id -> (network name, {container id: ContainerInfo})
 State = dict[str, tuple[str, dict[str, ContainerInfo]]]
-EVENT_FILTER = json.dumps({"type": ["container", "network"]})
+CONTAINER_EVENTS = frozenset({"start", "die", "destroy", "rename"})       # can change names or addresses
+NETWORK_EVENTS = frozenset({"connect", "disconnect", "create", "destroy"})
+EVENT_FILTER = json.dumps({"type": ["container", "network"],
+                           "event": sorted(CONTAINER_EVENTS | NETWORK_EVENTS)})
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+PROVEN = 30.0      # seconds a stream must stay up before a drop is retried at once
 
 
 def _address(value, version: int) -> str:
@@ -35,6 +46,14 @@ def _address(value, version: int) -> str:
     except InvalidRequest:
         log.warning("ignoring a malformed IPv%d address %r from Docker", version, value[:64])
         return ""
+
+
+_CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
+
+
+def container_id(value) -> str:
+    """A container ID as Docker writes it (hex), or '': it becomes part of an API path."""
+    return value if isinstance(value, str) and _CONTAINER_ID.fullmatch(value) else ""
 
 
 def _object(value) -> dict:
@@ -67,10 +86,25 @@ def containers_of(inspect: dict) -> dict[str, tuple[str, ContainerInfo]]:
     return out
 
 
+def bridge_names(networks) -> set[str]:
+    """The Linux bridges of Docker's bridge networks: docker0 and custom names from their options,
+    br-<id[:12]> otherwise. Names that are not valid interface names are left out."""
+    out = set()
+    for n in networks if isinstance(networks, list) else []:
+        if not isinstance(n, dict) or n.get("Driver") != "bridge":
+            continue
+        name = _object(n.get("Options")).get("com.docker.network.bridge.name") or f"br-{_text(n.get('Id'))[:12]}"
+        if isinstance(name, str) and is_valid_ifname(name):
+            out.add(name)
+    return out
+
+
 class DockerWatcher:
-    def __init__(self, socket_path: str, on_change: Callable[[State, set[str]], None]):
+    def __init__(self, socket_path: str, on_change: Callable[[State, set[str]], None],
+                 on_bridges: Callable[[set[str]], None] | None = None):
         self.base = "http+unix://" + quote(socket_path, safe="")
         self.on_change = on_change
+        self.on_bridges = on_bridges
         self.state: State = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,18 +122,21 @@ class DockerWatcher:
         return requests_unixsocket.Session()
 
     def _run(self) -> None:
-        backoff = 0.5
+        backoff = BACKOFF_MIN
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 session = self._session()
                 since = int(time.time())
                 self._resync(session)
-                backoff = 0.5
                 self._follow(session, since)
             except Exception as e:  # dockerd away, stream dropped: keep the last records
+                if time.monotonic() - started >= PROVEN:
+                    backoff = BACKOFF_MIN
                 log.info("docker events: %s; retrying in %.1fs", e, backoff)
-            self._stop.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _get(self, session, path: str, timeout: float = 5.0):
         resp = session.get(self.base + path, timeout=timeout)
@@ -108,16 +145,25 @@ class DockerWatcher:
 
     def _resync(self, session) -> None:
         state: State = {}
-        for c in self._get(session, "/containers/json"):
+        listed = self._get(session, "/containers/json")
+        for cid in (container_id(_object(c).get("Id")) for c in (listed if isinstance(listed, list) else [])):
+            if not cid:
+                continue
             try:
-                info = self._get(session, f"/containers/{c['Id']}/json")
+                info = self._get(session, f"/containers/{cid}/json")
             except Exception:
                 continue
             for nid, (net_name, entry) in containers_of(info).items():
                 state.setdefault(nid, (net_name, {}))[1][entry.id] = entry
-        changed = set(state) | set(self.state)
+        changed = {nid for nid in set(state) | set(self.state) if state.get(nid) != self.state.get(nid)}
         self.state = state
-        self.on_change(state, changed)
+        if changed:
+            self.on_change(state, changed)
+        self._bridges(session)
+
+    def _bridges(self, session) -> None:
+        if self.on_bridges is not None:
+            self.on_bridges(bridge_names(self._get(session, "/networks")))
 
     def _follow(self, session, since: int) -> None:
         url = f"{self.base}/events?since={since}&filters={quote(EVENT_FILTER)}"
@@ -130,11 +176,18 @@ class DockerWatcher:
                     self._event(session, json.loads(line))
 
     def _event(self, session, event: dict) -> None:
-        actor = event.get("Actor") or {}
-        if event.get("Type") == "network":
-            cid = (actor.get("Attributes") or {}).get("container", "")
+        if not isinstance(event, dict):
+            return
+        actor, action, kind = _object(event.get("Actor")), event.get("Action"), event.get("Type")
+        if kind == "network" and action in ("create", "destroy"):
+            self._bridges(session)
+            return
+        if kind == "network" and action in NETWORK_EVENTS:
+            cid = container_id(_object(actor.get("Attributes")).get("container"))
+        elif kind == "container" and action in CONTAINER_EVENTS:
+            cid = container_id(actor.get("ID"))
         else:
-            cid = actor.get("ID", "")
+            return                     # health checks, execs, attach...: no name can change
         if not cid:
             return
         try:

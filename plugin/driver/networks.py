@@ -13,7 +13,7 @@ from dataclasses import replace
 from ..domain.errors import Conflict, CorruptState, InvalidRequest, KernelError, PybridgeError
 from ..domain.model import Network
 from ..domain.naming import bridge_mac, owned_link_prefixes
-from ..domain.options import IpamDataSpec, network_from_request
+from ..domain.options import OPT_BRIDGE_NAME, IpamDataSpec, check_adoptable_bridge, network_from_request
 from .context import Context, collect
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class NetworkService:
                     if replace(existing, bridge_owned=True) != replace(network, bridge_owned=True):
                         raise Conflict(f"network {network_id[:12]} exists with other settings")
                     network = existing
+                if generic.get(OPT_BRIDGE_NAME):   # a custom-named bridge of Docker's is Docker's too
+                    check_adoptable_bridge(network.bridge, ctx.prefix, tx.docker_bridges())
                 other = tx.network_by_bridge(network.bridge)
                 if other is not None and other.id != network_id:
                     raise Conflict(f"bridge {network.bridge} is already used by network {other.id[:12]}")
@@ -65,6 +67,12 @@ class NetworkService:
             raise KernelError(f"create network {network_id[:12]}: {e}") from e
         ctx.networks_changed()
         log.info("network %s created on bridge %s", network_id[:12], network.bridge)
+
+    def docker_bridges_seen(self, names: set[str]) -> None:
+        """The event watcher's report of Docker's bridges (never called inside a plugin call)."""
+        with self.ctx.store.transaction() as tx:
+            if tx.docker_bridges() != frozenset(names):
+                tx.set_docker_bridges(names)
 
     def ensure_kernel(self, network: Network) -> bool:
         """Bridge up with its gateway addresses (restore runs the same steps as create)."""

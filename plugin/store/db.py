@@ -147,6 +147,19 @@ class Tx:
     def delete_dns(self, network_id: str) -> None:
         self._c.execute("DELETE FROM dns WHERE network_id = ?", (network_id,))
 
+    # Docker's own bridges, as its API reports them (read when a user names a bridge to adopt)
+    def set_docker_bridges(self, names) -> None:
+        self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('docker_bridges', ?)",
+                        (json.dumps(sorted(names)),))
+
+    def docker_bridges(self) -> frozenset[str]:
+        row = self._c.execute("SELECT value FROM meta WHERE key = 'docker_bridges'").fetchone()
+        try:
+            names = json.loads(row[0]) if row else []
+        except ValueError:
+            return frozenset()
+        return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
+
     # pools and leases
     def put_pool(self, p: PoolRecord) -> None:
         self._c.execute("INSERT OR REPLACE INTO pools (id, space, subnet, ip_range, cursor) "

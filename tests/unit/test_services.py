@@ -317,3 +317,12 @@ def test_ipv6_fails_closed_without_ip6tables(fake_services):
     fw.families = (4, 6)
     create(fake_services, nid="ef" * 32, subnet="10.200.2.0/24", ipv6=True, v6=v6)
     assert sysctl.values[("net", "ipv6", "conf", "all", "forwarding")] == "1"
+
+
+def test_a_custom_named_bridge_docker_reports_cannot_be_adopted(fake_services):
+    nl = fake_services.ctx.netlink
+    nl.devices["mydockerbr"] = FakeLink("mydockerbr", "bridge")
+    fake_services.networks.docker_bridges_seen({"docker0", "mydockerbr"})
+    with pytest.raises(InvalidRequest, match="it is Docker's bridge"):
+        create(fake_services, generic={"com.docker.network.bridge.name": "mydockerbr"})
+    assert nl.calls == [] and state(fake_services) == ([], [])
