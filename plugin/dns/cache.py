@@ -19,16 +19,12 @@ HEADER = 12
 
 
 def question_end(data: bytes) -> int | None:
-    """The offset just past the question's name, or None when the name is not plain labels."""
-    i, end = HEADER, len(data)
-    while i < end:
-        length = data[i]
-        if length == 0:
-            return i + 1
-        if length > 63:
-            return None
-        i += length + 1
-    return None
+    """Where the case-folded part of the key ends: just past the first zero byte after the
+    header, which ends the question's name unless a label holds a zero byte. Any offset would
+    keep splice() right, as long as both queries' offsets come from this same function (equal
+    keys mean identical bytes after it); this one is found in C, on the hot path."""
+    end = data.find(b"\0", HEADER)
+    return end + 1 if end > HEADER else None
 
 
 def cache_key(data: bytes, qend: int) -> bytes:
@@ -43,6 +39,8 @@ def splice(data: bytes, body: bytes, qend: int) -> bytes:
 
 
 class Entry:
+    """One question, case-folded: its rotations as first rendered."""
+
     __slots__ = ("bodies", "turn")
 
     def __init__(self, rotations: int):
@@ -56,9 +54,21 @@ class Entry:
         return turn % len(self.bodies)
 
 
+class Spelling:
+    """One exact spelling of a question: the entry's rotations with this spelling spliced in,
+    so that a repeated question costs one dict lookup and no splicing."""
+
+    __slots__ = ("entry", "bodies")
+
+    def __init__(self, entry: Entry):
+        self.entry = entry
+        self.bodies: list[bytes | None] = [None] * len(entry.bodies)
+
+
 class AnswerCache:
     def __init__(self):
-        self.entries: dict[bytes, Entry] = {}
+        self.exact: dict[bytes, Spelling] = {}     # the query after its ID, as it came
+        self.entries: dict[bytes, Entry] = {}      # cache_key(): case-folded
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -71,14 +81,35 @@ class AnswerCache:
                 found = self.entries[key] = Entry(rotations)
             return found
 
-    def fill(self, entry: Entry, rotation: int, body: bytes) -> None:
+    def fill(self, entry: Entry, rotation: int, body: bytes, query: bytes, qend: int) -> None:
+        """Keep a rendered answer (without its ID) for this rotation, if its question has the
+        shape of the query's (so that other spellings can be spliced in), and as this query's
+        own spelling."""
+        if len(body) < qend - 2 or body[HEADER - 2:qend - 2].lower() != query[HEADER:qend].lower():
+            return
         with self._lock:
             if entry.bodies[rotation] is None:
                 entry.bodies[rotation] = body
-                self._bytes += len(body)
-                if self._bytes > MAX_BYTES:
+                self._count(len(body))
+        self.spell(query, entry, rotation, body)
+
+    def spell(self, query: bytes, entry: Entry, rotation: int, body: bytes) -> None:
+        """Remember the answer for this exact spelling and rotation."""
+        with self._lock:
+            spelling = self.exact.get(query[2:])
+            if spelling is None or spelling.entry is not entry:
+                if len(self.exact) >= MAX_ENTRIES:
                     self._reset()
+                spelling = self.exact[query[2:]] = Spelling(entry)
+            if rotation < len(spelling.bodies) and spelling.bodies[rotation] is None:
+                spelling.bodies[rotation] = body
+                self._count(len(body))
+
+    def _count(self, size: int) -> None:
+        self._bytes += size
+        if self._bytes > MAX_BYTES:
+            self._reset()
 
     def _reset(self) -> None:
-        self.entries = {}    # readers hold the old dict; a swap, never a mutation under them
+        self.exact, self.entries = {}, {}   # readers hold the old dicts: a swap, never a mutation under them
         self._bytes = 0

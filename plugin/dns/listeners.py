@@ -23,7 +23,7 @@ import struct
 import threading
 from collections import Counter
 
-from .cache import question_end, splice
+from .cache import splice
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,11 @@ class SourceFilter:
 
     def __init__(self, subnets):
         self._nets = [ipaddress.ip_network(s) for s in subnets]
-        self._seen: dict[str, bool] = {}
+        self.seen: dict[str, bool] = {}     # read inline by the UDP hot loop; cleared, never replaced
         self.refused = 0
 
     def __call__(self, address: str) -> bool:
-        ok = self._seen.get(address)
+        ok = self.seen.get(address)
         if ok is None:
             try:
                 ip = ipaddress.ip_address(address)
@@ -75,9 +75,9 @@ class SourceFilter:
                 ok = False
             else:
                 ok = any(ip in net for net in self._nets)
-            if len(self._seen) >= 4096:
-                self._seen = {}
-            self._seen[address] = ok
+            if len(self.seen) >= 4096:
+                self.seen.clear()
+            self.seen[address] = ok
         if not ok:
             self.refused += 1
         return ok
@@ -109,8 +109,10 @@ class UdpListener:
     GIL is released in recvfrom/sendto); everything else waits in the bounded backlog for the
     event loop."""
 
-    def __init__(self, server, nid: str, address: str, device: str, allows: SourceFilter):
+    def __init__(self, server, nid: str, address: str, device: str, allows: SourceFilter,
+                 log_queries: bool = False):
         self.server, self.nid, self.allows = server, nid, allows
+        self.log_queries = log_queries       # logged queries skip the cache (the loop logs them)
         self.backlog = Backlog(UDP_BACKLOG)
         self.sock = bound_socket(socket.SOCK_DGRAM, address, server.port, device)
         self._closed = False
@@ -119,8 +121,8 @@ class UdpListener:
     def _run(self) -> None:
         # The hot loop: locals bound once, no calls but the cache lookup for a cached answer.
         server, nid, allows, backlog = self.server, self.nid, self.allows, self.backlog
-        sock, loop = self.sock, server.loop
-        recvfrom, sendto = sock.recvfrom, sock.sendto
+        sock, loop, seen = self.sock, server.loop, self.allows.seen
+        recvfrom, sendto, find = sock.recvfrom, sock.sendto, bytes.find
         while True:
             try:
                 data, addr = recvfrom(4096)
@@ -130,19 +132,31 @@ class UdpListener:
                 continue
             if addr is None or self._closed:  # shutdown() wakes recvfrom with nothing
                 return
-            if not allows(addr[0]):
+            if not (seen.get(addr[0]) or allows(addr[0])):
                 continue                       # not from this network: no answer at all
             try:
-                qend = question_end(data) if len(data) > 16 else None
                 cache = server.caches.get(nid)
-                if qend is not None and cache is not None and not server.logs_queries(nid):
-                    entry = cache.entries.get(data[2:12] + data[12:qend].lower() + data[qend:])
-                    if entry is not None:
-                        turn = entry.turn
-                        body = entry.bodies[turn % len(entry.bodies)]
+                if cache is not None and not self.log_queries:
+                    spelled = cache.exact.get(data[2:])          # asked before, spelled this way
+                    if spelled is not None:
+                        entry = spelled.entry
+                        turn = entry.turn % len(spelled.bodies)
+                        body = spelled.bodies[turn]
                         if body is not None:
                             entry.turn = turn + 1
-                            sendto(splice(data, body, qend), addr)
+                            sendto(data[:2] + body, addr)
+                            continue
+                    qend = find(data, b"\0", 12) + 1              # as cache.question_end(), inline
+                    entry = cache.entries.get(data[2:12] + data[12:qend].lower() + data[qend:]) \
+                        if qend > 13 else None
+                    if entry is not None:                          # asked before, spelled otherwise
+                        turn = entry.turn % len(entry.bodies)
+                        body = entry.bodies[turn]
+                        if body is not None:
+                            entry.turn = turn + 1
+                            reply = splice(data, body, qend)
+                            sendto(reply, addr)
+                            cache.spell(data, entry, turn, reply[2:])
                             continue
                 if backlog.try_add():
                     loop.call_soon_threadsafe(self._slow, data, addr)

@@ -110,10 +110,6 @@ class DnsServer:
         net = self._nets.get(network_id)
         return net.spec.name if net else None
 
-    def logs_queries(self, network_id: str) -> bool:
-        net = self._nets.get(network_id)
-        return net is not None and net.spec.log_queries
-
     def query_log(self, network_id: str) -> list[dict]:
         net = self._nets.get(network_id)
         return list(net.log) if net else []
@@ -147,6 +143,8 @@ class DnsServer:
         for nid, (spec, key) in keyed.items():
             if nid in nets:
                 nets[nid].spec = spec
+                for listener in nets[nid].udp:
+                    listener.log_queries = spec.log_queries
                 continue
             net = nets[nid] = _Net(spec, key, allows=SourceFilter(spec.subnets))
             await self._listen(nid, net)
@@ -158,7 +156,7 @@ class DnsServer:
     async def _listen(self, nid: str, net: _Net) -> None:
         for gw in net.spec.gateways:
             try:
-                net.udp.append(UdpListener(self, nid, gw, net.spec.bridge, net.allows))
+                net.udp.append(UdpListener(self, nid, gw, net.spec.bridge, net.allows, net.spec.log_queries))
                 tcp = TcpListener(self, nid, gw, net.spec.bridge, net.allows)
                 await tcp.start()
                 net.tcp.append(tcp)
@@ -187,7 +185,7 @@ class DnsServer:
             entry = existing or cache.entry(key, decision.rotations)
             if existing is None:
                 entry.take_turn()
-            cache.fill(entry, rotation, reply[2:])
+            cache.fill(entry, rotation, reply[2:], wire, qend)
         if decision.qname and net.spec.log_queries:
             record = {"time": round(time.time(), 3), "client": peer, "name": decision.qname,
                       "type": decision.qtype, "rcode": decision.rcode,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
+import socket
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
@@ -19,6 +21,7 @@ from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_L
 from ..domain.errors import Conflict, KernelError
 from ..domain.model import IPInterface, Taken
 from ..domain.naming import is_valid_ifname
+from . import rtevents
 from .interfaces import LinkInfo
 
 log = logging.getLogger(__name__)
@@ -233,25 +236,37 @@ class Netlink:
     def watch_links(self, on_change: Callable[[], None]) -> None:
         """Block on netlink events, calling on_change() once the subscription is in place (to
         catch up) and again whenever what foreign_bridges() reports could have changed: a bridge
-        made or removed, a route through a gateway added or withdrawn. Other events (a veth per
-        container, a bridge's carrier) are ignored. Run it on a thread of its own."""
+        made or removed, a route through a gateway added or withdrawn. The many other events (a
+        container start brings some thirty) are skipped after reading two fields of them
+        (plugin/kernel/rtevents.py). Run it on a thread of its own."""
         ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
         try:
             ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+            sock = socket.socket(fileno=os.dup(ipr.fileno()))
+            sock.setblocking(True)      # the descriptor is shared: pyroute2 made it non-blocking
+        except BaseException:
+            ipr.close()
+            raise
+        try:
+            seen = {link.index for link in self.links() if link.kind == "bridge"}
             on_change()
-            seen = {m["index"] for m in ipr.get_links() if m.get(("linkinfo", "kind")) == "bridge"}
             while True:
+                try:
+                    data = sock.recv(1 << 16)
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    on_change()     # events were lost: look again
+                    continue
                 relevant = False
-                for msg in ipr.get():
-                    event = msg.get("event")
-                    if event in ("RTM_NEWLINK", "RTM_DELLINK") and msg.get(("linkinfo", "kind")) == "bridge":
-                        if event == "RTM_DELLINK" or msg["index"] not in seen:
-                            relevant = True
-                        (seen.discard if event == "RTM_DELLINK" else seen.add)(msg["index"])
-                    elif event in ("RTM_NEWROUTE", "RTM_DELROUTE") and (
-                            msg.get("dst_len") == 0 or msg.get("gateway") or msg.get("multipath")):
+                for event in rtevents.events(data):
+                    if isinstance(event, rtevents.GatewayRouteEvent):
                         relevant = True
+                    elif event.kind == "bridge" and (event.removed or event.index not in seen):
+                        relevant = True
+                        (seen.discard if event.removed else seen.add)(event.index)
                 if relevant:
                     on_change()
         finally:
+            sock.close()
             ipr.close()

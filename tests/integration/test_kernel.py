@@ -210,3 +210,54 @@ def test_drift_is_empty_after_sync_and_names_outside_changes(netns):
     fw.sync([net], [ep])
     assert fw.drift([net], [ep]) == []
     fw.remove_all()
+
+
+def test_watch_links_reports_bridges_and_gateway_routes_only(netns):
+    import threading
+    import time
+    nl = Netlink(netns)
+    calls = []
+    threading.Thread(target=nl.watch_links, args=(lambda: calls.append(time.monotonic()),), daemon=True).start()
+
+    def after(action, expect_call: bool) -> None:
+        before = len(calls)
+        action()
+        if expect_call:
+            deadline = time.monotonic() + 10
+            while len(calls) == before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(calls) > before, f"no call after {action.__doc__}"
+        else:
+            time.sleep(0.5)
+            assert len(calls) == before, f"a call after {action.__doc__}"
+
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:      # the catch-up call once subscribed
+        time.sleep(0.02)
+    assert calls
+
+    def new_bridge():
+        """a new bridge"""
+        run(netns, "ip", "link", "add", "pt-wbr", "type", "bridge")
+        run(netns, "ip", "addr", "add", "10.200.99.1/24", "dev", "pt-wbr")
+        run(netns, "ip", "link", "set", "pt-wbr", "up")
+
+    def veth_on_it():
+        """a veth on the bridge, up, its carrier and routes (what a container start does)"""
+        run(netns, "ip", "link", "add", "pth9", "type", "veth", "peer", "name", "ptc9")
+        run(netns, "ip", "link", "set", "pth9", "master", "pt-wbr", "up")
+        run(netns, "ip", "link", "set", "ptc9", "up")
+
+    def gateway_route():
+        """a default route through the bridge"""
+        run(netns, "ip", "route", "add", "default", "via", "10.200.99.254", "dev", "pt-wbr")
+
+    def gone():
+        """the bridge removed"""
+        run(netns, "ip", "link", "del", "pth9")
+        run(netns, "ip", "link", "del", "pt-wbr")
+
+    after(new_bridge, True)
+    after(veth_on_it, False)
+    after(gateway_route, True)
+    after(gone, True)

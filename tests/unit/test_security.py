@@ -28,3 +28,25 @@ def test_no_shell_is_ever_invoked_and_commands_are_argument_lists():
 def test_sockets_are_owner_only():
     source = (PLUGIN / "server.py").read_text()
     assert "os.chmod(path, 0o600)" in source and '"umask": 0o077' in source
+
+
+def test_the_netlink_event_decoder_never_raises_on_any_bytes():
+    from hypothesis import given, settings, strategies as st
+
+    from plugin.kernel import rtevents
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.binary(max_size=400))
+    def check(data):
+        list(rtevents.events(data))
+
+    check()
+    # a well-formed RTM_NEWLINK of a bridge, and one of a veth
+    def link(kind: bytes, index: int) -> bytes:
+        info = rtevents.RTATTR.pack(4 + len(kind) + 1, rtevents.IFLA_INFO_KIND) + kind + b"\0"
+        info += b"\0" * ((4 - len(info) % 4) % 4)
+        attr = rtevents.RTATTR.pack(4 + len(info), rtevents.IFLA_LINKINFO | 0x8000) + info
+        body = rtevents.IFINFOMSG.pack(0, 1, index, 0, 0) + attr
+        return rtevents.NLMSGHDR.pack(16 + len(body), rtevents.RTM_NEWLINK, 0, 0, 0) + body
+    assert list(rtevents.events(link(b"bridge", 7) + link(b"veth", 8))) == [
+        rtevents.LinkEvent(7, "bridge", False), rtevents.LinkEvent(8, "veth", False)]
