@@ -30,25 +30,24 @@ def _family(field: str, value: str, parsed, version: int | None):
     return parsed
 
 
-def parse_ip(field: str, value: str, version: int | None = None) -> IPAddress:
-    """A bare address ('10.1.0.5', 'fd70::5')."""
-    _checked(field, value, _ADDRESS_CHARS, "an IP address")
+def _address(field: str, value, version: int | None, pattern: re.Pattern, parse):
+    _checked(field, value, pattern, "an IP address")
     try:
-        parsed = ipaddress.ip_address(value)
+        parsed = parse(value)
     except ValueError:
         raise InvalidRequest(f"invalid {field} {value!r}: not an IP address") from None
     return _family(field, value, parsed, version)
+
+
+def parse_ip(field: str, value: str, version: int | None = None) -> IPAddress:
+    """A bare address ('10.1.0.5', 'fd70::5')."""
+    return _address(field, value, version, _ADDRESS_CHARS, ipaddress.ip_address)
 
 
 def parse_ip_interface(field: str, value: str, version: int | None = None) -> IPInterface:
     """An address with a prefix length ('10.1.0.1/24'); a bare address gets a host prefix."""
     pattern = _CIDR_CHARS if "/" in str(value) else _ADDRESS_CHARS
-    _checked(field, value, pattern, "an IP address")
-    try:
-        parsed = ipaddress.ip_interface(value)
-    except ValueError:
-        raise InvalidRequest(f"invalid {field} {value!r}: not an IP address") from None
-    return _family(field, value, parsed, version)
+    return _address(field, value, version, pattern, ipaddress.ip_interface)
 
 
 def parse_cidr(field: str, value: str, version: int | None = None) -> IPNetwork:

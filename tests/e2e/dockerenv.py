@@ -18,6 +18,8 @@ import uuid
 
 from plugin.domain.naming import chain_prefix
 
+from ..waiting import wait_for  # noqa: F401  (the e2e tests import it from here)
+
 PLUGIN = os.environ.get("PYBRIDGE_TEST_PLUGIN", "pybridge-test")
 MANAGED = f"{PLUGIN}-plugin:latest"
 IMAGE = "pybridge-test-busybox:latest"
@@ -180,15 +182,6 @@ class DockerEnv:
         return errors
 
 
-def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 def docker_ready() -> bool:
     return sh("docker", "info", check=False, timeout=30).returncode == 0
 
@@ -274,6 +267,13 @@ def free_port(low: int = 20000, high: int = 39000, count: int = 1) -> int:
         if all(free(port + i) for i in range(count)):
             return port
     raise RuntimeError("no free host port")
+
+
+def static_program(directory, name: str, source: str) -> str:
+    """A C program built statically (for the busybox image, which has no libc), its path."""
+    (directory / f"{name}.c").write_text(source)
+    sh("gcc", "-static", "-O2", "-o", str(directory / name), str(directory / f"{name}.c"))
+    return str(directory / name)
 
 
 def gateway_of(env: "DockerEnv", network: str) -> str:

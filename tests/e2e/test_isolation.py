@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from .dockerenv import (CHAIN_PREFIX, PLUGIN, docker, free_port, free_subnet, gateway_of, sandbox, sh,
-                        wait_for)
+                        static_program, wait_for)
 from .test_connectivity import LISTENER, connect, outside  # noqa: F401  (fixture)
 from .test_dns import ask_from
 from .test_ports import SERVER, fetch
@@ -38,10 +38,7 @@ int main(int argc, char **argv) {
 @pytest.fixture(scope="session")
 def udp_sink(tmp_path_factory):
     """A static program for the busybox image that prints every UDP datagram it receives."""
-    d = tmp_path_factory.mktemp("udpsink")
-    (d / "udpsink.c").write_text(UDP_SINK_C)
-    sh("gcc", "-static", "-O2", "-o", str(d / "udpsink"), str(d / "udpsink.c"))
-    return str(d / "udpsink")
+    return static_program(tmp_path_factory.mktemp("udpsink"), "udpsink", UDP_SINK_C)
 
 
 def send_udp_from(container: str, ip: str, port: int, payload: str) -> None:

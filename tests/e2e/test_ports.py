@@ -5,7 +5,7 @@ import socket
 import subprocess
 import sys
 
-from .dockerenv import PLUGIN, free_port, free_subnet, sh, wait_for
+from .dockerenv import PLUGIN, free_port, free_subnet, sh, static_program, wait_for
 from .test_connectivity import outside  # noqa: F401  (fixture)
 
 SERVER = ("sh", "-c", "while true; do echo pong | nc -l -p 80; done")
@@ -50,10 +50,7 @@ int main(int argc, char **argv) {
 @pytest.fixture(scope="session")
 def udp_echo(tmp_path_factory):
     """A static UDP echo server for the busybox image (whose nc has no UDP mode)."""
-    d = tmp_path_factory.mktemp("udpecho")
-    (d / "udpecho.c").write_text(UDP_ECHO_C)
-    sh("gcc", "-static", "-O2", "-o", str(d / "udpecho"), str(d / "udpecho.c"))
-    return str(d / "udpecho")
+    return static_program(tmp_path_factory.mktemp("udpecho"), "udpecho", UDP_ECHO_C)
 
 
 def udp_fetch(ip, port, ns=None, timeout=2.0):

@@ -3,7 +3,6 @@
 import random
 import socket
 import struct
-import time
 
 import dns.exception
 import dns.flags
@@ -17,6 +16,8 @@ from plugin.dns.answer import answer
 from plugin.domain.model import ContainerInfo
 from plugin.dns.records import build
 from plugin.dns.server import DnsServer, NetSpec
+
+from ..waiting import wait_for
 
 SNAP = build("app", [ContainerInfo("a" * 64, "web", ("www",), "10.0.0.2", "fd70::2"),
                      ContainerInfo("b" * 64, "web2", ("www",), "10.0.0.3")], ["10.0.0.1"])
@@ -91,15 +92,6 @@ def free_port() -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 @pytest.fixture
 def server():
     port = free_port()
@@ -131,8 +123,8 @@ def test_server_survives_garbage_truncated_tcp_and_floods(server):
     slow.sendall(b"\xff")                                   # half a length prefix
     # answered again once the flood is through, however loaded the machine is (a wait, not a
     # deadline: a busy 2-core machine once needed more than the 2 s this test used to allow)
-    assert wait_until(lambda: _answered(port, "web") == ["10.0.0.2"], 60)
-    assert wait_until(lambda: len(_answered(port, "www", tcp=True) or []) == 2, 60)
+    assert wait_for(lambda: _answered(port, "web") == ["10.0.0.2"], 60)
+    assert wait_for(lambda: len(_answered(port, "www", tcp=True) or []) == 2, 60)
     for s in (udp, tcp, slow):
         s.close()
 

@@ -18,7 +18,8 @@ from plugin.dns.records import build
 from plugin.dns.server import DnsServer, NetSpec
 from plugin.domain.model import ContainerInfo
 
-from .test_dns import addrs, free_port, wait_until
+from ..waiting import wait_for
+from .test_dns import addrs, free_port
 
 MEMBERS = [ContainerInfo(f"{i:064x}", f"c{i}", ("svc",), f"10.0.{i // 200}.{i % 200 + 2}") for i in range(60)]
 SNAP = build("app", [ContainerInfo("a" * 64, "web", (), "10.0.0.2", "fd70::2")] + MEMBERS, ["10.0.0.1"])
@@ -203,17 +204,17 @@ def test_tcp_clients_that_never_read_are_cut_off_and_cannot_shut_tcp_dns_off(ser
         stats = server.stats()
         assert stats["tcp_connections"] <= stats["tcp_limit_per_listener"]
         # the ones that never read their answers are dropped once a write has waited too long
-        assert wait_until(lambda: all(_tcp_state(h) != TCP_ESTABLISHED for h in hogs[:3]), 60)
+        assert wait_for(lambda: all(_tcp_state(h) != TCP_ESTABLISHED for h in hogs[:3]), 60)
     finally:
         for h in hogs:
             h.close()
-    assert wait_until(lambda: server.stats()["tcp_connections"] == 0, 60)
+    assert wait_for(lambda: server.stats()["tcp_connections"] == 0, 60)
 
 
 def test_one_client_cannot_hold_every_tcp_connection(server):
     hogs = [_pipeline(server.port, "127.0.0.2", count=1) for _ in range(40)]
     try:
-        assert wait_until(lambda: server.stats()["tcp_connections"] <= server.stats()["tcp_limit_per_client"], 10)
+        assert wait_for(lambda: server.stats()["tcp_connections"] <= server.stats()["tcp_limit_per_client"], 10)
         ok = dns.query.tcp(dns.message.make_query("web", "A"), "127.0.0.1", port=server.port,
                            source="127.0.0.3", timeout=5)
         assert addrs(ok) == ["10.0.0.2"]
@@ -230,7 +231,7 @@ def test_udp_work_waiting_for_the_loop_is_bounded(server):
     s.close()
     stats = server.stats()
     assert stats["udp_backlog_max"] <= stats["udp_backlog_limit"]
-    assert wait_until(lambda: _answers(server), 30), "the server answers again after the flood"
+    assert wait_for(lambda: _answers(server), 30), "the server answers again after the flood"
 
 
 def _answers(srv):
