@@ -112,8 +112,11 @@ class Reconciler:
                             report.removed_links.append(link.name)
                     except PybridgeError as e:
                         report.errors.append(str(e))
-            try:
+            try:   # isolation from the bridges known so far holds even if this fails
                 self.bridges.refresh(tx)
+            except PybridgeError as e:
+                report.errors.append(f"bridges: {e}")
+            try:
                 ctx.sync_firewall(tx)
             except PybridgeError as e:
                 report.errors.append(f"firewall: {e}")

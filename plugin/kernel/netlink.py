@@ -214,15 +214,18 @@ class Netlink:
         (a bridge that does is an uplink: the way out for our networks too). Docker's, libvirt's
         and LXD's bridges, and a user's bridge with no gateway behind it, are foreign."""
         own = set(own)
-        with self._ipr() as ipr:
-            bridges = {m["index"]: m.get("ifname") for m in ipr.get_links()
-                       if m.get(("linkinfo", "kind")) == "bridge"}
-            uplinks = set()
-            for r in ipr.get_routes(table=None):
-                hops = r.get("multipath") or []
-                if r["dst_len"] == 0 or r.get("gateway") or hops:
-                    uplinks.add(r.get("oif"))
-                    uplinks.update(h.get("oif") for h in hops)
+        try:
+            with self._ipr() as ipr:
+                bridges = {m["index"]: m.get("ifname") for m in ipr.get_links()
+                           if m.get(("linkinfo", "kind")) == "bridge"}
+                uplinks = set()
+                for r in ipr.get_routes(table=None):
+                    hops = r.get("multipath") or []
+                    if r["dst_len"] == 0 or r.get("gateway") or hops:
+                        uplinks.add(r.get("oif"))
+                        uplinks.update(h.get("oif") for h in hops)
+        except NetlinkError as e:
+            raise KernelError(f"list bridges and routes: {e}") from e
         out = []
         for index, name in sorted(bridges.items(), key=lambda kv: str(kv[1])):
             if name in own or index in uplinks:

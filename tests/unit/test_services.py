@@ -326,3 +326,16 @@ def test_a_custom_named_bridge_docker_reports_cannot_be_adopted(fake_services):
     with pytest.raises(InvalidRequest, match="it is Docker's bridge"):
         create(fake_services, generic={"com.docker.network.bridge.name": "mydockerbr"})
     assert nl.calls == [] and state(fake_services) == ([], [])
+
+
+def test_restore_still_writes_the_firewall_when_listing_bridges_fails(fake_services):
+    create(fake_services)
+    fw = fake_services.ctx.firewall
+    fw.rules = {}
+
+    def broken(own):
+        raise KernelError("list bridges and routes: injected")
+    fake_services.ctx.netlink.foreign_bridges = broken
+    report = fake_services.reconciler.restore()
+    assert any(e.startswith("bridges: ") for e in report.errors)
+    assert any(f"pt-{NID[:12]}" in r for r in fw.all_rules())
