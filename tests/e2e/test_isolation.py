@@ -132,8 +132,8 @@ def user_bridge():
         sh("ip", "-n", ns, "route", "add", "default", "via", f"{base}.1")
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER, f"{base}.2", "80", "120"],
                                 stdout=subprocess.PIPE, text=True)
-        assert wait_for(lambda: fetch(f"{base}.2", 80, timeout=1) == "" and
-                        "LISTEN" in sh("ip", "netns", "exec", ns, "ss", "-Hltn").stdout + "LISTEN", 10)
+        assert wait_for(lambda: f"{base}.2:80 " in sh("ip", "netns", "exec", ns, "ss", "-Hltn").stdout, 10), \
+            "the VM's listener never came up"
         yield br, f"{base}.2"
     finally:
         if proc:
@@ -152,7 +152,11 @@ def _no_isolation_pending():
 def test_no_bridge_that_is_not_ours_is_reachable_unless_a_published_port_leads_there(dk, user_bridge):
     """Our networks were kept away from Docker's bridges by the names docker0 and br-+ only: a
     custom-named Docker bridge (or docker_gwbridge) and any other bridge were open."""
+    import socket
     vm_bridge, vm = user_bridge
+    with socket.socket() as probe:          # control: the VM listens, and the host reaches it
+        probe.settimeout(3)
+        assert probe.connect_ex((vm, 80)) == 0, "the VM is not reachable even from the host"
     custom = f"pbtc{uuid.uuid4().hex[:6]}"
     docker_net = dk.network("--subnet", free_subnet(), "-o", f"com.docker.network.bridge.name={custom}",
                             driver="bridge", ipam=None)
