@@ -1,0 +1,241 @@
+"""The nftables firewall adapter: pybridge's own `inet` table, programmed as data.
+
+Every change is one libnftables JSON transaction sent to the helper process (nfthelper): a few
+elements or chains, whatever else the table or the host holds. What must live in iptables is one
+static rule per backend and family (plugin.kernel.xtables). Healing listens to `nft monitor`
+instead of polling: only another process's change to our table, or to the chain holding the static
+rule, leads to a check, and the check reads our table alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Iterable
+
+from ..domain.errors import KernelError
+from ..domain.model import Endpoint, Network
+from . import nftrules
+from .firewalld import FirewalldAccept
+from .xtables import ForwardAccept
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 20
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class NftHelper:
+    """The helper process and its pipe; restarted when it dies."""
+
+    def __init__(self, name: str, argv0: list[str], python: str | None = None):
+        self.name = name[:15]
+        self._argv0 = argv0
+        self._python = python or sys.executable
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def _start(self) -> subprocess.Popen:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+        try:
+            return subprocess.Popen(self._argv0 + [self._python, "-m", "plugin.kernel.nfthelper", self.name],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    text=True, env=env, close_fds=True)
+        except OSError as e:
+            raise KernelError(f"cannot start the nftables helper: {e}") from e
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._proc is not None:
+                self._proc.kill()
+                self._proc.wait()
+                self._proc = None
+
+    def run(self, commands: list[dict]) -> list[dict]:
+        """One transaction; its output objects (for list commands)."""
+        if not commands:
+            return []
+        line = json.dumps({"nftables": commands}) + "\n"
+        with self._lock:
+            for attempt in (1, 2):
+                if self._proc is None or self._proc.poll() is not None:
+                    self._proc = self._start()
+                try:
+                    self._proc.stdin.write(line)
+                    self._proc.stdin.flush()
+                    answer = self._proc.stdout.readline()
+                except (BrokenPipeError, OSError, ValueError):
+                    answer = ""
+                if answer:
+                    break
+                self._proc.kill()
+                self._proc.wait()
+                self._proc = None
+                if attempt == 2:
+                    raise KernelError("the nftables helper died running a transaction")
+        res = json.loads(answer)
+        if res["rc"] != 0:
+            raise KernelError(f"nftables: {res['err'] or res['rc']}")
+        out = res.get("out") or {}
+        return [o for o in out.get("nftables", []) if "metainfo" not in o]
+
+
+class NftFirewall:
+    def __init__(self, prefix: str, mark: int = nftrules.DEFAULT_MARK, netns: str | None = None,
+                 python: str | None = None, migrate: Callable[[], None] | None = None):
+        self.prefix = prefix
+        self.table = nftrules.table_name(prefix)
+        self.mark = mark
+        self._argv0 = ["ip", "netns", "exec", netns] if netns else []
+        self.helper = NftHelper(f"{self.table}-nft", self._argv0, python)
+        self.forward = ForwardAccept(prefix, mark, self._argv0, self._nft_tables)
+        self.firewalld = FirewalldAccept(prefix, mark, self.helper.run)
+        self._migrate = migrate    # removes the chains an older pybridge kept in iptables
+        self._migrated = False
+        self._closed = threading.Event()
+        self._monitors: list[subprocess.Popen] = []
+
+    # FirewallPort ------------------------------------------------------------------------
+
+    def supports(self, version: int) -> bool:
+        return version in (4, 6)    # one inet table filters both families
+
+    def sync(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
+             foreign: Iterable[str] = ()) -> None:
+        """Replace our whole table in one transaction, and put the static iptables rule in place."""
+        self.helper.run(nftrules.full(self.table, self.mark, nftrules.desired(networks, endpoints, foreign)))
+        self.forward.ensure()
+        self.firewalld.ensure()
+        if not self._migrated and self._migrate is not None:
+            self._migrate()
+        self._migrated = True
+
+    def add_network(self, network: Network) -> None:
+        self.helper.run(nftrules.add_network(self.table, network))
+
+    def remove_network(self, network: Network, endpoints: Iterable[Endpoint] = ()) -> None:
+        self.helper.run(nftrules.remove_network(self.table, network, endpoints))
+
+    def change_ports(self, network: Network, before: Endpoint | None, after: Endpoint | None) -> None:
+        self.helper.run(nftrules.change_ports(self.table, network, before, after))
+
+    def set_foreign(self, foreign: Iterable[str], own: Iterable[str] = ()) -> None:
+        self.helper.run(nftrules.set_foreign(self.table, foreign, own))
+
+    def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
+              foreign: Iterable[str] = ()) -> list[str]:
+        problems = nftrules.drift(self.mark, nftrules.desired(networks, endpoints, foreign), self.listing())
+        return problems + self.forward.problems() + self.firewalld.problems()
+
+    def listing(self) -> nftrules.Listed:
+        try:
+            objects = self.helper.run([{"list": {"table": {"family": nftrules.FAMILY, "name": self.table}}}])
+        except KernelError as e:
+            if "No such file" in str(e) or "does not exist" in str(e):
+                return nftrules.Listed()
+            raise
+        return nftrules.parse_listing(objects)
+
+    def remove_all(self) -> None:
+        """Delete our table and the static rules (uninstall, tests)."""
+        tbl = {"family": nftrules.FAMILY, "name": self.table}
+        self.helper.run([{"add": {"table": dict(tbl)}}, {"delete": {"table": dict(tbl)}}])
+        self.forward.remove()
+        self.firewalld.remove()
+        if self._migrate is not None:
+            self._migrate()
+
+    def watch(self, on_change: Callable[[], None], legacy_every: float = 2.0) -> None:
+        """Call on_change when another process changed our table, or the iptables chain that
+        holds our static rule; blocks (run it in a thread). The legacy iptables backend sends no
+        events: where it holds a filter table, our rule there is checked every legacy_every s."""
+        Monitor(self, on_change, legacy_every).run()
+
+    def close(self) -> None:
+        """Stop the helper and every monitor (tests, shutdown)."""
+        self._closed.set()
+        for proc in list(self._monitors):
+            proc.kill()
+        self.helper.stop()
+
+    # ---------------------------------------------------------------------------------------
+
+    def _nft_tables(self) -> set[tuple[str, str]]:
+        return {(o["table"]["family"], o["table"]["name"]) for o in self.helper.run([{"list": {"tables": None}}])
+                if "table" in o}
+
+
+class Monitor:
+    """Reads `nft monitor` and tells which transactions matter to us."""
+
+    def __init__(self, fw: NftFirewall, on_change: Callable[[], None], legacy_every: float):
+        self.fw = fw
+        self.on_change = on_change
+        self.legacy_every = legacy_every
+        self.ours = f" {nftrules.FAMILY} {fw.table}"
+
+    def touches(self, text: str) -> bool:
+        """Whether one event line is about our table, the iptables filter table or its FORWARD
+        chain (where the static rule lives), or firewalld's table being made or its forward and
+        input chains (where firewalld's rules of ours live)."""
+        if (self.ours + " ") in text or text.endswith(self.ours):
+            return True
+        words = text.split()
+        if len(words) >= 4 and words[2:4] == ["inet", "firewalld"]:
+            return words[1] == "table" or words[4:5] in (["filter_FORWARD"], ["filter_INPUT"])
+        return len(words) >= 4 and words[2] in ("ip", "ip6") and words[3] == "filter" and \
+            (words[1] == "table" or words[4:5] == ["FORWARD"])
+
+    def relevant(self, lines: list[str], comm: str) -> bool:
+        """Whether a transaction (its event lines, and the name of the process that made it)
+        may have undone something of ours: one of another process that touches what we hold."""
+        return comm != self.fw.helper.name and any(self.touches(t) for t in lines)
+
+    def run(self) -> None:
+        if self.fw._closed.is_set():
+            return
+        proc = subprocess.Popen(self.fw._argv0 + ["nft", "monitor"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+        self.fw._monitors.append(proc)
+        fd = proc.stdout.fileno()
+        try:
+            self.on_change()       # whatever happened while nobody listened
+            buf, touched, due = b"", False, False
+            last_legacy = time.monotonic()
+            while True:
+                timeout = 0.05 if due else max(0.0, self.legacy_every - (time.monotonic() - last_legacy))
+                ready, _, _ = select.select([fd], [], [], timeout)
+                if ready:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        if self.fw._closed.is_set():
+                            return
+                        raise KernelError("nft monitor stopped")
+                    *lines, buf = (buf + chunk).split(b"\n")
+                    for raw in lines:
+                        text = raw.decode("utf-8", "replace")
+                        if text.startswith("# new generation"):
+                            comm = text.rsplit("(", 1)[-1].rstrip(")") if text.endswith(")") else ""
+                            due = due or (touched and comm != self.fw.helper.name)
+                            touched = False
+                        else:
+                            touched = touched or self.touches(text)
+                    continue
+                if due:            # a burst is over: check once
+                    due = False
+                    self.on_change()
+                if time.monotonic() - last_legacy >= self.legacy_every:
+                    last_legacy = time.monotonic()
+                    if self.fw.forward.legacy_active() and self.fw.forward.problems(legacy_only=True):
+                        self.on_change()
+        finally:
+            proc.kill()
+            proc.wait()
+            self.fw._monitors.remove(proc)

@@ -1,0 +1,230 @@
+"""Traffic through our nftables table with whatever owns the rest of the firewall: a "host"
+namespace with two of our networks (bridges and "containers" that are namespaces) and an uplink
+to an "outside" namespace (203.0.113.0/30), all made by the test, and then in turn: no iptables
+at all (a host whose dockerd runs with "iptables": false), iptables-nft with FORWARD's policy
+DROP (what dockerd sets), and iptables-legacy with the same. Each case is proven by traffic, and
+by the traffic stopping when our one static rule is taken away."""
+
+import ipaddress
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from plugin.domain.model import Endpoint, Network, Subnet
+from plugin.domain.ports import PortBinding
+from plugin.kernel.nft import NftFirewall
+
+from ..waiting import wait_for
+
+SERVER = r"""
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(16); s.settimeout(1)
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    try:
+        c, peer = s.accept()
+    except socket.timeout:
+        continue
+    c.sendall(peer[0].encode()); c.close()
+"""
+CLIENT = r"""
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5)
+    print(c.recv(100).decode())
+except OSError:
+    print("-")
+"""
+
+
+def ns_run(ns, *argv, check=True):
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=check)
+
+
+class World:
+    """host (our bridges, ip_forward on), c1 and c2 on network 1, c3 on network 2, outside."""
+
+    def __init__(self):
+        tag = uuid.uuid4().hex[:5]
+        self.names = {k: f"pbtt{tag}{k}" for k in ("h", "c1", "c2", "c3", "o")}
+        self.servers: list[subprocess.Popen] = []
+        for ns in self.names.values():
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            ns_run(ns, "ip", "link", "set", "lo", "up")
+        h = self.h
+        ns_run(h, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.net1 = self._bridge("pt-m1", "10.200.50")
+        self.net2 = self._bridge("pt-m2", "10.200.51")
+        self.ip = {}
+        for c, br, prefix, last in (("c1", "pt-m1", "10.200.50", 2), ("c2", "pt-m1", "10.200.50", 3),
+                                    ("c3", "pt-m2", "10.200.51", 2)):
+            ns_run(h, "ip", "link", "add", f"v{c}", "type", "veth", "peer", "name", "eth0", "netns", self.names[c])
+            ns_run(h, "ip", "link", "set", f"v{c}", "master", br, "up")
+            ns_run(self.names[c], "ip", "addr", "add", f"{prefix}.{last}/24", "dev", "eth0")
+            ns_run(self.names[c], "ip", "link", "set", "eth0", "up")
+            ns_run(self.names[c], "ip", "route", "add", "default", "via", f"{prefix}.1")
+            self.ip[c] = f"{prefix}.{last}"
+        ns_run(h, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", self.o)
+        ns_run(h, "ip", "addr", "add", "203.0.113.1/30", "dev", "up0")
+        ns_run(h, "ip", "link", "set", "up0", "up")
+        ns_run(self.o, "ip", "addr", "add", "203.0.113.2/30", "dev", "eth0")
+        ns_run(self.o, "ip", "link", "set", "eth0", "up")
+        self.ep = Endpoint(id="e" * 64, network_id=self.net1.id, host_ifname="vc1", container_ifname="eth0",
+                           mac="02:00:00:00:00:01", address4=ipaddress.ip_interface(f"{self.ip['c1']}/24"),
+                           ports=(PortBinding("tcp", 80, "", 8080),))
+        self.fw = NftFirewall("PBTT", netns=h)
+
+    h = property(lambda self: self.names["h"])
+    o = property(lambda self: self.names["o"])
+
+    def _bridge(self, name, prefix):
+        ns_run(self.h, "ip", "link", "add", name, "type", "bridge")
+        ns_run(self.h, "ip", "addr", "add", f"{prefix}.1/24", "dev", name)
+        ns_run(self.h, "ip", "link", "set", name, "up")
+        return Network(id=name.ljust(64, "0"), bridge=name, subnets=(Subnet(
+            ipaddress.ip_network(f"{prefix}.0/24"), ipaddress.ip_interface(f"{prefix}.1/24")),))
+
+    def serve(self, who, port):
+        ns = self.names[who]
+        self.servers.append(subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, str(port), "60"]))
+        assert wait_for(lambda: f":{port} " in ns_run(ns, "ss", "-ltn").stdout, 10)
+
+    def ask(self, who, ip, port) -> str:
+        """What the server saw as our address, or '-' when nothing got through."""
+        return ns_run(self.names[who], sys.executable, "-c", CLIENT, ip, str(port)).stdout.strip()
+
+    def firewalld(self):
+        """firewalld (nftables backend, default zone public) running in the host namespace,
+        on a system bus of its own: nothing of the real host's is touched."""
+        self.bus = f"/tmp/{self.h}-bus.sock"
+        self.env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={self.bus}"}
+        self.daemons = [subprocess.Popen(["dbus-daemon", "--config-file=/usr/share/dbus-1/system.conf",
+                                          f"--address=unix:path={self.bus}", "--nofork", "--nopidfile"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        assert wait_for(lambda: os.path.exists(self.bus), 10)
+        self.daemons.append(subprocess.Popen(["ip", "netns", "exec", self.h, "firewalld", "--nofork", "--nopid"],
+                                             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        assert wait_for(lambda: self.firewall_cmd("--state").stdout.strip() == "running", 30)
+
+    def firewall_cmd(self, *args):
+        return subprocess.run(["firewall-cmd", *args], env=self.env, capture_output=True, text=True, timeout=60)
+
+    def close(self):
+        self.fw.close()
+        for p in self.servers + list(reversed(getattr(self, "daemons", []))):
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for ns in self.names.values():
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        if getattr(self, "bus", None) and os.path.exists(self.bus):
+            os.unlink(self.bus)
+
+
+@pytest.fixture
+def world(netns):          # netns: the integration tests' root check
+    w = World()
+    yield w
+    w.close()
+
+
+def expect_everything_our_firewall_promises(w):
+    assert w.ask("c1", "203.0.113.2", 9000) == "203.0.113.1", "out, masqueraded"
+    assert w.ask("o", "203.0.113.1", 8080) == "203.0.113.2", "a published port, from outside"
+    assert w.ask("c2", w.ip["c1"], 80) == w.ip["c2"], "ICC"
+    assert w.ask("c3", w.ip["c1"], 80) == "-", "another network of ours is isolated"
+    assert w.ask("c3", "203.0.113.1", 8080) != "-", "but reaches a published port"
+    assert w.ask("c2", "203.0.113.1", 8080) != "-", "hairpin, from the same network"
+    assert w.ask("o", w.ip["c1"], 80) == "-", "nothing unpublished enters from outside"
+
+
+@pytest.mark.parametrize("backend", ["none", "iptables-nft", "iptables-legacy"])
+def test_traffic_with_each_owner_of_the_rest_of_the_firewall(world, backend):
+    w = world
+    w.serve("c1", 80)
+    w.serve("o", 9000)
+    if backend != "none":      # what dockerd does: FORWARD's policy DROP
+        ns_run(w.h, backend, "-N", "DOCKER-USER")
+        ns_run(w.h, backend, "-A", "FORWARD", "-j", "DOCKER-USER")
+        ns_run(w.h, backend, "-P", "FORWARD", "DROP")
+    w.fw.sync([w.net1, w.net2], [w.ep])
+    assert w.fw.drift([w.net1, w.net2], [w.ep]) == []
+    expect_everything_our_firewall_promises(w)
+    if backend != "none":
+        rule = ["FORWARD", "-m", "mark", "--mark", "0x1000000/0x1000000", "-m", "comment", "--comment", "PBTT",
+                "-j", "ACCEPT"]
+        assert ns_run(w.h, backend, "-S", "FORWARD").stdout.splitlines()[2] == "-A " + " ".join(rule)
+        ns_run(w.h, backend, "-D", *rule)
+        assert w.ask("c1", "203.0.113.2", 9000) == "-", "without the static rule, FORWARD's policy drops it"
+        assert w.fw.drift([w.net1, w.net2], [w.ep]) == [f"static rule in {backend} FORWARD is missing"]
+        w.fw.sync([w.net1, w.net2], [w.ep])
+        assert w.ask("c1", "203.0.113.2", 9000) == "203.0.113.1"
+    # the published port goes away with its elements
+    w.fw.change_ports(w.net1, w.ep, Endpoint(**{**w.ep.__dict__, "ports": ()}))
+    assert w.ask("o", "203.0.113.1", 8080) == "-"
+
+
+@pytest.mark.skipif(not shutil.which("firewalld") or not shutil.which("dbus-daemon"),
+                    reason="firewalld is not installed (scripts/test.sh installs it on CI machines)")
+def test_traffic_with_firewalld_and_after_its_reload(world):
+    """firewalld rejects what no zone allows, forwarded traffic and our DNS alike; our rules at
+    the head of its chains let our networks' traffic through, and a reload (which rebuilds its
+    table) is healed from `nft monitor`'s events, without polling."""
+    w = world
+    w.serve("c1", 80)
+    w.serve("o", 9000)
+    gateway_dns = subprocess.Popen(["ip", "netns", "exec", w.h, sys.executable, "-c",
+                                    SERVER.replace('"0.0.0.0"', '"10.200.50.1"'), "53", "60"])
+    w.servers.append(gateway_dns)
+    w.firewalld()
+    assert w.ask("c1", "203.0.113.2", 9000) == "-", "control: firewalld rejects what no zone allows"
+    w.fw.sync([w.net1, w.net2], [w.ep])
+    assert w.fw.drift([w.net1, w.net2], [w.ep]) == []
+    expect_everything_our_firewall_promises(w)
+    assert w.ask("c1", "10.200.50.1", 53) == w.ip["c1"], "DNS to the gateway"
+    assert w.ask("c3", "10.200.50.1", 53) == "-", "but not another network's"
+    heals = []
+
+    def heal():
+        heals.append(time.monotonic())
+        if w.fw.drift([w.net1, w.net2], [w.ep]):
+            w.fw.sync([w.net1, w.net2], [w.ep])
+    threading.Thread(target=w.fw.watch, args=(heal,), daemon=True).start()
+    assert wait_for(lambda: len(heals) == 1, 10)
+    probes, stop = [], threading.Event()
+
+    def probe():             # traffic all along the reload: the longest outage is what it costs
+        while not stop.is_set():
+            began = time.monotonic()
+            ok = w.ask("c1", "203.0.113.2", 9000) == "203.0.113.1"
+            probes.append((time.monotonic(), ok, time.monotonic() - began))
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    called = time.monotonic()
+    assert w.firewall_cmd("--reload").returncode == 0
+    returned = time.monotonic()
+    assert wait_for(lambda: probes and probes[-1][0] > returned and probes[-1][1], 10, 0.05), "healed after the reload"
+    slowest = max(p[2] for p in probes)
+    stop.set()
+    prober.join()
+    outage, start = 0.0, None
+    for t, ok, _ in probes:
+        if not ok and start is None:
+            start = t
+        elif ok and start is not None:
+            outage, start = max(outage, t - start), None
+    print(f"firewall-cmd --reload took {returned - called:.2f} s; {len(probes)} connections during it, "
+          f"longest run of failures {outage:.2f} s, slowest connection {slowest:.2f} s (a SYN lost to the "
+          f"reload is sent again after 1 s); checks started by events: {len(heals) - 1}")
+    assert len(heals) >= 2, "the reload was seen"
+    assert w.ask("c1", "10.200.50.1", 53) == w.ip["c1"]
