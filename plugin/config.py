@@ -31,7 +31,9 @@ class Settings:
     dns_ttl: int = 10
     dns_default_upstream: str = "resolv.conf"   # or a list 'ip[:port],...', or '' for none
     docker_socket: str = "/var/run/docker.sock"
-    firewall_check: int = 2    # seconds between checks that our chains are intact; 0: never
+    firewall_check: int = 2    # 0: never heal the firewall; else seconds between checks of the
+                               # static rule in iptables-legacy (nftables changes are events)
+    firewall_mark: int = 0x01000000   # the packet-mark bit our forward chain sets on what it accepts
 
     @property
     def chain_prefix(self) -> str:
@@ -83,9 +85,21 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         dns_default_upstream=env.get("PYBRIDGE_DNS_UPSTREAM", "resolv.conf"),
         docker_socket=env.get("PYBRIDGE_DOCKER_SOCKET", "/var/run/docker.sock"),
         firewall_check=_int(env, "PYBRIDGE_FIREWALL_CHECK", 2, 0, 3600),
+        firewall_mark=_mark(env.get("PYBRIDGE_FIREWALL_MARK", "0x01000000")),
     )
     values.update(overrides)
     return Settings(**values)
+
+
+def _mark(text: str) -> int:
+    try:
+        value = int(text, 16) if re.fullmatch(r"0x[0-9a-fA-F]{1,8}", text) else int(text) if text.isdigit() else 0
+    except ValueError:
+        value = 0
+    if value <= 0 or value >= 1 << 32 or value & (value - 1):
+        raise ConfigError(f"invalid PYBRIDGE_FIREWALL_MARK {text!r}: one bit of the 32-bit packet mark, "
+                          "e.g. 0x01000000")
+    return value
 
 
 def _int(env, key: str, default: int, low: int, high: int) -> int:

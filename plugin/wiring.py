@@ -43,14 +43,19 @@ class Services:
                       on_bridges=self.networks.docker_bridges_seen).start()
 
     def _watch_firewall(self) -> None:
-        """Our chains flushed or deleted from outside (a firewall reload, iptables -F) come back
-        within seconds."""
-        while True:
-            time.sleep(self.settings.firewall_check)
+        """Our table or the static iptables rule changed from outside (nft flush ruleset, a
+        firewall reload, iptables -F): the firewall adapter reports it and it comes back."""
+        def heal() -> None:
             try:
                 self.doctor.heal_firewall()
             except Exception:
-                logging.getLogger(__name__).exception("firewall watchdog")
+                logging.getLogger(__name__).exception("firewall healing")
+        while True:
+            try:
+                self.ctx.firewall.watch(heal, legacy_every=self.settings.firewall_check)
+            except Exception:
+                logging.getLogger(__name__).exception("firewall watch (restarting in 1 s)")
+            time.sleep(1)
 
 
 def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=None,
@@ -60,7 +65,9 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
         netlink = Netlink()
     if firewall is None:
         from .kernel.firewall import IptablesFirewall
-        firewall = IptablesFirewall(settings.chain_prefix)
+        from .kernel.nft import NftFirewall
+        firewall = NftFirewall(settings.chain_prefix, settings.firewall_mark,
+                               migrate=IptablesFirewall(settings.chain_prefix).remove_all)
     if sysctl is None:
         from .kernel.sysctl import Sysctl
         mounted = os.path.isdir(os.path.join(settings.proc_sys, "net", "ipv4"))

@@ -7,11 +7,13 @@ services can be tested for "complete or leave nothing behind".
 
 from __future__ import annotations
 
+import copy
 import ipaddress
+import json
 from dataclasses import dataclass, field
 
 from plugin.domain.errors import Conflict, KernelError
-from plugin.kernel import rules
+from plugin.kernel import nftrules
 from plugin.domain.model import Taken
 from plugin.kernel.interfaces import LinkInfo
 
@@ -154,45 +156,143 @@ class FakeNetlink:
 
 
 class FakeFirewall:
-    """Keeps the rendered rules, like the real adapter keeps our chains, and refuses what the real
-    adapter refuses: every rule goes through the same checked renderer (unsafe tokens raise)."""
+    """Our nftables table as the kernel would hold it. Every change is the real adapter's JSON
+    transaction (rendered by plugin.kernel.nftrules), run here by a small interpreter that refuses
+    what nft refuses, all or nothing: deleting an element, chain or table that is not there, an
+    element whose key already maps elsewhere, a chain deleted while it still has rules."""
 
     def __init__(self, prefix="PBTEST", faults: Faults | None = None):
         self.prefix = prefix
+        self.table = nftrules.table_name(prefix)
+        self.mark = nftrules.DEFAULT_MARK
         self.faults = faults or Faults()
-        self.rules: dict[int, dict[str, list[str]]] = {}
+        self.kernel: dict | None = None     # {"chains": {name: [rules]}, "sets": {name: {key: value}}}
         self.fail = False
         self.syncs = 0
+        self.changes = 0
         self.families = (4, 6)
         self.foreign: list[str] = []
+        self.removed = False
+        self.run(nftrules.full(self.table, self.mark, {}))   # as after the plugin's start
+        self.faults.calls.clear()
 
     def supports(self, version):
         return version in self.families
 
-    def _render(self, networks, endpoints, foreign=()):
-        out = {}
-        for v in (4, 6):
-            rendered = rules.render(self.prefix, list(networks), v, list(endpoints), list(foreign))
-            rules.restore_text(self.prefix, rendered, [])
-            out[v] = {table: [rules.line(r) for r in rs] for table, rs in rendered.items()}
-        return out
-
-    def sync(self, networks, endpoints=(), foreign=(), check_jumps=True):
-        self.syncs += 1
+    # the interpreter -------------------------------------------------------------------
+    def run(self, commands: list[dict]) -> None:
         if self.fail:
             raise KernelError("injected firewall failure")
         self.faults.step("firewall")
-        self.rules = self._render(networks, endpoints, foreign)
+        json.dumps(commands)                      # only JSON reaches the kernel
+        k = copy.deepcopy(self.kernel)
+        for cmd in commands:
+            (verb, body), = cmd.items()
+            (kind, obj), = body.items()
+            k = self._apply(k, verb, kind, obj)
+        self.kernel = k
+
+    def _apply(self, k, verb, kind, obj):
+        def need(cond, what):
+            if not cond:
+                raise KernelError(f"nftables: {verb} {kind} {obj.get('name', '')}: {what}")
+        if kind == "table":
+            if verb == "add":
+                return k or {"chains": {}, "sets": {}}
+            need(k is not None and verb == "delete", "No such file or directory")
+            return None
+        need(k is not None and obj["table"] == self.table, "No such table")
+        chains, sets = k["chains"], k["sets"]
+        if kind == "chain":
+            name = obj["name"]
+            if verb == "add":
+                chains.setdefault(name, [])
+            elif verb == "flush":
+                need(name in chains, "No such file or directory")
+                chains[name] = []
+            elif verb == "delete":
+                need(name in chains, "No such file or directory")
+                need(not chains[name], "Device or resource busy")
+                del chains[name]
+        elif kind == "rule":
+            need(obj["chain"] in chains, "No such file or directory")
+            chains[obj["chain"]].append(obj["expr"])
+        elif kind in ("set", "map"):
+            if verb == "add":
+                sets.setdefault(obj["name"], {})
+            else:
+                need(obj["name"] in sets, "No such file or directory")
+                sets[obj["name"]] = {}
+        elif kind == "element":
+            need(obj["name"] in sets, "No such file or directory")
+            elems = sets[obj["name"]]
+            for item in obj["elem"]:
+                key, value = (nftrules.normalize(item[0]), nftrules.normalize(item[1])) if isinstance(item, list) \
+                    else (nftrules.normalize(item), None)
+                if verb == "add":
+                    need(elems.get(key, value) == value, "File exists")
+                    elems[key] = value
+                else:
+                    need(key in elems, "No such file or directory")
+                    del elems[key]
+        return k
+
+    # FirewallPort ----------------------------------------------------------------------
+    def sync(self, networks, endpoints=(), foreign=()):
+        self.syncs += 1
+        self.run(nftrules.full(self.table, self.mark, nftrules.desired(networks, endpoints, foreign)))
         self.foreign = list(foreign)
 
+    def add_network(self, network):
+        self.changes += 1
+        self.run(nftrules.add_network(self.table, network))
+
+    def remove_network(self, network, endpoints=()):
+        self.changes += 1
+        self.run(nftrules.remove_network(self.table, network, endpoints))
+
+    def change_ports(self, network, before, after):
+        self.changes += 1
+        self.run(nftrules.change_ports(self.table, network, before, after))
+
+    def set_foreign(self, foreign, own=()):
+        self.changes += 1
+        self.run(nftrules.set_foreign(self.table, foreign, own))
+        self.foreign = list(foreign)
+
+    def watch(self, on_change, legacy_every=2.0):
+        return None
+
     def remove_all(self):
-        self.rules = {}
+        self.kernel = None
+        self.removed = True
+
+    def listing(self) -> nftrules.Listed:
+        if self.kernel is None:
+            return nftrules.Listed()
+        return nftrules.Listed(exists=True, chains={c: len(r) for c, r in self.kernel["chains"].items()},
+                               base={c: nftrules.BASE_CHAINS[c] for c in nftrules.BASE_CHAINS
+                                     if c in self.kernel["chains"]},
+                               sets=set(self.kernel["sets"]), elements=copy.deepcopy(self.kernel["sets"]))
 
     def drift(self, networks, endpoints=(), foreign=()):
-        return [] if self._render(networks, endpoints, foreign) == self.rules else ["rules differ"]
+        return nftrules.drift(self.mark, nftrules.desired(networks, endpoints, foreign), self.listing())
+
+    # for tests -------------------------------------------------------------------------
+    def elements(self, name: str) -> dict:
+        return dict((self.kernel or {"sets": {}})["sets"].get(name, {}))
+
+    def chains(self) -> dict:
+        return dict((self.kernel or {"chains": {}})["chains"])
 
     def all_rules(self) -> list[str]:
-        return [r for fam in self.rules.values() for table in fam.values() for r in table]
+        """What the state put in the table, one line each: the networks' chains and every set's
+        elements (the fixed chains are the same whatever the state), sorted."""
+        if self.kernel is None:
+            return []
+        out = [f"chain {c}" for c in self.kernel["chains"] if c not in nftrules.CHAINS]
+        out += [f"{s}: {nftrules.show(key, v)}" for s, e in self.kernel["sets"].items() for key, v in e.items()]
+        return sorted(out)
 
 
 class FakeSysctl:

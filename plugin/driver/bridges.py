@@ -28,11 +28,18 @@ class ForeignBridges:
         return changed
 
     def on_change(self) -> None:
-        """A bridge or an uplink route changed: isolate our networks from the bridges there are now."""
+        """A bridge or an uplink route changed: isolate our networks from the bridges there are now.
+        Should the firewall refuse, the bridges known before are kept, so the next event retries."""
         with self.ctx.store.transaction() as tx:
+            known = self.ctx.foreign
             if self.refresh(tx):
                 log.info("bridges that are not ours: %s", ", ".join(self.ctx.foreign) or "none")
-                self.ctx.sync_firewall(tx, check_jumps=False)
+                own = [n.bridge for n in tx.list_networks()]
+                try:
+                    self.ctx.change_firewall(tx, self.ctx.firewall.set_foreign, self.ctx.foreign, own)
+                except Exception:
+                    self.ctx.foreign = known
+                    raise
 
     def start(self) -> None:
         threading.Thread(target=self._watch, name="pybridge-bridges", daemon=True).start()

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..domain.errors import PybridgeError
+from ..domain.errors import KernelError, PybridgeError
 from ..kernel.interfaces import FirewallPort, NetlinkPort, SysctlPort
 from ..store.db import Store, Tx
 
@@ -32,10 +32,20 @@ class Context:
         except Exception:
             logging.getLogger(__name__).exception("DNS reconcile failed")
 
-    def sync_firewall(self, tx: Tx, check_jumps: bool = True) -> None:
-        """Rewrite our chains from the state as this transaction sees it. Endpoint changes
-        pass check_jumps=False: the jumps were checked when the network was made or restored."""
-        self.firewall.sync(tx.list_networks(), tx.list_endpoints(), foreign=self.foreign, check_jumps=check_jumps)
+    def sync_firewall(self, tx: Tx) -> None:
+        """Rewrite our whole table from the state as this transaction sees it."""
+        self.firewall.sync(tx.list_networks(), tx.list_endpoints(), foreign=self.foreign)
+
+    def change_firewall(self, tx: Tx, change, *args) -> None:
+        """One change of a few elements or chains, made after the transaction's state changed.
+        Should it fail (our table was changed behind our back, the helper died), the whole table
+        is rewritten from that state; should that fail too, the error stands and the
+        transaction rolls back, with the kernel as it was."""
+        try:
+            change(*args)
+        except KernelError as e:
+            logging.getLogger(__name__).warning("firewall change failed (%s): rewriting the table", e)
+            self.sync_firewall(tx)
 
 
 def collect(errors: list[str], fn, *args) -> None:

@@ -14,6 +14,7 @@ from ..domain.naming import veth_names
 from ..domain.options import endpoint_from_request
 from ..domain.ports import assign, parse_portmap
 from .context import Context, collect
+from .locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -21,24 +22,32 @@ log = logging.getLogger(__name__)
 class EndpointService:
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self.locks = KeyedLocks()
 
     def create(self, network_id: str, endpoint_id: str, *, address: str, address6: str,
                mac: str) -> dict:
+        """The veth pair is made outside the store's lock (under this endpoint's own), so that
+        endpoints of any network are made side by side; the record is written after it, in a
+        transaction that checks the network is still there, and a failure removes the pair."""
         ctx = self.ctx
-        with ctx.store.transaction() as tx:
-            network = tx.get_network(network_id)
-            if network is None:
-                raise NotFound(f"network {network_id[:12]} is not known to pybridge")
-            endpoint, chose_mac = endpoint_from_request(network, endpoint_id, address=address,
-                                                        address6=address6, mac=mac, prefix=ctx.prefix)
-            existing = tx.get_endpoint(endpoint_id)
+        with self.locks.hold(endpoint_id):
+            with ctx.store.reading() as tx:
+                network = tx.get_network(network_id)
+                if network is None:
+                    raise NotFound(f"network {network_id[:12]} is not known to pybridge")
+                endpoint, chose_mac = endpoint_from_request(network, endpoint_id, address=address,
+                                                            address6=address6, mac=mac, prefix=ctx.prefix)
+                existing = tx.get_endpoint(endpoint_id)
             if existing is not None:  # a retried call: answer as the first time
                 endpoint = existing
             else:
                 ctx.netlink.create_veth(endpoint.host_ifname, endpoint.container_ifname,
                                         network.bridge, network.mtu, endpoint.mac)
                 try:
-                    tx.put_endpoint(endpoint)
+                    with ctx.store.transaction() as tx:
+                        if tx.get_network(network_id) != network:
+                            raise NotFound(f"network {network_id[:12]} went away while its endpoint was made")
+                        tx.put_endpoint(endpoint)
                 except Exception:
                     ctx.netlink.delete_link(endpoint.host_ifname)
                     raise
@@ -83,18 +92,23 @@ class EndpointService:
                 return
             if bindings:
                 ctx.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
-            tx.put_endpoint(replace(endpoint, ports=bindings))
-            ctx.sync_firewall(tx, check_jumps=False)
+            updated = replace(endpoint, ports=bindings)
+            tx.put_endpoint(updated)
+            ctx.change_firewall(tx, ctx.firewall.change_ports, network, endpoint, updated)
         log.info("endpoint %s publishes %s", endpoint_id[:12], ", ".join(map(str, bindings)))
 
     def revoke(self, network_id: str, endpoint_id: str) -> None:
         """Withdraw the container's published ports (idempotent)."""
-        with self.ctx.store.transaction() as tx:
+        ctx = self.ctx
+        with ctx.store.transaction() as tx:
             endpoint = tx.get_endpoint(endpoint_id)
             if endpoint is None or not endpoint.ports:
                 return
-            tx.put_endpoint(replace(endpoint, ports=()))
-            self.ctx.sync_firewall(tx, check_jumps=False)
+            network = tx.get_network(endpoint.network_id)
+            updated = replace(endpoint, ports=())
+            tx.put_endpoint(updated)
+            if network is not None:
+                ctx.change_firewall(tx, ctx.firewall.change_ports, network, endpoint, updated)
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
         """libnetwork moves the interface back and DeleteEndpoint removes it; ports are withdrawn
@@ -111,8 +125,9 @@ class EndpointService:
             collect(errors, ctx.reaper.delete, names)
             if endpoint is not None:
                 tx.delete_endpoint(endpoint_id)
-                if endpoint.ports:
-                    collect(errors, ctx.sync_firewall, tx, False)
+                network = tx.get_network(endpoint.network_id) if endpoint.ports else None
+                if network is not None:
+                    collect(errors, ctx.change_firewall, tx, ctx.firewall.change_ports, network, endpoint, None)
         if errors:
             raise KernelError(f"endpoint {endpoint_id[:12]} removed with errors: " + "; ".join(errors))
         if endpoint is not None:

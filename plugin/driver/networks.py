@@ -33,8 +33,7 @@ class NetworkService:
         network = network_from_request(network_id, generic, ipv6=ipv6, internal=internal,
                                        ipv4_data=ipv4_data, ipv6_data=ipv6_data, prefix=ctx.prefix)
         if network.pools(6) and not ctx.firewall.supports(6):
-            raise InvalidRequest("IPv6 networks need ip6tables, which is not installed where pybridge "
-                                 "runs: without it IPv6 traffic could not be filtered")
+            raise InvalidRequest("IPv6 networks cannot be filtered where pybridge runs, so none is made")
         created = touched = False
         try:
             with ctx.store.transaction() as tx:
@@ -58,7 +57,7 @@ class NetworkService:
                 created = ctx.netlink.ensure_bridge(network.bridge, network.mtu, bridge_mac(network.id))
                 self._configure_bridge(network)
                 tx.put_network(network)
-                ctx.sync_firewall(tx)
+                ctx.change_firewall(tx, ctx.firewall.add_network, network)
         except PybridgeError:
             self._undo_create(network, created, touched)
             raise
@@ -88,7 +87,7 @@ class NetworkService:
         self.ctx.netlink.ensure_addresses(network.bridge, network.gateways())
         if network.pools(6) and not network.internal:
             if not self.ctx.firewall.supports(6):   # fail closed: nothing forwarded unfiltered
-                raise KernelError(f"IPv6 of network {network.id[:12]} is not forwarded: ip6tables is missing")
+                raise KernelError(f"IPv6 of network {network.id[:12]} is not forwarded: it cannot be filtered")
             self.ctx.sysctl.enable_ipv6_forwarding()
 
     def _undo_create(self, network: Network, created: bool, touched: bool) -> None:
@@ -137,14 +136,15 @@ class NetworkService:
             # only links with our prefix): first, and if the kernel refuses, the delete fails
             # with nothing changed, so that dockerd's retry finds the network whole.
             ctx.netlink.remove_addresses(network.bridge, network.gateways())
-        for ep in tx.list_endpoints(network.id):
+        endpoints = tx.list_endpoints(network.id)
+        for ep in endpoints:
             for name in (ep.host_ifname, ep.container_ifname):
                 collect(errors, ctx.netlink.delete_link, name)
             tx.delete_endpoint(ep.id)
         tx.delete_network(network.id)
         if ctx.dns is not None:
             ctx.dns.forget(network.id, tx)
-        collect(errors, ctx.sync_firewall, tx)
+        collect(errors, ctx.change_firewall, tx, ctx.firewall.remove_network, network, endpoints)
         if network.bridge_owned:
             collect(errors, ctx.netlink.delete_link, network.bridge)
 

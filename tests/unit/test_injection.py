@@ -5,6 +5,7 @@ Python's ipaddress; regexes anchored with '$' accept a trailing newline. Every v
 an address goes through one parser, and the renderer refuses any unsafe token on its own."""
 
 import ipaddress
+from dataclasses import replace
 
 import pytest
 
@@ -14,7 +15,7 @@ from plugin.domain.model import Endpoint, Network, Subnet
 from plugin.domain.naming import is_valid_ifname
 from plugin.domain.options import network_from_request, parse_mac
 from plugin.domain.ports import PortBinding, parse_portmap
-from plugin.kernel import rules
+from plugin.kernel import nftrules, rules
 from plugin.protocol import fields
 
 INJECTION = "::1%0 -j RETURN\nCOMMIT\n*filter\n-I INPUT 1 -j ACCEPT\nCOMMIT\n"
@@ -69,6 +70,12 @@ def test_the_renderer_refuses_unsafe_tokens_even_if_a_value_slipped_through():
     bad_bridge = Network(id="ab" * 32, bridge="br0 -j ACCEPT", subnets=())
     with pytest.raises(KernelError, match="unsafe"):
         rules.restore_text("PBT", rules.render("PBT", [bad_bridge], 4, []), [])
+    # the nftables table takes values as JSON, and still refuses any that is not what it must be
+    with pytest.raises(KernelError, match="unsafe address"):
+        nftrules.change_ports("pbt", net, None, ep)
+    for bridge in ("br0 -j ACCEPT", "@bridges", "$x"):
+        with pytest.raises(KernelError, match="unsafe interface name"):
+            nftrules.add_network("pbt", replace(bad_bridge, bridge=bridge))
 
 
 def test_the_injection_never_reaches_the_firewall_through_the_plugin_api(client, fake_services):

@@ -31,8 +31,10 @@ def test_create_network_makes_bridge_address_rules_and_record(fake_services):
     br = nl.devices[f"pt-{NID[:12]}"]
     assert br.kind == "bridge" and br.up and br.addresses == {"10.200.1.1/24"}
     assert br.mac.startswith("02:")
-    assert any(f"-i pt-{NID[:12]} -o pt-{NID[:12]} -j ACCEPT" in r for r in fw.all_rules())
-    assert any("-s 10.200.1.0/24 ! -o" in r and "MASQUERADE" in r for r in fw.all_rules())
+    br = f"pt-{NID[:12]}"
+    assert set(fw.all_rules()) == {f"bridges: {br}", f"self: {br} . {br}", f"icc: {br}",
+                                   f"masq: {br}", "gateways4: 10.200.1.1", f"dns_ok4: {br} . 10.200.1.1"}
+    assert fw.syncs == 0 and fw.changes == 1       # elements added, nothing rewritten
     assert [n.id for n in state(fake_services)[0]] == [NID]
 
 
@@ -48,8 +50,7 @@ def test_a_failure_at_any_step_of_create_leaves_nothing(fake_services, step):
     fw.fail = False
     assert nl.devices == {}
     assert state(fake_services) == ([], [])
-    fw.sync([])
-    assert fw.all_rules() == []
+    assert fw.drift([]) == [] and fw.all_rules() == []
 
 
 def test_invalid_input_is_refused_before_any_side_effect(fake_services):
@@ -138,7 +139,7 @@ def test_restore_recreates_bridges_and_removes_orphans_it_owns(fake_services):
     nl.devices["pt-000000000000"] = FakeLink("pt-000000000000", "bridge")   # ours, no record
     nl.devices["pthdeadbeef0000"] = FakeLink("pthdeadbeef0000", "veth")     # ours, no record
     nl.devices["docker0"] = FakeLink("docker0", "bridge")                   # not ours
-    fake_services.ctx.firewall.rules = {}
+    fake_services.ctx.firewall.kernel = None   # our table deleted
     report = fake_services.reconciler.restore()
     assert report.errors == []
     assert sorted(report.removed_links) == ["pt-000000000000", "pthdeadbeef0000"]
@@ -151,13 +152,11 @@ def test_restore_recreates_bridges_and_removes_orphans_it_owns(fake_services):
 
 def test_internal_and_icc_off_render_drop_rules(fake_services):
     create(fake_services, internal=True, generic={"com.docker.network.bridge.enable_icc": "false"})
-    rules = fake_services.ctx.firewall.all_rules()
+    fw = fake_services.ctx.firewall
     br = f"pt-{NID[:12]}"
-    assert f"-A PBTEST-ISOLATE -i {br} -o {br} -j DROP" in rules
-    assert f"-A PBTEST-ISOLATE -o {br} ! -i {br} -j DROP" in rules    # nothing enters, replies neither
-    assert f"-A PBTEST-ISOLATE -i {br} ! -o {br} -j DROP" in rules    # nothing leaves
-    assert not any("MASQUERADE" in r for r in rules)
-    assert not any(r.startswith("-A PBTEST-FORWARD") and "ACCEPT" in r and br in r for r in rules)
+    assert fw.elements("internal") == {br: None}       # nothing in or out, not even replies
+    assert fw.elements("icc") == {}                    # nor between its own containers
+    assert fw.elements("masq") == {}
 
 
 def test_deferred_veth_deletion_happens_in_the_background(fake_services):
@@ -178,15 +177,16 @@ def test_published_ports_are_rendered_and_restored_from_state(fake_services):
     eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
     fw, sysctl = fake_services.ctx.firewall, fake_services.ctx.sysctl
-    dnat = "-A PBTEST-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.200.1.2:80"
-    assert dnat in fw.all_rules()
+    dnat = ["to4_any: tcp . 8080 : 10.200.1.2", "port4_any: tcp . 8080 : 80",
+            f"published4: pt-{NID[:12]} . 10.200.1.2 . tcp . 80"]
+    assert set(dnat) <= set(fw.all_rules())
     sysctl.values.clear()
-    fw.rules = {}
+    fw.kernel = None   # our table deleted
     fake_services.reconciler.restore()
-    assert dnat in fw.all_rules()
+    assert set(dnat) <= set(fw.all_rules())
     assert sysctl.values[("net", "ipv4", "conf", f"pt-{NID[:12]}", "route_localnet")] == "1"
     eps.leave(NID, EID)
-    assert dnat not in fw.all_rules()
+    assert not set(dnat) & set(fw.all_rules())
 
 
 def test_programming_again_without_ports_withdraws_the_earlier_ones(fake_services):
@@ -194,9 +194,12 @@ def test_programming_again_without_ports_withdraws_the_earlier_ones(fake_service
     eps = fake_services.endpoints
     eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     eps.program(NID, EID, [{"Proto": 17, "Port": 53, "HostPort": 5353, "HostPortEnd": 5353}])
-    assert any("--dport 5353" in r for r in fake_services.ctx.firewall.all_rules())
+    fw = fake_services.ctx.firewall
+    assert fw.elements("to4_any") == {("udp", 5353): "10.200.1.2"}
+    changes = fw.changes
     eps.program(NID, EID, [])
-    assert not any("--dport 5353" in r for r in fake_services.ctx.firewall.all_rules())
+    assert fw.elements("to4_any") == {} and fw.elements("published4") == {}
+    assert fw.changes == changes + 1 and fw.syncs == 0     # elements withdrawn, nothing rewritten
 
 
 def test_doctor_reports_differences_and_gc_repairs_them(fake_services):
@@ -205,12 +208,12 @@ def test_doctor_reports_differences_and_gc_repairs_them(fake_services):
     assert fake_services.doctor.examine()["problems"] == []
     nl.devices[f"pt-{NID[:12]}"].addresses.clear()
     nl.devices["pthorphan00000"] = FakeLink("pthorphan00000", "veth")
-    fake_services.ctx.firewall.rules = {}
+    fake_services.ctx.firewall.kernel = None   # our table deleted
     problems = fake_services.doctor.examine()["problems"]
     assert any("lacks address 10.200.1.1/24" in p for p in problems)
     assert any("pthorphan00000" in p for p in problems)
     assert any(p.startswith("firewall:") for p in problems)
-    assert fake_services.doctor.heal_firewall() == ["rules differ"]
+    assert fake_services.doctor.heal_firewall() == ["table is missing"]
     assert fake_services.reconciler.restore().errors == []
     assert fake_services.doctor.examine()["problems"] == []
 
@@ -309,7 +312,7 @@ def test_ipv6_fails_closed_without_ip6tables(fake_services):
     fw, sysctl = fake_services.ctx.firewall, fake_services.ctx.sysctl
     fw.families = (4,)
     v6 = [IpamDataSpec(pool="fd70:6201:1::/64", gateway="fd70:6201:1::1/64")]
-    with pytest.raises(InvalidRequest, match="ip6tables"):
+    with pytest.raises(InvalidRequest, match="cannot be filtered"):
         create(fake_services, ipv6=True, v6=v6)
     assert ("net", "ipv6", "conf", "all", "forwarding") not in sysctl.values
     assert fake_services.ctx.netlink.calls == [] and state(fake_services) == ([], [])
@@ -331,7 +334,7 @@ def test_a_custom_named_bridge_docker_reports_cannot_be_adopted(fake_services):
 def test_restore_still_writes_the_firewall_when_listing_bridges_fails(fake_services):
     create(fake_services)
     fw = fake_services.ctx.firewall
-    fw.rules = {}
+    fw.kernel = None   # our table deleted
 
     def broken(own):
         raise KernelError("list bridges and routes: injected")
@@ -339,3 +342,47 @@ def test_restore_still_writes_the_firewall_when_listing_bridges_fails(fake_servi
     report = fake_services.reconciler.restore()
     assert any(e.startswith("bridges: ") for e in report.errors)
     assert any(f"pt-{NID[:12]}" in r for r in fw.all_rules())
+
+
+def test_endpoints_are_made_side_by_side_not_one_after_another(fake_services):
+    """Issue 9, item 5: the veth pair of one endpoint was made under the store's lock, so every
+    other call waited for it. Both calls must now be inside the kernel step at once."""
+    import threading
+    create(fake_services)
+    nl = fake_services.ctx.netlink
+    both_inside = threading.Barrier(2, timeout=5)
+    real = nl.create_veth
+
+    def meeting(*args, **kw):
+        both_inside.wait()
+        return real(*args, **kw)
+    nl.create_veth = meeting
+    errors = []
+
+    def make(eid, address):
+        try:
+            fake_services.endpoints.create(NID, eid, address=address, address6="", mac="")
+        except Exception as e:   # noqa: BLE001  (a broken barrier says the calls ran one by one)
+            errors.append(e)
+    threads = [threading.Thread(target=make, args=(eid, addr)) for eid, addr in
+               ((EID, "10.200.1.2/24"), ("ef" * 32, "10.200.1.3/24"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    assert sorted(e.id for e in state(fake_services)[1]) == sorted([EID, "ef" * 32])
+
+
+def test_a_network_removed_while_its_endpoint_is_made_leaves_nothing(fake_services):
+    create(fake_services)
+    nl = fake_services.ctx.netlink
+    real = nl.create_veth
+
+    def and_meanwhile(*args, **kw):
+        real(*args, **kw)
+        fake_services.networks.delete(NID)      # dockerd would not; a crash-restart race could
+    nl.create_veth = and_meanwhile
+    with pytest.raises(NotFound, match="went away"):
+        fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    assert nl.devices == {} and state(fake_services) == ([], [])
