@@ -4,8 +4,11 @@
 # container may have no working TLS) and installed with --no-index.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
-RUN if ! command -v iptables-restore >/dev/null 2>&1; then \
-      apt-get update && apt-get install -y --no-install-recommends iptables && \
+# nftables (nft, for `nft monitor`) and python3-nftables (libnftables' JSON API, used by the
+# firewall's helper process); iptables for the one static rule and the old chains' removal.
+RUN if ! command -v iptables-restore >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1 || \
+       ! python3 -c 'import nftables' >/dev/null 2>&1; then \
+      apt-get update && apt-get install -y --no-install-recommends iptables nftables python3-nftables && \
       rm -rf /var/lib/apt/lists/*; \
     fi
 COPY build/wheels /tmp/wheels

@@ -12,7 +12,7 @@ set -euo pipefail
 name=${1:-pybridge}
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build"
-base=${PYBRIDGE_BASE_IMAGE:-pybridge-base:bookworm}
+base=${PYBRIDGE_BASE_IMAGE:-pybridge-base:bookworm-nft}
 export DOCKER_BUILDKIT=0
 
 PB_SCRIPT=build-plugin
@@ -21,13 +21,13 @@ log() { pb_log "$@"; }
 
 ensure_base_image() {
   docker image inspect "$base" >/dev/null 2>&1 && return 0
-  if [ "$base" != "pybridge-base:bookworm" ]; then
+  if [ "$base" != "pybridge-base:bookworm-nft" ]; then
     log "pulling $base"; docker pull "$base"; return 0
   fi
   command -v debootstrap >/dev/null || { log "debootstrap missing: apt-get install -y debootstrap"; exit 1; }
   local dir; dir=$(mktemp -d /var/tmp/pybridge-base.XXXXXX)
   log "making a local Debian base image with debootstrap (about a minute)"
-  debootstrap --variant=minbase --include=python3,python3-pip,iptables bookworm "$dir" >"$build/debootstrap.log" 2>&1 \
+  debootstrap --variant=minbase --include=python3,python3-pip,iptables,nftables,python3-nftables bookworm "$dir" >"$build/debootstrap.log" 2>&1 \
     || { log "debootstrap failed, see $build/debootstrap.log"; rm -rf "$dir"; exit 1; }
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
   tar -C "$dir" -c . | docker import - "$base" >/dev/null

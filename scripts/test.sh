@@ -13,8 +13,14 @@ PB_SCRIPT=test
 cd "$root"
 
 [ "$(id -u)" = 0 ] || { pb_log "run as root (the integration and end-to-end tests need it)"; exit 1; }
-pb_apt_install iptables iproute2 busybox-static curl gcc libc6-dev
+pb_apt_install iptables nftables python3-nftables iproute2 busybox-static curl gcc libc6-dev
 python3 -m pip --version >/dev/null 2>&1 || pb_apt_install python3-pip
+# firewalld, for the test that runs it in a namespace of its own on a bus of its own. Installed
+# only on a CI machine (PYBRIDGE_CI=1, no systemd): elsewhere the package would start and enable
+# firewalld on the host itself; without it that test is skipped.
+if [ "${PYBRIDGE_CI:-}" = 1 ] && ! command -v firewalld >/dev/null 2>&1 && [ ! -d /run/systemd/system ]; then
+  pb_apt_install firewalld
+fi
 if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, pytest, hypothesis' 2>/dev/null; then
   pb_log "installing Python test dependencies"
   python3 -m pip install -q -r requirements-dev.txt 2>/dev/null \
