@@ -17,6 +17,7 @@ import time
 import uuid
 
 from plugin.domain.naming import chain_prefix
+from plugin.kernel import nftrules
 
 from ..waiting import wait_for  # noqa: F401  (the e2e tests import it from here)
 
@@ -85,12 +86,32 @@ def our_links() -> set[str]:
     return {n for n in ifaces() if n.startswith((f"{IFPREFIX}-", f"{IFPREFIX}h", f"{IFPREFIX}c"))}
 
 
+TABLE = nftrules.table_name(CHAIN_PREFIX)
+
+
+def our_table() -> nftrules.Listed:
+    """Our nftables table as the kernel holds it."""
+    res = sh("nft", "-j", "list", "table", "inet", TABLE, check=False)
+    if res.returncode != 0:
+        return nftrules.Listed()
+    return nftrules.parse_listing([o for o in json.loads(res.stdout)["nftables"] if "metainfo" not in o])
+
+
+def elements(name: str) -> dict:
+    return our_table().elements.get(name, {})
+
+
 def our_rules() -> list[str]:
+    """Every iptables rule naming our prefix (the old chains, the static rule), and what the state
+    puts in our nftables table (the networks' chains, every element)."""
     rules = []
     for tool in ("iptables-save", "ip6tables-save"):
         for line in sh(tool).stdout.splitlines():
-            if f"{CHAIN_PREFIX}-" in line and line.startswith("-A"):
+            if CHAIN_PREFIX in line and line.startswith("-A"):
                 rules.append(f"{tool}: {line}")
+    table = our_table()
+    rules += [f"nft chain {c}" for c in table.chains if c not in nftrules.CHAINS]
+    rules += [f"nft {s}: {nftrules.show(k, v)}" for s, e in table.elements.items() for k, v in e.items()]
     return sorted(rules)
 
 

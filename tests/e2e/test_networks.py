@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .dockerenv import AUTO_POOL, IFPREFIX, MANAGED, PLUGIN, docker, free_subnet, free_subnet6, ifaces, sh
+from .dockerenv import AUTO_POOL, IFPREFIX, MANAGED, PLUGIN, docker, free_subnet, free_subnet6, ifaces, our_rules, sh
 
 
 def bridge_addresses(dk, network, family="inet"):
@@ -210,13 +210,12 @@ def test_routes_in_other_tables_count_too(dk):
     ("com.docker.network.bridge.name=br0\n", "invalid com.docker.network.bridge.name"),
 ])
 def test_bad_options_fail_clearly_and_leave_nothing(dk, option, message):
-    before = sh("ip6tables-save").stdout + sh("iptables-save").stdout
+    before = our_rules()
     v6 = ("--ipv6", "--subnet", free_subnet6()) if "host_binding" in option else ()
     ok, err = dk.try_network(*v6, "--subnet", free_subnet(), "-o", option)
     assert not ok
     assert message in err
-    rules = lambda text: sorted(l for l in text.splitlines() if l.startswith("-A"))   # noqa: E731
-    assert rules(sh("ip6tables-save").stdout + sh("iptables-save").stdout) == rules(before)
+    assert our_rules() == before
     # the dk fixture checks that no link, rule, state row, pool or lease is left behind
 
 

@@ -1,13 +1,15 @@
-"""Our firewall heals itself when flushed or deleted from outside, and doctor/gc see and repair
-the differences between state and kernel."""
+"""Our firewall heals itself when its nftables table or the static iptables rule is damaged from
+outside, it is told so by `nft monitor` (never by polling), and doctor/gc see and repair the
+differences between state and kernel."""
 
 import json
+import time
 
-from .dockerenv import CHAIN_PREFIX, PLUGIN, free_subnet, sh, wait_for
+from .dockerenv import CHAIN_PREFIX, PLUGIN, TABLE, docker, free_port, free_subnet, sh, wait_for
+from .test_connectivity import connect, outside  # noqa: F401  (fixture)
 
-
-def can_ping(dk, container, ip):
-    return dk.exec(container, "ping", "-c1", "-W1", ip, check=False).returncode == 0
+STATIC = ["FORWARD", "-m", "mark", "--mark", "0x1000000/0x1000000", "-m", "comment", "--comment", CHAIN_PREFIX,
+          "-j", "ACCEPT"]
 
 
 def plugin(method, path):
@@ -15,18 +17,49 @@ def plugin(method, path):
     return json.loads(out)
 
 
-def test_chains_flushed_or_deleted_from_outside_come_back_within_seconds(dk):
+def table_handle():
+    """Our table's handle: a rewrite of the table (what healing does) gives it a new one."""
+    for o in json.loads(sh("nft", "-j", "list", "tables").stdout)["nftables"]:
+        if o.get("table", {}).get("name") == TABLE and o["table"]["family"] == "inet":
+            return o["table"]["handle"]
+    return None
+
+
+def reaches(dk, net, outside, port) -> bool:
+    listener = outside.listen(port, seconds=10)
+    try:
+        return connect(dk, net, outside.ip, port).returncode == 0
+    finally:
+        listener.kill()
+        listener.wait()
+
+
+def test_damage_from_outside_is_healed_and_traffic_flows_again(dk, outside):
     net = dk.network("--subnet", free_subnet())
-    a, b = dk.run(net), dk.run(net)
-    ip = dk.ip(b, net)
-    assert can_ping(dk, a, ip)
-    fwd = f"{CHAIN_PREFIX}-FORWARD"
-    iso = f"{CHAIN_PREFIX}-ISOLATE"
-    for damage in (["iptables", "-F", fwd],                                    # a flush
-                   ["sh", "-c", f"iptables -D DOCKER-USER -j {iso}; iptables -D FORWARD -j {fwd}; "
-                                f"iptables -F {fwd}; iptables -X {fwd}"]):      # chain and jumps gone
+    bridge = f"pt-{dk.network_id(net)[:12]}"
+    port = free_port()
+    assert reaches(dk, net, outside, port), "control: out it goes"
+    for damage in (["nft", "flush", "chain", "inet", TABLE, "forward"],                  # a flush
+                   ["nft", "delete", "table", "inet", TABLE],                            # the table gone
+                   ["nft", "delete", "element", "inet", TABLE, "bridges", f'{{ "{bridge}" }}'],  # one element
+                   ["iptables", "-D", *STATIC]):                                         # the static rule
+        before = table_handle()
         sh(*damage)
-        assert wait_for(lambda: can_ping(dk, a, ip), 30, 0.5), f"not healed after {damage}"
+        assert wait_for(lambda: table_handle() not in (None, before)
+                        and plugin("GET", "/pybridge/doctor")["problems"] == [], 10), f"not healed after {damage}"
+        assert reaches(dk, net, outside, port), f"no traffic after healing {damage}"
+
+
+def test_changes_that_are_not_damage_to_us_never_start_a_check(dk):
+    """Our own changes (a container publishing ports on our network) and Docker's (a container
+    publishing on its own bridge) go by: the table is never rewritten."""
+    net = dk.network("--subnet", free_subnet())
+    before = table_handle()
+    c = dk.run(net, "-p", f"{free_port()}:80")
+    ours = dk.run("bridge", "-p", f"{free_port()}:80")
+    docker("rm", "-f", c, ours)
+    time.sleep(1)     # the monitor's debounce is 50 ms: a check would have run by now
+    assert table_handle() == before
     assert plugin("GET", "/pybridge/doctor")["problems"] == []
 
 
@@ -41,3 +74,4 @@ def test_doctor_reports_a_difference_and_gc_repairs_it(dk):
     assert report["errors"] == []
     assert plugin("GET", "/pybridge/doctor")["problems"] == []
     assert addr in sh("ip", "-4", "-o", "addr", "show", "dev", bridge).stdout
+

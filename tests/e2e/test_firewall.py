@@ -1,0 +1,106 @@
+"""Issue 9 through a real dockerd: the upgrade from the iptables chains of earlier versions, and
+the static rule with dockerd on iptables-legacy (dockerd restarted under it)."""
+
+import ipaddress
+import os
+
+import pytest
+
+from plugin.domain.model import Network, Subnet
+from plugin.kernel.firewall import IptablesFirewall
+
+from .dockerenv import (CHAIN_PREFIX, MANAGED, docker, free_port, free_subnet, restart_dockerd, sh, wait_for,
+                        wait_plugin_socket)
+from .test_connectivity import connect, outside  # noqa: F401  (fixture)
+from .test_ports import SERVER, fetch_from_ns
+
+STATIC = ["FORWARD", "-m", "mark", "--mark", "0x1000000/0x1000000", "-m", "comment", "--comment", CHAIN_PREFIX,
+          "-j", "ACCEPT"]
+NO_RESTART = pytest.mark.skipif(os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
+                                reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
+
+
+def old_chains() -> list[str]:
+    return [l for tool in ("iptables-save", "ip6tables-save") for l in sh(tool).stdout.splitlines()
+            if f"{CHAIN_PREFIX}-" in l]
+
+
+def test_an_upgrade_from_the_iptables_chains_loses_no_network_and_leaves_no_old_rule(dk, outside):
+    subnet = free_subnet()
+    net = dk.network("--subnet", subnet)
+    bridge = f"pt-{dk.network_id(net)[:12]}"
+    port = free_port()
+    dk.run(net, "-p", f"{port}:80", cmd=SERVER)
+    assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15)
+    # what the previous version kept, written by its own adapter: chains, rules and jumps
+    pool = ipaddress.ip_network(subnet)
+    IptablesFirewall(CHAIN_PREFIX).sync([Network(id=dk.network_id(net), bridge=bridge, subnets=(
+        Subnet(pool, ipaddress.ip_interface(f"{pool.network_address + 1}/{pool.prefixlen}")),))])
+    assert any(l.startswith(f":{CHAIN_PREFIX}-FORWARD") for l in old_chains())
+    docker("plugin", "disable", "-f", MANAGED)          # the upgrade: the new version starts
+    docker("plugin", "enable", MANAGED)
+    assert wait_plugin_socket()
+    assert wait_for(lambda: old_chains() == [], 15), old_chains()
+    assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15), "the port still answers"
+    listener = outside.listen(port + 1)
+    try:
+        assert connect(dk, net, outside.ip, port + 1).returncode == 0, "and the network still reaches out"
+    finally:
+        listener.kill()
+
+
+def _legacy_tables() -> list[str]:
+    out = []
+    for name in ("/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"):
+        try:
+            out += open(name).read().split()
+        except OSError:
+            pass
+    return out
+
+
+def _alternative(name: str) -> str:
+    """The alternative chosen now (/usr/sbin/iptables-nft, say), not the binary it leads to."""
+    return os.readlink(f"/etc/alternatives/{name}")
+
+
+@NO_RESTART
+def test_with_dockerd_on_iptables_legacy_traffic_flows_and_the_static_rule_heals(dk, outside):
+    if _legacy_tables():
+        pytest.skip("this host already has iptables-legacy tables; the test would not know what to clean")
+    if not os.path.exists("/usr/sbin/iptables-legacy"):
+        pytest.skip("iptables-legacy is not installed")
+    before = {n: _alternative(n) for n in ("iptables", "ip6tables")}
+    try:
+        for n in before:
+            sh("update-alternatives", "--set", n, f"/usr/sbin/{n}-legacy")
+        restart_dockerd()
+        assert wait_plugin_socket(30)
+        assert "-A FORWARD -j DOCKER-USER" in sh("iptables-legacy", "-S", "FORWARD").stdout, "dockerd went legacy"
+        # dockerd sets FORWARD's policy to DROP when it turns forwarding on itself; here it is on
+        # already, so the test does what dockerd does on a fresh host
+        sh("iptables-legacy", "-P", "FORWARD", "DROP")
+        line = "-A " + " ".join(STATIC)
+        assert wait_for(lambda: line in sh("iptables-legacy", "-S", "FORWARD").stdout, 15)
+        net = dk.network("--subnet", free_subnet())
+        port = free_port()
+        dk.run(net, "-p", f"{port}:80", cmd=SERVER)
+        assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15), "in"
+        listener = outside.listen(port + 1)
+        try:
+            assert connect(dk, net, outside.ip, port + 1).returncode == 0, "out"
+        finally:
+            listener.kill()
+        sh("iptables-legacy", "-D", *STATIC)                # no events from legacy: the periodic check
+        assert wait_for(lambda: line in sh("iptables-legacy", "-S", "FORWARD").stdout, 15)
+        assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15)
+    finally:
+        for n, path in before.items():
+            sh("update-alternatives", "--set", n, path)
+        restart_dockerd()
+        wait_plugin_socket(30)
+        for tool in ("iptables-legacy", "ip6tables-legacy"):    # what dockerd wrote there, which the test made
+            sh(tool, "-P", "FORWARD", "ACCEPT", check=False)    # first: then our plugins have no rule to keep
+            for table in ("filter", "nat", "mangle", "raw"):
+                sh(tool, "-t", table, "-F", check=False)
+                sh(tool, "-t", table, "-X", check=False)
