@@ -22,6 +22,7 @@ import time
 import uuid
 
 IMAGE = "pybridge-test-busybox:latest"
+ROOT = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
 
 
 def sh(*argv, check=True):
@@ -193,13 +194,215 @@ def bench_dns(driver: str, subnet: str, seconds: float = 3.0, window: int = 16, 
     print(f"  ratio pybridge/embedded (q/s): {ours / docker_qps:.2f}")
 
 
+def _fw_state(networks: int, ports: int):
+    """`networks` networks, and 100-port endpoints on the first of them up to `ports` ports."""
+    sys.path.insert(0, ROOT)
+    from plugin.domain.model import Endpoint, Network, Subnet
+    from plugin.domain.ports import PortBinding
+    nets = [Network(id=f"{i:064x}", bridge=f"pz-{i:012x}", subnets=(Subnet(
+        ipaddress.ip_network(f"10.{100 + i // 250}.{i % 250}.0/24"),
+        ipaddress.ip_interface(f"10.{100 + i // 250}.{i % 250}.1/24")),)) for i in range(max(1, networks))]
+    eps = []
+    for k in range(ports // 100):
+        eps.append(Endpoint(id=f"e{k:063x}", network_id=nets[0].id, host_ifname=f"pzh{k}", container_ifname=f"pzc{k}",
+                            mac="02:00:00:00:00:01", address4=ipaddress.ip_interface(f"10.100.0.{2 + k % 250}/24"),
+                            ports=tuple(PortBinding("tcp" if j % 2 else "udp", 80 + j, "", 20000 + k * 100 + j)
+                                        for j in range(100))))
+    five = Endpoint(id="f" * 64, network_id=nets[0].id, host_ifname="pzhf", container_ifname="pzcf",
+                    mac="02:00:00:00:00:02", address4=ipaddress.ip_interface("10.100.0.254/24"),
+                    ports=tuple(PortBinding("tcp", 80 + j, "", 40000 + j) for j in range(5)))
+    return nets, eps, five
+
+
+def _interleaved(cases: dict, op, reps: int) -> dict:
+    """Median ms of op(case) per case, the cases taken in turn so that all see the same machine."""
+    times = {k: [] for k in cases}
+    for _ in range(reps):
+        for k, case in cases.items():
+            t = time.perf_counter()
+            op(case)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) * 1000 for k, v in times.items()}
+
+
+def bench_firewall(reps: int = 40) -> None:
+    """Publishing and withdrawing one container's five ports, and creating and removing a
+    network, with more and more already there: the nftables adapter against the iptables one it
+    replaced. Each case has a namespace of its own, and the cases are measured in turn."""
+    sys.path.insert(0, ROOT)
+    from dataclasses import replace
+    from plugin.kernel.firewall import IptablesFirewall
+    from plugin.kernel.nft import NftFirewall
+    tag = uuid.uuid4().hex[:6]
+    made: list[tuple[str, object]] = []
+
+    def namespace(i: int):
+        ns = f"pzb{tag}-{i}"
+        sh("ip", "netns", "add", ns)
+        made.append((ns, None))
+        return ns
+
+    try:
+        counts = (0, 1000, 5000, 10000)
+        new, old = {}, {}
+        for i, count in enumerate(counts):
+            nets, eps, five = _fw_state(1, count)
+            bare = replace(five, ports=())
+            fw = NftFirewall("PZB", netns=namespace(i))
+            made[-1] = (made[-1][0], fw)
+            fw.sync(nets, eps + [bare])
+            new[count] = (fw, nets[0], bare, five)
+            old[count] = (IptablesFirewall("PZB", netns=namespace(10 + i)), nets, eps, bare, five)
+
+        def publish_new(c):
+            fw, net, bare, five = c
+            fw.change_ports(net, bare, five)
+            fw.change_ports(net, five, bare)
+
+        def publish_old(c):
+            fw, nets, eps, bare, five = c
+            fw.sync(nets, eps + [five], check_jumps=False)
+            fw.sync(nets, eps + [bare], check_jumps=False)
+
+        t_new = _interleaved(new, publish_new, reps)
+        t_old = _interleaved(old, publish_old, 3)
+        print("firewall: publish + withdraw one container's 5 ports (ms, median, cases in turn)")
+        print(f"  {'ports already published':>26s} {'nftables':>9s} {'iptables (old)':>15s}")
+        for count in counts:
+            print(f"  {count:26,d} {t_new[count]:9.2f} {t_old[count]:15.1f}")
+        print(f"  ratio 10,000/0 ports: nftables {t_new[10000] / t_new[0]:.2f}, iptables {t_old[10000] / t_old[0]:.1f}")
+
+        new, old = {}, {}
+        for i, count in enumerate((0, 200)):
+            nets, _, _ = _fw_state(count + 1, 0)
+            fw = NftFirewall("PZB", netns=namespace(20 + i))
+            made[-1] = (made[-1][0], fw)
+            fw.sync(nets[:-1])
+            new[count] = (fw, nets[-1])
+            old[count] = (IptablesFirewall("PZB", netns=namespace(30 + i)), nets[:-1], nets[-1])
+
+        def network_new(c):
+            fw, extra = c
+            fw.add_network(extra)
+            fw.remove_network(extra)
+
+        def network_old(c):
+            fw, present, extra = c
+            fw.sync(present + [extra])
+            fw.sync(present)
+
+        t_new = _interleaved(new, network_new, reps)
+        t_old = _interleaved(old, network_old, 5)
+        print("firewall: create + remove one network (ms, median, cases in turn)")
+        print(f"  {'networks already there':>26s} {'nftables':>9s} {'iptables (old)':>15s}")
+        for count in (0, 200):
+            print(f"  {count:26,d} {t_new[count]:9.2f} {t_old[count]:15.1f}")
+        print(f"  ratio 200/0 networks: nftables {t_new[200] / t_new[0]:.2f}, iptables {t_old[200] / t_old[0]:.1f}")
+    finally:
+        for ns, fw in made:
+            if fw is not None:
+                fw.close()
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def plugin_post(driver: str, path: str, body: dict) -> dict:
+    import requests_unixsocket
+    sock = f"/run/docker/plugins/{driver}.sock".replace("/", "%2F")
+    resp = requests_unixsocket.Session().post(f"http+unix://{sock}{path}", json=body, timeout=30)
+    out = resp.json()
+    if resp.status_code != 200 or out.get("Err"):
+        raise SystemExit(f"{path}: {out}")
+    return out
+
+
+def plugin_cpu_ticks(driver: str) -> int:
+    """utime + stime of every process of the managed plugin (the server, the nftables helper,
+    nft monitor), found by the instance name baked into its rootfs."""
+    import os
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/root/etc/pybridge-instance") as f:
+                if f.read().strip() != f"{driver}-plugin":
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def bench_idle(driver: str, subnet: str, ports: int = 10000, seconds: float = 30.0) -> None:
+    """The plugin's CPU while nothing happens, with no port and then with `ports` ports published
+    (100 endpoints of 100 ports, made through the plugin's own API on a network of its own)."""
+    import os
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def idle_cpu() -> float:
+        time.sleep(2)
+        start = plugin_cpu_ticks(driver)
+        time.sleep(seconds)
+        return (plugin_cpu_ticks(driver) - start) / tick / seconds * 100
+
+    name = f"pbbench-{uuid.uuid4().hex[:6]}-idle"
+    sh("docker", "network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", subnet, name)
+    nid = sh("docker", "network", "inspect", "-f", "{{.Id}}", name)
+    base = ipaddress.ip_network(subnet)
+    made = []
+    try:
+        before = idle_cpu()
+        t = time.perf_counter()
+        for k in range(ports // 100):
+            eid = uuid.uuid4().hex + uuid.uuid4().hex
+            plugin_post(driver, "/NetworkDriver.CreateEndpoint", {
+                "NetworkID": nid, "EndpointID": eid, "Interface": {"Address": f"{base.network_address + 2 + k}/{base.prefixlen}"}})
+            made.append(eid)
+            plugin_post(driver, "/NetworkDriver.ProgramExternalConnectivity", {
+                "NetworkID": nid, "EndpointID": eid, "Options": {"com.docker.network.portmap": [
+                    {"Proto": 6, "Port": 80 + j, "HostIP": "", "HostPort": 20000 + k * 100 + j,
+                     "HostPortEnd": 20000 + k * 100 + j} for j in range(100)]}})
+        publish = time.perf_counter() - t
+        after = idle_cpu()
+        print(f"idle CPU of the plugin's processes over {seconds:.0f} s (% of one core)")
+        print(f"  no port published          : {before:6.2f}")
+        print(f"  {ports:,} ports published    : {after:6.2f}   (publishing them took {publish:.1f} s)")
+    finally:
+        for eid in made:
+            plugin_post(driver, "/NetworkDriver.RevokeExternalConnectivity", {"NetworkID": nid, "EndpointID": eid})
+            plugin_post(driver, "/NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
+        sh("docker", "network", "rm", name, check=False)
+
+
+def concurrent_runs(network: str, count: int) -> float:
+    """Wall time of `count` `docker run --rm` started at once on one network."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["docker", "run", "--rm", "--network", network, "--dns", "127.0.0.1", IMAGE, "true"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(count)]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode:
+            raise SystemExit(f"docker run: {err.decode().strip()}")
+    return time.perf_counter() - start
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--driver", default="pybridge", help="driver name of the pybridge instance to measure")
     ap.add_argument("--ipam-only", action="store_true", help="only the IPAM figures (no Docker needed)")
     ap.add_argument("--dns-only", action="store_true", help="only the DNS figures")
+    ap.add_argument("--firewall-only", action="store_true", help="only the firewall curves (no Docker needed)")
+    ap.add_argument("--concurrent-rounds", type=int, default=4, help="rounds of 30 concurrent runs per driver")
+    ap.add_argument("--idle", action="store_true", help="also the plugin's idle CPU with 10,000 published ports")
+    ap.add_argument("--idle-only", action="store_true", help="only that")
     args = ap.parse_args()
+    if args.firewall_only:
+        bench_firewall()
+        return 0
+    if args.idle_only:
+        bench_idle(args.driver, free_subnets(1)[0])
+        return 0
     if args.dns_only:
         subprocess.run(["scripts/make-test-image.sh"], check=True)
         bench_dns(args.driver, free_subnets(1)[0])
@@ -207,6 +410,7 @@ def main() -> int:
     bench_ipam()
     if args.ipam_only:
         return 0
+    bench_firewall()
     sh(sys.executable, "-c", "import requests_unixsocket")
     subprocess.run(["scripts/make-test-image.sh"], check=True)
     tag = uuid.uuid4().hex[:6]
@@ -223,6 +427,10 @@ def main() -> int:
         plugin_call(args.driver, "post", "/pybridge/stats/reset")
         ported = compare(builtin, ours, max(4, args.runs // 2), FIVE_PORTS)
         port_stats = plugin_call(args.driver, "get", "/pybridge/stats")
+        crowd = {builtin: [], ours: []}
+        for i in range(args.concurrent_rounds):
+            for net in ((builtin, ours) if i % 2 == 0 else (ours, builtin)):
+                crowd[net].append(concurrent_runs(net, 30))
     finally:
         sh("docker", "network", "rm", builtin, ours, check=False)
 
@@ -237,10 +445,17 @@ def main() -> int:
         per_container += s["p50_ms"] * s["count"] / args.runs
     print(f"  plugin work per container (sum of p50 x calls per container): {per_container:.2f} ms")
     print("with five published ports:")
-    for method in ("NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.RevokeExternalConnectivity"):
-        s = port_stats.get(method)
-        if s:
-            print(f"  {method:44s} {s['count']:5d} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['max_ms']:8.2f}")
+    runs = max(4, args.runs // 2)
+    p50 = p99 = 0.0
+    for method, s in port_stats.items():
+        print(f"  {method:44s} {s['count']:5d} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['max_ms']:8.2f}")
+        p50 += s["p50_ms"] * s["count"] / runs
+        p99 += s["p99_ms"] * s["count"] / runs
+    print(f"  plugin work per container with 5 ports: sum of p50 x calls {p50:.2f} ms, sum of p99 x calls {p99:.2f} ms")
+    report(f"30 concurrent docker run --rm on one network, {args.concurrent_rounds} rounds each, interleaved",
+           crowd, builtin, ours)
+    if args.idle:
+        bench_idle(args.driver, free_subnets(4)[3])
     return 0
 
 
