@@ -428,9 +428,11 @@ def main() -> int:
         ported = compare(builtin, ours, max(4, args.runs // 2), FIVE_PORTS)
         port_stats = plugin_call(args.driver, "get", "/pybridge/stats")
         crowd = {builtin: [], ours: []}
+        plugin_call(args.driver, "post", "/pybridge/stats/reset")
         for i in range(args.concurrent_rounds):
             for net in ((builtin, ours) if i % 2 == 0 else (ours, builtin)):
                 crowd[net].append(concurrent_runs(net, 30))
+        crowd_stats = plugin_call(args.driver, "get", "/pybridge/stats")
     finally:
         sh("docker", "network", "rm", builtin, ours, check=False)
 
@@ -454,6 +456,9 @@ def main() -> int:
     print(f"  plugin work per container with 5 ports: sum of p50 x calls {p50:.2f} ms, sum of p99 x calls {p99:.2f} ms")
     report(f"30 concurrent docker run --rm on one network, {args.concurrent_rounds} rounds each, interleaved",
            crowd, builtin, ours)
+    print("  the plugin's latency per method while serving them")
+    for method, s in crowd_stats.items():
+        print(f"  {method:44s} {s['count']:5d} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['max_ms']:8.2f}")
     if args.idle:
         bench_idle(args.driver, free_subnets(4)[3])
     return 0

@@ -2,7 +2,7 @@
 
 dockerd never replays CreateNetwork, so at start pybridge re-creates every recorded network's
 bridge, addresses and rules with the same steps as create, and removes the links it owns (by
-name prefix) that no record claims. Firewall chains are rewritten whole from state.
+name prefix) that no record claims. The firewall table is rewritten whole from state.
 """
 
 from __future__ import annotations
@@ -161,13 +161,14 @@ class Doctor:
         return {"networks": len(networks), "endpoints": len(endpoints), "problems": problems}
 
     def heal_firewall(self) -> list[str]:
-        """Rewrite our chains if they drifted (flushed, deleted, jumps gone). Returns the drift."""
+        """Rewrite our table if it drifted (flushed, deleted, elements or static rules gone).
+        Returns the drift."""
         ctx = self.ctx
         with ctx.store.reading() as tx:
             networks, endpoints = tx.list_networks(), tx.list_endpoints()
         problems = ctx.firewall.drift(networks, endpoints, ctx.foreign)
         if problems:
-            log.warning("firewall drift, restoring our chains: %s", problems)
+            log.warning("firewall drift, rewriting our table: %s", problems)
             with ctx.store.transaction() as tx:
                 ctx.sync_firewall(tx)
         return problems

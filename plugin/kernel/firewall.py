@@ -1,4 +1,7 @@
-"""The iptables adapter: whole-chain batches through iptables-restore --noflush.
+"""The iptables adapter of earlier versions (issue 9 replaced it with plugin.kernel.nft): whole-
+chain batches through iptables-restore --noflush. Kept for two things: removing the chains an
+older installation left (its remove_all runs at the first start of the new version), and the
+benchmark that sets it beside the nftables adapter.
 
 Uses the same iptables binaries (and so the same nft/legacy backend) as dockerd on the host.
 Never one process per rule: a sync is at most one iptables-save and one iptables-restore per
@@ -9,17 +12,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import threading
 from typing import Iterable
 
 from ..domain.errors import KernelError
 from ..domain.model import Endpoint, Network
-from . import rules
+from . import commands, rules
 
 log = logging.getLogger(__name__)
-
-TIMEOUT = 20
 
 
 class IptablesFirewall:
@@ -31,13 +31,7 @@ class IptablesFirewall:
         self._applied: dict[tuple[int, str], str] = {}   # (family, table) -> text this process last wrote
 
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
-        try:
-            res = subprocess.run(self._argv0 + argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise KernelError(f"{argv[0]}: {e}") from e
-        if res.returncode != 0:
-            raise KernelError(f"{argv[0]} failed: {res.stderr.strip() or res.returncode}")
-        return res.stdout
+        return commands.run(self._argv0 + argv, stdin, name=argv[0])
 
     def _available(self, version: int) -> bool:
         return all(shutil.which(t) for t in self._tools[version])

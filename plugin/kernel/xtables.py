@@ -13,13 +13,11 @@ nothing else), nothing is needed and nothing is written.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from typing import Callable
 
 from ..domain.errors import KernelError
+from . import commands
 from .rules import safe
-
-TIMEOUT = 20
 TOOLS = {("nft", 4): "iptables-nft", ("nft", 6): "ip6tables-nft",
          ("legacy", 4): "iptables-legacy", ("legacy", 6): "ip6tables-legacy"}
 NAMES_FILE = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
@@ -35,13 +33,7 @@ class ForwardAccept:
         self._nft_tables = nft_tables
 
     def _run(self, argv: list[str]) -> str:
-        try:
-            res = subprocess.run(self._argv0 + argv, capture_output=True, text=True, timeout=TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise KernelError(f"{argv[0]}: {e}") from e
-        if res.returncode != 0:
-            raise KernelError(f"{' '.join(argv[:4])} failed: {res.stderr.strip() or res.returncode}")
-        return res.stdout
+        return commands.run(self._argv0 + argv, name=" ".join(argv[:4]))
 
     def _legacy_tables(self, version: int) -> bool:
         try:

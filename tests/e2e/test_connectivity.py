@@ -75,6 +75,16 @@ def connect(dk, network, ip, port, *args):
     return dk.run_once(network, "sh", "-c", f"echo hi | nc -w 3 {ip} {port}", args=args, check=False)
 
 
+def reaches_out(dk, network, outside, port) -> bool:
+    """A container of the network connects to a listener in the outside namespace."""
+    listener = outside.listen(port, seconds=10)
+    try:
+        return connect(dk, network, outside.ip, port).returncode == 0
+    finally:
+        listener.kill()
+        listener.wait()
+
+
 def can_ping(dk, container, ip):
     return dk.exec(container, "ping", "-c1", "-W2", ip, check=False).returncode == 0
 

@@ -6,7 +6,7 @@ import json
 import time
 
 from .dockerenv import CHAIN_PREFIX, PLUGIN, TABLE, docker, free_port, free_subnet, sh, wait_for
-from .test_connectivity import connect, outside  # noqa: F401  (fixture)
+from .test_connectivity import outside, reaches_out  # noqa: F401  (fixture)
 
 STATIC = ["FORWARD", "-m", "mark", "--mark", "0x1000000/0x1000000", "-m", "comment", "--comment", CHAIN_PREFIX,
           "-j", "ACCEPT"]
@@ -25,20 +25,11 @@ def table_handle():
     return None
 
 
-def reaches(dk, net, outside, port) -> bool:
-    listener = outside.listen(port, seconds=10)
-    try:
-        return connect(dk, net, outside.ip, port).returncode == 0
-    finally:
-        listener.kill()
-        listener.wait()
-
-
 def test_damage_from_outside_is_healed_and_traffic_flows_again(dk, outside):
     net = dk.network("--subnet", free_subnet())
     bridge = f"pt-{dk.network_id(net)[:12]}"
     port = free_port()
-    assert reaches(dk, net, outside, port), "control: out it goes"
+    assert reaches_out(dk, net, outside, port), "control: out it goes"
     for damage in (["nft", "flush", "chain", "inet", TABLE, "forward"],                  # a flush
                    ["nft", "delete", "table", "inet", TABLE],                            # the table gone
                    ["nft", "delete", "element", "inet", TABLE, "bridges", f'{{ "{bridge}" }}'],  # one element
@@ -47,7 +38,7 @@ def test_damage_from_outside_is_healed_and_traffic_flows_again(dk, outside):
         sh(*damage)
         assert wait_for(lambda: table_handle() not in (None, before)
                         and plugin("GET", "/pybridge/doctor")["problems"] == [], 10), f"not healed after {damage}"
-        assert reaches(dk, net, outside, port), f"no traffic after healing {damage}"
+        assert reaches_out(dk, net, outside, port), f"no traffic after healing {damage}"
 
 
 def test_changes_that_are_not_damage_to_us_never_start_a_check(dk):

@@ -386,3 +386,18 @@ def test_a_network_removed_while_its_endpoint_is_made_leaves_nothing(fake_servic
     with pytest.raises(NotFound, match="went away"):
         fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     assert nl.devices == {} and state(fake_services) == ([], [])
+
+
+def test_doctor_names_each_element_that_differs_and_healing_puts_it_back(fake_services):
+    create(fake_services)
+    eps, fw = fake_services.endpoints, fake_services.ctx.firewall
+    eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
+    del fw.kernel["sets"]["to4_any"][("tcp", 8080)]                    # someone deleted one element
+    fw.kernel["sets"]["foreign"]["stray0"] = None                       # and added another
+    problems = fake_services.doctor.examine()["problems"]
+    assert "firewall: to4_any: element tcp . 8080 : 10.200.1.2 is missing" in problems
+    assert "firewall: foreign: element stray0 is not in the state" in problems
+    assert sorted(fake_services.doctor.heal_firewall()) == sorted(p.removeprefix("firewall: ") for p in problems
+                                                                  if p.startswith("firewall: "))
+    assert fake_services.doctor.examine()["problems"] == []
