@@ -1,11 +1,10 @@
 """The nftables helper: a small process of its own that holds libnftables and runs the JSON
 commands the firewall adapter sends it, one per line on stdin, one answer per line on stdout.
 
-Why a process and not libnftables in the plugin's own: libnftables aborts the whole process when
-its netlink socket gets a descriptor >= 1024 (it uses select(), moby#52886), and the plugin's
-process holds a socket per DNS listener and client, so it can reach that; this process holds a
-handful. An abort here costs one command (the adapter restarts the helper and falls back to a
-full rewrite), never the plugin. And spawning `nft` per change costs ~5 ms; a line here ~0.1 ms.
+The fallback of plugin.kernel.nft: used when the plugin's process already holds so many
+descriptors that a libnftables socket opened in it could get one >= 1024, where libnftables'
+select() aborts the process (moby#52886). This process holds a handful. (Spawning `nft` per
+change instead would cost ~5 ms.)
 
 It names itself (prctl) so that the adapter's monitor can tell our own changes from others'.
 Stdlib and python3-nftables only: it runs with the plugin's python or the system's.
@@ -20,10 +19,11 @@ import sys
 PR_SET_NAME = 15
 
 
-def _load():
+def load_nftables():
+    """Debian's python3-nftables (libnftables' binding), from the system's python or another."""
     try:
         import nftables
-    except ImportError:   # Debian's python3-nftables, from a python that is not the system's
+    except ImportError:
         sys.path.append("/usr/lib/python3/dist-packages")
         import nftables
     return nftables
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         pass
-    nftables = _load()
+    nftables = load_nftables()
     nft = nftables.Nftables()
     nft.set_json_output(True)
     nft.set_handle_output(True)     # rules of others' tables are deleted by handle

@@ -11,6 +11,7 @@ import pytest
 from plugin.domain.errors import KernelError
 from plugin.domain.model import Endpoint, Network, Subnet
 from plugin.domain.ports import PortBinding
+from plugin.kernel import nft
 from plugin.kernel.nft import NftFirewall
 
 from ..waiting import wait_for
@@ -26,9 +27,14 @@ EP = Endpoint(id="e" * 64, network_id=NET.id, host_ifname="pth1", container_ifna
 BARE = Endpoint(**{**EP.__dict__, "ports": ()})
 
 
-@pytest.fixture
-def fw(netns):
+@pytest.fixture(params=["in-process", "helper"])
+def fw(netns, request, monkeypatch):
+    """The adapter with libnftables in this process, and with the helper process it falls back
+    to when this process holds too many descriptors."""
+    if request.param == "helper":
+        monkeypatch.setattr(nft, "FD_LIMIT", 0)
     f = NftFirewall("PBTI", netns=netns)
+    assert type(f.nft).__name__ == {"in-process": "NftLibrary", "helper": "NftHelper"}[request.param]
     yield f
     f.close()
 
