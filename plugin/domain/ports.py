@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .addresses import parse_ip
 from .errors import Conflict, Exhausted, InvalidRequest
@@ -82,28 +82,41 @@ def _clash(a: PortBinding, proto: str, host_ip: str, family: int, port: int) -> 
     return a.proto == proto and a.host_port == port and same_family and same_ip
 
 
+HeldOn = Callable[[str, int], Iterable[PortBinding]]   # (protocol, host port) -> bindings held there
+
+
 class _Held:
     """Bindings by (protocol, host port): a candidate port is compared only with the bindings
-    on that very port, not with every binding on the host."""
+    on that very port, looked up once (in the state store's index, or in a list indexed here)."""
 
-    def __init__(self, bindings: Iterable[PortBinding]):
+    def __init__(self, held: Iterable[PortBinding] | HeldOn):
         self._by_port: dict[tuple[str, int], list[PortBinding]] = defaultdict(list)
-        for b in bindings:
-            self.add(b)
+        self._lookup: HeldOn | None = held if callable(held) else None
+        self._seen: set[tuple[str, int]] = set()
+        if self._lookup is None:
+            for b in held:
+                self.add(b)
 
     def add(self, b: PortBinding) -> None:
         self._by_port[(b.proto, b.host_port)].append(b)
 
     def free(self, r: PortRequest, port: int) -> bool:
-        return not any(_clash(b, r.proto, r.host_ip, r.family, port)
-                       for b in self._by_port.get((r.proto, port), ()))
+        key = (r.proto, port)
+        if self._lookup is not None and key not in self._seen:
+            self._seen.add(key)
+            self._by_port[key].extend(self._lookup(r.proto, port))
+        return not any(_clash(b, r.proto, r.host_ip, r.family, port) for b in self._by_port.get(key, ()))
 
 
-def assign(requests: Iterable[PortRequest], held: Iterable[PortBinding]) -> list[PortBinding]:
+def assign(requests: Iterable[PortRequest], held: Iterable[PortBinding] | HeldOn,
+           start: dict[str, int] | None = None) -> list[PortBinding]:
     """Host ports for every request, avoiding the bindings already held (and each other).
 
-    Linear in the requests and the bindings held: each binding is indexed once, and a request
-    continues from the last port this call picked in the same range instead of rescanning it."""
+    `held` is every binding held, or a lookup of those on one port (the state store's index):
+    then the cost does not grow with the bindings held elsewhere. A port to pick is looked for
+    from start[protocol] on (where the previous pick in the ephemeral range ended), so picking
+    does not probe again, one by one, the ports picked before. Within one call a request
+    continues from the last port picked in the same range."""
     taken = _Held(held)
     out: list[PortBinding] = []
     cursor: dict[tuple, int] = {}   # next port to try, per kind of binding and range
@@ -114,10 +127,11 @@ def assign(requests: Iterable[PortRequest], held: Iterable[PortBinding]) -> list
     for r in requests:
         lo, hi = (r.host_port, r.host_port_end) if r.host_port else EPHEMERAL
         key = (r.proto, r.host_ip, r.family, lo, hi)
-        start = cursor.get(key, lo)
-        port = first_free(r, start, hi)
-        if port is None and start > lo:
-            port = first_free(r, lo, start - 1)
+        first = lo if r.host_port else (start or {}).get(r.proto, lo)
+        begin = cursor.get(key, first if lo <= first <= hi else lo)
+        port = first_free(r, begin, hi)
+        if port is None and begin > lo:
+            port = first_free(r, lo, begin - 1)
         if port is not None:
             cursor[key] = port + 1
         if port is None:

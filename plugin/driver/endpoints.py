@@ -12,7 +12,7 @@ from dataclasses import replace
 from ..domain.errors import KernelError, NotFound, PybridgeError
 from ..domain.naming import veth_names
 from ..domain.options import endpoint_from_request
-from ..domain.ports import assign, parse_portmap
+from ..domain.ports import EPHEMERAL, assign, parse_portmap
 from .context import Context, collect
 from .locks import KeyedLocks
 
@@ -86,16 +86,40 @@ class EndpointService:
                 requests = []
             families = {v for v, a in ((4, endpoint.address4), (6, endpoint.address6)) if a is not None}
             requests = [r for r in requests if r.family == 0 or r.family in families]
-            held = [b for e in tx.list_endpoints() if e.id != endpoint_id for b in e.ports]
-            bindings = tuple(assign(requests, held))
+            bindings = tuple(assign(requests, lambda proto, port: tx.bindings_on(proto, port, but=endpoint_id),
+                                    self._pick_from(tx, endpoint)))
             if bindings == endpoint.ports:
                 return
+            self._advance(tx, requests, bindings)
             if bindings:
                 ctx.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
             updated = replace(endpoint, ports=bindings)
             tx.put_endpoint(updated)
             ctx.change_firewall(tx, ctx.firewall.change_ports, network, endpoint, updated)
         log.info("endpoint %s publishes %s", endpoint_id[:12], ", ".join(map(str, bindings)))
+
+    @staticmethod
+    def _pick_from(tx, endpoint) -> dict[str, int]:
+        """Where free host ports are looked for: after the last one picked (so that the ports
+        picked before are not probed again), or, for a container programmed again, from its own
+        (so that it gets the same ones)."""
+        own: dict[str, int] = {}
+        for b in endpoint.ports:
+            if EPHEMERAL[0] <= b.host_port <= EPHEMERAL[1]:
+                own[b.proto] = min(b.host_port, own.get(b.proto, b.host_port))
+        return {**tx.port_cursors(), **own}
+
+    @staticmethod
+    def _advance(tx, requests, bindings) -> None:
+        picked: dict[str, int] = {}
+        for r, b in zip(requests, bindings):
+            if not r.host_port:
+                picked[b.proto] = max(picked.get(b.proto, 0), b.host_port)
+        if picked:
+            cursors = tx.port_cursors()
+            for proto, port in picked.items():
+                cursors[proto] = port + 1 if port < EPHEMERAL[1] else EPHEMERAL[0]
+            tx.set_port_cursors(cursors)
 
     def revoke(self, network_id: str, endpoint_id: str) -> None:
         """Withdraw the container's published ports (idempotent)."""

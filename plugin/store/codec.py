@@ -33,6 +33,14 @@ def _port(p) -> PortBinding:
     return PortBinding(proto, cport, host_ip, hport, family)
 
 
+def binding_to_json(b: PortBinding) -> str:
+    return json.dumps([b.proto, b.container_port, b.host_ip, b.host_port, b.family])
+
+
+def binding_from_json(key: str, endpoint_id: str, text: str) -> PortBinding:
+    return _port(json.loads(text))
+
+
 def network_to_json(n: Network) -> str:
     return json.dumps({
         "bridge": n.bridge, "mtu": n.mtu, "internal": n.internal, "ipv6": n.ipv6, "icc": n.icc,

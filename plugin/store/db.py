@@ -35,10 +35,33 @@ CREATE TABLE IF NOT EXISTS pools (
     id TEXT PRIMARY KEY, space TEXT NOT NULL, subnet TEXT NOT NULL, ip_range TEXT NOT NULL,
     cursor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dns (network_id TEXT PRIMARY KEY, name TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bindings (
+    endpoint_id TEXT NOT NULL, proto TEXT NOT NULL, host_port INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS bindings_by_port ON bindings (proto, host_port);
+CREATE INDEX IF NOT EXISTS bindings_by_endpoint ON bindings (endpoint_id);
 CREATE TABLE IF NOT EXISTS leases (
     pool_id TEXT NOT NULL, addr TEXT NOT NULL, kind TEXT NOT NULL, created REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (pool_id, addr)) WITHOUT ROWID;
 """
+
+
+def _index_bindings(conn) -> None:
+    """Fill the published-port index from the endpoints' rows, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM bindings")
+        for eid, nid, doc in conn.execute("SELECT id, network_id, doc FROM endpoints").fetchall():
+            try:
+                e = codec.endpoint_from_json(eid, nid, doc)
+            except _BAD_ROW:
+                continue      # doctor lists it; it holds no port meanwhile
+            conn.executemany("INSERT INTO bindings (endpoint_id, proto, host_port, doc) VALUES (?, ?, ?, ?)",
+                             [(eid, b.proto, b.host_port, codec.binding_to_json(b)) for b in e.ports])
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('bindings', '1')")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def addr_key(value: int) -> str:
@@ -111,6 +134,17 @@ class Tx:
     def put_endpoint(self, e: Endpoint) -> None:
         self._c.execute("INSERT OR REPLACE INTO endpoints (id, network_id, doc) VALUES (?, ?, ?)",
                         (e.id, e.network_id, codec.endpoint_to_json(e)))
+        self._c.execute("DELETE FROM bindings WHERE endpoint_id = ?", (e.id,))
+        self._c.executemany("INSERT INTO bindings (endpoint_id, proto, host_port, doc) VALUES (?, ?, ?, ?)",
+                            [(e.id, b.proto, b.host_port, codec.binding_to_json(b)) for b in e.ports])
+
+    def bindings_on(self, proto: str, host_port: int, but: str = "") -> list:
+        """The published ports held on this host port, by any endpoint but `but` (an index
+        lookup: the cost does not grow with the ports published elsewhere)."""
+        rows = self._c.execute("SELECT endpoint_id, doc FROM bindings WHERE proto = ? AND host_port = ?",
+                               (proto, host_port)).fetchall()
+        return _readable(codec.binding_from_json, [(f"{eid}:{proto}/{host_port}", eid, doc)
+                                                   for eid, doc in rows if eid != but])
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
         row = self._c.execute("SELECT network_id, doc FROM endpoints WHERE id = ?",
@@ -127,10 +161,13 @@ class Tx:
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self._c.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,))
+        self._c.execute("DELETE FROM bindings WHERE endpoint_id = ?", (endpoint_id,))
 
     def forget_network_rows(self, network_id: str) -> None:
         """Remove a network's rows without reading them (its own row may be unreadable); the
         kernel objects left behind carry our prefix and restore/gc collect them."""
+        self._c.execute("DELETE FROM bindings WHERE endpoint_id IN (SELECT id FROM endpoints WHERE network_id = ?)",
+                        (network_id,))
         for table, column in (("endpoints", "network_id"), ("dns", "network_id"), ("networks", "id")):
             self._c.execute(f"DELETE FROM {table} WHERE {column} = ?", (network_id,))
 
@@ -148,6 +185,19 @@ class Tx:
         self._c.execute("DELETE FROM dns WHERE network_id = ?", (network_id,))
 
     # Docker's own bridges, as its API reports them (read when a user names a bridge to adopt)
+    def port_cursors(self) -> dict[str, int]:
+        """Per protocol, where the next pick of a free host port starts."""
+        row = self._c.execute("SELECT value FROM meta WHERE key = 'port_cursors'").fetchone()
+        try:
+            d = json.loads(row[0]) if row else {}
+        except ValueError:
+            return {}
+        return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, int)} if isinstance(d, dict) else {}
+
+    def set_port_cursors(self, cursors: dict[str, int]) -> None:
+        self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('port_cursors', ?)",
+                        (json.dumps(cursors, sort_keys=True),))
+
     def set_docker_bridges(self, names) -> None:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('docker_bridges', ?)",
                         (json.dumps(sorted(names)),))
@@ -273,6 +323,8 @@ class Store:
         if "created" not in columns:  # schema 1 without lease times
             conn.execute("ALTER TABLE leases ADD COLUMN created REAL NOT NULL DEFAULT 0")
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        if conn.execute("SELECT 1 FROM meta WHERE key = 'bindings'").fetchone() is None:
+            _index_bindings(conn)   # state written before the index existed
         for suffix in ("-wal", "-shm") if on_disk else ():   # files left by an older version
             side = Path(f"{self.path}{suffix}")
             if side.exists():

@@ -401,3 +401,61 @@ def test_doctor_names_each_element_that_differs_and_healing_puts_it_back(fake_se
     assert sorted(fake_services.doctor.heal_firewall()) == sorted(p.removeprefix("firewall: ") for p in problems
                                                                   if p.startswith("firewall: "))
     assert fake_services.doctor.examine()["problems"] == []
+
+
+def test_publishing_looks_up_only_the_ports_it_asks_for(fake_services, monkeypatch):
+    """Issue 9: Program read and decoded every endpoint of the host to know which ports were
+    held (46 ms with 10,000 published, 2 ms with none); it now asks the store's index about the
+    ports it considers, and never lists the endpoints."""
+    from plugin.store.db import Tx
+    create(fake_services, subnet="10.200.0.0/16")
+    eps = fake_services.endpoints
+    for k in range(3):
+        eid = f"{k:064x}"
+        eps.create(NID, eid, address=f"10.200.2.{k + 2}/16", address6="", mac="")
+        eps.program(NID, eid, [{"Proto": 6, "Port": 80, "HostPort": 20000 + k}])
+    eps.create(NID, EID, address="10.200.1.2/16", address6="", mac="")
+
+    def refused(*a, **kw):
+        raise AssertionError("Program listed every endpoint")
+    monkeypatch.setattr(Tx, "list_endpoints", refused)
+    with pytest.raises(Conflict, match="20001"):
+        eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostPort": 20001}])
+    eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostPort": 0}, {"Proto": 17, "Port": 53, "HostPort": 0}])
+    first = [b.host_port for b in state_endpoint(fake_services, EID).ports]
+    eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostPort": 0}, {"Proto": 17, "Port": 53, "HostPort": 0}])
+    assert [b.host_port for b in state_endpoint(fake_services, EID).ports] == first, "programmed again: the same"
+    eps.create(NID, "ef" * 32, address="10.200.1.3/16", address6="", mac="")
+    eps.program(NID, "ef" * 32, [{"Proto": 6, "Port": 80, "HostPort": 0}])
+    assert state_endpoint(fake_services, "ef" * 32).ports[0].host_port == first[0] + 1, "the next one, not a probe from 49153"
+
+
+def state_endpoint(services, eid):
+    with services.ctx.store.reading() as tx:
+        return tx.get_endpoint(eid)
+
+
+def test_the_published_port_index_follows_the_endpoints_and_is_built_for_older_state(tmp_path):
+    from plugin.domain.ports import PortBinding
+    from plugin.store.db import Store
+    from plugin.domain.model import Endpoint
+    store = Store(tmp_path / "s.db").open()
+    ep = Endpoint(id="e" * 64, network_id=NID, host_ifname="pth1", container_ifname="ptc1", mac="02:00:00:00:00:01",
+                  ports=(PortBinding("tcp", 80, "", 8080), PortBinding("udp", 53, "127.0.0.1", 5353, 4)))
+    with store.transaction() as tx:
+        tx.put_endpoint(ep)
+        assert tx.bindings_on("tcp", 8080) == [PortBinding("tcp", 80, "", 8080)]
+        assert tx.bindings_on("tcp", 8080, but=ep.id) == []
+        tx.put_endpoint(Endpoint(**{**ep.__dict__, "ports": ()}))
+        assert tx.bindings_on("tcp", 8080) == []
+        tx.put_endpoint(ep)
+    with store.transaction() as tx:       # what a version before the index left: no rows in it
+        tx._c.execute("DELETE FROM bindings")
+        tx._c.execute("DELETE FROM meta WHERE key = 'bindings'")
+    store.close()
+    store = Store(tmp_path / "s.db").open()
+    with store.transaction() as tx:
+        assert tx.bindings_on("udp", 5353) == [PortBinding("udp", 53, "127.0.0.1", 5353, 4)]
+        tx.forget_network_rows(NID)
+        assert tx.bindings_on("udp", 5353) == []
+    store.close()
