@@ -19,6 +19,7 @@ transaction costs ~0.04 ms of IPC-free work; through the helper a wake-up of ano
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -46,12 +47,16 @@ FD_LIMIT = 900
 CLONE_NEWNET = 0x40000000
 
 
+@functools.lru_cache(maxsize=1)
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _set_comm(name: bytes) -> bytes:
     """Name the calling thread (what `nft monitor` shows as the process behind a change); the old name."""
-    libc = ctypes.CDLL(None, use_errno=True)
     old = ctypes.create_string_buffer(16)
-    libc.prctl(16, old, 0, 0, 0)                 # PR_GET_NAME
-    libc.prctl(15, name[:15], 0, 0, 0)            # PR_SET_NAME
+    _libc().prctl(16, old, 0, 0, 0)                 # PR_GET_NAME
+    _libc().prctl(15, name[:15], 0, 0, 0)            # PR_SET_NAME
     return old.value
 
 
@@ -83,7 +88,7 @@ class NftLibrary:
         try:
             fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
             try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                if _libc().setns(fd, CLONE_NEWNET) != 0:
                     raise OSError(ctypes.get_errno(), "setns")
             finally:
                 os.close(fd)
