@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from .dockerenv import DockerEnv, MANAGED, docker_ready, plugin_enabled, sh, snapshot, wait_for
+from .dockerenv import (DockerEnv, MANAGED, docker_ready, plugin_enabled, recover_from_engine_deadlock, sh,
+                        snapshot, wait_for)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +35,9 @@ def dk(engine):
     before = snapshot()
     env = DockerEnv()
     yield env
+    engine_deadlock = recover_from_engine_deadlock()
     errors = env.cleanup()
+    assert not engine_deadlock, engine_deadlock
     after = wait_for(lambda: (lambda s: s if s == before else None)(snapshot()), 10) or snapshot()
     assert not errors, f"cleanup failed: {errors}"
     assert after == before, f"left behind after cleanup:\nbefore={before}\nafter={after}"

@@ -251,6 +251,30 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
         raise RuntimeError("dockerd did not come back")
 
 
+def recover_from_engine_deadlock() -> str:
+    """dockerd 20.10 before 20.10.27 can deadlock in libnetwork when containers come and go at
+    once (getSvcRecords against processEndpointDelete, moby#46661, fixed by moby/libnetwork#2679;
+    Debian 12 ships 20.10.24): every network call then hangs for good. When `docker network ls`
+    does not answer, its goroutines are dumped; if they show that deadlock, dockerd is restarted
+    so that the tests after this one run, and what was seen is returned (the test fails with it).
+    Anything else that hangs is reported the same way, without a restart."""
+    if sh("timeout", "20", "docker", "network", "ls", check=False, timeout=30).returncode == 0:
+        return ""
+    pid = sh("pidof", "dockerd").stdout.split()[0]
+    dumps = "/var/run/docker"
+    before = set(os.listdir(dumps))
+    sh("kill", "-USR1", pid)
+    wait_for(lambda: any(n.startswith("goroutine-stacks") for n in set(os.listdir(dumps)) - before), 10)
+    new = sorted(n for n in set(os.listdir(dumps)) - before if n.startswith("goroutine-stacks"))
+    stacks = open(os.path.join(dumps, new[-1])).read() if new else ""
+    if "processEndpointDelete" in stacks and "getSvcRecords" in stacks:
+        restart_dockerd("KILL")
+        wait_plugin_socket(60)
+        return (f"dockerd deadlocked in libnetwork (moby#46661, fixed in 20.10.27): goroutines in "
+                f"{dumps}/{new[-1]}; dockerd restarted")
+    return f"dockerd stopped answering; goroutines in {dumps}/{new[-1] if new else '(no dump)'}"
+
+
 def plugin_pids() -> list[str]:
     """The test plugin's processes (gunicorn arbiter and worker), found by the instance name
     baked into its rootfs."""
