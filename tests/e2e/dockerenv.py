@@ -190,11 +190,13 @@ class DockerEnv:
             if res.returncode != 0 and "No such container" not in res.stderr:
                 errors.append(res.stderr.strip())
         for net in reversed(self.networks):
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while True:
                 res = sh("docker", "network", "rm", net, check=False)
-                # After a plugin outage dockerd finishes deleting endpoints on its own schedule
-                # (its calls to the plugin back off); give it that time, then report.
+                # After a plugin outage, or 50 containers removed at once, dockerd finishes
+                # deleting endpoints on its own schedule (its calls to the plugin back off; its
+                # endpoint count races, "Fixing inconsistent endpoint_cnt", then stale
+                # sandboxes are removed a minute later); give it that time, then report.
                 if "has active endpoints" not in res.stderr or time.monotonic() > deadline:
                     break
                 time.sleep(1)
