@@ -29,6 +29,3 @@ class KeyedLocks:
                 entry[1] -= 1
                 if entry[1] == 0:
                     del self._locks[key]
-
-    def __len__(self) -> int:
-        return len(self._locks)

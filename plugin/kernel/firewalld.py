@@ -19,10 +19,12 @@ CHAINS = ("filter_FORWARD", "filter_INPUT")
 
 
 class FirewalldAccept:
-    def __init__(self, prefix: str, mark: int, nft: Callable[[list[dict]], list[dict]]):
+    def __init__(self, prefix: str, mark: int, nft: Callable[[list[dict]], list[dict]],
+                 tables: Callable[[], set[tuple[str, str]]]):
         self.comment = prefix
         self.mark = mark
         self._nft = nft
+        self._tables = tables
 
     def _expr(self) -> list[dict]:
         return [{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, self.mark]}, "right": self.mark}},
@@ -30,9 +32,7 @@ class FirewalldAccept:
 
     def _chains(self) -> dict[str, list[dict]]:
         """firewalld's chains of ours to care about -> their rules; {} when firewalld is not there."""
-        tables = {(o["table"]["family"], o["table"]["name"]) for o in self._nft([{"list": {"tables": None}}])
-                  if "table" in o}
-        if (TABLE["family"], TABLE["name"]) not in tables:
+        if (TABLE["family"], TABLE["name"]) not in self._tables():
             return {}
         out: dict[str, list[dict]] = {}
         for o in self._nft([{"list": {"table": dict(TABLE)}}]):

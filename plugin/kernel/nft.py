@@ -188,7 +188,7 @@ class NftFirewall:
         self._argv0 = ["ip", "netns", "exec", netns] if netns else []
         self.nft = _runner(f"{self.table}-nft", netns, self._argv0, python)
         self.forward = ForwardAccept(prefix, mark, self._argv0, self._nft_tables)
-        self.firewalld = FirewalldAccept(prefix, mark, self.nft.run)
+        self.firewalld = FirewalldAccept(prefix, mark, self.nft.run, self._nft_tables)
         self._migrate = migrate    # removes the chains an older pybridge kept in iptables
         self._migrated = False
         self._closed = threading.Event()
@@ -284,11 +284,6 @@ class Monitor:
             return words[1] == "table" or words[4:5] in (["filter_FORWARD"], ["filter_INPUT"])
         return len(words) >= 4 and words[2] in ("ip", "ip6") and words[3] == "filter" and \
             (words[1] == "table" or words[4:5] == ["FORWARD"])
-
-    def relevant(self, lines: list[str], comm: str) -> bool:
-        """Whether a transaction (its event lines, and the name of the process that made it)
-        may have undone something of ours: one of another process that touches what we hold."""
-        return comm != self.fw.nft.name and any(self.touches(t) for t in lines)
 
     def run(self) -> None:
         if self.fw._closed.is_set():

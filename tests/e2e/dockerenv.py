@@ -87,6 +87,10 @@ def our_links() -> set[str]:
 
 
 TABLE = nftrules.table_name(CHAIN_PREFIX)
+# our one static rule in iptables' FORWARD, as iptables -S prints it (args for -D, and the line)
+STATIC = ["FORWARD", "-m", "mark", "--mark", "0x1000000/0x1000000", "-m", "comment", "--comment", CHAIN_PREFIX,
+          "-j", "ACCEPT"]
+STATIC_LINE = "-A " + " ".join(STATIC)
 
 
 def our_table() -> nftrules.Listed:

@@ -9,13 +9,11 @@ import pytest
 from plugin.domain.model import Network, Subnet
 from plugin.kernel.firewall import IptablesFirewall
 
-from .dockerenv import (CHAIN_PREFIX, MANAGED, docker, free_port, free_subnet, restart_dockerd, sh, wait_for,
-                        wait_plugin_socket)
+from .dockerenv import (CHAIN_PREFIX, MANAGED, STATIC, STATIC_LINE, docker, free_port, free_subnet, restart_dockerd,
+                        sh, wait_for, wait_plugin_socket)
 from .test_connectivity import outside, reaches_out  # noqa: F401  (fixture)
 from .test_ports import SERVER, fetch_from_ns
 
-STATIC = ["FORWARD", "-m", "mark", "--mark", "0x1000000/0x1000000", "-m", "comment", "--comment", CHAIN_PREFIX,
-          "-j", "ACCEPT"]
 NO_RESTART = pytest.mark.skipif(os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
                                 reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
 
@@ -82,15 +80,14 @@ def test_with_dockerd_on_iptables_legacy_traffic_flows_and_the_static_rule_heals
         # dockerd sets FORWARD's policy to DROP when it turns forwarding on itself; here it is on
         # already, so the test does what dockerd does on a fresh host
         sh("iptables-legacy", "-P", "FORWARD", "DROP")
-        line = "-A " + " ".join(STATIC)
-        assert wait_for(lambda: line in sh("iptables-legacy", "-S", "FORWARD").stdout, 15)
+        assert wait_for(lambda: STATIC_LINE in sh("iptables-legacy", "-S", "FORWARD").stdout, 15)
         net = dk.network("--subnet", free_subnet())
         port = free_port()
         dk.run(net, "-p", f"{port}:80", cmd=SERVER)
         assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15), "in"
         assert reaches_out(dk, net, outside, port + 1), "out"
         sh("iptables-legacy", "-D", *STATIC)                # no events from legacy: the periodic check
-        assert wait_for(lambda: line in sh("iptables-legacy", "-S", "FORWARD").stdout, 15)
+        assert wait_for(lambda: STATIC_LINE in sh("iptables-legacy", "-S", "FORWARD").stdout, 15)
         assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15)
     finally:
         for n, path in before.items():

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from .dockerenv import (CHAIN_PREFIX, PLUGIN, docker, elements, free_port, free_subnet, gateway_of, sandbox, sh,
+from .dockerenv import (PLUGIN, STATIC, STATIC_LINE, docker, elements, free_port, free_subnet, gateway_of, sandbox, sh,
                         static_program, wait_for)
 from .test_connectivity import LISTENER, connect, outside  # noqa: F401  (fixture)
 from .test_dns import ask_from
@@ -48,9 +48,6 @@ def send_udp_from(container: str, ip: str, port: int, payload: str) -> None:
     sh("nsenter", f"--net={sandbox(container)}", sys.executable, "-c", code, ip, str(port), payload)
 
 
-STATIC = ["FORWARD", "-m", "mark", "--mark", "0x1000000/0x1000000", "-m", "comment", "--comment", CHAIN_PREFIX,
-          "-j", "ACCEPT"]
-STATIC_LINE = "-A " + " ".join(STATIC)
 
 
 def bridge(dk, net):

@@ -5,11 +5,9 @@ differences between state and kernel."""
 import json
 import time
 
-from .dockerenv import CHAIN_PREFIX, PLUGIN, TABLE, docker, free_port, free_subnet, sh, wait_for
+from .dockerenv import PLUGIN, STATIC, TABLE, docker, free_port, free_subnet, sh, wait_for
 from .test_connectivity import outside, reaches_out  # noqa: F401  (fixture)
 
-STATIC = ["FORWARD", "-m", "mark", "--mark", "0x1000000/0x1000000", "-m", "comment", "--comment", CHAIN_PREFIX,
-          "-j", "ACCEPT"]
 
 
 def plugin(method, path):
