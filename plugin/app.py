@@ -32,6 +32,8 @@ def _body() -> dict:
     raw = request.get_data(cache=False)
     if not raw.strip():
         return {}
+    if log.isEnabledFor(logging.DEBUG):     # PYBRIDGE_LOG_LEVEL=debug: every call as dockerd sent it
+        log.debug("%s %s", request.path.lstrip("/")[:64], raw[:4096].decode("utf-8", "replace"))
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -40,7 +40,14 @@ class Services:
         from .dns.watcher import DockerWatcher
         dns = self.ctx.dns
         DockerWatcher(self.settings.docker_socket, dns.learned if dns else (lambda state, changed: None),
-                      on_bridges=self.networks.docker_bridges_seen).start()
+                      on_bridges=self.networks.docker_bridges_seen,
+                      on_containers=self._containers_seen).start()
+
+    def _containers_seen(self, state, changed, existing, gone) -> None:
+        """The addresses of containers that restart by themselves, for the IPAM to give back."""
+        owners = [(c.id, c.name, address) for nid in changed for c in state.get(nid, ("", {}))[1].values()
+                  if c.restarts for address in (c.ipv4, c.ipv6) if address]
+        self.ipam.remember(owners, existing, gone)
 
     def _watch_firewall(self) -> None:
         """Our table or the static iptables rule changed from outside (nft flush ruleset, a

@@ -25,7 +25,7 @@ python3 -m pip --version >/dev/null 2>&1 || pb_apt_install python3-pip
 pb_ensure_docker_engine
 
 state_dir=/var/lib/$name
-mkdir -p -m 0700 "$state_dir"
+mkdir -p -m 0700 "${PYBRIDGE_ENGINE_TREE:-}$state_dir"    # as the engine sees it (scripts/engine.sh)
 want=$(pb_source_hash "$root")
 have=$(pb_installed_hash "$plugin")
 if [ "$want" != "$have" ]; then

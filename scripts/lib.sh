@@ -42,8 +42,9 @@ pb_source_hash() {
 }
 
 pb_installed_hash() {
-  # The source hash baked into an existing plugin's rootfs, or nothing.
+  # The source hash baked into an existing plugin's rootfs, or nothing. PYBRIDGE_ENGINE_TREE is
+  # the root of an engine running in a tree of its own (scripts/engine.sh).
   local name=$1 id
   id=$(docker plugin inspect -f '{{.Id}}' "$name:latest" 2>/dev/null) || return 0
-  cat "/var/lib/docker/plugins/$id/rootfs/etc/pybridge-build" 2>/dev/null || true
+  cat "${PYBRIDGE_ENGINE_TREE:-}/var/lib/docker/plugins/$id/rootfs/etc/pybridge-build" 2>/dev/null || true
 }

@@ -35,4 +35,5 @@ PYBRIDGE_SET="$TEST_SETTINGS" \
 "$root/scripts/make-test-image.sh"
 
 export PYBRIDGE_E2E=1
-exec python3 -m pytest tests "$@"
+# PYBRIDGE_TESTS narrows the run to some of the tests (scripts/engine.sh: tests/e2e).
+exec python3 -m pytest ${PYBRIDGE_TESTS:-tests} "$@"

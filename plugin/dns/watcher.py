@@ -33,6 +33,7 @@ CONTAINER_EVENTS = frozenset({"start", "die", "destroy", "rename"})       # can 
 NETWORK_EVENTS = frozenset({"connect", "disconnect", "create", "destroy"})
 EVENT_FILTER = json.dumps({"type": ["container", "network"],
                            "event": sorted(CONTAINER_EVENTS | NETWORK_EVENTS)})
+RESTART_POLICIES = frozenset({"always", "unless-stopped", "on-failure"})
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 PROVEN = 30.0      # seconds a stream must stay up before a drop is retried at once
 
@@ -72,6 +73,7 @@ def containers_of(inspect: dict) -> dict[str, tuple[str, ContainerInfo]]:
         return out
     cid, name = _text(inspect.get("Id")), _text(inspect.get("Name")).lstrip("/")
     running = _object(inspect.get("State")).get("Running", False) is True
+    restarts = _object(_object(inspect.get("HostConfig")).get("RestartPolicy")).get("Name") in RESTART_POLICIES
     networks = _object(_object(inspect.get("NetworkSettings")).get("Networks"))
     if not running or not cid:
         return out
@@ -82,7 +84,8 @@ def containers_of(inspect: dict) -> dict[str, tuple[str, ContainerInfo]]:
         if not nid or not (ipv4 or ipv6):
             continue
         aliases = tuple(a for a in (ep.get("Aliases") or []) if _text(a))
-        out[nid] = (_text(net_name), ContainerInfo(id=cid, name=name, aliases=aliases, ipv4=ipv4, ipv6=ipv6))
+        out[nid] = (_text(net_name), ContainerInfo(id=cid, name=name, aliases=aliases, ipv4=ipv4, ipv6=ipv6,
+                                                        restarts=restarts))
     return out
 
 
@@ -99,12 +102,18 @@ def bridge_names(networks) -> set[str]:
     return out
 
 
+# (state, changed networks, every container ID there is or None, containers removed)
+OnContainers = Callable[[State, set[str], "frozenset[str] | None", "frozenset[str]"], None]
+
+
 class DockerWatcher:
     def __init__(self, socket_path: str, on_change: Callable[[State, set[str]], None],
-                 on_bridges: Callable[[set[str]], None] | None = None):
+                 on_bridges: Callable[[set[str]], None] | None = None,
+                 on_containers: OnContainers | None = None):
         self.base = "http+unix://" + quote(socket_path, safe="")
         self.on_change = on_change
         self.on_bridges = on_bridges
+        self.on_containers = on_containers
         self.state: State = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -159,6 +168,11 @@ class DockerWatcher:
         self.state = state
         if changed:
             self.on_change(state, changed)
+        if self.on_containers is not None:
+            every = self._get(session, "/containers/json?all=1")
+            existing = frozenset(filter(None, (container_id(_object(c).get("Id"))
+                                               for c in (every if isinstance(every, list) else []))))
+            self.on_containers(state, set(state), existing, frozenset())
         self._bridges(session)
 
     def _bridges(self, session) -> None:
@@ -208,3 +222,5 @@ class DockerWatcher:
         if changed:
             self.state = state
             self.on_change(state, changed)
+        if self.on_containers is not None and (changed or action == "destroy"):
+            self.on_containers(state, changed, None, frozenset({cid}) if action == "destroy" else frozenset())

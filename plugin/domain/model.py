@@ -29,6 +29,7 @@ class ContainerInfo:
     aliases: tuple[str, ...] = ()
     ipv4: str = ""
     ipv6: str = ""
+    restarts: bool = False      # has a restart policy: dockerd starts it again by itself
 
 
 @dataclass(frozen=True)

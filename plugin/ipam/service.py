@@ -7,10 +7,12 @@ host address, and the error names the conflict.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import logging
 import secrets
-from typing import Callable, Sequence
+import time
+from typing import Callable, Iterable, Sequence
 
 from ..domain.errors import Conflict, Exhausted, InvalidRequest, NotFound
 from ..domain.addresses import parse_cidr, parse_ip, parse_ip_interface
@@ -24,16 +26,23 @@ log = logging.getLogger(__name__)
 LOCAL_SPACE = "pybridge-local"
 GLOBAL_SPACE = "pybridge-global"
 GATEWAY_TYPE = "com.docker.network.gateway"
+ENDPOINT_NAME = "com.docker.network.endpoint.name"     # sent by dockerd 29 and later
+# After the plugin starts (dockerd starts it, and restarts the containers that restart by
+# themselves), requests that do not name their container prefer the addresses such containers had.
+RESTART_WINDOW = 120.0
 
 HostNetworks = Callable[[], Sequence[Taken]]
 
 
 class IpamService:
     def __init__(self, store: Store, host_networks: HostNetworks,
-                 default_pools: Sequence[PoolSpec], default_pools6: Sequence[PoolSpec]):
+                 default_pools: Sequence[PoolSpec], default_pools6: Sequence[PoolSpec],
+                 clock: Callable[[], float] = time.monotonic):
         self._store = store
         self._host_networks = host_networks
         self._defaults = {4: tuple(default_pools), 6: tuple(default_pools6)}
+        self._clock = clock
+        self._started = clock()
 
     @staticmethod
     def capabilities() -> dict:
@@ -96,14 +105,55 @@ class IpamService:
                 if value is None or not tx.add_lease(pool.id, value, kind):
                     raise Exhausted(f"no free address left for the gateway in pool {pool.subnet}")
             else:
-                lo, hi = usable_range(pool.subnet, pool.ip_range)
-                value = pick_address(lo, hi, pool.cursor, lambda s: tx.leases_from(pool.id, s))
-                if value is None:
-                    where = f"ip-range {pool.ip_range} of pool {pool.subnet}" if pool.ip_range else f"pool {pool.subnet}"
-                    raise Exhausted(f"no free address left in {where}")
-                tx.add_lease(pool.id, value, kind)
-                tx.set_cursor(pool.id, value)
+                value = self._dynamic(tx, pool, options)
         return f"{ipaddress.ip_address(value)}/{pool.subnet.prefixlen}"
+
+    def _dynamic(self, tx, pool: PoolRecord, options: dict[str, str]) -> int:
+        """An address for a container that asked for none. A container that restarts by itself
+        gets back the address it had (remembered by remember()): found by its name where dockerd
+        sends it (29+); before that, a request without a name shortly after the plugin started is
+        taken to be such a restart and gets the lowest address still waiting for its owner, so
+        restarted containers keep their addresses as a set (one restarting alone keeps its own).
+        Anything else walks on from the cursor, over leased and remembered addresses alike."""
+        lo, hi = usable_range(pool.subnet, pool.ip_range)
+        if ENDPOINT_NAME in options:
+            back = tx.waiting_address(pool.id, options[ENDPOINT_NAME]) if options[ENDPOINT_NAME] else None
+        elif self._clock() - self._started < RESTART_WINDOW:
+            back = tx.waiting_address(pool.id)
+        else:
+            back = None
+        if back is not None and lo <= back <= hi and tx.add_lease(pool.id, back, "dynamic"):
+            return back
+
+        def taken(start: int) -> Iterable[int]:
+            return heapq.merge(tx.leases_from(pool.id, start), tx.owned_from(pool.id, start))
+        value = pick_address(lo, hi, pool.cursor, taken)
+        if value is None:  # only remembered addresses are left: they are not reservations
+            value = pick_address(lo, hi, pool.cursor, lambda s: tx.leases_from(pool.id, s))
+        if value is None:
+            where = f"ip-range {pool.ip_range} of pool {pool.subnet}" if pool.ip_range else f"pool {pool.subnet}"
+            raise Exhausted(f"no free address left in {where}")
+        tx.add_lease(pool.id, value, "dynamic")
+        tx.set_cursor(pool.id, value)
+        return value
+
+    def remember(self, owners: Iterable[tuple[str, str, str]], existing: Iterable[str] | None = None,
+                 gone: Iterable[str] = ()) -> None:
+        """What Docker reports (the event watcher, outside every handler): `owners` are
+        (container id, container name, address) of running containers that restart by
+        themselves; `existing` every container ID there is (when known), `gone` containers
+        removed. An address is remembered in the pybridge pool that contains it."""
+        with self._store.transaction() as tx:
+            pools = tx.list_pools()
+            for cid, name, address in owners:
+                try:
+                    ip = ipaddress.ip_address(address)
+                except ValueError:
+                    continue
+                pool = next((p for p in pools if ip.version == p.subnet.version and ip in p.subnet), None)
+                if pool is not None:
+                    tx.put_owner(pool.id, int(ip), cid, name)
+            tx.forget_owners(gone, keep_only=None if existing is None else set(existing))
 
     @staticmethod
     def _reserve(tx, pool: PoolRecord, wanted, kind: str) -> int:

@@ -42,6 +42,11 @@ CREATE INDEX IF NOT EXISTS bindings_by_endpoint ON bindings (endpoint_id);
 CREATE TABLE IF NOT EXISTS leases (
     pool_id TEXT NOT NULL, addr TEXT NOT NULL, kind TEXT NOT NULL, created REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (pool_id, addr)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+    pool_id TEXT NOT NULL, addr TEXT NOT NULL, container TEXT NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (pool_id, addr)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS owners_by_container ON owners (container);
+CREATE INDEX IF NOT EXISTS owners_by_name ON owners (pool_id, name);
 """
 
 
@@ -230,7 +235,48 @@ class Tx:
 
     def delete_pool(self, pool_id: str) -> None:
         self._c.execute("DELETE FROM leases WHERE pool_id = ?", (pool_id,))
+        self._c.execute("DELETE FROM owners WHERE pool_id = ?", (pool_id,))
         self._c.execute("DELETE FROM pools WHERE id = ?", (pool_id,))
+
+    # owners: the address a container that restarts by itself last had in a pool, kept after
+    # its lease is released so that the container gets it back (IpamService.request_address)
+    def put_owner(self, pool_id: str, address: int, container: str, name: str) -> None:
+        """One address per container and pool, one owner per address: the latest wins."""
+        self._c.execute("DELETE FROM owners WHERE pool_id = ? AND container = ?", (pool_id, container))
+        self._c.execute("INSERT OR REPLACE INTO owners (pool_id, addr, container, name) VALUES (?, ?, ?, ?)",
+                        (pool_id, addr_key(address), container, name))
+
+    def waiting_address(self, pool_id: str, name: str | None = None) -> int | None:
+        """The lowest remembered address of the pool that is not leased now (of the owner called
+        `name`, if given)."""
+        q = ("SELECT o.addr FROM owners o WHERE o.pool_id = ? {} AND NOT EXISTS "
+             "(SELECT 1 FROM leases l WHERE l.pool_id = o.pool_id AND l.addr = o.addr) ORDER BY o.addr LIMIT 1")
+        row = (self._c.execute(q.format("AND o.name = ?"), (pool_id, name)) if name is not None
+               else self._c.execute(q.format(""), (pool_id,))).fetchone()
+        try:
+            return int(row[0], 16) if row else None
+        except ValueError:
+            return None
+
+    def owned_from(self, pool_id: str, start: int) -> Iterator[int]:
+        """Remembered addresses >= start in ascending order (allocation steps over them)."""
+        for (a,) in self._c.execute("SELECT addr FROM owners WHERE pool_id = ? AND addr >= ? ORDER BY addr",
+                                    (pool_id, addr_key(start))):
+            try:
+                yield int(a, 16)
+            except ValueError:
+                continue
+
+    def forget_owners(self, containers=(), keep_only=None) -> None:
+        """Forget the addresses of `containers`; with keep_only, of every container not in it."""
+        self._c.executemany("DELETE FROM owners WHERE container = ?", [(c,) for c in containers])
+        if keep_only is not None:
+            present = {c for (c,) in self._c.execute("SELECT DISTINCT container FROM owners")}
+            self._c.executemany("DELETE FROM owners WHERE container = ?", [(c,) for c in present - set(keep_only)])
+
+    def list_owners(self) -> list[tuple[str, int, str, str]]:
+        return [(p, int(a, 16), c, n) for p, a, c, n in self._c.execute(
+            "SELECT pool_id, addr, container, name FROM owners ORDER BY pool_id, addr")]
 
     def add_lease(self, pool_id: str, address: int, kind: str) -> bool:
         """False when the address is already leased."""

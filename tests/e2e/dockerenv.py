@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import random
+import shlex
 import sqlite3
 import subprocess
 import time
@@ -26,7 +27,9 @@ MANAGED = f"{PLUGIN}-plugin:latest"
 IMAGE = "pybridge-test-busybox:latest"
 IFPREFIX = "pt"
 CHAIN_PREFIX = chain_prefix(PLUGIN)
-STATE_DB = f"/var/lib/{PLUGIN}/state.db"
+# An engine running in a tree of its own (scripts/engine.sh) keeps the plugin's state there.
+ENGINE_TREE = os.environ.get("PYBRIDGE_ENGINE_TREE", "")
+STATE_DB = f"{ENGINE_TREE}/var/lib/{PLUGIN}/state.db"
 AUTO_POOL = ipaddress.ip_network("10.207.0.0/16")
 
 _subnets = itertools.count(random.randrange(0, 1000))
@@ -250,9 +253,10 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
                 continue
             if wait_for(lambda: not _alive(old), 30):
                 os.unlink(pidfile)
-        # detached (setsid, reparented to init) so that it outlives the test run
-        sh("sh", "-c", 'setsid "$@" >>/var/log/pybridge-dockerd.log 2>&1 </dev/null &', "sh",
-           *(c.decode() for c in cmdline))
+        # detached (setsid, reparented to init) so that it outlives the test run; an engine in a
+        # tree of its own is started by the command that started it (scripts/engine.sh daemon)
+        argv = shlex.split(os.environ.get("PYBRIDGE_DOCKERD_COMMAND", "")) or [c.decode() for c in cmdline]
+        sh("sh", "-c", 'setsid "$@" >>/var/log/pybridge-dockerd.log 2>&1 </dev/null &', "sh", *argv)
     if not wait_for(docker_ready, 60, 0.5):
         raise RuntimeError("dockerd did not come back")
 
@@ -334,5 +338,6 @@ def gateway_of(env: "DockerEnv", network: str) -> str:
 
 
 def sandbox(container: str) -> str:
-    """A container's network namespace (its SandboxKey path)."""
-    return docker("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", container)
+    """A path to a running container's network namespace. Not its SandboxKey: an engine in a
+    mount namespace of its own (scripts/engine.sh) mounts that file where the host cannot see."""
+    return f"/proc/{docker('inspect', '-f', '{{.State.Pid}}', container)}/ns/net"

@@ -1,11 +1,12 @@
 """Published ports through a real dockerd, shown by traffic from every side."""
 
+import os
 import pytest
 import socket
 import subprocess
 import sys
 
-from .dockerenv import PLUGIN, elements, free_port, free_subnet, sh, static_program, wait_for
+from .dockerenv import PLUGIN, STATE_DB, elements, free_port, free_subnet, sh, static_program, wait_for
 from .test_connectivity import outside  # noqa: F401  (fixture)
 
 SERVER = ("sh", "-c", "while true; do echo pong | nc -l -p 80; done")
@@ -61,7 +62,7 @@ def udp_fetch(ip, port, ns=None, timeout=2.0):
 
 
 def published(endpoint_container_ip):
-    out = sh(sys.executable, "-m", "plugin", "ports", "--state-dir", f"/var/lib/{PLUGIN}").stdout
+    out = sh(sys.executable, "-m", "plugin", "ports", "--state-dir", os.path.dirname(STATE_DB)).stdout
     return [line.split()[0] for line in out.splitlines() if f"-> {endpoint_container_ip}:" in line]
 
 
@@ -178,7 +179,7 @@ def test_publish_all_with_a_thousand_exposed_ports(dk):
     ip = dk.ip(web, net)
     rows = wait_for(lambda: (lambda r: r if len(r) == 1000 else None)(published(ip)), 30)
     assert rows and len(set(rows)) == 1000
-    listing = sh(sys.executable, "-m", "plugin", "ports", "--state-dir", f"/var/lib/{PLUGIN}").stdout
+    listing = sh(sys.executable, "-m", "plugin", "ports", "--state-dir", os.path.dirname(STATE_DB)).stdout
     host = next(l.split()[0] for l in listing.splitlines() if l.split()[2] == f"{ip}:80/tcp")
     assert wait_for(lambda: fetch("127.0.0.1", int(host.split(":")[1].split("/")[0])) == "pong", 15)
     dk.run(net)   # another container starts normally

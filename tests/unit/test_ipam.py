@@ -153,3 +153,145 @@ def test_sixteen_thousand_leases_in_one_pool(ipam):
         ipam.request_address(pid, "", {})
     with ipam._store.reading() as tx:
         assert len(tx.list_leases(pid)) == 16000
+
+
+# Addresses that come back: a container that restarts by itself gets its previous address.
+
+NAME = "com.docker.network.endpoint.name"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def restarts(tmp_path):
+    store = Store(tmp_path / "r.db").open()
+    clock = Clock()
+    service = IpamService(store, lambda: [], parse_pool_specs("10.207.0.0/16:24", 4),
+                          parse_pool_specs("fd70:6201:ff00::/40:64", 6), clock=clock)
+    yield service, store, clock
+    store.close()
+
+
+def _pool(service, subnet="10.200.0.0/24"):
+    pid = service.request_pool("", subnet, "", False)["PoolID"]
+    service.request_address(pid, "", GW)
+    return pid
+
+
+def test_a_named_container_gets_its_address_back_and_others_step_over_it(restarts):
+    service, store, clock = restarts
+    clock.now += 3600                       # long after the start: only names count
+    pid = _pool(service)
+    web = service.request_address(pid, "", {NAME: "web"})
+    db = service.request_address(pid, "", {NAME: "db"})
+    assert (web, db) == ("10.200.0.2/24", "10.200.0.3/24")
+    service.remember([("a" * 64, "web", "10.200.0.2"), ("b" * 64, "db", "10.200.0.3")])
+    service.release_address(pid, "10.200.0.2")
+    service.release_address(pid, "10.200.0.3")
+    # a new container neither takes a waiting address nor reuses one at once
+    assert service.request_address(pid, "", {NAME: "new"}) == "10.200.0.4/24"
+    assert service.request_address(pid, "", {NAME: "db"}) == "10.200.0.3/24"
+    assert service.request_address(pid, "", {NAME: "web"}) == "10.200.0.2/24"
+    assert service.request_address(pid, "", {}) == "10.200.0.5/24"
+
+
+def test_without_names_restarts_after_the_plugin_starts_get_the_waiting_addresses(restarts):
+    service, store, clock = restarts
+    pid = _pool(service)
+    got = [service.request_address(pid, "", {}) for _ in range(3)]
+    assert got == ["10.200.0.2/24", "10.200.0.3/24", "10.200.0.4/24"]
+    service.remember([("a" * 64, "one", "10.200.0.2"), ("c" * 64, "three", "10.200.0.4")])
+    for a in ("10.200.0.2", "10.200.0.3", "10.200.0.4"):
+        service.release_address(pid, a)
+    # dockerd restarted: a fresh plugin, inside its first two minutes
+    fresh = IpamService(store, lambda: [], (), (), clock=clock)
+    assert fresh.request_address(pid, "", {}) == "10.200.0.2/24"
+    assert fresh.request_address(pid, "", {}) == "10.200.0.4/24"
+    # nothing else is waiting: the cursor walks on (.3 had no owner that restarts)
+    assert fresh.request_address(pid, "", {}) == "10.200.0.5/24"
+    clock.now += 3600
+    service.release_address(pid, "10.200.0.4")
+    assert fresh.request_address(pid, "", {}) == "10.200.0.6/24"    # later: names only
+
+
+def test_a_waiting_address_that_someone_took_is_never_handed_out_twice(restarts):
+    service, store, clock = restarts
+    pid = _pool(service)
+    service.request_address(pid, "", {})
+    service.remember([("a" * 64, "web", "10.200.0.2")])
+    service.release_address(pid, "10.200.0.2")
+    assert service.request_address(pid, "10.200.0.2", {}) == "10.200.0.2/24"    # --ip took it
+    assert service.request_address(pid, "", {NAME: "web"}) == "10.200.0.3/24"
+    assert service.request_address(pid, "", {}) == "10.200.0.4/24"
+
+
+def test_remembered_addresses_are_not_reservations_when_the_pool_is_full(restarts):
+    service, store, clock = restarts
+    clock.now += 3600
+    pid = _pool(service, "10.200.0.0/29")           # .1 gateway, .2-.6 usable
+    for i in range(2, 7):
+        service.request_address(pid, "", {NAME: f"c{i}"})
+    service.remember([(f"{i:064x}", f"c{i}", f"10.200.0.{i}") for i in range(2, 7)])
+    for i in range(2, 7):
+        service.release_address(pid, f"10.200.0.{i}")
+    got = {service.request_address(pid, "", {NAME: f"n{i}"}) for i in range(5)}
+    assert got == {f"10.200.0.{i}/29" for i in range(2, 7)}
+    with pytest.raises(Exhausted):
+        service.request_address(pid, "", {NAME: "one-too-many"})
+
+
+def test_owners_are_forgotten_when_removed_renamed_gone_or_the_pool_goes(restarts):
+    service, store, clock = restarts
+    pid = _pool(service)
+    six = service.request_pool("", "fd70:6201:ff00:1::/64", "", True)["PoolID"]
+    service.remember([("a" * 64, "web", "10.200.0.7"), ("a" * 64, "web", "fd70:6201:ff00:1::7"),
+                      ("b" * 64, "db", "10.200.0.8"), ("c" * 64, "x", "10.99.0.1"), ("d" * 64, "y", "bogus")])
+    with store.reading() as tx:
+        assert [(p, n) for p, _, _, n in tx.list_owners()] == [(pid, "web"), (pid, "db"), (six, "web")]
+    service.remember([("a" * 64, "www", "10.200.0.9")])          # renamed, and moved
+    service.remember([], gone=["b" * 64])
+    with store.reading() as tx:
+        assert sorted((str(ipaddress.ip_address(a)), n) for _, a, _, n in tx.list_owners()) == \
+            [("10.200.0.9", "www"), ("fd70:6201:ff00:1::7", "web")]
+    service.remember([], existing=["e" * 64])                    # a resync: 'a' is no more
+    service.remember([("e" * 64, "e", "10.200.0.10")])
+    service.release_pool(six)
+    service.release_pool(pid)
+    with store.reading() as tx:
+        assert tx.list_owners() == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["req", "named", "rel", "remember", "restart"]),
+                          st.integers(0, 5)), max_size=50))
+def test_no_sequence_hands_one_address_to_two_holders(tmp_path_factory, ops):
+    store = Store(tmp_path_factory.mktemp("p") / "s.db").open()
+    clock = Clock()
+    service = IpamService(store, lambda: [], (), (), clock=clock)
+    pid = _pool(service, "10.200.0.0/29")
+    held: list[str] = []
+    for op, i in ops:
+        if op in ("req", "named"):
+            try:
+                got = service.request_address(pid, "", {NAME: f"c{i}"} if op == "named" else {})
+            except Exhausted:
+                assert len(held) == 5
+                continue
+            assert got not in held
+            held.append(got)
+        elif op == "rel" and held:
+            service.release_address(pid, held.pop(i % len(held)).split("/")[0])
+        elif op == "remember":
+            service.remember([(f"{i:064x}", f"c{i}", f"10.200.0.{i + 2}")])
+        elif op == "restart":
+            clock.now += 3600 if i % 2 else 0
+            service = IpamService(store, lambda: [], (), (), clock=clock)
+    with store.reading() as tx:
+        assert sorted(f"{ipaddress.ip_address(a)}/29" for p, a, k in tx.list_leases(pid) if k == "dynamic") == sorted(held)
+    store.close()
