@@ -32,7 +32,7 @@ prepare() {
   mkdir -p "$base_dir"
   rm -rf "$tree.tmp"
   pb_log "making a Debian $suite root with docker.io in $tree (about a minute)"
-  debootstrap --variant=minbase --include=docker.io,iptables,iproute2,ca-certificates "$suite" "$tree.tmp" \
+  debootstrap --variant=minbase --include=docker.io,docker-compose,iptables,iproute2,ca-certificates "$suite" "$tree.tmp" \
     >"$base_dir/debootstrap-$suite.log" 2>&1 \
     || { pb_log "debootstrap failed, see $base_dir/debootstrap-$suite.log"; rm -rf "$tree.tmp"; exit 1; }
   rm -rf "$tree.tmp"/var/cache/apt/archives/*.deb
@@ -132,8 +132,8 @@ stop() {
 }
 
 run_tests() {
+  trap 'stop' EXIT      # the host's engine comes back whatever happens from here on
   start
-  trap 'stop' EXIT
   # The tests restart this engine with this command, and read the test plugin's state (a host
   # directory of the engine's own) through the tree.
   export PYBRIDGE_DOCKERD_COMMAND="$0 daemon" PYBRIDGE_ENGINE_TREE=$tree

@@ -33,6 +33,7 @@ CONTAINER_EVENTS = frozenset({"start", "die", "destroy", "rename"})       # can 
 NETWORK_EVENTS = frozenset({"connect", "disconnect", "create", "destroy"})
 EVENT_FILTER = json.dumps({"type": ["container", "network"],
                            "event": sorted(CONTAINER_EVENTS | NETWORK_EVENTS)})
+SWARM_SERVICE = "com.docker.swarm.service.name"
 RESTART_POLICIES = frozenset({"always", "unless-stopped", "on-failure"})
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 PROVEN = 30.0      # seconds a stream must stay up before a drop is retried at once
@@ -84,6 +85,9 @@ def containers_of(inspect: dict) -> dict[str, tuple[str, ContainerInfo]]:
         if not nid or not (ipv4 or ipv6):
             continue
         aliases = tuple(a for a in (ep.get("Aliases") or []) if _text(a))
+        service = _text(_object(_object(inspect.get("Config")).get("Labels")).get(SWARM_SERVICE))
+        if service:           # a swarm task: its service's name (DNS round robin) and tasks.<service>
+            aliases += (service, f"tasks.{service}")
         out[nid] = (_text(net_name), ContainerInfo(id=cid, name=name, aliases=aliases, ipv4=ipv4, ipv6=ipv6,
                                                         restarts=restarts))
     return out

@@ -6,6 +6,7 @@ meaning: CIDRs, booleans, MTU range, bridge names, MAC addresses.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -21,6 +22,10 @@ OPT_MTU = "com.docker.network.driver.mtu"
 OPT_ICC = "com.docker.network.bridge.enable_icc"
 OPT_MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
 OPT_HOST_BINDING_IPV4 = "com.docker.network.bridge.host_binding_ipv4"
+# Docker 28's gateway modes: pybridge does "nat" (the default) and, for internal networks,
+# "isolated": no gateway address at all, so the bridge has none and the host is unreachable.
+OPT_GATEWAY_MODE = {4: "com.docker.network.bridge.gateway_mode_ipv4", 6: "com.docker.network.bridge.gateway_mode_ipv6"}
+GATEWAY_MODES = ("nat", "isolated")
 # Options of Docker's bridge driver that pybridge accepts and ignores (documented in README).
 IGNORED_BRIDGE_OPTIONS = frozenset({
     "com.docker.network.bridge.default_bridge",
@@ -29,7 +34,7 @@ IGNORED_BRIDGE_OPTIONS = frozenset({
 OPT_DNS_UPSTREAM = "pybridge.dns.upstream"
 OPT_DNS_LOG = "pybridge.dns.log"
 KNOWN_OPTIONS = frozenset({OPT_BRIDGE_NAME, OPT_MTU, OPT_ICC, OPT_MASQUERADE, OPT_HOST_BINDING_IPV4,
-                           OPT_DNS_UPSTREAM, OPT_DNS_LOG})
+                           OPT_DNS_UPSTREAM, OPT_DNS_LOG, *OPT_GATEWAY_MODE.values()})
 OUR_NAMESPACE = "pybridge."
 
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
@@ -95,6 +100,21 @@ def check_adoptable_bridge(name: str, prefix: str, docker_bridges=frozenset()) -
                              f"{', '.join(owned_link_prefixes(prefix))} are reserved for the links pybridge makes")
 
 
+def isolated_families(generic: dict[str, str], internal: bool) -> set[int]:
+    """The address families whose gateway mode is "isolated" (no gateway address); refuses the
+    modes pybridge does not have and "isolated" on a network that is not internal."""
+    out = set()
+    for version, key in OPT_GATEWAY_MODE.items():
+        mode = generic.get(key, "nat") or "nat"
+        if mode not in GATEWAY_MODES:
+            raise InvalidRequest(f"invalid {key} {mode!r}: pybridge supports {' and '.join(GATEWAY_MODES)}")
+        if mode == "isolated":
+            if not internal:
+                raise InvalidRequest(f"{key}=isolated is only for an --internal network")
+            out.add(version)
+    return out
+
+
 @dataclass(frozen=True)
 class IpamDataSpec:
     """One IPv4Data/IPv6Data entry as dockerd sent it (strings, not yet validated)."""
@@ -102,6 +122,26 @@ class IpamDataSpec:
     pool: str
     gateway: str = ""
     aux: tuple[tuple[str, str], ...] = ()
+    space: str = ""          # the IPAM's address space: pybridge's IPAM answers with its own
+
+
+# The address spaces pybridge's IPAM driver reports (GetDefaultAddressSpaces).
+LOCAL_SPACE, GLOBAL_SPACE = "pybridge-local", "pybridge-global"
+# Networks of a swarm have swarmkit's IDs (25 characters of base 36), local ones libnetwork's.
+_SWARM_ID = re.compile(r"[0-9a-z]{25}")
+
+
+def check_swarm_network(network_id: str, data: list[IpamDataSpec]) -> None:
+    """A swarm-scoped network takes its addresses from pybridge only through a config-only
+    network: without one, dockerd gives each node's copy a subnet of its own default pools and
+    ignores --subnet and --ipam-driver (seen on 28.5). dockerd sends nothing at `docker network
+    create --scope swarm`, so this is refused when the first container joins on a node."""
+    if _SWARM_ID.fullmatch(network_id) and any(d.space not in (LOCAL_SPACE, GLOBAL_SPACE) for d in data):
+        raise InvalidRequest(
+            "a swarm-scoped pybridge network needs its addresses from pybridge, through a config-only "
+            "network: docker network create --config-only --ipam-driver pybridge-plugin:latest --subnet SUBNET "
+            "NAME-config; docker network create -d pybridge-plugin:latest --scope swarm --attachable "
+            "--config-from NAME-config NAME")
 
 
 def parse_subnet(entry: IpamDataSpec, version: int) -> Subnet:
@@ -126,6 +166,7 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
                          ipv4_data: list[IpamDataSpec], ipv6_data: list[IpamDataSpec],
                          prefix: str) -> Network:
     """Validate everything about a new network before any side effect."""
+    check_swarm_network(network_id, ipv4_data + ipv6_data)
     unknown = sorted(k for k in generic if k.startswith(OUR_NAMESPACE) and k not in KNOWN_OPTIONS)
     if unknown:
         raise InvalidRequest(f"unknown option {unknown[0]!r}")
@@ -145,7 +186,10 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
     binding = ""
     if generic.get(OPT_HOST_BINDING_IPV4):
         binding = str(parse_ip(OPT_HOST_BINDING_IPV4, generic[OPT_HOST_BINDING_IPV4], 4))
+    isolated = isolated_families(generic, internal)
     subnets = [parse_subnet(e, 4) for e in ipv4_data] + [parse_subnet(e, 6) for e in ipv6_data]
+    # dockerd before 28 (no GwAllocCheck) reserves a gateway anyway: it is not used
+    subnets = [dataclasses.replace(s, gateway=None) if s.pool.version in isolated else s for s in subnets]
     for i, a in enumerate(subnets):
         for b in subnets[i + 1:]:
             if a.pool.version == b.pool.version and a.pool.overlaps(b.pool):

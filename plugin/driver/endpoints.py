@@ -74,8 +74,10 @@ class EndpointService:
             resp["GatewayIPv6"] = str(gw6.ip)
         return resp
 
-    def program(self, network_id: str, endpoint_id: str, portmap: list) -> None:
-        """Publish the container's ports (ProgramExternalConnectivity): all or nothing."""
+    def program(self, network_id: str, endpoint_id: str, portmap: list, ipv6: bool = True) -> None:
+        """Publish the container's ports (ProgramExternalConnectivity): all or nothing. dockerd
+        29 calls it again whenever the container's gateway endpoints change (the same ports:
+        nothing to do); ipv6=False when another endpoint is the container's IPv6 gateway."""
         ctx = self.ctx
         with ctx.store.transaction() as tx:
             endpoint, network = tx.get_endpoint(endpoint_id), tx.get_network(network_id)
@@ -85,6 +87,9 @@ class EndpointService:
             if network.internal:
                 requests = []
             families = {v for v, a in ((4, endpoint.address4), (6, endpoint.address6)) if a is not None}
+            if not ipv6 and endpoint.address6 is not None:     # IPv4 only, "either" included
+                families.discard(6)
+                requests = [replace(r, family=r.family or 4) for r in requests]
             requests = [r for r in requests if r.family == 0 or r.family in families]
             bindings = tuple(assign(requests, lambda proto, port: tx.bindings_on(proto, port, but=endpoint_id),
                                     self._pick_from(tx, endpoint)))

@@ -13,7 +13,8 @@ from dataclasses import replace
 from ..domain.errors import Conflict, CorruptState, InvalidRequest, KernelError, PybridgeError
 from ..domain.model import Network
 from ..domain.naming import bridge_mac, owned_link_prefixes
-from ..domain.options import OPT_BRIDGE_NAME, IpamDataSpec, check_adoptable_bridge, network_from_request
+from ..domain.options import (OPT_BRIDGE_NAME, IpamDataSpec, check_adoptable_bridge, isolated_families,
+                              network_from_request)
 from .context import Context, collect
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,15 @@ class NetworkService:
 
     @staticmethod
     def capabilities() -> dict:
-        return {"Scope": "local", "ConnectivityScope": "local"}
+        # GwAllocChecker: dockerd 28+ asks GwAllocCheck before reserving gateway addresses
+        return {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True}
+
+    @staticmethod
+    def gateway_check(generic: dict[str, str], internal: bool) -> dict:
+        """GwAllocCheck: no gateway address for an isolated (internal) network. An option
+        pybridge would refuse at CreateNetwork is refused here, before any address is reserved."""
+        isolated = isolated_families(generic, internal)
+        return {"SkipIPv4": 4 in isolated, "SkipIPv6": 6 in isolated}
 
     def create(self, network_id: str, generic: dict[str, str], *, ipv6: bool, internal: bool,
                ipv4_data: list[IpamDataSpec], ipv6_data: list[IpamDataSpec]) -> None:

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Sequence
 
 from ..domain.errors import Conflict, Exhausted, InvalidRequest, NotFound
 from ..domain.addresses import parse_cidr, parse_ip, parse_ip_interface
+from ..domain.options import GLOBAL_SPACE, LOCAL_SPACE
 from ..store.db import PoolRecord, Store
 from .allocator import is_usable, pick_address, usable_range
 from ..domain.model import Taken
@@ -23,8 +24,6 @@ from .pools import PoolSpec, find_free_subnet, first_conflict
 
 log = logging.getLogger(__name__)
 
-LOCAL_SPACE = "pybridge-local"
-GLOBAL_SPACE = "pybridge-global"
 GATEWAY_TYPE = "com.docker.network.gateway"
 ENDPOINT_NAME = "com.docker.network.endpoint.name"     # sent by dockerd 29 and later
 # After the plugin starts (dockerd starts it, and restarts the containers that restart by

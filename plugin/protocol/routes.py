@@ -29,6 +29,11 @@ def create_network(s, body):
     return {}
 
 
+def gateway_check(s, body):
+    options = f.mapping(body, "Options")
+    return s.networks.gateway_check(f.string_map(options, GENERIC), internal=f.flag(options, INTERNAL))
+
+
 def delete_network(s, body):
     s.networks.delete(f.ident(body, "NetworkID"))
     return {}
@@ -63,11 +68,15 @@ def leave(s, body):
 
 
 PORTMAP = "com.docker.network.portmap"
+# Set by dockerd (28+) when another endpoint of the container is its IPv6 gateway: this one is
+# then its gateway for IPv4 only, and publishes no IPv6 port.
+NO_PROXY_6TO4 = "com.docker.network.driver.private.no_proxy_6to4"
 
 
 def program_external_connectivity(s, body):
-    s.endpoints.program(f.ident(body, "NetworkID"), f.ident(body, "EndpointID"),
-                        f.items(f.mapping(body, "Options"), PORTMAP))
+    options = f.mapping(body, "Options")
+    s.endpoints.program(f.ident(body, "NetworkID"), f.ident(body, "EndpointID"), f.items(options, PORTMAP),
+                        ipv6=not f.flag(options, NO_PROXY_6TO4))
     return {}
 
 
@@ -118,6 +127,7 @@ def release_address(s, body):
 ROUTES = {
     "Plugin.Activate": activate,
     "NetworkDriver.GetCapabilities": net_capabilities,
+    "NetworkDriver.GwAllocCheck": gateway_check,
     "NetworkDriver.CreateNetwork": create_network,
     "NetworkDriver.DeleteNetwork": delete_network,
     "NetworkDriver.CreateEndpoint": create_endpoint,

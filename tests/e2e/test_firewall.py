@@ -9,7 +9,7 @@ import pytest
 from plugin.domain.model import Network, Subnet
 from plugin.kernel.firewall import IptablesFirewall
 
-from .dockerenv import (CHAIN_PREFIX, MANAGED, STATIC, STATIC_LINE, docker, free_port, free_subnet, restart_dockerd,
+from .dockerenv import (CHAIN_PREFIX, ENGINE_TREE, MANAGED, STATIC, STATIC_LINE, docker, free_port, free_subnet, restart_dockerd,
                         sh, wait_for, wait_plugin_socket)
 from .test_connectivity import outside, reaches_out  # noqa: F401  (fixture)
 from .test_ports import SERVER, fetch_from_ns
@@ -60,8 +60,13 @@ def _legacy_rules() -> list[str]:
 
 
 def _alternative(name: str) -> str:
-    """The alternative chosen now (/usr/sbin/iptables-nft, say), not the binary it leads to."""
-    return os.readlink(f"/etc/alternatives/{name}")
+    """The engine's alternative chosen now (/usr/sbin/iptables-nft, say), not the binary it
+    leads to. An engine in a tree of its own (scripts/engine.sh) has its own."""
+    return os.readlink(f"{ENGINE_TREE}/etc/alternatives/{name}")
+
+
+def _choose(name: str, path: str) -> None:
+    sh(*(("chroot", ENGINE_TREE) if ENGINE_TREE else ()), "update-alternatives", "--set", name, path)
 
 
 @NO_RESTART
@@ -73,7 +78,7 @@ def test_with_dockerd_on_iptables_legacy_traffic_flows_and_the_static_rule_heals
     before = {n: _alternative(n) for n in ("iptables", "ip6tables")}
     try:
         for n in before:
-            sh("update-alternatives", "--set", n, f"/usr/sbin/{n}-legacy")
+            _choose(n, f"/usr/sbin/{n}-legacy")
         restart_dockerd()
         assert wait_plugin_socket(30)
         assert "-A FORWARD -j DOCKER-USER" in sh("iptables-legacy", "-S", "FORWARD").stdout, "dockerd went legacy"
@@ -91,7 +96,7 @@ def test_with_dockerd_on_iptables_legacy_traffic_flows_and_the_static_rule_heals
         assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15)
     finally:
         for n, path in before.items():
-            sh("update-alternatives", "--set", n, path)
+            _choose(n, path)
         restart_dockerd()
         wait_plugin_socket(30)
         for tool in ("iptables-legacy", "ip6tables-legacy"):    # what dockerd wrote there, which the test made

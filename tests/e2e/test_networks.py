@@ -208,6 +208,9 @@ def test_routes_in_other_tables_count_too(dk):
      "invalid com.docker.network.bridge.host_binding_ipv4"),
     ("com.docker.network.bridge.host_binding_ipv4=::1", "expected an IPv4 address"),
     ("com.docker.network.bridge.name=br0\n", "invalid com.docker.network.bridge.name"),
+    # Docker 28's gateway modes: pybridge has nat and, on internal networks, isolated
+    ("com.docker.network.bridge.gateway_mode_ipv4=isolated", "isolated is only for an --internal network"),
+    ("com.docker.network.bridge.gateway_mode_ipv4=routed", "pybridge supports nat and isolated"),
 ])
 def test_bad_options_fail_clearly_and_leave_nothing(dk, option, message):
     before = our_rules()
@@ -229,6 +232,20 @@ def test_dockers_bridge_and_our_own_names_cannot_be_taken_over(dk, name, message
     assert not ok and message in err
     assert sh("ip", "-o", "addr", "show", "dev", "docker0").stdout == before
     assert name not in ifaces() or name == "docker0"
+
+
+def test_an_isolated_internal_network_has_no_gateway_and_its_containers_still_talk(dk):
+    """gateway_mode_ipv4=isolated: no address on the bridge (the host cannot be reached), no
+    default route. dockerd 28+ asks GwAllocCheck and reserves no gateway address at all."""
+    net = dk.network("--subnet", free_subnet(), "--internal",
+                     "-o", "com.docker.network.bridge.gateway_mode_ipv4=isolated")
+    a, b = dk.run(net), dk.run(net)
+    bridge = f"{IFPREFIX}-{dk.network_id(net)[:12]}"
+    assert sh("ip", "-4", "-o", "addr", "show", "dev", bridge).stdout.strip() == ""
+    assert "default" not in sh("docker", "exec", a, "ip", "route").stdout
+    assert sh("docker", "exec", a, "ping", "-c1", "-W2", dk.ip(b, net), check=False).returncode == 0
+    if int(docker("version", "-f", "{{.Server.Version}}").split(".")[0]) >= 28:
+        assert docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", net) == ""
 
 
 def test_gateway_outside_subnet_is_refused(dk):

@@ -47,11 +47,40 @@ def test_activate_implements_both_interfaces(client):
 
 
 def test_capabilities(client):
-    assert call(client, "NetworkDriver.GetCapabilities")[1] == {"Scope": "local", "ConnectivityScope": "local"}
+    assert call(client, "NetworkDriver.GetCapabilities")[1] == {"Scope": "local", "ConnectivityScope": "local",
+                                                                 "GwAllocChecker": True}
     assert call(client, "IpamDriver.GetCapabilities")[1] == {"RequiresMACAddress": False,
                                                               "RequiresRequestReplay": False}
     spaces = call(client, "IpamDriver.GetDefaultAddressSpaces")[1]
     assert spaces["LocalDefaultAddressSpace"] and spaces["GlobalDefaultAddressSpace"]
+
+
+GEN = "com.docker.network.generic"
+MODE4, MODE6 = "com.docker.network.bridge.gateway_mode_ipv4", "com.docker.network.bridge.gateway_mode_ipv6"
+
+
+@pytest.mark.parametrize("options, answer", [
+    (None, {"SkipIPv4": False, "SkipIPv6": False}),
+    ({GEN: {}, "com.docker.network.internal": True}, {"SkipIPv4": False, "SkipIPv6": False}),
+    ({GEN: {MODE4: "isolated"}, "com.docker.network.internal": True}, {"SkipIPv4": True, "SkipIPv6": False}),
+    ({GEN: {MODE4: "isolated", MODE6: "isolated"}, "com.docker.network.internal": True},
+     {"SkipIPv4": True, "SkipIPv6": True}),
+    ({GEN: {MODE6: "nat"}}, {"SkipIPv4": False, "SkipIPv6": False}),
+])
+def test_gateway_check_skips_the_gateway_of_isolated_internal_networks_only(client, options, answer):
+    """Docker 28+ asks before reserving gateway addresses (GwAllocChecker)."""
+    assert call(client, "NetworkDriver.GwAllocCheck", {"Options": options}) == (200, answer)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({GEN: {MODE4: "isolated"}}, "isolated is only for an --internal network"),
+    ({GEN: {MODE4: "routed"}}, "pybridge supports nat and isolated"),
+    ({GEN: {MODE6: "nat-unprotected"}, "com.docker.network.internal": True}, "gateway_mode_ipv6 'nat-unprotected'"),
+    ({GEN: {MODE4: ["isolated"]}}, "com.docker.network.generic"),
+])
+def test_gateway_check_refuses_modes_pybridge_does_not_have(client, options, message):
+    status, body = call(client, "NetworkDriver.GwAllocCheck", {"Options": options})
+    assert status == 500 and message in body["Err"], body
 
 
 def test_unknown_method_is_404_with_err(client):
@@ -158,3 +187,21 @@ def test_stats_report_per_method_latency(client):
     call(client, "NetworkDriver.GetCapabilities")
     stats = json.loads(client.get("/pybridge/stats").data)
     assert stats["NetworkDriver.GetCapabilities"]["count"] == 1
+
+
+SWARM_ID = "s1ri11csg9exlsvtpkyh4z3ha"      # swarmkit's IDs, as dockerd 28.5 sent them
+
+
+@pytest.mark.parametrize("space, ok", [("LocalDefault", False), ("GlobalDefault", False), ("pybridge-local", True)])
+def test_a_swarm_network_is_made_only_with_addresses_from_pybridge(client, fake_services, space, ok):
+    """Issue 10, item 3: `--scope swarm` without --config-from gets a subnet of Docker's default
+    pools on each node, whatever --subnet said; through a config-only network it gets pybridge's."""
+    body = {"NetworkID": SWARM_ID, "Options": {"com.docker.network.generic": {}},
+            "IPv4Data": [{"AddressSpace": space, "Pool": "10.200.9.0/24", "Gateway": "10.200.9.1/24"}], "IPv6Data": []}
+    status, out = call(client, "NetworkDriver.CreateNetwork", body)
+    if ok:
+        assert (status, out) == (200, {})
+        call(client, "NetworkDriver.DeleteNetwork", {"NetworkID": SWARM_ID})
+    else:
+        assert status == 500 and "--config-from NAME-config" in out["Err"], out
+        assert fake_services.ctx.netlink.devices == {}

@@ -159,6 +159,21 @@ def test_internal_and_icc_off_render_drop_rules(fake_services):
     assert fw.elements("masq") == {}
 
 
+def test_an_isolated_internal_network_puts_no_gateway_on_its_bridge_even_if_one_was_reserved(fake_services):
+    """gateway_mode_ipv4=isolated (Docker 28): dockerd 28+ reserves no gateway (GwAllocCheck);
+    an older dockerd reserves one anyway and it stays unused. Join names no gateway."""
+    create(fake_services, internal=True, generic={"com.docker.network.bridge.gateway_mode_ipv4": "isolated"})
+    br = f"pt-{NID[:12]}"
+    assert fake_services.ctx.netlink.addresses(br) == set()
+    fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    join = fake_services.endpoints.join(NID, EID, "/var/run/docker/netns/x")
+    assert not join.get("Gateway")
+    with pytest.raises(InvalidRequest, match="only for an --internal network"):
+        create(fake_services, nid="b" * 64, subnet="10.200.2.0/24",
+               generic={"com.docker.network.bridge.gateway_mode_ipv4": "isolated"})
+    assert f"pt-{'b' * 12}" not in fake_services.ctx.netlink.devices       # refused before any side effect
+
+
 def test_deferred_veth_deletion_happens_in_the_background(fake_services):
     from plugin.driver.reaper import Reaper
     create(fake_services)
@@ -169,6 +184,25 @@ def test_deferred_veth_deletion_happens_in_the_background(fake_services):
     assert state(fake_services)[1] == []          # forgotten at once
     fake_services.ctx.reaper.drain()
     assert f"pth{EID[:12]}" not in nl.devices and f"ptc{EID[:12]}" not in nl.devices
+
+
+def test_a_dual_stack_endpoint_that_is_not_the_ipv6_gateway_publishes_ipv4_only(fake_services):
+    """dockerd 28+ sends no_proxy_6to4 when another endpoint of the container is its IPv6
+    gateway; 29 calls ProgramExternalConnectivity again whenever the gateways change."""
+    create(fake_services, ipv6=True, v6=[IpamDataSpec(pool="fd70:6201:ff00:1::/64", gateway="fd70:6201:ff00:1::1/64")])
+    eps, fw = fake_services.endpoints, fake_services.ctx.firewall
+    eps.create(NID, EID, address="10.200.1.2/24", address6="fd70:6201:ff00:1::2/64", mac="")
+    portmap = [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]
+    eps.program(NID, EID, portmap)
+    both = set(fw.all_rules())
+    assert any(r.startswith("to6_any:") for r in both) and any(r.startswith("to4_any:") for r in both)
+    eps.program(NID, EID, portmap, ipv6=False)
+    rules = set(fw.all_rules())
+    assert any(r.startswith("to4_any:") for r in rules) and not any(r.startswith("to6_any:") for r in rules)
+    eps.program(NID, EID, portmap, ipv6=False)         # again, unchanged: nothing to do
+    assert set(fw.all_rules()) == rules
+    eps.program(NID, EID, portmap)                     # the IPv6 gateway again
+    assert set(fw.all_rules()) == both
 
 
 def test_published_ports_are_rendered_and_restored_from_state(fake_services):

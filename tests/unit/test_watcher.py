@@ -144,3 +144,33 @@ def test_dockers_bridge_names_are_reported(clock):
     run_rounds(w, clock, 1)
     assert seen and seen[0] == {"docker0", "br-0123456789ab", "mycustom"}
     assert len(seen) == 2, "listed at resync and again on a network event"
+
+
+def test_containers_of_reads_restart_policies_and_swarm_service_names():
+    """Issue 10: a container that restarts by itself is marked (the IPAM gives its address back);
+    a swarm task answers to its service's name and tasks.<service> (DNS round robin)."""
+    from plugin.dns.watcher import containers_of
+    inspect = {"Id": "a" * 64, "Name": "/svc.1.xyz", "State": {"Running": True},
+               "HostConfig": {"RestartPolicy": {"Name": "always"}},
+               "Config": {"Labels": {"com.docker.swarm.service.name": "svc"}},
+               "NetworkSettings": {"Networks": {"sw": {"NetworkID": "s1ri11csg9exlsvtpkyh4z3ha",
+                                                       "IPAddress": "10.200.1.3", "Aliases": None}}}}
+    (name, entry), = containers_of(inspect).values()
+    assert entry.restarts and entry.aliases == ("svc", "tasks.svc") and entry.name == "svc.1.xyz"
+    inspect["HostConfig"]["RestartPolicy"]["Name"] = "no"
+    inspect["Config"]["Labels"] = {"com.docker.swarm.service.name": ["not", "text"]}
+    (name, entry), = containers_of(inspect).values()
+    assert not entry.restarts and entry.aliases == ()
+
+
+def test_the_watcher_reports_every_container_at_resync_and_removals_as_they_happen(clock, monkeypatch):
+    seen = []
+    fake = FakeDocker(clock, events=[{"Type": "container", "Action": "destroy", "Actor": {"ID": "b" * 64}}])
+    w = DockerWatcher("/run/docker.sock", lambda state, changed: None,
+                      on_containers=lambda state, changed, existing, gone: seen.append((set(changed), existing, gone)))
+    monkeypatch.setattr(w, "_session", lambda: fake)
+    session = w._session()
+    w._resync(session)
+    w._event(session, {"Type": "container", "Action": "destroy", "Actor": {"ID": "b" * 64}})
+    assert seen[0] == ({"n1"}, frozenset({"a" * 64}), frozenset())
+    assert seen[1][2] == frozenset({"b" * 64}) and seen[1][1] is None
