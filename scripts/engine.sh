@@ -42,8 +42,9 @@ prepare() {
 dockerd_pids() { pidof dockerd || true; }
 
 in_tree() {
-  # Is process $1 running in our tree (its root is not the host's)?
-  [ "$(readlink "/proc/$1/root")" != / ]
+  # Is process $1 the second engine, in a mount namespace of its own? (Its /proc/PID/root reads
+  # "/" from here: the root of its own namespace.)
+  [ "$(readlink "/proc/$1/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]
 }
 
 daemon() {

@@ -4,6 +4,7 @@ package; CI finds it in the second engine's root, scripts/engine.sh). Services f
 by name, a published port answers, and `down` leaves nothing (the dk fixture checks links,
 rules, state rows and leases)."""
 
+import glob
 import os
 import shutil
 import uuid
@@ -21,7 +22,9 @@ def implementations() -> dict[str, list[str]]:
     """The compose commands here, by major version: {'v1': argv, 'v2': argv}."""
     found: dict[str, list[str]] = {}
     candidates = [[p] for p in filter(None, [shutil.which("docker-compose")])]
-    roots = ["", ENGINE_TREE] if ENGINE_TREE else [""]
+    # the second engine's root (scripts/engine.sh prepare) has Debian unstable's compose v2
+    roots = ["", *([ENGINE_TREE] if ENGINE_TREE else []), *sorted(glob.glob("/var/lib/pybridge-engines/*/"))]
+    roots = [r.rstrip("/") for r in roots]
     candidates += [[root + p] for root in roots for p in PLUGIN_PATHS if os.access(root + p, os.X_OK)]
     for argv in candidates:
         out = sh(*argv, "version", check=False).stdout
