@@ -33,7 +33,7 @@ def _body() -> dict:
     if not raw.strip():
         return {}
     if log.isEnabledFor(logging.DEBUG):     # PYBRIDGE_LOG_LEVEL=debug: every call as dockerd sent it
-        log.debug("%s %s", request.path.lstrip("/")[:64], raw[:4096].decode("utf-8", "replace"))
+        log.debug("%s %r", request.path.lstrip("/")[:64], raw[:4096].decode("utf-8", "replace"))  # %r: one line
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

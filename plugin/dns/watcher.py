@@ -1,5 +1,6 @@
-"""Learning container names (and Docker's bridges) from Docker, asynchronously, outside every
-plugin handler.
+"""Learning container names, swarm services and restart policies (and Docker's bridges) from
+Docker, asynchronously, outside every plugin handler: for the DNS, and for the IPAM, which gives
+a container that restarts by itself its address back.
 
 A thread resynchronises fully (list + inspect every running container, list the networks), then
 follows the event stream, re-inspecting a container only on the events that can change a name
