@@ -44,9 +44,14 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (pool_id, addr)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS owners (
     pool_id TEXT NOT NULL, addr TEXT NOT NULL, container TEXT NOT NULL, name TEXT NOT NULL,
-    PRIMARY KEY (pool_id, addr)) WITHOUT ROWID;
+    waiting INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pool_id, addr)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS owners_by_container ON owners (container);
-CREATE INDEX IF NOT EXISTS owners_by_name ON owners (pool_id, name);
+"""
+# after the column exists (a database of an earlier build of this version lacks it)
+OWNER_INDEXES = """
+CREATE INDEX IF NOT EXISTS owners_waiting ON owners (pool_id, waiting, addr);
+CREATE INDEX IF NOT EXISTS owners_waiting_by_name ON owners (pool_id, name, waiting);
+DROP INDEX IF EXISTS owners_by_name;
 """
 
 
@@ -242,17 +247,22 @@ class Tx:
     # its lease is released so that the container gets it back (IpamService.request_address)
     def put_owner(self, pool_id: str, address: int, container: str, name: str) -> None:
         """One address per container and pool, one owner per address: the latest wins."""
+        key = addr_key(address)
+        leased = self._c.execute("SELECT 1 FROM leases WHERE pool_id = ? AND addr = ?", (pool_id, key)).fetchone()
         self._c.execute("DELETE FROM owners WHERE pool_id = ? AND container = ?", (pool_id, container))
-        self._c.execute("INSERT OR REPLACE INTO owners (pool_id, addr, container, name) VALUES (?, ?, ?, ?)",
-                        (pool_id, addr_key(address), container, name))
+        self._c.execute("INSERT OR REPLACE INTO owners (pool_id, addr, container, name, waiting) VALUES (?, ?, ?, ?, ?)",
+                        (pool_id, key, container, name, 0 if leased else 1))
 
     def waiting_address(self, pool_id: str, name: str | None = None) -> int | None:
         """The lowest remembered address of the pool that is not leased now (of the owner called
-        `name`, if given)."""
-        q = ("SELECT o.addr FROM owners o WHERE o.pool_id = ? {} AND NOT EXISTS "
-             "(SELECT 1 FROM leases l WHERE l.pool_id = o.pool_id AND l.addr = o.addr) ORDER BY o.addr LIMIT 1")
-        row = (self._c.execute(q.format("AND o.name = ?"), (pool_id, name)) if name is not None
-               else self._c.execute(q.format(""), (pool_id,))).fetchone()
+        `name`, if given): kept as a flag that lease changes update, so that finding one costs
+        an index lookup however many addresses are remembered."""
+        if name is None:
+            row = self._c.execute("SELECT addr FROM owners WHERE pool_id = ? AND waiting = 1 ORDER BY addr LIMIT 1",
+                                  (pool_id,)).fetchone()
+        else:
+            row = self._c.execute("SELECT addr FROM owners WHERE pool_id = ? AND name = ? AND waiting = 1 "
+                                  "ORDER BY addr LIMIT 1", (pool_id, name)).fetchone()
         try:
             return int(row[0], 16) if row else None
         except ValueError:
@@ -282,11 +292,16 @@ class Tx:
         """False when the address is already leased."""
         cur = self._c.execute("INSERT OR IGNORE INTO leases (pool_id, addr, kind, created) VALUES (?, ?, ?, ?)",
                               (pool_id, addr_key(address), kind, time.time()))
+        if cur.rowcount == 1:
+            self._c.execute("UPDATE owners SET waiting = 0 WHERE pool_id = ? AND addr = ? AND waiting = 1",
+                            (pool_id, addr_key(address)))
         return cur.rowcount == 1
 
     def delete_lease(self, pool_id: str, address: int) -> bool:
         cur = self._c.execute("DELETE FROM leases WHERE pool_id = ? AND addr = ?",
                               (pool_id, addr_key(address)))
+        if cur.rowcount == 1:   # a remembered address now waits for its owner
+            self._c.execute("UPDATE owners SET waiting = 1 WHERE pool_id = ? AND addr = ?", (pool_id, addr_key(address)))
         return cur.rowcount == 1
 
     def leases_from(self, pool_id: str, start: int, batch: int = 8) -> Iterator[int]:
@@ -368,6 +383,9 @@ class Store:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(leases)")}
         if "created" not in columns:  # schema 1 without lease times
             conn.execute("ALTER TABLE leases ADD COLUMN created REAL NOT NULL DEFAULT 0")
+        if "waiting" not in {row[1] for row in conn.execute("PRAGMA table_info(owners)")}:
+            conn.execute("ALTER TABLE owners ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0")
+        conn.executescript(OWNER_INDEXES)
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         if conn.execute("SELECT 1 FROM meta WHERE key = 'bindings'").fetchone() is None:
             _index_bindings(conn)   # state written before the index existed

@@ -44,3 +44,23 @@ def test_database_wal_and_shm_files_are_owner_only(tmp_path):
         assert stat.S_IMODE((tmp_path / "state" / "state.db").stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_an_owners_table_without_the_waiting_flag_gets_it(tmp_path):
+    """An earlier build of this version made owners without `waiting`; opening adds it."""
+    import sqlite3
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("CREATE TABLE owners (pool_id TEXT NOT NULL, addr TEXT NOT NULL, container TEXT NOT NULL, "
+               "name TEXT NOT NULL, PRIMARY KEY (pool_id, addr)) WITHOUT ROWID")
+    db.execute("INSERT INTO owners VALUES ('p', ?, 'c', 'web')", (f"{10:032x}",))
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "state.db").open()
+    with store.transaction() as tx:
+        assert tx.list_owners() == [("p", 10, "c", "web")]
+        tx.add_lease("p", 10, "dynamic")
+        assert tx.waiting_address("p") is None
+        tx.delete_lease("p", 10)
+        assert tx.waiting_address("p") == 10 and tx.waiting_address("p", "web") == 10
+        assert tx.waiting_address("p", "db") is None
+    store.close()
