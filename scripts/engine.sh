@@ -138,6 +138,7 @@ run_tests() {
   # The tests restart this engine with this command, and read the test plugin's state (a host
   # directory of the engine's own) through the tree.
   export PYBRIDGE_DOCKERD_COMMAND="$0 daemon" PYBRIDGE_ENGINE_TREE=$tree
+  "$root_dir/scripts/install.sh" </dev/null     # the product too, as a user of this engine would
   PYBRIDGE_TESTS=${1:-tests/e2e} "$root_dir/scripts/test.sh" "${@:2}"
 }
 
