@@ -142,6 +142,9 @@ class IpamService:
         (container id, container name, address) of running containers that restart by
         themselves; `existing` every container ID there is (when known), `gone` containers
         removed. An address is remembered in the pybridge pool that contains it."""
+        owners, gone = list(owners), list(gone)
+        if not owners and not gone and existing is None:
+            return                    # most events: nothing to write, no lock to take
         with self._store.transaction() as tx:
             pools = tx.list_pools()
             for cid, name, address in owners:
