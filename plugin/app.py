@@ -91,6 +91,14 @@ def create_app(services) -> Flask:
         except ValueError:
             return 60.0
 
+    @app.get("/pybridge/networks")
+    def networks_view():
+        return _reply({"networks": services.views.networks()})
+
+    @app.get("/pybridge/endpoints")
+    def endpoints_view():
+        return _reply({"endpoints": services.views.endpoints()})
+
     @app.get("/pybridge/doctor")
     def doctor():
         return _reply(services.doctor.examine(grace()))

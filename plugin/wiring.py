@@ -14,6 +14,7 @@ from .driver.endpoints import EndpointService
 from .driver.networks import NetworkService
 from .driver.reaper import Reaper
 from .driver.restore import Doctor, Reconciler
+from .driver.views import Views
 from .ipam.service import IpamService
 from .store.db import Store
 
@@ -27,6 +28,7 @@ class Services:
     ipam: IpamService
     reconciler: Reconciler
     doctor: Doctor
+    views: Views
 
     def start_background(self) -> None:
         """Threads outside every plugin handler: the firewall watchdog, the netlink watch that
@@ -92,4 +94,4 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
     return Services(settings=settings, ctx=ctx, networks=networks, endpoints=EndpointService(ctx),
                     ipam=IpamService(store, netlink.host_networks, settings.default_pools,
                                      settings.default_pools6),
-                    reconciler=Reconciler(ctx, networks), doctor=Doctor(ctx))
+                    reconciler=Reconciler(ctx, networks), doctor=Doctor(ctx), views=Views(ctx))

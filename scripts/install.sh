@@ -43,4 +43,6 @@ if [ "$(docker plugin inspect -f '{{.Enabled}}' "$plugin:latest")" != "true" ]; 
 fi
 for i in $(seq 1 40); do [ -S "/run/docker/plugins/$name.sock" ] && break; sleep 0.25; done
 [ -S "/run/docker/plugins/$name.sock" ] || { pb_log "plugin enabled but /run/docker/plugins/$name.sock is missing"; exit 1; }
-pb_log "ready: docker network create -d $name --ipam-driver $name --subnet 10.200.1.0/24 mynet"
+# the host command (standard library only; works from anywhere, and after this tree is gone)
+install -m 0755 "$root/scripts/pybridge" /usr/local/bin/pybridge
+pb_log "ready: docker network create -d $name --ipam-driver $name --subnet 10.200.1.0/24 mynet; pybridge ls"

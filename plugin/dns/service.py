@@ -55,6 +55,10 @@ class DnsService:
         with self._lock:
             return dict(self._learned)
 
+    def learned_view(self) -> dict:
+        """network id -> (Docker's name for it, [ContainerInfo]) as last learned (a copy)."""
+        return self._known()
+
     def reconcile(self) -> None:
         """Listeners for exactly the recorded networks; snapshots rebuilt from what we know."""
         with self.store.reading() as tx:

@@ -205,3 +205,27 @@ def test_a_swarm_network_is_made_only_with_addresses_from_pybridge(client, fake_
     else:
         assert status == 500 and "--config-from NAME-config" in out["Err"], out
         assert fake_services.ctx.netlink.devices == {}
+
+
+def test_the_host_views_list_networks_and_endpoints_with_docker_names(client, fake_services):
+    """Issue 11: what the host command `pybridge` shows (ls, ps, port), from the plugin's socket.
+    Names come from what the event watcher learned; a network not learned yet shows none."""
+    from plugin.domain.model import ContainerInfo
+    _, _, pool = create_network(client)
+    status, addr = call(client, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": None})
+    call(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID,
+                                                  "Interface": {"Address": addr["Address"]}, "Options": {}})
+    call(client, "NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NID, "EndpointID": EID, "Options": {
+        "com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]}})
+    nets = client.get("/pybridge/networks").get_json()["networks"]
+    assert nets == [{"id": NID, "name": "", "bridge": f"pt-{NID[:12]}", "subnets": ["10.200.1.0/24"],
+                     "gateways": ["10.200.1.1"], "internal": False, "dns": False, "endpoints": 1}]
+
+    class Learned:                      # the DNS service's view, as the watcher fills it
+        def learned_view(self):
+            return {NID: ("app", [ContainerInfo("c" * 64, "web", (), "10.200.1.2")])}
+    fake_services.ctx.dns = Learned()
+    assert client.get("/pybridge/networks").get_json()["networks"][0]["name"] == "app"
+    (ep,) = client.get("/pybridge/endpoints").get_json()["endpoints"]
+    assert ep["container"] == "web" and ep["network_name"] == "app" and ep["ipv4"] == "10.200.1.2/24"
+    assert ep["ports"] == [{"container_port": "80/tcp", "host": "0.0.0.0:8080", "family": 0}]

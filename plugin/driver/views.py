@@ -1,0 +1,51 @@
+"""What the host command `pybridge` shows (issue 11): networks and endpoints from the state store,
+named as Docker names them (the names the event watcher learned for the DNS). Read-only; one
+store read each, no call to dockerd."""
+
+from __future__ import annotations
+
+from .context import Context
+
+
+def _host_address(binding) -> str:
+    """A published port's host side as `docker port` prints it: 0.0.0.0:8080, [::]:8080."""
+    return str(binding).rsplit("/", 1)[0]
+
+
+class Views:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def _learned(self) -> dict:
+        dns = self.ctx.dns
+        return dns.learned_view() if dns is not None else {}
+
+    def networks(self) -> list[dict]:
+        learned = self._learned()
+        with self.ctx.store.reading() as tx:
+            networks, endpoints = tx.list_networks(), tx.list_endpoints()
+        count: dict[str, int] = {}
+        for e in endpoints:
+            count[e.network_id] = count.get(e.network_id, 0) + 1
+        return [{"id": n.id, "name": learned.get(n.id, ("", []))[0], "bridge": n.bridge,
+                 "subnets": [str(p) for p in n.pools()], "gateways": [str(g.ip) for g in n.gateways()],
+                 "internal": n.internal, "dns": self.ctx.dns is not None and bool(n.gateways()),
+                 "endpoints": count.get(n.id, 0)} for n in networks]
+
+    def endpoints(self) -> list[dict]:
+        learned = self._learned()
+        with self.ctx.store.reading() as tx:
+            endpoints = tx.list_endpoints()
+        out = []
+        for e in endpoints:
+            net_name, containers = learned.get(e.network_id, ("", []))
+            addresses = {str(a.ip) for a in (e.address4, e.address6) if a is not None}
+            owner = next((c for c in containers if {c.ipv4, c.ipv6} & addresses), None)
+            out.append({
+                "id": e.id, "network": e.network_id, "network_name": net_name,
+                "container": owner.name if owner else "", "container_id": owner.id if owner else "",
+                "ipv4": str(e.address4 or ""), "ipv6": str(e.address6 or ""), "mac": e.mac, "veth": e.host_ifname,
+                "ports": [{"container_port": f"{b.container_port}/{b.proto}", "host": _host_address(b),
+                           "family": b.family} for b in e.ports],
+            })
+        return out
