@@ -268,12 +268,20 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
             raise RuntimeError("dockerd did not come back")
         if not docker_ready():
             # dockerd 20.10 after SIGKILL: a managed plugin's task from before is still there
-            # ("failed to enable plugin ... already exists"), its client stays nil, and the network
-            # controller's first call to it panics, at every start. The engine is brought back
+            # ("failed to enable plugin": "... already exists", "failed to start shim: mkdir ...:
+            # file exists"), its client stays nil, and the network controller's first call to it
+            # panics, at every start. The engine is brought back
             # for the tests after this one; this one fails with what happened.
             for shim in sh("pgrep", "-f", "containerd-shim-runc-v2 -namespace plugins.moby", check=False).stdout.split():
                 sh("pkill", "-KILL", "-P", shim, check=False)
                 sh("kill", "-KILL", shim, check=False)
+            # and the task state they leave ("failed to start shim: mkdir ...: file exists")
+            bundles = "/var/run/docker/containerd/daemon/io.containerd.runtime.v2.task/plugins.moby"
+            for line in open("/proc/mounts").read().splitlines():
+                if line.split()[1].startswith(bundles + "/"):
+                    sh("umount", "-l", line.split()[1], check=False)
+            for stale in (bundles, "/var/run/docker/runtime-runc/plugins.moby"):
+                sh("sh", "-c", 'rm -rf "$1"/*', "sh", stale, check=False)
             if os.path.exists("/var/run/docker.pid"):
                 os.unlink("/var/run/docker.pid")
             start()
@@ -297,7 +305,7 @@ def _panicked_on_a_plugin_task(offset: int) -> bool:
     with open(DOCKERD_LOG, "rb") as f:
         f.seek(offset)
         tail = f.read().decode("utf-8", "replace")
-    return "already exists" in tail and "failed to enable plugin" in tail and "panic:" in tail
+    return "failed to enable plugin" in tail and "panic:" in tail
 
 
 def recover_from_engine_deadlock() -> str:
