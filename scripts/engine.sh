@@ -23,6 +23,9 @@ base_dir=${PYBRIDGE_ENGINE_DIR:-/var/lib/pybridge-engines}
 tree=$base_dir/$suite
 saved=$base_dir/host-dockerd          # how the host's engine ran: "systemd" or its command line
 log=/var/log/pybridge-dockerd-$suite.log
+# Its own exec root and pid file: the host's /run is shared, and an engine that finds the other's
+# plugin tasks there fails to start its plugins (20.10 then panics at every start).
+exec_root=/run/pybridge-engine-$suite
 # Host directories the engine sees (read-only use: dockerd loads no module it finds loaded).
 shared_dirs=(/lib/modules)
 
@@ -54,6 +57,8 @@ daemon() {
   # host's tools look for them.
   local d
   for d in "${shared_dirs[@]}"; do mkdir -p "$d" "$tree$d"; done
+  pb_clear_stale_plugin_tasks "$exec_root"
+  mkdir -p "$exec_root"
   exec unshare --mount --propagation private -- /bin/sh -ec '
     tree=$1; shift
     mount --bind "$tree" "$tree"
@@ -63,7 +68,7 @@ daemon() {
     mkdir -p .host-root
     pivot_root . .host-root
     umount -l /.host-root
-    exec /usr/sbin/dockerd "$@"' sh "$tree" "$@"
+    exec /usr/sbin/dockerd "$@"' sh "$tree" --exec-root "$exec_root" --pidfile "$exec_root/docker.pid" "$@"
 }
 
 start() {
@@ -124,7 +129,7 @@ stop() {
     local argv=()
     mapfile -t argv <"$saved"
     pb_log "starting the host's engine again: ${argv[*]}"
-    setsid "${argv[@]}" >>/var/log/pybridge-dockerd.log 2>&1 </dev/null &
+    pb_start_dockerd "${argv[@]}" || { rm -f "$saved"; return 1; }
   fi
   rm -f "$saved"
   local n

@@ -24,14 +24,56 @@ pb_ensure_docker_engine() {
   command -v docker >/dev/null 2>&1 || pb_apt_install docker.io
   if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     systemctl start docker || true
+    local i
+    for i in $(seq 1 60); do pb_docker_ready && return 0; sleep 0.5; done
   fi
-  if ! pb_docker_ready; then
-    pb_log "starting dockerd (log: /var/log/pybridge-dockerd.log)"
-    setsid nohup dockerd >>/var/log/pybridge-dockerd.log 2>&1 </dev/null &
-  fi
-  local i
-  for i in $(seq 1 60); do pb_docker_ready && return 0; sleep 0.5; done
-  pb_log "dockerd did not answer within 30 s; see /var/log/pybridge-dockerd.log"; return 1
+  pb_start_dockerd dockerd
+}
+
+pb_clear_stale_plugin_tasks() {
+  # With no dockerd running, what is left of managed plugins' tasks under an exec root belongs
+  # to no engine: their shims (orphaned when dockerd was killed) and their task and runc
+  # directories (kept where /run is not a tmpfs, or after a kill). dockerd 20.10 fails to start
+  # such a plugin again ("failed to start shim: mkdir ...: file exists") and then panics at every
+  # start (nil plugin client). Containers' own tasks (namespace moby) are dockerd's to handle.
+  local exec_root=${1:-/var/run/docker} pid m
+  pidof dockerd >/dev/null 2>&1 && { pb_log "not clearing plugin tasks: a dockerd runs"; return 0; }
+  for pid in $(pgrep -f -- "containerd-shim-runc-v2 -namespace plugins.moby" || true); do
+    pkill -KILL -P "$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  local bundles=$exec_root/containerd/daemon/io.containerd.runtime.v2.task/plugins.moby
+  for m in $(awk -v p="$bundles/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r); do
+    umount -l "$m" 2>/dev/null || true
+  done
+  rm -rf "${bundles:?}"/* "${exec_root:?}"/runtime-runc/plugins.moby/* 2>/dev/null || true
+}
+
+pb_start_dockerd() {
+  # Start a detached dockerd with this command line (log: /var/log/pybridge-dockerd.log) and
+  # wait until it answers. Stale plugin tasks are cleared first; if dockerd still dies at start
+  # on a plugin's task, it is cleared again and dockerd started once more.
+  local log=/var/log/pybridge-dockerd.log attempt i pid offset
+  for attempt in 1 2; do
+    pb_clear_stale_plugin_tasks
+    rm -f /var/run/docker.pid
+    offset=$(stat -c %s "$log" 2>/dev/null || echo 0)
+    pb_log "starting dockerd (log: $log)"
+    setsid "$@" >>"$log" 2>&1 </dev/null &
+    pid=$!
+    for i in $(seq 1 120); do
+      pb_docker_ready && return 0
+      [ -d "/proc/$pid" ] || break
+      sleep 0.5
+    done
+    pb_docker_ready && return 0
+    if [ -d "/proc/$pid" ]; then
+      pb_log "dockerd did not answer within 60 s; the end of $log:"; tail -n 20 "$log" >&2; return 1
+    fi
+    pb_log "dockerd exited at start; the end of $log:"
+    tail -c +"$((offset + 1))" "$log" | grep -E 'level=(error|fatal)|^panic:' | tail -n 5 >&2
+  done
+  return 1
 }
 
 pb_source_hash() {

@@ -170,7 +170,10 @@ class DockerEnv:
             cmd: tuple[str, ...] = ("sleep", "600")) -> str:
         name = name or self.name("c")
         self.containers.append(name)
-        argv = ["run", "-d", "--name", name, "--dns", "127.0.0.1"]
+        # busybox's sleep as PID 1 ignores SIGTERM: without a short stop timeout each stop (and a
+        # dockerd shutdown) waits 10 s, and 20.10's shutdown then overruns its deadline and leaves
+        # the plugin's task behind ("Force shutdown daemon")
+        argv = ["run", "-d", "--name", name, "--dns", "127.0.0.1", "--stop-timeout", "1"]
         if network:
             argv += ["--network", network]
         docker(*argv, *args, IMAGE, *cmd)
@@ -250,7 +253,8 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
             raise RuntimeError("dockerd did not stop")
         # After SIGKILL the pid files stay; a zombie with such a pid (dockerd's, or that of the
         # containerd it supervises, which dies with it) makes the new dockerd refuse or hang.
-        for pidfile in ("/var/run/docker.pid", "/var/run/docker/containerd/containerd.pid"):
+        exec_root = _flag(cmdline, "--exec-root", "/var/run/docker")
+        for pidfile in (_flag(cmdline, "--pidfile", "/var/run/docker.pid"), f"{exec_root}/containerd/containerd.pid"):
             try:
                 old = open(pidfile).read().strip()
             except FileNotFoundError:
@@ -270,20 +274,11 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
             # dockerd 20.10 after SIGKILL: a managed plugin's task from before is still there
             # ("failed to enable plugin": "... already exists", "failed to start shim: mkdir ...:
             # file exists"), its client stays nil, and the network controller's first call to it
-            # panics, at every start. The engine is brought back
-            # for the tests after this one; this one fails with what happened.
-            for shim in sh("pgrep", "-f", "containerd-shim-runc-v2 -namespace plugins.moby", check=False).stdout.split():
-                sh("pkill", "-KILL", "-P", shim, check=False)
-                sh("kill", "-KILL", shim, check=False)
-            # and the task state they leave ("failed to start shim: mkdir ...: file exists")
-            bundles = "/var/run/docker/containerd/daemon/io.containerd.runtime.v2.task/plugins.moby"
-            for line in open("/proc/mounts").read().splitlines():
-                if line.split()[1].startswith(bundles + "/"):
-                    sh("umount", "-l", line.split()[1], check=False)
-            for stale in (bundles, "/var/run/docker/runtime-runc/plugins.moby"):
-                sh("sh", "-c", 'rm -rf "$1"/*', "sh", stale, check=False)
-            if os.path.exists("/var/run/docker.pid"):
-                os.unlink("/var/run/docker.pid")
+            # panics, at every start. The engine is brought back (its orphaned plugin shims and
+            # their task state cleared, as scripts/lib.sh does before any start) for the tests
+            # after this one; this one fails with what happened.
+            sh("bash", "-c", '. "$1"; pb_clear_stale_plugin_tasks "$2"', "bash",
+               os.path.join(REPO, "scripts", "lib.sh"), exec_root, check=False)
             start()
             wait_for(docker_ready, 60, 0.5)
             raise RuntimeError("dockerd panicked at start: a managed plugin's task from before the kill "
@@ -295,6 +290,18 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
 
 
 DOCKERD_LOG = "/var/log/pybridge-dockerd.log"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _flag(cmdline: list[bytes], name: str, default: str) -> str:
+    """The value of dockerd's `--name VALUE` or `--name=VALUE` in its command line."""
+    args = [c.decode() for c in cmdline]
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
 
 
 def _panicked_on_a_plugin_task(offset: int) -> bool:
@@ -318,7 +325,7 @@ def recover_from_engine_deadlock() -> str:
     if sh("timeout", "20", "docker", "network", "ls", check=False, timeout=30).returncode == 0:
         return ""
     pid = sh("pidof", "dockerd").stdout.split()[0]
-    dumps = "/var/run/docker"
+    dumps = _flag(open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:-1], "--exec-root", "/var/run/docker")
     before = set(os.listdir(dumps))
     sh("kill", "-USR1", pid)
     wait_for(lambda: any(n.startswith("goroutine-stacks") for n in set(os.listdir(dumps)) - before), 10)
