@@ -30,6 +30,18 @@ pb_ensure_docker_engine() {
   pb_start_dockerd dockerd
 }
 
+pb_clear_dead_bundles() {
+  # Bundles containerd renamed to .ID to delete them and could not: always garbage, and while one
+  # is there every later delete of task ID fails ("rename ...: file exists"), so ID's next start
+  # does too. Safe whatever runs.
+  local exec_root=${1:-/var/run/docker} d m
+  for d in "$exec_root"/containerd/daemon/io.containerd.runtime.v2.task/*/.[0-9a-f]*; do
+    [ -d "$d" ] || continue
+    for m in $(awk -v p="$d/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r); do umount -l "$m" || true; done
+    rm -rf "$d"
+  done
+}
+
 pb_clear_stale_plugin_tasks() {
   # With no dockerd running, what is left of managed plugins' tasks under an exec root belongs
   # to no engine: their shims (orphaned when dockerd was killed) and their task and runc
@@ -37,6 +49,7 @@ pb_clear_stale_plugin_tasks() {
   # such a plugin again ("failed to start shim: mkdir ...: file exists") and then panics at every
   # start (nil plugin client). Containers' own tasks (namespace moby) are dockerd's to handle.
   local exec_root=${1:-/var/run/docker} pid m
+  pb_clear_dead_bundles "$exec_root"
   pidof dockerd >/dev/null 2>&1 && { pb_log "not clearing plugin tasks: a dockerd runs"; return 0; }
   for pid in $(pgrep -f -- "containerd-shim-runc-v2 -namespace plugins.moby" || true); do
     pkill -KILL -P "$pid" 2>/dev/null || true
@@ -46,7 +59,9 @@ pb_clear_stale_plugin_tasks() {
   for m in $(awk -v p="$bundles/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r); do
     umount -l "$m" 2>/dev/null || true
   done
-  rm -rf "${bundles:?}"/* "${exec_root:?}"/runtime-runc/plugins.moby/* 2>/dev/null || true
+  # dot-entries too: containerd renames a bundle to .ID before deleting it, and a .ID left by a
+  # failed delete makes every later delete of ID fail ("rename ...: file exists")
+  find "$bundles" "$exec_root/runtime-runc/plugins.moby" -mindepth 1 -maxdepth 1 -exec rm -rf {} + 2>/dev/null || true
 }
 
 pb_start_dockerd() {
@@ -79,7 +94,7 @@ pb_start_dockerd() {
 pb_source_hash() {
   # A hash of everything that goes into the plugin, to skip rebuilding an identical plugin.
   local root=$1
-  (cd "$root" && find plugin -name '*.py' -print0 | sort -z | xargs -0 cat; cat Dockerfile config.json requirements.txt) \
+  (cd "$root" && find plugin -name '*.py' -print0 | sort -z | xargs -0 cat; cat Dockerfile config.json requirements.lock) \
     | sha256sum | cut -c1-16
 }
 

@@ -267,6 +267,9 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
         start = lambda: sh("sh", "-c", 'setsid "$@" >>/var/log/pybridge-dockerd.log 2>&1 </dev/null &',  # noqa: E731
                            "sh", *argv)
         logged = os.path.getsize(DOCKERD_LOG) if os.path.exists(DOCKERD_LOG) else 0
+        # a bundle containerd failed to delete (.ID) makes the next start of ID fail, and 20.10 panic
+        sh("bash", "-c", '. "$1"; pb_clear_dead_bundles "$2"', "bash",
+           os.path.join(REPO, "scripts", "lib.sh"), exec_root, check=False)
         start()
         if not wait_for(lambda: docker_ready() or _panicked_on_a_plugin_task(logged), 60, 0.5):
             raise RuntimeError("dockerd did not come back")
