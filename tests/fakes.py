@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from plugin.domain.errors import Conflict, KernelError
 from plugin.kernel import nftrules
 from plugin.domain.model import Taken
-from plugin.kernel.interfaces import LinkInfo
+from plugin.kernel.interfaces import FirewallCounters, LinkInfo
 
 
 class Faults:
@@ -173,6 +173,7 @@ class FakeFirewall:
         self.families = (4, 6)
         self.foreign: list[str] = []
         self.removed = False
+        self._counted = FirewallCounters()
         self.run(nftrules.full(self.table, self.mark, {}))   # as after the plugin's start
         self.faults.calls.clear()
 
@@ -240,25 +241,37 @@ class FakeFirewall:
     # FirewallPort ----------------------------------------------------------------------
     def sync(self, networks, endpoints=(), foreign=()):
         self.syncs += 1
-        self.run(nftrules.full(self.table, self.mark, nftrules.desired(networks, endpoints, foreign)))
+        self._change(nftrules.full(self.table, self.mark, nftrules.desired(networks, endpoints, foreign)))
         self.foreign = list(foreign)
 
     def add_network(self, network):
         self.changes += 1
-        self.run(nftrules.add_network(self.table, network))
+        self._change(nftrules.add_network(self.table, network))
 
     def remove_network(self, network, endpoints=()):
         self.changes += 1
-        self.run(nftrules.remove_network(self.table, network, endpoints))
+        self._change(nftrules.remove_network(self.table, network, endpoints))
 
     def change_ports(self, network, before, after):
         self.changes += 1
-        self.run(nftrules.change_ports(self.table, network, before, after))
+        self._change(nftrules.change_ports(self.table, network, before, after))
 
     def set_foreign(self, foreign, own=()):
         self.changes += 1
-        self.run(nftrules.set_foreign(self.table, foreign, own))
+        self._change(nftrules.set_foreign(self.table, foreign, own))
         self.foreign = list(foreign)
+
+    def counters(self):
+        return self._counted
+
+    def _change(self, commands):
+        ok = False
+        try:
+            self.run(commands)
+            ok = True
+        finally:
+            c = self._counted
+            self._counted = FirewallCounters(c.changes + 1, c.failures + (not ok), c.seconds)
 
     def watch(self, on_change, legacy_every=2.0):
         return None

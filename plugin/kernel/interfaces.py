@@ -37,6 +37,15 @@ class NetlinkPort(Protocol):
     def watch_links(self, on_change: Callable[[], None]) -> None: ...
 
 
+@dataclass(frozen=True)
+class FirewallCounters:
+    """Changes written to our firewall table since start: how many, how many failed, and the
+    seconds they took in all."""
+    changes: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+
+
 class FirewallPort(Protocol):
     """pybridge's own firewall table. `sync` writes all of it from the state (start, healing);
     the other changes touch only what they name, whatever else is there, and raise KernelError
@@ -53,6 +62,7 @@ class FirewallPort(Protocol):
               foreign: Iterable[str] = ()) -> list[str]: ...
     def watch(self, on_change: Callable[[], None], legacy_every: float = 2.0) -> None: ...
     def remove_all(self) -> None: ...
+    def counters(self) -> FirewallCounters: ...
 
 
 class SysctlPort(Protocol):

@@ -34,6 +34,7 @@ from ..domain.errors import KernelError
 from ..domain.model import Endpoint, Network
 from . import nftrules
 from .firewalld import FirewalldAccept
+from .interfaces import FirewallCounters
 from .nfthelper import load_nftables
 from .xtables import ForwardAccept
 
@@ -193,6 +194,8 @@ class NftFirewall:
         self._migrated = False
         self._closed = threading.Event()
         self._monitors: list[subprocess.Popen] = []
+        self._counters = FirewallCounters()
+        self._count_lock = threading.Lock()
 
     # FirewallPort ------------------------------------------------------------------------
 
@@ -202,7 +205,7 @@ class NftFirewall:
     def sync(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
              foreign: Iterable[str] = ()) -> None:
         """Replace our whole table in one transaction, and put the static iptables rule in place."""
-        self.nft.run(nftrules.full(self.table, self.mark, nftrules.desired(networks, endpoints, foreign)))
+        self._change(nftrules.full(self.table, self.mark, nftrules.desired(networks, endpoints, foreign)))
         self.forward.ensure()
         self.firewalld.ensure()
         if not self._migrated and self._migrate is not None:
@@ -210,16 +213,16 @@ class NftFirewall:
         self._migrated = True
 
     def add_network(self, network: Network) -> None:
-        self.nft.run(nftrules.add_network(self.table, network))
+        self._change(nftrules.add_network(self.table, network))
 
     def remove_network(self, network: Network, endpoints: Iterable[Endpoint] = ()) -> None:
-        self.nft.run(nftrules.remove_network(self.table, network, endpoints))
+        self._change(nftrules.remove_network(self.table, network, endpoints))
 
     def change_ports(self, network: Network, before: Endpoint | None, after: Endpoint | None) -> None:
-        self.nft.run(nftrules.change_ports(self.table, network, before, after))
+        self._change(nftrules.change_ports(self.table, network, before, after))
 
     def set_foreign(self, foreign: Iterable[str], own: Iterable[str] = ()) -> None:
-        self.nft.run(nftrules.set_foreign(self.table, foreign, own))
+        self._change(nftrules.set_foreign(self.table, foreign, own))
 
     def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
               foreign: Iterable[str] = ()) -> list[str]:
@@ -244,6 +247,10 @@ class NftFirewall:
         if self._migrate is not None:
             self._migrate()
 
+    def counters(self) -> FirewallCounters:
+        with self._count_lock:
+            return self._counters
+
     def watch(self, on_change: Callable[[], None], legacy_every: float = 2.0) -> None:
         """Call on_change when another process changed our table, or the iptables chain that
         holds our static rule; blocks (run it in a thread). The legacy iptables backend sends no
@@ -258,6 +265,19 @@ class NftFirewall:
         self.nft.stop()
 
     # ---------------------------------------------------------------------------------------
+
+    def _change(self, commands: list[dict]) -> None:
+        """One change transaction, counted with its duration (for the metrics)."""
+        started = time.perf_counter()
+        ok = False
+        try:
+            self.nft.run(commands)
+            ok = True
+        finally:
+            took = time.perf_counter() - started
+            with self._count_lock:
+                c = self._counters
+                self._counters = FirewallCounters(c.changes + 1, c.failures + (not ok), c.seconds + took)
 
     def _nft_tables(self) -> set[tuple[str, str]]:
         return {(o["table"]["family"], o["table"]["name"]) for o in self.nft.run([{"list": {"tables": None}}])

@@ -1,0 +1,45 @@
+"""The kernel adapters and their fakes implement the same interfaces (plugin/kernel/interfaces.py):
+every method of each Protocol, with the same parameters, on both the real adapter and the fake
+that the logic tests use in its place."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from plugin.kernel.interfaces import FirewallPort, NetlinkPort, SysctlPort
+from plugin.kernel.netlink import Netlink
+from plugin.kernel.nft import NftFirewall
+from plugin.kernel.sysctl import Sysctl
+from tests.fakes import FakeFirewall, FakeNetlink, FakeSysctl
+
+PAIRS = [(NetlinkPort, Netlink), (NetlinkPort, FakeNetlink), (FirewallPort, NftFirewall),
+         (FirewallPort, FakeFirewall), (SysctlPort, Sysctl), (SysctlPort, FakeSysctl)]
+
+
+def _methods(protocol) -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(fn) for name, fn in vars(protocol).items()
+            if callable(fn) and not name.startswith("_")}
+
+
+def _shape(sig: inspect.Signature) -> list[tuple[str, str, bool]]:
+    """Parameter names, kinds and whether each has a default (annotations aside)."""
+    return [(p.name, str(p.kind), p.default is not inspect.Parameter.empty) for p in sig.parameters.values()]
+
+
+@pytest.mark.parametrize("protocol,impl", PAIRS, ids=lambda x: x.__name__)
+def test_implements_every_method_with_the_same_parameters(protocol, impl):
+    methods = _methods(protocol)
+    assert methods, protocol
+    for name, sig in methods.items():
+        assert callable(getattr(impl, name, None)), f"{impl.__name__} lacks {protocol.__name__}.{name}"
+        assert _shape(inspect.signature(getattr(impl, name))) == _shape(sig), \
+            f"{impl.__name__}.{name}{inspect.signature(getattr(impl, name))} differs from {protocol.__name__}.{name}{sig}"
+
+
+def test_a_missing_method_is_caught():
+    class Partial:
+        def get(self, *parts): ...
+    with pytest.raises(AssertionError):
+        test_implements_every_method_with_the_same_parameters(SysctlPort, Partial)
