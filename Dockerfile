@@ -1,7 +1,8 @@
 # Root filesystem of the pybridge managed plugin.
 # BASE defaults to the official slim Python image; scripts/build-plugin.sh passes a locally built
-# Debian base on machines without Docker Hub. Wheels are built on the host (pip inside a build
-# container may have no working TLS) and installed with --no-index.
+# Debian base on machines without Docker Hub. Wheels are fetched on the host (pip inside a build
+# container may have no working TLS) and installed with --no-index, each checked against the
+# sha256 that requirements.lock pins (scripts/lock.sh makes it).
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 # nftables (nft, for `nft monitor`) and python3-nftables (libnftables' JSON API, used by the
@@ -11,10 +12,26 @@ RUN if ! command -v iptables-restore >/dev/null 2>&1 || ! command -v nft >/dev/n
       apt-get update && apt-get install -y --no-install-recommends iptables nftables python3-nftables && \
       rm -rf /var/lib/apt/lists/*; \
     fi
+COPY requirements.lock /tmp/requirements.lock
 COPY build/wheels /tmp/wheels
+# Then what the plugin never uses at run time goes: pip and setuptools (only the install above
+# needed them), documentation, manual pages, translations, time zones, apt's caches and lists,
+# glibc's iconv modules (nothing here calls iconv); then a check that what runs is still there.
 RUN python3 -m pip install --no-cache-dir --no-index --find-links /tmp/wheels --break-system-packages \
-      flask gunicorn pyroute2 requests-unixsocket dnspython && rm -rf /tmp/wheels
+      --require-hashes -r /tmp/requirements.lock && rm -rf /tmp/wheels /tmp/requirements.lock && \
+    if dpkg -s python3-pip >/dev/null 2>&1; then \
+      apt-get purge -y -q --auto-remove python3-pip python3-setuptools python3-wheel python3-pkg-resources >/dev/null; \
+    else \
+      python3 -m pip uninstall -q -y pip setuptools wheel >/dev/null 2>&1 || true; \
+    fi && \
+    rm -rf /usr/share/doc /usr/share/man /usr/share/info /usr/share/locale /usr/share/zoneinfo \
+      /usr/share/lintian /var/cache/apt/* /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/* \
+      /usr/lib/*-linux-gnu/gconv && \
+    python3 -c 'import nftables, flask, gunicorn, pyroute2, dns, prometheus_client, requests_unixsocket, sqlite3' && \
+    nft --version >/dev/null && iptables --version >/dev/null
 COPY plugin /opt/pybridge/plugin
 ENV PYTHONPATH=/opt/pybridge PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-RUN mkdir -p /run/docker/plugins /var/lib/pybridge /host/run-docker-plugins /host/proc/sys/net /run/pybridge
+# bytecode compiled once here: the plugin writes none at run time (the rootfs stays as built)
+RUN python3 -m compileall -q /opt/pybridge/plugin && \
+    mkdir -p /run/docker/plugins /var/lib/pybridge /host/run-docker-plugins /host/proc/sys/net /run/pybridge
 ENTRYPOINT ["python3", "-m", "plugin", "serve"]

@@ -42,7 +42,7 @@ fetch_wheels() {
   log "fetching wheels for Python $pyver ($arch)"
   python3 -m pip download -q --only-binary=:all: --python-version "$pyver" --implementation cp \
     --platform "manylinux2014_$arch" --platform "manylinux_2_17_$arch" --platform "manylinux_2_28_$arch" \
-    --platform any -d "$build/wheels" -r "$root/requirements.txt"
+    --platform any --require-hashes -d "$build/wheels" -r "$root/requirements.lock"
 }
 
 mkdir -p "$build"
