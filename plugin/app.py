@@ -50,6 +50,8 @@ def _view(services, stats: CallStats, method: str, handler):
         started = time.perf_counter()
         ok = False
         try:
+            if services.ctx.retired:
+                raise PybridgeError("pybridge is being uninstalled")
             response = _reply(handler(services, _body()))
             ok = True
             return response
@@ -62,7 +64,10 @@ def _view(services, stats: CallStats, method: str, handler):
             log.exception("%s: unexpected error", method)
             return _reply({"Err": f"{method}: internal error in pybridge (see the plugin log)"}, 500)
         finally:
-            stats.record(method, time.perf_counter() - started, ok)
+            took = time.perf_counter() - started
+            stats.record(method, took, ok)
+            if services.metrics is not None:
+                services.metrics.observe_call(method, took, ok)
     view.__name__ = method.replace(".", "_")
     return view
 
@@ -106,6 +111,10 @@ def create_app(services) -> Flask:
     @app.post("/pybridge/gc")
     def gc():
         return _reply(services.reconciler.restore(grace()).as_dict())
+
+    @app.post("/pybridge/uninstall")
+    def uninstall():
+        return _reply(services.reconciler.uninstall())
 
     @app.get("/pybridge/dns")
     def dns_overview():

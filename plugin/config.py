@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from .ipam.pools import PoolSpec, parse_pool_specs
 
 DEFAULT_POOLS = "172.16.0.0/12:24,192.168.0.0/16:24"
 DEFAULT_POOLS6 = "fd42:7079:6272::/48:64"
+DEFAULT_METRICS = "127.0.0.1:9474"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Settings:
     firewall_check: int = 2    # 0: never heal the firewall; else seconds between checks of the
                                # static rule in iptables-legacy (nftables changes are events)
     firewall_mark: int = 0x01000000   # the packet-mark bit our forward chain sets on what it accepts
+    metrics: tuple[str, int] | None = None    # (host, port) of the Prometheus endpoint, or none
 
     @property
     def chain_prefix(self) -> str:
@@ -86,9 +89,25 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         docker_socket=env.get("PYBRIDGE_DOCKER_SOCKET", "/var/run/docker.sock"),
         firewall_check=_int(env, "PYBRIDGE_FIREWALL_CHECK", 2, 0, 3600),
         firewall_mark=_mark(env.get("PYBRIDGE_FIREWALL_MARK", "0x01000000")),
+        metrics=parse_listen("PYBRIDGE_METRICS", env.get("PYBRIDGE_METRICS", DEFAULT_METRICS)),
     )
     values.update(overrides)
     return Settings(**values)
+
+
+def parse_listen(key: str, text: str) -> tuple[str, int] | None:
+    """HOST:PORT or [IPv6]:PORT with an IP address for HOST; off (or empty) for none."""
+    if text.lower() in ("", "off", "false", "0", "no"):
+        return None
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", text)
+    host, port = (m.group(1) or m.group(3), int(m.group(2) or m.group(4))) if m else ("", 0)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        host = ""
+    if not host or not 1 <= port <= 65535:
+        raise ConfigError(f"invalid {key} {text!r}: HOST:PORT with an IP address ([::1]:9474 for IPv6), or off")
+    return host, port
 
 
 def _mark(text: str) -> int:

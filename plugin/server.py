@@ -68,6 +68,7 @@ class PluginServer(BaseApplication):
         report = services.reconciler.restore()
         if report.errors:
             log.error("restore finished with errors: %s", report.errors)
+        services.enable_metrics()
         services.start_background()
         return create_app(services)
 

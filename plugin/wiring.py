@@ -29,11 +29,22 @@ class Services:
     reconciler: Reconciler
     doctor: Doctor
     views: Views
+    watcher: object | None = None       # the Docker event watcher, once started (its reconnects)
+    metrics: object | None = None       # plugin.metrics.Metrics, made by enable_metrics()
+
+    def enable_metrics(self):
+        """The Prometheus registry the HTTP layer feeds; served by start_background when the
+        settings give it an address."""
+        from .metrics import Metrics
+        self.metrics = Metrics(self)
+        return self.metrics
 
     def start_background(self) -> None:
         """Threads outside every plugin handler: the firewall watchdog, the netlink watch that
         keeps our networks isolated from bridges that appear, and the Docker event watcher
         feeding the DNS."""
+        if self.metrics is not None and self.settings.metrics is not None:
+            self.metrics.serve(*self.settings.metrics)
         if self.settings.firewall_check:
             threading.Thread(target=self._watch_firewall, name="pybridge-firewall-watchdog", daemon=True).start()
         self.reconciler.bridges.start()
@@ -41,9 +52,11 @@ class Services:
             return
         from .dns.watcher import DockerWatcher
         dns = self.ctx.dns
-        DockerWatcher(self.settings.docker_socket, dns.learned if dns else (lambda state, changed: None),
-                      on_bridges=self.networks.docker_bridges_seen,
-                      on_containers=self._containers_seen).start()
+        self.watcher = DockerWatcher(self.settings.docker_socket,
+                                     dns.learned if dns else (lambda state, changed: None),
+                                     on_bridges=self.networks.docker_bridges_seen,
+                                     on_containers=self._containers_seen)
+        self.watcher.start()
 
     def _containers_seen(self, state, changed, existing, gone) -> None:
         """The addresses of containers that restart by themselves, for the IPAM to give back."""

@@ -21,7 +21,7 @@ python3 -m pip --version >/dev/null 2>&1 || pb_apt_install python3-pip
 if [ "${PYBRIDGE_CI:-}" = 1 ] && ! command -v firewalld >/dev/null 2>&1 && [ ! -d /run/systemd/system ]; then
   pb_apt_install firewalld
 fi
-if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, pytest, hypothesis' 2>/dev/null; then
+if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, prometheus_client, pytest, hypothesis' 2>/dev/null; then
   pb_log "installing Python test dependencies"
   python3 -m pip install -q -r requirements-dev.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r requirements-dev.txt
@@ -29,7 +29,8 @@ fi
 
 export PYBRIDGE_TEST_PLUGIN=${PYBRIDGE_TEST_PLUGIN:-pybridge-test}
 # The test instance forwards no DNS query by default: no lookup may leave the machine.
-TEST_SETTINGS="PYBRIDGE_IFPREFIX=pt PYBRIDGE_DEFAULT_POOLS=10.207.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:ff00::/40:64 PYBRIDGE_DNS_UPSTREAM="
+# Its metrics on a port of its own: the product plugin (127.0.0.1:9474) may run beside it.
+TEST_SETTINGS="PYBRIDGE_METRICS=127.0.0.1:19474 PYBRIDGE_IFPREFIX=pt PYBRIDGE_DEFAULT_POOLS=10.207.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:ff00::/40:64 PYBRIDGE_DNS_UPSTREAM="
 PYBRIDGE_SET="$TEST_SETTINGS" \
   "$root/scripts/install.sh" "$PYBRIDGE_TEST_PLUGIN"
 "$root/scripts/make-test-image.sh"

@@ -114,6 +114,7 @@ class UdpListener:
         self.server, self.nid, self.allows = server, nid, allows
         self.log_queries = log_queries       # logged queries skip the cache (the loop logs them)
         self.backlog = Backlog(UDP_BACKLOG)
+        self.cached = [0] * 16               # answers sent from the cache, by rcode (this thread counts)
         self.sock = bound_socket(socket.SOCK_DGRAM, address, server.port, device)
         self._closed = False
         threading.Thread(target=self._run, name=f"pybridge-dns-udp-{address}", daemon=True).start()
@@ -121,7 +122,7 @@ class UdpListener:
     def _run(self) -> None:
         # The hot loop: locals bound once, no calls but the cache lookup for a cached answer.
         server, nid, allows, backlog = self.server, self.nid, self.allows, self.backlog
-        sock, loop, seen = self.sock, server.loop, self.allows.seen
+        sock, loop, seen, cached = self.sock, server.loop, self.allows.seen, self.cached
         recvfrom, sendto, find = sock.recvfrom, sock.sendto, bytes.find
         while True:
             try:
@@ -145,6 +146,7 @@ class UdpListener:
                         if body is not None:
                             entry.turn = turn + 1
                             sendto(data[:2] + body, addr)
+                            cached[body[1] & 15] += 1
                             continue
                     qend = find(data, b"\0", 12) + 1              # as cache.question_end(), inline
                     entry = cache.entries.get(data[2:12] + data[12:qend].lower() + data[qend:]) \
@@ -156,6 +158,7 @@ class UdpListener:
                             entry.turn = turn + 1
                             reply = splice(data, body, qend)
                             sendto(reply, addr)
+                            cached[body[1] & 15] += 1
                             cache.spell(data, entry, turn, reply[2:])
                             continue
                 if backlog.try_add():

@@ -57,6 +57,10 @@ class _Net:
     allows: SourceFilter | None = None
     inflight: int = 0
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
+    # counted in the event loop (the listeners count what they answer from the cache)
+    answered: dict = field(default_factory=dict)     # rcode text -> queries
+    forwarded: int = 0
+    forward_failures: int = 0
 
     def close(self) -> None:
         for listener in self.udp + self.tcp:
@@ -131,6 +135,21 @@ class DnsServer:
                 "refused_sources": sum(n.allows.refused for n in nets if n.allows),
                 "cache_entries": {nid: len(c.entries) for nid, c in self.caches.items()}}
 
+    def counters(self) -> dict[str, dict]:
+        """Per network (by ID): its name, queries answered by rcode (cache hits included),
+        queries forwarded and forwards that failed (no upstream, or none answered)."""
+        out = {}
+        for nid, net in list(self._nets.items()):
+            answered = dict(net.answered)
+            for listener in list(net.udp):
+                for code, n in enumerate(listener.cached):
+                    if n:
+                        text = dns.rcode.to_text(code)
+                        answered[text] = answered.get(text, 0) + n
+            out[nid] = {"name": net.spec.name, "answered": answered, "forwarded": net.forwarded,
+                        "forward_failures": net.forward_failures}
+        return out
+
     def stop(self) -> None:
         if self.loop is not None:
             self.configure({})
@@ -180,12 +199,15 @@ class DnsServer:
                           limit=TCP_LIMIT if tcp else None, rotate=rotation)
         reply = decision.reply
         if decision.forward is not None:
+            net.forwarded += 1
             reply, decision.rcode = await self._forward(net, decision.forward, decision.limit, tcp)
         elif key is not None and decision.rotations and reply is not None:
             entry = existing or cache.entry(key, decision.rotations)
             if existing is None:
                 entry.take_turn()
             cache.fill(entry, rotation, reply[2:], wire, qend)
+        if decision.rcode:
+            net.answered[decision.rcode] = net.answered.get(decision.rcode, 0) + 1
         if decision.qname and net.spec.log_queries:
             record = {"time": round(time.time(), 3), "client": peer, "name": decision.qname,
                       "type": decision.qtype, "rcode": decision.rcode,
@@ -198,6 +220,7 @@ class DnsServer:
         """Ask the upstreams over UDP. Only a TCP client's question is asked again over TCP when
         the UDP answer was cut: a UDP client gets at most its own limit, with TC set."""
         if not net.spec.upstreams or net.inflight >= MAX_FORWARDS:
+            net.forward_failures += 1
             return failure(query), "SERVFAIL"
         net.inflight += 1
         try:
@@ -209,6 +232,7 @@ class DnsServer:
                     return render(resp, limit), dns.rcode.to_text(resp.rcode())
                 except (dns.exception.DNSException, OSError, EOFError, ValueError):
                     continue
+            net.forward_failures += 1
             return failure(query), "SERVFAIL"
         finally:
             net.inflight -= 1

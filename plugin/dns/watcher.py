@@ -122,6 +122,7 @@ class DockerWatcher:
         self.state: State = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.reconnects = 0          # times the event stream was opened again after it failed
 
     def start(self) -> None:
         if self._thread is None:
@@ -137,8 +138,12 @@ class DockerWatcher:
 
     def _run(self) -> None:
         backoff = BACKOFF_MIN
+        first = True
         while not self._stop.is_set():
             started = time.monotonic()
+            if not first:
+                self.reconnects += 1
+            first = False
             try:
                 session = self._session()
                 since = int(time.time())

@@ -21,6 +21,7 @@ class Context:
     reaper: Any = None  # plugin.driver.reaper.Reaper: deferred veth deletion
     dns: Any = None     # plugin.dns.service.DnsService, or None when DNS is off
     foreign: tuple[str, ...] = ()   # bridges on the host that are not ours (plugin.driver.bridges)
+    retired: bool = False           # uninstalling: write nothing to the firewall any more
 
     def networks_changed(self) -> None:
         """Tell the DNS (if any) to listen for exactly the recorded networks. A DNS problem is
@@ -34,6 +35,8 @@ class Context:
 
     def sync_firewall(self, tx: Tx) -> None:
         """Rewrite our whole table from the state as this transaction sees it."""
+        if self.retired:
+            return
         self.firewall.sync(tx.list_networks(), tx.list_endpoints(), foreign=self.foreign)
 
     def change_firewall(self, tx: Tx, change, *args) -> None:
@@ -41,6 +44,8 @@ class Context:
         Should it fail (our table was changed behind our back, the helper died), the whole table
         is rewritten from that state; should that fail too, the error stands and the
         transaction rolls back, with the kernel as it was."""
+        if self.retired:
+            return
         try:
             change(*args)
         except KernelError as e:

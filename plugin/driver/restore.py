@@ -72,6 +72,7 @@ class Reconciler:
         self.ctx = ctx
         self.networks = networks
         self.bridges = ForeignBridges(ctx)
+        self.healed: dict[str, int] = {}    # what restore and gc repaired since start, by kind
 
     def restore(self, lease_grace: float = LEASE_GRACE) -> Report:
         ctx, report = self.ctx, Report()
@@ -122,8 +123,39 @@ class Reconciler:
                 report.errors.append(f"firewall: {e}")
             report.networks, report.endpoints = len(networks), len(endpoints)
         ctx.networks_changed()
+        for kind, items in (("links_removed", report.removed_links), ("leases_released", report.released_leases),
+                            ("endpoints_dropped", report.dropped_endpoints)):
+            if items:
+                self.healed[kind] = self.healed.get(kind, 0) + len(items)
         log.info("restore: %s", report.as_dict())
         return report
+
+    def uninstall(self) -> dict:
+        """What scripts/uninstall.sh asks of the running plugin just before it is disabled and
+        removed: stop writing to the firewall (the watchdog would put the table back), stop the
+        DNS, delete our table and static rules, our bridges and veths. The state stays (the
+        script keeps or deletes it)."""
+        ctx = self.ctx
+        ctx.retired = True
+        if ctx.dns is not None:
+            ctx.dns.server.stop()
+        with ctx.store.reading() as tx:
+            bridges = {n.bridge for n in tx.list_networks()}
+        removed, errors = [], []
+        prefixes = owned_link_prefixes(ctx.prefix)
+        for link in ctx.netlink.links():
+            if link.name.startswith(prefixes) or link.name in bridges:
+                try:
+                    if ctx.netlink.delete_link(link.name):
+                        removed.append(link.name)
+                except PybridgeError as e:
+                    errors.append(str(e))
+        try:
+            ctx.firewall.remove_all()
+        except PybridgeError as e:
+            errors.append(f"firewall: {e}")
+        log.warning("uninstalling: removed our firewall table and rules, links %s", removed)
+        return {"removed_links": removed, "errors": errors}
 
 
 class Doctor:
@@ -131,6 +163,7 @@ class Doctor:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self.healed: dict[str, int] = {}    # firewall rewrites after drift, since start
 
     def examine(self, lease_grace: float = LEASE_GRACE) -> dict:
         ctx = self.ctx
@@ -166,9 +199,12 @@ class Doctor:
         ctx = self.ctx
         with ctx.store.reading() as tx:
             networks, endpoints = tx.list_networks(), tx.list_endpoints()
+        if ctx.retired:
+            return []
         problems = ctx.firewall.drift(networks, endpoints, ctx.foreign)
         if problems:
             log.warning("firewall drift, rewriting our table: %s", problems)
             with ctx.store.transaction() as tx:
                 ctx.sync_firewall(tx)
+            self.healed["firewall"] = self.healed.get("firewall", 0) + 1
         return problems

@@ -51,6 +51,18 @@ class IpamService:
     def default_address_spaces() -> dict:
         return {"LocalDefaultAddressSpace": LOCAL_SPACE, "GlobalDefaultAddressSpace": GLOBAL_SPACE}
 
+    def usage(self) -> list[dict]:
+        """Each pool: its subnet, how many addresses it can hand out, how many it has (one store
+        read; for the metrics)."""
+        with self._store.reading() as tx:
+            pools, counts = tx.list_pools(), tx.lease_counts()
+        out = []
+        for p in pools:
+            lo, hi = usable_range(p.subnet, p.ip_range)
+            out.append({"pool": p.id, "subnet": str(p.subnet), "size": max(0, hi - lo + 1),
+                        "used": counts.get(p.id, 0)})
+        return out
+
     # pools
     def request_pool(self, space: str, pool: str, subpool: str, v6: bool) -> dict:
         version = 6 if v6 else 4

@@ -235,6 +235,10 @@ class Tx:
         return _readable(_pool, self._c.execute(
             "SELECT id, space, subnet, ip_range, cursor FROM pools ORDER BY id").fetchall())
 
+    def lease_counts(self) -> dict[str, int]:
+        """Leases held in each pool (gateways included)."""
+        return dict(self._c.execute("SELECT pool_id, count(*) FROM leases GROUP BY pool_id").fetchall())
+
     def set_cursor(self, pool_id: str, cursor: int) -> None:
         self._c.execute("UPDATE pools SET cursor = ? WHERE id = ?", (addr_key(cursor + 1), pool_id))
 

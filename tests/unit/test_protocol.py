@@ -229,3 +229,23 @@ def test_the_host_views_list_networks_and_endpoints_with_docker_names(client, fa
     (ep,) = client.get("/pybridge/endpoints").get_json()["endpoints"]
     assert ep["container"] == "web" and ep["network_name"] == "app" and ep["ipv4"] == "10.200.1.2/24"
     assert ep["ports"] == [{"container_port": "80/tcp", "host": "0.0.0.0:8080", "family": 0}]
+
+
+def test_uninstall_removes_links_and_firewall_and_nothing_comes_back(client, fake_services):
+    """Issue 11: what scripts/uninstall.sh asks of the plugin before removing it. Afterwards the
+    watchdog must not put the table back, and no call makes anything again."""
+    _, _, pool = create_network(client)
+    _, addr = call(client, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": None})
+    assert call(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID,
+                "Interface": {"Address": addr["Address"]}, "Options": {}})[0] == 200
+    fw, netlink = fake_services.ctx.firewall, fake_services.ctx.netlink
+    assert netlink.devices and not fw.removed
+    resp = client.post("/pybridge/uninstall")
+    assert resp.status_code == 200
+    assert set(resp.get_json()["removed_links"]) == {f"pt-{NID[:12]}", f"pth{EID[:12]}"}
+    assert netlink.devices == {} and fw.removed and fw.kernel is None
+    assert fake_services.doctor.heal_firewall() == [] and fw.kernel is None
+    status, body = call(client, "IpamDriver.RequestPool", {"AddressSpace": "pybridge-local", "Pool": "10.200.2.0/24",
+                                                           "SubPool": "", "Options": {}, "V6": False})
+    assert status == 500 and body["Err"] == "pybridge is being uninstalled"
+    assert fw.kernel is None and netlink.devices == {}

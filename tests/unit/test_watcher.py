@@ -111,6 +111,7 @@ def test_a_failing_event_stream_backs_off_instead_of_resyncing_every_half_second
     assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0], waits
     resyncs = sum(1 for g in docker.gets if g.startswith("/containers/json"))
     assert resyncs == 8, "one full resync per attempt, not one every 0.5 s"
+    assert w.reconnects == 7, "the first connection is not a reconnect; each later one is (metrics)"
 
 
 def test_a_stream_that_proved_itself_is_retried_at_once_when_it_drops(clock):

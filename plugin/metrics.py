@@ -1,0 +1,150 @@
+"""Prometheus metrics (issue 11), in the text format, on an address of the host that a plugin
+setting picks (PYBRIDGE_METRICS, loopback by default, `off` for none).
+
+Only the RPC latency histogram is fed as calls happen (by the HTTP layer). Everything else is
+read when Prometheus scrapes: the state (networks, endpoints, pool use), and the plain counters
+that the parts keep for themselves — the DNS server's answers, the firewall adapter's changes,
+what restore and the firewall watchdog repaired, the event watcher's reconnects — so that no
+lower layer knows about Prometheus and the DNS hot path pays one list increment.
+
+prometheus-client does the exposition format, the histogram and the HTTP server; its default
+registry (process-global, filled at import) is not used: each Metrics has a registry of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+if TYPE_CHECKING:
+    from .wiring import Services
+
+log = logging.getLogger(__name__)
+
+# plugin calls take from well under a millisecond (IPAM) to seconds (a network on a busy host)
+RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, services: "Services"):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.rpc_seconds = Histogram("pybridge_rpc_duration_seconds",
+                                     "Time pybridge took to answer a plugin call from dockerd, by method",
+                                     ["method"], buckets=RPC_BUCKETS, registry=self.registry)
+        self.rpc_errors = Counter("pybridge_rpc_errors",
+                                  "Plugin calls answered with an error, by method", ["method"],
+                                  registry=self.registry)
+        self.registry.register(StateCollector(services))
+        self._server = None
+
+    def observe_call(self, method: str, seconds: float, ok: bool) -> None:
+        self.rpc_seconds.labels(method).observe(seconds)
+        if not ok:
+            self.rpc_errors.labels(method).inc()
+
+    def serve(self, host: str, port: int) -> bool:
+        """Start the HTTP endpoint (a thread). A port already taken is logged, not fatal: the
+        plugin's own work matters more than its metrics."""
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            log.error("metrics: cannot listen on %s port %d: %s (set PYBRIDGE_METRICS to another "
+                      "address, or off)", host, port, e)
+            return False
+        log.info("metrics on http://%s/metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return True
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class StateCollector:
+    """Read at each scrape; one store read for the networks, one for the pools."""
+
+    def __init__(self, services: "Services"):
+        self.services = services
+
+    def collect(self):
+        s = self.services
+        networks = s.views.networks()
+        named = {n["id"]: n["name"] or n["id"][:12] for n in networks}
+
+        def labels(nid: str) -> list[str]:
+            return [named.get(nid, nid[:12]), nid[:12]]
+
+        yield GaugeMetricFamily("pybridge_networks", "Networks pybridge holds", value=len(networks))
+        endpoints = GaugeMetricFamily("pybridge_endpoints", "Endpoints (containers) on each network",
+                                      labels=["network", "network_id"])
+        for n in networks:
+            endpoints.add_metric(labels(n["id"]), n["endpoints"])
+        yield endpoints
+
+        size = GaugeMetricFamily("pybridge_pool_addresses", "Addresses each network's pool can hand out",
+                                 labels=["network", "network_id", "subnet"])
+        used = GaugeMetricFamily("pybridge_pool_addresses_used",
+                                 "Addresses of each network's pool that are handed out (gateway included)",
+                                 labels=["network", "network_id", "subnet"])
+        by_subnet: dict[str, list[dict]] = {}
+        for pool in s.ipam.usage():
+            by_subnet.setdefault(pool["subnet"], []).append(pool)
+        for n in networks:
+            for subnet in n["subnets"]:
+                pools = by_subnet.get(subnet, [])
+                if pools:
+                    size.add_metric(labels(n["id"]) + [subnet], max(p["size"] for p in pools))
+                    used.add_metric(labels(n["id"]) + [subnet], sum(p["used"] for p in pools))
+        yield size
+        yield used
+
+        yield from self._dns(labels)
+
+        fw = s.ctx.firewall.counters()
+        yield CounterMetricFamily("pybridge_firewall_changes", "Changes written to pybridge's firewall table",
+                                  value=fw.changes)
+        yield CounterMetricFamily("pybridge_firewall_change_failures",
+                                  "Changes to pybridge's firewall table that the kernel refused", value=fw.failures)
+        yield SummaryMetricFamily("pybridge_firewall_change_duration_seconds",
+                                  "Time the firewall changes took", count_value=fw.changes, sum_value=fw.seconds)
+
+        healed = CounterMetricFamily("pybridge_self_heal", "Repairs pybridge made by itself, by kind "
+                                     "(firewall: its table rewritten after drift; links_removed, leases_released, "
+                                     "endpoints_dropped: left-overs cleared at start or by gc)", labels=["kind"])
+        kinds: dict[str, int] = {}
+        for source in (s.doctor.healed, s.reconciler.healed):
+            for kind, n in list(source.items()):
+                kinds[kind] = kinds.get(kind, 0) + n
+        for kind in ("firewall", "links_removed", "leases_released", "endpoints_dropped"):
+            kinds.setdefault(kind, 0)
+        for kind, n in sorted(kinds.items()):
+            healed.add_metric([kind], n)
+        yield healed
+
+        watcher = s.watcher
+        yield CounterMetricFamily("pybridge_docker_events_reconnects",
+                                  "Times the Docker event stream (names for the DNS) was opened again after it failed",
+                                  value=watcher.reconnects if watcher is not None else 0)
+
+    def _dns(self, labels):
+        queries = CounterMetricFamily("pybridge_dns_queries", "DNS queries answered, by network and rcode",
+                                      labels=["network", "network_id", "rcode"])
+        forwarded = CounterMetricFamily("pybridge_dns_forwarded", "DNS queries forwarded upstream, by network",
+                                        labels=["network", "network_id"])
+        failures = CounterMetricFamily("pybridge_dns_forward_failures",
+                                       "Forwarded DNS queries no upstream answered (or none was set), by network",
+                                       labels=["network", "network_id"])
+        dns = self.services.ctx.dns
+        if dns is not None:
+            for nid, c in dns.server.counters().items():
+                for rcode, n in sorted(c["answered"].items()):
+                    queries.add_metric(labels(nid) + [rcode], n)
+                forwarded.add_metric(labels(nid), c["forwarded"])
+                failures.add_metric(labels(nid), c["forward_failures"])
+        yield queries
+        yield forwarded
+        yield failures

@@ -1,0 +1,95 @@
+"""Issue 11: the Prometheus metrics, read from a plugin driven through its HTTP layer (fakes for
+the kernel). The end-to-end test scrapes the real plugin."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from plugin.config import ConfigError, load_settings, parse_listen
+
+from .test_protocol import EID, NID, call, create_network
+
+
+def scrape(services) -> dict[tuple[str, tuple], float]:
+    text = generate_latest(services.metrics.registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples, name, **labels) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture
+def metered(fake_services):
+    fake_services.enable_metrics()
+    from plugin.app import create_app
+    return fake_services, create_app(fake_services).test_client()
+
+
+def test_calls_state_pools_and_firewall_changes_move_the_metrics(metered):
+    services, client = metered
+    before = scrape(services)
+    assert value(before, "pybridge_networks") == 0
+    assert value(before, "pybridge_firewall_changes_total") == 0
+    _, _, pool = create_network(client)
+    _, addr = call(client, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": None})
+    call(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID,
+                                                  "Interface": {"Address": addr["Address"]}, "Options": {}})
+    call(client, "NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NID, "EndpointID": EID, "Options": {
+        "com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]}})
+    assert call(client, "NetworkDriver.CreateNetwork", {"NetworkID": "", "Options": {}})[0] == 500
+    after = scrape(services)
+    net = {"network": NID[:12], "network_id": NID[:12]}     # no Docker name learned (no watcher here)
+    assert value(after, "pybridge_networks") == 1
+    assert value(after, "pybridge_endpoints", **net) == 1
+    assert value(after, "pybridge_pool_addresses", subnet="10.200.1.0/24", **net) == 254
+    assert value(after, "pybridge_pool_addresses_used", subnet="10.200.1.0/24", **net) == 2   # gateway + one
+    assert value(after, "pybridge_rpc_duration_seconds_count", method="NetworkDriver.CreateNetwork") == 2
+    assert value(after, "pybridge_rpc_errors_total", method="NetworkDriver.CreateNetwork") == 1
+    assert ("pybridge_rpc_errors_total", (("method", "IpamDriver.RequestAddress"),)) not in after
+    changes = value(after, "pybridge_firewall_changes_total")
+    assert changes >= 2                                     # the network, then its port
+    assert changes == services.ctx.firewall.counters().changes
+    assert value(after, "pybridge_firewall_change_duration_seconds_count") == changes
+    assert value(after, "pybridge_docker_events_reconnects_total") == 0
+
+
+def test_a_refused_firewall_change_counts_as_a_failure(metered):
+    services, client = metered
+    services.ctx.firewall.fail = True
+    status, _, _ = create_network(client)
+    assert status == 500
+    samples = scrape(services)
+    assert value(samples, "pybridge_firewall_change_failures_total") >= 1
+    assert value(samples, "pybridge_networks") == 0         # nothing half-made
+
+
+def test_self_heal_counts_the_firewall_rewrites(metered):
+    services, client = metered
+    create_network(client)
+    assert value(scrape(services), "pybridge_self_heal_total", kind="firewall") == 0
+    services.ctx.firewall.kernel = None                     # someone deleted our table
+    assert services.doctor.heal_firewall()
+    assert value(scrape(services), "pybridge_self_heal_total", kind="firewall") == 1
+
+
+@pytest.mark.parametrize("text,parsed", [
+    ("127.0.0.1:9474", ("127.0.0.1", 9474)), ("[::1]:9100", ("::1", 9100)), ("0.0.0.0:1", ("0.0.0.0", 1)),
+    ("off", None), ("", None)])
+def test_metrics_setting(text, parsed):
+    assert parse_listen("PYBRIDGE_METRICS", text) == parsed
+    assert load_settings({"PYBRIDGE_METRICS": text}).metrics == parsed
+
+
+@pytest.mark.parametrize("text", ["localhost:9474", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "::1:9474",
+                                  "127.0.0.1:94 74", "1.2.3.4:80\n", "$(id):1"])
+def test_bad_metrics_settings_are_refused_naming_the_setting(text):
+    with pytest.raises(ConfigError, match="PYBRIDGE_METRICS"):
+        parse_listen("PYBRIDGE_METRICS", text)
+
+
+def test_metrics_are_on_loopback_by_default():
+    assert load_settings({}).metrics == ("127.0.0.1", 9474)
