@@ -412,6 +412,75 @@ def bench_idle(driver: str, subnet: str, ports: int = 10000, seconds: float = 30
         remove_networks(name)
 
 
+def plugin_pids(driver: str) -> list[str]:
+    """Every process of the managed plugin, by the instance name baked into its rootfs."""
+    import os
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/root/etc/pybridge-instance") as f:
+                if f.read().strip() == f"{driver}-plugin":
+                    out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def plugin_pss_mb(driver: str) -> tuple[float, int]:
+    """Proportional set size of all the plugin's processes (MB), and how many there are."""
+    total = 0
+    pids = plugin_pids(driver)
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except OSError:
+            continue
+    return total / 1024, len(pids)
+
+
+def bench_footprint(driver: str, rounds: int = 3) -> None:
+    """Rootfs size, idle memory (PSS of all the plugin's processes, as it is now: after whatever
+    ran through it), and `docker plugin enable` to the first answer on its socket."""
+    import os
+    import socket as socketlib
+    plugin = f"{driver}-plugin:latest"
+    pid = sh("docker", "plugin", "inspect", "-f", "{{.Id}}", plugin)
+    rootfs = f"{os.environ.get('PYBRIDGE_ENGINE_TREE', '')}/var/lib/docker/plugins/{pid}/rootfs"
+    size = int(sh("du", "-sxk", rootfs).split()[0]) / 1024
+    pss, procs = plugin_pss_mb(driver)
+    sock = f"/run/docker/plugins/{driver}.sock"
+
+    def answers() -> bool:
+        try:
+            with socketlib.socket(socketlib.AF_UNIX) as c:
+                c.settimeout(2)
+                c.connect(sock)
+                c.sendall(b"POST /Plugin.Activate HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+                status = c.recv(64).split(b"\r\n", 1)[0].split()
+                return len(status) > 1 and status[0].startswith(b"HTTP/1.") and status[1] == b"200"
+        except OSError:
+            return False
+
+    ready = []
+    for _ in range(rounds):
+        sh("docker", "plugin", "disable", "-f", plugin)
+        started = time.perf_counter()
+        sh("docker", "plugin", "enable", plugin)
+        while not answers():
+            if time.perf_counter() - started > 30:
+                raise SystemExit("the plugin did not answer within 30 s of enable")
+            time.sleep(0.01)
+        ready.append(time.perf_counter() - started)
+    time.sleep(5)
+    fresh, _ = plugin_pss_mb(driver)
+    print("footprint")
+    print(f"  rootfs                      : {size:7.1f} MB")
+    print(f"  idle PSS, {procs} processes     : {pss:7.1f} MB at rest (after what ran before), {fresh:.1f} MB fresh")
+    print(f"  enable to first answer      : {statistics.median(ready):7.2f} s  (median of {rounds}: "
+          + ", ".join(f"{r:.2f}" for r in ready) + ")")
+
+
 def concurrent_runs(network: str, count: int) -> float:
     """Wall time of `count` `docker run --rm` started at once on one network."""
     start = time.perf_counter()
@@ -434,7 +503,12 @@ def main() -> int:
     ap.add_argument("--concurrent-rounds", type=int, default=4, help="rounds of 30 concurrent runs per driver")
     ap.add_argument("--idle", action="store_true", help="also the plugin's idle CPU with 10,000 published ports")
     ap.add_argument("--idle-only", action="store_true", help="only that")
+    ap.add_argument("--footprint-only", action="store_true",
+                    help="only rootfs size, idle PSS and enable-to-ready (disables and enables the plugin)")
     args = ap.parse_args()
+    if args.footprint_only:
+        bench_footprint(args.driver)
+        return 0
     if args.firewall_only:
         bench_firewall()
         return 0
@@ -499,6 +573,7 @@ def main() -> int:
         print(f"  {method:44s} {s['count']:5d} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['max_ms']:8.2f}")
     if args.idle:
         bench_idle(args.driver, free_subnets(4)[3])
+    bench_footprint(args.driver)
     return 0
 
 
