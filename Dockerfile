@@ -5,7 +5,7 @@
 # sha256 that requirements.lock pins (scripts/lock.sh makes it).
 ARG BASE=python:3.11-slim
 FROM ${BASE}
-# nftables (nft, for `nft monitor`) and python3-nftables (libnftables' JSON API, used by the
+# nftables (nft, for an operator inside the plugin) and python3-nftables (libnftables' JSON API, used by the
 # firewall's helper process); iptables for the one static rule and the old chains' removal.
 RUN if ! command -v iptables-restore >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1 || \
        ! python3 -c 'import nftables' >/dev/null 2>&1; then \

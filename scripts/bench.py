@@ -334,7 +334,7 @@ def plugin_post(driver: str, path: str, body: dict) -> dict:
 
 def plugin_cpu_ticks(driver: str) -> int:
     """utime + stime of every process of the managed plugin (the server, the nftables helper,
-    nft monitor), found by the instance name baked into its rootfs."""
+    if any), found by the instance name baked into its rootfs."""
     import os
     total = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):

@@ -3,7 +3,7 @@ chains end in a reject for what no zone allows: our networks' traffic and their 
 their gateways, unless those bridges were in an accepting zone. As with iptables' FORWARD
 (plugin.kernel.xtables), pybridge puts one rule first in each of those two chains, the same
 whatever the state: accept what our own chains marked. firewalld rebuilds its table on every
-reload; `nft monitor` sees that and healing puts the rules back.
+reload; the kernel's nftables notifications tell us, and healing puts the rules back.
 
 Why not firewalld's D-Bus API (a zone for our bridges, as Docker does): a managed plugin sees
 the system bus only through a mount of /run/dbus, and a mount whose source is missing keeps the

@@ -3,7 +3,7 @@
 Every change is one libnftables JSON transaction of a few elements, whatever else the table or the
 host holds. What must live in iptables is one static rule per backend and family
 (plugin.kernel.xtables), and firewalld's table gets two (plugin.kernel.firewalld). Healing
-listens to `nft monitor` instead of polling: only another process's change to our table, or to
+listens to the kernel's nftables notifications (nftevents) instead of polling: only another process's change to our table, or to
 the chains holding those rules, leads to a check, and the check reads our table alone.
 
 libnftables runs in this process (NftLibrary), through one context made when the adapter is:
@@ -19,11 +19,13 @@ transaction costs ~0.04 ms of IPC-free work; through the helper a wake-up of ano
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import json
 import logging
 import os
 import select
+import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +34,7 @@ from typing import Callable, Iterable
 
 from ..domain.errors import KernelError
 from ..domain.model import Endpoint, Network
-from . import nftrules
+from . import nftevents, nftrules
 from .firewalld import FirewalldAccept
 from .interfaces import FirewallCounters
 from .nfthelper import load_nftables
@@ -54,7 +56,7 @@ def _libc():
 
 
 def _set_comm(name: bytes) -> bytes:
-    """Name the calling thread (what `nft monitor` shows as the process behind a change); the old name."""
+    """Name the calling thread (what the kernel's notifications name as the process behind a change); the old name."""
     old = ctypes.create_string_buffer(16)
     _libc().prctl(16, old, 0, 0, 0)                 # PR_GET_NAME
     _libc().prctl(15, name[:15], 0, 0, 0)            # PR_SET_NAME
@@ -186,6 +188,7 @@ class NftFirewall:
         self.prefix = prefix
         self.table = nftrules.table_name(prefix)
         self.mark = mark
+        self.netns = netns
         self._argv0 = ["ip", "netns", "exec", netns] if netns else []
         self.nft = _runner(f"{self.table}-nft", netns, self._argv0, python)
         self.forward = ForwardAccept(prefix, mark, self._argv0, self._nft_tables)
@@ -193,7 +196,7 @@ class NftFirewall:
         self._migrate = migrate    # removes the chains an older pybridge kept in iptables
         self._migrated = False
         self._closed = threading.Event()
-        self._monitors: list[subprocess.Popen] = []
+        self._monitors: list[socket.socket] = []     # the watch's notification sockets
         self._counters = FirewallCounters()
         self._count_lock = threading.Lock()
 
@@ -260,8 +263,7 @@ class NftFirewall:
     def close(self) -> None:
         """Stop the helper (if any) and every monitor (tests, shutdown)."""
         self._closed.set()
-        for proc in list(self._monitors):
-            proc.kill()
+        # each watch sees _closed within a second and closes its socket
         self.nft.stop()
 
     # ---------------------------------------------------------------------------------------
@@ -284,56 +286,85 @@ class NftFirewall:
                 if "table" in o}
 
 
+def _in_netns(netns: str | None, fn):
+    """fn() in the network namespace netns (by a thread that enters it for that alone)."""
+    if netns is None:
+        return fn()
+    out: list = []
+
+    def run() -> None:
+        try:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if _libc().setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            out.append((True, fn()))
+        except Exception as e:      # handed to the caller's thread
+            out.append((False, e))
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
 class Monitor:
-    """Reads `nft monitor` and tells which transactions matter to us."""
+    """Follows the kernel's nftables notifications (plugin/kernel/nftevents.py) and tells which
+    transactions matter to us: those of another process that touched our table, the iptables
+    chain of our static rule or firewalld's chains of our rules."""
 
     def __init__(self, fw: NftFirewall, on_change: Callable[[], None], legacy_every: float):
         self.fw = fw
         self.on_change = on_change
         self.legacy_every = legacy_every
-        self.ours = f" {nftrules.FAMILY} {fw.table}"
 
-    def touches(self, text: str) -> bool:
-        """Whether one event line is about our table, the iptables filter table or its FORWARD
-        chain (where the static rule lives), or firewalld's table being made or its forward and
+    def touches(self, change: nftevents.Change) -> bool:
+        """Whether one change is to our table, to the iptables filter table or its FORWARD chain
+        (where the static rule lives), or to firewalld's table being made or its forward and
         input chains (where firewalld's rules of ours live)."""
-        if (self.ours + " ") in text or text.endswith(self.ours):
+        if change.family == nftrules.FAMILY and change.table == self.fw.table:
             return True
-        words = text.split()
-        if len(words) >= 4 and words[2:4] == ["inet", "firewalld"]:
-            return words[1] == "table" or words[4:5] in (["filter_FORWARD"], ["filter_INPUT"])
-        return len(words) >= 4 and words[2] in ("ip", "ip6") and words[3] == "filter" and \
-            (words[1] == "table" or words[4:5] == ["FORWARD"])
+        if change.family == "inet" and change.table == "firewalld":
+            return change.kind == "table" or change.chain in ("filter_FORWARD", "filter_INPUT")
+        return change.family in ("ip", "ip6") and change.table == "filter" and \
+            (change.kind == "table" or change.chain == "FORWARD")
 
     def run(self) -> None:
         if self.fw._closed.is_set():
             return
-        proc = subprocess.Popen(self.fw._argv0 + ["nft", "monitor"], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
-        self.fw._monitors.append(proc)
-        fd = proc.stdout.fileno()
+        sock = _in_netns(self.fw.netns, nftevents.open_socket)
+        self.fw._monitors.append(sock)
         try:
             self.on_change()       # whatever happened while nobody listened
-            buf, touched, due = b"", False, False
+            touched, due = False, False
             last_legacy = time.monotonic()
-            while True:
-                timeout = 0.05 if due else max(0.0, self.legacy_every - (time.monotonic() - last_legacy))
-                ready, _, _ = select.select([fd], [], [], timeout)
+            while not self.fw._closed.is_set():
+                timeout = 0.05 if due else min(1.0, max(0.0, self.legacy_every - (time.monotonic() - last_legacy)))
+                ready, _, _ = select.select([sock], [], [], timeout)
                 if ready:
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
+                    try:
+                        data = sock.recv(1 << 20)
+                    except OSError as e:
                         if self.fw._closed.is_set():
                             return
-                        raise KernelError("nft monitor stopped")
-                    *lines, buf = (buf + chunk).split(b"\n")
-                    for raw in lines:
-                        text = raw.decode("utf-8", "replace")
-                        if text.startswith("# new generation"):
-                            comm = text.rsplit("(", 1)[-1].rstrip(")") if text.endswith(")") else ""
-                            due = due or (touched and comm != self.fw.nft.name)
+                        if e.errno != errno.ENOBUFS:
+                            raise KernelError(f"nftables notifications: {e}") from None
+                        due = True         # notifications were lost: check
+                        continue
+                    if not data:
+                        if self.fw._closed.is_set():
+                            return
+                        raise KernelError("nftables notifications stopped")
+                    for event in nftevents.parse(data):
+                        if isinstance(event, nftevents.Generation):
+                            due = due or (touched and event.process != self.fw.nft.name)
                             touched = False
                         else:
-                            touched = touched or self.touches(text)
+                            touched = touched or self.touches(event)
                     continue
                 if due:            # a burst is over: check once
                     due = False
@@ -343,6 +374,5 @@ class Monitor:
                     if self.fw.forward.legacy_active() and self.fw.forward.problems(legacy_only=True):
                         self.on_change()
         finally:
-            proc.kill()
-            proc.wait()
-            self.fw._monitors.remove(proc)
+            self.fw._monitors.remove(sock)
+            sock.close()

@@ -1,5 +1,5 @@
 """Our firewall heals itself when its nftables table or the static iptables rule is damaged from
-outside, it is told so by `nft monitor` (never by polling), and doctor/gc see and repair the
+outside, it is told so by the kernel's nftables notifications (never by polling), and doctor/gc see and repair the
 differences between state and kernel."""
 
 import json

@@ -3,6 +3,7 @@ table as data, changes by elements, the static iptables rule, drift element by e
 monitor that tells damage from others' changes and from our own."""
 
 import ipaddress
+import subprocess
 import threading
 import time
 
@@ -115,3 +116,26 @@ def test_the_monitor_reports_others_damage_and_ignores_our_changes_and_theirs_el
     run(netns, "iptables-nft", "-N", "DOCKER-USER")                # the filter table appears
     assert wait_for(lambda: len(calls) == 3, 5), "a new filter table is reported (it needs our rule)"
     run(netns, "nft", "delete", "table", "inet", "someone_else")
+
+
+def test_the_kernels_notifications_parse_into_the_changes_made(netns):
+    """What nftevents reads from the real kernel: each object of a transaction, then the
+    generation naming the process (nft) that committed it."""
+    from plugin.kernel import nftevents
+    sock = nft._in_netns(netns, nftevents.open_socket)
+    try:
+        subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], check=True,
+                       input="add table inet pbev\nadd chain inet pbev c\nadd rule inet pbev c accept\n", text=True)
+        run(netns, "nft", "delete", "table", "inet", "pbev")
+        events, deadline = [], time.monotonic() + 5
+        while len([e for e in events if isinstance(e, nftevents.Generation)]) < 2 and time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            events += nftevents.parse(sock.recv(1 << 16))
+    finally:
+        sock.close()
+    changes = [e for e in events if isinstance(e, nftevents.Change)]
+    assert changes[:3] == [nftevents.Change("add", "table", "inet", "pbev"),
+                           nftevents.Change("add", "chain", "inet", "pbev", "c"),
+                           nftevents.Change("add", "rule", "inet", "pbev", "c")]
+    assert nftevents.Change("delete", "table", "inet", "pbev") in changes[3:]
+    assert [e.process for e in events if isinstance(e, nftevents.Generation)] == ["nft", "nft"]

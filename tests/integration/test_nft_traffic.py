@@ -179,7 +179,7 @@ def test_traffic_with_each_owner_of_the_rest_of_the_firewall(world, backend):
 def test_traffic_with_firewalld_and_after_its_reload(world):
     """firewalld rejects what no zone allows, forwarded traffic and our DNS alike; our rules at
     the head of its chains let our networks' traffic through, and a reload (which rebuilds its
-    table) is healed from `nft monitor`'s events, without polling."""
+    table) is healed from the kernel's nftables notifications, without polling."""
     w = world
     w.serve("c1", 80)
     w.serve("o", 9000)
