@@ -14,6 +14,7 @@ from .ipam.pools import PoolSpec, parse_pool_specs
 DEFAULT_POOLS = "172.16.0.0/12:24,192.168.0.0/16:24"
 DEFAULT_POOLS6 = "fd42:7079:6272::/48:64"
 DEFAULT_METRICS = "127.0.0.1:9474"
+DEFAULT_HOST_DNS = "unix:path=/host/run/dbus/system_bus_socket"     # the host's /run, mounted there
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Settings:
                                # static rule in iptables-legacy (nftables changes are events)
     firewall_mark: int = 0x01000000   # the packet-mark bit our forward chain sets on what it accepts
     metrics: tuple[str, int] | None = None    # (host, port) of the Prometheus endpoint, or none
+    host_dns: str = ""     # D-Bus address of the host's system bus (systemd-resolved), or "" for none
 
     @property
     def chain_prefix(self) -> str:
@@ -90,6 +92,7 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         firewall_check=_int(env, "PYBRIDGE_FIREWALL_CHECK", 2, 0, 3600),
         firewall_mark=_mark(env.get("PYBRIDGE_FIREWALL_MARK", "0x01000000")),
         metrics=parse_listen("PYBRIDGE_METRICS", env.get("PYBRIDGE_METRICS", DEFAULT_METRICS)),
+        host_dns=_bus_address("PYBRIDGE_HOST_DNS", env.get("PYBRIDGE_HOST_DNS", DEFAULT_HOST_DNS)),
     )
     values.update(overrides)
     return Settings(**values)
@@ -108,6 +111,15 @@ def parse_listen(key: str, text: str) -> tuple[str, int] | None:
     if not host or not 1 <= port <= 65535:
         raise ConfigError(f"invalid {key} {text!r}: HOST:PORT with an IP address ([::1]:9474 for IPv6), or off")
     return host, port
+
+
+def _bus_address(key: str, text: str) -> str:
+    """unix:path=/an/absolute/path of a D-Bus socket, or off (or empty) for none."""
+    if text.lower() in ("", "off", "false", "0", "no"):
+        return ""
+    if not re.fullmatch(r"unix:path=(/[A-Za-z0-9_.-]+)+", text) or "/../" in text + "/":
+        raise ConfigError(f"invalid {key} {text!r}: unix:path=/absolute/path/of/the/system_bus_socket, or off")
+    return text
 
 
 def _mark(text: str) -> int:

@@ -99,8 +99,12 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
     if dns is None and settings.dns:
         from .dns.server import DnsServer
         from .dns.service import DnsService
+        host = None
+        if settings.host_dns:
+            from .kernel.resolved import ResolvedLinks
+            host = ResolvedLinks(settings.host_dns, lambda name: getattr(netlink.link(name), "index", None))
         dns = DnsService(store, DnsServer(port=settings.dns_port, ttl=settings.dns_ttl),
-                         settings.dns_default_upstream)
+                         settings.dns_default_upstream, host=host)
     ctx = Context(store=store, netlink=netlink, firewall=firewall, sysctl=sysctl, prefix=settings.ifprefix,
                   reaper=Reaper(netlink, synchronous=synchronous_teardown), dns=dns)
     networks = NetworkService(ctx)

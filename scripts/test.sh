@@ -21,7 +21,21 @@ python3 -m pip --version >/dev/null 2>&1 || pb_apt_install python3-pip
 if [ "${PYBRIDGE_CI:-}" = 1 ] && ! command -v firewalld >/dev/null 2>&1 && [ ! -d /run/systemd/system ]; then
   pb_apt_install firewalld
 fi
-if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, prometheus_client, pytest, hypothesis' 2>/dev/null; then
+# systemd-resolved for the host-name test, unpacked (not installed: the package would take over
+# the host's /etc/resolv.conf), where the host has none; the test runs it in a namespace of its own.
+tools=/var/lib/pybridge-test-tools
+if [ "${PYBRIDGE_CI:-}" = 1 ] && [ ! -x /lib/systemd/systemd-resolved ] && [ ! -x "$tools/systemd-resolved/lib/systemd/systemd-resolved" ]; then
+  pb_apt_install dbus
+  dl=$(mktemp -d)
+  if (cd "$dl" && apt-get download -q systemd-resolved >/dev/null 2>&1) \
+      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null >/dev/null && (cd "$dl" && apt-get download -q systemd-resolved >/dev/null 2>&1); }; then
+    mkdir -p "$tools" && dpkg-deb -x "$dl"/systemd-resolved_*.deb "$tools/systemd-resolved"
+  else
+    pb_log "could not fetch systemd-resolved: the host-name test will be skipped"
+  fi
+  rm -rf "$dl"
+fi
+if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, prometheus_client, jeepney, pytest, hypothesis' 2>/dev/null; then
   pb_log "installing Python test dependencies"
   python3 -m pip install -q -r requirements-dev.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r requirements-dev.txt
@@ -30,7 +44,8 @@ fi
 export PYBRIDGE_TEST_PLUGIN=${PYBRIDGE_TEST_PLUGIN:-pybridge-test}
 # The test instance forwards no DNS query by default: no lookup may leave the machine.
 # Its metrics on a port of its own: the product plugin (127.0.0.1:9474) may run beside it.
-TEST_SETTINGS="PYBRIDGE_METRICS=127.0.0.1:19474 PYBRIDGE_IFPREFIX=pt PYBRIDGE_DEFAULT_POOLS=10.207.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:ff00::/40:64 PYBRIDGE_DNS_UPSTREAM="
+# and a system bus of its own for host name resolution (tests/e2e/hostdns.py starts resolved on it)
+TEST_SETTINGS="PYBRIDGE_METRICS=127.0.0.1:19474 PYBRIDGE_HOST_DNS=unix:path=/host/run/pybridge-test-dbus/system_bus_socket PYBRIDGE_IFPREFIX=pt PYBRIDGE_DEFAULT_POOLS=10.207.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:ff00::/40:64 PYBRIDGE_DNS_UPSTREAM="
 PYBRIDGE_SET="$TEST_SETTINGS" \
   "$root/scripts/install.sh" "$PYBRIDGE_TEST_PLUGIN"
 "$root/scripts/make-test-image.sh"

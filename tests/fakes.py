@@ -308,6 +308,23 @@ class FakeFirewall:
         return sorted(out)
 
 
+class FakeHostDns:
+    """The host resolver as the DNS service tells it: every publish kept, the last one current."""
+
+    def __init__(self):
+        self.published: list[dict] = []
+
+    def publish(self, links):
+        for bridge, (servers, domain) in links.items():
+            assert isinstance(bridge, str) and isinstance(domain, str) and domain, (bridge, domain)
+            assert all(isinstance(s, str) for s in servers), servers
+        self.published.append(dict(links))
+
+    @property
+    def current(self) -> dict:
+        return self.published[-1] if self.published else {}
+
+
 class FakeSysctl:
     def __init__(self, faults: Faults | None = None):
         self.values = {}

@@ -8,7 +8,9 @@ import logging
 import threading
 
 from ..domain.errors import PybridgeError
+from ..domain.naming import routing_domain
 from ..domain.options import OPT_DNS_LOG, OPT_DNS_UPSTREAM, parse_bool, parse_upstreams
+from ..kernel.interfaces import HostDnsPort
 from ..store.db import Store
 from .records import build
 from .server import DnsServer, NetSpec
@@ -38,9 +40,11 @@ class DnsService:
     """Locks: the store's lock is always taken before this service's own, which guards _learned
     (the watcher thread writes it, plugin calls and the HTTP views read it)."""
 
-    def __init__(self, store: Store, server: DnsServer, default_upstream: str = "resolv.conf"):
+    def __init__(self, store: Store, server: DnsServer, default_upstream: str = "resolv.conf",
+                 host: HostDnsPort | None = None):
         self.store = store
         self.server = server
+        self.host = host            # the host's resolver, told each named network's DNS
         self.default_upstream = default_upstream
         self._learned: dict = {}    # network id -> (name, [ContainerInfo])
         self._loaded = False
@@ -78,6 +82,10 @@ class DnsService:
                                   upstreams=upstreams, forward=not n.internal and bool(upstreams),
                                   log_queries=parse_bool(OPT_DNS_LOG, opts.get(OPT_DNS_LOG, "false")))
         self.server.configure(specs)
+        if self.host is not None:
+            # container names from the host: NAME.NETWORK routed to the network's DNS (named ones)
+            self.host.publish({s.bridge: (s.gateways, domain) for nid, s in specs.items()
+                               if nid in learned and s.gateways and (domain := routing_domain(s.name))})
         for n in networks:
             name, containers = learned.get(n.id, (n.id[:12], []))
             self.server.set_snapshot(n.id, build(name, containers, [str(g.ip) for g in n.gateways()]))

@@ -50,3 +50,14 @@ def bridge_mac(network_id: str) -> str:
     if any(c not in "0123456789abcdef" for c in digits):
         digits = "".join(f"{ord(c) % 256:02x}" for c in network_id[:5]).ljust(10, "0")
     return "02:" + ":".join(digits[i:i + 2] for i in range(0, 10, 2))
+
+
+# a DNS domain systemd-resolved takes as a link's routing domain: letters, digits, hyphens, dots
+_DOMAIN_RE = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def routing_domain(network_name: str) -> str | None:
+    """A network's name as the DNS domain its containers' names live under on the host
+    (web.app), or None where it cannot be one (Docker allows 'my_net')."""
+    name = network_name.lower().strip(".")
+    return name if _DOMAIN_RE.fullmatch(name) else None

@@ -65,6 +65,14 @@ class FirewallPort(Protocol):
     def counters(self) -> FirewallCounters: ...
 
 
+class HostDnsPort(Protocol):
+    """The host's resolver (systemd-resolved): which DNS servers answer for which domain on
+    which link. `publish` states the whole desired set (bridge -> (server addresses, domain));
+    it returns at once and is applied in the background."""
+
+    def publish(self, links: dict[str, tuple[tuple[str, ...], str]]) -> None: ...
+
+
 class SysctlPort(Protocol):
     """Network sysctls of the host."""
 

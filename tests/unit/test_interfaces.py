@@ -8,14 +8,16 @@ import inspect
 
 import pytest
 
-from plugin.kernel.interfaces import FirewallPort, NetlinkPort, SysctlPort
+from plugin.kernel.interfaces import FirewallPort, HostDnsPort, NetlinkPort, SysctlPort
 from plugin.kernel.netlink import Netlink
 from plugin.kernel.nft import NftFirewall
+from plugin.kernel.resolved import ResolvedLinks
 from plugin.kernel.sysctl import Sysctl
-from tests.fakes import FakeFirewall, FakeNetlink, FakeSysctl
+from tests.fakes import FakeFirewall, FakeHostDns, FakeNetlink, FakeSysctl
 
 PAIRS = [(NetlinkPort, Netlink), (NetlinkPort, FakeNetlink), (FirewallPort, NftFirewall),
-         (FirewallPort, FakeFirewall), (SysctlPort, Sysctl), (SysctlPort, FakeSysctl)]
+         (FirewallPort, FakeFirewall), (SysctlPort, Sysctl), (SysctlPort, FakeSysctl),
+         (HostDnsPort, ResolvedLinks), (HostDnsPort, FakeHostDns)]
 
 
 def _methods(protocol) -> dict[str, inspect.Signature]:

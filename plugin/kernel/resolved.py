@@ -1,0 +1,106 @@
+"""Container names from the host (issue 11): each network's DNS registered with systemd-resolved
+for its bridge, the network's name as a routing-only domain, the way LXD does it for its bridges.
+`getent hosts web.app`, `ping web.app`, `curl http://web.app/` on the host then ask the DNS of
+network app, through resolved, for exactly the names under app; nothing else is routed there.
+
+resolved's D-Bus API (org.freedesktop.resolve1.Manager): SetLinkDNS, SetLinkDomains (routing
+only), SetLinkDefaultRoute false, LLMNR/mDNS/DNSSEC off for the link. jeepney speaks D-Bus (pure
+Python, no libdbus). The calls run on a thread of their own: a plugin call never waits for the
+bus. Every desired link is applied again every RESYNC seconds, so a restarted resolved (which
+forgets what it was told) gets it back; a link that goes away takes its settings with it.
+Where no bus or no resolved answers, nothing happens (logged once).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+RESYNC = 30.0
+TIMEOUT = 2.0
+Links = dict[str, tuple[tuple[str, ...], str]]     # bridge -> (DNS server addresses, domain)
+
+
+class ResolvedLinks:
+    def __init__(self, bus_address: str, link_index: Callable[[str], int | None]):
+        self.bus_address = bus_address
+        self.link_index = link_index
+        self._desired: Links = {}
+        self._applied: dict[str, tuple] = {}       # bridge -> (ifindex, servers, domain) as last told
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._complained = False
+        self.applied_count = 0                      # links configured since start (tests, metrics)
+
+    # HostDnsPort -----------------------------------------------------------------------------
+
+    def publish(self, links: Links) -> None:
+        """The links and servers there should be; applied soon after, on the thread."""
+        with self._lock:
+            self._desired = dict(links)
+        self._wake.set()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pybridge-resolved", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            woken = self._wake.wait(RESYNC)
+            self._wake.clear()
+            try:
+                self._apply(again=not woken)
+            except Exception as e:   # no bus, no resolved, refused: try again later
+                if not self._complained:
+                    log.info("host name resolution through systemd-resolved unavailable (%s); "
+                             "`pybridge hosts` gives the names to /etc/hosts instead", e)
+                    self._complained = True
+                self._applied.clear()
+
+    def _apply(self, again: bool) -> None:
+        with self._lock:
+            desired = dict(self._desired)
+        if not desired:
+            self._applied = {k: v for k, v in self._applied.items() if k in desired}
+            return
+        if not os.path.exists(self.bus_address.split("unix:path=", 1)[-1].split(",", 1)[0]):
+            raise OSError(f"no D-Bus socket at {self.bus_address}")
+        from jeepney.io.blocking import open_dbus_connection
+        with open_dbus_connection(bus=self.bus_address, auth_timeout=TIMEOUT) as conn:
+            for bridge, (servers, domain) in sorted(desired.items()):
+                index = self.link_index(bridge)
+                if index is None:
+                    continue
+                state = (index, servers, domain)
+                if not again and self._applied.get(bridge) == state:
+                    continue
+                self._configure(conn, index, servers, domain)
+                self._applied[bridge] = state
+                self.applied_count += 1
+        if self._complained:
+            log.info("host name resolution through systemd-resolved: registered %d networks", len(desired))
+            self._complained = False
+        self._applied = {k: v for k, v in self._applied.items() if k in desired}
+
+    @staticmethod
+    def _configure(conn, index: int, servers: tuple[str, ...], domain: str) -> None:
+        from jeepney import DBusAddress, new_method_call
+        from jeepney.wrappers import unwrap_msg
+        manager = DBusAddress("/org/freedesktop/resolve1", bus_name="org.freedesktop.resolve1",
+                              interface="org.freedesktop.resolve1.Manager")
+        addresses = [(2 if a.version == 4 else 10, a.packed) for a in map(ipaddress.ip_address, servers)]
+        calls = [("SetLinkDNS", "ia(iay)", (index, addresses)),
+                 ("SetLinkDomains", "ia(sb)", (index, [(domain, True)])),
+                 ("SetLinkDefaultRoute", "ib", (index, False)),
+                 ("SetLinkLLMNR", "is", (index, "no")),
+                 ("SetLinkMulticastDNS", "is", (index, "no")),
+                 ("SetLinkDNSSEC", "is", (index, "no"))]
+        for method, signature, body in calls:
+            unwrap_msg(conn.send_and_get_reply(new_method_call(manager, method, signature, body), timeout=TIMEOUT))
