@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 
 from gunicorn.app.base import BaseApplication
 
@@ -70,7 +72,35 @@ class PluginServer(BaseApplication):
             log.error("restore finished with errors: %s", report.errors)
         services.enable_metrics()
         services.start_background()
-        return create_app(services)
+        app = create_app(services)
+        stats, dns = app.extensions["pybridge.stats"], services.ctx.dns
+
+        def activity() -> int:      # plugin calls and DNS queries answered, since start
+            queries = sum(sum(c["answered"].values()) for c in dns.server.counters().values()) if dns else 0
+            return stats.calls + queries
+        threading.Thread(target=_trim_when_idle, args=(activity,), name="pybridge-trim", daemon=True).start()
+        return app
+
+
+def _trim_when_idle(activity, every: float = 15.0) -> None:
+    """After a burst of plugin calls or DNS queries, once they stop: collect garbage and hand
+    the freed heap back to the system (glibc keeps it otherwise, and the plugin's memory at rest
+    would be its peak). Never during a burst, and not at all while nothing happens."""
+    import ctypes
+    import gc
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return
+    trimmed = seen = activity()
+    while True:
+        time.sleep(every)
+        now = activity()
+        if now == seen and now != trimmed:     # calls came, and none for a while
+            gc.collect()
+            trim(0)
+            trimmed = now
+        seen = now
 
 
 def serve(settings: Settings) -> None:

@@ -19,9 +19,11 @@ class CallStats:
         self._lock = threading.Lock()
         self._calls: dict[str, deque] = defaultdict(lambda: deque(maxlen=keep))
         self._errors: dict[str, int] = defaultdict(int)
+        self.calls = 0          # all calls since start (reset() keeps it): tells activity from idleness
 
     def record(self, method: str, seconds: float, ok: bool) -> None:
         with self._lock:
+            self.calls += 1
             self._calls[method].append(seconds)
             if not ok:
                 self._errors[method] += 1
