@@ -96,3 +96,17 @@ def test_hosts_prints_and_applies_names_to_a_hosts_file(dk, tmp_path):
     assert wait_for(lambda: line not in cli("hosts").stdout, 15)
     assert cli("hosts", "--apply", "--file", str(hosts)).returncode == 0
     assert hosts.read_text() == "127.0.0.1\tlocalhost\n", "the block goes with the last name"
+
+
+def test_gc_stats_and_help_on_every_verb(dk):
+    net = dk.network("--subnet", free_subnet())
+    dk.run(net)
+    res = cli("gc")
+    assert res.returncode == 0 and "restored from state" in res.stdout, res
+    res = cli("stats", "--format", "json")
+    assert res.returncode == 0 and json.loads(res.stdout)["NetworkDriver.CreateEndpoint"]["count"] >= 1
+    assert "NetworkDriver.Join" in cli("stats").stdout
+    for verb in ("ls", "ps", "port", "dns", "hosts", "doctor", "gc", "stats"):
+        res = cli(verb, "--help")
+        assert res.returncode == 0 and res.stdout.startswith("usage: pybridge"), (verb, res)
+    assert cli("no-such-verb").returncode == 2
