@@ -65,39 +65,25 @@ def _set_comm(name: bytes) -> bytes:
 
 class NftLibrary:
     """libnftables in this process: one context, its socket opened once when it is made (in the
-    namespace `netns`, when given, by a thread that enters it for that alone)."""
+    namespace `netns`, when given: _in_netns)."""
 
     def __init__(self, name: str, netns: str | None = None):
         self.name = name[:15]
         self._lock = threading.Lock()
-        self._ctx = None
         if netns is None:
             self._ctx = self._make()
         else:
-            errors: list[BaseException] = []
-            t = threading.Thread(target=self._make_in, args=(netns, errors))
-            t.start()
-            t.join()
-            if errors:
-                raise KernelError(f"nftables in namespace {netns}: {errors[0]}")
+            try:
+                self._ctx = _in_netns(netns, self._make)
+            except (OSError, ImportError) as e:
+                raise KernelError(f"nftables in namespace {netns}: {e}") from None
 
-    def _make(self):
+    @staticmethod
+    def _make():
         ctx = load_nftables().Nftables()
         ctx.set_json_output(True)
         ctx.set_handle_output(True)
         return ctx
-
-    def _make_in(self, netns: str, errors: list) -> None:
-        try:
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if _libc().setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            self._ctx = self._make()
-        except (OSError, ImportError) as e:
-            errors.append(e)
 
     def run(self, commands: list[dict]) -> list[dict]:
         if not commands:
