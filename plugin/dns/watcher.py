@@ -133,8 +133,8 @@ class DockerWatcher:
         self._stop.set()
 
     def _session(self):
-        import requests_unixsocket
-        return requests_unixsocket.Session()
+        from .dockerapi import UnixSession
+        return UnixSession()
 
     def _run(self) -> None:
         backoff = BACKOFF_MIN
