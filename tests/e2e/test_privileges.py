@@ -16,3 +16,23 @@ def test_the_plugin_sees_only_net_sysctls_of_the_host(engine):
     mounts = open(f"/proc/{pids[0]}/mountinfo").read().splitlines()
     host_sys = [m.split()[4] for m in mounts if m.split()[4].startswith("/host/proc/sys")]
     assert host_sys == ["/host/proc/sys/net"], host_sys
+
+
+def test_the_hosts_run_is_mounted_read_only(engine):
+    """Issue 11: the host's /run is there for the system bus socket (systemd-resolved), and
+    nothing in it can be written from the plugin."""
+    pids = plugin_pids()
+    assert pids
+    mounts = [m.split() for m in open(f"/proc/{pids[0]}/mountinfo").read().splitlines()]
+    run = [m for m in mounts if m[4] == "/host/run"]
+    assert run and "ro" in run[0][5].split(","), run
+    probe = f"/proc/{pids[0]}/root/host/run/pybridge-write-probe"
+    try:
+        open(probe, "w").close()
+        written = True
+    except OSError:
+        written = False
+    finally:
+        if os.path.exists(probe):
+            os.unlink(probe)
+    assert not written, "the plugin's /host/run is writable"
