@@ -82,7 +82,7 @@ class PluginServer(BaseApplication):
         return app
 
 
-def _trim_when_idle(activity, every: float = 15.0) -> None:
+def _trim_when_idle(activity, every: float = 5.0) -> None:
     """After a burst of plugin calls or DNS queries, once they stop: collect garbage and hand
     the freed heap back to the system (glibc keeps it otherwise, and the plugin's memory at rest
     would be its peak). Never during a burst, and not at all while nothing happens."""

@@ -477,14 +477,16 @@ def plugin_pss_mb(driver: str) -> tuple[float, int]:
 
 
 def bench_footprint(driver: str, rounds: int = 3) -> None:
-    """Rootfs size, idle memory (PSS of all the plugin's processes, as it is now: after whatever
-    ran through it), and `docker plugin enable` to the first answer on its socket."""
+    """Rootfs size, idle memory (PSS of all the plugin's processes at rest: after whatever ran
+    through it, once it has handed freed memory back), and `docker plugin enable` to the first
+    answer on its socket."""
     import os
     import socket as socketlib
     plugin = f"{driver}-plugin:latest"
     pid = sh("docker", "plugin", "inspect", "-f", "{{.Id}}", plugin)
     rootfs = f"{os.environ.get('PYBRIDGE_ENGINE_TREE', '')}/var/lib/docker/plugins/{pid}/rootfs"
     size = int(sh("du", "-sxk", rootfs).split()[0]) / 1024
+    time.sleep(12)      # at rest: the plugin hands freed memory back 5-10 s after its last work
     pss, procs = plugin_pss_mb(driver)
     sock = f"/run/docker/plugins/{driver}.sock"
 
