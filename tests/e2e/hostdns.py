@@ -127,4 +127,8 @@ class Resolver:
             self.log.close()
         if os.path.exists(BUS):
             os.unlink(BUS)
+        try:
+            os.rmdir(BUS_DIR)
+        except OSError:
+            pass
         shutil.rmtree(self.dir, ignore_errors=True)
