@@ -371,14 +371,10 @@ def plugin_post(driver: str, path: str, body: dict) -> dict:
 
 def plugin_cpu_ticks(driver: str) -> int:
     """utime + stime of every process of the managed plugin (the server, the nftables helper,
-    if any), found by the instance name baked into its rootfs."""
-    import os
+    if any)."""
     total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in plugin_pids(driver):
         try:
-            with open(f"/proc/{pid}/root/etc/pybridge-instance") as f:
-                if f.read().strip() != f"{driver}-plugin":
-                    continue
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
