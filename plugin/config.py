@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from .domain.errors import ConfigError
 from .domain.naming import chain_prefix
@@ -39,6 +40,14 @@ class Settings:
     firewall_mark: int = 0x01000000   # the packet-mark bit our forward chain sets on what it accepts
     metrics: tuple[str, int] | None = None    # (host, port) of the Prometheus endpoint, or none
     host_dns: str = ""     # D-Bus address of the host's system bus (systemd-resolved), or "" for none
+    cluster_etcd: tuple[tuple[str, str, int], ...] = ()   # etcd endpoints (scheme, host, port); () = no cluster
+    cluster_address: str = ""      # this host's underlay address: VXLAN source, and its name in the cluster
+    cluster_grace: int = 30        # seconds after which a silent host's addresses, entries, names go
+    vxlan_port: int = 4789
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.cluster_etcd)
 
     @property
     def chain_prefix(self) -> str:
@@ -93,9 +102,47 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         firewall_mark=_mark(env.get("PYBRIDGE_FIREWALL_MARK", "0x01000000")),
         metrics=parse_listen("PYBRIDGE_METRICS", env.get("PYBRIDGE_METRICS", DEFAULT_METRICS)),
         host_dns=_bus_address("PYBRIDGE_HOST_DNS", env.get("PYBRIDGE_HOST_DNS", DEFAULT_HOST_DNS)),
+        **_cluster(env),
     )
     values.update(overrides)
     return Settings(**values)
+
+
+def _cluster(env) -> dict:
+    """Cluster mode: both PYBRIDGE_CLUSTER_ETCD and PYBRIDGE_CLUSTER_ADDRESS, or neither."""
+    etcd, address = env.get("PYBRIDGE_CLUSTER_ETCD", ""), env.get("PYBRIDGE_CLUSTER_ADDRESS", "")
+    values = dict(cluster_grace=_int(env, "PYBRIDGE_CLUSTER_GRACE", 30, 5, 86400),
+                  vxlan_port=_int(env, "PYBRIDGE_VXLAN_PORT", 4789, 1, 65535))
+    if not etcd and not address:
+        return values
+    if not etcd or not address:
+        raise ConfigError("cluster mode needs both PYBRIDGE_CLUSTER_ETCD (etcd endpoints) and "
+                          "PYBRIDGE_CLUSTER_ADDRESS (this host's underlay address)")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(f"invalid PYBRIDGE_CLUSTER_ADDRESS {address!r}: an IP address of this host") from None
+    if ip.is_loopback or ip.is_multicast or ip.is_unspecified:
+        raise ConfigError(f"invalid PYBRIDGE_CLUSTER_ADDRESS {address!r}: the address other hosts reach this one at")
+    return dict(values, cluster_etcd=parse_endpoints(etcd), cluster_address=str(ip))
+
+
+def parse_endpoints(text: str) -> tuple[tuple[str, str, int], ...]:
+    """'http://10.0.0.1:2379,https://[fd00::1]:2379' -> ((scheme, host, port), ...)."""
+    out = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            u = urlsplit(item)
+            port = u.port or 2379
+        except ValueError:
+            u, port = None, 0
+        if u is None or u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") \
+                or u.query or u.username:
+            raise ConfigError(f"invalid PYBRIDGE_CLUSTER_ETCD endpoint {item!r}: http://HOST:PORT or https://HOST:PORT")
+        out.append((u.scheme, u.hostname, port))
+    if not out:
+        raise ConfigError("PYBRIDGE_CLUSTER_ETCD names no endpoint")
+    return tuple(out)
 
 
 def parse_listen(key: str, text: str) -> tuple[str, int] | None:

@@ -48,6 +48,8 @@ class Services:
         if self.settings.firewall_check:
             threading.Thread(target=self._watch_firewall, name="pybridge-firewall-watchdog", daemon=True).start()
         self.reconciler.bridges.start()
+        if self.ctx.cluster is not None:
+            self.ctx.cluster.start()
         if not os.path.exists(self.settings.docker_socket):
             return
         from .dns.watcher import DockerWatcher
@@ -81,7 +83,8 @@ class Services:
 
 
 def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=None,
-                   store: Store | None = None, synchronous_teardown: bool = False, dns=None) -> Services:
+                   store: Store | None = None, synchronous_teardown: bool = False, dns=None,
+                   kv=None, overlay=None) -> Services:
     if netlink is None:
         from .kernel.netlink import Netlink
         netlink = Netlink()
@@ -105,10 +108,27 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
             host = ResolvedLinks(settings.host_dns, lambda name: getattr(netlink.link(name), "index", None))
         dns = DnsService(store, DnsServer(port=settings.dns_port, ttl=settings.dns_ttl),
                          settings.dns_default_upstream, host=host)
+    cluster = None
+    if settings.clustered:
+        from .cluster.service import ClusterService
+        if kv is None:
+            from .cluster.etcd import EtcdKV
+            kv = EtcdKV(settings.cluster_etcd)
+        if overlay is None:
+            from .kernel.vxlan import Vxlan
+            overlay = Vxlan()
+        cluster = ClusterService(kv, settings.cluster_address, settings.cluster_grace)
     ctx = Context(store=store, netlink=netlink, firewall=firewall, sysctl=sysctl, prefix=settings.ifprefix,
-                  reaper=Reaper(netlink, synchronous=synchronous_teardown), dns=dns)
+                  reaper=Reaper(netlink, synchronous=synchronous_teardown), dns=dns, cluster=cluster,
+                  overlay=overlay, underlay=settings.cluster_address, vxlan_port=settings.vxlan_port)
     networks = NetworkService(ctx)
+    if cluster is not None:
+        cluster.local = networks.cluster_holdings
+        cluster.on_endpoints = networks.remote_peers_changed
+        if dns is not None:
+            cluster.on_names = dns.set_remote
+            dns.on_local_names = cluster.publish_names
     return Services(settings=settings, ctx=ctx, networks=networks, endpoints=EndpointService(ctx),
                     ipam=IpamService(store, netlink.host_networks, settings.default_pools,
-                                     settings.default_pools6),
+                                     settings.default_pools6, cluster=cluster),
                     reconciler=Reconciler(ctx, networks), doctor=Doctor(ctx), views=Views(ctx))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import threading
 from dataclasses import dataclass, field
 
 from plugin.domain.errors import Conflict, KernelError
@@ -347,3 +348,101 @@ class FakeSysctl:
     def enable_ipv6(self, ifname):
         self.faults.step("sysctl")
         self.values[("net", "ipv6", "conf", ifname, "disable_ipv6")] = "0"
+
+
+class FakeKV:
+    """ClusterKVPort in memory, with etcd's semantics: a revision per change, keys bound to
+    leases vanish when the lease expires or is revoked (tests call expire()), transactions are
+    all or nothing, keepalive of an unknown lease answers False, and while `down` every call
+    raises ClusterUnavailable."""
+
+    def __init__(self):
+        from plugin.cluster.interfaces import ClusterUnavailable
+        self._unavailable = ClusterUnavailable
+        self.data: dict[str, tuple[bytes, int, int]] = {}     # key -> (value, lease, mod revision)
+        self.leases: dict[int, int] = {}                     # lease -> ttl
+        self.revision = 1
+        self.down = False
+        self.log: list = []                                  # (revision, key, value or None)
+        self._next_lease = 1000
+        self._cond = threading.Condition()
+
+    def _check(self):
+        if self.down:
+            raise self._unavailable("etcd unreachable (fake down)")
+
+    def grant(self, ttl):
+        self._check()
+        with self._cond:
+            self._next_lease += 1
+            self.leases[self._next_lease] = ttl
+            return self._next_lease
+
+    def keepalive(self, lease):
+        self._check()
+        return lease in self.leases
+
+    def revoke(self, lease):
+        self._check()
+        self.expire(lease)
+
+    def expire(self, lease):
+        with self._cond:
+            self.leases.pop(lease, None)
+            gone = [k for k, (_, l, _) in self.data.items() if l == lease]
+            if gone:
+                self.revision += 1
+                for k in gone:
+                    del self.data[k]
+                    self.log.append((self.revision, k, None))
+                self._cond.notify_all()
+
+    def get(self, key):
+        self._check()
+        item = self.data.get(key)
+        return item[0] if item else None
+
+    def range(self, prefix):
+        self._check()
+        with self._cond:
+            return {k: v for k, (v, _, _) in self.data.items() if k.startswith(prefix)}, self.revision
+
+    def txn(self, conditions, operations):
+        from plugin.cluster.interfaces import Absent, Delete, DeleteUnder, NoneUnder, Put, ValueIs
+        self._check()
+        with self._cond:
+            for c in conditions:
+                if isinstance(c, Absent) and c.key in self.data:
+                    return False
+                if isinstance(c, ValueIs) and self.data.get(c.key, (None,))[0] != c.value:
+                    return False
+                if isinstance(c, NoneUnder) and any(k.startswith(c.prefix) for k in self.data):
+                    return False
+            keys = [o.key for o in operations if isinstance(o, (Put, Delete))]
+            assert len(keys) == len(set(keys)), "etcd refuses a transaction that changes a key twice"
+            self.revision += 1
+            for o in operations:
+                if isinstance(o, Put):
+                    assert o.lease == 0 or o.lease in self.leases, "etcd refuses a put with an unknown lease"
+                    self.data[o.key] = (o.value, o.lease, self.revision)
+                    self.log.append((self.revision, o.key, o.value))
+                else:
+                    for k in [k for k in self.data if (k == o.key if isinstance(o, Delete) else k.startswith(o.prefix))]:
+                        del self.data[k]
+                        self.log.append((self.revision, k, None))
+            self._cond.notify_all()
+            return True
+
+    def watch(self, prefix, start_revision, on_events, stop):
+        from plugin.cluster.interfaces import Event
+        revision = start_revision
+        while not stop.is_set():
+            self._check()
+            with self._cond:
+                events = [Event(k, v, r) for r, k, v in self.log if r >= revision and k.startswith(prefix)]
+                if not events:
+                    self._cond.wait(0.05)
+                    continue
+                revision = self.revision + 1
+            on_events(events)
+        return revision

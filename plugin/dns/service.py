@@ -49,6 +49,30 @@ class DnsService:
         self._learned: dict = {}    # network id -> (name, [ContainerInfo])
         self._loaded = False
         self._lock = threading.RLock()
+        self._remote: dict = {}     # cluster network -> [ContainerInfo] on the other hosts
+        self.on_local_names = None  # cluster mode: callable(cluster network, [ContainerInfo]) publishing ours
+
+    def _with_remote(self, network, containers) -> list:
+        if not network.cluster:
+            return containers
+        with self._lock:
+            return list(containers) + list(self._remote.get(network.cluster, ()))
+
+    def set_remote(self, cluster: str, containers) -> None:
+        """The other hosts' containers on cluster network `cluster` (from the cluster watch)."""
+        with self._lock:
+            self._remote[cluster] = list(containers)
+        with self.store.reading() as tx:
+            networks = [n for n in tx.list_networks() if n.cluster == cluster]
+        learned = self._known()
+        for n in networks:
+            name, containers = learned.get(n.id, (n.id[:12], []))
+            self.server.set_snapshot(n.id, build(name, self._with_remote(n, containers),
+                                                 [str(g.ip) for g in n.gateways()]))
+
+    def local_names(self, network_id: str) -> list:
+        """This host's containers on a network, as Docker reported them."""
+        return list(self._known().get(network_id, ("", []))[1])
 
     def _default_upstreams(self):
         if self.default_upstream == "resolv.conf":
@@ -88,7 +112,8 @@ class DnsService:
                                if nid in learned and s.gateways and (domain := routing_domain(s.name))})
         for n in networks:
             name, containers = learned.get(n.id, (n.id[:12], []))
-            self.server.set_snapshot(n.id, build(name, containers, [str(g.ip) for g in n.gateways()]))
+            self.server.set_snapshot(n.id, build(name, self._with_remote(n, containers),
+                                                 [str(g.ip) for g in n.gateways()]))
 
     def learned(self, state, changed: set[str]) -> None:
         """Watcher callback: Docker's view of the networks in `changed`."""
@@ -104,7 +129,9 @@ class DnsService:
                 updated = {nid: self._learned[nid] for nid in mine}
         for nid, (name, containers) in updated.items():
             gateways = [str(g.ip) for g in ours[nid].gateways()]
-            self.server.set_snapshot(nid, build(name, containers, gateways))
+            self.server.set_snapshot(nid, build(name, self._with_remote(ours[nid], containers), gateways))
+            if ours[nid].cluster and self.on_local_names is not None:
+                self.on_local_names(ours[nid].cluster, containers)
         if any(self.server.spec_name(nid) not in (None, name) for nid, (name, _) in updated.items()):
             self.reconcile()  # the network's name is now known (or changed): relabel its server
 

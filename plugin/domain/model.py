@@ -58,6 +58,9 @@ class Network:
     host_binding_ipv4: str = ""
     bridge_owned: bool = True
     options: tuple[tuple[str, str], ...] = ()
+    cluster: str = ""          # the cluster network it is part of (-o pybridge.cluster), or ""
+    vni: int = 0               # its VXLAN network identifier, from the cluster
+    mac: str = ""              # the gateway's MAC (the bridge's), the same on every host of a cluster
 
     def gateways(self) -> list[IPInterface]:
         return [s.gateway for s in self.subnets if s.gateway is not None]

@@ -20,7 +20,12 @@ def veth_names(prefix: str, endpoint_id: str) -> tuple[str, str]:
 
 
 def owned_link_prefixes(prefix: str) -> tuple[str, ...]:
-    return (f"{prefix}-", f"{prefix}h", f"{prefix}c")
+    return (f"{prefix}-", f"{prefix}h", f"{prefix}c", f"{prefix}x")
+
+
+def vxlan_name(prefix: str, vni: int) -> str:
+    """The VXLAN device of a cluster network on this host."""
+    return f"{prefix}x{vni}"
 
 
 def is_valid_ifname(name: str) -> bool:

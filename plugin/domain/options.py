@@ -33,8 +33,10 @@ IGNORED_BRIDGE_OPTIONS = frozenset({
 })
 OPT_DNS_UPSTREAM = "pybridge.dns.upstream"
 OPT_DNS_LOG = "pybridge.dns.log"
+OPT_CLUSTER = "pybridge.cluster"       # the cluster network's name, the same on every host
 KNOWN_OPTIONS = frozenset({OPT_BRIDGE_NAME, OPT_MTU, OPT_ICC, OPT_MASQUERADE, OPT_HOST_BINDING_IPV4,
-                           OPT_DNS_UPSTREAM, OPT_DNS_LOG, *OPT_GATEWAY_MODE.values()})
+                           OPT_DNS_UPSTREAM, OPT_DNS_LOG, OPT_CLUSTER, *OPT_GATEWAY_MODE.values()})
+_CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 OUR_NAMESPACE = "pybridge."
 
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
@@ -86,6 +88,13 @@ def parse_upstreams(field: str, text: str) -> tuple[tuple[str, int], ...]:
             raise InvalidRequest(f"invalid {field} {item!r}: bad port")
         out.append((str(addr), int(port)))
     return tuple(out)
+
+
+def parse_cluster_name(field: str, value: str) -> str:
+    if not isinstance(value, str) or not _CLUSTER_NAME.fullmatch(value):
+        raise InvalidRequest(f"invalid {field} {value!r}: 1-63 lower-case letters, digits, '_', '.', '-', "
+                             "starting with a letter or digit")
+    return value
 
 
 def check_adoptable_bridge(name: str, prefix: str, docker_bridges=frozenset()) -> None:
@@ -187,6 +196,13 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
     if generic.get(OPT_HOST_BINDING_IPV4):
         binding = str(parse_ip(OPT_HOST_BINDING_IPV4, generic[OPT_HOST_BINDING_IPV4], 4))
     isolated = isolated_families(generic, internal)
+    cluster = parse_cluster_name(OPT_CLUSTER, generic[OPT_CLUSTER]) if OPT_CLUSTER in generic else ""
+    if cluster:
+        if generic.get(OPT_BRIDGE_NAME):
+            raise InvalidRequest(f"{OPT_CLUSTER} makes its own bridge: {OPT_BRIDGE_NAME} cannot be given with it")
+        if any(d.space not in (LOCAL_SPACE, GLOBAL_SPACE) for d in ipv4_data + ipv6_data):
+            raise InvalidRequest(f"{OPT_CLUSTER} needs pybridge's IPAM, which shares addresses between the "
+                                 "hosts: add --ipam-driver pybridge")
     subnets = [parse_subnet(e, 4) for e in ipv4_data] + [parse_subnet(e, 6) for e in ipv6_data]
     # dockerd before 28 (no GwAllocCheck) reserves a gateway anyway: it is not used
     subnets = [dataclasses.replace(s, gateway=None) if s.pool.version in isolated else s for s in subnets]
@@ -197,7 +213,7 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
     return Network(
         id=network_id, bridge=name, subnets=tuple(subnets), mtu=mtu, internal=internal,
         ipv6=ipv6, icc=icc, masquerade=masq, host_binding_ipv4=binding,
-        options=tuple(sorted(generic.items())),
+        options=tuple(sorted(generic.items())), cluster=cluster,
     )
 
 

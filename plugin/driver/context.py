@@ -22,6 +22,10 @@ class Context:
     dns: Any = None     # plugin.dns.service.DnsService, or None when DNS is off
     foreign: tuple[str, ...] = ()   # bridges on the host that are not ours (plugin.driver.bridges)
     retired: bool = False           # uninstalling: write nothing to the firewall any more
+    cluster: Any = None             # plugin.cluster.service.ClusterService in cluster mode, else None
+    overlay: Any = None             # OverlayPort (VXLAN devices) in cluster mode
+    underlay: str = ""              # this host's underlay address (VXLAN source)
+    vxlan_port: int = 4789
 
     def networks_changed(self) -> None:
         """Tell the DNS (if any) to listen for exactly the recorded networks. A DNS problem is

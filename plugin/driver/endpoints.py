@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from ..cluster.records import EndpointRecord
 from ..domain.errors import KernelError, NotFound, PybridgeError
 from ..domain.naming import veth_names
 from ..domain.options import endpoint_from_request
@@ -44,15 +45,30 @@ class EndpointService:
                 ctx.netlink.create_veth(endpoint.host_ifname, endpoint.container_ifname,
                                         network.bridge, network.mtu, endpoint.mac)
                 try:
+                    self._publish(network, endpoint)
                     with ctx.store.transaction() as tx:
                         if tx.get_network(network_id) != network:
                             raise NotFound(f"network {network_id[:12]} went away while its endpoint was made")
                         tx.put_endpoint(endpoint)
                 except Exception:
                     ctx.netlink.delete_link(endpoint.host_ifname)
+                    self._withdraw(network, endpoint_id)
                     raise
         log.info("endpoint %s created on network %s", endpoint_id[:12], network_id[:12])
         return {"Interface": {"MacAddress": endpoint.mac}} if chose_mac else {"Interface": {}}
+
+    def _publish(self, network, endpoint) -> None:
+        """A cluster network's endpoint: the other hosts learn its MAC and addresses (and program
+        their VXLAN devices) from the record this writes in etcd."""
+        if not network.cluster or self.ctx.cluster is None:
+            return
+        self.ctx.cluster.publish_endpoint(network.cluster, endpoint.id, EndpointRecord(
+            endpoint.mac, str(endpoint.address4.ip) if endpoint.address4 else "",
+            str(endpoint.address6.ip) if endpoint.address6 else ""))
+
+    def _withdraw(self, network, endpoint_id: str) -> None:
+        if network is not None and network.cluster and self.ctx.cluster is not None:
+            self.ctx.cluster.withdraw_endpoint(network.cluster, endpoint_id)
 
     def join(self, network_id: str, endpoint_id: str, sandbox_key: str) -> dict:
         with self.ctx.store.transaction() as tx:
@@ -152,11 +168,13 @@ class EndpointService:
             names = (endpoint.host_ifname, endpoint.container_ifname) if endpoint \
                 else veth_names(ctx.prefix, endpoint_id)
             collect(errors, ctx.reaper.delete, names)
+            network = None
             if endpoint is not None:
                 tx.delete_endpoint(endpoint_id)
-                network = tx.get_network(endpoint.network_id) if endpoint.ports else None
-                if network is not None:
+                network = tx.get_network(endpoint.network_id)
+                if network is not None and endpoint.ports:
                     collect(errors, ctx.change_firewall, tx, ctx.firewall.change_ports, network, endpoint, None)
+        self._withdraw(network, endpoint_id)
         if errors:
             raise KernelError(f"endpoint {endpoint_id[:12]} removed with errors: " + "; ".join(errors))
         if endpoint is not None:

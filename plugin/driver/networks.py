@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from ..cluster.records import EndpointRecord, NetRecord
 from ..domain.errors import Conflict, CorruptState, InvalidRequest, KernelError, PybridgeError
 from ..domain.model import Network
-from ..domain.naming import bridge_mac, owned_link_prefixes
+from ..domain.naming import bridge_mac, owned_link_prefixes, vxlan_name
 from ..domain.options import (OPT_BRIDGE_NAME, IpamDataSpec, check_adoptable_bridge, isolated_families,
                               network_from_request)
 from .context import Context, collect
@@ -43,6 +44,10 @@ class NetworkService:
                                        ipv4_data=ipv4_data, ipv6_data=ipv6_data, prefix=ctx.prefix)
         if network.pools(6) and not ctx.firewall.supports(6):
             raise InvalidRequest("IPv6 networks cannot be filtered where pybridge runs, so none is made")
+        joined, existing = False, None
+        if network.cluster:
+            network = self._join_cluster(network)
+            joined = True
         created = touched = False
         try:
             with ctx.store.transaction() as tx:
@@ -63,15 +68,19 @@ class NetworkService:
                     owned = link is None or network.bridge.startswith(owned_link_prefixes(ctx.prefix))
                     network = replace(network, bridge_owned=owned)
                 touched = True
-                created = ctx.netlink.ensure_bridge(network.bridge, network.mtu, bridge_mac(network.id))
+                created = ctx.netlink.ensure_bridge(network.bridge, network.mtu, network.mac or bridge_mac(network.id))
                 self._configure_bridge(network)
+                if network.cluster:
+                    self._ensure_vxlan(network)
                 tx.put_network(network)
+                for pool in network.pools() if network.cluster else ():
+                    tx.set_pool_cluster(str(pool), network.cluster)
                 ctx.change_firewall(tx, ctx.firewall.add_network, network)
         except PybridgeError:
-            self._undo_create(network, created, touched)
+            self._undo_create(network, created, touched, joined and existing is None)
             raise
         except Exception as e:
-            self._undo_create(network, created, touched)
+            self._undo_create(network, created, touched, joined and existing is None)
             raise KernelError(f"create network {network_id[:12]}: {e}") from e
         ctx.networks_changed()
         log.info("network %s created on bridge %s", network_id[:12], network.bridge)
@@ -83,10 +92,71 @@ class NetworkService:
                 tx.set_docker_bridges(names)
 
     def ensure_kernel(self, network: Network) -> bool:
-        """Bridge up with its gateway addresses (restore runs the same steps as create)."""
-        created = self.ctx.netlink.ensure_bridge(network.bridge, network.mtu, bridge_mac(network.id))
+        """Bridge up with its gateway addresses, and a cluster network's VXLAN device on it with
+        the remote entries known (restore runs the same steps as create)."""
+        created = self.ctx.netlink.ensure_bridge(network.bridge, network.mtu, network.mac or bridge_mac(network.id))
         self._configure_bridge(network)
+        if network.cluster:
+            self._ensure_vxlan(network)
         return created
+
+    def _join_cluster(self, network: Network) -> Network:
+        """The cluster's record of the network (made now by the first host): VNI, gateway MAC
+        and MTU come from it, so they are the same on every host."""
+        ctx = self.ctx
+        if ctx.cluster is None:
+            raise InvalidRequest(f"{network.cluster!r}: pybridge.cluster needs cluster mode: set the plugin's "
+                                 "PYBRIDGE_CLUSTER_ETCD and PYBRIDGE_CLUSTER_ADDRESS")
+        if not network.subnets:
+            raise InvalidRequest("a cluster network needs a subnet")
+        under = ctx.overlay.underlay(ctx.underlay)
+        if under is None:
+            raise KernelError(f"no link of this host holds the underlay address {ctx.underlay}")
+        overhead = 70 if ":" in ctx.underlay else 50     # outer IP, UDP, VXLAN and Ethernet headers
+        ceiling = under[1] - overhead
+        if network.mtu is not None and network.mtu > ceiling:
+            raise InvalidRequest(f"MTU {network.mtu} does not fit the underlay: {under[0]} has MTU {under[1]}, "
+                                 f"VXLAN takes {overhead}, so at most {ceiling}")
+        subnets = [(str(s.pool), str(s.gateway.ip) if s.gateway else "") for s in network.subnets]
+        record = ctx.cluster.join_network(network.cluster, subnets, min(network.mtu or 1500, ceiling))
+        if record.mtu > ceiling:
+            log.warning("cluster network %s: MTU %d is above this host's ceiling %d", network.cluster, record.mtu, ceiling)
+        return replace(network, vni=record.vni, mac=record.mac, mtu=record.mtu)
+
+    def _ensure_vxlan(self, network: Network) -> None:
+        ctx = self.ctx
+        name = vxlan_name(ctx.prefix, network.vni)
+        ctx.overlay.ensure_vxlan(name, network.vni, ctx.underlay, ctx.vxlan_port, network.mtu or 1500, network.bridge)
+        if ctx.cluster is not None:
+            ctx.overlay.set_peers(name, network.bridge, ctx.cluster.remote_peers(network.cluster))
+
+    def cluster_holdings(self) -> list:
+        """What this host holds of each cluster network, from the state store (the cluster
+        service writes it to etcd again whenever etcd lost it)."""
+        from ..cluster.service import LocalNetwork
+        out = []
+        with self.ctx.store.reading() as tx:
+            pools = [p for p in tx.list_pools() if p.cluster]
+            for n in tx.list_networks():
+                if not n.cluster:
+                    continue
+                record = NetRecord(tuple(sorted((str(s.pool), str(s.gateway.ip) if s.gateway else "")
+                                                for s in n.subnets)), n.vni, n.mac, n.mtu or 1500)
+                addresses = tuple((a, kind) for p in pools if p.cluster == n.cluster
+                                  for _, a, kind in tx.list_leases(p.id) if kind != "gateway")
+                endpoints = tuple((e.id, EndpointRecord(e.mac, str(e.address4.ip) if e.address4 else "",
+                                                        str(e.address6.ip) if e.address6 else ""))
+                                  for e in tx.list_endpoints(n.id))
+                names = tuple(self.ctx.dns.local_names(n.id)) if self.ctx.dns is not None else ()
+                out.append(LocalNetwork(n.cluster, record, addresses, endpoints, names))
+        return out
+
+    def remote_peers_changed(self, cluster: str, peers: dict) -> None:
+        """The cluster watch's report of the other hosts' containers on cluster network `cluster`."""
+        with self.ctx.store.reading() as tx:
+            networks = [n for n in tx.list_networks() if n.cluster == cluster]
+        for n in networks:
+            self.ctx.overlay.set_peers(vxlan_name(self.ctx.prefix, n.vni), n.bridge, peers)
 
     def _configure_bridge(self, network: Network) -> None:
         if not network.internal:
@@ -99,11 +169,15 @@ class NetworkService:
                 raise KernelError(f"IPv6 of network {network.id[:12]} is not forwarded: it cannot be filtered")
             self.ctx.sysctl.enable_ipv6_forwarding()
 
-    def _undo_create(self, network: Network, created: bool, touched: bool) -> None:
+    def _undo_create(self, network: Network, created: bool, touched: bool, joined: bool = False) -> None:
+        if joined:
+            self.ctx.cluster.leave_network(network.cluster)
         if not touched:
             return
         errors = []
         try:
+            if network.cluster:
+                self.ctx.netlink.delete_link(vxlan_name(self.ctx.prefix, network.vni))
             if created:
                 self.ctx.netlink.delete_link(network.bridge)
             else:
@@ -154,6 +228,10 @@ class NetworkService:
         if ctx.dns is not None:
             ctx.dns.forget(network.id, tx)
         collect(errors, ctx.change_firewall, tx, ctx.firewall.remove_network, network, endpoints)
+        if network.cluster:
+            collect(errors, ctx.netlink.delete_link, vxlan_name(ctx.prefix, network.vni))
+            if ctx.cluster is not None:
+                ctx.cluster.leave_network(network.cluster)
         if network.bridge_owned:
             collect(errors, ctx.netlink.delete_link, network.bridge)
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..domain.errors import PybridgeError
-from ..domain.naming import owned_link_prefixes
+from ..domain.naming import owned_link_prefixes, vxlan_name
 from .bridges import ForeignBridges
 from .context import Context
 from .networks import NetworkService
@@ -103,7 +103,7 @@ class Reconciler:
                     ctx.sysctl.ensure("1", "net", "ipv4", "conf", bridge, "route_localnet")
                 except PybridgeError as e:
                     report.errors.append(str(e))
-            claimed = {n.bridge for n in networks}
+            claimed = {n.bridge for n in networks} | {vxlan_name(ctx.prefix, n.vni) for n in networks if n.cluster}
             claimed |= {name for ep in endpoints for name in (ep.host_ifname, ep.container_ifname)}
             prefixes = owned_link_prefixes(ctx.prefix)
             for link in ctx.netlink.links():
@@ -175,6 +175,8 @@ class Doctor:
         claimed = set()
         for n in networks:
             claimed.add(n.bridge)
+            if n.cluster:
+                claimed.add(vxlan_name(ctx.prefix, n.vni))
             if n.bridge not in links:
                 problems.append(f"network {n.id[:12]}: bridge {n.bridge} is missing")
                 continue

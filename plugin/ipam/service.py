@@ -36,8 +36,9 @@ HostNetworks = Callable[[], Sequence[Taken]]
 class IpamService:
     def __init__(self, store: Store, host_networks: HostNetworks,
                  default_pools: Sequence[PoolSpec], default_pools6: Sequence[PoolSpec],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, cluster=None):
         self._store = store
+        self._cluster = cluster      # plugin.cluster.service.ClusterService in cluster mode
         self._host_networks = host_networks
         self._defaults = {4: tuple(default_pools), 6: tuple(default_pools6)}
         self._clock = clock
@@ -103,6 +104,11 @@ class IpamService:
     def request_address(self, pool_id: str, address: str, options: dict[str, str]) -> str:
         is_gateway = options.get("RequestAddressType") == GATEWAY_TYPE
         wanted = parse_ip("Address", address) if address else None
+        if self._cluster is not None and not is_gateway:
+            with self._store.reading() as tx:
+                pool = tx.get_pool(pool_id)
+            if pool is not None and pool.cluster:
+                return self._cluster_address(pool, wanted)
         with self._store.transaction() as tx:
             pool = tx.get_pool(pool_id)
             if pool is None:
@@ -117,6 +123,34 @@ class IpamService:
                     raise Exhausted(f"no free address left for the gateway in pool {pool.subnet}")
             else:
                 value = self._dynamic(tx, pool, options)
+        return f"{ipaddress.ip_address(value)}/{pool.subnet.prefixlen}"
+
+    def _cluster_address(self, pool: PoolRecord, wanted) -> str:
+        """An address of a cluster network: claimed in etcd first (outside the store's lock, so
+        that a slow or absent etcd holds up no other network), then leased here too (the local
+        lease is what this host re-claims after etcd loses it)."""
+        if wanted is not None:
+            if wanted.version != pool.subnet.version or wanted not in pool.subnet:
+                raise InvalidRequest(f"address {wanted} is outside pool {pool.subnet}")
+            if not is_usable(pool.subnet, int(wanted)):
+                raise InvalidRequest(f"address {wanted} is the network or broadcast address of {pool.subnet}")
+            if not self._cluster.claim(pool.cluster, int(wanted), "static"):
+                raise Conflict(f"address {wanted} is already in use in cluster network {pool.cluster}")
+            value, kind = int(wanted), "static"
+        else:
+            lo, hi = usable_range(pool.subnet, pool.ip_range)
+            value, kind = self._cluster.allocate(pool.cluster, lo, hi, pool.cursor), "dynamic"
+        try:
+            with self._store.transaction() as tx:
+                if tx.get_pool(pool.id) is None:
+                    raise NotFound(f"pool {pool.id!r} went away while an address was claimed")
+                if not tx.add_lease(pool.id, value, kind) and kind == "static":
+                    raise Conflict(f"address {ipaddress.ip_address(value)} is already in use in pool {pool.subnet}")
+                if kind == "dynamic":
+                    tx.set_cursor(pool.id, value)
+        except Exception:
+            self._cluster.release(pool.cluster, value)
+            raise
         return f"{ipaddress.ip_address(value)}/{pool.subnet.prefixlen}"
 
     def _dynamic(self, tx, pool: PoolRecord, options: dict[str, str]) -> int:
@@ -182,4 +216,7 @@ class IpamService:
     def release_address(self, pool_id: str, address: str) -> None:
         value = int(parse_ip_interface("Address", address).ip)
         with self._store.transaction() as tx:
-            tx.delete_lease(pool_id, value)
+            pool = tx.get_pool(pool_id) if self._cluster is not None else None
+            released = tx.delete_lease(pool_id, value)
+        if pool is not None and pool.cluster and released:
+            self._cluster.release(pool.cluster, value)

@@ -46,6 +46,7 @@ def network_to_json(n: Network) -> str:
         "bridge": n.bridge, "mtu": n.mtu, "internal": n.internal, "ipv6": n.ipv6, "icc": n.icc,
         "masquerade": n.masquerade, "host_binding_ipv4": n.host_binding_ipv4,
         "bridge_owned": n.bridge_owned, "options": dict(n.options),
+        "cluster": n.cluster, "vni": n.vni, "mac": n.mac,
         "subnets": [{"pool": str(s.pool), "gateway": str(s.gateway) if s.gateway else "",
                      "aux": dict((k, str(v)) for k, v in s.aux)} for s in n.subnets],
     }, sort_keys=True)
@@ -59,7 +60,8 @@ def network_from_json(network_id: str, text: str) -> Network:
     return Network(id=network_id, bridge=_ifname(d["bridge"]), subnets=subnets, mtu=d["mtu"],
                    internal=d["internal"], ipv6=d["ipv6"], icc=d["icc"], masquerade=d["masquerade"],
                    host_binding_ipv4=d["host_binding_ipv4"], bridge_owned=d["bridge_owned"],
-                   options=tuple(sorted(d["options"].items())))
+                   options=tuple(sorted(d["options"].items())), cluster=str(d.get("cluster", "")),
+                   vni=int(d.get("vni", 0)), mac=str(d.get("mac", "")))
 
 
 def endpoint_to_json(e: Endpoint) -> str:

@@ -86,6 +86,7 @@ class PoolRecord:
     subnet: IPNetwork
     ip_range: IPNetwork | None
     cursor: int
+    cluster: str = ""       # the cluster network whose addresses it hands out (shared in etcd), or ""
 
 
 def _one(table: str, key: str, decode, *row):
@@ -222,18 +223,22 @@ class Tx:
 
     # pools and leases
     def put_pool(self, p: PoolRecord) -> None:
-        self._c.execute("INSERT OR REPLACE INTO pools (id, space, subnet, ip_range, cursor) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (p.id, p.space, str(p.subnet), str(p.ip_range or ""), addr_key(p.cursor + 1)))
+        self._c.execute("INSERT OR REPLACE INTO pools (id, space, subnet, ip_range, cursor, cluster) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (p.id, p.space, str(p.subnet), str(p.ip_range or ""), addr_key(p.cursor + 1), p.cluster))
+
+    def set_pool_cluster(self, subnet: str, cluster: str) -> None:
+        """Mark the pool of this subnet as a cluster network's (its addresses are claimed in etcd)."""
+        self._c.execute("UPDATE pools SET cluster = ? WHERE subnet = ?", (cluster, subnet))
 
     def get_pool(self, pool_id: str) -> PoolRecord | None:
-        row = self._c.execute("SELECT id, space, subnet, ip_range, cursor FROM pools WHERE id = ?",
+        row = self._c.execute("SELECT id, space, subnet, ip_range, cursor, cluster FROM pools WHERE id = ?",
                               (pool_id,)).fetchone()
         return _one("pools", pool_id, _pool, *row) if row else None
 
     def list_pools(self) -> list[PoolRecord]:
         return _readable(_pool, self._c.execute(
-            "SELECT id, space, subnet, ip_range, cursor FROM pools ORDER BY id").fetchall())
+            "SELECT id, space, subnet, ip_range, cursor, cluster FROM pools ORDER BY id").fetchall())
 
     def lease_counts(self) -> dict[str, int]:
         """Leases held in each pool (gateways included)."""
@@ -341,7 +346,7 @@ class Tx:
         """Every row that cannot be decoded, named by table and key (for doctor and restore)."""
         checks = [("networks", "SELECT id, id, doc FROM networks", codec.network_from_json),
                   ("endpoints", "SELECT id, id, network_id, doc FROM endpoints", codec.endpoint_from_json),
-                  ("pools", "SELECT id, id, space, subnet, ip_range, cursor FROM pools", _pool),
+                  ("pools", "SELECT id, id, space, subnet, ip_range, cursor, cluster FROM pools", _pool),
                   ("leases", "SELECT pool_id || ' ' || addr, pool_id, addr FROM leases", _lease),
                   ("dns", "SELECT network_id, network_id, name, doc FROM dns", _dns_row)]
         out = []
@@ -354,10 +359,10 @@ class Tx:
         return out
 
 
-def _pool(pid, space, subnet, ip_range, cursor) -> PoolRecord:
+def _pool(pid, space, subnet, ip_range, cursor, cluster="") -> PoolRecord:
     return PoolRecord(id=pid, space=space, subnet=parse_cidr("stored pool", subnet),
                       ip_range=parse_cidr("stored ip-range", ip_range) if ip_range else None,
-                      cursor=int(cursor, 16) - 1)
+                      cursor=int(cursor, 16) - 1, cluster=cluster)
 
 
 def _dns_row(network_id: str, name: str, doc: str):
@@ -387,6 +392,8 @@ class Store:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(leases)")}
         if "created" not in columns:  # schema 1 without lease times
             conn.execute("ALTER TABLE leases ADD COLUMN created REAL NOT NULL DEFAULT 0")
+        if "cluster" not in {row[1] for row in conn.execute("PRAGMA table_info(pools)")}:
+            conn.execute("ALTER TABLE pools ADD COLUMN cluster TEXT NOT NULL DEFAULT ''")
         if "waiting" not in {row[1] for row in conn.execute("PRAGMA table_info(owners)")}:
             conn.execute("ALTER TABLE owners ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0")
         conn.executescript(OWNER_INDEXES)

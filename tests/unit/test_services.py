@@ -321,7 +321,7 @@ def test_malformed_state_rows_are_skipped_and_reported_not_fatal(fake_services, 
     db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
     db.execute("UPDATE networks SET doc = '{not json' WHERE id = ?", (bad,))
     db.execute("INSERT INTO endpoints VALUES ('x1', ?, '[]')", (good,))
-    db.execute("INSERT INTO pools VALUES ('bad#1', 's', '10.0.0.0/33', '', 'zz')")
+    db.execute("INSERT INTO pools (id, space, subnet, ip_range, cursor) VALUES ('bad#1', 's', '10.0.0.0/33', '', 'zz')")
     db.execute("INSERT INTO leases VALUES ('bad#1', 'not-hex', 'dynamic', 0)")
     db.execute("INSERT INTO dns VALUES (?, 'app', 'garbage')", (good,))
     db.close()

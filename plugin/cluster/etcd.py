@@ -1,0 +1,191 @@
+"""EtcdKV: ClusterKVPort on etcd v3, through etcd3gw (etcd's HTTP/JSON gateway).
+
+etcd3gw does the HTTP, leases and transactions; this adapter adds what pybridge needs on top:
+several endpoints (the next one is tried when one does not answer, and stays in use), typed
+transactions, and a watch that resumes from the last revision it saw, so that nothing is lost
+when a stream breaks (an endpoint restarts, a proxy drops an idle connection).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from typing import Callable, Sequence
+
+import requests
+from etcd3gw import Etcd3Client
+from etcd3gw import exceptions as etcd_errors
+from etcd3gw.lease import Lease
+
+from .interfaces import (Absent, ClusterUnavailable, Condition, Delete, DeleteUnder, Event, NoneUnder, Operation,
+                         Put, ValueIs, WatchCompacted)
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 2.0          # a plugin call that needs etcd fails within a few seconds
+WATCH_IDLE = 10.0              # an idle watch stream is re-made this often (liveness, lossless)
+
+
+def _b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text or "")
+
+
+def _range_end(prefix: str) -> str:
+    """The first key after every key that starts with prefix."""
+    raw = bytearray(prefix.encode())
+    while raw and raw[-1] == 0xFF:
+        raw.pop()
+    if not raw:
+        return _b64(b"\0")
+    raw[-1] += 1
+    return _b64(bytes(raw))
+
+
+class EtcdKV:
+    def __init__(self, endpoints: Sequence[tuple[str, str, int]], timeout: float = REQUEST_TIMEOUT):
+        self._clients = [Etcd3Client(host=h, port=p, protocol=s, timeout=timeout, api_path="/v3/")
+                         for s, h, p in endpoints]
+        self._current = 0
+        self._lock = threading.Lock()
+
+    def _call(self, what: str, fn: Callable[[Etcd3Client], object]):
+        """fn on the endpoint in use; on a connection failure, on each other one in turn."""
+        with self._lock:
+            first = self._current
+        errors = []
+        for i in range(len(self._clients)):
+            index = (first + i) % len(self._clients)
+            client = self._clients[index]
+            try:
+                result = fn(client)
+            except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError,
+                    requests.RequestException) as e:
+                errors.append(f"{client.base_url}: {type(e).__name__}")
+                continue
+            except etcd_errors.Etcd3Exception as e:
+                raise ClusterUnavailable(f"etcd {what} at {client.base_url} failed: {str(e)[:200]}") from e
+            if index != first:
+                with self._lock:
+                    self._current = index
+                log.info("etcd: using %s", client.base_url)
+            return result
+        raise ClusterUnavailable(f"etcd unreachable ({what}): " + "; ".join(errors))
+
+    def _post(self, what: str, path: str, body: dict) -> dict:
+        return self._call(what, lambda c: c.post(c.get_url(path), json=body))
+
+    # leases
+    def grant(self, ttl: int) -> int:
+        return int(self._post("lease grant", "/lease/grant", {"TTL": ttl, "ID": 0})["ID"])
+
+    def keepalive(self, lease: int) -> bool:
+        return self._call("lease keepalive", lambda c: Lease(lease, c).refresh()) > 0
+
+    def revoke(self, lease: int) -> None:
+        try:
+            self._call("lease revoke", lambda c: Lease(lease, c).revoke())
+        except ClusterUnavailable as e:
+            if "not found" not in str(e):
+                raise
+
+    # keys
+    def get(self, key: str) -> bytes | None:
+        r = self._post("get", "/kv/range", {"key": _b64(key)})
+        kvs = r.get("kvs") or []
+        return _unb64(kvs[0].get("value", "")) if kvs else None
+
+    def range(self, prefix: str) -> tuple[dict[str, bytes], int]:
+        r = self._post("range", "/kv/range", {"key": _b64(prefix), "range_end": _range_end(prefix)})
+        out = {}
+        for kv in r.get("kvs") or []:
+            try:
+                out[_unb64(kv["key"]).decode()] = _unb64(kv.get("value", ""))
+            except (KeyError, UnicodeDecodeError, ValueError):
+                continue
+        return out, int(r.get("header", {}).get("revision", 0))
+
+    def txn(self, conditions: Sequence[Condition], operations: Sequence[Operation]) -> bool:
+        body = {"compare": [self._compare(c) for c in conditions],
+                "success": [self._operation(o) for o in operations], "failure": []}
+        r = self._call("transaction", lambda c: c.post(c.get_url("/kv/txn"), data=json.dumps(body)))
+        return bool(r.get("succeeded", False))
+
+    @staticmethod
+    def _compare(c: Condition) -> dict:
+        if isinstance(c, Absent):
+            return {"key": _b64(c.key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        if isinstance(c, ValueIs):
+            return {"key": _b64(c.key), "target": "VALUE", "result": "EQUAL", "value": _b64(c.value)}
+        if isinstance(c, NoneUnder):
+            return {"key": _b64(c.prefix), "range_end": _range_end(c.prefix), "target": "CREATE",
+                    "result": "EQUAL", "create_revision": "0"}
+        raise TypeError(f"unknown condition {c!r}")
+
+    @staticmethod
+    def _operation(o: Operation) -> dict:
+        if isinstance(o, Put):
+            put = {"key": _b64(o.key), "value": _b64(o.value)}
+            if o.lease:
+                put["lease"] = str(o.lease)
+            return {"request_put": put}
+        if isinstance(o, Delete):
+            return {"request_delete_range": {"key": _b64(o.key)}}
+        if isinstance(o, DeleteUnder):
+            return {"request_delete_range": {"key": _b64(o.prefix), "range_end": _range_end(o.prefix)}}
+        raise TypeError(f"unknown operation {o!r}")
+
+    # watch
+    def watch(self, prefix: str, start_revision: int, on_events: Callable[[list[Event]], None],
+              stop: threading.Event) -> int:
+        """Deliver the changes under prefix from start_revision on, until stop is set; returns
+        the revision to resume from. A stream that breaks or idles for WATCH_IDLE seconds is made
+        again from there (lossless). Raises ClusterUnavailable when no endpoint answers, and
+        WatchCompacted when etcd no longer has start_revision."""
+        revision = start_revision
+        while not stop.is_set():
+            revision = self._call("watch", lambda c: self._stream(c, prefix, revision, on_events, stop))
+        return revision
+
+    def _stream(self, client: Etcd3Client, prefix: str, revision: int,
+                on_events: Callable[[list[Event]], None], stop: threading.Event) -> int:
+        body = {"create_request": {"key": _b64(prefix), "range_end": _range_end(prefix),
+                                   "start_revision": str(revision)}}
+        try:
+            resp = client.session.post(client.get_url("/watch"), json=body, stream=True,
+                                       timeout=(REQUEST_TIMEOUT, WATCH_IDLE))
+        except requests.RequestException as e:
+            raise etcd_errors.ConnectionFailedError(str(e)) from e
+        try:
+            if resp.status_code != 200:
+                raise etcd_errors.Etcd3Exception(resp.text[:200], resp.reason)
+            for line in resp.iter_lines(chunk_size=None):
+                if stop.is_set():
+                    break
+                if not line.strip():
+                    continue
+                result = json.loads(line).get("result") or {}
+                if int(result.get("compact_revision", 0) or 0) > 0:
+                    raise WatchCompacted(f"etcd compacted past revision {revision}")
+                events = []
+                for ev in result.get("events") or []:
+                    kv = ev.get("kv") or {}
+                    key = _unb64(kv.get("key", "")).decode(errors="replace")
+                    deleted = ev.get("type") == "DELETE"
+                    events.append(Event(key, None if deleted else _unb64(kv.get("value", "")),
+                                        int(kv.get("mod_revision", 0) or 0)))
+                if events:
+                    revision = max(revision, max(e.revision for e in events) + 1)
+                    on_events(events)
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
+            pass       # idle timeout or a broken stream: made again from `revision`
+        except ValueError as e:
+            log.warning("etcd watch: unreadable message (%s); watching again", e)
+        finally:
+            resp.close()
+        return revision

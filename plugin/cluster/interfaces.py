@@ -1,0 +1,81 @@
+"""The interface of the shared store the hosts of a cluster use (etcd). The cluster use cases
+depend on this, not on etcd3gw; the real adapter (plugin.cluster.etcd) and the test fake both
+implement it, and a unit test checks that they agree."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence, Union
+
+from ..domain.errors import PybridgeError
+
+
+class ClusterUnavailable(PybridgeError):
+    """No etcd endpoint answered (or answered with an error)."""
+
+
+class WatchCompacted(PybridgeError):
+    """The revision a watch should resume from is gone: read everything again."""
+
+
+# Conditions of a transaction
+@dataclass(frozen=True)
+class Absent:
+    key: str
+
+
+@dataclass(frozen=True)
+class ValueIs:
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class NoneUnder:
+    """No key starts with `prefix`."""
+    prefix: str
+
+
+# Operations of a transaction
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0       # 0: the key lives until deleted
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True)
+class DeleteUnder:
+    prefix: str
+
+
+Condition = Union[Absent, ValueIs, NoneUnder]
+Operation = Union[Put, Delete, DeleteUnder]
+
+
+@dataclass(frozen=True)
+class Event:
+    key: str
+    value: bytes | None     # None: deleted (or expired with its lease)
+    revision: int
+
+
+class ClusterKVPort(Protocol):
+    """Keys and values shared by the hosts, leases that expire when a host stops renewing them,
+    all-or-nothing transactions, and a watch of a prefix. Every call raises ClusterUnavailable
+    when no endpoint answers."""
+
+    def grant(self, ttl: int) -> int: ...
+    def keepalive(self, lease: int) -> bool: ...
+    def revoke(self, lease: int) -> None: ...
+    def get(self, key: str) -> bytes | None: ...
+    def range(self, prefix: str) -> tuple[dict[str, bytes], int]: ...
+    def txn(self, conditions: Sequence[Condition], operations: Sequence[Operation]) -> bool: ...
+    def watch(self, prefix: str, start_revision: int, on_events: Callable[[list[Event]], None],
+              stop: threading.Event) -> int: ...

@@ -1,0 +1,228 @@
+"""What the hosts of a cluster share in etcd: the key layout and the records, as typed values.
+
+Pure. Everything read back from etcd is hostile (another host, an older version, a person with
+etcdctl may have written it): `parse_*` turn bytes into records or raise InvalidRecord naming
+the key, and a watcher skips what does not parse.
+
+Layout, under PREFIX = /pybridge/v1/:
+  net/CLUSTERNET             NetRecord: subnets, gateways, VNI, gateway MAC, MTU (no lease)
+  vni/VNI                    CLUSTERNET, so that a VNI is claimed once (no lease)
+  member/CLUSTERNET/HOST     this host has the network (host lease)
+  addr/CLUSTERNET/ADDRHEX    AddrRecord: who holds an address (host lease; gateway: none)
+  ep/CLUSTERNET/HOST/EPID    EndpointRecord: MAC and addresses of a container there (host lease)
+  name/CLUSTERNET/HOST/CID   NameRecord: a container's name, aliases, addresses (host lease)
+HOST is the host's underlay address, which is unique in a cluster by definition.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+
+from ..domain.errors import PybridgeError
+from ..domain.model import ContainerInfo
+
+PREFIX = "/pybridge/v1/"
+VNI_FIRST, VNI_LAST = 4096, (1 << 24) - 1       # below 4096: left to the user's own VXLANs
+# A cluster network's name: what -o pybridge.cluster= gives, the same on every host.
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_HEX_ID = re.compile(r"[0-9a-f]{1,64}")
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_DNS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
+
+
+class InvalidRecord(PybridgeError):
+    """A value in etcd that is not what pybridge writes there."""
+
+
+def host_id(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return str(address)
+
+
+# keys
+def net_key(name: str) -> str:
+    return f"{PREFIX}net/{name}"
+
+
+def vni_key(vni: int) -> str:
+    return f"{PREFIX}vni/{vni}"
+
+
+def member_prefix(name: str) -> str:
+    return f"{PREFIX}member/{name}/"
+
+
+def member_key(name: str, host: str) -> str:
+    return member_prefix(name) + host
+
+
+def addr_prefix(name: str) -> str:
+    return f"{PREFIX}addr/{name}/"
+
+
+def addr_key(name: str, address: int) -> str:
+    return f"{addr_prefix(name)}{address:032x}"
+
+
+def ep_prefix(name: str = "", host: str = "") -> str:
+    return f"{PREFIX}ep/" + (f"{name}/" if name else "") + (f"{host}/" if host else "")
+
+
+def ep_key(name: str, host: str, endpoint_id: str) -> str:
+    return ep_prefix(name, host) + endpoint_id
+
+
+def name_prefix(name: str = "", host: str = "") -> str:
+    return f"{PREFIX}name/" + (f"{name}/" if name else "") + (f"{host}/" if host else "")
+
+
+def name_key(name: str, host: str, container_id: str) -> str:
+    return name_prefix(name, host) + container_id
+
+
+@dataclass(frozen=True)
+class KeyParts:
+    kind: str          # "ep" or "name"
+    network: str
+    host: str
+    item: str
+
+
+def split_key(key: str) -> KeyParts | None:
+    """An ep/ or name/ key in its parts, or None for any other key (or a malformed one)."""
+    if not key.startswith(PREFIX):
+        return None
+    parts = key[len(PREFIX):].split("/")
+    if len(parts) != 4 or parts[0] not in ("ep", "name"):
+        return None
+    kind, network, host, item = parts
+    if not _NAME_RE.fullmatch(network) or not _HEX_ID.fullmatch(item):
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return KeyParts(kind, network, host, item)
+
+
+# records
+@dataclass(frozen=True)
+class NetRecord:
+    subnets: tuple[tuple[str, str], ...]     # (subnet, gateway address or "") per subnet
+    vni: int
+    mac: str                                  # the gateway's MAC, the same on every host
+    mtu: int
+
+    def to_json(self) -> str:
+        return json.dumps({"subnets": [list(s) for s in self.subnets], "vni": self.vni, "mac": self.mac,
+                           "mtu": self.mtu}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class AddrRecord:
+    host: str           # who holds it ("" for the network's gateway and aux addresses: everyone)
+    kind: str
+
+    def to_json(self) -> str:
+        return json.dumps({"host": self.host, "kind": self.kind}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    mac: str
+    ipv4: str
+    ipv6: str
+
+    def to_json(self) -> str:
+        return json.dumps({"mac": self.mac, "ipv4": self.ipv4, "ipv6": self.ipv6}, sort_keys=True)
+
+
+def _load(key: str, value: bytes) -> dict:
+    try:
+        d = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidRecord(f"etcd key {key[:100]}: not JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise InvalidRecord(f"etcd key {key[:100]}: not an object")
+    return d
+
+
+def _address(key: str, value, version: int | None = None) -> str:
+    if value == "":
+        return ""
+    try:
+        a = ipaddress.ip_address(value)
+    except (TypeError, ValueError):
+        raise InvalidRecord(f"etcd key {key[:100]}: {str(value)[:60]!r} is not an IP address") from None
+    if version is not None and a.version != version:
+        raise InvalidRecord(f"etcd key {key[:100]}: {a} is not IPv{version}")
+    return str(a)
+
+
+def parse_net(key: str, value: bytes) -> NetRecord:
+    d = _load(key, value)
+    try:
+        subnets = []
+        for pool, gateway in d["subnets"]:
+            net = ipaddress.ip_network(pool)
+            gw = _address(key, gateway, net.version)
+            if gw and ipaddress.ip_address(gw) not in net:
+                raise InvalidRecord(f"etcd key {key[:100]}: gateway {gw} outside {net}")
+            subnets.append((str(net), gw))
+        vni, mac, mtu = d["vni"], d["mac"], d["mtu"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidRecord(f"etcd key {key[:100]}: malformed network record ({e})") from None
+    if not isinstance(vni, int) or not VNI_FIRST <= vni <= VNI_LAST:
+        raise InvalidRecord(f"etcd key {key[:100]}: VNI {vni!r} out of range")
+    if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
+        raise InvalidRecord(f"etcd key {key[:100]}: MAC {mac!r} malformed")
+    if not isinstance(mtu, int) or not 68 <= mtu <= 65535:
+        raise InvalidRecord(f"etcd key {key[:100]}: MTU {mtu!r} out of range")
+    return NetRecord(tuple(subnets), vni, mac, mtu)
+
+
+def parse_addr(key: str, value: bytes) -> AddrRecord:
+    d = _load(key, value)
+    host, kind = d.get("host"), d.get("kind")
+    if not isinstance(kind, str) or kind not in ("gateway", "static", "dynamic", "aux"):
+        raise InvalidRecord(f"etcd key {key[:100]}: kind {kind!r} unknown")
+    return AddrRecord(_address(key, host) if host else "", kind)
+
+
+def parse_endpoint(key: str, value: bytes) -> EndpointRecord:
+    d = _load(key, value)
+    mac = d.get("mac")
+    if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac) or int(mac[:2], 16) & 1:
+        raise InvalidRecord(f"etcd key {key[:100]}: MAC {str(mac)[:40]!r} malformed")
+    rec = EndpointRecord(mac, _address(key, d.get("ipv4", ""), 4), _address(key, d.get("ipv6", ""), 6))
+    if not rec.ipv4 and not rec.ipv6:
+        raise InvalidRecord(f"etcd key {key[:100]}: endpoint without an address")
+    return rec
+
+
+def name_to_json(c: ContainerInfo) -> str:
+    return json.dumps({"name": c.name, "aliases": list(c.aliases), "ipv4": c.ipv4, "ipv6": c.ipv6},
+                      sort_keys=True)
+
+
+def parse_name(key: str, container_id: str, value: bytes) -> ContainerInfo:
+    d = _load(key, value)
+    name, aliases = d.get("name"), d.get("aliases", [])
+    if not isinstance(name, str) or not _DNS_NAME.fullmatch(name.lstrip("/")):
+        raise InvalidRecord(f"etcd key {key[:100]}: name {str(name)[:60]!r} malformed")
+    if not isinstance(aliases, list) or len(aliases) > 64 or \
+            not all(isinstance(a, str) and _DNS_NAME.fullmatch(a) for a in aliases):
+        raise InvalidRecord(f"etcd key {key[:100]}: aliases malformed")
+    ipv4, ipv6 = _address(key, d.get("ipv4", ""), 4), _address(key, d.get("ipv6", ""), 6)
+    return ContainerInfo(container_id, name, tuple(aliases), ipv4, ipv6)
+
+
+def gateway_mac(gateway4: str, vni: int) -> str:
+    """The gateway's MAC on every host: Docker's 02:42 scheme from the IPv4 gateway (no
+    container can have that address), else from the VNI (locally administered, 02:43)."""
+    if gateway4:
+        tail = ipaddress.IPv4Address(gateway4).packed
+        return ":".join(f"{b:02x}" for b in (0x02, 0x42, *tail))
+    return ":".join(f"{b:02x}" for b in (0x02, 0x43, 0, *vni.to_bytes(3, "big")))

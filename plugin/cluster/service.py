@@ -1,0 +1,402 @@
+"""ClusterService: this host's part in a cluster of pybridge hosts sharing etcd.
+
+- Networks: the first host that creates cluster network NAME writes its record (subnets,
+  gateways, VNI, gateway MAC, MTU) in one transaction that also claims the VNI; every other host
+  must create it with the same subnets, and gets the same VNI and MAC.
+- Addresses: claimed with compare-and-swap (create only if absent), so two hosts never hand out
+  the same one; each claim carries this host's etcd lease, so the addresses of a host that dies
+  come back after the grace.
+- Endpoints and names: published under this host's lease; other hosts watch them and program
+  their VXLAN devices and DNS.
+
+The local state store stays the source of truth for what this host holds: when etcd comes back
+(or this host's lease expired meanwhile), `resync` makes etcd's copy of this host's keys equal to
+it again. The data plane needs no etcd: entries stay programmed while etcd is away.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ..domain.errors import Conflict, Exhausted
+from ..domain.model import ContainerInfo
+from ..ipam.allocator import pick_address
+from . import records as r
+from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Delete, DeleteUnder, Event, NoneUnder, Put,
+                         ValueIs, WatchCompacted)
+
+log = logging.getLogger(__name__)
+
+CLAIM_ATTEMPTS = 64
+
+
+@dataclass(frozen=True)
+class LocalNetwork:
+    """A cluster network as this host holds it (from the state store)."""
+    name: str
+    record: r.NetRecord
+    addresses: tuple[tuple[int, str], ...] = ()                      # (address, kind) leased here
+    endpoints: tuple[tuple[str, r.EndpointRecord], ...] = ()          # (endpoint id, record)
+    names: tuple[ContainerInfo, ...] = ()
+
+
+@dataclass
+class RemoteView:
+    """What other hosts published: network -> {(host, id): record}."""
+    endpoints: dict[str, dict[tuple[str, str], r.EndpointRecord]] = field(default_factory=dict)
+    names: dict[str, dict[tuple[str, str], ContainerInfo]] = field(default_factory=dict)
+
+
+class ClusterService:
+    def __init__(self, kv: ClusterKVPort, host: str, grace: int):
+        self.kv = kv
+        self.host = host
+        self.grace = grace
+        self._lease = 0
+        self._lock = threading.RLock()
+        self._view = RemoteView()
+        self._view_lock = threading.Lock()
+        self.reachable = False
+        self.resyncs = 0
+        self.local: Callable[[], list[LocalNetwork]] = lambda: []
+        self.on_endpoints: Callable[[str, dict[str, tuple[str, frozenset[str]]]], None] = lambda n, p: None
+        self.on_names: Callable[[str, list[ContainerInfo]], None] = lambda n, c: None
+        self._dirty = threading.Event()
+
+    # --- session
+    def _session(self) -> int:
+        with self._lock:
+            if not self._lease:
+                self._lease = self.kv.grant(self.grace)
+            return self._lease
+
+    def _fail(self, what: str, e: ClusterUnavailable) -> ClusterUnavailable:
+        self.reachable = False
+        return ClusterUnavailable(f"{what}: the cluster store is unreachable ({e}); cluster networks "
+                                  "take no new containers until it answers, local networks are not affected")
+
+    # --- networks
+    def join_network(self, name: str, subnets: list[tuple[str, str]], mtu: int) -> r.NetRecord:
+        """The cluster's record of network `name`, made now from these subnets if there is none;
+        this host is recorded as a member. Conflict when the record says otherwise."""
+        try:
+            record = self._ensure_record(name, subnets, mtu)
+            self.kv.txn([], [Put(r.member_key(name, self.host), b"{}", self._session())])
+        except ClusterUnavailable as e:
+            raise self._fail(f"cluster network {name}", e) from e
+        return record
+
+    def _ensure_record(self, name: str, subnets: list[tuple[str, str]], mtu: int) -> r.NetRecord:
+        want = tuple(sorted(subnets))
+        for _ in range(8):
+            raw = self.kv.get(r.net_key(name))
+            if raw is not None:
+                record = r.parse_net(r.net_key(name), raw)
+                if tuple(sorted(record.subnets)) != want:
+                    shown = ", ".join(f"{p} (gateway {g or 'none'})" for p, g in record.subnets)
+                    raise Conflict(f"cluster network {name} has {shown}: create it here with the same "
+                                   "--subnet and --gateway")
+                return record
+            others, _ = self.kv.range(r.PREFIX + "net/")
+            used_vnis = set()
+            for key, value in others.items():
+                try:
+                    other = r.parse_net(key, value)
+                except r.InvalidRecord:
+                    continue
+                used_vnis.add(other.vni)
+                for pool, _gw in other.subnets:
+                    for mine, _ in subnets:
+                        if ipaddress.ip_network(pool).overlaps(ipaddress.ip_network(mine)):
+                            raise Conflict(f"subnet {mine} overlaps {pool} of cluster network "
+                                           f"{key.rsplit('/', 1)[-1]}")
+            taken, _ = self.kv.range(r.PREFIX + "vni/")
+            used_vnis |= {int(k.rsplit("/", 1)[-1]) for k in taken if k.rsplit("/", 1)[-1].isdigit()}
+            vni = next(v for v in range(r.VNI_FIRST, r.VNI_LAST + 1) if v not in used_vnis)
+            gw4 = next((g for p, g in subnets if g and ipaddress.ip_network(p).version == 4), "")
+            record = r.NetRecord(want, vni, r.gateway_mac(gw4, vni), mtu)
+            ops = [Put(r.net_key(name), record.to_json().encode()), Put(r.vni_key(vni), name.encode())]
+            ops += [Put(r.addr_key(name, int(ipaddress.ip_address(g))), r.AddrRecord("", "gateway").to_json().encode())
+                    for _, g in subnets if g]
+            if self.kv.txn([Absent(r.net_key(name)), Absent(r.vni_key(vni))], ops):
+                log.info("cluster network %s recorded: VNI %d, %s", name, vni, ", ".join(p for p, _ in subnets))
+                return record
+        raise Conflict(f"cluster network {name}: its record changed under us too often, try again")
+
+    def leave_network(self, name: str) -> None:
+        """This host no longer has the network: its keys go; the record goes with the last host."""
+        try:
+            held, _ = self.kv.range(r.addr_prefix(name))
+            ops = [Delete(r.member_key(name, self.host)), DeleteUnder(r.ep_prefix(name, self.host)),
+                   DeleteUnder(r.name_prefix(name, self.host))]
+            ops += [Delete(k) for k, v in held.items() if self._mine(k, v)]
+            self.kv.txn([], ops)
+            raw = self.kv.get(r.net_key(name))
+            if raw is None:
+                return
+            vni = r.parse_net(r.net_key(name), raw).vni
+            if self.kv.txn([NoneUnder(r.member_prefix(name)), ValueIs(r.net_key(name), raw)],
+                           [Delete(r.net_key(name)), Delete(r.vni_key(vni)), DeleteUnder(r.addr_prefix(name)),
+                            DeleteUnder(r.ep_prefix(name)), DeleteUnder(r.name_prefix(name))]):
+                log.info("cluster network %s: last host left, record removed", name)
+        except (ClusterUnavailable, r.InvalidRecord) as e:
+            log.warning("cluster network %s: leaving it in etcd later (%s)", name, e)
+            self._dirty.set()
+
+    # --- addresses
+    def _mine(self, key: str, value: bytes) -> bool:
+        try:
+            return r.parse_addr(key, value).host == self.host
+        except r.InvalidRecord:
+            return False
+
+    def claim(self, name: str, address: int, kind: str) -> bool:
+        """True when this host holds the address now (made now, or held already)."""
+        key = r.addr_key(name, address)
+        try:
+            value = r.AddrRecord(self.host, kind).to_json().encode()
+            if self.kv.txn([Absent(key)], [Put(key, value, self._session())]):
+                return True
+            held = self.kv.get(key)
+        except ClusterUnavailable as e:
+            raise self._fail(f"address {ipaddress.ip_address(address)} of cluster network {name}", e) from e
+        return held is not None and self._mine(key, held)
+
+    def allocate(self, name: str, lo: int, hi: int, cursor: int) -> int:
+        """A free address in [lo, hi] after cursor, claimed for this host."""
+        try:
+            held, _ = self.kv.range(r.addr_prefix(name))
+        except ClusterUnavailable as e:
+            raise self._fail(f"an address on cluster network {name}", e) from e
+        taken = set()
+        for key in held:
+            try:
+                taken.add(int(key.rsplit("/", 1)[-1], 16))
+            except ValueError:
+                continue
+        for _ in range(CLAIM_ATTEMPTS):
+            ordered = sorted(taken)
+            value = pick_address(lo, hi, cursor, lambda s: (t for t in ordered if t >= s))
+            if value is None:
+                raise Exhausted(f"no free address left in cluster network {name}")
+            if self.claim(name, value, "dynamic"):
+                return value
+            taken.add(value)           # another host took it meanwhile
+            cursor = value
+        raise Exhausted(f"cluster network {name}: no address could be claimed in {CLAIM_ATTEMPTS} attempts")
+
+    def release(self, name: str, address: int) -> None:
+        key = r.addr_key(name, address)
+        try:
+            held = self.kv.get(key)
+            if held is not None and self._mine(key, held):
+                self.kv.txn([ValueIs(key, held)], [Delete(key)])
+        except ClusterUnavailable as e:
+            log.warning("address %s of cluster network %s: released in etcd later (%s)",
+                        ipaddress.ip_address(address), name, e)
+            self._dirty.set()
+
+    # --- endpoints and names
+    def publish_endpoint(self, name: str, endpoint_id: str, record: r.EndpointRecord) -> None:
+        try:
+            self.kv.txn([], [Put(r.ep_key(name, self.host, endpoint_id), record.to_json().encode(), self._session())])
+        except ClusterUnavailable as e:
+            raise self._fail(f"endpoint {endpoint_id[:12]} of cluster network {name}", e) from e
+
+    def withdraw_endpoint(self, name: str, endpoint_id: str) -> None:
+        try:
+            self.kv.txn([], [Delete(r.ep_key(name, self.host, endpoint_id))])
+        except ClusterUnavailable as e:
+            log.warning("endpoint %s of cluster network %s: withdrawn in etcd later (%s)", endpoint_id[:12], name, e)
+            self._dirty.set()
+
+    def publish_names(self, name: str, containers: Iterable[ContainerInfo]) -> None:
+        """This host's containers on the network, by name (from Docker, via the DNS watcher)."""
+        try:
+            self._put_names(name, list(containers))
+        except ClusterUnavailable as e:
+            log.warning("names of cluster network %s: published later (%s)", name, e)
+            self._dirty.set()
+
+    def _put_names(self, name: str, containers: list[ContainerInfo]) -> None:
+        prefix = r.name_prefix(name, self.host)
+        have, _ = self.kv.range(prefix)
+        want = {r.name_key(name, self.host, c.id): r.name_to_json(c).encode() for c in containers
+                if r.split_key(r.name_key(name, self.host, c.id))}
+        lease = self._session()
+        ops = [Put(k, v, lease) for k, v in want.items() if have.get(k) != v]
+        ops += [Delete(k) for k in have if k not in want]
+        if ops:
+            self.kv.txn([], ops)
+
+    # --- background: session, resync, watch
+    def run_session(self, stop: threading.Event) -> None:
+        """Keep this host's lease alive; when it is new (first start, or it expired while etcd
+        was away) or something waits to be written, write this host's keys again."""
+        while not stop.is_set():
+            try:
+                with self._lock:
+                    lease = self._lease
+                alive = bool(lease) and self.kv.keepalive(lease)
+                if not alive:
+                    with self._lock:
+                        self._lease = 0
+                    if lease:
+                        log.warning("cluster: this host's lease expired; writing its keys again")
+                    self._dirty.set()
+                if self._dirty.is_set():
+                    self._dirty.clear()
+                    self.resync()
+                if not self.reachable:
+                    log.info("cluster: etcd answers")
+                self.reachable = True
+            except ClusterUnavailable as e:
+                if self.reachable:
+                    log.warning("cluster: %s", e)
+                self.reachable = False
+                self._dirty.set()
+            except Exception:
+                log.exception("cluster session")
+                self._dirty.set()
+            stop.wait(max(1.0, self.grace / 4) if self.reachable else 1.0)
+
+    def resync(self) -> None:
+        """etcd's keys of this host := the local state (members, addresses, endpoints, names)."""
+        lease = self._session()
+        networks = self.local()
+        mine = {n.name for n in networks}
+        for n in networks:
+            self._resync_network(n, lease)
+        # what this host published for networks it no longer has
+        for prefix in (r.PREFIX + "member/", r.PREFIX + "ep/", r.PREFIX + "name/"):
+            keys, _ = self.kv.range(prefix)
+            stale = [k for k in keys if self._host_of(k) == self.host and k[len(prefix):].split("/")[0] not in mine]
+            if stale:
+                self.kv.txn([], [Delete(k) for k in stale])
+        self.resyncs += 1
+
+    def _host_of(self, key: str) -> str:
+        parts = key[len(r.PREFIX):].split("/")
+        return parts[2] if len(parts) >= 3 else ""
+
+    def _resync_network(self, n: LocalNetwork, lease: int) -> None:
+        key = r.net_key(n.name)
+        ops = [Put(key, n.record.to_json().encode()), Put(r.vni_key(n.record.vni), n.name.encode())]
+        if not self.kv.txn([Absent(key), Absent(r.vni_key(n.record.vni))], ops):
+            raw = self.kv.get(key)
+            if raw is not None and r.parse_net(key, raw) != n.record:
+                log.error("cluster network %s: etcd's record differs from this host's (VNI or subnets)", n.name)
+        self.kv.txn([], [Put(r.member_key(n.name, self.host), b"{}", lease)])
+        held, _ = self.kv.range(r.addr_prefix(n.name))
+        wanted = {r.addr_key(n.name, a): kind for a, kind in n.addresses}
+        for k, kind in wanted.items():
+            if k in held and self._mine(k, held[k]):
+                value = held[k]
+                if not self.kv.txn([ValueIs(k, value)], [Put(k, value, lease)]):
+                    log.error("cluster network %s: address key %s changed while re-claimed", n.name, k)
+            elif k not in held:
+                if not self.claim(n.name, int(k.rsplit("/", 1)[-1], 16), kind):
+                    log.error("cluster network %s: address %s is held by another host too", n.name,
+                              ipaddress.ip_address(int(k.rsplit("/", 1)[-1], 16)))
+            else:
+                log.error("cluster network %s: address %s is held by another host too", n.name,
+                          ipaddress.ip_address(int(k.rsplit("/", 1)[-1], 16)))
+        stale = [k for k, v in held.items() if k not in wanted and self._mine(k, v)]
+        eps, _ = self.kv.range(r.ep_prefix(n.name, self.host))
+        want_eps = {r.ep_key(n.name, self.host, eid): rec.to_json().encode() for eid, rec in n.endpoints}
+        stale += [k for k in eps if k not in want_eps]
+        ops = [Put(k, v, lease) for k, v in want_eps.items()] + [Delete(k) for k in stale]
+        if ops:
+            self.kv.txn([], ops)
+        self._put_names(n.name, list(n.names))
+
+    def run_watch(self, stop: threading.Event) -> None:
+        """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
+        while not stop.is_set():
+            try:
+                eps, rev1 = self.kv.range(r.PREFIX + "ep/")
+                names, rev2 = self.kv.range(r.PREFIX + "name/")
+                changed = self._replace({**eps, **names})
+                self._notify(changed)
+                self.kv.watch(r.PREFIX, min(rev1, rev2) + 1, self._events, stop)
+            except WatchCompacted as e:
+                log.info("cluster watch: %s; reading everything again", e)
+            except ClusterUnavailable:
+                stop.wait(1.0)
+            except Exception:
+                log.exception("cluster watch (again in 1 s)")
+                stop.wait(1.0)
+
+    def _events(self, events: list[Event]) -> None:
+        changed: set[tuple[str, str]] = set()
+        with self._view_lock:
+            for ev in events:
+                changed |= self._apply(ev.key, ev.value)
+        self._notify(changed)
+
+    def _replace(self, data: dict[str, bytes]) -> set[tuple[str, str]]:
+        with self._view_lock:
+            before = {("ep", n) for n in self._view.endpoints} | {("name", n) for n in self._view.names}
+            self._view = RemoteView()
+            changed = set(before)
+            for key, value in data.items():
+                changed |= self._apply(key, value)
+            return changed
+
+    def _apply(self, key: str, value: bytes | None) -> set[tuple[str, str]]:
+        parts = r.split_key(key)
+        if parts is None or parts.host == self.host:
+            return set()
+        table = self._view.endpoints if parts.kind == "ep" else self._view.names
+        entries = table.setdefault(parts.network, {})
+        item = (parts.host, parts.item)
+        if value is None:
+            entries.pop(item, None)
+        else:
+            try:
+                entries[item] = (r.parse_endpoint(key, value) if parts.kind == "ep"
+                                 else r.parse_name(key, parts.item, value))
+            except r.InvalidRecord as e:
+                log.warning("cluster: ignoring %s", e)
+                entries.pop(item, None)
+        return {(parts.kind, parts.network)}
+
+    def remote_peers(self, name: str) -> dict[str, tuple[str, frozenset[str]]]:
+        """mac -> (host, addresses) of the other hosts' containers on the network."""
+        with self._view_lock:
+            entries = dict(self._view.endpoints.get(name, {}))
+        out: dict[str, tuple[str, frozenset[str]]] = {}
+        for (host, _eid), rec in sorted(entries.items()):
+            out[rec.mac] = (host, frozenset(a for a in (rec.ipv4, rec.ipv6) if a))
+        return out
+
+    def remote_names(self, name: str) -> list[ContainerInfo]:
+        with self._view_lock:
+            return [c for _, c in sorted(self._view.names.get(name, {}).items())]
+
+    def _notify(self, changed: set[tuple[str, str]]) -> None:
+        for kind, network in sorted(changed):
+            try:
+                if kind == "ep":
+                    self.on_endpoints(network, self.remote_peers(network))
+                else:
+                    self.on_names(network, self.remote_names(network))
+            except Exception:
+                log.exception("cluster network %s: applying remote %s", network, kind)
+
+    def start(self) -> None:
+        stop = threading.Event()
+        self._stop = stop
+        threading.Thread(target=self.run_session, args=(stop,), name="pybridge-cluster", daemon=True).start()
+        threading.Thread(target=self.run_watch, args=(stop,), name="pybridge-cluster-watch", daemon=True).start()
+
+    def snapshot(self) -> dict:
+        """For `pybridge` and the metrics: reachability and remote entries per network."""
+        with self._view_lock:
+            return {"host": self.host, "reachable": self.reachable, "resyncs": self.resyncs,
+                    "networks": {n: {"remote_endpoints": len(e)} for n, e in self._view.endpoints.items()}}
+
