@@ -27,7 +27,7 @@ RUN python3 -m pip install --no-cache-dir --no-index --find-links /tmp/wheels --
     rm -rf /usr/share/doc /usr/share/man /usr/share/info /usr/share/locale /usr/share/zoneinfo \
       /usr/share/lintian /var/cache/apt/* /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/* \
       /usr/lib/*-linux-gnu/gconv && \
-    python3 -c 'import nftables, flask, gunicorn, pyroute2, dns, prometheus_client, requests_unixsocket, jeepney, sqlite3' && \
+    python3 -c 'import nftables, flask, gunicorn, pyroute2, dns, prometheus_client, requests_unixsocket, jeepney, etcd3gw, sqlite3' && \
     nft --version >/dev/null && iptables --version >/dev/null
 COPY plugin /opt/pybridge/plugin
 ENV PYTHONPATH=/opt/pybridge PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

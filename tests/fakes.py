@@ -446,3 +446,45 @@ class FakeKV:
                 revision = self.revision + 1
             on_events(events)
         return revision
+
+
+class FakeOverlay:
+    """OverlayPort over a FakeNetlink: VXLAN devices are links there (so delete_link and restore
+    see them), a device needs its bridge and the underlay address, one VNI has one device, and
+    entries exist only on a device that exists."""
+
+    def __init__(self, netlink: FakeNetlink, underlays: dict[str, tuple[str, int]] | None = None):
+        self.netlink = netlink
+        self.underlays = dict(underlays or {})
+        self.vnis: dict[str, int] = {}
+        self.entries: dict[str, dict] = {}
+
+    def underlay(self, address):
+        return self.underlays.get(address)
+
+    def ensure_vxlan(self, name, vni, local, port, mtu, bridge):
+        self.netlink._step("ensure_vxlan")
+        if local not in self.underlays:
+            raise KernelError(f"no link holds the underlay address {local}")
+        if bridge not in self.netlink.devices:
+            raise KernelError(f"bridge {bridge} of VXLAN {name} is missing")
+        link = self.netlink.devices.get(name)
+        if link is not None and (link.kind != "vxlan" or self.vnis.get(name) != vni):
+            raise Conflict(f"a link named {name} exists and is not VXLAN {vni}")
+        if any(v == vni and n != name and n in self.netlink.devices for n, v in self.vnis.items()):
+            raise Conflict(f"VXLAN {vni} already exists on this host under another name")
+        created = link is None
+        if created:
+            link = self.netlink.devices[name] = FakeLink(name, "vxlan", mtu)
+            self.vnis[name] = vni
+            self.entries[name] = {}
+        link.master, link.mtu, link.up = bridge, mtu, True
+        return created
+
+    def peers(self, name):
+        return dict(self.entries.get(name, {})) if name in self.netlink.devices else {}
+
+    def set_peers(self, name, bridge, peers):
+        if name not in self.netlink.devices or bridge not in self.netlink.devices:
+            raise KernelError(f"VXLAN {name} or its bridge {bridge} is missing")
+        self.entries[name] = {mac: (host, frozenset(ips)) for mac, (host, ips) in peers.items()}

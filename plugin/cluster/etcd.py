@@ -145,8 +145,9 @@ class EtcdKV:
               stop: threading.Event) -> int:
         """Deliver the changes under prefix from start_revision on, until stop is set; returns
         the revision to resume from. A stream that breaks or idles for WATCH_IDLE seconds is made
-        again from there (lossless). Raises ClusterUnavailable when no endpoint answers, and
-        WatchCompacted when etcd no longer has start_revision."""
+        again from there (lossless). Raises ClusterUnavailable when no endpoint answers (the
+        caller resumes after the last event it got), and WatchCompacted when etcd no longer has
+        the revision asked for."""
         revision = start_revision
         while not stop.is_set():
             revision = self._call("watch", lambda c: self._stream(c, prefix, revision, on_events, stop))

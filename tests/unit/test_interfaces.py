@@ -13,11 +13,16 @@ from plugin.kernel.netlink import Netlink
 from plugin.kernel.nft import NftFirewall
 from plugin.kernel.resolved import ResolvedLinks
 from plugin.kernel.sysctl import Sysctl
-from tests.fakes import FakeFirewall, FakeHostDns, FakeNetlink, FakeSysctl
+from plugin.cluster.etcd import EtcdKV
+from plugin.cluster.interfaces import ClusterKVPort
+from plugin.kernel.interfaces import OverlayPort
+from plugin.kernel.vxlan import Vxlan
+from tests.fakes import FakeFirewall, FakeHostDns, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl
 
 PAIRS = [(NetlinkPort, Netlink), (NetlinkPort, FakeNetlink), (FirewallPort, NftFirewall),
          (FirewallPort, FakeFirewall), (SysctlPort, Sysctl), (SysctlPort, FakeSysctl),
-         (HostDnsPort, ResolvedLinks), (HostDnsPort, FakeHostDns)]
+         (HostDnsPort, ResolvedLinks), (HostDnsPort, FakeHostDns), (OverlayPort, Vxlan), (OverlayPort, FakeOverlay),
+         (ClusterKVPort, EtcdKV), (ClusterKVPort, FakeKV)]
 
 
 def _methods(protocol) -> dict[str, inspect.Signature]:

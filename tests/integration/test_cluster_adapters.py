@@ -1,0 +1,102 @@
+"""The cluster's real adapters: EtcdKV against a real etcd member on loopback (Debian's
+etcd-server), Vxlan against a throwaway network namespace."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import pytest
+
+from plugin.cluster.etcd import EtcdKV
+from plugin.cluster.interfaces import Absent, ClusterUnavailable, Delete, DeleteUnder, NoneUnder, Put, ValueIs
+from plugin.kernel.vxlan import Vxlan
+from tests.etcdserver import EtcdServer
+from tests.waiting import wait_for
+
+from .conftest import run
+
+
+@pytest.fixture
+def etcd():
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is missing: apt-get install etcd-server (scripts/test.sh does)")
+    server = EtcdServer(client_port=23790, peer_port=23800).start()
+    yield server
+    server.remove()
+
+
+def test_transactions_leases_and_watch_behave_as_etcd_says(etcd):
+    kv = EtcdKV([("http", "127.0.0.1", 1), ("http", "127.0.0.1", etcd.client_port)])   # the first is dead
+    lease = kv.grant(5)
+    assert kv.keepalive(lease)
+    assert kv.txn([Absent("/t/a")], [Put("/t/a", b"1", lease)])
+    assert not kv.txn([Absent("/t/a")], [Put("/t/a", b"2")])
+    assert kv.get("/t/a") == b"1"
+    assert kv.txn([NoneUnder("/m/")], [Put("/t/b", b"3")]) and not kv.txn([NoneUnder("/t/")], [Put("/t/c", b"4")])
+    assert not kv.txn([ValueIs("/t/a", b"9")], [Delete("/t/a")]) and kv.get("/t/a") == b"1"
+    events = []
+    stop = threading.Event()
+    _, revision = kv.range("/w/")
+    t = threading.Thread(target=kv.watch, args=("/w/", revision + 1, events.extend, stop), daemon=True)
+    t.start()
+    kv.txn([], [Put("/w/x", b"1"), Put("/w/y", b"2")])
+    kv.txn([], [DeleteUnder("/w/")])
+    assert wait_for(lambda: len(events) == 4, timeout=10), events
+    assert [(e.key, e.value) for e in events] == [("/w/x", b"1"), ("/w/y", b"2"), ("/w/x", None), ("/w/y", None)]
+    kv.revoke(lease)                                   # keys of a revoked (or expired) lease go
+    assert kv.get("/t/a") is None and not kv.keepalive(lease)
+    stop.set()
+    etcd.stop()
+    with pytest.raises(ClusterUnavailable, match="etcd unreachable"):
+        kv.get("/t/b")
+
+
+def test_a_watch_resumes_across_a_restart_of_etcd_without_losing_events(etcd):
+    kv = EtcdKV([("http", "127.0.0.1", etcd.client_port)])
+    events, stop = [], threading.Event()
+    _, revision = kv.range("/w/")
+
+    def follow():
+        while not stop.is_set():
+            try:       # a watcher resumes after the last event it got
+                kv.watch("/w/", events[-1].revision + 1 if events else revision + 1, events.extend, stop)
+            except ClusterUnavailable:
+                stop.wait(0.2)
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    kv.txn([], [Put("/w/1", b"a")])
+    assert wait_for(lambda: len(events) == 1, timeout=10)
+    etcd.stop()
+    etcd.start()                                       # same data directory
+    kv.txn([], [Put("/w/2", b"b")])
+    assert wait_for(lambda: [e.key for e in events] == ["/w/1", "/w/2"], timeout=20), events
+    stop.set()
+
+
+def test_vxlan_device_and_entries(netns):
+    run(netns, "ip", "link", "add", "pbul0", "type", "veth", "peer", "name", "pbul1")
+    run(netns, "ip", "addr", "add", "10.206.1.1/24", "dev", "pbul0")
+    run(netns, "ip", "link", "set", "pbul0", "up")
+    run(netns, "ip", "link", "add", "pt-br", "type", "bridge")
+    vx = Vxlan(netns)
+    assert vx.underlay("10.206.1.1") == ("pbul0", 1500) and vx.underlay("10.206.1.9") is None
+    assert vx.ensure_vxlan("ptx4096", 4096, "10.206.1.1", 4789, 1450, "pt-br")
+    assert not vx.ensure_vxlan("ptx4096", 4096, "10.206.1.1", 4789, 1450, "pt-br")     # ensure: once
+    detail = run(netns, "ip", "-d", "link", "show", "ptx4096")
+    assert "vxlan id 4096" in detail and "nolearning" in detail and "proxy" in detail and "mtu 1450" in detail
+    assert "master pt-br" in detail
+    peers = {"02:42:0a:cd:00:05": ("10.206.1.2", frozenset({"10.205.0.5"}))}
+    vx.set_peers("ptx4096", "pt-br", peers)
+    assert vx.peers("ptx4096") == peers
+    assert "02:42:0a:cd:00:05 dst 10.206.1.2" in run(netns, "bridge", "fdb", "show", "dev", "ptx4096")
+    assert "10.205.0.5 lladdr 02:42:0a:cd:00:05 PERMANENT" in run(netns, "ip", "neigh", "show", "dev", "ptx4096")
+    moved = {"02:42:0a:cd:00:05": ("10.206.1.3", frozenset({"10.205.0.5"}))}     # the host changed
+    vx.set_peers("ptx4096", "pt-br", moved)
+    assert vx.peers("ptx4096") == moved
+    vx.set_peers("ptx4096", "pt-br", {})
+    assert vx.peers("ptx4096") == {}
+    assert "10.205.0.5" not in run(netns, "ip", "neigh", "show", "dev", "ptx4096")
+    run(netns, "ip", "link", "add", "ptx5000", "type", "bridge")
+    with pytest.raises(Exception, match="not VXLAN 5000"):
+        vx.ensure_vxlan("ptx5000", 5000, "10.206.1.1", 4789, 1450, "pt-br")

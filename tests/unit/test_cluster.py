@@ -1,0 +1,295 @@
+"""Cluster mode over contract-enforcing fakes: two or three "hosts" (each its own store, netlink,
+VXLAN devices) sharing one fake etcd. The real thing, with dockerd on three namespaces and a real
+etcd, is tests/multihost."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+
+import pytest
+
+from plugin.cluster import records as r
+from plugin.cluster.interfaces import ClusterUnavailable
+from plugin.config import load_settings
+from plugin.domain.errors import Conflict, InvalidRequest
+from plugin.domain.model import ContainerInfo
+from plugin.domain.options import LOCAL_SPACE, IpamDataSpec
+from plugin.store.db import Store
+from plugin.wiring import build_services
+from tests.fakes import FakeFirewall, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl
+from tests.waiting import wait_for
+
+SUBNET = "10.205.0.0/24"
+
+
+def wait_until(predicate, what: str, timeout: float = 10) -> None:
+    assert wait_for(predicate, timeout=timeout, interval=0.02), f"waited {timeout} s for: {what}"
+
+GATEWAY = "10.205.0.1/24"
+
+
+def make_host(tmp_path, kv, n: int, clustered: bool = True):
+    address = f"10.206.255.{n}"
+    env = {"PYBRIDGE_NAME": "pbtest", "PYBRIDGE_IFPREFIX": "pt", "PYBRIDGE_DEFAULT_POOLS": "10.207.0.0/16:24"}
+    if clustered:
+        env |= {"PYBRIDGE_CLUSTER_ETCD": "http://10.206.255.254:2379", "PYBRIDGE_CLUSTER_ADDRESS": address,
+                "PYBRIDGE_CLUSTER_GRACE": "5"}
+    d = tmp_path / f"h{n}"
+    d.mkdir()
+    settings = load_settings(env, state_dir=str(d), dns=False)
+    nl = FakeNetlink()
+    services = build_services(settings, netlink=nl, firewall=FakeFirewall(), sysctl=FakeSysctl(),
+                              store=Store(d / "state.db").open(), synchronous_teardown=True, kv=kv,
+                              overlay=FakeOverlay(nl, {address: ("eth1", 1500)}))
+    services.address = address
+    return services
+
+
+@pytest.fixture
+def kv():
+    return FakeKV()
+
+
+@pytest.fixture
+def hosts(tmp_path, kv):
+    made = [make_host(tmp_path, kv, n) for n in (1, 2, 3)]
+    yield made
+    for h in made:
+        if h.ctx.cluster is not None and hasattr(h.ctx.cluster, "_stop"):
+            h.ctx.cluster._stop.set()
+        h.ctx.store.close()
+
+
+def nid(n: int) -> str:
+    return f"{n:02x}" * 32
+
+
+def create_cluster_net(h, network_id, subnet=SUBNET, gateway=GATEWAY, name="web", **generic):
+    """What dockerd does for docker network create -d pybridge --ipam-driver pybridge --subnet ..."""
+    pool = h.ipam.request_pool(LOCAL_SPACE, subnet, "", False)
+    gw = h.ipam.request_address(pool["PoolID"], gateway.split("/")[0],
+                                {"RequestAddressType": "com.docker.network.gateway"})
+    try:
+        h.networks.create(network_id, {"pybridge.cluster": name, **generic}, ipv6=False, internal=False,
+                          ipv4_data=[IpamDataSpec(pool=subnet, gateway=gw, space=LOCAL_SPACE)], ipv6_data=[])
+    except Exception:          # dockerd gives back what it reserved for a network that failed
+        h.ipam.release_address(pool["PoolID"], gw)
+        h.ipam.release_pool(pool["PoolID"])
+        raise
+    return pool["PoolID"]
+
+
+def test_records_refuse_what_pybridge_does_not_write():
+    key = r.ep_key("web", "10.206.255.1", "ab" * 32)
+    for bad in (b"{not json", b"[]", b'{"mac": "01:00:5e:00:00:01", "ipv4": "10.0.0.1"}',
+                b'{"mac": "02:42:0a:00:00:02", "ipv4": "10.0.0.1; rm -rf /"}', b'{"mac": "02:42:0a:00:00:02"}',
+                b'{"mac": "02:42:0a:00:00:02", "ipv4": "fd00::1"}'):
+        with pytest.raises(r.InvalidRecord):
+            r.parse_endpoint(key, bad)
+    assert r.parse_endpoint(key, b'{"mac": "02:42:0a:00:00:02", "ipv4": "10.0.0.2"}').ipv4 == "10.0.0.2"
+    for bad in (b'{"subnets": [["10.0.0.0/24", "10.1.0.1"]], "vni": 4096, "mac": "02:42:0a:00:00:01", "mtu": 1450}',
+                b'{"subnets": [["10.0.0.0/24", ""]], "vni": 1, "mac": "02:42:0a:00:00:01", "mtu": 1450}',
+                b'{"subnets": [["10.0.0.0/24", ""]], "vni": 4096, "mac": "zz", "mtu": 1450}',
+                b'{"subnets": "x", "vni": 4096, "mac": "02:42:0a:00:00:01", "mtu": 1450}'):
+        with pytest.raises(r.InvalidRecord):
+            r.parse_net(r.net_key("web"), bad)
+    with pytest.raises(r.InvalidRecord):
+        r.parse_name(r.name_key("web", "10.206.255.1", "ab"), "ab", b'{"name": "a b"}')
+    for key in ("/pybridge/v1/ep/web/not-an-ip/abcd", "/pybridge/v1/ep/Web/10.0.0.1/abcd",
+                "/pybridge/v1/ep/web/10.0.0.1/xyz", "/pybridge/v1/ep/web/10.0.0.1/ab/cd", "/other/ep/web/10.0.0.1/ab"):
+        assert r.split_key(key) is None, key
+
+
+def test_one_record_per_cluster_network_with_the_same_vni_and_gateway_mac_everywhere(hosts, kv):
+    a, b, _ = hosts
+    create_cluster_net(a, nid(1))
+    create_cluster_net(b, nid(2))
+    with a.ctx.store.reading() as tx:
+        na = tx.get_network(nid(1))
+    with b.ctx.store.reading() as tx:
+        nb = tx.get_network(nid(2))
+    assert na.vni == nb.vni >= r.VNI_FIRST and na.mac == nb.mac == "02:42:0a:cd:00:01"
+    assert na.mtu == nb.mtu == 1450                       # 1500 of the underlay, minus VXLAN's 50
+    vx = f"pt{'x'}{na.vni}"
+    assert a.ctx.netlink.devices[vx].master == na.bridge and b.ctx.netlink.devices[vx].master == nb.bridge
+    assert a.ctx.netlink.devices[na.bridge].mac == b.ctx.netlink.devices[nb.bridge].mac == na.mac
+    members, _ = kv.range(r.member_prefix("web"))
+    assert set(members) == {r.member_key("web", a.address), r.member_key("web", b.address)}
+
+
+def test_another_subnet_under_the_same_name_is_refused_and_leaves_nothing(hosts, kv):
+    a, b, _ = hosts
+    create_cluster_net(a, nid(1))
+    before = dict(kv.data)
+    with pytest.raises(Conflict, match="cluster network web has 10.205.0.0/24"):
+        create_cluster_net(b, nid(2), subnet="10.205.1.0/24", gateway="10.205.1.1/24")
+    assert b.ctx.netlink.devices == {} and dict(kv.data) == before
+    with b.ctx.store.reading() as tx:
+        assert tx.list_networks() == []
+
+
+def test_an_overlapping_subnet_of_another_cluster_network_is_refused(hosts):
+    a, b, _ = hosts
+    create_cluster_net(a, nid(1))
+    with pytest.raises(Conflict, match="overlaps 10.205.0.0/24 of cluster network web"):
+        create_cluster_net(b, nid(2), subnet="10.205.0.0/23", gateway="10.205.0.1/23", name="api")
+
+
+def test_cluster_option_needs_cluster_mode_and_pybridge_ipam(tmp_path, kv):
+    plain = make_host(tmp_path, kv, 9, clustered=False)
+    with pytest.raises(InvalidRequest, match="needs cluster mode"):
+        create_cluster_net(plain, nid(1))
+    assert plain.ctx.netlink.devices == {}
+    h = make_host(tmp_path, kv, 8)
+    with pytest.raises(InvalidRequest, match="needs pybridge's IPAM"):
+        h.networks.create(nid(2), {"pybridge.cluster": "web"}, ipv6=False, internal=False,
+                          ipv4_data=[IpamDataSpec(pool="10.205.9.0/24", gateway="10.205.9.1/24", space="default")],
+                          ipv6_data=[])
+    for bad in ("Web", "-x", "a" * 64, "a/b", "a b"):
+        with pytest.raises(InvalidRequest, match="pybridge.cluster"):
+            create_cluster_net(h, nid(3), name=bad)
+    with pytest.raises(InvalidRequest, match="at most 1450"):
+        create_cluster_net(h, nid(4), **{"com.docker.network.driver.mtu": "1500"})
+    assert kv.data == {} and h.ctx.netlink.devices == {}
+
+
+def test_concurrent_allocation_on_three_hosts_never_hands_out_an_address_twice(hosts, kv):
+    pools = [create_cluster_net(h, nid(i + 1)) for i, h in enumerate(hosts)]
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def start(h, pool):
+        for _ in range(20):
+            a = h.ipam.request_address(pool, "", {})
+            with lock:
+                got.append(a)
+    threads = [threading.Thread(target=start, args=(h, p)) for h, p in zip(hosts, pools) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 120 and len(set(got)) == 120 and "10.205.0.1/24" not in got
+    held, _ = kv.range(r.addr_prefix("web"))
+    assert len(held) == 121          # and the gateway, everyone's
+
+
+def test_a_host_with_a_stale_view_still_gets_only_free_addresses(hosts, kv, monkeypatch):
+    """What the compare-and-swap is for: B read the addresses before A claimed its own (the
+    race of concurrent starts, made certain here by giving B an empty view every time)."""
+    a, b, _ = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    mine = {a.ipam.request_address(pa, "", {}) for _ in range(5)}
+    real_range = kv.range
+    monkeypatch.setattr(b.ctx.cluster.kv, "range",
+                        lambda prefix: ({}, 0) if prefix == r.addr_prefix("web") else real_range(prefix))
+    theirs = {b.ipam.request_address(pb, "", {}) for _ in range(5)}
+    assert not mine & theirs and "10.205.0.1/24" not in theirs
+
+
+def test_a_static_address_another_host_holds_is_refused(hosts):
+    a, b, _ = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    assert a.ipam.request_address(pa, "10.205.0.50", {}) == "10.205.0.50/24"
+    with pytest.raises(Conflict, match="10.205.0.50 is already in use in cluster network web"):
+        b.ipam.request_address(pb, "10.205.0.50", {})
+    with b.ctx.store.reading() as tx:
+        assert tx.list_leases(pb) == [(pb, int(ipaddress.ip_address("10.205.0.1")), "gateway")]
+
+
+def test_endpoints_reach_the_other_hosts_vxlan_and_go_with_the_host(hosts, kv):
+    a, b, _ = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    b.ctx.cluster.start()
+    addr = a.ipam.request_address(pa, "", {})
+    a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
+    with b.ctx.store.reading() as tx:
+        vx = f"ptx{tx.get_network(nid(2)).vni}"
+    ip = addr.split("/")[0]
+    mac = "02:42:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
+    wait_until(lambda: b.ctx.overlay.peers(vx) == {mac: (a.address, frozenset({ip}))}, what="B learns A's container")
+    a.endpoints.delete(nid(1), "e1" * 32)
+    wait_until(lambda: b.ctx.overlay.peers(vx) == {}, what="B forgets it when it is deleted")
+    a.endpoints.create(nid(1), "e2" * 32, address=addr, address6="", mac="")
+    wait_until(lambda: mac in b.ctx.overlay.peers(vx), what="B learns it again")
+    kv.expire(a.ctx.cluster._lease)                 # A died: its lease runs out after the grace
+    wait_until(lambda: b.ctx.overlay.peers(vx) == {}, what="B drops a dead host's containers")
+    held, _ = kv.range(r.addr_prefix("web"))
+    assert r.addr_key("web", int(ipaddress.ip_address(ip))) not in held     # its address is free again
+
+
+def test_names_of_other_hosts_are_answered_by_the_local_dns(hosts):
+    a, b, _ = hosts
+    create_cluster_net(a, nid(1))
+    create_cluster_net(b, nid(2))
+    seen = []
+    b.ctx.cluster.on_names = lambda net, containers: seen.append((net, containers))
+    b.ctx.cluster.start()
+    c = ContainerInfo("c1" * 32, "web1", ("www",), "10.205.0.9", "")
+    a.ctx.cluster.publish_names("web", [c])
+    wait_until(lambda: seen and seen[-1] == ("web", [c]), what="B learns A's names")
+    a.ctx.cluster.publish_names("web", [])
+    wait_until(lambda: seen[-1] == ("web", []), what="B forgets them")
+
+
+def test_without_etcd_cluster_starts_fail_clearly_and_local_networks_go_on(hosts, kv):
+    a = hosts[0]
+    pool = create_cluster_net(a, nid(1))
+    local = a.ipam.request_pool(LOCAL_SPACE, "10.204.0.0/24", "", False)["PoolID"]
+    kv.down = True
+    with pytest.raises(ClusterUnavailable, match="cluster store is unreachable.*local networks are not affected"):
+        a.ipam.request_address(pool, "", {})
+    assert a.ipam.request_address(local, "", {}) == "10.204.0.1/24"
+    with a.ctx.store.reading() as tx:
+        assert [l for l in tx.list_leases(pool) if l[2] != "gateway"] == []     # nothing half-made
+
+
+def test_what_etcd_lost_is_written_again_and_releases_made_meanwhile_land(hosts, kv):
+    a = hosts[0]
+    pool = create_cluster_net(a, nid(1))
+    one, two = a.ipam.request_address(pool, "", {}), a.ipam.request_address(pool, "", {})
+    a.endpoints.create(nid(1), "e1" * 32, address=one, address6="", mac="")
+    kv.down = True
+    a.ipam.release_address(pool, two)             # etcd away: released here, there later
+    kv.down = False
+    kv.data.clear()                               # etcd lost everything (a member restored empty)
+    kv.leases.clear()
+    stop = threading.Event()
+    t = threading.Thread(target=a.ctx.cluster.run_session, args=(stop,), daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: a.ctx.cluster.resyncs >= 1, what="a resync")
+        keys = set(kv.data)
+        assert {r.net_key("web"), r.member_key("web", a.address),
+                r.addr_key("web", int(ipaddress.ip_interface(one).ip)),
+                r.ep_key("web", a.address, "e1" * 32)} <= keys
+        assert r.addr_key("web", int(ipaddress.ip_interface(two).ip)) not in keys
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_the_record_goes_with_the_last_host(hosts, kv):
+    a, b, _ = hosts
+    create_cluster_net(a, nid(1))
+    create_cluster_net(b, nid(2))
+    a.networks.delete(nid(1))
+    assert kv.get(r.net_key("web")) is not None and a.ctx.netlink.devices == {}
+    b.networks.delete(nid(2))
+    assert kv.data == {}
+    a.networks.delete(nid(1))                      # twice: nothing to do
+
+
+def test_restore_keeps_the_vxlan_device_and_gc_removes_a_stray_one(hosts):
+    a = hosts[0]
+    create_cluster_net(a, nid(1))
+    with a.ctx.store.reading() as tx:
+        vx = f"ptx{tx.get_network(nid(1)).vni}"
+    a.ctx.netlink.devices.clear()                   # a reboot
+    a.reconciler.restore()
+    assert a.ctx.netlink.devices[vx].kind == "vxlan"
+    a.ctx.overlay.ensure_vxlan("ptx9999", 9999, a.address, 4789, 1450, a.ctx.netlink.links()[0].name)
+    report = a.reconciler.restore()
+    assert "ptx9999" in report.removed_links and vx not in report.removed_links
+
+
