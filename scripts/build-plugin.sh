@@ -2,6 +2,8 @@
 # Build the pybridge managed plugin and (re)create it in the local Docker engine, disabled.
 #
 #   scripts/build-plugin.sh [NAME]          NAME defaults to "pybridge" (the plugin is NAME:latest)
+#   scripts/build-plugin.sh --dir DIR NAME  only write the plugin's directory (config.json, rootfs/)
+#                                           to DIR, for engines of their own (scripts/multihost.sh)
 #
 # Works without Docker Hub: unless PYBRIDGE_BASE_IMAGE names a base image (e.g. python:3.11-slim),
 # a Debian bookworm base is made locally with debootstrap. Wheels are downloaded on the host for
@@ -9,6 +11,8 @@
 # Refuses to replace an existing plugin NAME:latest that is enabled (disable it first).
 set -euo pipefail
 
+keep=""
+if [ "${1:-}" = --dir ]; then keep=$2; shift 2; fi
 name=${1:-pybridge}
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build"
@@ -42,7 +46,7 @@ fetch_wheels() {
   log "fetching wheels for Python $pyver ($arch)"
   python3 -m pip download -q --only-binary=:all: --python-version "$pyver" --implementation cp \
     --platform "manylinux2014_$arch" --platform "manylinux_2_17_$arch" --platform "manylinux_2_28_$arch" \
-    --platform any --require-hashes -d "$build/wheels" -r "$root/requirements.lock"
+    --platform any --require-hashes --no-deps -d "$build/wheels" -r "$root/requirements.lock"
 }
 
 mkdir -p "$build"
@@ -61,6 +65,10 @@ docker export "$cid" | tar -C "$dir/rootfs" -x
 echo "$name" >"$dir/rootfs/etc/pybridge-instance"
 pb_source_hash "$root" >"$dir/rootfs/etc/pybridge-build"
 cp "$root/config.json" "$dir/config.json"
+if [ -n "$keep" ]; then
+  rm -rf "$keep"; mkdir -p "$(dirname "$keep")"; mv "$dir" "$keep"
+  log "done: $keep"; exit 0
+fi
 
 if docker plugin inspect "$name:latest" >/dev/null 2>&1; then
   if [ "$(docker plugin inspect -f '{{.Enabled}}' "$name:latest")" = "true" ]; then

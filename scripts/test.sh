@@ -35,7 +35,7 @@ if [ "${PYBRIDGE_CI:-}" = 1 ] && [ ! -x /lib/systemd/systemd-resolved ] && [ ! -
   fi
   rm -rf "$dl"
 fi
-if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, prometheus_client, jeepney, pytest, hypothesis' 2>/dev/null; then
+if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, prometheus_client, jeepney, etcd3gw, pytest, hypothesis' 2>/dev/null; then
   pb_log "installing Python test dependencies"
   python3 -m pip install -q -r requirements-dev.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r requirements-dev.txt

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 from pyroute2 import IPRoute, NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_PERMANENT
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
 
 from ..domain.errors import Conflict, KernelError
 from ..domain.naming import is_valid_ifname
@@ -128,8 +128,10 @@ class Vxlan:
                 try:
                     if have.get(mac, ("",))[0] != host:
                         ipr.fdb("append", ifindex=index, lladdr=mac, dst=host, state=NUD_PERMANENT)
+                        # static, not permanent: a permanent bridge entry means "this host's
+                        # own MAC", and the bridge would deliver the frames to itself
                         ipr.fdb("replace", ifindex=index, lladdr=mac, master=br[0], flags=NTF_MASTER,
-                                state=NUD_PERMANENT)
+                                state=NUD_NOARP)
                     for ip in ips - (have[mac][1] if mac in have and have[mac][0] == host else frozenset()):
                         ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
                 except NetlinkError as e:

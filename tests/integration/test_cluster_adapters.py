@@ -89,7 +89,10 @@ def test_vxlan_device_and_entries(netns):
     peers = {"02:42:0a:cd:00:05": ("10.206.1.2", frozenset({"10.205.0.5"}))}
     vx.set_peers("ptx4096", "pt-br", peers)
     assert vx.peers("ptx4096") == peers
-    assert "02:42:0a:cd:00:05 dst 10.206.1.2" in run(netns, "bridge", "fdb", "show", "dev", "ptx4096")
+    fdb = run(netns, "bridge", "fdb", "show", "dev", "ptx4096")
+    assert "02:42:0a:cd:00:05 dst 10.206.1.2 self permanent" in fdb
+    # on the bridge: static, forwarded to the port ("permanent" there would mean a local address)
+    assert "02:42:0a:cd:00:05 master pt-br static" in fdb
     assert "10.205.0.5 lladdr 02:42:0a:cd:00:05 PERMANENT" in run(netns, "ip", "neigh", "show", "dev", "ptx4096")
     moved = {"02:42:0a:cd:00:05": ("10.206.1.3", frozenset({"10.205.0.5"}))}     # the host changed
     vx.set_peers("ptx4096", "pt-br", moved)

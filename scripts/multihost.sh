@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Three "hosts" on this machine for the multi-host tests: each a network namespace with its own
+# dockerd (own data root, exec root, API socket, pid file, containerd, /run) and its own pybridge
+# in cluster mode; an underlay bridge joining them in a namespace of its own, where etcd runs.
+# Nothing is added to the host's own namespace or engine.
+#
+#   scripts/multihost.sh up [N]        make the underlay, etcd and N hosts (default 3)
+#   scripts/multihost.sh down          remove all of it (idempotent)
+#   scripts/multihost.sh test [ARGS]   up, pytest tests/multihost ARGS, down (even on failure)
+#   scripts/multihost.sh docker H ...  the docker CLI against host H (1..N)
+#   scripts/multihost.sh kill H        kill host H at once (dockerd, containerd, plugin, containers)
+#   scripts/multihost.sh start H       start host H's dockerd again (after kill)
+#   scripts/multihost.sh etcd stop|start|pause|resume
+#   scripts/multihost.sh daemon H      (internal) namespace set-up, exec dockerd
+#
+# Addresses: underlay 10.206.255.0/24 (host H is .H, etcd .254), VXLAN on UDP 4789. The plugin
+# is built from this tree (scripts/build-plugin.sh --dir) and needs the host's engine for that.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+PB_SCRIPT=multihost
+. "$root/scripts/lib.sh"
+
+base=${PYBRIDGE_MULTIHOST_DIR:-/var/lib/pybridge-multihost}
+ul=pbmh-ul                 # the underlay's namespace (bridge ul0, etcd)
+net=10.206.255
+etcd_url=http://$net.254:2379
+grace=${PYBRIDGE_MULTIHOST_GRACE:-10}
+image=pybridge-test-busybox:latest
+plugin=pybridge-plugin:latest
+
+hosts() { cat "$base/hosts" 2>/dev/null || true; }
+sock() { echo "$base/h$1/run/docker.sock"; }
+hdocker() { local h=$1; shift; docker -H "unix://$(sock "$h")" "$@"; }
+ready() { hdocker "$1" info >/dev/null 2>&1; }
+
+underlay_up() {
+  ip netns add "$ul"
+  ip -n "$ul" link set lo up
+  ip -n "$ul" link add ul0 type bridge
+  ip -n "$ul" addr add "$net.254/24" dev ul0
+  ip -n "$ul" link set ul0 up
+}
+
+etcd_ctl() {
+  local pidf=$base/etcd.pid
+  case $1 in
+    start)
+      mkdir -p "$base/etcd"
+      setsid ip netns exec "$ul" etcd --name pbmh --data-dir "$base/etcd/data" \
+        --listen-client-urls "$etcd_url,http://127.0.0.1:2379" --advertise-client-urls "$etcd_url" \
+        --listen-peer-urls "http://127.0.0.1:2380" --initial-advertise-peer-urls "http://127.0.0.1:2380" \
+        --initial-cluster "pbmh=http://127.0.0.1:2380" --log-level warn --logger zap \
+        >>"$base/etcd/etcd.log" 2>&1 </dev/null &
+      echo $! >"$pidf"
+      local i
+      for i in $(seq 1 100); do
+        ip netns exec "$ul" curl -s -m 1 "$etcd_url/health" 2>/dev/null | grep -q '"health":"true"' && return 0
+        sleep 0.1
+      done
+      pb_log "etcd did not start: $base/etcd/etcd.log"; return 1 ;;
+    stop) [ -f "$pidf" ] && kill -TERM "$(cat "$pidf")" 2>/dev/null; sleep 0.5; rm -f "$pidf" ;;
+    pause) kill -STOP "$(cat "$pidf")" ;;
+    resume) kill -CONT "$(cat "$pidf")" ;;
+  esac
+}
+
+daemon() {
+  # Runs as host H's engine: in H's network namespace, a mount namespace of its own where /run
+  # is H's directory and /sys is H's (sysfs shows the namespace it was mounted in; cgroups kept).
+  local h=$1 d=$base/h$1
+  exec nsenter --net="/run/netns/pbmh-h$h" -- unshare --mount --propagation private -- /bin/sh -ec '
+    d=$1; shift
+    mkdir -p "$d/cgroup"
+    mount --rbind /sys/fs/cgroup "$d/cgroup"
+    mount -t sysfs sysfs /sys
+    mount --move "$d/cgroup" /sys/fs/cgroup
+    mount --bind "$d/run" /run
+    exec dockerd "$@"' sh "$d" --data-root "$d/docker" --exec-root /run/docker --pidfile /run/docker.pid \
+    -H unix:///run/docker.sock --config-file "$d/daemon.json" --bridge none --containerd-namespace moby
+}
+
+start_host() {
+  local h=$1 d=$base/h$1 i
+  mkdir -p "$d/run" "$d/docker" "$d/state"
+  [ -f "$d/daemon.json" ] || echo '{}' >"$d/daemon.json"
+  rm -f "$d/run/docker.pid"
+  setsid "$0" daemon "$h" >>"$d/dockerd.log" 2>&1 </dev/null &
+  for i in $(seq 1 120); do ready "$h" && return 0; sleep 0.5; done
+  pb_log "host $h's dockerd did not answer: $d/dockerd.log"; tail -5 "$d/dockerd.log" >&2; return 1
+}
+
+make_host() {
+  local h=$1
+  ip netns add "pbmh-h$h"
+  ip -n "pbmh-h$h" link set lo up
+  ip link add "pbmh$h" type veth peer name eth0 netns "pbmh-h$h"
+  ip link set "pbmh$h" netns "$ul"
+  ip -n "$ul" link set "pbmh$h" master ul0 up
+  ip -n "pbmh-h$h" addr add "$net.$h/24" dev eth0
+  ip -n "pbmh-h$h" link set eth0 up
+  start_host "$h"
+  hdocker "$h" load -q -i "$base/image.tar" >/dev/null
+  hdocker "$h" plugin create "$plugin" "$base/plugin" >/dev/null
+  hdocker "$h" plugin set "$plugin" "state.source=$base/h$h/state" PYBRIDGE_NAME=pybridge \
+    "PYBRIDGE_CLUSTER_ETCD=$etcd_url" "PYBRIDGE_CLUSTER_ADDRESS=$net.$h" "PYBRIDGE_CLUSTER_GRACE=$grace" \
+    PYBRIDGE_DNS_UPSTREAM= PYBRIDGE_METRICS=off PYBRIDGE_HOST_DNS=off
+  hdocker "$h" plugin enable --timeout 30 "$plugin" >/dev/null
+}
+
+up() {
+  local n=${1:-3} h
+  [ "$(id -u)" = 0 ] || { pb_log "run as root"; exit 1; }
+  pb_apt_install etcd-server curl
+  down
+  mkdir -p "$base"
+  pb_docker_ready || { pb_log "the host's engine must run (it builds the plugin and the image)"; exit 1; }
+  "$root/scripts/make-test-image.sh" "$image"
+  docker save -o "$base/image.tar" "$image"
+  "$root/scripts/build-plugin.sh" --dir "$base/plugin" pybridge-multihost
+  underlay_up
+  etcd_ctl start
+  seq 1 "$n" >"$base/hosts"
+  for h in $(hosts); do make_host "$h"; done
+  pb_log "up: $n hosts (scripts/multihost.sh docker H ...), etcd at $etcd_url"
+}
+
+kill_host() {
+  # Everything of host H dies at once: every process in its network namespace.
+  local h=$1 pids
+  pids=$(ip netns pids "pbmh-h$h" 2>/dev/null || true)
+  [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
+  local i
+  for i in $(seq 1 50); do [ -z "$(ip netns pids "pbmh-h$h" 2>/dev/null)" ] && break; sleep 0.1; done
+}
+
+down() {
+  local h d m
+  for h in $(hosts); do
+    d=$base/h$h
+    if [ -f "$d/run/docker.pid" ] && kill -0 "$(cat "$d/run/docker.pid")" 2>/dev/null; then
+      kill -TERM "$(cat "$d/run/docker.pid")" 2>/dev/null || true
+      for _ in $(seq 1 60); do kill -0 "$(cat "$d/run/docker.pid")" 2>/dev/null || break; sleep 0.25; done
+    fi
+    kill_host "$h"
+  done
+  etcd_ctl stop 2>/dev/null || true
+  for h in $(ip netns list 2>/dev/null | awk '/^pbmh-/ { print $1 }'); do
+    [ -n "$(ip netns pids "$h" 2>/dev/null)" ] && kill -KILL $(ip netns pids "$h") 2>/dev/null || true
+    ip netns del "$h" 2>/dev/null || true
+  done
+  # mounts of the engines live in their own mount namespaces, gone with them; anything a crash
+  # left in this one goes before the directory does
+  if [ -d "$base" ]; then
+    for m in $(awk -v p="$base/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r); do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$base"
+  fi
+}
+
+case ${1:-} in
+  up) shift; up "$@" ;;
+  down) down ;;
+  test)
+    shift
+    up
+    trap down EXIT
+    PYBRIDGE_MULTIHOST="$base" python3 -m pytest "$root/tests/multihost" "$@" ;;
+  docker) shift; hdocker "$@" ;;
+  kill) kill_host "$2" ;;
+  start) start_host "$2" ;;
+  etcd) etcd_ctl "$2" ;;
+  daemon) daemon "$2" ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
