@@ -104,6 +104,10 @@ def create_app(services) -> Flask:
     def endpoints_view():
         return _reply({"endpoints": services.views.endpoints()})
 
+    @app.get("/pybridge/cluster")
+    def cluster_view():
+        return _reply(services.views.cluster())
+
     @app.get("/pybridge/doctor")
     def doctor():
         return _reply(services.doctor.examine(grace()))

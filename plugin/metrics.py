@@ -125,10 +125,29 @@ class StateCollector:
             healed.add_metric([kind], n)
         yield healed
 
+        yield from self._cluster()
+
         watcher = s.watcher
         yield CounterMetricFamily("pybridge_docker_events_reconnects",
                                   "Times the Docker event stream (names for the DNS) was opened again after it failed",
                                   value=watcher.reconnects if watcher is not None else 0)
+
+    def _cluster(self):
+        """Cluster mode only: whether etcd answers, resyncs, and the other hosts' containers
+        programmed here per cluster network."""
+        view = self.services.views.cluster()
+        if not view.get("enabled"):
+            return
+        yield GaugeMetricFamily("pybridge_cluster_etcd_reachable", "1 when etcd answered this host's last call",
+                                value=1 if view["etcd_reachable"] else 0)
+        yield CounterMetricFamily("pybridge_cluster_resyncs", "Times this host wrote its keys to etcd again "
+                                  "(at start, after etcd was away or lost them)", value=view["resyncs"])
+        remote = GaugeMetricFamily("pybridge_cluster_remote_endpoints",
+                                   "Other hosts' containers programmed on this host's VXLAN device, by cluster network",
+                                   labels=["cluster"])
+        for n in view["networks"]:
+            remote.add_metric([n["cluster"]], n["remote_endpoints"])
+        yield remote
 
     def _dns(self, labels):
         queries = CounterMetricFamily("pybridge_dns_queries", "DNS queries answered, by network and rcode",

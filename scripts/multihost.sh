@@ -10,10 +10,11 @@
 #   scripts/multihost.sh docker H ...  the docker CLI against host H (1..N)
 #   scripts/multihost.sh kill H        kill host H at once (dockerd, containerd, plugin, containers)
 #   scripts/multihost.sh start H       start host H's dockerd again (after kill)
-#   scripts/multihost.sh etcd stop|start|pause|resume
+#   scripts/multihost.sh etcd stop|start [M]  all three etcd members, or member M
 #   scripts/multihost.sh daemon H      (internal) namespace set-up, exec dockerd
 #
-# Addresses: underlay 10.206.255.0/24 (host H is .H, etcd .254), VXLAN on UDP 4789. The plugin
+# Addresses: underlay 10.206.255.0/24 (host H is .H; etcd's three members .254, client ports 2379,
+# 2479, 2579), VXLAN on UDP 4789. The plugin
 # is built from this tree (scripts/build-plugin.sh --dir) and needs the host's engine for that.
 set -euo pipefail
 
@@ -22,9 +23,9 @@ PB_SCRIPT=multihost
 . "$root/scripts/lib.sh"
 
 base=${PYBRIDGE_MULTIHOST_DIR:-/var/lib/pybridge-multihost}
-ul=pbmh-ul                 # the underlay's namespace (bridge ul0, etcd)
+ul=pbmh-ul                 # the underlay's namespace (bridge ul0, etcd's members)
 net=10.206.255
-etcd_url=http://$net.254:2379
+etcd_endpoints=http://$net.254:2379,http://$net.254:2479,http://$net.254:2579
 grace=${PYBRIDGE_MULTIHOST_GRACE:-10}
 image=pybridge-test-busybox:latest
 plugin=pybridge-plugin:latest
@@ -42,27 +43,52 @@ underlay_up() {
   ip -n "$ul" link set ul0 up
 }
 
-etcd_ctl() {
-  local pidf=$base/etcd.pid
-  case $1 in
+etcd_member() {
+  # member M (1..3) of the etcd cluster: client port 2279+100*M, peer port 2280+100*M
+  local m=$1 pidf=$base/etcd$1.pid
+  case $2 in
     start)
-      mkdir -p "$base/etcd"
-      setsid ip netns exec "$ul" etcd --name pbmh --data-dir "$base/etcd/data" \
-        --listen-client-urls "$etcd_url,http://127.0.0.1:2379" --advertise-client-urls "$etcd_url" \
-        --listen-peer-urls "http://127.0.0.1:2380" --initial-advertise-peer-urls "http://127.0.0.1:2380" \
-        --initial-cluster "pbmh=http://127.0.0.1:2380" --log-level warn --logger zap \
-        >>"$base/etcd/etcd.log" 2>&1 </dev/null &
-      echo $! >"$pidf"
-      local i
-      for i in $(seq 1 100); do
-        ip netns exec "$ul" curl -s -m 1 "$etcd_url/health" 2>/dev/null | grep -q '"health":"true"' && return 0
-        sleep 0.1
-      done
-      pb_log "etcd did not start: $base/etcd/etcd.log"; return 1 ;;
-    stop) [ -f "$pidf" ] && kill -TERM "$(cat "$pidf")" 2>/dev/null; sleep 0.5; rm -f "$pidf" ;;
-    pause) kill -STOP "$(cat "$pidf")" ;;
-    resume) kill -CONT "$(cat "$pidf")" ;;
+      mkdir -p "$base/etcd$m"
+      # its data on a tmpfs: the tests' heavy writes (images, plugin rootfs) stall fsync on disk
+      # for seconds, longer than the tests' short grace; a restart of the member keeps the data
+      mountpoint -q "$base/etcd$m" || mount -t tmpfs -o size=256m,mode=0700 tmpfs "$base/etcd$m"
+      local peers="" i
+      for i in 1 2 3; do peers="$peers${peers:+,}m$i=http://$net.254:$((2280 + 100 * i))"; done
+      setsid ip netns exec "$ul" etcd --name "m$m" --data-dir "$base/etcd$m/data" \
+        --listen-client-urls "http://$net.254:$((2279 + 100 * m))" \
+        --advertise-client-urls "http://$net.254:$((2279 + 100 * m))" \
+        --listen-peer-urls "http://$net.254:$((2280 + 100 * m))" \
+        --initial-advertise-peer-urls "http://$net.254:$((2280 + 100 * m))" \
+        --initial-cluster "$peers" --initial-cluster-state new --log-level warn --logger zap \
+        >>"$base/etcd$m/etcd.log" 2>&1 </dev/null &
+      echo $! >"$pidf" ;;
+    stop)
+      [ -f "$pidf" ] || return 0
+      local pid; pid=$(cat "$pidf")
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+      rm -f "$pidf" ;;
   esac
+}
+
+etcd_healthy() {
+  ip netns exec "$ul" env ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" --command-timeout=2s \
+    endpoint health >/dev/null 2>&1
+}
+
+etcd_ctl() {
+  # etcd start|stop [M]: one member, or all three
+  local members=${2:-1 2 3} m i
+  for m in $members; do etcd_member "$m" "$1"; done
+  if [ "$1" = start ]; then
+    for i in $(seq 1 150); do
+      ip netns exec "$ul" env ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" --command-timeout=2s \
+        endpoint status >/dev/null 2>&1 && etcd_healthy && return 0
+      sleep 0.2
+    done
+    pb_log "etcd did not become healthy: $base/etcd*/etcd.log"; return 1
+  fi
 }
 
 daemon() {
@@ -82,6 +108,9 @@ daemon() {
 
 start_host() {
   local h=$1 d=$base/h$1 i
+  # nothing of this host runs: its /run is what a reboot would leave of a tmpfs, nothing (a killed
+  # engine's plugin task left there makes dockerd 20.10 fail to start it, then panic)
+  [ -z "$(ip netns pids "pbmh-h$h" 2>/dev/null)" ] && rm -rf "$d/run"
   mkdir -p "$d/run" "$d/docker" "$d/state"
   [ -f "$d/daemon.json" ] || echo '{}' >"$d/daemon.json"
   rm -f "$d/run/docker.pid"
@@ -103,7 +132,7 @@ make_host() {
   hdocker "$h" load -q -i "$base/image.tar" >/dev/null
   hdocker "$h" plugin create "$plugin" "$base/plugin" >/dev/null
   hdocker "$h" plugin set "$plugin" "state.source=$base/h$h/state" PYBRIDGE_NAME=pybridge \
-    "PYBRIDGE_CLUSTER_ETCD=$etcd_url" "PYBRIDGE_CLUSTER_ADDRESS=$net.$h" "PYBRIDGE_CLUSTER_GRACE=$grace" \
+    "PYBRIDGE_CLUSTER_ETCD=$etcd_endpoints" "PYBRIDGE_CLUSTER_ADDRESS=$net.$h" "PYBRIDGE_CLUSTER_GRACE=$grace" \
     PYBRIDGE_DNS_UPSTREAM= PYBRIDGE_METRICS=off PYBRIDGE_HOST_DNS=off
   hdocker "$h" plugin enable --timeout 30 "$plugin" >/dev/null
 }
@@ -122,7 +151,7 @@ up() {
   etcd_ctl start
   seq 1 "$n" >"$base/hosts"
   for h in $(hosts); do make_host "$h"; done
-  pb_log "up: $n hosts (scripts/multihost.sh docker H ...), etcd at $etcd_url"
+  pb_log "up: $n hosts (scripts/multihost.sh docker H ...), etcd at $etcd_endpoints"
 }
 
 kill_host() {
@@ -162,13 +191,13 @@ case ${1:-} in
   down) down ;;
   test)
     shift
-    up
     trap down EXIT
+    up
     PYBRIDGE_MULTIHOST="$base" python3 -m pytest "$root/tests/multihost" "$@" ;;
   docker) shift; hdocker "$@" ;;
   kill) kill_host "$2" ;;
   start) start_host "$2" ;;
-  etcd) etcd_ctl "$2" ;;
+  etcd) etcd_ctl "$2" "${3:-}" ;;
   daemon) daemon "$2" ;;
   *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

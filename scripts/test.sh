@@ -5,6 +5,9 @@
 # chains and address pools, so it never touches an installed pybridge or other networks).
 #
 #   scripts/test.sh [pytest arguments]
+#
+# Last, the multi-host tests (tests/multihost): three hosts as network namespaces, each with its
+# own dockerd and pybridge in cluster mode, and etcd (scripts/multihost.sh).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,4 +55,12 @@ PYBRIDGE_SET="$TEST_SETTINGS" \
 
 export PYBRIDGE_E2E=1
 # PYBRIDGE_TESTS narrows the run to some of the tests (scripts/engine.sh: tests/e2e).
-exec python3 -m pytest ${PYBRIDGE_TESTS:-tests} "$@"
+if [ -n "${PYBRIDGE_TESTS:-}" ]; then
+  exec python3 -m pytest $PYBRIDGE_TESTS "$@"
+fi
+# The whole suite: everything on this host, then the multi-host tests on three engines of their
+# own (scripts/multihost.sh builds them in network namespaces, and removes them afterwards).
+status=0
+python3 -m pytest tests --ignore=tests/multihost "$@" || status=1
+PYBRIDGE_MULTIHOST_REQUIRED=1 "$root/scripts/multihost.sh" test "$@" || status=1
+exit $status

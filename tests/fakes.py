@@ -420,10 +420,12 @@ class FakeKV:
                     return False
             keys = [o.key for o in operations if isinstance(o, (Put, Delete))]
             assert len(keys) == len(set(keys)), "etcd refuses a transaction that changes a key twice"
+            if any(isinstance(o, Put) and o.lease and o.lease not in self.leases for o in operations):
+                from plugin.cluster.interfaces import LeaseExpired
+                raise LeaseExpired("etcd: requested lease not found")     # and applies nothing
             self.revision += 1
             for o in operations:
                 if isinstance(o, Put):
-                    assert o.lease == 0 or o.lease in self.leases, "etcd refuses a put with an unknown lease"
                     self.data[o.key] = (o.value, o.lease, self.revision)
                     self.log.append((self.revision, o.key, o.value))
                 else:

@@ -19,12 +19,13 @@ from etcd3gw import Etcd3Client
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.lease import Lease
 
-from .interfaces import (Absent, ClusterUnavailable, Condition, Delete, DeleteUnder, Event, NoneUnder, Operation,
-                         Put, ValueIs, WatchCompacted)
+from .interfaces import (Absent, ClusterUnavailable, Condition, Delete, DeleteUnder, Event, LeaseExpired, NoneUnder,
+                         Operation, Put, ValueIs, WatchCompacted)
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 2.0          # a plugin call that needs etcd fails within a few seconds
+GRPC_NOT_FOUND = 5             # the gateway's error code for "requested lease not found"
 WATCH_IDLE = 10.0              # an idle watch stream is re-made this often (liveness, lossless)
 
 
@@ -45,6 +46,16 @@ def _range_end(prefix: str) -> str:
         return _b64(b"\0")
     raw[-1] += 1
     return _b64(bytes(raw))
+
+
+def _grpc_code(e: Exception) -> int | None:
+    """The gRPC status code in an error reply of etcd's gateway ({"error": ..., "code": 5})."""
+    try:
+        body = json.loads(getattr(e, "detail_text", None) or "")
+    except (TypeError, ValueError):
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, int) else None
 
 
 class EtcdKV:
@@ -69,7 +80,10 @@ class EtcdKV:
                 errors.append(f"{client.base_url}: {type(e).__name__}")
                 continue
             except etcd_errors.Etcd3Exception as e:
-                raise ClusterUnavailable(f"etcd {what} at {client.base_url} failed: {str(e)[:200]}") from e
+                if _grpc_code(e) == GRPC_NOT_FOUND and what == "transaction":
+                    raise LeaseExpired(f"etcd at {client.base_url}: the lease of this host expired") from e
+                raise ClusterUnavailable(f"etcd {what} at {client.base_url} failed: "
+                                         f"{(e.detail_text or str(e))[:200]}") from e
             if index != first:
                 with self._lock:
                     self._current = index

@@ -15,6 +15,11 @@ class ClusterUnavailable(PybridgeError):
     """No etcd endpoint answered (or answered with an error)."""
 
 
+class LeaseExpired(PybridgeError):
+    """A transaction named a lease etcd no longer has (it expired: this host was silent longer
+    than its TTL). Nothing of the transaction was applied."""
+
+
 class WatchCompacted(PybridgeError):
     """The revision a watch should resume from is gone: read everything again."""
 
@@ -69,7 +74,7 @@ class Event:
 class ClusterKVPort(Protocol):
     """Keys and values shared by the hosts, leases that expire when a host stops renewing them,
     all-or-nothing transactions, and a watch of a prefix. Every call raises ClusterUnavailable
-    when no endpoint answers."""
+    when no endpoint answers; txn raises LeaseExpired when a Put names a lease that is gone."""
 
     def grant(self, ttl: int) -> int: ...
     def keepalive(self, lease: int) -> bool: ...

@@ -26,8 +26,8 @@ from ..domain.errors import Conflict, Exhausted
 from ..domain.model import ContainerInfo
 from ..ipam.allocator import pick_address
 from . import records as r
-from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Delete, DeleteUnder, Event, NoneUnder, Put,
-                         ValueIs, WatchCompacted)
+from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Delete, DeleteUnder, Event, LeaseExpired, NoneUnder,
+                         Put, ValueIs, WatchCompacted)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,28 @@ class ClusterService:
                 self._lease = self.kv.grant(self.grace)
             return self._lease
 
+    def _lease_gone(self, lease: int) -> None:
+        """etcd dropped this host's lease (it was silent longer than the grace): the next call
+        takes a new one, and everything this host holds is written again under it."""
+        with self._lock:
+            if self._lease == lease:
+                self._lease = 0
+                log.warning("cluster: this host's lease expired; writing its keys again")
+        self._dirty.set()
+
+    def _leased(self, conditions, operations: Callable[[int], list]) -> bool:
+        """A transaction whose puts carry this host's lease; made again once under a new lease
+        when etcd no longer had the old one."""
+        for attempt in (1, 2):
+            lease = self._session()
+            try:
+                return self.kv.txn(conditions, operations(lease))
+            except LeaseExpired:
+                self._lease_gone(lease)
+                if attempt == 2:
+                    raise ClusterUnavailable("etcd dropped two leases of this host in a row") from None
+        return False
+
     def _fail(self, what: str, e: ClusterUnavailable) -> ClusterUnavailable:
         self.reachable = False
         return ClusterUnavailable(f"{what}: the cluster store is unreachable ({e}); cluster networks "
@@ -85,7 +107,7 @@ class ClusterService:
         this host is recorded as a member. Conflict when the record says otherwise."""
         try:
             record = self._ensure_record(name, subnets, mtu)
-            self.kv.txn([], [Put(r.member_key(name, self.host), b"{}", self._session())])
+            self._leased([], lambda lease: [Put(r.member_key(name, self.host), b"{}", lease)])
         except ClusterUnavailable as e:
             raise self._fail(f"cluster network {name}", e) from e
         return record
@@ -159,7 +181,7 @@ class ClusterService:
         key = r.addr_key(name, address)
         try:
             value = r.AddrRecord(self.host, kind).to_json().encode()
-            if self.kv.txn([Absent(key)], [Put(key, value, self._session())]):
+            if self._leased([Absent(key)], lambda lease: [Put(key, value, lease)]):
                 return True
             held = self.kv.get(key)
         except ClusterUnavailable as e:
@@ -203,7 +225,8 @@ class ClusterService:
     # --- endpoints and names
     def publish_endpoint(self, name: str, endpoint_id: str, record: r.EndpointRecord) -> None:
         try:
-            self.kv.txn([], [Put(r.ep_key(name, self.host, endpoint_id), record.to_json().encode(), self._session())])
+            key, value = r.ep_key(name, self.host, endpoint_id), record.to_json().encode()
+            self._leased([], lambda lease: [Put(key, value, lease)])
         except ClusterUnavailable as e:
             raise self._fail(f"endpoint {endpoint_id[:12]} of cluster network {name}", e) from e
 
@@ -227,11 +250,10 @@ class ClusterService:
         have, _ = self.kv.range(prefix)
         want = {r.name_key(name, self.host, c.id): r.name_to_json(c).encode() for c in containers
                 if r.split_key(r.name_key(name, self.host, c.id))}
-        lease = self._session()
-        ops = [Put(k, v, lease) for k, v in want.items() if have.get(k) != v]
-        ops += [Delete(k) for k in have if k not in want]
-        if ops:
-            self.kv.txn([], ops)
+        deletes = [Delete(k) for k in have if k not in want]
+        puts = {k: v for k, v in want.items() if have.get(k) != v}
+        if puts or deletes:
+            self._leased([], lambda lease: [Put(k, v, lease) for k, v in puts.items()] + deletes)
 
     # --- background: session, resync, watch
     def run_session(self, stop: threading.Event) -> None:
@@ -243,10 +265,8 @@ class ClusterService:
                     lease = self._lease
                 alive = bool(lease) and self.kv.keepalive(lease)
                 if not alive:
-                    with self._lock:
-                        self._lease = 0
                     if lease:
-                        log.warning("cluster: this host's lease expired; writing its keys again")
+                        self._lease_gone(lease)
                     self._dirty.set()
                 if self._dirty.is_set():
                     self._dirty.clear()
@@ -254,6 +274,9 @@ class ClusterService:
                 if not self.reachable:
                     log.info("cluster: etcd answers")
                 self.reachable = True
+            except LeaseExpired:
+                with self._lock:
+                    self._lease_gone(self._lease)
             except ClusterUnavailable as e:
                 if self.reachable:
                     log.warning("cluster: %s", e)
@@ -395,8 +418,6 @@ class ClusterService:
         threading.Thread(target=self.run_watch, args=(stop,), name="pybridge-cluster-watch", daemon=True).start()
 
     def snapshot(self) -> dict:
-        """For `pybridge` and the metrics: reachability and remote entries per network."""
-        with self._view_lock:
-            return {"host": self.host, "reachable": self.reachable, "resyncs": self.resyncs,
-                    "networks": {n: {"remote_endpoints": len(e)} for n, e in self._view.endpoints.items()}}
+        """For `pybridge cluster` and the metrics: this host, reachability, resyncs so far."""
+        return {"host": self.host, "reachable": self.reachable, "resyncs": self.resyncs}
 

@@ -49,3 +49,28 @@ class Views:
                            "family": b.family} for b in e.ports],
             })
         return out
+
+    def cluster(self) -> dict:
+        """Cluster mode: this host, whether etcd answers, and per cluster network its VNI, bridge,
+        local endpoints and the other hosts' containers programmed here."""
+        cluster = self.ctx.cluster
+        if cluster is None:
+            return {"enabled": False}
+        learned = self._learned()
+        with self.ctx.store.reading() as tx:
+            networks = [n for n in tx.list_networks() if n.cluster]
+            local = {n.id: len(tx.list_endpoints(n.id)) for n in networks}
+        state = cluster.snapshot()
+        out = []
+        for n in networks:
+            remote = cluster.remote_peers(n.cluster)
+            hosts: dict[str, int] = {}
+            for host, _ in remote.values():
+                hosts[host] = hosts.get(host, 0) + 1
+            out.append({"cluster": n.cluster, "name": learned.get(n.id, ("", []))[0], "id": n.id, "vni": n.vni,
+                        "bridge": n.bridge, "subnets": [str(p) for p in n.pools()], "mtu": n.mtu,
+                        "local_endpoints": local[n.id], "remote_endpoints": len(remote),
+                        "remote_hosts": dict(sorted(hosts.items())),
+                        "remote_names": len(cluster.remote_names(n.cluster))})
+        return {"enabled": True, "host": state["host"], "etcd_reachable": state["reachable"],
+                "resyncs": state["resyncs"], "networks": out}

@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from plugin.cluster.etcd import EtcdKV
-from plugin.cluster.interfaces import Absent, ClusterUnavailable, Delete, DeleteUnder, NoneUnder, Put, ValueIs
+from plugin.cluster.interfaces import (Absent, ClusterUnavailable, Delete, DeleteUnder, LeaseExpired, NoneUnder, Put,
+                                       ValueIs)
 from plugin.kernel.vxlan import Vxlan
 from tests.etcdserver import EtcdServer
 from tests.waiting import wait_for
@@ -46,6 +47,9 @@ def test_transactions_leases_and_watch_behave_as_etcd_says(etcd):
     assert [(e.key, e.value) for e in events] == [("/w/x", b"1"), ("/w/y", b"2"), ("/w/x", None), ("/w/y", None)]
     kv.revoke(lease)                                   # keys of a revoked (or expired) lease go
     assert kv.get("/t/a") is None and not kv.keepalive(lease)
+    with pytest.raises(LeaseExpired):                  # and a put under it is refused, whole
+        kv.txn([], [Put("/t/z", b"1"), Put("/t/y", b"2", lease)])
+    assert kv.get("/t/z") is None
     stop.set()
     etcd.stop()
     with pytest.raises(ClusterUnavailable, match="etcd unreachable"):

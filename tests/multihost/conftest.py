@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "multihost.sh"
 IMAGE = "pybridge-test-busybox:latest"
 UNDERLAY = "10.206.255"
+ETCD = ",".join(f"http://{UNDERLAY}.254:{port}" for port in (2379, 2479, 2579))
 
 
 class Host:
@@ -50,6 +51,12 @@ class Host:
         return subprocess.run(["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True,
                               check=check).stdout
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """The host command, against this host's plugin."""
+        return subprocess.run([str(ROOT / "scripts" / "pybridge"), "--socket",
+                               str(self.base / f"h{self.n}" / "run" / "docker" / "plugins" / "pybridge.sock"), *args],
+                              capture_output=True, text=True, timeout=30)
+
     def fdb_macs(self) -> set[str]:
         """MACs of remote containers programmed on this host's VXLAN devices."""
         out = self.ns("bridge", "fdb", "show")
@@ -66,8 +73,8 @@ class Cluster:
                        env={**os.environ, "PYBRIDGE_MULTIHOST_DIR": str(self.base)})
 
     def etcdctl(self, *args: str) -> str:
-        return subprocess.run(["ip", "netns", "exec", "pbmh-ul", "etcdctl", "--endpoints", "http://127.0.0.1:2379",
-                               *args], capture_output=True, text=True, check=True,
+        return subprocess.run(["ip", "netns", "exec", "pbmh-ul", "etcdctl", "--endpoints", ETCD, *args],
+                              capture_output=True, text=True, check=True,
                               env={**os.environ, "ETCDCTL_API": "3"}).stdout
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ipaddress
+import json
 import time
 
 from tests.waiting import wait_for
@@ -40,6 +41,11 @@ def test_containers_on_three_hosts_reach_each_other_by_address_port_and_name(clu
     assert len(macs) == 1
     # MTU: the underlay's 1500 less VXLAN's 50, inside the container too
     assert "mtu 1450" in h1.exec(f"{name}-client", "ip", "link", "show", "eth0").stdout
+    # what the operator sees on host 1: both other hosts, one container each
+    view = h1.cli("cluster", "--format", "json")
+    assert view.returncode == 0, view.stderr
+    mine = next(n for n in json.loads(view.stdout)["networks"] if n["cluster"] == name)
+    assert mine["remote_hosts"] == {h2.address: 1, h3.address: 1} and mine["local_endpoints"] == 1
 
 
 def test_a_name_is_answered_on_the_other_hosts_right_after_docker_run(cluster, net):
@@ -105,6 +111,23 @@ def _try_run(host, container, network) -> str:
     return host.ip(container, network)
 
 
+def test_one_member_of_etcd_down_changes_nothing_and_its_restart_loses_nothing(cluster, net):
+    """The plugin names all three members: with the one it used stopped it goes on with another."""
+    h1, h2, _ = cluster.hosts
+    name = net()
+    h1.run(f"{name}-a", name, "sleep", "600")
+    cluster.tool("etcd", "stop", "1")
+    try:
+        ip_b = h2.run(f"{name}-b", name, "sleep", "600")
+        assert wait_for(lambda: h1.exec(f"{name}-a", "ping", "-c", "1", "-W", "2", ip_b).returncode == 0, timeout=15)
+    finally:
+        cluster.tool("etcd", "start", "1")
+    before = cluster.etcdctl("get", "--prefix", "/pybridge/v1/")
+    cluster.tool("etcd", "stop", "2")
+    cluster.tool("etcd", "start", "2")
+    assert cluster.etcdctl("get", "--prefix", "/pybridge/v1/") == before
+
+
 def test_a_restart_of_etcd_loses_nothing(cluster, net):
     h1, h2, _ = cluster.hosts
     name = net()
@@ -139,3 +162,34 @@ def test_a_host_cut_off_longer_than_the_grace_is_forgotten_and_claims_its_contai
     assert wait_for(lambda: mac3 in h1.fdb_macs(), timeout=30), "host 3's container was not claimed back"
     assert ip3 in cluster.etcdctl("get", key) or f'"host": "{h3.address}"' in cluster.etcdctl("get", key)
     assert wait_for(lambda: h1.exec(f"{name}-a", "ping", "-c", "1", "-W", "2", ip3).returncode == 0, timeout=15)
+
+
+def test_a_killed_host_is_forgotten_after_the_grace_and_takes_part_again_when_it_is_back(cluster, net):
+    """Last: host 3 dies at once (every process of it killed). After the grace the others have
+    dropped its containers' entries and names and its addresses are free; started again, it
+    serves the network again."""
+    h1, _, h3 = cluster.hosts
+    name = net()
+    h1.run(f"{name}-a", name, "sleep", "600")
+    gateway = str(ipaddress.ip_network(f"{h1.ip(f'{name}-a', name)}/24", strict=False).network_address + 1)
+    ip3 = h3.run(f"{name}-c", name, "sleep", "600")
+    mac3 = h3.docker("inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").MacAddress}}" % name,
+                     f"{name}-c").stdout.strip()
+    assert wait_for(lambda: mac3 in h1.fdb_macs() and resolves(h1, f"{name}-a", f"{name}-c", gateway) == ip3,
+                    timeout=15)
+    key = f"/pybridge/v1/addr/{name}/{int(ipaddress.ip_address(ip3)):032x}"
+    cluster.tool("kill", "3")
+    try:
+        assert wait_for(lambda: mac3 not in h1.fdb_macs(), timeout=40), "host 1 kept a dead host's entry"
+        assert wait_for(lambda: resolves(h1, f"{name}-a", f"{name}-c", gateway) == "", timeout=10)
+        assert cluster.etcdctl("get", key) == ""
+        assert h3.address not in cluster.etcdctl("get", "--prefix", "--keys-only", f"/pybridge/v1/member/{name}/")
+    finally:
+        cluster.tool("start", "3")
+    assert wait_for(lambda: h3.docker("plugin", "inspect", "-f", "{{.Enabled}}", "pybridge-plugin:latest",
+                                      check=False).stdout.strip() == "true", timeout=60)
+    h3.docker("rm", "-f", f"{name}-c", check=False)
+    ip_new = wait_for(lambda: _try_run(h3, f"{name}-d", name), timeout=60)
+    assert ip_new, "host 3 could not start a container on the cluster network again"
+    assert wait_for(lambda: h1.exec(f"{name}-a", "ping", "-c", "1", "-W", "2", ip_new).returncode == 0, timeout=20)
+    assert wait_for(lambda: resolves(h1, f"{name}-a", f"{name}-d", gateway) == ip_new, timeout=10)
