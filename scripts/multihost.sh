@@ -7,6 +7,7 @@
 #   scripts/multihost.sh up [N]        make the underlay, etcd and N hosts (default 3)
 #   scripts/multihost.sh down          remove all of it (idempotent)
 #   scripts/multihost.sh test [ARGS]   up, pytest tests/multihost ARGS, down (even on failure)
+#   scripts/multihost.sh bench [ARGS]  up, scripts/bench_multihost.py ARGS, down
 #   scripts/multihost.sh docker H ...  the docker CLI against host H (1..N)
 #   scripts/multihost.sh kill H        kill host H at once (dockerd, containerd, plugin, containers)
 #   scripts/multihost.sh start H       start host H's dockerd again (after kill)
@@ -194,10 +195,15 @@ case ${1:-} in
     trap down EXIT
     up
     PYBRIDGE_MULTIHOST="$base" python3 -m pytest "$root/tests/multihost" "$@" ;;
+  bench)
+    shift
+    trap down EXIT
+    up
+    PYBRIDGE_MULTIHOST="$base" python3 "$root/scripts/bench_multihost.py" "$@" ;;
   docker) shift; hdocker "$@" ;;
   kill) kill_host "$2" ;;
   start) start_host "$2" ;;
   etcd) etcd_ctl "$2" "${3:-}" ;;
   daemon) daemon "$2" ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -410,6 +410,7 @@ class FakeKV:
     def txn(self, conditions, operations):
         from plugin.cluster.interfaces import Absent, Delete, DeleteUnder, NoneUnder, Put, ValueIs
         self._check()
+        self.txns = getattr(self, "txns", 0) + 1
         with self._cond:
             for c in conditions:
                 if isinstance(c, Absent) and c.key in self.data:

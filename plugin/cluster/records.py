@@ -82,6 +82,18 @@ def name_key(name: str, host: str, container_id: str) -> str:
     return name_prefix(name, host) + container_id
 
 
+def split_addr_key(key: str, network: str | None = None):
+    """(network, address) of an addr/ key (of that network, if given), or None."""
+    if not key.startswith(PREFIX + "addr/"):
+        return None
+    parts = key[len(PREFIX) + 5:].split("/")
+    if len(parts) != 2 or not _NAME_RE.fullmatch(parts[0]) or not re.fullmatch(r"[0-9a-f]{32}", parts[1]):
+        return None
+    if network is not None and parts[0] != network:
+        return None
+    return parts[0], int(parts[1], 16)
+
+
 @dataclass(frozen=True)
 class KeyParts:
     kind: str          # "ep" or "name"

@@ -24,8 +24,8 @@ from typing import Callable, Iterable
 
 from ..domain.errors import Conflict, Exhausted
 from ..domain.model import ContainerInfo
-from ..ipam.allocator import pick_address
 from . import records as r
+from .addresses import AddressBook, home
 from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Delete, DeleteUnder, Event, LeaseExpired, NoneUnder,
                          Put, ValueIs, WatchCompacted)
 
@@ -60,6 +60,7 @@ class ClusterService:
         self._lock = threading.RLock()
         self._view = RemoteView()
         self._view_lock = threading.Lock()
+        self._book = AddressBook()
         self.reachable = False
         self.resyncs = 0
         self.local: Callable[[], list[LocalNetwork]] = lambda: []
@@ -188,27 +189,41 @@ class ClusterService:
             raise self._fail(f"address {ipaddress.ip_address(address)} of cluster network {name}", e) from e
         return held is not None and self._mine(key, held)
 
+    def _load_taken(self, name: str) -> None:
+        """What etcd holds of the network's addresses, into the book (the watch keeps it current
+        afterwards; this is for a network it has not delivered yet, or a book gone stale)."""
+        held, _ = self.kv.range(r.addr_prefix(name))
+        self._book.load(name, [parts[1] for parts in map(lambda k: r.split_addr_key(k, name), held) if parts])
+
     def allocate(self, name: str, lo: int, hi: int, cursor: int) -> int:
-        """A free address in [lo, hi] after cursor, claimed for this host."""
+        """A free address in [lo, hi] after cursor (or after this host's home in the subnet, for
+        its first), claimed for this host: usually one transaction (see AddressBook)."""
         try:
-            held, _ = self.kv.range(r.addr_prefix(name))
+            if not self._book.known(name):
+                self._load_taken(name)
+            cursor = cursor if lo <= cursor <= hi else home(self.host, lo, hi)
+            reloaded = False
+            for _ in range(CLAIM_ATTEMPTS):
+                value = self._book.reserve(name, lo, hi, cursor)
+                if value is None:
+                    if reloaded:
+                        raise Exhausted(f"no free address left in cluster network {name}")
+                    self._load_taken(name)      # the book may hold addresses freed since
+                    reloaded = True
+                    continue
+                key, won = r.addr_key(name, value), False
+                try:
+                    record = r.AddrRecord(self.host, "dynamic").to_json().encode()
+                    won = self._leased([Absent(key)], lambda lease: [Put(key, record, lease)])
+                    self._book.settle(name, value, taken=True)
+                except BaseException:
+                    self._book.settle(name, value, taken=False)
+                    raise
+                if won:
+                    return value
+                cursor = value                  # another host took it meanwhile: walk on
         except ClusterUnavailable as e:
             raise self._fail(f"an address on cluster network {name}", e) from e
-        taken = set()
-        for key in held:
-            try:
-                taken.add(int(key.rsplit("/", 1)[-1], 16))
-            except ValueError:
-                continue
-        for _ in range(CLAIM_ATTEMPTS):
-            ordered = sorted(taken)
-            value = pick_address(lo, hi, cursor, lambda s: (t for t in ordered if t >= s))
-            if value is None:
-                raise Exhausted(f"no free address left in cluster network {name}")
-            if self.claim(name, value, "dynamic"):
-                return value
-            taken.add(value)           # another host took it meanwhile
-            cursor = value
         raise Exhausted(f"cluster network {name}: no address could be claimed in {CLAIM_ATTEMPTS} attempts")
 
     def release(self, name: str, address: int) -> None:
@@ -216,7 +231,8 @@ class ClusterService:
         try:
             held = self.kv.get(key)
             if held is not None and self._mine(key, held):
-                self.kv.txn([ValueIs(key, held)], [Delete(key)])
+                if self.kv.txn([ValueIs(key, held)], [Delete(key)]):
+                    self._book.freed(name, address)
         except ClusterUnavailable as e:
             log.warning("address %s of cluster network %s: released in etcd later (%s)",
                         ipaddress.ip_address(address), name, e)
@@ -341,11 +357,18 @@ class ClusterService:
         """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
         while not stop.is_set():
             try:
+                addrs, rev0 = self.kv.range(r.PREFIX + "addr/")
                 eps, rev1 = self.kv.range(r.PREFIX + "ep/")
                 names, rev2 = self.kv.range(r.PREFIX + "name/")
+                taken: dict[str, set[int]] = {}
+                for key in addrs:
+                    parts = r.split_addr_key(key)
+                    if parts is not None:
+                        taken.setdefault(parts[0], set()).add(parts[1])
+                self._book.replace_all(taken)
                 changed = self._replace({**eps, **names})
                 self._notify(changed)
-                self.kv.watch(r.PREFIX, min(rev1, rev2) + 1, self._events, stop)
+                self.kv.watch(r.PREFIX, min(rev0, rev1, rev2) + 1, self._events, stop)
             except WatchCompacted as e:
                 log.info("cluster watch: %s; reading everything again", e)
             except ClusterUnavailable:
@@ -358,6 +381,10 @@ class ClusterService:
         changed: set[tuple[str, str]] = set()
         with self._view_lock:
             for ev in events:
+                address = r.split_addr_key(ev.key)
+                if address is not None:
+                    (self._book.freed if ev.value is None else self._book.taken)(*address)
+                    continue
                 changed |= self._apply(ev.key, ev.value)
         self._notify(changed)
 

@@ -3,6 +3,7 @@ directory). Without it the tests are skipped, or fail when the whole suite runs 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -57,6 +58,13 @@ class Host:
                                str(self.base / f"h{self.n}" / "run" / "docker" / "plugins" / "pybridge.sock"), *args],
                               capture_output=True, text=True, timeout=30)
 
+    def remove_containers(self, prefix: str) -> None:
+        """One at a time: dockerd 20.10 removing many containers of one network at once can lose
+        an endpoint count update (moby#42119) or deadlock in libnetwork (moby#46661, fixed in
+        20.10.27; Debian 12 ships 20.10.24)."""
+        for cid in self.docker("ps", "-aq", "--filter", f"name={prefix}", check=False).stdout.split():
+            self.docker("rm", "-f", cid, check=False)
+
     def fdb_macs(self) -> set[str]:
         """MACs of remote containers programmed on this host's VXLAN devices."""
         out = self.ns("bridge", "fdb", "show")
@@ -105,12 +113,8 @@ def net(cluster):
             made.append((h, name))
         return name
     yield make
-    for h in cluster.hosts:
-        ids = h.docker("ps", "-aq", "--filter", f"name=pbmh-{tag}", check=False).stdout.split()
-        # a few at a time: dockerd 20.10 removing many containers of one network at once can lose
-        # an endpoint count update (moby#42119), and the network then cannot be removed
-        for i in range(0, len(ids), 8):
-            h.docker("rm", "-f", *ids[i:i + 8], check=False)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(cluster.hosts)) as pool:
+        list(pool.map(lambda h: h.remove_containers(f"pbmh-{tag}"), cluster.hosts))
     for h, name in reversed(made):
         wait_for(lambda: "has active endpoints" not in h.docker("network", "rm", name, check=False).stderr,
                  timeout=60, interval=1)
