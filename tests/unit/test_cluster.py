@@ -360,3 +360,17 @@ def test_the_address_book_never_hands_one_candidate_to_two_threads():
     book.freed("web", 11)
     assert book.reserve("web", 10, 15, 10) == 11
     assert 9 <= home("10.206.255.1", 10, 15) <= 14 and home("10.206.255.1", 10, 15) == home("10.206.255.1", 10, 15)
+
+
+@pytest.mark.parametrize("step", ["ensure_bridge", "ensure_vxlan"])
+def test_a_failure_after_the_cluster_record_leaves_nothing_here_or_in_etcd(hosts, kv, step):
+    a = hosts[0]
+    a.ctx.netlink.fail_on.add(step)
+    with pytest.raises(Exception, match="injected failure"):
+        create_cluster_net(a, nid(1))
+    assert step in a.ctx.netlink.calls                      # the fault really fired
+    assert a.ctx.netlink.devices == {} and kv.data == {}
+    with a.ctx.store.reading() as tx:
+        assert tx.list_networks() == [] and tx.list_pools() == []
+    a.ctx.netlink.fail_on.clear()
+    create_cluster_net(a, nid(1))                            # and it can be made afterwards
