@@ -168,9 +168,10 @@ down() {
   local h d m
   for h in $(hosts); do
     d=$base/h$h
-    if [ -f "$d/run/docker.pid" ] && kill -0 "$(cat "$d/run/docker.pid")" 2>/dev/null; then
-      kill -TERM "$(cat "$d/run/docker.pid")" 2>/dev/null || true
-      for _ in $(seq 1 60); do kill -0 "$(cat "$d/run/docker.pid")" 2>/dev/null || break; sleep 0.25; done
+    local pid; pid=$(cat "$d/run/docker.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     fi
     kill_host "$h"
   done

@@ -19,15 +19,16 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ..domain.errors import Conflict, Exhausted
 from ..domain.model import ContainerInfo
 from . import records as r
 from .addresses import AddressBook, home
-from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Delete, DeleteUnder, Event, LeaseExpired, NoneUnder,
-                         Put, ValueIs, WatchCompacted)
+from .watch import ClusterWatch, Peers
+from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Delete, DeleteUnder, LeaseExpired, NoneUnder, Put,
+                         ValueIs)
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,6 @@ class LocalNetwork:
     names: tuple[ContainerInfo, ...] = ()
 
 
-@dataclass
-class RemoteView:
-    """What other hosts published: network -> {(host, id): record}."""
-    endpoints: dict[str, dict[tuple[str, str], r.EndpointRecord]] = field(default_factory=dict)
-    names: dict[str, dict[tuple[str, str], ContainerInfo]] = field(default_factory=dict)
-
-
 class ClusterService:
     def __init__(self, kv: ClusterKVPort, host: str, grace: int):
         self.kv = kv
@@ -58,14 +52,14 @@ class ClusterService:
         self.grace = grace
         self._lease = 0
         self._lock = threading.RLock()
-        self._view = RemoteView()
-        self._view_lock = threading.Lock()
         self._book = AddressBook()
+        self.watch = ClusterWatch(kv, host, self._book)
         self.reachable = False
         self.resyncs = 0
         self.local: Callable[[], list[LocalNetwork]] = lambda: []
-        self.on_endpoints: Callable[[str, dict[str, tuple[str, frozenset[str]]]], None] = lambda n, p: None
-        self.on_names: Callable[[str, list[ContainerInfo]], None] = lambda n, c: None
+        self._names_wanted: dict[str, list[ContainerInfo]] = {}    # network -> this host's names, to write
+        self._names_lock = threading.Lock()
+        self._names_due = threading.Event()
         self._dirty = threading.Event()
 
     # --- session
@@ -254,12 +248,28 @@ class ClusterService:
             self._dirty.set()
 
     def publish_names(self, name: str, containers: Iterable[ContainerInfo]) -> None:
-        """This host's containers on the network, by name (from Docker, via the DNS watcher)."""
-        try:
-            self._put_names(name, list(containers))
-        except ClusterUnavailable as e:
-            log.warning("names of cluster network %s: published later (%s)", name, e)
-            self._dirty.set()
+        """This host's containers on the network, by name (from Docker, via the DNS watcher).
+        Returns at once: a thread of its own writes them, so that an etcd that does not answer
+        never holds up the DNS of local networks."""
+        with self._names_lock:
+            self._names_wanted[name] = list(containers)
+        self._names_due.set()
+
+    def run_names(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._names_due.wait(1.0)
+            self._names_due.clear()
+            with self._names_lock:
+                wanted, self._names_wanted = self._names_wanted, {}
+            for name, containers in wanted.items():
+                try:
+                    self._put_names(name, containers)
+                except (ClusterUnavailable, LeaseExpired) as e:
+                    log.warning("names of cluster network %s: published later (%s)", name, e)
+                    self._dirty.set()       # the resync writes them from the DNS's state
+                except Exception:
+                    log.exception("names of cluster network %s", name)
+                    self._dirty.set()
 
     def _put_names(self, name: str, containers: list[ContainerInfo]) -> None:
         prefix = r.name_prefix(name, self.host)
@@ -353,96 +363,35 @@ class ClusterService:
             self.kv.txn([], ops)
         self._put_names(n.name, list(n.names))
 
-    def run_watch(self, stop: threading.Event) -> None:
-        """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
-        while not stop.is_set():
-            try:
-                addrs, rev0 = self.kv.range(r.PREFIX + "addr/")
-                eps, rev1 = self.kv.range(r.PREFIX + "ep/")
-                names, rev2 = self.kv.range(r.PREFIX + "name/")
-                taken: dict[str, set[int]] = {}
-                for key in addrs:
-                    parts = r.split_addr_key(key)
-                    if parts is not None:
-                        taken.setdefault(parts[0], set()).add(parts[1])
-                self._book.replace_all(taken)
-                changed = self._replace({**eps, **names})
-                self._notify(changed)
-                self.kv.watch(r.PREFIX, min(rev0, rev1, rev2) + 1, self._events, stop)
-            except WatchCompacted as e:
-                log.info("cluster watch: %s; reading everything again", e)
-            except ClusterUnavailable:
-                stop.wait(1.0)
-            except Exception:
-                log.exception("cluster watch (again in 1 s)")
-                stop.wait(1.0)
-
-    def _events(self, events: list[Event]) -> None:
-        changed: set[tuple[str, str]] = set()
-        with self._view_lock:
-            for ev in events:
-                address = r.split_addr_key(ev.key)
-                if address is not None:
-                    (self._book.freed if ev.value is None else self._book.taken)(*address)
-                    continue
-                changed |= self._apply(ev.key, ev.value)
-        self._notify(changed)
-
-    def _replace(self, data: dict[str, bytes]) -> set[tuple[str, str]]:
-        with self._view_lock:
-            before = {("ep", n) for n in self._view.endpoints} | {("name", n) for n in self._view.names}
-            self._view = RemoteView()
-            changed = set(before)
-            for key, value in data.items():
-                changed |= self._apply(key, value)
-            return changed
-
-    def _apply(self, key: str, value: bytes | None) -> set[tuple[str, str]]:
-        parts = r.split_key(key)
-        if parts is None or parts.host == self.host:
-            return set()
-        table = self._view.endpoints if parts.kind == "ep" else self._view.names
-        entries = table.setdefault(parts.network, {})
-        item = (parts.host, parts.item)
-        if value is None:
-            entries.pop(item, None)
-        else:
-            try:
-                entries[item] = (r.parse_endpoint(key, value) if parts.kind == "ep"
-                                 else r.parse_name(key, parts.item, value))
-            except r.InvalidRecord as e:
-                log.warning("cluster: ignoring %s", e)
-                entries.pop(item, None)
-        return {(parts.kind, parts.network)}
-
-    def remote_peers(self, name: str) -> dict[str, tuple[str, frozenset[str]]]:
-        """mac -> (host, addresses) of the other hosts' containers on the network."""
-        with self._view_lock:
-            entries = dict(self._view.endpoints.get(name, {}))
-        out: dict[str, tuple[str, frozenset[str]]] = {}
-        for (host, _eid), rec in sorted(entries.items()):
-            out[rec.mac] = (host, frozenset(a for a in (rec.ipv4, rec.ipv6) if a))
-        return out
-
-    def remote_names(self, name: str) -> list[ContainerInfo]:
-        with self._view_lock:
-            return [c for _, c in sorted(self._view.names.get(name, {}).items())]
-
-    def _notify(self, changed: set[tuple[str, str]]) -> None:
-        for kind, network in sorted(changed):
-            try:
-                if kind == "ep":
-                    self.on_endpoints(network, self.remote_peers(network))
-                else:
-                    self.on_names(network, self.remote_names(network))
-            except Exception:
-                log.exception("cluster network %s: applying remote %s", network, kind)
-
     def start(self) -> None:
         stop = threading.Event()
         self._stop = stop
         threading.Thread(target=self.run_session, args=(stop,), name="pybridge-cluster", daemon=True).start()
-        threading.Thread(target=self.run_watch, args=(stop,), name="pybridge-cluster-watch", daemon=True).start()
+        threading.Thread(target=self.watch.run, args=(stop,), name="pybridge-cluster-watch", daemon=True).start()
+        threading.Thread(target=self.run_names, args=(stop,), name="pybridge-cluster-names", daemon=True).start()
+
+    # the other hosts, as the watch follows them
+    @property
+    def on_endpoints(self) -> Callable[[str, Peers], None]:
+        return self.watch.on_endpoints
+
+    @on_endpoints.setter
+    def on_endpoints(self, fn: Callable[[str, Peers], None]) -> None:
+        self.watch.on_endpoints = fn
+
+    @property
+    def on_names(self) -> Callable[[str, list[ContainerInfo]], None]:
+        return self.watch.on_names
+
+    @on_names.setter
+    def on_names(self, fn: Callable[[str, list[ContainerInfo]], None]) -> None:
+        self.watch.on_names = fn
+
+    def remote_peers(self, name: str) -> Peers:
+        return self.watch.peers(name)
+
+    def remote_names(self, name: str) -> list[ContainerInfo]:
+        return self.watch.names(name)
 
     def snapshot(self) -> dict:
         """For `pybridge cluster` and the metrics: this host, reachability, resyncs so far."""

@@ -198,6 +198,7 @@ class NetworkService:
     def delete(self, network_id: str) -> None:
         ctx = self.ctx
         errors: list[str] = []
+        network = None
         with ctx.store.transaction() as tx:
             try:
                 network = tx.get_network(network_id)
@@ -207,6 +208,8 @@ class NetworkService:
                 if network is None:
                     return
                 self._teardown(tx, network, errors)
+        if network is not None and network.cluster and ctx.cluster is not None:
+            ctx.cluster.leave_network(network.cluster)      # outside the store's lock: etcd may be slow
         ctx.networks_changed()
         if errors:
             raise KernelError(f"network {network_id[:12]} removed with errors: " + "; ".join(errors))
@@ -230,8 +233,6 @@ class NetworkService:
         collect(errors, ctx.change_firewall, tx, ctx.firewall.remove_network, network, endpoints)
         if network.cluster:
             collect(errors, ctx.netlink.delete_link, vxlan_name(ctx.prefix, network.vni))
-            if ctx.cluster is not None:
-                ctx.cluster.leave_network(network.cluster)
         if network.bridge_owned:
             collect(errors, ctx.netlink.delete_link, network.bridge)
 

@@ -225,6 +225,7 @@ def test_names_of_other_hosts_are_answered_by_the_local_dns(hosts):
     seen = []
     b.ctx.cluster.on_names = lambda net, containers: seen.append((net, containers))
     b.ctx.cluster.start()
+    a.ctx.cluster.start()
     c = ContainerInfo("c1" * 32, "web1", ("www",), "10.205.0.9", "")
     a.ctx.cluster.publish_names("web", [c])
     wait_until(lambda: seen and seen[-1] == ("web", [c]), what="B learns A's names")
@@ -374,3 +375,47 @@ def test_a_failure_after_the_cluster_record_leaves_nothing_here_or_in_etcd(hosts
         assert tx.list_networks() == [] and tx.list_pools() == []
     a.ctx.netlink.fail_on.clear()
     create_cluster_net(a, nid(1))                            # and it can be made afterwards
+
+
+def test_publishing_names_never_waits_for_etcd(hosts, kv, monkeypatch):
+    """The DNS watcher of local networks calls it: with etcd hanging it must not hang too, and
+    the names land when etcd answers again."""
+    a = hosts[0]
+    create_cluster_net(a, nid(1))
+    a.ctx.cluster.start()
+    answering = threading.Event()
+    real_range = kv.range
+
+    def hanging_range(prefix):
+        assert answering.wait(30), "etcd never came back"
+        return real_range(prefix)
+    monkeypatch.setattr(kv, "range", hanging_range)
+    caller = threading.Thread(target=a.ctx.cluster.publish_names,
+                              args=("web", [ContainerInfo("c1" * 32, "web1", (), "10.205.0.9", "")]))
+    caller.start()
+    caller.join(10)
+    assert not caller.is_alive(), "publish_names waited for etcd"
+    answering.set()
+    wait_until(lambda: real_range(r.name_prefix("web"))[0], what="the names written once etcd answers")
+
+
+def test_deleting_a_cluster_network_while_etcd_hangs_holds_up_no_local_network(hosts, kv, monkeypatch):
+    a = hosts[0]
+    create_cluster_net(a, nid(1))
+    answering = threading.Event()
+    real_txn = kv.txn
+
+    def hanging_txn(*args):
+        assert answering.wait(30), "etcd never came back"
+        return real_txn(*args)
+    monkeypatch.setattr(kv, "txn", hanging_txn)
+    deleting = threading.Thread(target=a.networks.delete, args=(nid(1),))
+    deleting.start()
+    wait_until(lambda: a.ctx.netlink.devices == {}, what="the kernel side torn down")
+    local = threading.Thread(target=a.ipam.request_pool, args=(LOCAL_SPACE, "10.204.7.0/24", "", False))
+    local.start()
+    local.join(10)
+    assert not local.is_alive(), "a local network waited for etcd"
+    answering.set()
+    deleting.join(10)
+    assert kv.data == {}

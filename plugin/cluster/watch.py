@@ -1,0 +1,125 @@
+"""ClusterWatch: what the other hosts of the cluster published, followed from etcd.
+
+One watch of the whole prefix: endpoints (ep/) and names (name/) of the other hosts become the
+remote view, handed to the data plane and the DNS network by network as they change; addresses
+(addr/) keep the AddressBook current. After a break, everything is read again and the view
+replaced (a key deleted meanwhile disappears then). Values are parsed as hostile: what does not
+parse is logged and left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..domain.model import ContainerInfo
+from . import records as r
+from .addresses import AddressBook
+from .interfaces import ClusterKVPort, ClusterUnavailable, Event, WatchCompacted
+
+log = logging.getLogger(__name__)
+
+Peers = dict[str, tuple[str, frozenset[str]]]     # mac -> (host, addresses)
+
+
+@dataclass
+class RemoteView:
+    """What other hosts published: network -> {(host, id): record}."""
+    endpoints: dict[str, dict[tuple[str, str], r.EndpointRecord]] = field(default_factory=dict)
+    names: dict[str, dict[tuple[str, str], ContainerInfo]] = field(default_factory=dict)
+
+
+class ClusterWatch:
+    def __init__(self, kv: ClusterKVPort, host: str, book: AddressBook):
+        self.kv = kv
+        self.host = host
+        self.book = book
+        self._view = RemoteView()
+        self._lock = threading.Lock()
+        self.on_endpoints: Callable[[str, Peers], None] = lambda n, p: None
+        self.on_names: Callable[[str, list[ContainerInfo]], None] = lambda n, c: None
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
+        while not stop.is_set():
+            try:
+                addrs, rev0 = self.kv.range(r.PREFIX + "addr/")
+                eps, rev1 = self.kv.range(r.PREFIX + "ep/")
+                names, rev2 = self.kv.range(r.PREFIX + "name/")
+                taken: dict[str, set[int]] = {}
+                for key in addrs:
+                    parts = r.split_addr_key(key)
+                    if parts is not None:
+                        taken.setdefault(parts[0], set()).add(parts[1])
+                self.book.replace_all(taken)
+                self._notify(self._replace({**eps, **names}))
+                self.kv.watch(r.PREFIX, min(rev0, rev1, rev2) + 1, self._events, stop)
+            except WatchCompacted as e:
+                log.info("cluster watch: %s; reading everything again", e)
+            except ClusterUnavailable:
+                stop.wait(1.0)
+            except Exception:
+                log.exception("cluster watch (again in 1 s)")
+                stop.wait(1.0)
+
+    def _events(self, events: list[Event]) -> None:
+        changed: set[tuple[str, str]] = set()
+        with self._lock:
+            for ev in events:
+                address = r.split_addr_key(ev.key)
+                if address is not None:
+                    (self.book.freed if ev.value is None else self.book.taken)(*address)
+                    continue
+                changed |= self._apply(ev.key, ev.value)
+        self._notify(changed)
+
+    def _replace(self, data: dict[str, bytes]) -> set[tuple[str, str]]:
+        with self._lock:
+            changed = {("ep", n) for n in self._view.endpoints} | {("name", n) for n in self._view.names}
+            self._view = RemoteView()
+            for key, value in data.items():
+                changed |= self._apply(key, value)
+            return changed
+
+    def _apply(self, key: str, value: bytes | None) -> set[tuple[str, str]]:
+        parts = r.split_key(key)
+        if parts is None or parts.host == self.host:
+            return set()
+        table = self._view.endpoints if parts.kind == "ep" else self._view.names
+        entries = table.setdefault(parts.network, {})
+        item = (parts.host, parts.item)
+        if value is None:
+            entries.pop(item, None)
+        else:
+            try:
+                entries[item] = (r.parse_endpoint(key, value) if parts.kind == "ep"
+                                 else r.parse_name(key, parts.item, value))
+            except r.InvalidRecord as e:
+                log.warning("cluster: ignoring %s", e)
+                entries.pop(item, None)
+        return {(parts.kind, parts.network)}
+
+    def peers(self, name: str) -> Peers:
+        """mac -> (host, addresses) of the other hosts' containers on the network."""
+        with self._lock:
+            entries = dict(self._view.endpoints.get(name, {}))
+        out: Peers = {}
+        for (host, _eid), rec in sorted(entries.items()):
+            out[rec.mac] = (host, frozenset(a for a in (rec.ipv4, rec.ipv6) if a))
+        return out
+
+    def names(self, name: str) -> list[ContainerInfo]:
+        with self._lock:
+            return [c for _, c in sorted(self._view.names.get(name, {}).items())]
+
+    def _notify(self, changed: set[tuple[str, str]]) -> None:
+        for kind, network in sorted(changed):
+            try:
+                if kind == "ep":
+                    self.on_endpoints(network, self.peers(network))
+                else:
+                    self.on_names(network, self.names(network))
+            except Exception:
+                log.exception("cluster network %s: applying remote %s", network, kind)
