@@ -40,6 +40,10 @@ class ClusterWatch:
         self._lock = threading.Lock()
         self.on_endpoints: Callable[[str, Peers], None] = lambda n, p: None
         self.on_names: Callable[[str, list[ContainerInfo]], None] = lambda n, c: None
+        self.on_loaded: Callable[[], None] = lambda: None
+        # False until the first full read: until then the view is empty, not "nobody there",
+        # and the data plane keeps what it has (a plugin restarted while etcd is away)
+        self.loaded = False
 
     def run(self, stop: threading.Event) -> None:
         """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
@@ -54,7 +58,13 @@ class ClusterWatch:
                     if parts is not None:
                         taken.setdefault(parts[0], set()).add(parts[1])
                 self.book.replace_all(taken)
-                self._notify(self._replace({**eps, **names}))
+                changed = self._replace({**eps, **names})
+                self.loaded = True
+                try:
+                    self.on_loaded()
+                except Exception:
+                    log.exception("cluster watch: programming every cluster network")
+                self._notify(changed)
                 self.kv.watch(r.PREFIX, min(rev0, rev1, rev2) + 1, self._events, stop)
             except WatchCompacted as e:
                 log.info("cluster watch: %s; reading everything again", e)

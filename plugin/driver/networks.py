@@ -127,8 +127,21 @@ class NetworkService:
         ctx = self.ctx
         name = vxlan_name(ctx.prefix, network.vni)
         ctx.overlay.ensure_vxlan(name, network.vni, ctx.underlay, ctx.vxlan_port, network.mtu or 1500, network.bridge)
-        if ctx.cluster is not None:
+        if ctx.cluster is not None and ctx.cluster.watch.loaded:
             ctx.overlay.set_peers(name, network.bridge, ctx.cluster.remote_peers(network.cluster))
+        # else: entries already there stay (a restart with etcd away); the first read programs it
+
+    def program_all_peers(self) -> None:
+        """Every cluster network's VXLAN entries := what the cluster watch read (its first full
+        read after a start or a break: entries of hosts gone meanwhile go too)."""
+        with self.ctx.store.reading() as tx:
+            networks = [n for n in tx.list_networks() if n.cluster]
+        for n in networks:
+            try:
+                self.ctx.overlay.set_peers(vxlan_name(self.ctx.prefix, n.vni), n.bridge,
+                                           self.ctx.cluster.remote_peers(n.cluster))
+            except PybridgeError as e:
+                log.warning("cluster network %s: %s", n.cluster, e)
 
     def cluster_holdings(self) -> list:
         """What this host holds of each cluster network, from the state store (the cluster

@@ -419,3 +419,20 @@ def test_deleting_a_cluster_network_while_etcd_hangs_holds_up_no_local_network(h
     answering.set()
     deleting.join(10)
     assert kv.data == {}
+
+
+def test_a_restart_keeps_the_remote_entries_until_etcd_is_read_and_then_drops_the_stale_ones(hosts, kv):
+    """A plugin that restarts while etcd is away must not wipe the data plane (running
+    containers keep talking); once it reads etcd, entries of hosts gone meanwhile go."""
+    a, b, _ = hosts
+    create_cluster_net(a, nid(1))
+    with a.ctx.store.reading() as tx:
+        vx = f"ptx{tx.get_network(nid(1)).vni}"
+    stale = {"02:42:0a:cd:00:63": ("10.206.255.9", frozenset({"10.205.0.99"}))}
+    a.ctx.overlay.set_peers(vx, f"pt-{nid(1)[:12]}", stale)
+    kv.down = True
+    a.reconciler.restore()                               # the plugin starting again, etcd away
+    assert a.ctx.overlay.peers(vx) == stale
+    kv.down = False
+    a.ctx.cluster.start()
+    wait_until(lambda: a.ctx.overlay.peers(vx) == {}, what="the stale entry dropped after the first read")
