@@ -128,6 +128,24 @@ def test_one_member_of_etcd_down_changes_nothing_and_its_restart_loses_nothing(c
     assert cluster.etcdctl("get", "--prefix", "/pybridge/v1/") == before
 
 
+def test_a_plugin_restarted_while_etcd_is_away_keeps_its_containers_talking(cluster, net):
+    h1, h2, _ = cluster.hosts
+    name = net()
+    h1.run(f"{name}-a", name, "sleep", "600")
+    ip_b = h2.run(f"{name}-b", name, "sleep", "600")
+    assert wait_for(lambda: h1.exec(f"{name}-a", "ping", "-c", "1", "-W", "2", ip_b).returncode == 0, timeout=15)
+    cluster.tool("etcd", "stop")
+    try:
+        h1.docker("plugin", "disable", "-f", "pybridge-plugin:latest")
+        h1.docker("plugin", "enable", "--timeout", "30", "pybridge-plugin:latest")
+        assert wait_for(lambda: h1.cli("cluster").returncode == 1, timeout=20)    # up, and etcd unreachable
+        ping = h1.exec(f"{name}-a", "ping", "-c", "3", "-W", "3", ip_b)
+        assert ping.returncode == 0, ping.stdout
+    finally:
+        cluster.tool("etcd", "start")
+    assert wait_for(lambda: h1.cli("cluster").returncode == 0, timeout=30)
+
+
 def test_a_restart_of_etcd_loses_nothing(cluster, net):
     h1, h2, _ = cluster.hosts
     name = net()
