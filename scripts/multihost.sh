@@ -62,7 +62,8 @@ etcd_member() {
         --initial-advertise-peer-urls "http://$net.254:$((2280 + 100 * m))" \
         --initial-cluster "$peers" --initial-cluster-state new --log-level warn --logger zap \
         >>"$base/etcd$m/etcd.log" 2>&1 </dev/null &
-      echo $! >"$pidf" ;;
+      echo $! >"$pidf"
+      disown ;;
     stop)
       [ -f "$pidf" ] || return 0
       local pid; pid=$(cat "$pidf")
@@ -116,6 +117,7 @@ start_host() {
   [ -f "$d/daemon.json" ] || echo '{}' >"$d/daemon.json"
   rm -f "$d/run/docker.pid"
   setsid "$0" daemon "$h" >>"$d/dockerd.log" 2>&1 </dev/null &
+  disown       # a host killed on purpose is no job of this shell's to report
   for i in $(seq 1 120); do ready "$h" && return 0; sleep 0.5; done
   pb_log "host $h's dockerd did not answer: $d/dockerd.log"; tail -5 "$d/dockerd.log" >&2; return 1
 }
