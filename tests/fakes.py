@@ -175,6 +175,7 @@ class FakeFirewall:
         self.foreign: list[str] = []
         self.removed = False
         self._counted = FirewallCounters()
+        self._vxlan: dict = {}
         self.run(nftrules.full(self.table, self.mark, {}))   # as after the plugin's start
         self.faults.calls.clear()
 
@@ -242,7 +243,8 @@ class FakeFirewall:
     # FirewallPort ----------------------------------------------------------------------
     def sync(self, networks, endpoints=(), foreign=()):
         self.syncs += 1
-        self._change(nftrules.full(self.table, self.mark, nftrules.desired(networks, endpoints, foreign)))
+        self._change(nftrules.full(self.table, self.mark,
+                                   nftrules.merge(nftrules.desired(networks, endpoints, foreign), self._vxlan)))
         self.foreign = list(foreign)
 
     def add_network(self, network):
@@ -261,6 +263,12 @@ class FakeFirewall:
         self.changes += 1
         self._change(nftrules.set_foreign(self.table, foreign, own))
         self.foreign = list(foreign)
+
+    def set_vxlan_peers(self, port, peers):
+        self.changes += 1
+        elements = nftrules.vxlan_elements(port, peers)
+        self._change(nftrules.set_vxlan(self.table, elements))
+        self._vxlan = elements
 
     def counters(self):
         return self._counted
@@ -290,7 +298,8 @@ class FakeFirewall:
                                sets=set(self.kernel["sets"]), elements=copy.deepcopy(self.kernel["sets"]))
 
     def drift(self, networks, endpoints=(), foreign=()):
-        return nftrules.drift(self.mark, nftrules.desired(networks, endpoints, foreign), self.listing())
+        return nftrules.drift(self.mark, nftrules.merge(nftrules.desired(networks, endpoints, foreign), self._vxlan),
+                              self.listing())
 
     # for tests -------------------------------------------------------------------------
     def elements(self, name: str) -> dict:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class NetworkService:
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self._vxlan_filter: tuple = (0, ())     # what the firewall was last told (cluster mode)
 
     @staticmethod
     def capabilities() -> dict:
@@ -82,6 +83,8 @@ class NetworkService:
         except Exception as e:
             self._undo_create(network, created, touched, joined and existing is None)
             raise KernelError(f"create network {network_id[:12]}: {e}") from e
+        if network.cluster:
+            self._filter_vxlan()
         ctx.networks_changed()
         log.info("network %s created on bridge %s", network_id[:12], network.bridge)
 
@@ -142,6 +145,7 @@ class NetworkService:
                                            self.ctx.cluster.remote_peers(n.cluster))
             except PybridgeError as e:
                 log.warning("cluster network %s: %s", n.cluster, e)
+        self._filter_vxlan()
 
     def cluster_holdings(self) -> list:
         """What this host holds of each cluster network, from the state store (the cluster
@@ -170,6 +174,19 @@ class NetworkService:
             networks = [n for n in tx.list_networks() if n.cluster == cluster]
         for n in networks:
             self.ctx.overlay.set_peers(vxlan_name(self.ctx.prefix, n.vni), n.bridge, peers)
+        self._filter_vxlan()
+
+    def _filter_vxlan(self) -> None:
+        """VXLAN is taken only from hosts that have containers on a cluster network this host
+        has (the firewall drops the rest: anyone else could put frames on our bridges)."""
+        ctx = self.ctx
+        with ctx.store.transaction() as tx:
+            clusters = {n.cluster for n in tx.list_networks() if n.cluster}
+            hosts = sorted({host for c in clusters for host, _ in ctx.cluster.remote_peers(c).values()})
+            want = (ctx.vxlan_port if clusters else 0, tuple(hosts))
+            if want != self._vxlan_filter:
+                ctx.change_firewall(tx, ctx.firewall.set_vxlan_peers, *want)
+                self._vxlan_filter = want
 
     def _configure_bridge(self, network: Network) -> None:
         if not network.internal:
@@ -223,6 +240,7 @@ class NetworkService:
                 self._teardown(tx, network, errors)
         if network is not None and network.cluster and ctx.cluster is not None:
             ctx.cluster.leave_network(network.cluster)      # outside the store's lock: etcd may be slow
+            self._filter_vxlan()
         ctx.networks_changed()
         if errors:
             raise KernelError(f"network {network_id[:12]} removed with errors: " + "; ".join(errors))

@@ -185,6 +185,7 @@ class NftFirewall:
         self._monitors: list[socket.socket] = []     # the watch's notification sockets
         self._counters = FirewallCounters()
         self._count_lock = threading.Lock()
+        self._vxlan: nftrules.Elements = {}     # cluster mode's VXLAN filter, set by set_vxlan_peers
 
     # FirewallPort ------------------------------------------------------------------------
 
@@ -194,7 +195,8 @@ class NftFirewall:
     def sync(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
              foreign: Iterable[str] = ()) -> None:
         """Replace our whole table in one transaction, and put the static iptables rule in place."""
-        self._change(nftrules.full(self.table, self.mark, nftrules.desired(networks, endpoints, foreign)))
+        self._change(nftrules.full(self.table, self.mark,
+                                   nftrules.merge(nftrules.desired(networks, endpoints, foreign), self._vxlan)))
         self.forward.ensure()
         self.firewalld.ensure()
         if not self._migrated and self._migrate is not None:
@@ -213,9 +215,17 @@ class NftFirewall:
     def set_foreign(self, foreign: Iterable[str], own: Iterable[str] = ()) -> None:
         self._change(nftrules.set_foreign(self.table, foreign, own))
 
+    def set_vxlan_peers(self, port: int, peers: Iterable[str]) -> None:
+        """Cluster mode: VXLAN on `port` only from `peers` (port 0: no filter). Kept, and put back
+        by every sync."""
+        elements = nftrules.vxlan_elements(port, peers)
+        self._change(nftrules.set_vxlan(self.table, elements))
+        self._vxlan = elements
+
     def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
               foreign: Iterable[str] = ()) -> list[str]:
-        problems = nftrules.drift(self.mark, nftrules.desired(networks, endpoints, foreign), self.listing())
+        problems = nftrules.drift(self.mark, nftrules.merge(nftrules.desired(networks, endpoints, foreign),
+                                                            self._vxlan), self.listing())
         return problems + self.forward.problems() + self.firewalld.problems()
 
     def listing(self) -> nftrules.Listed:

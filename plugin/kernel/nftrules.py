@@ -7,7 +7,9 @@ change are the elements of its sets and maps:
 
     raw       prerouting, priority raw: drops 127.0.0.0/8 not from lo, and DNS to a gateway from
               anywhere but the host or the gateway's own bridge (dns_ok4/6), from a source the
-              route to which is not that bridge (not of the network's subnets).
+              route to which is not that bridge (not of the network's subnets); in cluster mode,
+              VXLAN (vxlan_ports) from anyone but the cluster's hosts (vxlan_peers4/6), which would
+              otherwise put frames on a cluster network's bridge.
     input     input, priority filter - 1: marks a network's DNS queries to its gateway (so that a
               firewalld that rejects what no zone allows lets them in: plugin.kernel.firewalld).
     forward   forward, priority filter - 1 (before iptables' FORWARD, whose policy dockerd sets
@@ -56,6 +58,10 @@ SETS: dict[str, dict] = {
     "dns_ok4": {"type": ["ifname", "ipv4_addr"]},
     "dns_ok6": {"type": ["ifname", "ipv6_addr"]},
     "masq": {"type": "ifname"},
+    # cluster mode: VXLAN on this port is taken only from the hosts of the cluster (empty: off)
+    "vxlan_ports": {"type": "inet_service"},
+    "vxlan_peers4": {"type": "ipv4_addr"},
+    "vxlan_peers6": {"type": "ipv6_addr"},
     "published4": {"type": ["ifname", "ipv4_addr", "inet_proto", "inet_service"]},
     "published6": {"type": ["ifname", "ipv6_addr", "inet_proto", "inet_service"]},
 }
@@ -130,6 +136,9 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
                 [_match(_IIF, "@bridges"), _match(_OIF, "@foreign"), _DROP],
                 [_match(_IIF, "@bridges"), allow]]
     raw = [[_match(_payload("ip", "daddr"), _LOOPBACK), _match(_IIF, "lo", "!="), _DROP]]
+    for v in (4, 6):
+        raw.append([_match(_meta("l4proto"), "udp"), _match(_payload("udp", "dport"), "@vxlan_ports"),
+                    _match(_payload(_IP[v], "saddr"), f"@vxlan_peers{v}", "!="), _DROP])
     inbound = []
     ports, post = [], [[_match(_OIF, "lo"), _RETURN],
                        [_CT_DNAT, _match(_PAIR, "@self"), _MASQ],
@@ -231,6 +240,20 @@ def endpoint_elements(n: Network, e: Endpoint, ports: Iterable = None) -> Elemen
 def foreign_elements(foreign: Iterable[str], own: Iterable[str] = ()) -> Elements:
     mine = set(own)
     return {"foreign": {f: None for f in foreign if f not in mine and is_valid_ifname(f)}}
+
+
+def vxlan_elements(port: int, peers: Iterable[str]) -> Elements:
+    """Cluster mode: the VXLAN port, and the underlay addresses it is taken from."""
+    out: Elements = {"vxlan_ports": {_port(port): None} if port else {}, "vxlan_peers4": {}, "vxlan_peers6": {}}
+    for p in peers:
+        ip = _address(p)
+        out[f"vxlan_peers{ipaddress.ip_address(ip).version}"][ip] = None
+    return out
+
+
+def set_vxlan(table: str, elements: Elements) -> list[dict]:
+    cmds = [{"flush": {"set": {"family": FAMILY, "table": table, "name": name}}} for name in elements]
+    return cmds + _adds(table, elements)
 
 
 def merge(*parts: Elements) -> Elements:

@@ -436,3 +436,25 @@ def test_a_restart_keeps_the_remote_entries_until_etcd_is_read_and_then_drops_th
     kv.down = False
     a.ctx.cluster.start()
     wait_until(lambda: a.ctx.overlay.peers(vx) == {}, what="the stale entry dropped after the first read")
+
+
+def test_the_firewall_takes_vxlan_only_from_hosts_with_containers_on_our_cluster_networks(hosts, kv):
+    a, b, _ = hosts
+    pa = create_cluster_net(a, nid(1))
+    create_cluster_net(b, nid(2))
+    fw = b.ctx.firewall
+    assert fw.elements("vxlan_ports") == {4789: None} and fw.elements("vxlan_peers4") == {}   # alone: nobody
+    b.ctx.cluster.start()
+    addr = a.ipam.request_address(pa, "", {})
+    a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
+    wait_until(lambda: fw.elements("vxlan_peers4") == {a.address: None}, what="A let in")
+    assert fw.drift(*_state(b)) == []
+    kv.expire(a.ctx.cluster._lease)
+    wait_until(lambda: fw.elements("vxlan_peers4") == {}, what="A shut out once gone")
+    b.networks.delete(nid(2))
+    assert fw.elements("vxlan_ports") == {}                                 # no cluster network: no filter
+
+
+def _state(h):
+    with h.ctx.store.reading() as tx:
+        return tx.list_networks(), tx.list_endpoints(), h.ctx.foreign
