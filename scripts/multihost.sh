@@ -143,7 +143,7 @@ make_host() {
 up() {
   local n=${1:-3} h
   [ "$(id -u)" = 0 ] || { pb_log "run as root"; exit 1; }
-  pb_apt_install etcd-server curl
+  pb_apt_install etcd-server etcd-client curl
   down
   mkdir -p "$base"
   pb_docker_ready || { pb_log "the host's engine must run (it builds the plugin and the image)"; exit 1; }
