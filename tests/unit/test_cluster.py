@@ -449,6 +449,7 @@ def test_the_firewall_takes_vxlan_only_from_hosts_with_containers_on_our_cluster
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
     wait_until(lambda: fw.elements("vxlan_peers4") == {a.address: None}, what="A let in")
     assert fw.drift(*_state(b)) == []
+    assert b.doctor.examine(lease_grace=0)["problems"] == []        # the VXLAN device is claimed, too
     kv.expire(a.ctx.cluster._lease)
     wait_until(lambda: fw.elements("vxlan_peers4") == {}, what="A shut out once gone")
     b.networks.delete(nid(2))
