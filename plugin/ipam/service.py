@@ -134,24 +134,33 @@ class IpamService:
                 raise InvalidRequest(f"address {wanted} is outside pool {pool.subnet}")
             if not is_usable(pool.subnet, int(wanted)):
                 raise InvalidRequest(f"address {wanted} is the network or broadcast address of {pool.subnet}")
-            if not self._cluster.claim(pool.cluster, int(wanted), "static"):
-                raise Conflict(f"address {wanted} is already in use in cluster network {pool.cluster}")
-            value, kind = int(wanted), "static"
-        else:
-            lo, hi = usable_range(pool.subnet, pool.ip_range)
-            value, kind = self._cluster.allocate(pool.cluster, lo, hi, pool.cursor), "dynamic"
-        try:
-            with self._store.transaction() as tx:
-                if tx.get_pool(pool.id) is None:
-                    raise NotFound(f"pool {pool.id!r} went away while an address was claimed")
-                if not tx.add_lease(pool.id, value, kind) and kind == "static":
-                    raise Conflict(f"address {ipaddress.ip_address(value)} is already in use in pool {pool.subnet}")
-                if kind == "dynamic":
-                    tx.set_cursor(pool.id, value)
-        except Exception:
-            self._cluster.release(pool.cluster, value)
-            raise
-        return f"{ipaddress.ip_address(value)}/{pool.subnet.prefixlen}"
+        cursor = pool.cursor
+        for _ in range(8):
+            if wanted is not None:
+                if not self._cluster.claim(pool.cluster, int(wanted), "static"):
+                    raise Conflict(f"address {wanted} is already in use in cluster network {pool.cluster}")
+                value, kind = int(wanted), "static"
+            else:
+                lo, hi = usable_range(pool.subnet, pool.ip_range)
+                value, kind = self._cluster.allocate(pool.cluster, lo, hi, cursor), "dynamic"
+            try:
+                with self._store.transaction() as tx:
+                    if tx.get_pool(pool.id) is None:
+                        raise NotFound(f"pool {pool.id!r} went away while an address was claimed")
+                    added = tx.add_lease(pool.id, value, kind)
+                    if added and kind == "dynamic":
+                        tx.set_cursor(pool.id, value)
+            except Exception:
+                self._cluster.release(pool.cluster, value)
+                raise
+            if added:
+                return f"{ipaddress.ip_address(value)}/{pool.subnet.prefixlen}"
+            # leased here already, by another container: etcd's key is rightly this host's (it
+            # had gone from etcd and is claimed again), so it stays; a dynamic request walks on
+            if kind == "static":
+                raise Conflict(f"address {wanted} is already in use in pool {pool.subnet}")
+            cursor = value
+        raise Exhausted(f"no free address found in cluster network {pool.cluster}")
 
     def _dynamic(self, tx, pool: PoolRecord, options: dict[str, str]) -> int:
         """An address for a container that asked for none. A container that restarts by itself

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from plugin.cluster import records as r
-from plugin.cluster.interfaces import ClusterUnavailable
+from plugin.cluster.interfaces import ClusterUnavailable, Delete
 from plugin.config import load_settings
 from plugin.domain.errors import Conflict, InvalidRequest
 from plugin.domain.model import ContainerInfo
@@ -459,3 +459,27 @@ def test_the_firewall_takes_vxlan_only_from_hosts_with_containers_on_our_cluster
 def _state(h):
     with h.ctx.store.reading() as tx:
         return tx.list_networks(), tx.list_endpoints(), h.ctx.foreign
+
+
+def test_asking_twice_for_a_static_address_this_host_holds_keeps_it_claimed(hosts, kv):
+    """The second --ip for an address a local container has is refused, and the refusal must not
+    release the first container's claim in etcd."""
+    a = hosts[0]
+    pool = create_cluster_net(a, nid(1))
+    assert a.ipam.request_address(pool, "10.205.0.50", {}) == "10.205.0.50/24"
+    with pytest.raises(Conflict, match="10.205.0.50 is already in use"):
+        a.ipam.request_address(pool, "10.205.0.50", {})
+    assert kv.get(r.addr_key("web", int(ipaddress.ip_address("10.205.0.50")))) is not None
+
+
+def test_an_address_leased_here_but_lost_from_etcd_is_not_handed_out_twice(hosts, kv):
+    a = hosts[0]
+    pool = create_cluster_net(a, nid(1))
+    first = a.ipam.request_address(pool, "", {})
+    key = r.addr_key("web", int(ipaddress.ip_interface(first).ip))
+    kv.txn([], [Delete(key)])                                                            # etcd lost it
+    a.ctx.cluster._book.freed("web", int(ipaddress.ip_interface(first).ip))
+    with a.ctx.store.transaction() as tx:
+        tx.set_cursor(pool, int(ipaddress.ip_interface(first).ip) - 1)                   # walk onto it again
+    second = a.ipam.request_address(pool, "", {})
+    assert second != first and kv.get(key) is not None                                   # and it is claimed back
