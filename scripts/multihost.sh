@@ -185,6 +185,11 @@ down() {
   # mounts of the engines live in their own mount namespaces, gone with them; anything a crash
   # left in this one goes before the directory does
   if [ -d "$base" ]; then
+    # the logs outlive the hosts, for a look after a failed run
+    local logs=/var/log/pybridge-multihost
+    rm -rf "$logs"; mkdir -p "$logs"
+    for h in $(hosts); do cp "$base/h$h/dockerd.log" "$logs/h$h-dockerd.log" 2>/dev/null || true; done
+    for m in 1 2 3; do cp "$base/etcd$m/etcd.log" "$logs/etcd$m.log" 2>/dev/null || true; done
     for m in $(awk -v p="$base/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r); do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$base"
   fi
