@@ -27,7 +27,7 @@ base=${PYBRIDGE_MULTIHOST_DIR:-/var/lib/pybridge-multihost}
 ul=pbmh-ul                 # the underlay's namespace (bridge ul0, etcd's members)
 net=10.206.255
 etcd_endpoints=http://$net.254:2379,http://$net.254:2479,http://$net.254:2579
-grace=${PYBRIDGE_MULTIHOST_GRACE:-10}
+grace=${PYBRIDGE_MULTIHOST_GRACE:-20}    # long enough that a restart of all of etcd under load expires no lease
 image=pybridge-test-busybox:latest
 plugin=pybridge-plugin:latest
 

@@ -99,7 +99,10 @@ def test_without_etcd_running_containers_talk_new_cluster_starts_fail_clearly_lo
     # etcd back: starts work again, and the new container is known on the other host
     ip_new = wait_for(lambda: _try_run(h1, f"{name}-new2", name), timeout=30)
     assert ip_new
-    assert wait_for(lambda: h2.exec(f"{name}-b", "ping", "-c", "1", "-W", "2", ip_new).returncode == 0, timeout=15)
+    assert wait_for(lambda: h2.exec(f"{name}-b", "ping", "-c", "1", "-W", "2", ip_new).returncode == 0, timeout=15), \
+        (f"host 2 cannot reach {ip_new} on host 1; host 1: {h1.cli('cluster', '--format', 'json').stdout}; "
+         f"host 2: {h2.cli('cluster', '--format', 'json').stdout}; host 2's entries: {sorted(h2.fdb_macs())}; "
+         f"etcd: {cluster.etcdctl('get', '--prefix', '--keys-only', '/pybridge/v1/ep/')}")
 
 
 def _try_run(host, container, network) -> str:
