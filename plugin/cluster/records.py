@@ -155,9 +155,9 @@ def _load(key: str, value: bytes) -> dict:
     try:
         d = json.loads(value)
     except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidRecord(f"etcd key {key[:100]}: not JSON ({e})") from None
+        raise InvalidRecord(f"etcd key {key[:100]!r}: not JSON ({e})") from None
     if not isinstance(d, dict):
-        raise InvalidRecord(f"etcd key {key[:100]}: not an object")
+        raise InvalidRecord(f"etcd key {key[:100]!r}: not an object")
     return d
 
 
@@ -167,9 +167,9 @@ def _address(key: str, value, version: int | None = None) -> str:
     try:
         a = ipaddress.ip_address(value)
     except (TypeError, ValueError):
-        raise InvalidRecord(f"etcd key {key[:100]}: {str(value)[:60]!r} is not an IP address") from None
+        raise InvalidRecord(f"etcd key {key[:100]!r}: {str(value)[:60]!r} is not an IP address") from None
     if version is not None and a.version != version:
-        raise InvalidRecord(f"etcd key {key[:100]}: {a} is not IPv{version}")
+        raise InvalidRecord(f"etcd key {key[:100]!r}: {a} is not IPv{version}")
     return str(a)
 
 
@@ -181,17 +181,17 @@ def parse_net(key: str, value: bytes) -> NetRecord:
             net = ipaddress.ip_network(pool)
             gw = _address(key, gateway, net.version)
             if gw and ipaddress.ip_address(gw) not in net:
-                raise InvalidRecord(f"etcd key {key[:100]}: gateway {gw} outside {net}")
+                raise InvalidRecord(f"etcd key {key[:100]!r}: gateway {gw} outside {net}")
             subnets.append((str(net), gw))
         vni, mac, mtu = d["vni"], d["mac"], d["mtu"]
     except (KeyError, TypeError, ValueError) as e:
-        raise InvalidRecord(f"etcd key {key[:100]}: malformed network record ({e})") from None
+        raise InvalidRecord(f"etcd key {key[:100]!r}: malformed network record ({e})") from None
     if not isinstance(vni, int) or not VNI_FIRST <= vni <= VNI_LAST:
-        raise InvalidRecord(f"etcd key {key[:100]}: VNI {vni!r} out of range")
+        raise InvalidRecord(f"etcd key {key[:100]!r}: VNI {vni!r} out of range")
     if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
-        raise InvalidRecord(f"etcd key {key[:100]}: MAC {mac!r} malformed")
+        raise InvalidRecord(f"etcd key {key[:100]!r}: MAC {mac!r} malformed")
     if not isinstance(mtu, int) or not 68 <= mtu <= 65535:
-        raise InvalidRecord(f"etcd key {key[:100]}: MTU {mtu!r} out of range")
+        raise InvalidRecord(f"etcd key {key[:100]!r}: MTU {mtu!r} out of range")
     return NetRecord(tuple(subnets), vni, mac, mtu)
 
 
@@ -199,7 +199,7 @@ def parse_addr(key: str, value: bytes) -> AddrRecord:
     d = _load(key, value)
     host, kind = d.get("host"), d.get("kind")
     if not isinstance(kind, str) or kind not in ("gateway", "static", "dynamic", "aux"):
-        raise InvalidRecord(f"etcd key {key[:100]}: kind {kind!r} unknown")
+        raise InvalidRecord(f"etcd key {key[:100]!r}: kind {kind!r} unknown")
     return AddrRecord(_address(key, host) if host else "", kind)
 
 
@@ -207,10 +207,10 @@ def parse_endpoint(key: str, value: bytes) -> EndpointRecord:
     d = _load(key, value)
     mac = d.get("mac")
     if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac) or int(mac[:2], 16) & 1:
-        raise InvalidRecord(f"etcd key {key[:100]}: MAC {str(mac)[:40]!r} malformed")
+        raise InvalidRecord(f"etcd key {key[:100]!r}: MAC {str(mac)[:40]!r} malformed")
     rec = EndpointRecord(mac, _address(key, d.get("ipv4", ""), 4), _address(key, d.get("ipv6", ""), 6))
     if not rec.ipv4 and not rec.ipv6:
-        raise InvalidRecord(f"etcd key {key[:100]}: endpoint without an address")
+        raise InvalidRecord(f"etcd key {key[:100]!r}: endpoint without an address")
     return rec
 
 
@@ -223,10 +223,10 @@ def parse_name(key: str, container_id: str, value: bytes) -> ContainerInfo:
     d = _load(key, value)
     name, aliases = d.get("name"), d.get("aliases", [])
     if not isinstance(name, str) or not _DNS_NAME.fullmatch(name.lstrip("/")):
-        raise InvalidRecord(f"etcd key {key[:100]}: name {str(name)[:60]!r} malformed")
+        raise InvalidRecord(f"etcd key {key[:100]!r}: name {str(name)[:60]!r} malformed")
     if not isinstance(aliases, list) or len(aliases) > 64 or \
             not all(isinstance(a, str) and _DNS_NAME.fullmatch(a) for a in aliases):
-        raise InvalidRecord(f"etcd key {key[:100]}: aliases malformed")
+        raise InvalidRecord(f"etcd key {key[:100]!r}: aliases malformed")
     ipv4, ipv6 = _address(key, d.get("ipv4", ""), 4), _address(key, d.get("ipv6", ""), 6)
     return ContainerInfo(container_id, name, tuple(aliases), ipv4, ipv6)
 

@@ -11,6 +11,7 @@ import logging
 from dataclasses import replace
 
 from ..cluster.records import EndpointRecord, NetRecord
+from ..cluster.service import LocalNetwork
 from ..domain.errors import Conflict, CorruptState, InvalidRequest, KernelError, PybridgeError
 from ..domain.model import Network
 from ..domain.naming import bridge_mac, owned_link_prefixes, vxlan_name
@@ -150,7 +151,6 @@ class NetworkService:
     def cluster_holdings(self) -> list:
         """What this host holds of each cluster network, from the state store (the cluster
         service writes it to etcd again whenever etcd lost it)."""
-        from ..cluster.service import LocalNetwork
         out = []
         with self.ctx.store.reading() as tx:
             pools = [p for p in tx.list_pools() if p.cluster]

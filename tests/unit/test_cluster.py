@@ -483,3 +483,10 @@ def test_an_address_leased_here_but_lost_from_etcd_is_not_handed_out_twice(hosts
         tx.set_cursor(pool, int(ipaddress.ip_interface(first).ip) - 1)                   # walk onto it again
     second = a.ipam.request_address(pool, "", {})
     assert second != first and kv.get(key) is not None                                   # and it is claimed back
+
+
+def test_a_hostile_key_reaches_an_error_message_only_quoted():
+    bad = r.PREFIX + "net/x\nFAKE LOG LINE"
+    with pytest.raises(r.InvalidRecord) as e:
+        r.parse_net(bad, b"{}")
+    assert "\n" not in str(e.value)
