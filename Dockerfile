@@ -5,11 +5,10 @@
 # sha256 that requirements.lock pins (scripts/lock.sh makes it).
 ARG BASE=python:3.11-slim
 FROM ${BASE}
-# nftables (nft, for an operator inside the plugin) and python3-nftables (libnftables' JSON API, used by the
-# firewall's helper process); iptables for the one static rule and the old chains' removal.
-RUN if ! command -v iptables-restore >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1 || \
-       ! python3 -c 'import nftables' >/dev/null 2>&1; then \
-      apt-get update && apt-get install -y --no-install-recommends iptables nftables python3-nftables && \
+# iptables for the one static rule and the old chains' removal; nftables (nft) for an operator
+# inside the plugin only: the plugin itself speaks nf_tables netlink (plugin/kernel/nftwire.py).
+RUN if ! command -v iptables-restore >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then \
+      apt-get update && apt-get install -y --no-install-recommends iptables nftables && \
       rm -rf /var/lib/apt/lists/*; \
     fi
 COPY requirements.lock /tmp/requirements.lock
@@ -27,7 +26,7 @@ RUN python3 -m pip install --no-cache-dir --no-index --find-links /tmp/wheels --
     rm -rf /usr/share/doc /usr/share/man /usr/share/info /usr/share/locale /usr/share/zoneinfo \
       /usr/share/lintian /var/cache/apt/* /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/* \
       /usr/lib/*-linux-gnu/gconv && \
-    python3 -c 'import nftables, flask, gunicorn, pyroute2, dns, prometheus_client, requests_unixsocket, jeepney, etcd3gw, sqlite3' && \
+    python3 -c 'import flask, gunicorn, pyroute2, dns, prometheus_client, requests_unixsocket, jeepney, etcd3gw, sqlite3' && \
     nft --version >/dev/null && iptables --version >/dev/null
 COPY plugin /opt/pybridge/plugin
 ENV PYTHONPATH=/opt/pybridge PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

@@ -109,6 +109,9 @@ class StateCollector:
                                   value=fw.changes)
         yield CounterMetricFamily("pybridge_firewall_change_failures",
                                   "Changes to pybridge's firewall table that the kernel refused", value=fw.failures)
+        yield CounterMetricFamily("pybridge_firewall_faults",
+                                  "Faults in firewall work (a firewall tool killed by a signal, an unexpected "
+                                  "error in pybridge's own code); doctor names the last one", value=fw.faults)
         yield SummaryMetricFamily("pybridge_firewall_change_duration_seconds",
                                   "Time the firewall changes took", count_value=fw.changes, sum_value=fw.seconds)
 

@@ -67,9 +67,12 @@ class PluginServer(BaseApplication):
 
         setup_logging(self.settings.log_level)
         services = build_services(self.settings)
-        report = services.reconciler.restore()
-        if report.errors:
-            log.error("restore finished with errors: %s", report.errors)
+        try:
+            report = services.reconciler.restore()
+            if report.errors:
+                log.error("restore finished with errors: %s", report.errors)
+        except Exception:       # a worker that dies as it boots is booted again, and dies again
+            log.exception("restore failed; serving anyway (doctor reports what is wrong)")
         services.enable_metrics()
         services.start_background()
         app = create_app(services)

@@ -31,7 +31,7 @@ ensure_base_image() {
   command -v debootstrap >/dev/null || { log "debootstrap missing: apt-get install -y debootstrap"; exit 1; }
   local dir; dir=$(mktemp -d /var/tmp/pybridge-base.XXXXXX)
   log "making a local Debian base image with debootstrap (about a minute)"
-  debootstrap --variant=minbase --include=python3,python3-pip,iptables,nftables,python3-nftables bookworm "$dir" >"$build/debootstrap.log" 2>&1 \
+  debootstrap --variant=minbase --include=python3,python3-pip,iptables,nftables bookworm "$dir" >"$build/debootstrap.log" 2>&1 \
     || { log "debootstrap failed, see $build/debootstrap.log"; rm -rf "$dir"; exit 1; }
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
   tar -C "$dir" -c . | docker import - "$base" >/dev/null

@@ -16,7 +16,7 @@ PB_SCRIPT=test
 cd "$root"
 
 [ "$(id -u)" = 0 ] || { pb_log "run as root (the integration and end-to-end tests need it)"; exit 1; }
-pb_apt_install iptables nftables python3-nftables iproute2 busybox-static curl gcc libc6-dev docker-compose etcd-server etcd-client
+pb_apt_install iptables nftables iproute2 busybox-static curl gcc libc6-dev docker-compose etcd-server etcd-client
 python3 -m pip --version >/dev/null 2>&1 || pb_apt_install python3-pip
 # firewalld, for the test that runs it in a namespace of its own on a bus of its own. Installed
 # only on a CI machine (PYBRIDGE_CI=1, no systemd): elsewhere the package would start and enable

@@ -8,13 +8,15 @@ services can be tested for "complete or leave nothing behind".
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import json
 import threading
 from dataclasses import dataclass, field
 
-from plugin.domain.errors import Conflict, KernelError
-from plugin.kernel import nftrules
+from plugin.domain.errors import Conflict, KernelError, KernelFault
+from plugin.kernel import nftrules, nftwire
+from plugin.kernel.nft import SET_TYPES
 from plugin.domain.model import Taken
 from plugin.kernel.interfaces import FirewallCounters, LinkInfo
 
@@ -169,6 +171,7 @@ class FakeFirewall:
         self.faults = faults or Faults()
         self.kernel: dict | None = None     # {"chains": {name: [rules]}, "sets": {name: {key: value}}}
         self.fail = False
+        self.fault: str | None = None      # a fault in firewall work: raised as KernelFault, counted
         self.syncs = 0
         self.changes = 0
         self.families = (4, 6)
@@ -186,8 +189,10 @@ class FakeFirewall:
     def run(self, commands: list[dict]) -> None:
         if self.fail:
             raise KernelError("injected firewall failure")
+        self._maybe_fault()
         self.faults.step("firewall")
         json.dumps(commands)                      # only JSON reaches the kernel
+        nftwire.Compiler(SET_TYPES).compile(commands)     # and only what the real adapter can encode
         k = copy.deepcopy(self.kernel)
         for cmd in commands:
             (verb, body), = cmd.items()
@@ -280,7 +285,7 @@ class FakeFirewall:
             ok = True
         finally:
             c = self._counted
-            self._counted = FirewallCounters(c.changes + 1, c.failures + (not ok), c.seconds)
+            self._counted = dataclasses.replace(c, changes=c.changes + 1, failures=c.failures + (not ok))
 
     def watch(self, on_change, legacy_every=2.0):
         return None
@@ -297,7 +302,15 @@ class FakeFirewall:
                                      if c in self.kernel["chains"]},
                                sets=set(self.kernel["sets"]), elements=copy.deepcopy(self.kernel["sets"]))
 
+    def _maybe_fault(self):
+        """What the real adapter does with a fault: count it, name it, fail the call."""
+        if self.fault is not None:
+            c = self._counted
+            self._counted = dataclasses.replace(c, faults=c.faults + 1, last_fault=self.fault)
+            raise KernelFault(f"firewall fault (see the plugin's log): {self.fault}")
+
     def drift(self, networks, endpoints=(), foreign=()):
+        self._maybe_fault()
         return nftrules.drift(self.mark, nftrules.merge(nftrules.desired(networks, endpoints, foreign), self._vxlan),
                               self.listing())
 
@@ -314,7 +327,8 @@ class FakeFirewall:
         if self.kernel is None:
             return []
         out = [f"chain {c}" for c in self.kernel["chains"] if c not in nftrules.CHAINS]
-        out += [f"{s}: {nftrules.show(key, v)}" for s, e in self.kernel["sets"].items() for key, v in e.items()]
+        out += [f"{s}: {nftrules.show(key, v)}" for s, e in self.kernel["sets"].items() for key, v in e.items()
+                if s not in nftrules.FIXED]
         return sorted(out)
 
 

@@ -28,6 +28,11 @@ class KernelError(PybridgeError):
     """A netlink or firewall operation failed."""
 
 
+class KernelFault(KernelError):
+    """Not the kernel's or a tool's answer but a fault: a tool killed by a signal, a bug of ours
+    in firewall work. The call fails; the process goes on, and doctor and the metrics report it."""
+
+
 class ConfigError(PybridgeError):
     """A plugin setting is invalid."""
 

@@ -192,7 +192,13 @@ class Doctor:
         problems += [f"lease {ipaddress.ip_address(a)} in pool {p} has no endpoint" for p, a in orphans]
         unisolated = set(ctx.netlink.foreign_bridges([n.bridge for n in networks])) - set(ctx.foreign)
         problems += [f"firewall: bridge {b} is not ours and not isolated yet" for b in sorted(unisolated)]
-        problems += [f"firewall: {p}" for p in ctx.firewall.drift(networks, endpoints, ctx.foreign)]
+        try:
+            problems += [f"firewall: {p}" for p in ctx.firewall.drift(networks, endpoints, ctx.foreign)]
+        except PybridgeError as e:
+            problems.append(f"firewall: cannot be checked: {e}")
+        counted = ctx.firewall.counters()
+        if counted.faults:
+            problems.append(f"firewall: {counted.faults} fault(s) since start, the last: {counted.last_fault}")
         return {"networks": len(networks), "endpoints": len(endpoints), "problems": problems}
 
     def heal_firewall(self) -> list[str]:

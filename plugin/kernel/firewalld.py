@@ -12,66 +12,75 @@ plugin from starting on every host without D-Bus.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 TABLE = {"family": "inet", "name": "firewalld"}
 CHAINS = ("filter_FORWARD", "filter_INPUT")
 
+# (handle, comment) of a chain's rules in order, or None without the chain
+ChainRules = Callable[[str, str, str], "list[tuple[int, str | None]] | None"]
+
 
 class FirewalldAccept:
-    def __init__(self, prefix: str, mark: int, nft: Callable[[list[dict]], list[dict]],
-                 tables: Callable[[], set[tuple[str, str]]]):
+    """Reads firewalld's chains as handles and comments only (nothing of their rules is
+    decoded), and writes our rule by nftrules' JSON commands (run_commands)."""
+
+    def __init__(self, prefix: str, mark: int, run_commands: Callable[[list[dict]], None],
+                 tables: Callable[[], set[tuple[str, str]]], chain_rules: ChainRules):
         self.comment = prefix
         self.mark = mark
-        self._nft = nft
+        self._run = run_commands
         self._tables = tables
+        self._chain_rules = chain_rules
 
     def _expr(self) -> list[dict]:
         return [{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, self.mark]}, "right": self.mark}},
                 {"accept": None}]
 
-    def _chains(self) -> dict[str, list[dict]]:
-        """firewalld's chains of ours to care about -> their rules; {} when firewalld is not there."""
+    def _chains(self) -> dict[str, list[tuple[int, str | None]]]:
+        """firewalld's chains of ours to care about -> (handle, comment) of their rules; {} when
+        firewalld is not there."""
         if (TABLE["family"], TABLE["name"]) not in self._tables():
             return {}
-        out: dict[str, list[dict]] = {}
-        for o in self._nft([{"list": {"table": dict(TABLE)}}]):
-            if "chain" in o and o["chain"]["name"] in CHAINS:
-                out.setdefault(o["chain"]["name"], [])
-            elif "rule" in o and o["rule"]["chain"] in CHAINS:
-                out.setdefault(o["rule"]["chain"], []).append(o["rule"])
+        out = {}
+        for chain in CHAINS:
+            rules = self._chain_rules(TABLE["family"], TABLE["name"], chain)
+            if rules is not None:
+                out[chain] = rules
         return out
 
-    def _ours(self, rules: list[dict]) -> list[dict]:
-        return [r for r in rules if r.get("comment") == self.comment]
+    def _ours(self, rules: list[tuple[int, str | None]]) -> list[int]:
+        return [handle for handle, comment in rules if comment == self.comment]
+
+    def _in_place(self, rules: list[tuple[int, str | None]]) -> bool:
+        ours = self._ours(rules)
+        return len(ours) == 1 and rules[0][0] == ours[0]
 
     def problems(self) -> list[str]:
         out = []
         for chain, rules in self._chains().items():
-            ours = self._ours(rules)
-            if len(ours) != 1 or rules[0] is not ours[0]:
-                state = "missing" if not ours else "misplaced or doubled"
+            if not self._in_place(rules):
+                state = "missing" if not self._ours(rules) else "misplaced or doubled"
                 out.append(f"rule in firewalld's {chain} is {state}")
         return out
 
     def ensure(self) -> None:
         cmds = []
         for chain, rules in self._chains().items():
-            ours = self._ours(rules)
-            if len(ours) == 1 and rules[0] is ours[0]:
+            if self._in_place(rules):
                 continue
-            cmds += [self._delete(chain, r) for r in ours]
+            cmds += [self._delete(chain, h) for h in self._ours(rules)]
             cmds.append({"insert": {"rule": {"family": TABLE["family"], "table": TABLE["name"], "chain": chain,
                                              "expr": self._expr(), "comment": self.comment}}})
-        self._nft(cmds)
+        self._run(cmds)
 
     @staticmethod
-    def _delete(chain: str, rule: dict) -> dict:
+    def _delete(chain: str, handle: int) -> dict:
         return {"delete": {"rule": {"family": TABLE["family"], "table": TABLE["name"], "chain": chain,
-                                    "handle": rule["handle"]}}}
+                                    "handle": handle}}}
 
     def remove(self) -> None:
         cmds = []
         for chain, rules in self._chains().items():
-            cmds += [self._delete(chain, r) for r in self._ours(rules)]
-        self._nft(cmds)
+            cmds += [self._delete(chain, h) for h in self._ours(rules)]
+        self._run(cmds)

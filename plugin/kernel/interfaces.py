@@ -40,10 +40,12 @@ class NetlinkPort(Protocol):
 @dataclass(frozen=True)
 class FirewallCounters:
     """Changes written to our firewall table since start: how many, how many failed, and the
-    seconds they took in all."""
+    seconds they took in all; and the faults in firewall work (KernelFault), the last one named."""
     changes: int = 0
     failures: int = 0
     seconds: float = 0.0
+    faults: int = 0
+    last_fault: str = ""
 
 
 class FirewallPort(Protocol):

@@ -1,184 +1,63 @@
 """The nftables firewall adapter: pybridge's own `inet` table, programmed as data.
 
-Every change is one libnftables JSON transaction of a few elements, whatever else the table or the
-host holds. What must live in iptables is one static rule per backend and family
-(plugin.kernel.xtables), and firewalld's table gets two (plugin.kernel.firewalld). Healing
-listens to the kernel's nftables notifications (nftevents) instead of polling: only another process's change to our table, or to
-the chains holding those rules, leads to a check, and the check reads our table alone.
+Every change is one transaction of a few elements, whatever else the table or the host holds.
+What must live in iptables is one static rule per backend and family (plugin.kernel.xtables),
+and firewalld's table gets two (plugin.kernel.firewalld). Healing listens to the kernel's
+nftables notifications (nftevents) instead of polling: only another process's change to our
+table, or to the chains holding those rules, leads to a check, and the check reads our table alone.
 
-libnftables runs in this process (NftLibrary), through one context made when the adapter is:
-its netlink socket is opened then, once, and libnftables select()s on it, which aborts the
-process if its descriptor is >= 1024 (moby#52886). Made at the plugin's start, it gets a low one
-and keeps it (measured: batches, errors and a 60,000-element listing with 1,100 descriptors open
-afterwards). Should the process already hold 900 descriptors when the adapter is made, the
-transactions go to a helper process instead (NftHelper, plugin.kernel.nfthelper). In process a
-transaction costs ~0.04 ms of IPC-free work; through the helper a wake-up of another CPU, up to
-1 ms on these machines.
+The transactions are nftrules' JSON commands compiled by plugin.kernel.nftwire and sent on a
+netlink socket of our own (plugin.kernel.nftsocket): no libnftables, whose cache reads every
+other table first (and crashed the worker on a table a newer nft wrote: issue 18). What it
+reads back is our table only, decoded by the types of our own sets. A fault in that machinery
+(an unexpected error in pybridge's own code, a firewall tool killed by a signal) fails the call
+that needed the firewall with a clear error, never the process, and is counted and kept for
+`doctor` and the metrics (FirewallCounters.faults).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import functools
-import json
 import logging
 import os
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from typing import TypeVar
 
-from ..domain.errors import KernelError
+from ..domain.errors import KernelError, KernelFault
 from ..domain.model import Endpoint, Network
-from . import nftevents, nftrules
+from . import nftevents, nftrules, nftwire
 from .firewalld import FirewalldAccept
 from .interfaces import FirewallCounters
-from .nfthelper import load_nftables
+from .nftsocket import NftSocket, _libc
 from .xtables import ForwardAccept
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = 20
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-FD_LIMIT = 900
 CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _set_comm(name: bytes) -> bytes:
-    """Name the calling thread (what the kernel's notifications name as the process behind a change); the old name."""
-    old = ctypes.create_string_buffer(16)
-    _libc().prctl(16, old, 0, 0, 0)                 # PR_GET_NAME
-    _libc().prctl(15, name[:15], 0, 0, 0)            # PR_SET_NAME
-    return old.value
-
-
-class NftLibrary:
-    """libnftables in this process: one context, its socket opened once when it is made (in the
-    namespace `netns`, when given: _in_netns)."""
-
-    def __init__(self, name: str, netns: str | None = None):
-        self.name = name[:15]
-        self._lock = threading.Lock()
-        if netns is None:
-            self._ctx = self._make()
-        else:
-            try:
-                self._ctx = _in_netns(netns, self._make)
-            except (OSError, ImportError) as e:
-                raise KernelError(f"nftables in namespace {netns}: {e}") from None
-
-    @staticmethod
-    def _make():
-        ctx = load_nftables().Nftables()
-        ctx.set_json_output(True)
-        ctx.set_handle_output(True)
-        return ctx
-
-    def run(self, commands: list[dict]) -> list[dict]:
-        if not commands:
-            return []
-        with self._lock:
-            old = _set_comm(self.name.encode())
-            try:
-                rc, out, err = self._ctx.json_cmd({"nftables": commands})
-            finally:
-                _set_comm(old)
-        if rc != 0:
-            raise KernelError(f"nftables: {(err or '').strip() or rc}")
-        return [o for o in (out or {}).get("nftables", []) if "metainfo" not in o]
-
-    def stop(self) -> None:
-        return None
-
-
-def _runner(name: str, netns: str | None, argv0: list[str], python: str | None):
-    """libnftables in this process while it holds few descriptors, else the helper process."""
-    if len(os.listdir("/proc/self/fd")) < FD_LIMIT:
-        try:
-            return NftLibrary(name, netns)
-        except (ImportError, OSError, KernelError) as e:
-            log.warning("libnftables in process unavailable (%s): using the helper process", e)
-    return NftHelper(name, argv0, python)
-
-
-class NftHelper:
-    """The helper process and its pipe; restarted when it dies."""
-
-    def __init__(self, name: str, argv0: list[str], python: str | None = None):
-        self.name = name[:15]
-        self._argv0 = argv0
-        self._python = python or sys.executable
-        self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()
-
-    def _start(self) -> subprocess.Popen:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
-        try:
-            return subprocess.Popen(self._argv0 + [self._python, "-m", "plugin.kernel.nfthelper", self.name],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                    text=True, env=env, close_fds=True)
-        except OSError as e:
-            raise KernelError(f"cannot start the nftables helper: {e}") from e
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._proc is not None:
-                self._proc.kill()
-                self._proc.wait()
-                self._proc = None
-
-    def run(self, commands: list[dict]) -> list[dict]:
-        """One transaction; its output objects (for list commands)."""
-        if not commands:
-            return []
-        line = json.dumps({"nftables": commands}) + "\n"
-        with self._lock:
-            for attempt in (1, 2):
-                if self._proc is None or self._proc.poll() is not None:
-                    self._proc = self._start()
-                try:
-                    self._proc.stdin.write(line)
-                    self._proc.stdin.flush()
-                    answer = self._proc.stdout.readline()
-                except (BrokenPipeError, OSError, ValueError):
-                    answer = ""
-                if answer:
-                    break
-                self._proc.kill()
-                self._proc.wait()
-                self._proc = None
-                if attempt == 2:
-                    raise KernelError("the nftables helper died running a transaction")
-        res = json.loads(answer)
-        if res["rc"] != 0:
-            raise KernelError(f"nftables: {res['err'] or res['rc']}")
-        out = res.get("out") or {}
-        return [o for o in out.get("nftables", []) if "metainfo" not in o]
+# every set of our table, by name: what its keys (and a map's values) are
+SET_TYPES = {name: nftwire.set_type(decl) for name, decl in nftrules.SETS.items()}
 
 
 class NftFirewall:
     def __init__(self, prefix: str, mark: int = nftrules.DEFAULT_MARK, netns: str | None = None,
-                 python: str | None = None, migrate: Callable[[], None] | None = None):
+                 migrate: Callable[[], None] | None = None):
         self.prefix = prefix
         self.table = nftrules.table_name(prefix)
         self.mark = mark
         self.netns = netns
         self._argv0 = ["ip", "netns", "exec", netns] if netns else []
-        self.nft = _runner(f"{self.table}-nft", netns, self._argv0, python)
-        self.forward = ForwardAccept(prefix, mark, self._argv0, self._nft_tables)
-        self.firewalld = FirewalldAccept(prefix, mark, self.nft.run, self._nft_tables)
+        self.nft = NftSocket(f"{self.table}-nft", opener=(lambda fn: _in_netns(netns, fn)) if netns else None)
+        self.forward = ForwardAccept(prefix, mark, self._argv0, self._contained(self.nft.tables))
+        self.firewalld = FirewalldAccept(prefix, mark, self._contained(self._run),
+                                         self._contained(self.nft.tables), self._contained(self.nft.chain_rules))
         self._migrate = migrate    # removes the chains an older pybridge kept in iptables
         self._migrated = False
         self._closed = threading.Event()
@@ -197,10 +76,10 @@ class NftFirewall:
         """Replace our whole table in one transaction, and put the static iptables rule in place."""
         self._change(nftrules.full(self.table, self.mark,
                                    nftrules.merge(nftrules.desired(networks, endpoints, foreign), self._vxlan)))
-        self.forward.ensure()
+        self._contained(self.forward.ensure)()
         self.firewalld.ensure()
         if not self._migrated and self._migrate is not None:
-            self._migrate()
+            self._contained(self._migrate)()
         self._migrated = True
 
     def add_network(self, network: Network) -> None:
@@ -226,25 +105,55 @@ class NftFirewall:
               foreign: Iterable[str] = ()) -> list[str]:
         problems = nftrules.drift(self.mark, nftrules.merge(nftrules.desired(networks, endpoints, foreign),
                                                             self._vxlan), self.listing())
-        return problems + self.forward.problems() + self.firewalld.problems()
+        return problems + self._contained(self.forward.problems)() + self.firewalld.problems()
 
     def listing(self) -> nftrules.Listed:
-        try:
-            objects = self.nft.run([{"list": {"table": {"family": nftrules.FAMILY, "name": self.table}}}])
-        except KernelError as e:
-            if "No such file" in str(e) or "does not exist" in str(e):
-                return nftrules.Listed()
-            raise
-        return nftrules.parse_listing(objects)
+        """Our table as the kernel holds it, asked for by name: chains, rule counts, sets whose
+        declaration is ours (one declared otherwise counts as missing) and their elements."""
+        return self._contained(self._listing)()
+
+    def _listing(self) -> nftrules.Listed:
+        family, name = nftwire.FAMILIES[nftrules.FAMILY], nftwire.text(self.table)
+        out = nftrules.Listed()
+        if self.nft.get(nftwire.GETTABLE, family, nftwire.attr(1, name)) is None:
+            return out
+        out.exists = True
+        by_table = nftwire.attr(1, name)
+
+        def ours(kind: int, body: bytes = by_table) -> Iterator[dict[int, bytes]]:
+            # the kernel filters rule and set dumps by the table named; chain dumps (kernel 6.18)
+            # it does not: every object's table is checked here, before anything else is read
+            for _, attrs in self.nft.dump(kind, family, body):
+                if nftwire.name_of(attrs.get(1)) == self.table:
+                    yield attrs
+        for body in ours(nftwire.GETCHAIN):
+            chain = nftwire.decode_chain(body)
+            out.chains.setdefault(chain.name, 0)
+            if chain.base is not None:
+                out.base[chain.name] = chain.base
+        for body in ours(nftwire.GETRULE):
+            chain_name = nftwire.name_of(body.get(2))
+            out.chains[chain_name] = out.chains.get(chain_name, 0) + 1
+        for body in ours(nftwire.GETSET):
+            set_name = nftwire.name_of(body.get(2))
+            st = SET_TYPES.get(set_name)
+            if st is None or not nftwire.declared_as(st, body):
+                continue
+            out.sets.add(set_name)
+            elements = out.elements.setdefault(set_name, {})
+            for part in ours(nftwire.GETSETELEM, by_table + nftwire.attr(2, nftwire.text(set_name))):
+                for key, value in nftwire.decode_elements(st, part):
+                    elements[nftrules.normalize(key)] = nftrules.normalize(value)
+        return out
 
     def remove_all(self) -> None:
         """Delete our table and the static rules (uninstall, tests)."""
         tbl = {"family": nftrules.FAMILY, "name": self.table}
-        self.nft.run([{"add": {"table": dict(tbl)}}, {"delete": {"table": dict(tbl)}}])
-        self.forward.remove()
+        self._run([{"add": {"table": dict(tbl)}}, {"delete": {"table": dict(tbl)}}])
+        self._contained(self.forward.remove)()
         self.firewalld.remove()
         if self._migrate is not None:
-            self._migrate()
+            self._contained(self._migrate)()
 
     def counters(self) -> FirewallCounters:
         with self._count_lock:
@@ -257,35 +166,60 @@ class NftFirewall:
         Monitor(self, on_change, legacy_every).run()
 
     def close(self) -> None:
-        """Stop the helper (if any) and every monitor (tests, shutdown)."""
+        """Close the socket and stop every monitor (tests, shutdown)."""
         self._closed.set()
         # each watch sees _closed within a second and closes its socket
-        self.nft.stop()
+        self.nft.close()
 
     # ---------------------------------------------------------------------------------------
+
+    def _run(self, commands: list[dict]) -> None:
+        """nftrules' commands, compiled and sent as one transaction (a new compiler each time:
+        the sets a transaction declares are known to it alone)."""
+        self.nft.transact(nftwire.Compiler(SET_TYPES).compile(commands))
 
     def _change(self, commands: list[dict]) -> None:
         """One change transaction, counted with its duration (for the metrics)."""
         started = time.perf_counter()
         ok = False
         try:
-            self.nft.run(commands)
+            self._contained(self._run)(commands)
             ok = True
         finally:
             took = time.perf_counter() - started
             with self._count_lock:
                 c = self._counters
-                self._counters = FirewallCounters(c.changes + 1, c.failures + (not ok), c.seconds + took)
+                self._counters = replace(c, changes=c.changes + 1, failures=c.failures + (not ok),
+                                         seconds=c.seconds + took)
 
-    def _nft_tables(self) -> set[tuple[str, str]]:
-        return {(o["table"]["family"], o["table"]["name"]) for o in self.nft.run([{"list": {"tables": None}}])
-                if "table" in o}
+    def _contained(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """fn, with a fault in it (an error that is not the kernel's or a tool's answer: a bug of
+        ours, a tool killed by a signal) logged, counted as a fault and raised as a KernelError
+        that names it, so that the call fails and the process goes on."""
+        def call(*args, **kwargs) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except KernelFault as e:
+                log.error("firewall fault: %s", e)
+                self._fault(str(e))
+                raise
+            except KernelError:
+                raise
+            except Exception as e:      # noqa: BLE001 - containing faults is the point
+                log.exception("firewall fault in %s", getattr(fn, "__name__", "firewall work"))
+                what = f"{type(e).__name__}: {e}"[:300]
+                self._fault(what)
+                raise KernelFault(f"firewall fault (see the plugin's log): {what}") from None
+        return call
+
+    def _fault(self, what: str) -> None:
+        with self._count_lock:
+            c = self._counters
+            self._counters = replace(c, faults=c.faults + 1, last_fault=what)
 
 
-def _in_netns(netns: str | None, fn):
+def _in_netns(netns: str, fn: Callable[[], T]) -> T:
     """fn() in the network namespace netns (by a thread that enters it for that alone)."""
-    if netns is None:
-        return fn()
     out: list = []
 
     def run() -> None:
@@ -332,7 +266,7 @@ class Monitor:
     def run(self) -> None:
         if self.fw._closed.is_set():
             return
-        sock = _in_netns(self.fw.netns, nftevents.open_socket)
+        sock = _in_netns(self.fw.netns, nftevents.open_socket) if self.fw.netns else nftevents.open_socket()
         self.fw._monitors.append(sock)
         try:
             self.on_change()       # whatever happened while nobody listened

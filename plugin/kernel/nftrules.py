@@ -58,6 +58,7 @@ SETS: dict[str, dict] = {
     "dns_ok4": {"type": ["ifname", "ipv4_addr"]},
     "dns_ok6": {"type": ["ifname", "ipv6_addr"]},
     "masq": {"type": "ifname"},
+    "dns_protos": {"type": "inet_proto"},       # tcp and udp, always (FIXED)
     # cluster mode: VXLAN on this port is taken only from the hosts of the cluster (empty: off)
     "vxlan_ports": {"type": "inet_service"},
     "vxlan_peers4": {"type": "ipv4_addr"},
@@ -72,6 +73,9 @@ for _v, _addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
     for _where, _key in (("any", ["inet_proto", "inet_service"]), ("at", [_addr, "inet_proto", "inet_service"])):
         SETS[f"to{_v}_{_where}"] = {"type": _key, "map": _addr}
         SETS[f"port{_v}_{_where}"] = {"type": _key, "map": "inet_service"}
+
+# elements every table holds, whatever the state
+FIXED: dict[str, dict] = {"dns_protos": {"tcp": None, "udp": None}}
 
 # base chains: name -> (type, hook, priority)
 BASE_CHAINS = {"raw": ("filter", "prerouting", -300), "forward": ("filter", "forward", -1),
@@ -108,7 +112,7 @@ def _concat(*items) -> dict:
     return {"concat": list(items)}
 
 
-_DNS_PORT = [_match(_meta("l4proto"), {"set": ["tcp", "udp"]}), _match(_payload("th", "dport"), DNS_PORT)]
+_DNS_PORT = [_match(_meta("l4proto"), "@dns_protos"), _match(_payload("th", "dport"), DNS_PORT)]
 _RETURN, _DROP, _ACCEPT = {"return": None}, {"drop": None}, {"accept": None}
 _MASQ = {"masquerade": None}
 _CT_DNAT = _match({"ct": {"key": "status"}}, "dnat", "in")
@@ -271,7 +275,7 @@ def desired(networks: Iterable[Network], endpoints: Iterable[Endpoint], foreign:
     parts = [network_elements(n) for n in networks]
     parts += [endpoint_elements(by_id[e.network_id], e) for e in endpoints if e.network_id in by_id]
     parts.append(foreign_elements(foreign, (n.bridge for n in networks)))
-    return merge(*parts)
+    return merge(FIXED, *parts)
 
 
 # to JSON -----------------------------------------------------------------------------------
@@ -332,7 +336,7 @@ def full(table: str, mark: int, elements: Elements) -> list[dict]:
     cmds += [_chain(table, c) for c in CHAINS]
     for c, rules in fixed_rules(mark).items():
         cmds += [{"add": {"rule": {"family": FAMILY, "table": table, "chain": c, "expr": r}}} for r in rules]
-    return cmds + _adds(table, elements)
+    return cmds + _adds(table, merge(FIXED, elements))
 
 
 def add_network(table: str, n: Network) -> list[dict]:

@@ -28,14 +28,9 @@ EP = Endpoint(id="e" * 64, network_id=NET.id, host_ifname="pth1", container_ifna
 BARE = Endpoint(**{**EP.__dict__, "ports": ()})
 
 
-@pytest.fixture(params=["in-process", "helper"])
-def fw(netns, request, monkeypatch):
-    """The adapter with libnftables in this process, and with the helper process it falls back
-    to when this process holds too many descriptors."""
-    if request.param == "helper":
-        monkeypatch.setattr(nft, "FD_LIMIT", 0)
+@pytest.fixture
+def fw(netns):
     f = NftFirewall("PBTI", netns=netns)
-    assert type(f.nft).__name__ == {"in-process": "NftLibrary", "helper": "NftHelper"}[request.param]
     yield f
     f.close()
 

@@ -93,3 +93,23 @@ def test_bad_metrics_settings_are_refused_naming_the_setting(text):
 
 def test_metrics_are_on_loopback_by_default():
     assert load_settings({}).metrics == ("127.0.0.1", 9474)
+
+
+def test_a_fault_in_firewall_work_fails_the_call_and_is_reported_not_fatal(metered):
+    """Issue 18: a fault in firewall work (a firewall tool killed by a signal, a bug of ours)
+    fails what needed the firewall with a clear error; the plugin goes on answering, and doctor
+    and the metrics say what happened."""
+    services, client = metered
+    fw = services.ctx.firewall
+    fw.fault = "nft was killed by SIGSEGV"
+    status, out = create_network(client)[:2]
+    assert status == 500 and "killed by SIGSEGV" in out["Err"]
+    assert fw.counters().faults >= 1                      # the injected fault really fired
+    assert call(client, "Plugin.Activate")[0] == 200      # still serving
+    problems = services.doctor.examine()["problems"]
+    assert any(p.startswith("firewall: cannot be checked:") and "SIGSEGV" in p for p in problems)
+    assert any("fault(s) since start" in p and p.endswith("nft was killed by SIGSEGV") for p in problems)
+    assert value(scrape(services), "pybridge_firewall_faults_total") == fw.counters().faults
+    fw.fault = None
+    assert create_network(client, subnet="10.200.2.0/24")[0] == 200     # once the fault is gone, calls work
+    assert not [p for p in services.doctor.examine()["problems"] if "cannot be checked" in p]
