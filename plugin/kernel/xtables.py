@@ -46,9 +46,10 @@ class ForwardAccept:
     def legacy_active(self) -> bool:
         return any(self._legacy_tables(v) for v in (4, 6))
 
-    def backends(self, legacy_only: bool = False) -> list[tuple[str, int, list[tuple[str, ...]]]]:
-        """(backend, family, FORWARD's rules) where a filter table exists whose FORWARD could
-        drop what we accept: a DROP policy, or any rule that is not ours."""
+    def _found(self, legacy_only: bool = False) -> list[tuple[str, int, bool, list[tuple[str, ...]]]]:
+        """(backend, family, needed, FORWARD's rules) of every filter table there is. Our rule
+        is needed where FORWARD could drop what we accept: a DROP policy, or any rule that is
+        not ours."""
         found = []
         nft = set() if legacy_only else self._nft_tables()
         for v in (4, 6):
@@ -62,9 +63,12 @@ class ForwardAccept:
             if not shutil.which(tool):
                 continue
             policy, rules = self._forward(tool)
-            if policy != "ACCEPT" or any(r != self.spec for r in rules):
-                out.append((backend, v, rules))
+            out.append((backend, v, policy != "ACCEPT" or any(r != self.spec for r in rules), rules))
         return out
+
+    def backends(self, legacy_only: bool = False) -> list[tuple[str, int, list[tuple[str, ...]]]]:
+        """(backend, family, FORWARD's rules) where our rule is needed."""
+        return [(b, v, rules) for b, v, needed, rules in self._found(legacy_only) if needed]
 
     def _forward(self, tool: str) -> tuple[str, list[tuple[str, ...]]]:
         """FORWARD's policy and rules."""
@@ -86,7 +90,11 @@ class ForwardAccept:
 
     def problems(self, legacy_only: bool = False) -> list[str]:
         out = []
-        for backend, v, rules in self.backends(legacy_only):
+        for backend, v, needed, rules in self._found(legacy_only):
+            if not needed:
+                if self.spec in rules:
+                    out.append(f"static rule in {TOOLS[(backend, v)]} FORWARD is no longer needed")
+                continue
             ok, _ = self._placement(rules)
             if not ok:
                 state = "missing" if self.spec not in rules else "misplaced or doubled"
@@ -94,8 +102,14 @@ class ForwardAccept:
         return out
 
     def ensure(self) -> None:
-        for backend, v, rules in self.backends():
+        """Our rule once, in place, where it is needed; gone from a FORWARD that no longer needs
+        it (its policy back to ACCEPT and nothing else in it: dockerd gone, or "iptables": false)."""
+        for backend, v, needed, rules in self._found():
             tool = TOOLS[(backend, v)]
+            if not needed:
+                for _ in range(rules.count(self.spec)):
+                    self._run([tool, "-w", "-D", "FORWARD", *self.spec])
+                continue
             ok, _ = self._placement(rules)
             if ok:
                 continue

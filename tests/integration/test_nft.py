@@ -93,6 +93,23 @@ def test_the_static_rule_sits_after_docker_user_once_and_only_where_a_filter_tab
     assert STATIC not in forward(netns) and "-A FORWARD -i other0 -j ACCEPT" in forward(netns)
 
 
+def test_the_static_rule_goes_from_a_forward_that_no_longer_needs_it(fw, netns):
+    """Issue 18: dockerd set FORWARD's policy to DROP and we wrote our rule; then the policy went
+    back to ACCEPT with nothing else in the chain (dockerd gone, or "iptables": false): ours is
+    taken away, not kept for ever."""
+    run(netns, "iptables-nft", "-P", "FORWARD", "DROP")
+    fw.sync([], [], [])
+    assert forward(netns) == [STATIC]
+    run(netns, "iptables-nft", "-P", "FORWARD", "ACCEPT")
+    assert fw.drift([], [], []) == ["static rule in iptables-nft FORWARD is no longer needed"]
+    fw.sync([], [], [])
+    assert forward(netns) == [] and fw.drift([], [], []) == []
+    run(netns, "iptables-nft", "-P", "FORWARD", "DROP")         # and back when it is needed again
+    assert fw.drift([], [], []) == ["static rule in iptables-nft FORWARD is missing"]
+    fw.sync([], [], [])
+    assert forward(netns) == [STATIC]
+
+
 def test_the_monitor_reports_others_damage_and_ignores_our_changes_and_theirs_elsewhere(fw, netns):
     fw.sync([NET], [BARE], [])
     calls = []
