@@ -18,25 +18,33 @@ cd "$root"
 [ "$(id -u)" = 0 ] || { pb_log "run as root (the integration and end-to-end tests need it)"; exit 1; }
 pb_apt_install iptables nftables iproute2 busybox-static curl gcc libc6-dev docker-compose etcd-server etcd-client
 python3 -m pip --version >/dev/null 2>&1 || pb_apt_install python3-pip
-# firewalld, for the test that runs it in a namespace of its own on a bus of its own. Installed
-# only on a CI machine (PYBRIDGE_CI=1, no systemd): elsewhere the package would start and enable
-# firewalld on the host itself; without it that test is skipped.
-if [ "${PYBRIDGE_CI:-}" = 1 ] && ! command -v firewalld >/dev/null 2>&1 && [ ! -d /run/systemd/system ]; then
-  pb_apt_install firewalld
-fi
-# systemd-resolved for the host-name test, unpacked (not installed: the package would take over
-# the host's /etc/resolv.conf), where the host has none; the test runs it in a namespace of its own.
+# Daemons some tests run in namespaces of their own, each on a D-Bus of its own: firewalld and
+# systemd-resolved. They are unpacked (apt-get download + dpkg-deb -x into $tools), never
+# installed: their packages would start and enable them on the host itself, and resolved would
+# take over the host's /etc/resolv.conf. What they need to run is installed (libraries and the
+# bus daemon binary, which start nothing).
 tools=/var/lib/pybridge-test-tools
-if [ "${PYBRIDGE_CI:-}" = 1 ] && [ ! -x /lib/systemd/systemd-resolved ] && [ ! -x "$tools/systemd-resolved/lib/systemd/systemd-resolved" ]; then
-  pb_apt_install dbus
+unpack() {   # unpack DIR PACKAGE...: download the packages and unpack them all into $tools/DIR
+  local dir=$1 dl; shift
   dl=$(mktemp -d)
-  if (cd "$dl" && apt-get download -q systemd-resolved >/dev/null 2>&1) \
-      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null >/dev/null && (cd "$dl" && apt-get download -q systemd-resolved >/dev/null 2>&1); }; then
-    mkdir -p "$tools" && dpkg-deb -x "$dl"/systemd-resolved_*.deb "$tools/systemd-resolved"
+  if (cd "$dl" && apt-get download -q "$@" >/dev/null 2>&1) \
+      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null >/dev/null && (cd "$dl" && apt-get download -q "$@" >/dev/null 2>&1); }; then
+    rm -rf "${tools:?}/$dir.tmp" && mkdir -p "$tools/$dir.tmp"
+    for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$tools/$dir.tmp"; done
+    rm -rf "${tools:?}/$dir" && mv "$tools/$dir.tmp" "$tools/$dir"
   else
-    pb_log "could not fetch systemd-resolved: the host-name test will be skipped"
+    pb_log "could not fetch $*: the tests that need them will fail"
   fi
   rm -rf "$dl"
+}
+command -v dbus-daemon >/dev/null 2>&1 || pb_apt_install dbus-daemon 2>/dev/null || pb_apt_install dbus
+if ! command -v firewalld >/dev/null 2>&1 && [ ! -f "$tools/firewalld/usr/sbin/firewalld" ]; then
+  pb_apt_install python3-dbus python3-gi gir1.2-glib-2.0 python3-nftables
+  unpack firewalld firewalld python3-firewall
+fi
+if [ ! -x /lib/systemd/systemd-resolved ] && [ ! -x /usr/lib/systemd/systemd-resolved ] \
+    && [ ! -x "$tools/systemd-resolved/lib/systemd/systemd-resolved" ] && [ ! -x "$tools/systemd-resolved/usr/lib/systemd/systemd-resolved" ]; then
+  unpack systemd-resolved systemd-resolved
 fi
 if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, prometheus_client, jeepney, etcd3gw, pytest, hypothesis' 2>/dev/null; then
   pb_log "installing Python test dependencies"
