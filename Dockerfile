@@ -3,7 +3,7 @@
 # Debian base on machines without Docker Hub. Wheels are fetched on the host (pip inside a build
 # container may have no working TLS) and installed with --no-index, each checked against the
 # sha256 that requirements.lock pins (scripts/lock.sh makes it).
-ARG BASE=python:3.11-slim
+ARG BASE=python:3.13-slim
 FROM ${BASE}
 # iptables for the one static rule and the old chains' removal; nftables (nft) for an operator
 # inside the plugin only: the plugin itself speaks nf_tables netlink (plugin/kernel/nftwire.py).
@@ -16,10 +16,14 @@ COPY build/wheels /tmp/wheels
 # Then what the plugin never uses at run time goes: pip and setuptools (only the install above
 # needed them), documentation, manual pages, translations, time zones, apt's caches and lists,
 # glibc's iconv modules (nothing here calls iconv); then a check that what runs is still there.
-RUN python3 -m pip install --no-cache-dir --no-index --find-links /tmp/wheels --break-system-packages \
+# --no-deps: the lock holds every package (--require-hashes would refuse one it does not); without
+# it pip asks for setuptools, which pbr (etcd3gw's) declares but never needs at run time, and
+# which trixie's pip no longer brings.
+RUN python3 -m pip install --no-cache-dir --no-index --no-deps --find-links /tmp/wheels --break-system-packages \
       --require-hashes -r /tmp/requirements.lock && rm -rf /tmp/wheels /tmp/requirements.lock && \
     if dpkg -s python3-pip >/dev/null 2>&1; then \
-      apt-get purge -y -q --auto-remove python3-pip python3-setuptools python3-wheel python3-pkg-resources >/dev/null; \
+      apt-get purge -y -q --auto-remove $(for p in python3-pip python3-setuptools python3-wheel python3-pkg-resources; do \
+        dpkg -s "$p" >/dev/null 2>&1 && echo "$p"; done) >/dev/null; \
     else \
       python3 -m pip uninstall -q -y pip setuptools wheel >/dev/null 2>&1 || true; \
     fi && \

@@ -5,8 +5,8 @@
 #   scripts/build-plugin.sh --dir DIR NAME  only write the plugin's directory (config.json, rootfs/)
 #                                           to DIR, for engines of their own (scripts/multihost.sh)
 #
-# Works without Docker Hub: unless PYBRIDGE_BASE_IMAGE names a base image (e.g. python:3.11-slim),
-# a Debian bookworm base is made locally with debootstrap. Wheels are downloaded on the host for
+# Works without Docker Hub: unless PYBRIDGE_BASE_IMAGE names a base image (e.g. python:3.13-slim),
+# a Debian trixie base (nftables 1.1, iptables 1.8.11) is made locally with debootstrap. Wheels are downloaded on the host for
 # the base image's Python, then installed in the image with --no-index.
 # Refuses to replace an existing plugin NAME:latest that is enabled (disable it first).
 set -euo pipefail
@@ -16,7 +16,7 @@ if [ "${1:-}" = --dir ]; then keep=$2; shift 2; fi
 name=${1:-pybridge}
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build"
-base=${PYBRIDGE_BASE_IMAGE:-pybridge-base:bookworm-nft}
+base=${PYBRIDGE_BASE_IMAGE:-pybridge-base:trixie-nft}
 export DOCKER_BUILDKIT=0
 
 PB_SCRIPT=build-plugin
@@ -25,13 +25,13 @@ log() { pb_log "$@"; }
 
 ensure_base_image() {
   docker image inspect "$base" >/dev/null 2>&1 && return 0
-  if [ "$base" != "pybridge-base:bookworm-nft" ]; then
+  if [ "$base" != "pybridge-base:trixie-nft" ]; then
     log "pulling $base"; docker pull "$base"; return 0
   fi
   command -v debootstrap >/dev/null || { log "debootstrap missing: apt-get install -y debootstrap"; exit 1; }
   local dir; dir=$(mktemp -d /var/tmp/pybridge-base.XXXXXX)
   log "making a local Debian base image with debootstrap (about a minute)"
-  debootstrap --variant=minbase --include=python3,python3-pip,iptables,nftables bookworm "$dir" >"$build/debootstrap.log" 2>&1 \
+  debootstrap --variant=minbase --include=python3,python3-pip,iptables,nftables trixie "$dir" >"$build/debootstrap.log" 2>&1 \
     || { log "debootstrap failed, see $build/debootstrap.log"; rm -rf "$dir"; exit 1; }
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
   tar -C "$dir" -c . | docker import - "$base" >/dev/null
