@@ -173,6 +173,12 @@ class Netlink:
                         if old is not None:
                             ipr.link("del", index=old.index)
                     ipr.link("add", **spec)
+                # hairpin: a container reaching its own published port through a host address
+                # is DNATed back to itself, and the bridge must send that out the port it came in
+                created = _lookup(ipr, host)
+                if created is None:
+                    raise KernelError(f"veth {host} vanished as it was made")
+                ipr.brport("set", index=created.index, mode=1)
         except NetlinkError as e:
             self.delete_link(host)
             raise KernelError(f"create veth {host}<->{peer} on {bridge}: {e}") from e

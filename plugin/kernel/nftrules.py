@@ -20,7 +20,8 @@ change are the elements of its sets and maps:
               iptables rule (plugin.kernel.xtables).
     nat-pre,  nat prerouting/output, priority dstnat - 1: to a local address -> `ports`: never a
     nat-out   gateway's DNS port, then one DNAT per key (to4_at/port4_at, to4_any/port4_any, v6).
-    post      nat postrouting: lo never, hairpin, loopback, and what leaves a masqueraded
+    post      nat postrouting: lo never, hairpin (routed, or bridged back by br_netfilter: no
+              input interface then), loopback, and what leaves a masqueraded
               network (masq) for anywhere but its own bridge.
 
 So publishing a port, withdrawing it, creating or removing a network, a bridge appearing: each
@@ -146,6 +147,12 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
     inbound = []
     ports, post = [], [[_match(_OIF, "lo"), _RETURN],
                        [_CT_DNAT, _match(_PAIR, "@self"), _MASQ],
+                       # DNATed back onto the bridge it came from and bridged there (br_netfilter
+                       # bridges it, and postrouting then has no input interface): a container
+                       # reaching a published port of its own network, itself included, through
+                       # a host address. The host's own connections (a local source) are not.
+                       [_CT_DNAT, _match(_meta("iif"), 0), _match(_OIF, "@bridges"),
+                        _match({"fib": {"result": "type", "flags": ["saddr"]}}, "local", "!="), _MASQ],
                        [_match(_payload("ip", "saddr"), _LOOPBACK), _CT_DNAT, _match(_OIF, "@bridges"), _MASQ],
                        [_match(_IIF, "@masq"), _match(_PAIR, "@self", "!="), _MASQ]]
     for v in (4, 6):

@@ -49,7 +49,7 @@ TYPES: dict[str, tuple[int, int, int]] = {
     "ifname": (41, 16, HOST), "ipv4_addr": (7, 4, BIG), "ipv6_addr": (8, 16, BIG),
     "inet_proto": (12, 1, BIG), "inet_service": (13, 2, BIG), "mark": (19, 4, HOST),
     "nfproto": (2, 1, HOST), "ct_state": (26, 4, HOST), "ct_status": (28, 4, HOST),
-    "fib_addrtype": (38, 4, HOST), "boolean": (39, 1, HOST),
+    "fib_addrtype": (38, 4, HOST), "boolean": (39, 1, HOST), "iface_index": (20, 4, HOST),
 }
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
@@ -60,7 +60,7 @@ FIB_TYPES = {"unspec": 0, "unicast": 1, "local": 2, "broadcast": 3, "anycast": 4
 FLAGS = {"ct_state": CT_STATE, "ct_status": CT_STATUS}
 
 # what an expression loads: meta key -> (kernel key, type); payload -> (base, offset, length, type, dependency)
-META = {"mark": (3, "mark"), "iifname": (6, "ifname"), "oifname": (7, "ifname"), "nfproto": (15, "nfproto"),
+META = {"mark": (3, "mark"), "iif": (4, "iface_index"), "iifname": (6, "ifname"), "oifname": (7, "ifname"), "nfproto": (15, "nfproto"),
         "l4proto": (16, "inet_proto")}
 PAYLOAD = {("ip", "saddr"): (1, 12, 4, "ipv4_addr", ("nfproto", "ipv4")),
            ("ip", "daddr"): (1, 16, 4, "ipv4_addr", ("nfproto", "ipv4")),
@@ -153,7 +153,9 @@ def encode(kind: str, value) -> bytes:
             return struct.pack(">H", value)
         if kind == "nfproto":
             return bytes([NFPROTO[value]])
-        if kind == "mark":
+        if kind in ("mark", "iface_index"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError
             return struct.pack("=I", value)
         if kind in FLAGS:
             names = [value] if isinstance(value, str) else value

@@ -76,6 +76,12 @@ def test_published_port_answers_from_outside_host_hairpin_and_other_networks(dk,
     assert outside.host_ip in gw
     same = dk.run_once(net, "sh", "-c", f"nc -w 3 {outside.host_ip} {port}", check=False)
     assert "pong" in same.stdout, "hairpin from the same network"
+    # issue 18: the container itself, through the host's address (its bridge port in hairpin
+    # mode, and the connection masqueraded so that the answer comes back the same way)
+    own = dk.exec(web, "sh", "-c", f"nc -w 3 {outside.host_ip} {port}", check=False)
+    assert "pong" in own.stdout, "hairpin to its own published port"
+    own = dk.exec(web, "sh", "-c", f"nc -w 3 {dk.ip(web, net).rsplit('.', 1)[0]}.1 {port}", check=False)
+    assert "pong" in own.stdout, "and through its own gateway's address"
     other = dk.network("--subnet", free_subnet())
     res = dk.run_once(other, "sh", "-c", f"nc -w 3 {outside.host_ip} {port}", check=False)
     assert "pong" in res.stdout, "from another network through the published port"
