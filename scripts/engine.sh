@@ -1,26 +1,41 @@
 #!/usr/bin/env bash
-# A second Docker engine for the end-to-end tests: Debian unstable's docker.io (28.x today) in a
-# root of its own made with debootstrap, its dockerd started in a mount namespace whose root is
-# that tree. The host's engine is stopped meanwhile (one engine owns the firewall at a time) and
-# started again afterwards, the way it was running.
+# Other Docker engines for the end-to-end tests, each in a root of its own, its dockerd started
+# in a mount namespace whose root is that tree. The host's engine is stopped meanwhile (one
+# engine owns the firewall at a time) and started again afterwards, the way it was running.
 #
 #   scripts/engine.sh test [SUITE [pytest arguments]]   prepare, start, run the e2e tests, stop
 #   scripts/engine.sh prepare                            make the root (skipped when it exists)
-#   scripts/engine.sh start | stop                       switch to the second engine and back
+#   scripts/engine.sh start | stop                       switch to the engine and back
 #   scripts/engine.sh daemon                             (internal) namespace set-up, exec dockerd
 #
-# PYBRIDGE_ENGINE_SUITE (default sid) picks the Debian suite, PYBRIDGE_ENGINE_DIR (default
-# /var/lib/pybridge-engines) where roots live. Why not chroot: in a plain chroot `docker import`
-# fails ("remount /, flags: 0x84000") and `docker exec` runs in the host's root.
+# PYBRIDGE_ENGINE picks the engine: `sid` (default), Debian unstable's docker.io (28.x) in a
+# root made with debootstrap; `29.7.2`, Docker 29.7.2 as built in ../shared/engines (checked
+# against its SHA256SUMS), in a copy of that root with its dockerd and docker-proxy replaced.
+# PYBRIDGE_ENGINE_FIREWALL (iptables, the default, or nftables) is the engine's
+# "firewall-backend" (29 and later). PYBRIDGE_ENGINE_DIR (default /var/lib/pybridge-engines) is
+# where roots live, PYBRIDGE_ENGINES_SOURCE (default ../shared/engines) where the builds are.
+# Why not chroot: in a plain chroot `docker import` fails ("remount /, flags: 0x84000") and
+# `docker exec` runs in the host's root.
 set -euo pipefail
 
 root_dir=$(cd "$(dirname "$0")/.." && pwd)
 PB_SCRIPT=engine
 . "$root_dir/scripts/lib.sh"
 
-suite=${PYBRIDGE_ENGINE_SUITE:-sid}
+engine=${PYBRIDGE_ENGINE:-${PYBRIDGE_ENGINE_SUITE:-sid}}
+firewall=${PYBRIDGE_ENGINE_FIREWALL:-iptables}
 base_dir=${PYBRIDGE_ENGINE_DIR:-/var/lib/pybridge-engines}
-tree=$base_dir/$suite
+builds=${PYBRIDGE_ENGINES_SOURCE:-$root_dir/../shared/engines}
+sid_tree=$base_dir/sid
+case $engine in
+  sid) tree=$sid_tree; suite=sid ;;
+  29.7.2) tree=$base_dir/docker-$engine; suite=docker-$engine ;;
+  *) pb_log "unknown engine $engine (sid or 29.7.2)"; exit 2 ;;
+esac
+case $firewall in
+  iptables|nftables) ;;
+  *) pb_log "unknown firewall backend $firewall (iptables or nftables)"; exit 2 ;;
+esac
 saved=$base_dir/host-dockerd          # how the host's engine ran: "systemd" or its command line
 log=/var/log/pybridge-dockerd-$suite.log
 # Its own exec root and pid file: the host's /run is shared, and an engine that finds the other's
@@ -30,16 +45,62 @@ exec_root=/run/pybridge-engine-$suite
 shared_dirs=(/lib/modules)
 
 prepare() {
-  [ -x "$tree/usr/sbin/dockerd" ] && return 0
+  prepare_sid
+  [ "$engine" = sid ] || prepare_build
+}
+
+prepare_sid() {
+  [ -x "$sid_tree/usr/sbin/dockerd" ] && [ -x "$sid_tree/usr/sbin/nft" ] && return 0
   pb_apt_install debootstrap
   mkdir -p "$base_dir"
+  if [ -x "$sid_tree/usr/sbin/dockerd" ]; then      # a root made before it carried nftables
+    pb_log "adding nftables to $sid_tree"
+    chroot "$sid_tree" sh -c 'DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq --no-install-recommends nftables' \
+      </dev/null >>"$base_dir/debootstrap-sid.log" 2>&1 || { pb_log "could not add nftables, see $base_dir/debootstrap-sid.log"; exit 1; }
+    return 0
+  fi
+  rm -rf "$sid_tree.tmp"
+  pb_log "making a Debian sid root with docker.io in $sid_tree (about a minute)"
+  # nftables: for a 29 engine in nftables mode (dockerd will not start without nft), and for the
+  # tests' tables written by a newer nft (tests/integration/test_hostile_tables.py)
+  debootstrap --variant=minbase --include=docker.io,docker-compose,iptables,nftables,iproute2,ca-certificates sid "$sid_tree.tmp" \
+    >"$base_dir/debootstrap-sid.log" 2>&1 \
+    || { pb_log "debootstrap failed, see $base_dir/debootstrap-sid.log"; rm -rf "$sid_tree.tmp"; exit 1; }
+  rm -rf "$sid_tree.tmp"/var/cache/apt/archives/*.deb
+  mv "$sid_tree.tmp" "$sid_tree"
+}
+
+prepare_build() {
+  # A copy of the sid root (its containerd 2.x and runc suit 29; its CLI talks to it) with the
+  # build's dockerd and docker-proxy, each archive checked against SHA256SUMS first.
+  if [ -x "$tree/usr/sbin/dockerd" ] && "$tree/usr/sbin/dockerd" --version 2>/dev/null | grep -q "version $engine,"; then
+    return 0
+  fi
+  local f
+  for f in "dockerd-$engine.xz" "docker-proxy-$engine.xz"; do
+    [ -f "$builds/$f" ] || { pb_log "no $builds/$f"; exit 1; }
+  done
+  (cd "$builds" && grep -E " (dockerd|docker-proxy)-$engine\.xz\$" SHA256SUMS | sha256sum -c --quiet -) \
+    || { pb_log "the archives in $builds do not match SHA256SUMS"; exit 1; }
+  pb_log "making the $engine engine's root in $tree (a copy of $sid_tree)"
   rm -rf "$tree.tmp"
-  pb_log "making a Debian $suite root with docker.io in $tree (about a minute)"
-  debootstrap --variant=minbase --include=docker.io,docker-compose,iptables,iproute2,ca-certificates "$suite" "$tree.tmp" \
-    >"$base_dir/debootstrap-$suite.log" 2>&1 \
-    || { pb_log "debootstrap failed, see $base_dir/debootstrap-$suite.log"; rm -rf "$tree.tmp"; exit 1; }
-  rm -rf "$tree.tmp"/var/cache/apt/archives/*.deb
-  mv "$tree.tmp" "$tree"
+  cp -a "$sid_tree" "$tree.tmp"
+  xz -dc "$builds/dockerd-$engine.xz" >"$tree.tmp/usr/sbin/dockerd"
+  xz -dc "$builds/docker-proxy-$engine.xz" >"$tree.tmp/usr/sbin/docker-proxy"
+  chmod 755 "$tree.tmp/usr/sbin/dockerd" "$tree.tmp/usr/sbin/docker-proxy"
+  "$tree.tmp/usr/sbin/dockerd" --version | grep -q "version $engine," \
+    || { pb_log "$tree.tmp/usr/sbin/dockerd is not $engine"; rm -rf "$tree.tmp"; exit 1; }
+  rm -rf "$tree" && mv "$tree.tmp" "$tree"
+}
+
+configure() {
+  # The engine's daemon.json: its firewall backend (an option 29 knows; 28 refuses what it does not)
+  mkdir -p "$tree/etc/docker"
+  if [ "$firewall" = nftables ]; then
+    echo '{"firewall-backend": "nftables"}' >"$tree/etc/docker/daemon.json"
+  else
+    rm -f "$tree/etc/docker/daemon.json"
+  fi
 }
 
 dockerd_pids() { pidof dockerd || true; }
@@ -73,6 +134,7 @@ daemon() {
 
 start() {
   prepare
+  configure
   local pid
   for pid in $(dockerd_pids); do
     in_tree "$pid" && { pb_log "the $suite engine already runs (pid $pid)"; return 0; }
@@ -80,13 +142,13 @@ start() {
   # Keep the host's test images: the second engine has an empty store and no registry.
   if pb_docker_ready; then
     local images=() i
-    for i in pybridge-base:bookworm-nft pybridge-test-busybox:latest; do
+    for i in pybridge-base:trixie-nft pybridge-test-busybox:latest; do
       docker image inspect "$i" >/dev/null 2>&1 && images+=("$i")
     done
     [ ${#images[@]} -gt 0 ] && docker save -o "$base_dir/images.tar" "${images[@]}"
   fi
   stop_host_engine
-  pb_log "starting the $suite engine (log: $log)"
+  pb_log "starting the $engine engine, $firewall firewall (log: $log)"
   setsid "$0" daemon >>"$log" 2>&1 </dev/null &
   local n
   for n in $(seq 1 120); do pb_docker_ready && break; sleep 0.5; done
@@ -153,5 +215,5 @@ case ${1:-} in
   stop) stop ;;
   daemon) shift; daemon "$@" ;;
   test) shift; run_tests "$@" ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
 esac

@@ -30,6 +30,9 @@ CHAIN_PREFIX = chain_prefix(PLUGIN)
 # An engine running in a tree of its own (scripts/engine.sh) keeps the plugin's state there.
 ENGINE_TREE = os.environ.get("PYBRIDGE_ENGINE_TREE", "")
 STATE_DB = f"{ENGINE_TREE}/var/lib/{PLUGIN}/state.db"
+# nft as current as the engine's: Docker 29's nftables tables (written by its root's nft 1.1)
+# crash the nft 1.0.6 of Debian 12 whenever it reads the ruleset (issue 18)
+NFT = ["chroot", ENGINE_TREE, "nft"] if ENGINE_TREE and os.access(f"{ENGINE_TREE}/usr/sbin/nft", os.X_OK) else ["nft"]
 AUTO_POOL = ipaddress.ip_network("10.207.0.0/16")
 
 _subnets = itertools.count(random.randrange(0, 1000))
@@ -98,7 +101,7 @@ STATIC_LINE = "-A " + " ".join(STATIC)
 
 def our_table() -> nftrules.Listed:
     """Our nftables table as the kernel holds it."""
-    res = sh("nft", "-j", "list", "table", "inet", TABLE, check=False)
+    res = sh(*NFT, "-j", "list", "table", "inet", TABLE, check=False)
     if res.returncode != 0:
         return nftrules.Listed()
     return nftrules.parse_listing([o for o in json.loads(res.stdout)["nftables"] if "metainfo" not in o])

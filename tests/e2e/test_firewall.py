@@ -1,15 +1,18 @@
 """Issue 9 through a real dockerd: the upgrade from the iptables chains of earlier versions, and
-the static rule with dockerd on iptables-legacy (dockerd restarted under it)."""
+the static rule with dockerd on iptables-legacy (dockerd restarted under it). Issue 18: an
+administrator's own nftables rules next to ours, whichever firewall backend dockerd has."""
 
 import ipaddress
 import os
+import subprocess
+import uuid
 
 import pytest
 
 from plugin.domain.model import Network, Subnet
 from plugin.kernel.firewall import IptablesFirewall
 
-from .dockerenv import (CHAIN_PREFIX, ENGINE_TREE, MANAGED, STATIC, STATIC_LINE, docker, free_port, free_subnet, restart_dockerd,
+from .dockerenv import (NFT, CHAIN_PREFIX, ENGINE_TREE, MANAGED, STATIC, STATIC_LINE, docker, free_port, free_subnet, restart_dockerd,
                         sh, wait_for, wait_plugin_socket)
 from .test_connectivity import outside, reaches_out  # noqa: F401  (fixture)
 from .test_ports import SERVER, fetch_from_ns
@@ -105,3 +108,35 @@ def test_with_dockerd_on_iptables_legacy_traffic_flows_and_the_static_rule_heals
                 sh(tool, "-t", table, "-F", check=False)
                 sh(tool, "-t", table, "-X", check=False)
         assert wait_for(lambda: _legacy_rules() == [], 10), _legacy_rules()
+
+
+def test_an_administrators_nftables_rules_drop_what_they_drop_and_accept_opens_nothing(dk, outside):
+    """What the README tells an administrator: a table of their own with a base chain on the
+    forward hook. A drop there holds for pybridge's published ports (a packet must pass every base
+    chain of the hook); an accept there opens nothing pybridge's isolation closes. Healing leaves
+    their table alone."""
+    net, other = dk.network("--subnet", free_subnet()), dk.network("--subnet", free_subnet())
+    port = free_port()
+    web = dk.run(net, "-p", f"{port}:80", cmd=SERVER)
+    ip = dk.ip(web, net)
+    assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15), "control"
+    table = f"pbt_admin_{uuid.uuid4().hex[:6]}"
+    rules = (f"table inet {table} {{\n  chain forward {{\n"
+             f"    type filter hook forward priority filter - 10; policy accept;\n"
+             f"    ip saddr {outside.ip} ip daddr {ip} tcp dport 80 drop\n"
+             f"    ip daddr {ip} accept\n  }}\n}}\n")
+    res = subprocess.run([*NFT, "-f", "-"], input=rules, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    try:
+        assert fetch_from_ns(outside.ns, outside.host_ip, port) == "", "the administrator's drop holds"
+        direct = dk.run_once(other, "sh", "-c", f"nc -w 3 {ip} 80", check=False)
+        assert "pong" not in direct.stdout, "their accept does not open another network's way in"
+        assert plugin_problems() == [], "their table is not drift of ours"
+    finally:
+        sh(*NFT, "delete", "table", "inet", table)
+    assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15), "open again"
+
+
+def plugin_problems() -> list[str]:
+    from .test_selfheal import plugin
+    return plugin("GET", "/pybridge/doctor")["problems"]

@@ -8,7 +8,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .dockerenv import TABLE, free_port, free_subnet, gateway_of, sh, wait_for
+from .dockerenv import NFT, TABLE, free_port, free_subnet, gateway_of, sh, wait_for
 
 METRICS = "http://127.0.0.1:19474/metrics"
 
@@ -53,7 +53,7 @@ def test_a_scrape_shows_networks_endpoints_pools_calls_dns_and_firewall_and_valu
 
     # someone deletes our table: the plugin puts it back, and counts it
     healed = get(after, "pybridge_self_heal_total", kind="firewall")
-    sh("nft", "delete", "table", "inet", TABLE)
+    sh(*NFT, "delete", "table", "inet", TABLE)
     assert wait_for(lambda: get(scrape(), "pybridge_self_heal_total", kind="firewall") > healed, 15)
 
     # a refused call is an error of its method

@@ -5,7 +5,7 @@ differences between state and kernel."""
 import json
 import time
 
-from .dockerenv import PLUGIN, STATIC, TABLE, docker, free_port, free_subnet, sh, wait_for
+from .dockerenv import NFT, PLUGIN, STATIC, TABLE, docker, free_port, free_subnet, sh, wait_for
 from .test_connectivity import outside, reaches_out  # noqa: F401  (fixture)
 
 
@@ -17,7 +17,7 @@ def plugin(method, path):
 
 def table_handle():
     """Our table's handle: a rewrite of the table (what healing does) gives it a new one."""
-    for o in json.loads(sh("nft", "-j", "list", "tables").stdout)["nftables"]:
+    for o in json.loads(sh(*NFT, "-j", "list", "tables").stdout)["nftables"]:
         if o.get("table", {}).get("name") == TABLE and o["table"]["family"] == "inet":
             return o["table"]["handle"]
     return None
@@ -28,10 +28,15 @@ def test_damage_from_outside_is_healed_and_traffic_flows_again(dk, outside):
     bridge = f"pt-{dk.network_id(net)[:12]}"
     port = free_port()
     assert reaches_out(dk, net, outside, port), "control: out it goes"
-    for damage in (["nft", "flush", "chain", "inet", TABLE, "forward"],                  # a flush
-                   ["nft", "delete", "table", "inet", TABLE],                            # the table gone
-                   ["nft", "delete", "element", "inet", TABLE, "bridges", f'{{ "{bridge}" }}'],  # one element
+    for damage in ([*NFT, "flush", "chain", "inet", TABLE, "forward"],                  # a flush
+                   [*NFT, "delete", "table", "inet", TABLE],                            # the table gone
+                   [*NFT, "delete", "element", "inet", TABLE, "bridges", f'{{ "{bridge}" }}'],  # one element
                    ["iptables", "-D", *STATIC]):                                         # the static rule
+        if damage[0] == "iptables" and sh("iptables", "-C", *STATIC, check=False).returncode != 0:
+            # no iptables filter table needs it (Docker 29 in nftables mode): none was written
+            assert "FORWARD" not in sh("iptables", "-S", check=False).stdout or \
+                "-P FORWARD ACCEPT" in sh("iptables", "-S", "FORWARD").stdout
+            continue
         before = table_handle()
         sh(*damage)
         assert wait_for(lambda: table_handle() not in (None, before)

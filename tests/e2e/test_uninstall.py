@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from .dockerenv import IMAGE, free_subnet, sh
+from .dockerenv import NFT, IMAGE, free_subnet, sh
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAME = "pbuninst"
@@ -46,13 +46,13 @@ def test_uninstall_refuses_while_in_use_then_removes_everything_it_made(dk):
         sh("docker", "rm", "-f", ctr)
         sh("docker", "network", "rm", net)
         sh("ip", "link", "add", f"{PREFIX}-stale", "type", "bridge")     # a link of ours the state does not know
-        assert sh("nft", "list", "table", "inet", NAME, check=False).returncode == 0
+        assert sh(*NFT, "list", "table", "inet", NAME, check=False).returncode == 0
         assert "PBUNINST" in sh("iptables", "-S", "FORWARD").stdout
         res = script("uninstall.sh", NAME)
         assert res.returncode == 0, res.stderr
         assert sh("docker", "plugin", "inspect", PLUGIN, check=False).returncode != 0
         assert links() == set()
-        assert sh("nft", "list", "table", "inet", NAME, check=False).returncode != 0
+        assert sh(*NFT, "list", "table", "inet", NAME, check=False).returncode != 0
         assert "PBUNINST" not in sh("iptables", "-S", "FORWARD").stdout, "its static rule"
         assert not os.path.exists(f"/run/docker/plugins/{NAME}.sock")
         assert not os.path.exists(f"/run/docker/plugins/{NAME}:latest.sock")
@@ -73,5 +73,5 @@ def test_uninstall_refuses_while_in_use_then_removes_everything_it_made(dk):
         sh("docker", "plugin", "rm", "-f", PLUGIN, check=False)
         for link in links():
             sh("ip", "link", "del", link, check=False)
-        sh("nft", "delete", "table", "inet", NAME, check=False)
+        sh(*NFT, "delete", "table", "inet", NAME, check=False)
         sh("rm", "-rf", STATE, f"/run/docker/plugins/{NAME}.sock", f"/run/docker/plugins/{NAME}:latest.sock")
