@@ -37,6 +37,7 @@ case $firewall in
   *) pb_log "unknown firewall backend $firewall (iptables or nftables)"; exit 2 ;;
 esac
 saved=$base_dir/host-dockerd          # how the host's engine ran: "systemd" or its command line
+policies=$base_dir/forward-policies   # the iptables FORWARD policies an nftables engine found
 log=/var/log/pybridge-dockerd-$suite.log
 # Its own exec root and pid file: the host's /run is shared, and an engine that finds the other's
 # plugin tasks there fails to start its plugins (20.10 then panics at every start).
@@ -148,6 +149,7 @@ start() {
     [ ${#images[@]} -gt 0 ] && docker save -o "$base_dir/images.tar" "${images[@]}"
   fi
   stop_host_engine
+  [ "$firewall" = nftables ] && open_forward_policies
   pb_log "starting the $engine engine, $firewall firewall (log: $log)"
   setsid "$0" daemon >>"$log" 2>&1 </dev/null &
   local n
@@ -155,6 +157,31 @@ start() {
   pb_docker_ready || { pb_log "the $suite engine did not answer within 60 s; see $log"; exit 1; }
   [ -f "$base_dir/images.tar" ] && docker load -q -i "$base_dir/images.tar" >/dev/null
   pb_log "$(docker version -f 'engine {{.Server.Version}} on API {{.Server.APIVersion}}')"
+}
+
+open_forward_policies() {
+  # What Docker's migration guide has a user do (or a reboot does) when dockerd moves to its
+  # nftables backend: an iptables FORWARD policy of DROP (the previous engine's) would drop what
+  # Docker's nftables rules accept. Put back as it was when the engine stops.
+  [ -f "$policies" ] && return 0
+  local tool policy
+  : >"$policies.new"
+  for tool in iptables ip6tables; do
+    command -v "$tool" >/dev/null || continue
+    policy=$("$tool" -S FORWARD 2>/dev/null | sed -n 's/^-P FORWARD \([A-Z]*\)$/\1/p')
+    [ -n "$policy" ] && echo "$tool $policy" >>"$policies.new"
+    [ "$policy" = DROP ] && { pb_log "$tool FORWARD policy DROP -> ACCEPT while dockerd uses nftables"; "$tool" -P FORWARD ACCEPT; }
+  done
+  mv "$policies.new" "$policies"
+}
+
+restore_forward_policies() {
+  [ -f "$policies" ] || return 0
+  local tool policy
+  while read -r tool policy; do
+    case $policy in ACCEPT|DROP) "$tool" -P FORWARD "$policy" || true ;; esac
+  done <"$policies"
+  rm -f "$policies"
 }
 
 stop_host_engine() {
@@ -184,6 +211,7 @@ stop() {
   for pid in $(dockerd_pids); do
     in_tree "$pid" && { pb_log "stopping the $suite engine"; stop_pid "$pid"; }
   done
+  restore_forward_policies
   [ -f "$saved" ] || return 0
   if [ "$(cat "$saved")" = systemd ]; then
     systemctl start docker
@@ -204,7 +232,7 @@ run_tests() {
   start
   # The tests restart this engine with this command, and read the test plugin's state (a host
   # directory of the engine's own) through the tree.
-  export PYBRIDGE_DOCKERD_COMMAND="$0 daemon" PYBRIDGE_ENGINE_TREE=$tree
+  export PYBRIDGE_DOCKERD_COMMAND="$0 daemon" PYBRIDGE_ENGINE_TREE=$tree PYBRIDGE_ENGINE_FIREWALL=$firewall
   "$root_dir/scripts/install.sh" </dev/null     # the product too, as a user of this engine would
   PYBRIDGE_TESTS=${1:-tests/e2e} "$root_dir/scripts/test.sh" "${@:2}"
 }

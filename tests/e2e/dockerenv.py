@@ -33,6 +33,8 @@ STATE_DB = f"{ENGINE_TREE}/var/lib/{PLUGIN}/state.db"
 # nft as current as the engine's: Docker 29's nftables tables (written by its root's nft 1.1)
 # crash the nft 1.0.6 of Debian 12 whenever it reads the ruleset (issue 18)
 NFT = ["chroot", ENGINE_TREE, "nft"] if ENGINE_TREE and os.access(f"{ENGINE_TREE}/usr/sbin/nft", os.X_OK) else ["nft"]
+# dockerd's firewall backend: "nftables" for Docker 29 started with it (no iptables rules then)
+DOCKER_FIREWALL = os.environ.get("PYBRIDGE_ENGINE_FIREWALL", "iptables") if ENGINE_TREE else "iptables"
 AUTO_POOL = ipaddress.ip_network("10.207.0.0/16")
 
 _subnets = itertools.count(random.randrange(0, 1000))

@@ -12,7 +12,7 @@ import pytest
 from plugin.domain.model import Network, Subnet
 from plugin.kernel.firewall import IptablesFirewall
 
-from .dockerenv import (NFT, CHAIN_PREFIX, ENGINE_TREE, MANAGED, STATIC, STATIC_LINE, docker, free_port, free_subnet, restart_dockerd,
+from .dockerenv import (NFT, CHAIN_PREFIX, DOCKER_FIREWALL, ENGINE_TREE, MANAGED, STATIC, STATIC_LINE, docker, free_port, free_subnet, restart_dockerd,
                         sh, wait_for, wait_plugin_socket)
 from .test_connectivity import outside, reaches_out  # noqa: F401  (fixture)
 from .test_ports import SERVER, fetch_from_ns
@@ -76,6 +76,8 @@ def _choose(name: str, path: str) -> None:
 def test_with_dockerd_on_iptables_legacy_traffic_flows_and_the_static_rule_heals(dk, outside):
     if not os.path.exists("/usr/sbin/iptables-legacy"):
         pytest.skip("iptables-legacy is not installed")
+    if DOCKER_FIREWALL == "nftables":
+        pytest.skip("dockerd's firewall backend is nftables: it writes no iptables rules, legacy or not")
     if _legacy_rules():
         pytest.skip("this host has iptables-legacy rules; the test would not know what to clean")
     before = {n: _alternative(n) for n in ("iptables", "ip6tables")}
