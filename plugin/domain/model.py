@@ -61,6 +61,10 @@ class Network:
     cluster: str = ""          # the cluster network it is part of (-o pybridge.cluster), or ""
     vni: int = 0               # its VXLAN network identifier, from the cluster
     mac: str = ""              # the gateway's MAC (the bridge's), the same on every host of a cluster
+    # gateway modes beyond "nat" (Docker 28's): per address family
+    routed: frozenset[int] = frozenset()        # no NAT; published container ports open directly
+    unprotected: frozenset[int] = frozenset()   # nat-unprotected: NAT, and every port open directly
+    trusted: tuple[str, ...] = ()               # host interfaces with direct access to published ports
 
     def gateways(self) -> list[IPInterface]:
         return [s.gateway for s in self.subnets if s.gateway is not None]

@@ -22,10 +22,16 @@ OPT_MTU = "com.docker.network.driver.mtu"
 OPT_ICC = "com.docker.network.bridge.enable_icc"
 OPT_MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
 OPT_HOST_BINDING_IPV4 = "com.docker.network.bridge.host_binding_ipv4"
-# Docker 28's gateway modes: pybridge does "nat" (the default) and, for internal networks,
-# "isolated": no gateway address at all, so the bridge has none and the host is unreachable.
+# Docker 28's gateway modes, per address family: "nat" (the default); "nat-unprotected" (NAT, and
+# every container port reachable by direct routing from outside the host); "routed" (no NAT:
+# published container ports reachable directly, from other networks too, and ICMP); "isolated"
+# (internal networks only): no gateway address at all, so the bridge has none and the host is
+# unreachable.
 OPT_GATEWAY_MODE = {4: "com.docker.network.bridge.gateway_mode_ipv4", 6: "com.docker.network.bridge.gateway_mode_ipv6"}
-GATEWAY_MODES = ("nat", "isolated")
+GATEWAY_MODES = ("nat", "nat-unprotected", "routed", "isolated")
+# Host interfaces (colon-separated) from which published ports are reachable at the container's
+# own address (Docker 28.2).
+OPT_TRUSTED = "com.docker.network.bridge.trusted_host_interfaces"
 # Options of Docker's bridge driver that pybridge accepts and ignores (documented in README).
 IGNORED_BRIDGE_OPTIONS = frozenset({
     "com.docker.network.bridge.default_bridge",
@@ -35,7 +41,7 @@ OPT_DNS_UPSTREAM = "pybridge.dns.upstream"
 OPT_DNS_LOG = "pybridge.dns.log"
 OPT_CLUSTER = "pybridge.cluster"       # the cluster network's name, the same on every host
 KNOWN_OPTIONS = frozenset({OPT_BRIDGE_NAME, OPT_MTU, OPT_ICC, OPT_MASQUERADE, OPT_HOST_BINDING_IPV4,
-                           OPT_DNS_UPSTREAM, OPT_DNS_LOG, OPT_CLUSTER, *OPT_GATEWAY_MODE.values()})
+                           OPT_DNS_UPSTREAM, OPT_DNS_LOG, OPT_CLUSTER, OPT_TRUSTED, *OPT_GATEWAY_MODE.values()})
 _CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 OUR_NAMESPACE = "pybridge."
 
@@ -109,19 +115,35 @@ def check_adoptable_bridge(name: str, prefix: str, docker_bridges=frozenset()) -
                              f"{', '.join(owned_link_prefixes(prefix))} are reserved for the links pybridge makes")
 
 
-def isolated_families(generic: dict[str, str], internal: bool) -> set[int]:
-    """The address families whose gateway mode is "isolated" (no gateway address); refuses the
-    modes pybridge does not have and "isolated" on a network that is not internal."""
-    out = set()
+def gateway_modes(generic: dict[str, str], internal: bool) -> dict[int, str]:
+    """Each address family's gateway mode; refuses a mode that is not one of GATEWAY_MODES and
+    "isolated" on a network that is not internal."""
+    out = {}
     for version, key in OPT_GATEWAY_MODE.items():
         mode = generic.get(key, "nat") or "nat"
         if mode not in GATEWAY_MODES:
-            raise InvalidRequest(f"invalid {key} {mode!r}: pybridge supports {' and '.join(GATEWAY_MODES)}")
-        if mode == "isolated":
-            if not internal:
-                raise InvalidRequest(f"{key}=isolated is only for an --internal network")
-            out.add(version)
+            raise InvalidRequest(f"invalid {key} {str(mode)[:32]!r}: expected one of {', '.join(GATEWAY_MODES)}")
+        if mode == "isolated" and not internal:
+            raise InvalidRequest(f"{key}=isolated is only for an --internal network")
+        out[version] = mode
     return out
+
+
+def isolated_families(generic: dict[str, str], internal: bool) -> set[int]:
+    """The address families whose gateway mode is "isolated" (no gateway address)."""
+    return {v for v, mode in gateway_modes(generic, internal).items() if mode == "isolated"}
+
+
+def parse_trusted_interfaces(value: str) -> tuple[str, ...]:
+    """'eth3:vxlan.1' -> ('eth3', 'vxlan.1'): each an interface name, no duplicates."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"invalid {OPT_TRUSTED}: expected interface names separated by ':'")
+    names = tuple(dict.fromkeys(value.split(":"))) if value else ()
+    for name in names:
+        if not is_valid_ifname(name):
+            raise InvalidRequest(f"invalid {OPT_TRUSTED} {value[:80]!r}: {name[:32]!r} is not an interface name "
+                                 "(1-15 letters, digits, '_', '.' or '-'; names separated by ':')")
+    return names
 
 
 @dataclass(frozen=True)
@@ -195,7 +217,9 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
     binding = ""
     if generic.get(OPT_HOST_BINDING_IPV4):
         binding = str(parse_ip(OPT_HOST_BINDING_IPV4, generic[OPT_HOST_BINDING_IPV4], 4))
-    isolated = isolated_families(generic, internal)
+    modes = gateway_modes(generic, internal)
+    isolated = {v for v, mode in modes.items() if mode == "isolated"}
+    trusted = parse_trusted_interfaces(generic[OPT_TRUSTED]) if OPT_TRUSTED in generic else ()
     cluster = parse_cluster_name(OPT_CLUSTER, generic[OPT_CLUSTER]) if OPT_CLUSTER in generic else ""
     if cluster:
         if generic.get(OPT_BRIDGE_NAME):
@@ -214,6 +238,8 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
         id=network_id, bridge=name, subnets=tuple(subnets), mtu=mtu, internal=internal,
         ipv6=ipv6, icc=icc, masquerade=masq, host_binding_ipv4=binding,
         options=tuple(sorted(generic.items())), cluster=cluster,
+        routed=frozenset(v for v, mode in modes.items() if mode == "routed"),
+        unprotected=frozenset(v for v, mode in modes.items() if mode == "nat-unprotected"), trusted=trusted,
     )
 
 

@@ -7,7 +7,7 @@ request fails naming the binding that could not, and nothing is held.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from .addresses import parse_ip
@@ -39,6 +39,8 @@ class PortBinding:
         return self.family in (0, version)
 
     def __str__(self) -> str:
+        if not self.host_port:           # a routed gateway mode's: the container's own port
+            return f"{self.container_port}/{self.proto} routed (IPv{self.family})"
         host = self.host_ip or ("[::]" if self.family == 6 else "0.0.0.0")
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
@@ -74,6 +76,26 @@ def parse_portmap(items: list, default_host_ip: str = "") -> list[PortRequest]:
             raise InvalidRequest(f"invalid port mapping {item!r}")
         out.append(PortRequest(proto, cport, host_ip, hp, max(end, hp), family))
     return out
+
+
+def split_routed(requests: list[PortRequest], families: set[int],
+                 routed: frozenset[int]) -> tuple[list[PortRequest], list[PortBinding]]:
+    """A routed gateway mode publishes a container's port at its own address, with no host port
+    (Docker's rule: the host address only says which family). Returns the requests that still
+    need a host port (each for the families left) and the routed ports as bindings (host port 0)."""
+    nat, direct = [], []
+    for r in requests:
+        wanted = {r.family} if r.family else set(families)
+        for v in sorted(wanted & routed):
+            b = PortBinding(r.proto, r.container_port, "", 0, v)
+            if b not in direct:
+                direct.append(b)
+        left = wanted - routed
+        if left == wanted:
+            nat.append(r)
+        elif len(left) == 1:
+            nat.append(replace(r, family=left.pop()))
+    return nat, direct
 
 
 def _clash(a: PortBinding, proto: str, host_ip: str, family: int, port: int) -> bool:

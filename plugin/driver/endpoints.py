@@ -13,7 +13,7 @@ from ..cluster.records import EndpointRecord
 from ..domain.errors import KernelError, NotFound, PybridgeError
 from ..domain.naming import veth_names
 from ..domain.options import endpoint_from_request
-from ..domain.ports import EPHEMERAL, assign, parse_portmap
+from ..domain.ports import EPHEMERAL, assign, parse_portmap, split_routed
 from .context import Context, collect
 from .locks import KeyedLocks
 
@@ -107,11 +107,13 @@ class EndpointService:
                 families.discard(6)
                 requests = [replace(r, family=r.family or 4) for r in requests]
             requests = [r for r in requests if r.family == 0 or r.family in families]
+            requests, direct = split_routed(requests, families, network.routed)
             bindings = tuple(assign(requests, lambda proto, port: tx.bindings_on(proto, port, but=endpoint_id),
                                     self._pick_from(tx, endpoint)))
+            bindings += tuple(direct)
             if bindings == endpoint.ports:
                 return
-            self._advance(tx, requests, bindings)
+            self._advance(tx, requests, bindings)     # the requests' own bindings come first
             if bindings:
                 ctx.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
             updated = replace(endpoint, ports=bindings)

@@ -59,6 +59,12 @@ SETS: dict[str, dict] = {
     "dns_ok4": {"type": ["ifname", "ipv4_addr"]},
     "dns_ok6": {"type": ["ifname", "ipv6_addr"]},
     "masq": {"type": "ifname"},
+    # gateway modes (options.GATEWAY_MODES) other than nat, per family; trusted: host interface . bridge
+    "routed4": {"type": "ifname"},
+    "routed6": {"type": "ifname"},
+    "unprotected4": {"type": "ifname"},
+    "unprotected6": {"type": "ifname"},
+    "trusted": {"type": ["ifname", "ifname"]},
     "dns_protos": {"type": "inet_proto"},       # tcp and udp, always (FIXED)
     # cluster mode: VXLAN on this port is taken only from the hosts of the cluster (empty: off)
     "vxlan_ports": {"type": "inet_service"},
@@ -119,6 +125,7 @@ _MASQ = {"masquerade": None}
 _CT_DNAT = _match({"ct": {"key": "status"}}, "dnat", "in")
 _CT_REPLY = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
 _IP = {4: "ip", 6: "ip6"}
+_ICMP = {4: "icmp", 6: "icmpv6"}
 _IIF, _OIF = _meta("iifname"), _meta("oifname")
 _PAIR = _concat(_IIF, _OIF)
 _LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
@@ -133,8 +140,16 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
         forward.append([_CT_DNAT, _match(_concat(_OIF, _payload(_IP[v], "daddr"), _meta("l4proto"),
                                                  _payload("th", "dport")), f"@published{v}"), allow])
     forward += [[_match(_PAIR, "@self"), _match(_IIF, "@icc"), allow],             # ICC
-                [_match(_PAIR, "@self"), _DROP],
-                [_match(_OIF, "@bridges"), _CT_REPLY, allow],                       # into ours: replies only
+                [_match(_PAIR, "@self"), _DROP]]
+    for v in (4, 6):                                                                # direct routing
+        nf, published = _match(_meta("nfproto"), f"ipv{v}"), _match(_concat(
+            _OIF, _payload(_IP[v], "daddr"), _meta("l4proto"), _payload("th", "dport")), f"@published{v}")
+        forward += [[nf, _match(_OIF, f"@routed{v}"), published, allow],           # routed: published ports,
+                    [nf, _match(_OIF, f"@routed{v}"), _match(_meta("l4proto"), _ICMP[v]), allow],  # and ICMP
+                    [nf, _match(_OIF, f"@unprotected{v}"), _match(_IIF, "@bridges", "!="),
+                     _match(_IIF, "@foreign", "!="), allow],                        # nat-unprotected: any port
+                    [_match(_PAIR, "@trusted"), published, allow]]                  # trusted host interfaces
+    forward += [[_match(_OIF, "@bridges"), _CT_REPLY, allow],                       # into ours: replies only
                 [_match(_OIF, "@bridges"), _DROP],
                 [_match(_IIF, "@bridges"), _CT_REPLY, allow],                       # out of ours
                 [_match(_IIF, "@bridges"), _CT_DNAT, allow],
@@ -154,6 +169,8 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
                        [_CT_DNAT, _match(_meta("iif"), 0), _match(_OIF, "@bridges"),
                         _match({"fib": {"result": "type", "flags": ["saddr"]}}, "local", "!="), _MASQ],
                        [_match(_payload("ip", "saddr"), _LOOPBACK), _CT_DNAT, _match(_OIF, "@bridges"), _MASQ],
+                       *([_match(_meta("nfproto"), f"ipv{v}"), _match(_IIF, f"@routed{v}"), _RETURN]
+                         for v in (4, 6)),                                          # routed: no NAT
                        [_match(_IIF, "@masq"), _match(_PAIR, "@self", "!="), _MASQ]]
     for v in (4, 6):
         ip = _IP[v]
@@ -224,6 +241,12 @@ def network_elements(n: Network) -> Elements:
         out.setdefault(f"dns_ok{v}", {})[(br, ip)] = None
     if not n.internal and n.masquerade:
         out["masq"] = {br: None}
+    for v in n.routed:
+        out[f"routed{v}"] = {br: None}
+    for v in n.unprotected:
+        out[f"unprotected{v}"] = {br: None}
+    if n.trusted:
+        out["trusted"] = {(_ifname(t), br): None for t in n.trusted}
     return out
 
 
@@ -234,17 +257,20 @@ def endpoint_elements(n: Network, e: Endpoint, ports: Iterable = None) -> Elemen
         return out
     br = _ifname(n.bridge)
     for b in (e.ports if ports is None else ports):
-        proto, host_port, cport = _proto(b.proto), _port(b.host_port), _port(b.container_port)
+        proto, cport = _proto(b.proto), _port(b.container_port)
         for v, addr in ((4, e.address4), (6, e.address6)):
             if addr is None or not b.applies_to(v):
                 continue
             if b.host_ip and ipaddress.ip_address(_address(b.host_ip)).version != v:
                 continue
             ip = _address(addr.ip, v)
+            out.setdefault(f"published{v}", {})[(br, ip, proto, cport)] = None
+            if v in n.routed:           # no host port: the container's port, at its own address
+                continue
+            host_port = _port(b.host_port)
             where, key = ("at", (_address(b.host_ip, v), proto, host_port)) if b.host_ip else ("any", (proto, host_port))
             out.setdefault(f"to{v}_{where}", {})[key] = ip
             out.setdefault(f"port{v}_{where}", {})[key] = cport
-            out.setdefault(f"published{v}", {})[(br, ip, proto, cport)] = None
     return out
 
 

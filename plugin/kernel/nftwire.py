@@ -387,6 +387,8 @@ class _Rule:
         self.needs(left)
         if left == {"meta": {"key": "l4proto"}} and op == "==" and isinstance(right, str):
             self.deps.add(("l4proto", right))          # `udp dport` after it needs no other
+        if left == {"meta": {"key": "nfproto"}} and op == "==" and isinstance(right, str):
+            self.deps.add(("nfproto", right))          # nor `ip daddr` after `meta nfproto ipv4`
         if isinstance(left, dict) and "&" in left:                      # (x & mask) op value
             src, mask = left["&"]
             kinds, size = self.load(src)

@@ -47,6 +47,7 @@ def network_to_json(n: Network) -> str:
         "masquerade": n.masquerade, "host_binding_ipv4": n.host_binding_ipv4,
         "bridge_owned": n.bridge_owned, "options": dict(n.options),
         "cluster": n.cluster, "vni": n.vni, "mac": n.mac,
+        "routed": sorted(n.routed), "unprotected": sorted(n.unprotected), "trusted": list(n.trusted),
         "subnets": [{"pool": str(s.pool), "gateway": str(s.gateway) if s.gateway else "",
                      "aux": dict((k, str(v)) for k, v in s.aux)} for s in n.subnets],
     }, sort_keys=True)
@@ -61,7 +62,15 @@ def network_from_json(network_id: str, text: str) -> Network:
                    internal=d["internal"], ipv6=d["ipv6"], icc=d["icc"], masquerade=d["masquerade"],
                    host_binding_ipv4=d["host_binding_ipv4"], bridge_owned=d["bridge_owned"],
                    options=tuple(sorted(d["options"].items())), cluster=str(d.get("cluster", "")),
-                   vni=int(d.get("vni", 0)), mac=str(d.get("mac", "")))
+                   vni=int(d.get("vni", 0)), mac=str(d.get("mac", "")),
+                   routed=_families(d.get("routed", [])), unprotected=_families(d.get("unprotected", [])),
+                   trusted=tuple(_ifname(t) for t in d.get("trusted", [])))
+
+
+def _families(value) -> frozenset[int]:
+    if not isinstance(value, list) or not all(type(v) is int and v in (4, 6) for v in value):
+        raise CorruptState(f"stored address families {str(value)[:32]!r} are not valid")
+    return frozenset(value)
 
 
 def endpoint_to_json(e: Endpoint) -> str:

@@ -269,3 +269,78 @@ def test_traffic_with_firewalld_and_after_its_reload(world):
           f"reload is sent again after 1 s); checks started by events: {len(heals) - 1}")
     assert len(heals) >= 2, "the reload was seen"
     assert w.ask("c1", "10.200.50.1", 53) == w.ip["c1"]
+
+
+PING = r"""
+import socket, struct, sys
+def checksum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    return ~(s + (s >> 16)) & 0xffff
+echo = struct.pack("!BBHHH", 8, 0, 0, 0x5042, 1) + b"pybridge"
+echo = echo[:2] + struct.pack("!H", checksum(echo)) + echo[4:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(1.5)
+s.sendto(echo, (sys.argv[1], 0))
+try:
+    while True:
+        data, peer = s.recvfrom(1500)
+        icmp = data[(data[0] & 15) * 4:]
+        if peer[0] == sys.argv[1] and icmp[0] == 0 and icmp[4:6] == b"PB":
+            print("reply"); break
+except socket.timeout:
+    print("-")
+"""
+
+
+def pings(ns, ip) -> bool:
+    """An ICMP echo from the namespace is answered (a raw socket: no ping binary needed)."""
+    return ns_run(ns, sys.executable, "-c", PING, ip).stdout.strip() == "reply"
+
+
+def test_gateway_modes_and_trusted_interfaces_by_traffic(world):
+    """Issue 18: Docker 28's gateway modes, each proven by what gets through. The outside
+    namespace routes both networks' subnets through the host (what direct routing needs)."""
+    w = world
+    for c, port in (("c1", 80), ("c1", 81), ("c3", 82)):
+        w.serve(c, port)
+    w.serve("o", 9000)
+    for subnet in ("10.200.50.0/24", "10.200.51.0/24"):
+        ns_run(w.o, "ip", "route", "add", subnet, "via", "203.0.113.1")
+    routed_ep = Endpoint(**{**w.ep.__dict__, "ports": (PortBinding("tcp", 80, "", 0, 4),)})
+
+    # nat (the default): the container's own address is closed from outside, even its published port
+    w.fw.sync([w.net1, w.net2], [w.ep])
+    assert w.ask("o", w.ip["c1"], 80) == "-" and w.ask("o", "203.0.113.1", 8080) == "203.0.113.2"
+    assert not pings(w.o, w.ip["c1"]) and pings(w.o, "203.0.113.1"), "no echo reply from a nat network"
+
+    # routed: the published container port at the container's address, from outside and from
+    # another network; nothing else; ICMP; no NAT either way; no host port
+    routed = Network(**{**w.net1.__dict__, "routed": frozenset({4})})
+    w.fw.sync([routed, w.net2], [routed_ep])
+    assert w.fw.drift([routed, w.net2], [routed_ep]) == []
+    assert w.ask("o", w.ip["c1"], 80) == "203.0.113.2", "published port, directly, not NATed"
+    assert w.ask("o", w.ip["c1"], 81) == "-", "an unpublished port stays closed"
+    # (c3's network is nat: masqueraded to whatever is not its own bridge, as Docker's are)
+    assert w.ask("c3", w.ip["c1"], 80) == "10.200.50.1", "from another network, directly"
+    assert w.ask("c3", w.ip["c1"], 81) == "-"
+    assert w.ask("o", "203.0.113.1", 8080) == "-", "no host port"
+    assert w.ask("c1", "203.0.113.2", 9000) == w.ip["c1"], "out without masquerade"
+    assert pings(w.o, w.ip["c1"]), "ICMP"
+    assert w.ask("c3", "203.0.113.2", 9000) == "203.0.113.1", "the other (nat) network is still masqueraded"
+
+    # nat-unprotected: every port from outside, none from another network; NAT as ever
+    unprotected = Network(**{**w.net2.__dict__, "unprotected": frozenset({4})})
+    w.fw.sync([w.net1, unprotected], [w.ep])
+    assert w.ask("o", w.ip["c3"], 82) == "203.0.113.2", "any port, directly"
+    assert w.ask("c1", w.ip["c3"], 82) == "-", "but not from another network"
+    assert w.ask("c3", "203.0.113.2", 9000) == "203.0.113.1", "masqueraded"
+    assert w.ask("o", w.ip["c1"], 80) == "-", "the nat network next to it stays closed"
+
+    # trusted host interfaces: published ports at the container's address, from those only
+    trusted = Network(**{**w.net1.__dict__, "trusted": ("up0",)})
+    w.fw.sync([trusted, w.net2], [w.ep])
+    assert w.ask("o", w.ip["c1"], 80) == "203.0.113.2", "published port, directly, from up0"
+    assert w.ask("o", w.ip["c1"], 81) == "-", "unpublished: closed"
+    assert w.ask("c3", w.ip["c1"], 80) == "-", "another network is no trusted interface"
+    assert w.ask("o", "203.0.113.1", 8080) == "203.0.113.2", "and the host port as ever"

@@ -18,7 +18,8 @@ from plugin.kernel.nftsocket import NftSocket
 
 from .conftest import run
 
-NET = Network(id="b" * 64, bridge="pw-br1", ipv6=True, internal=False, subnets=(
+NET = Network(id="b" * 64, bridge="pw-br1", ipv6=True, internal=False, routed=frozenset({6}),
+              unprotected=frozenset({4}), trusted=("eth3", "vxlan.1"), subnets=(
     Subnet(ipaddress.ip_network("10.200.19.0/24"), ipaddress.ip_interface("10.200.19.1/24")),
     Subnet(ipaddress.ip_network("fd70:6201:19::/64"), ipaddress.ip_interface("fd70:6201:19::1/64"))))
 INTERNAL = Network(id="c" * 64, bridge="pw-br2", internal=True, icc=False, subnets=(

@@ -79,3 +79,15 @@ def test_host_port_assignment_is_linear(monkeypatch):
     assert not {b.host_port for b in out} & {b.host_port for b in held}
     ranged = assign([PortRequest("udp", 53, "", 30000, 30999) for _ in range(n)], [])
     assert sorted(b.host_port for b in ranged) == list(range(30000, 31000))
+
+
+def test_split_routed_keeps_host_ports_only_for_the_nat_families():
+    from plugin.domain.ports import split_routed
+    both = PortRequest("tcp", 80, "", 8080, 8080, 0)
+    v6 = PortRequest("tcp", 443, "", 8443, 8443, 6)
+    assert split_routed([both, v6], {4, 6}, frozenset()) == ([both, v6], [])
+    nat, direct = split_routed([both, v6], {4, 6}, frozenset({6}))
+    assert nat == [PortRequest("tcp", 80, "", 8080, 8080, 4)]
+    assert direct == [PortBinding("tcp", 80, "", 0, 6), PortBinding("tcp", 443, "", 0, 6)]
+    nat, direct = split_routed([both, both], {4}, frozenset({4, 6}))
+    assert nat == [] and direct == [PortBinding("tcp", 80, "", 0, 4)], "once, whatever was asked twice"

@@ -66,6 +66,7 @@ MODE4, MODE6 = "com.docker.network.bridge.gateway_mode_ipv4", "com.docker.networ
     ({GEN: {MODE4: "isolated", MODE6: "isolated"}, "com.docker.network.internal": True},
      {"SkipIPv4": True, "SkipIPv6": True}),
     ({GEN: {MODE6: "nat"}}, {"SkipIPv4": False, "SkipIPv6": False}),
+    ({GEN: {MODE4: "routed", MODE6: "nat-unprotected"}}, {"SkipIPv4": False, "SkipIPv6": False}),
 ])
 def test_gateway_check_skips_the_gateway_of_isolated_internal_networks_only(client, options, answer):
     """Docker 28+ asks before reserving gateway addresses (GwAllocChecker)."""
@@ -74,8 +75,8 @@ def test_gateway_check_skips_the_gateway_of_isolated_internal_networks_only(clie
 
 @pytest.mark.parametrize("options, message", [
     ({GEN: {MODE4: "isolated"}}, "isolated is only for an --internal network"),
-    ({GEN: {MODE4: "routed"}}, "pybridge supports nat and isolated"),
-    ({GEN: {MODE6: "nat-unprotected"}, "com.docker.network.internal": True}, "gateway_mode_ipv6 'nat-unprotected'"),
+    ({GEN: {MODE4: "route"}}, "expected one of nat, nat-unprotected, routed, isolated"),
+    ({GEN: {MODE6: "NAT"}, "com.docker.network.internal": True}, "gateway_mode_ipv6 'NAT'"),
     ({GEN: {MODE4: ["isolated"]}}, "com.docker.network.generic"),
 ])
 def test_gateway_check_refuses_modes_pybridge_does_not_have(client, options, message):

@@ -493,3 +493,55 @@ def test_the_published_port_index_follows_the_endpoints_and_is_built_for_older_s
         tx.forget_network_rows(NID)
         assert tx.bindings_on("udp", 5353) == []
     store.close()
+
+
+V6 = [IpamDataSpec(pool="fd70:6201:ff00:1::/64", gateway="fd70:6201:ff00:1::1/64")]
+MODE4, MODE6 = "com.docker.network.bridge.gateway_mode_ipv4", "com.docker.network.bridge.gateway_mode_ipv6"
+
+
+def test_a_routed_family_publishes_the_container_port_at_its_address_with_no_host_port_and_no_nat(fake_services):
+    """Issue 18: gateway_mode_ipv6=routed next to IPv4's nat (the common case): IPv6 gets no
+    DNAT and no masquerade, only its container port opened; IPv4 is published as ever. Two
+    containers may both publish port 80 on the routed family: no host port is taken."""
+    create(fake_services, ipv6=True, v6=V6, generic={MODE6: "routed"})
+    eps, fw, bridge = fake_services.endpoints, fake_services.ctx.firewall, f"pt-{NID[:12]}"
+    assert fw.elements("routed6") == {bridge: None} and fw.elements("routed4") == {}
+    assert fw.elements("masq") == {bridge: None}, "IPv4 still masqueraded (the post chain returns early for IPv6)"
+    portmap = [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]
+    eps.create(NID, EID, address="10.200.1.2/24", address6="fd70:6201:ff00:1::2/64", mac="")
+    eps.program(NID, EID, portmap)
+    assert fw.elements("to4_any") == {("tcp", 8080): "10.200.1.2"} and fw.elements("to6_any") == {}
+    assert fw.elements("published6") == {(bridge, "fd70:6201:ff00:1::2", "tcp", 80): None}
+    other = "ef" * 32
+    eps.create(NID, other, address="10.200.1.3/24", address6="fd70:6201:ff00:1::3/64", mac="")
+    with pytest.raises(Conflict):                      # IPv4's host port 8080 is taken
+        eps.program(NID, other, portmap)
+    eps.program(NID, other, [{"Proto": 6, "Port": 80, "HostIP": "::", "HostPort": 8080, "HostPortEnd": 8080}])
+    assert (bridge, "fd70:6201:ff00:1::3", "tcp", 80) in fw.elements("published6"), "IPv6 only: no host port"
+    with fake_services.ctx.store.reading() as tx:
+        assert [str(b) for b in tx.get_endpoint(other).ports] == ["80/tcp routed (IPv6)"]
+        assert tx.get_network(NID).routed == frozenset({6})    # and the state keeps the mode
+
+
+def test_nat_unprotected_and_trusted_host_interfaces_are_elements_of_their_sets(fake_services):
+    create(fake_services, generic={MODE4: "nat-unprotected",
+                                   "com.docker.network.bridge.trusted_host_interfaces": "eth3:vxlan.1"})
+    fw, bridge = fake_services.ctx.firewall, f"pt-{NID[:12]}"
+    assert fw.elements("unprotected4") == {bridge: None} and fw.elements("routed4") == {}
+    assert fw.elements("trusted") == {("eth3", bridge): None, ("vxlan.1", bridge): None}
+    fake_services.networks.delete(NID)
+    assert fw.elements("unprotected4") == {} and fw.elements("trusted") == {}
+
+
+@pytest.mark.parametrize("generic, message", [
+    ({MODE4: "route"}, "expected one of nat, nat-unprotected, routed, isolated"),
+    ({MODE6: "isolated"}, "only for an --internal network"),
+    ({"com.docker.network.bridge.trusted_host_interfaces": "eth0:"}, "'' is not an interface name"),
+    ({"com.docker.network.bridge.trusted_host_interfaces": "eth0 eth1"}, "'eth0 eth1' is not an interface name"),
+    ({"com.docker.network.bridge.trusted_host_interfaces": "@bridges"}, "'@bridges' is not an interface name"),
+    ({"com.docker.network.bridge.trusted_host_interfaces": "a" * 16}, "is not an interface name"),
+])
+def test_bad_gateway_modes_and_trusted_interfaces_are_refused_with_nothing_made(fake_services, generic, message):
+    with pytest.raises(InvalidRequest, match=message):
+        create(fake_services, generic=generic)
+    assert state(fake_services) == ([], []) and fake_services.ctx.firewall.elements("bridges") == {}
