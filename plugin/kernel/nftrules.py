@@ -241,16 +241,15 @@ def network_elements(n: Network) -> Elements:
         out.setdefault(f"dns_ok{v}", {})[(br, ip)] = None
     if not n.internal and n.masquerade:
         out["masq"] = {br: None}
-    for v in n.routed:
-        out[f"routed{v}"] = {br: None}
-    for v in n.unprotected:
-        out[f"unprotected{v}"] = {br: None}
+    for mode, families in (("routed", n.routed), ("unprotected", n.unprotected)):
+        for family in families:
+            out[f"{mode}{family}"] = {br: None}
     if n.trusted:
         out["trusted"] = {(_ifname(t), br): None for t in n.trusted}
     return out
 
 
-def endpoint_elements(n: Network, e: Endpoint, ports: Iterable = None) -> Elements:
+def endpoint_elements(n: Network, e: Endpoint, ports: Iterable | None = None) -> Elements:
     """The map and set elements of the ports this endpoint publishes (or `ports`)."""
     out: Elements = {}
     if n.internal or e.network_id != n.id:

@@ -18,6 +18,8 @@ import socket
 import subprocess
 import tempfile
 
+from ..dbusconf import bus_config
+
 BUS_DIR = "/run/pybridge-test-dbus"
 BUS = f"{BUS_DIR}/system_bus_socket"
 TOOLS = "/var/lib/pybridge-test-tools"
@@ -25,21 +27,6 @@ CANDIDATES = ("/lib/systemd/systemd-resolved", "/usr/lib/systemd/systemd-resolve
               f"{TOOLS}/systemd-resolved/lib/systemd/systemd-resolved",
               f"{TOOLS}/systemd-resolved/usr/lib/systemd/systemd-resolved")
 UID = 64990
-
-BUS_CONF = f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={BUS}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
 
 RESOLVED_CONF = "[Resolve]\nDNS=\nFallbackDNS=\nDomains=\nLLMNR=no\nMulticastDNS=no\nDNSSEC=no\nDNSOverTLS=no\n" \
                 "Cache=no\nDNSStubListener=yes\nReadEtcHosts=no\n"
@@ -80,7 +67,7 @@ class Resolver:
     def start(self) -> None:
         d = self.dir
         with open(f"{d}/bus.conf", "w") as f:
-            f.write(BUS_CONF)
+            f.write(bus_config(BUS, user="*"))
         with open(f"{d}/resolved.conf", "w") as f:
             f.write(RESOLVED_CONF)
         with open(f"{d}/resolv.conf", "w") as f:

@@ -33,6 +33,14 @@ def route_through_host(outside, subnet: str) -> None:
     sh("ip", "-n", outside.ns, "route", "replace", subnet, "via", via)
 
 
+def network_routed_to(dk, outside, option: str) -> tuple[str, str]:
+    """A network with the option, its subnet routed from the outside namespace through the host."""
+    subnet = free_subnet()
+    net = dk.network("--subnet", subnet, *(("-o", option) if option else ()))
+    route_through_host(outside, subnet)
+    return net, subnet
+
+
 def peer_seen(outside, dk, network, port) -> str:
     """The source address the outside namespace sees when a container of the network connects."""
     listener = outside.listen(port, seconds=8)
@@ -44,10 +52,8 @@ def peer_seen(outside, dk, network, port) -> str:
 
 
 def test_routed_opens_published_container_ports_directly_with_no_nat(dk, outside):
-    subnet = free_subnet()
-    net = dk.network("--subnet", subnet, "-o", f"{MODE4}=routed")
+    net, subnet = network_routed_to(dk, outside, f"{MODE4}=routed")
     other = dk.network("--subnet", free_subnet())
-    route_through_host(outside, subnet)
     port = free_port()
     web = dk.run(net, "-p", f"{port}:80", cmd=LISTEN_81)
     ip = dk.ip(web, net)
@@ -61,10 +67,8 @@ def test_routed_opens_published_container_ports_directly_with_no_nat(dk, outside
 
 
 def test_nat_unprotected_opens_every_port_from_outside_but_not_from_other_networks(dk, outside):
-    subnet = free_subnet()
-    net = dk.network("--subnet", subnet, "-o", f"{MODE4}=nat-unprotected")
+    net, _ = network_routed_to(dk, outside, f"{MODE4}=nat-unprotected")
     other = dk.network("--subnet", free_subnet())
-    route_through_host(outside, subnet)
     web = dk.run(net, cmd=LISTEN_81)
     ip = dk.ip(web, net)
     assert wait_for(lambda: fetch_from_ns(outside.ns, ip, 81) == "other", 15), "an unpublished port, directly"
@@ -73,17 +77,14 @@ def test_nat_unprotected_opens_every_port_from_outside_but_not_from_other_networ
 
 
 def test_trusted_host_interfaces_reach_published_ports_at_the_containers_address(dk, outside):
-    subnet = free_subnet()
     host_if = sh("ip", "-o", "addr", "show", "to", outside.host_ip).stdout.split()[1]
-    net = dk.network("--subnet", subnet, "-o", f"{TRUSTED}={host_if}:pbt-none0")
-    route_through_host(outside, subnet)
+    net, _ = network_routed_to(dk, outside, f"{TRUSTED}={host_if}:pbt-none0")
     port = free_port()
     web = dk.run(net, "-p", f"127.0.0.1:{port}:80", cmd=LISTEN_81)
     ip = dk.ip(web, net)
     assert wait_for(lambda: fetch_from_ns(outside.ns, ip, 80) == "pong", 15), "published (on loopback), directly"
     assert fetch_from_ns(outside.ns, ip, 81) == "", "unpublished: closed"
-    plain = dk.network("--subnet", (plain_subnet := free_subnet()))
-    route_through_host(outside, plain_subnet)
+    plain, _ = network_routed_to(dk, outside, "")
     web2 = dk.run(plain, "-p", f"127.0.0.1:{free_port()}:80", cmd=SERVER)
     assert fetch_from_ns(outside.ns, dk.ip(web2, plain), 80) == "", "a network without them stays closed"
     ok, err = dk.try_network("--subnet", free_subnet(), "-o", f"{TRUSTED}=eth0 eth1")

@@ -208,9 +208,11 @@ def test_routes_in_other_tables_count_too(dk):
      "invalid com.docker.network.bridge.host_binding_ipv4"),
     ("com.docker.network.bridge.host_binding_ipv4=::1", "expected an IPv4 address"),
     ("com.docker.network.bridge.name=br0\n", "invalid com.docker.network.bridge.name"),
-    # Docker 28's gateway modes: pybridge has nat and, on internal networks, isolated
+    # Docker 28's gateway modes: nat, nat-unprotected, routed and, on internal networks, isolated
     ("com.docker.network.bridge.gateway_mode_ipv4=isolated", "isolated is only for an --internal network"),
-    ("com.docker.network.bridge.gateway_mode_ipv4=routed", "pybridge supports nat and isolated"),
+    ("com.docker.network.bridge.gateway_mode_ipv6=bridged", "invalid com.docker.network.bridge.gateway_mode_ipv6 'bridged'"),
+    ("com.docker.network.bridge.trusted_host_interfaces=eth0:bad;name",
+     "invalid com.docker.network.bridge.trusted_host_interfaces"),
 ])
 def test_bad_options_fail_clearly_and_leave_nothing(dk, option, message):
     before = our_rules()

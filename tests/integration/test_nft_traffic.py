@@ -20,23 +20,10 @@ from plugin.domain.model import Endpoint, Network, Subnet
 from plugin.domain.ports import PortBinding
 from plugin.kernel.nft import NftFirewall
 
+from ..dbusconf import bus_config
 from ..waiting import wait_for
 
 TOOLS = "/var/lib/pybridge-test-tools/firewalld"        # scripts/test.sh unpacks firewalld there
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={bus}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="root"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
 
 
 def firewalld_command() -> tuple[list[str], list[str], dict] | None:
@@ -136,7 +123,7 @@ class World:
         self.bus = f"/tmp/{self.h}-bus.sock"
         self.bus_conf = f"/tmp/{self.h}-bus.conf"
         with open(self.bus_conf, "w") as f:
-            f.write(BUS_CONF.format(bus=self.bus))
+            f.write(bus_config(self.bus))
         self.env = {**os.environ, **extra, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={self.bus}"}
         if extra:              # the unpacked one: a system configuration of this run's own
             self.etc = f"/tmp/{self.h}-firewalld"

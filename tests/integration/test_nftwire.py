@@ -65,11 +65,17 @@ def kernel_view(ns, table="pbtw"):
         s.close()
 
 
+def load_with_nft(ns: str) -> list[dict]:
+    """Our whole table for ELEMENTS, loaded by nft itself into the namespace; the commands."""
+    commands = nftrules.full("pbtw", nftrules.DEFAULT_MARK, ELEMENTS)
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "-f", "-"], input=json.dumps({"nftables": commands}),
+                   text=True, check=True)
+    return commands
+
+
 def test_our_encoding_is_nfts_byte_for_byte(pair):
     ours, nfts = pair
-    commands = nftrules.full("pbtw", nftrules.DEFAULT_MARK, ELEMENTS)
-    subprocess.run(["ip", "netns", "exec", nfts, "nft", "-j", "-f", "-"], input=json.dumps({"nftables": commands}),
-                   text=True, check=True)
+    commands = load_with_nft(nfts)
     fw = NftFirewall("PBTW", netns=ours)
     try:
         fw._run(commands)
@@ -88,9 +94,7 @@ def test_our_encoding_is_nfts_byte_for_byte(pair):
 
 def test_we_read_nfts_table_as_we_read_ours(pair):
     _, nfts = pair
-    commands = nftrules.full("pbtw", nftrules.DEFAULT_MARK, ELEMENTS)
-    subprocess.run(["ip", "netns", "exec", nfts, "nft", "-j", "-f", "-"], input=json.dumps({"nftables": commands}),
-                   text=True, check=True)
+    load_with_nft(nfts)
     fw = NftFirewall("PBTW", netns=nfts)
     try:
         assert fw.drift([NET, INTERNAL], [EP], ["docker0", "virbr0"]) != []      # the VXLAN filter is not ours yet
