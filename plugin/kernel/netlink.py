@@ -15,7 +15,8 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
-from pyroute2 import IPRoute, NetlinkError
+from pyroute2.iproute.linux import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK
 
 from ..domain.errors import Conflict, KernelError

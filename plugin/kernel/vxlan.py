@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from pyroute2 import IPRoute, NetlinkError
+from pyroute2.iproute.linux import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
 
 from ..domain.errors import Conflict, KernelError
