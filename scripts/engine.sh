@@ -184,6 +184,18 @@ restore_forward_policies() {
   rm -f "$policies"
 }
 
+remove_docker_tables() {
+  # dockerd 29 leaves its nftables tables behind when it stops. They are the engine's, which
+  # this script started: take them away, with the root's nft (Debian 12's nft 1.0.6 crashes on
+  # them, and so would every later test that lists the ruleset with it).
+  local family
+  for family in ip ip6; do
+    chroot "$sid_tree" nft list table "$family" docker-bridges >/dev/null 2>&1 || continue
+    pb_log "removing the engine's nftables table $family docker-bridges"
+    chroot "$sid_tree" nft delete table "$family" docker-bridges || true
+  done
+}
+
 stop_host_engine() {
   local pid
   if [ -d /run/systemd/system ] && systemctl is-active -q docker 2>/dev/null; then
@@ -211,6 +223,7 @@ stop() {
   for pid in $(dockerd_pids); do
     in_tree "$pid" && { pb_log "stopping the $suite engine"; stop_pid "$pid"; }
   done
+  [ -f "$policies" ] && remove_docker_tables    # the engine ran with its nftables backend
   restore_forward_policies
   [ -f "$saved" ] || return 0
   if [ "$(cat "$saved")" = systemd ]; then
