@@ -269,9 +269,9 @@ class FakeFirewall:
         self._change(nftrules.set_foreign(self.table, foreign, own))
         self.foreign = list(foreign)
 
-    def set_vxlan_peers(self, port, peers):
+    def set_vxlan_members(self, port, members):
         self.changes += 1
-        elements = nftrules.vxlan_elements(port, peers)
+        elements = nftrules.vxlan_elements(port, members)
         self._change(nftrules.set_vxlan(self.table, elements))
         self._vxlan = elements
 

@@ -177,15 +177,16 @@ class NetworkService:
         self._filter_vxlan()
 
     def _filter_vxlan(self) -> None:
-        """VXLAN is taken only from hosts that have containers on a cluster network this host
-        has (the firewall drops the rest: anyone else could put frames on our bridges)."""
+        """A cluster network's VXLAN (its VNI) is taken only from the hosts that have containers
+        on it (the firewall drops the rest: anyone else could put frames on our bridges)."""
         ctx = self.ctx
         with ctx.store.transaction() as tx:
-            clusters = {n.cluster for n in tx.list_networks() if n.cluster}
-            hosts = sorted({host for c in clusters for host, _ in ctx.cluster.remote_peers(c).values()})
-            want = (ctx.vxlan_port if clusters else 0, tuple(hosts))
+            networks = [n for n in tx.list_networks() if n.cluster]
+            members = sorted({(n.vni, host) for n in networks
+                              for host, _ in ctx.cluster.remote_peers(n.cluster).values()})
+            want = (ctx.vxlan_port if networks else 0, tuple(members))
             if want != self._vxlan_filter:
-                ctx.change_firewall(tx, ctx.firewall.set_vxlan_peers, *want)
+                ctx.change_firewall(tx, ctx.firewall.set_vxlan_members, *want)
                 self._vxlan_filter = want
 
     def _configure_bridge(self, network: Network) -> None:

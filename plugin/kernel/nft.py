@@ -64,7 +64,7 @@ class NftFirewall:
         self._monitors: list[socket.socket] = []     # the watch's notification sockets
         self._counters = FirewallCounters()
         self._count_lock = threading.Lock()
-        self._vxlan: nftrules.Elements = {}     # cluster mode's VXLAN filter, set by set_vxlan_peers
+        self._vxlan: nftrules.Elements = {}     # cluster mode's VXLAN filter, set by set_vxlan_members
 
     # FirewallPort ------------------------------------------------------------------------
 
@@ -94,10 +94,11 @@ class NftFirewall:
     def set_foreign(self, foreign: Iterable[str], own: Iterable[str] = ()) -> None:
         self._change(nftrules.set_foreign(self.table, foreign, own))
 
-    def set_vxlan_peers(self, port: int, peers: Iterable[str]) -> None:
-        """Cluster mode: VXLAN on `port` only from `peers` (port 0: no filter). Kept, and put back
-        by every sync."""
-        elements = nftrules.vxlan_elements(port, peers)
+    def set_vxlan_members(self, port: int, members: Iterable[tuple[int, str]]) -> None:
+        """Cluster mode: VXLAN on `port` of network VNI only from the hosts named with it in
+        `members` ((VNI, underlay address) pairs), never from a container or a process of this
+        host (port 0: no filter). Kept, and put back by every sync."""
+        elements = nftrules.vxlan_elements(port, members)
         self._change(nftrules.set_vxlan(self.table, elements))
         self._vxlan = elements
 

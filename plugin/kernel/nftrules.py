@@ -8,8 +8,12 @@ change are the elements of its sets and maps:
     raw       prerouting, priority raw: drops 127.0.0.0/8 not from lo, and DNS to a gateway from
               anywhere but the host or the gateway's own bridge (dns_ok4/6), from a source the
               route to which is not that bridge (not of the network's subnets); in cluster mode,
-              VXLAN (vxlan_ports) from anyone but the cluster's hosts (vxlan_peers4/6), which would
-              otherwise put frames on a cluster network's bridge.
+              VXLAN (vxlan_ports) from a container (in from a bridge, ours or not), and VXLAN of a
+              network (VNI) from any host but those that have it (vxlan_members4/6: underlay
+              address . VNI), which would otherwise put frames on a cluster network's bridge.
+    out       output, priority filter - 1: in cluster mode, VXLAN that a process sends (any
+              user's socket, raw or not: only the kernel's VXLAN devices, whose sockets belong to
+              no process, send to the VXLAN port), which another host would take for ours.
     input     input, priority filter - 1: marks a network's DNS queries to its gateway (so that a
               firewalld that rejects what no zone allows lets them in: plugin.kernel.firewalld).
     forward   forward, priority filter - 1 (before iptables' FORWARD, whose policy dockerd sets
@@ -66,10 +70,13 @@ SETS: dict[str, dict] = {
     "unprotected6": {"type": "ifname"},
     "trusted": {"type": ["ifname", "ifname"]},
     "dns_protos": {"type": "inet_proto"},       # tcp and udp, always (FIXED)
-    # cluster mode: VXLAN on this port is taken only from the hosts of the cluster (empty: off)
+    # cluster mode: VXLAN on this port (empty: off), a network's (its VNI, as the 32 bits of the
+    # VXLAN header that hold it) only from the hosts that have that network
     "vxlan_ports": {"type": "inet_service"},
-    "vxlan_peers4": {"type": "ipv4_addr"},
-    "vxlan_peers6": {"type": "ipv6_addr"},
+    "vxlan_members4": {"type": {"typeof": {"concat": [{"payload": {"protocol": "ip", "field": "saddr"}},
+                                                      {"payload": {"base": "th", "offset": 96, "len": 32}}]}}},
+    "vxlan_members6": {"type": {"typeof": {"concat": [{"payload": {"protocol": "ip6", "field": "saddr"}},
+                                                      {"payload": {"base": "th", "offset": 96, "len": 32}}]}}},
     "published4": {"type": ["ifname", "ipv4_addr", "inet_proto", "inet_service"]},
     "published6": {"type": ["ifname", "ipv6_addr", "inet_proto", "inet_service"]},
 }
@@ -86,10 +93,10 @@ FIXED: dict[str, dict] = {"dns_protos": {"tcp": None, "udp": None}}
 
 # base chains: name -> (type, hook, priority)
 BASE_CHAINS = {"raw": ("filter", "prerouting", -300), "forward": ("filter", "forward", -1),
-               "input": ("filter", "input", -1),
+               "input": ("filter", "input", -1), "out": ("filter", "output", -1),
                "nat-pre": ("nat", "prerouting", -101), "nat-out": ("nat", "output", -101),
                "post": ("nat", "postrouting", 100)}
-CHAINS = ("raw", "forward", "input", "nat-pre", "nat-out", "post", "allow", "ports")
+CHAINS = ("raw", "forward", "input", "out", "nat-pre", "nat-out", "post", "allow", "ports")
 
 
 def table_name(prefix: str) -> str:
@@ -129,6 +136,7 @@ _ICMP = {4: "icmp", 6: "icmpv6"}
 _IIF, _OIF = _meta("iifname"), _meta("oifname")
 _PAIR = _concat(_IIF, _OIF)
 _LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
+_VNI_FIELD = {"payload": {"base": "th", "offset": 96, "len": 32}}      # VXLAN header: VNI . reserved
 
 
 def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
@@ -156,9 +164,14 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
                 [_match(_IIF, "@bridges"), _match(_OIF, "@foreign"), _DROP],
                 [_match(_IIF, "@bridges"), allow]]
     raw = [[_match(_payload("ip", "daddr"), _LOOPBACK), _match(_IIF, "lo", "!="), _DROP]]
-    for v in (4, 6):
-        raw.append([_match(_meta("l4proto"), "udp"), _match(_payload("udp", "dport"), "@vxlan_ports"),
-                    _match(_payload(_IP[v], "saddr"), f"@vxlan_peers{v}", "!="), _DROP])
+    vxlan = [_match(_meta("l4proto"), "udp"), _match(_payload("udp", "dport"), "@vxlan_ports")]
+    raw += [[*vxlan, _match(_IIF, "@bridges"), _DROP],                  # VXLAN from a container
+            [*vxlan, _match(_IIF, "@foreign"), _DROP]]
+    for v in (4, 6):                                                    # a network's, from its hosts only
+        raw.append([*vxlan, _match(_concat(_payload(_IP[v], "saddr"), _VNI_FIELD), f"@vxlan_members{v}", "!="),
+                    _DROP])
+    # a process's socket (raw or not, any user): nft finds no uid on the kernel's VXLAN sockets
+    out = [[*vxlan, _match(_meta("skuid"), 0, ">="), _DROP]]
     inbound = []
     ports, post = [], [[_match(_OIF, "lo"), _RETURN],
                        [_CT_DNAT, _match(_PAIR, "@self"), _MASQ],
@@ -186,7 +199,8 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
                                     "port": {"map": {"key": key, "data": f"@port{v}_{where}"}}}}])
     local = [[_match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"), _jump("ports")]]
     return {"allow": [[{"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), mark]}}}, _ACCEPT]],
-            "raw": raw, "forward": forward, "input": inbound, "nat-pre": local, "nat-out": [list(r) for r in local],
+            "raw": raw, "forward": forward, "input": inbound, "out": out, "nat-pre": local,
+            "nat-out": [list(r) for r in local],
             "ports": ports, "post": post}
 
 
@@ -207,6 +221,8 @@ def _address(value, version: int | None = None) -> str:
         raise KernelError(f"refusing to write an unsafe address {str(value)[:64]!r} into the firewall") from None
     if version is not None and addr.version != version:
         raise KernelError(f"refusing to write {addr} as an IPv{version} address into the firewall")
+    if getattr(addr, "scope_id", None):
+        raise KernelError(f"refusing to write an unsafe address {str(value)[:64]!r} (it has a scope) into the firewall")
     return str(addr)
 
 
@@ -278,12 +294,16 @@ def foreign_elements(foreign: Iterable[str], own: Iterable[str] = ()) -> Element
     return {"foreign": {f: None for f in foreign if f not in mine and is_valid_ifname(f)}}
 
 
-def vxlan_elements(port: int, peers: Iterable[str]) -> Elements:
-    """Cluster mode: the VXLAN port, and the underlay addresses it is taken from."""
-    out: Elements = {"vxlan_ports": {_port(port): None} if port else {}, "vxlan_peers4": {}, "vxlan_peers6": {}}
-    for p in peers:
-        ip = _address(p)
-        out[f"vxlan_peers{ipaddress.ip_address(ip).version}"][ip] = None
+def vxlan_elements(port: int, members: Iterable[tuple[int, str]]) -> Elements:
+    """Cluster mode: the VXLAN port, and (VNI, underlay address) of each network's other hosts:
+    a VNI is the upper 24 bits of the 32 after the VXLAN flags (the lower 8 are reserved, 0)."""
+    out: Elements = {"vxlan_ports": {_port(port): None} if port else {}, "vxlan_members4": {}, "vxlan_members6": {}}
+    for member in members:
+        vni, host = member if isinstance(member, tuple) and len(member) == 2 else (None, None)
+        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni < 1 << 24:
+            raise KernelError(f"refusing to write an unsafe VXLAN member {str(member)[:64]!r} into the firewall")
+        ip = _address(host)
+        out[f"vxlan_members{ipaddress.ip_address(ip).version}"][(ip, vni << 8)] = None
     return out
 
 

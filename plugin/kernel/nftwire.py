@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,6 +51,8 @@ TYPES: dict[str, tuple[int, int, int]] = {
     "inet_proto": (12, 1, BIG), "inet_service": (13, 2, BIG), "mark": (19, 4, HOST),
     "nfproto": (2, 1, HOST), "ct_state": (26, 4, HOST), "ct_status": (28, 4, HOST),
     "fib_addrtype": (38, 4, HOST), "boolean": (39, 1, HOST), "iface_index": (20, 4, HOST),
+    "uid": (24, 4, HOST),
+    "raw32": (4, 4, BIG),        # 32 bits of a packet at some offset (nft's integer type)
 }
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
@@ -60,8 +63,8 @@ FIB_TYPES = {"unspec": 0, "unicast": 1, "local": 2, "broadcast": 3, "anycast": 4
 FLAGS = {"ct_state": CT_STATE, "ct_status": CT_STATUS}
 
 # what an expression loads: meta key -> (kernel key, type); payload -> (base, offset, length, type, dependency)
-META = {"mark": (3, "mark"), "iif": (4, "iface_index"), "iifname": (6, "ifname"), "oifname": (7, "ifname"), "nfproto": (15, "nfproto"),
-        "l4proto": (16, "inet_proto")}
+META = {"mark": (3, "mark"), "iif": (4, "iface_index"), "iifname": (6, "ifname"), "oifname": (7, "ifname"),
+        "skuid": (10, "uid"), "nfproto": (15, "nfproto"), "l4proto": (16, "inet_proto")}
 PAYLOAD = {("ip", "saddr"): (1, 12, 4, "ipv4_addr", ("nfproto", "ipv4")),
            ("ip", "daddr"): (1, 16, 4, "ipv4_addr", ("nfproto", "ipv4")),
            ("ip6", "saddr"): (1, 8, 16, "ipv6_addr", ("nfproto", "ipv6")),
@@ -74,6 +77,13 @@ FIB_RESULTS = {"oif": 1, "type": 3}
 FIB_FLAGS = {"saddr": 1, "daddr": 2, "mark": 4, "iif": 8, "oif": 16}
 FIB_PRESENT = 32
 CMP_OPS = {"==": 0, "!=": 1}
+ORDER_OPS = {"<": 2, "<=": 3, ">": 4, ">=": 5}        # compared in network byte order (nft's byteorder first)
+BASES = {"ll": 0, "nh": 1, "th": 2}                     # raw payload bases
+# a typeof set's key, as nft describes it in the set's user data: the payload's protocol
+# description and field ids (nftables' proto_desc_id and header templates), or a raw payload
+TYPEOF_PAYLOAD = {("ip", "saddr"): (12, 11), ("ip6", "saddr"): (13, 8)}
+EXPR_PAYLOAD, EXPR_CONCAT = 7, 13
+UDATA_KEYBYTEORDER, UDATA_DATABYTEORDER, UDATA_KEY_TYPEOF = 0, 1, 3
 
 
 # netlink attributes --------------------------------------------------------------------------
@@ -153,10 +163,14 @@ def encode(kind: str, value) -> bytes:
             return struct.pack(">H", value)
         if kind == "nfproto":
             return bytes([NFPROTO[value]])
-        if kind in ("mark", "iface_index"):
+        if kind in ("mark", "iface_index", "uid"):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError
             return struct.pack("=I", value)
+        if kind == "raw32":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError
+            return struct.pack(">I", value)
         if kind in FLAGS:
             names = [value] if isinstance(value, str) else value
             bits = 0
@@ -192,6 +206,8 @@ def decode(kind: str, raw: bytes):
         return struct.unpack(">H", raw)[0]
     if kind == "mark":
         return struct.unpack("=I", raw)[0]
+    if kind == "raw32":
+        return struct.unpack(">I", raw)[0]
     return raw.hex()
 
 
@@ -204,6 +220,8 @@ class SetType:
     """A set's key (one type, or several concatenated) and, for a map, its data type."""
     key: tuple[str, ...]
     data: str | None = None
+    # declared with typeof: each key part's expression, ("ip", "saddr") or ("raw", base, offset, length)
+    typeof: tuple[tuple, ...] | None = None
 
     def __post_init__(self) -> None:
         for t in self.key + ((self.data,) if self.data else ()):
@@ -295,6 +313,11 @@ def cmp(op: int, sreg: int, value: bytes) -> bytes:
     return _expr("cmp", attr(1, u32(sreg)), attr(2, u32(op)), _data(3, value))
 
 
+def byteorder_hton(reg: int, size: int) -> bytes:
+    return _expr("byteorder", attr(1, u32(reg)), attr(2, u32(reg)), attr(3, u32(1)), attr(4, u32(size)),
+                 attr(5, u32(size)))                   # NFT_BYTEORDER_HTON, len, element size
+
+
 def bitwise(reg: int, mask: bytes, xor: bytes) -> bytes:
     return _expr("bitwise", attr(1, u32(reg)), attr(2, u32(reg)), attr(3, u32(len(mask))),
                  _data(4, mask), _data(5, xor))
@@ -340,6 +363,9 @@ class _Rule:
                 raise KernelError(f"nftables: meta {key!r} is not supported")
             code, kind = META[key]
             return kind, TYPES[kind][1], lambda dreg: meta_load(code, dreg)
+        if isinstance(x, dict) and "payload" in x and "base" in x["payload"]:      # raw: @th,96,32
+            base, offset, length = _typeof_part(x)[1:]
+            return "raw32", 4, lambda dreg: payload_load(BASES[base], offset // 8, length // 8, dreg)
         if isinstance(x, dict) and "payload" in x:
             p = x["payload"]
             spec = PAYLOAD.get((p.get("protocol"), p.get("field")))
@@ -413,6 +439,13 @@ class _Rule:
             mask = encode(kind, right)
             self.out += [bitwise(1, mask, bytes(size)), cmp(1, 1, bytes(size))]
             return
+        if op in ORDER_OPS:         # as nft: a host-order value is turned to network order first
+            value = encode(kind, right)
+            if TYPES[kind][2] == HOST and size > 1:
+                self.out.append(byteorder_hton(1, size))
+                value = value[::-1] if sys.byteorder == "little" else value
+            self.out.append(cmp(ORDER_OPS[op], 1, value))
+            return
         self.out.append(cmp(self._op(op), 1, encode(kind, right)))
 
     def _op(self, op) -> int:
@@ -435,7 +468,8 @@ class _Rule:
         if result is None:
             raise KernelError(f"nftables: fib {fib.get('result')!r} is not supported")
         if fib.get("result") == "oif" and isinstance(right, bool):         # fib ... oif missing/exists
-            # the register holds a u32 0/1, compared whole (as nft writes it)
+            # the register holds a u32 0/1, compared whole, as nft up to 1.1.3 writes it (Debian
+            # 12's and 13's: they show a one-byte compare, as 1.1.7 writes it, as "missing/8")
             self.out += [fib_load(result, flags | FIB_PRESENT, 1), cmp(self._op(op), 1, struct.pack("=I", int(right)))]
         elif fib.get("result") == "type":
             self.out += [fib_load(result, flags, 1), cmp(self._op(op), 1, encode("fib_addrtype", right))]
@@ -523,9 +557,48 @@ def _table(obj: dict) -> tuple[int, str]:
 
 
 def set_type(decl: dict) -> SetType:
-    """The SetType of a set declaration as nftrules writes it ({"type": ..., "map": ...})."""
+    """The SetType of a set declaration as nftrules writes it ({"type": ..., "map": ...}, or
+    {"type": {"typeof": expression or concatenation}})."""
     key = decl["type"]
+    if isinstance(key, dict) and "typeof" in key:
+        parts = key["typeof"]["concat"] if "concat" in key["typeof"] else [key["typeof"]]
+        described = tuple(_typeof_part(p) for p in parts)
+        kinds = tuple(PAYLOAD[d][3] if d[0] != "raw" else "raw32" for d in described)
+        return SetType(kinds, decl.get("map"), described)
     return SetType(tuple(key) if isinstance(key, list) else (key,), decl.get("map"))
+
+
+def _typeof_part(x) -> tuple:
+    p = x.get("payload") if isinstance(x, dict) else None
+    if isinstance(p, dict) and (p.get("protocol"), p.get("field")) in TYPEOF_PAYLOAD:
+        return (p["protocol"], p["field"])
+    if isinstance(p, dict) and p.get("base") in BASES and (p.get("offset"), p.get("len")) != (None, None) \
+            and isinstance(p.get("offset"), int) and p["offset"] % 8 == 0 and p.get("len") == 32:
+        return ("raw", p["base"], p["offset"], p["len"])
+    raise KernelError(f"nftables: typeof {str(x)[:80]} is not supported")
+
+
+def typeof_udata(described: tuple[tuple, ...]) -> bytes:
+    """A typeof key as nft writes it in the set's user data (NFTNL_UDATA_SET_KEY_TYPEOF): the
+    expression's kind and its own description, nested for a concatenation."""
+    def u(kind: int, value: bytes) -> bytes:
+        return bytes([kind, len(value)]) + value
+
+    def n(value: int) -> bytes:
+        return struct.pack("=I", value)
+
+    def payload(d: tuple) -> bytes:
+        if d[0] == "raw":
+            _, base, offset, length = d
+            data = u(0, n(0)) + u(1, n(0)) + u(2, n(BASES[base] + 1)) + u(3, n(offset)) + u(4, n(length))
+        else:
+            desc, field = TYPEOF_PAYLOAD[d]
+            data = u(0, n(desc)) + u(1, n(field))
+        return u(0, n(EXPR_PAYLOAD)) + u(1, data)
+    if len(described) == 1:
+        return u(UDATA_KEY_TYPEOF, payload(described[0]))
+    parts = b"".join(u(i, payload(d)) for i, d in enumerate(described))
+    return u(UDATA_KEY_TYPEOF, u(0, n(EXPR_CONCAT)) + u(1, parts))
 
 
 class Compiler:
@@ -569,13 +642,15 @@ class Compiler:
         self.sets[name] = st
         self._ids += 1
         byteorder = TYPES[st.key[0]][2] if len(st.key) == 1 else 0
-        udata = bytes([0, 4]) + struct.pack("=I", byteorder)          # NFTNL_UDATA_SET_KEYBYTEORDER
+        udata = bytes([UDATA_KEYBYTEORDER, 4]) + struct.pack("=I", byteorder)
+        if st.typeof is not None:
+            udata += typeof_udata(st.typeof)
         body = attr(1, text(table)) + attr(2, text(name)) + attr(3, u32(SET_MAP if is_map else 0)) \
             + attr(4, u32(st.key_type)) + attr(5, u32(st.key_len))
         if st.data is not None:
             dtype, dlen, dorder = TYPES[st.data]
             body += attr(6, u32(dtype)) + attr(7, u32(dlen))
-            udata += bytes([1, 4]) + struct.pack("=I", dorder)        # NFTNL_UDATA_SET_DATABYTEORDER
+            udata += bytes([UDATA_DATABYTEORDER, 4]) + struct.pack("=I", dorder)
         body += attr(10, u32(self._ids)) + attr(13, udata)
         return [Message(NEWSET, family, body, NLM_F_CREATE, f"add set {name}")]
 

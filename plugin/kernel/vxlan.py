@@ -1,6 +1,7 @@
 """VXLAN devices of cluster networks, and the forwarding entries that reach remote containers.
 
-No flooding and no learning: each remote container is one forwarding entry on the VXLAN device
+No flooding and no learning (neither the device nor its bridge port learns): each remote
+container is one forwarding entry on the VXLAN device
 (its MAC -> the underlay address of its host), one on the bridge (its MAC -> the VXLAN port) and
 one neighbour entry (its IP -> its MAC) that the device answers ARP and neighbour solicitations
 from, locally ("proxy"). So broadcasts never leave the host, and nothing is learned from what a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+
 from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
@@ -75,6 +77,10 @@ class Vxlan:
                     raise KernelError(f"bridge {bridge} of VXLAN {name} is missing")
                 index = ipr.link_lookup(ifname=name)[0]
                 ipr.link("set", index=index, master=br[0], mtu=mtu, state="up")
+                # the bridge learns nothing from what arrives over VXLAN: a frame from another
+                # host with a local container's (or the gateway's) source MAC would move that
+                # MAC onto the VXLAN port and cut it off; remote MACs are static entries
+                ipr.brport("set", index=index, learning=0)
             except NetlinkError as e:
                 raise KernelError(f"attach VXLAN {name} to {bridge}: {e}") from e
             return created

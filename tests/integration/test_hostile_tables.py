@@ -17,9 +17,8 @@ from plugin.kernel.nft import NftFirewall
 
 from ..waiting import wait_for
 from .conftest import run
+from .newer_nft import nft_in, require_newer_nft
 from .test_nft import BARE, EP, NET
-
-NEWER_ROOT = os.environ.get("PYBRIDGE_NEWER_NFT_ROOT", "/var/lib/pybridge-engines/sid")
 
 # what newer tools write: verdict maps keyed by ifname, typeof sets, concatenations, comments,
 # interval sets with a comment (1.1.x keeps more of that in the kernel's user data)
@@ -60,15 +59,13 @@ FLOWTABLE = "table ip pbhostile {\n  flowtable f {\n    hook ingress priority 0\
 
 
 def newer_nft(netns, text):
-    return subprocess.run(["ip", "netns", "exec", netns, "chroot", NEWER_ROOT, "nft", "-f", "-"], input=text,
-                          capture_output=True, text=True)
+    return nft_in(netns, "-f", "-", text=text)
 
 
 @pytest.fixture
 def hostile(netns):
-    if not os.access(os.path.join(NEWER_ROOT, "usr/sbin/nft"), os.X_OK):
-        pytest.skip(f"no newer nft in {NEWER_ROOT} (scripts/engine.sh prepare makes one)")
-    version = subprocess.run(["chroot", NEWER_ROOT, "nft", "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run(["chroot", require_newer_nft(), "nft", "--version"], capture_output=True,
+                             text=True, check=False).stdout
     res = newer_nft(netns, HOSTILE)
     assert res.returncode == 0, res.stderr
     flow = newer_nft(netns, FLOWTABLE)

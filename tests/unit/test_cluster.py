@@ -438,21 +438,28 @@ def test_a_restart_keeps_the_remote_entries_until_etcd_is_read_and_then_drops_th
     wait_until(lambda: a.ctx.overlay.peers(vx) == {}, what="the stale entry dropped after the first read")
 
 
-def test_the_firewall_takes_vxlan_only_from_hosts_with_containers_on_our_cluster_networks(hosts, kv):
+def test_the_firewall_takes_a_networks_vxlan_only_from_hosts_with_containers_on_it(hosts, kv):
+    """Issue 19, item 1: per VNI, not per host: a host with containers on one cluster network is
+    let in for that network's VNI only."""
     a, b, _ = hosts
     pa = create_cluster_net(a, nid(1))
     create_cluster_net(b, nid(2))
+    create_cluster_net(b, nid(3), subnet="10.205.64.0/24", gateway="10.205.64.1/24", name="db")
+    with b.ctx.store.reading() as tx:
+        web, db = tx.get_network(nid(2)).vni, tx.get_network(nid(3)).vni
+    assert web != db
     fw = b.ctx.firewall
-    assert fw.elements("vxlan_ports") == {4789: None} and fw.elements("vxlan_peers4") == {}   # alone: nobody
+    assert fw.elements("vxlan_ports") == {4789: None} and fw.elements("vxlan_members4") == {}   # alone: nobody
     b.ctx.cluster.start()
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
-    wait_until(lambda: fw.elements("vxlan_peers4") == {a.address: None}, what="A let in")
+    wait_until(lambda: fw.elements("vxlan_members4") == {(a.address, web << 8): None}, what="A let in for web")
     assert fw.drift(*_state(b)) == []
     assert b.doctor.examine(lease_grace=0)["problems"] == []        # the VXLAN device is claimed, too
     kv.expire(a.ctx.cluster._lease)
-    wait_until(lambda: fw.elements("vxlan_peers4") == {}, what="A shut out once gone")
+    wait_until(lambda: fw.elements("vxlan_members4") == {}, what="A shut out once gone")
     b.networks.delete(nid(2))
+    b.networks.delete(nid(3))
     assert fw.elements("vxlan_ports") == {}                                 # no cluster network: no filter
 
 
