@@ -9,6 +9,7 @@ Layout, under PREFIX = /pybridge/v1/:
   vni/VNI                    CLUSTERNET, so that a VNI is claimed once (no lease)
   member/CLUSTERNET/HOST     this host has the network (host lease)
   addr/CLUSTERNET/ADDRHEX    AddrRecord: who holds an address (host lease; gateway: none)
+  mac/CLUSTERNET/MACHEX      MacClaim: the host and endpoint that hold a MAC (host lease)
   ep/CLUSTERNET/HOST/EPID    EndpointRecord: MAC and addresses of a container there (host lease)
   name/CLUSTERNET/HOST/CID   NameRecord: a container's name, aliases, addresses (host lease)
 HOST is the host's underlay address, which is unique in a cluster by definition.
@@ -64,6 +65,14 @@ def addr_prefix(name: str) -> str:
 
 def addr_key(name: str, address: int) -> str:
     return f"{addr_prefix(name)}{address:032x}"
+
+
+def mac_prefix(name: str) -> str:
+    return f"{PREFIX}mac/{name}/"
+
+
+def mac_key(name: str, mac: str) -> str:
+    return mac_prefix(name) + mac.replace(":", "")
 
 
 def ep_prefix(name: str = "", host: str = "") -> str:
@@ -142,6 +151,15 @@ class AddrRecord:
 
 
 @dataclass(frozen=True)
+class MacClaim:
+    host: str
+    endpoint: str
+
+    def to_json(self) -> str:
+        return json.dumps({"host": self.host, "endpoint": self.endpoint}, sort_keys=True)
+
+
+@dataclass(frozen=True)
 class EndpointRecord:
     mac: str
     ipv4: str
@@ -201,6 +219,14 @@ def parse_addr(key: str, value: bytes) -> AddrRecord:
     if not isinstance(kind, str) or kind not in ("gateway", "static", "dynamic", "aux"):
         raise InvalidRecord(f"etcd key {key[:100]!r}: kind {kind!r} unknown")
     return AddrRecord(_address(key, host) if host else "", kind)
+
+
+def parse_mac_claim(key: str, value: bytes) -> MacClaim:
+    d = _load(key, value)
+    host, endpoint = d.get("host"), d.get("endpoint")
+    if not isinstance(endpoint, str) or not _HEX_ID.fullmatch(endpoint):
+        raise InvalidRecord(f"etcd key {key[:100]!r}: endpoint {str(endpoint)[:70]!r} malformed")
+    return MacClaim(_address(key, host) if host else "", endpoint)
 
 
 def parse_endpoint(key: str, value: bytes) -> EndpointRecord:

@@ -151,6 +151,7 @@ class ClusterService:
             ops = [Delete(r.member_key(name, self.host)), DeleteUnder(r.ep_prefix(name, self.host)),
                    DeleteUnder(r.name_prefix(name, self.host))]
             ops += [Delete(k) for k, v in held.items() if self._mine(k, v)]
+            ops += [Delete(k) for k in self._my_macs(name)]
             self.kv.txn([], ops)
             raw = self.kv.get(r.net_key(name))
             if raw is None:
@@ -158,7 +159,8 @@ class ClusterService:
             vni = r.parse_net(r.net_key(name), raw).vni
             if self.kv.txn([NoneUnder(r.member_prefix(name)), ValueIs(r.net_key(name), raw)],
                            [Delete(r.net_key(name)), Delete(r.vni_key(vni)), DeleteUnder(r.addr_prefix(name)),
-                            DeleteUnder(r.ep_prefix(name)), DeleteUnder(r.name_prefix(name))]):
+                            DeleteUnder(r.ep_prefix(name)), DeleteUnder(r.name_prefix(name)),
+                            DeleteUnder(r.mac_prefix(name))]):
                 log.info("cluster network %s: last host left, record removed", name)
         except (ClusterUnavailable, r.InvalidRecord) as e:
             log.warning("cluster network %s: leaving it in etcd later (%s)", name, e)
@@ -234,15 +236,49 @@ class ClusterService:
 
     # --- endpoints and names
     def publish_endpoint(self, name: str, endpoint_id: str, record: r.EndpointRecord) -> None:
+        """The endpoint's record, and its MAC claimed on the network in the same transaction
+        (create only if absent, like an address): Conflict when another endpoint holds it."""
+        key, value = r.ep_key(name, self.host, endpoint_id), record.to_json().encode()
+        mkey, claim = r.mac_key(name, record.mac), r.MacClaim(self.host, endpoint_id).to_json().encode()
         try:
-            key, value = r.ep_key(name, self.host, endpoint_id), record.to_json().encode()
-            self._leased([], lambda lease: [Put(key, value, lease)])
+            for _ in range(4):
+                if self._leased([Absent(mkey)], lambda lease: [Put(mkey, claim, lease), Put(key, value, lease)]):
+                    return
+                held = self.kv.get(mkey)
+                if held is None:
+                    continue                        # released meanwhile: claim it again
+                if held == claim:                   # ours already (a retried call, a resync)
+                    if self._leased([ValueIs(mkey, held)], lambda lease: [Put(mkey, claim, lease),
+                                                                          Put(key, value, lease)]):
+                        return
+                    continue
+                try:
+                    holder = r.parse_mac_claim(mkey, held)
+                    who = f"a container on host {holder.host}" if holder.host != self.host else "another container here"
+                except r.InvalidRecord:
+                    who = "a record pybridge did not write"
+                raise Conflict(f"MAC {record.mac} is in use on cluster network {name} by {who}")
         except ClusterUnavailable as e:
             raise self._fail(f"endpoint {endpoint_id[:12]} of cluster network {name}", e) from e
+        raise Conflict(f"MAC {record.mac} on cluster network {name}: its claim changed too often, try again")
+
+    def _my_macs(self, name: str, endpoint_id: str | None = None) -> list[str]:
+        """Keys of the MACs this host (that endpoint of it) claims on the network."""
+        held, _ = self.kv.range(r.mac_prefix(name))
+        out = []
+        for k, v in held.items():
+            try:
+                c = r.parse_mac_claim(k, v)
+            except r.InvalidRecord:
+                continue
+            if c.host == self.host and endpoint_id in (None, c.endpoint):
+                out.append(k)
+        return out
 
     def withdraw_endpoint(self, name: str, endpoint_id: str) -> None:
         try:
-            self.kv.txn([], [Delete(r.ep_key(name, self.host, endpoint_id))])
+            self.kv.txn([], [Delete(r.ep_key(name, self.host, endpoint_id))]
+                        + [Delete(k) for k in self._my_macs(name, endpoint_id)])
         except ClusterUnavailable as e:
             log.warning("endpoint %s of cluster network %s: withdrawn in etcd later (%s)", endpoint_id[:12], name, e)
             self._dirty.set()
@@ -358,6 +394,16 @@ class ClusterService:
         eps, _ = self.kv.range(r.ep_prefix(n.name, self.host))
         want_eps = {r.ep_key(n.name, self.host, eid): rec.to_json().encode() for eid, rec in n.endpoints}
         stale += [k for k in eps if k not in want_eps]
+        want_macs = {r.mac_key(n.name, rec.mac): r.MacClaim(self.host, eid).to_json().encode()
+                     for eid, rec in n.endpoints}
+        macs, _ = self.kv.range(r.mac_prefix(n.name))
+        for k, claim in want_macs.items():
+            if k not in macs or macs[k] == claim:
+                self.kv.txn([Absent(k)] if k not in macs else [ValueIs(k, claim)], [Put(k, claim, lease)])
+            else:
+                log.error("cluster network %s: MAC %s of a container here is claimed by another endpoint too",
+                          n.name, k.rsplit("/", 1)[-1])
+        stale += [k for k in self._my_macs(n.name) if k not in want_macs]
         ops = [Put(k, v, lease) for k, v in want_eps.items()] + [Delete(k) for k in stale]
         if ops:
             self.kv.txn([], ops)

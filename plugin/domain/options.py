@@ -269,6 +269,8 @@ def endpoint_from_request(network: Network, endpoint_id: str, *, address: str, a
     addr6 = _endpoint_address(network, "Interface.AddressIPv6", address6, 6)
     chosen = not mac
     mac = generate_mac(addr4) if chosen else parse_mac("Interface.MacAddress", mac)
+    if network.mac and mac == network.mac.lower():
+        raise InvalidRequest(f"invalid Interface.MacAddress {mac}: it is the network's gateway's MAC")
     host, cont = veth_names(prefix, endpoint_id)
     return Endpoint(id=endpoint_id, network_id=network.id, host_ifname=host, container_ifname=cont,
                     mac=mac, address4=addr4, address6=addr6), chosen

@@ -132,7 +132,7 @@ class NetworkService:
         name = vxlan_name(ctx.prefix, network.vni)
         ctx.overlay.ensure_vxlan(name, network.vni, ctx.underlay, ctx.vxlan_port, network.mtu or 1500, network.bridge)
         if ctx.cluster is not None and ctx.cluster.watch.loaded:
-            ctx.overlay.set_peers(name, network.bridge, ctx.cluster.remote_peers(network.cluster))
+            ctx.overlay.set_peers(name, network.bridge, self._remote(network, ctx.cluster.remote_peers(network.cluster)))
         # else: entries already there stay (a restart with etcd away); the first read programs it
 
     def program_all_peers(self) -> None:
@@ -143,7 +143,7 @@ class NetworkService:
         for n in networks:
             try:
                 self.ctx.overlay.set_peers(vxlan_name(self.ctx.prefix, n.vni), n.bridge,
-                                           self.ctx.cluster.remote_peers(n.cluster))
+                                           self._remote(n, self.ctx.cluster.remote_peers(n.cluster)))
             except PybridgeError as e:
                 log.warning("cluster network %s: %s", n.cluster, e)
         self._filter_vxlan()
@@ -173,8 +173,23 @@ class NetworkService:
         with self.ctx.store.reading() as tx:
             networks = [n for n in tx.list_networks() if n.cluster == cluster]
         for n in networks:
-            self.ctx.overlay.set_peers(vxlan_name(self.ctx.prefix, n.vni), n.bridge, peers)
+            try:
+                self.ctx.overlay.set_peers(vxlan_name(self.ctx.prefix, n.vni), n.bridge, self._remote(n, peers))
+            except PybridgeError as e:
+                log.warning("cluster network %s: %s", n.cluster, e)
         self._filter_vxlan()
+
+    def _remote(self, network: Network, peers: dict) -> dict:
+        """The other hosts' containers, but never one with the MAC of the gateway or of a
+        container here: a remote record does not take over a local entry."""
+        with self.ctx.store.reading() as tx:
+            local = {e.mac for e in tx.list_endpoints(network.id)} | {network.mac}
+        clash = sorted(m for m in peers if m in local)
+        if clash:
+            log.warning("cluster network %s: ignoring other hosts' records of %s: the MAC is %s here",
+                        network.cluster, ", ".join(f"{m} (host {peers[m][0]})" for m in clash),
+                        "the gateway's or a container's")
+        return {m: p for m, p in peers.items() if m not in local}
 
     def _filter_vxlan(self) -> None:
         """A cluster network's VXLAN (its VNI) is taken only from the hosts that have containers

@@ -121,6 +121,7 @@ class Vxlan:
             if index is None or not br:
                 raise KernelError(f"VXLAN {name} or its bridge {bridge} is missing")
             have = self._read(ipr, index)
+            refused: list[str] = []
             for mac, (host, ips) in have.items():
                 want = peers.get(mac)
                 if want is not None and want[0] == host:
@@ -136,13 +137,32 @@ class Vxlan:
                     if have.get(mac, ("",))[0] != host:
                         ipr.fdb("append", ifindex=index, lladdr=mac, dst=host, state=NUD_PERMANENT)
                         # static, not permanent: a permanent bridge entry means "this host's
-                        # own MAC", and the bridge would deliver the frames to itself
-                        ipr.fdb("replace", ifindex=index, lladdr=mac, master=br[0], flags=NTF_MASTER,
-                                state=NUD_NOARP)
+                        # own MAC", and the bridge would deliver the frames to itself. Added,
+                        # never replaced: an entry the bridge has (its own MAC, a local
+                        # container's) stays where it is
+                        if not self._add_bridge_entry(ipr, index, br[0], mac):
+                            self._quiet(ipr.fdb, "del", ifindex=index, lladdr=mac, dst=host)
+                            refused.append(mac)
+                            continue
                     for ip in ips - (have[mac][1] if mac in have and have[mac][0] == host else frozenset()):
                         ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
                 except NetlinkError as e:
                     raise KernelError(f"VXLAN {name}: entry {mac} via {host}: {e}") from e
+            if refused:
+                raise KernelError(f"VXLAN {name}: {', '.join(refused)} not taken from other hosts: the bridge "
+                                  "has them on a port of its own (its MAC, a container here)")
+
+    @staticmethod
+    def _add_bridge_entry(ipr: IPRoute, index: int, bridge: int, mac: str) -> bool:
+        """False when the bridge has the MAC on another port (its own, a local container's)."""
+        try:
+            ipr.fdb("add", ifindex=index, lladdr=mac, master=bridge, flags=NTF_MASTER, state=NUD_NOARP)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+            return any(m.get("NDA_LLADDR") == mac and m["flags"] & NTF_MASTER    # ours already
+                       for m in ipr.fdb("dump", ifindex=index))
+        return True
 
     @staticmethod
     def _quiet(fn, *args, **kwargs) -> None:

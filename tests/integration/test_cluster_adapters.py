@@ -107,3 +107,30 @@ def test_vxlan_device_and_entries(netns):
     run(netns, "ip", "link", "add", "ptx5000", "type", "bridge")
     with pytest.raises(Exception, match="not VXLAN 5000"):
         vx.ensure_vxlan("ptx5000", 5000, "10.206.1.1", 4789, 1450, "pt-br")
+
+
+def test_remote_entries_never_replace_the_bridges_own_or_a_local_containers(netns):
+    """Issue 19, item 2: `fdb replace ... master` took the gateway's own entry (and a local
+    container's) for a remote MAC; entries are added now, and a MAC the bridge has on a port of
+    its own is refused, by name, while the others are programmed."""
+    run(netns, "ip", "link", "add", "pbul0", "type", "veth", "peer", "name", "pbul1")
+    run(netns, "ip", "addr", "add", "10.206.1.1/24", "dev", "pbul0")
+    run(netns, "ip", "link", "set", "pbul0", "up")
+    run(netns, "ip", "link", "add", "pt-br", "type", "bridge")
+    run(netns, "ip", "link", "set", "pt-br", "address", "02:42:0a:cd:00:01", "up")
+    run(netns, "ip", "link", "add", "pt-c1", "type", "veth", "peer", "name", "pt-c1p")
+    run(netns, "ip", "link", "set", "pt-c1", "master", "pt-br", "up")
+    run(netns, "bridge", "fdb", "add", "02:00:00:00:19:03", "dev", "pt-c1", "master", "static")  # a local container
+    vx = Vxlan(netns)
+    vx.ensure_vxlan("ptx4096", 4096, "10.206.1.1", 4789, 1450, "pt-br")
+    peers = {"02:42:0a:cd:00:01": ("10.206.1.2", frozenset({"10.205.0.1"})),      # the gateway's
+             "02:00:00:00:19:03": ("10.206.1.2", frozenset({"10.205.0.3"})),      # the local container's
+             "02:00:00:00:19:09": ("10.206.1.2", frozenset({"10.205.0.9"}))}
+    with pytest.raises(Exception, match="02:42:0a:cd:00:01, 02:00:00:00:19:03 not taken from other hosts"):
+        vx.set_peers("ptx4096", "pt-br", peers)
+    assert vx.peers("ptx4096") == {"02:00:00:00:19:09": peers["02:00:00:00:19:09"]}
+    fdb = run(netns, "bridge", "fdb", "show", "br", "pt-br")
+    assert "02:42:0a:cd:00:01 dev pt-br" in fdb and "02:42:0a:cd:00:01 dev ptx4096" not in fdb, fdb
+    assert "02:00:00:00:19:03 dev pt-c1 master pt-br static" in fdb, fdb
+    assert "02:00:00:00:19:09 dev ptx4096 master pt-br static" in fdb, fdb
+    vx.set_peers("ptx4096", "pt-br", {"02:00:00:00:19:09": peers["02:00:00:00:19:09"]})   # again: nothing to do

@@ -24,6 +24,7 @@ import pytest
 from plugin.domain.model import Network, Subnet
 from plugin.kernel.nft import NftFirewall
 from plugin.kernel.vxlan import Vxlan
+from tests.vxlancraft import SCRIPT as CRAFT
 
 VNI, OTHER_VNI, PORT = 5001, 5002, 4789
 UNDERLAY = {"A": "10.206.241.1", "B": "10.206.241.2", "C": "10.206.241.3"}
@@ -42,39 +43,6 @@ while time.time() < end:
     except socket.timeout:
         continue
     print(data.decode(errors="replace"), flush=True)
-"""
-
-# VXLAN carrying an Ethernet frame with an IPv4/UDP datagram to cB's port 7777, made by hand;
-# sent from a raw socket with an outer source of our choosing ("raw"), or from a plain UDP
-# socket ("udp"). argv: mode outer_src outer_dst vni inner_dst_mac inner_src_mac inner_dst tag
-CRAFT = r"""
-import socket, struct, sys
-mode, osrc, odst, vni, dmac, smac, idst, tag = sys.argv[1:]
-def csum(b):
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b + b"\0" * (len(b) % 2)))
-    s = (s >> 16) + (s & 0xffff); s += s >> 16
-    return ~s & 0xffff
-def ipv4(src, dst, proto, body):
-    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0, 64, proto, 0,
-                    socket.inet_aton(src), socket.inet_aton(dst))
-    return h[:10] + struct.pack("!H", csum(h)) + h[12:] + body
-def udp(sport, dport, body):
-    return struct.pack("!HHHH", sport, dport, 8 + len(body), 0) + body
-mac = lambda m: bytes.fromhex(m.replace(":", ""))
-inner = mac(dmac) + mac(smac) + b"\x08\x00" + ipv4("10.250.7.9", idst, 17, udp(5555, 7777, tag.encode()))
-vxlan = b"\x08\x00\x00\x00" + struct.pack("!I", int(vni) << 8) + inner
-try:
-    if mode == "raw":
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        for _ in range(3):
-            s.sendto(ipv4(osrc, odst, 17, udp(40000, 4789, vxlan)), (odst, 0))
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for _ in range(3):
-            s.sendto(vxlan, (odst, 4789))
-    print("sent")
-except PermissionError as e:
-    print("refused", e)
 """
 
 
@@ -158,7 +126,7 @@ def reaching_cB(n, send) -> set[str]:
 
 def craft(n, where: str, mode: str, src: str, vni: int, tag: str, smac: str = "02:00:00:00:00:09") -> str:
     return ns(n[where], sys.executable, "-c", CRAFT, mode, src, UNDERLAY["B"], str(vni), mac_of(n["cB"], "eth0"),
-              smac, OVERLAY["B"], tag, check=False).stdout.strip()
+              smac, OVERLAY["B"], f"udp:7777:{tag}", check=False).stdout.strip()
 
 
 def plain(n, tag: str) -> None:

@@ -104,12 +104,12 @@ def net(cluster):
     made: list[tuple[Host, str]] = []
     subnets = iter(range(1, 250))
 
-    def make(subnet: str | None = None, name: str | None = None, hosts=None) -> str:
+    def make(subnet: str | None = None, name: str | None = None, hosts=None, internal: bool = False) -> str:
         name = name or f"pbmh-{tag}-{len(made)}"
         subnet = subnet or f"10.205.{next(subnets)}.0/24"
         for h in hosts or cluster.hosts:
             h.docker("network", "create", "-d", "pybridge", "--ipam-driver", "pybridge", "--subnet", subnet,
-                     "-o", f"pybridge.cluster={name}", name)
+                     *(("--internal",) if internal else ()), "-o", f"pybridge.cluster={name}", name)
             made.append((h, name))
         return name
     yield make

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from plugin.cluster import records as r
-from plugin.cluster.interfaces import ClusterUnavailable, Delete
+from plugin.cluster.interfaces import ClusterUnavailable, Delete, Put
 from plugin.config import load_settings
 from plugin.domain.errors import Conflict, InvalidRequest
 from plugin.domain.model import ContainerInfo
@@ -497,3 +497,63 @@ def test_a_hostile_key_reaches_an_error_message_only_quoted():
     with pytest.raises(r.InvalidRecord) as e:
         r.parse_net(bad, b"{}")
     assert "\n" not in str(e.value)
+
+
+def test_a_mac_is_claimed_on_the_network_like_an_address(hosts, kv):
+    """Issue 19, item 2: a container on one host created with the MAC of a container on another
+    is refused (and leaves nothing); the MAC is free again once its holder is gone."""
+    a, b, _ = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    mac = "02:00:00:00:19:02"
+    a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="", mac=mac)
+    assert kv.get(r.mac_key("web", mac)) is not None
+    addr_b = b.ipam.request_address(pb, "", {})
+    devices_before = set(b.ctx.netlink.devices)
+    with pytest.raises(Conflict, match=f"MAC {mac} is in use on cluster network web by a container on host {a.address}"):
+        b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac=mac)
+    held, _ = kv.range(r.ep_prefix("web", b.address))
+    assert held == {}                                               # nothing half-made: no record,
+    assert set(b.ctx.netlink.devices) == devices_before                     # and no veth
+    assert r.parse_mac_claim(r.mac_key("web", mac), kv.get(r.mac_key("web", mac))).host == a.address
+    a.endpoints.delete(nid(1), "e1" * 32)
+    assert kv.get(r.mac_key("web", mac)) is None
+    b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac=mac)     # free now
+    # what etcd lost is claimed again by the resync, and a host's leaving releases its MACs
+    kv.txn([], [Delete(r.mac_key("web", mac))])
+    b.ctx.cluster.resync()
+    assert r.parse_mac_claim(r.mac_key("web", mac), kv.get(r.mac_key("web", mac))).endpoint == "e2" * 32
+    b.endpoints.delete(nid(2), "e2" * 32)
+    b.networks.delete(nid(2))
+    held, _ = kv.range(r.mac_prefix("web"))
+    assert held == {}
+
+
+def test_the_gateways_mac_is_refused_for_a_container(hosts):
+    a, _, _ = hosts
+    pa = create_cluster_net(a, nid(1))
+    with a.ctx.store.reading() as tx:
+        gateway_mac = tx.get_network(nid(1)).mac
+    with pytest.raises(InvalidRequest, match="it is the network's gateway's MAC"):
+        a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="",
+                           mac=gateway_mac.upper())
+
+
+def test_a_remote_record_never_takes_over_the_gateway_or_a_local_container(hosts, kv):
+    """A record written by hand (or by an older pybridge) with the gateway's MAC or with a local
+    container's is not programmed; the other hosts' containers are."""
+    a, b, _ = hosts
+    create_cluster_net(a, nid(1))
+    pb = create_cluster_net(b, nid(2))
+    with b.ctx.store.reading() as tx:
+        net_b = tx.get_network(nid(2))
+    vx = f"ptx{net_b.vni}"
+    b.endpoints.create(nid(2), "e2" * 32, address=b.ipam.request_address(pb, "", {}), address6="",
+                       mac="02:00:00:00:19:03")
+    b.ctx.cluster.start()
+    lease = a.ctx.cluster._session()
+    records = {"e7" * 32: (net_b.mac, "10.205.0.77"), "e8" * 32: ("02:00:00:00:19:03", "10.205.0.78"),
+               "e9" * 32: ("02:00:00:00:19:09", "10.205.0.79")}
+    kv.txn([], [Put(r.ep_key("web", a.address, eid), r.EndpointRecord(m, ip, "").to_json().encode(), lease)
+                for eid, (m, ip) in records.items()])
+    wait_until(lambda: "02:00:00:00:19:09" in b.ctx.overlay.peers(vx), what="B programs A's real container")
+    assert set(b.ctx.overlay.peers(vx)) == {"02:00:00:00:19:09"}       # not the gateway's, not its own

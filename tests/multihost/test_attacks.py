@@ -1,0 +1,115 @@
+"""What a container or a user on one cluster host, or a neighbour on the underlay, can make
+another host take for cluster traffic (issue 19), on the three-host rig (scripts/multihost.sh)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import uuid
+
+from tests.vxlancraft import SCRIPT as CRAFT
+from tests.waiting import wait_for
+
+
+def icmp_in_echos(host, container: str) -> int:
+    """The container's count of ICMP echo requests received (/proc/net/snmp)."""
+    lines = [line.split() for line in host.exec(container, "cat", "/proc/net/snmp", check=True).stdout.splitlines()
+             if line.startswith("Icmp:")]
+    return int(dict(zip(lines[0], lines[1]))["InEchos"])
+
+
+def mac(host, container: str, network: str) -> str:
+    template = '{{(index .NetworkSettings.Networks "' + network + '").MacAddress}}'
+    return host.docker("inspect", "-f", template, container).stdout.strip()
+
+
+def in_container(host, container: str, *argv: str) -> str:
+    """A command of the host's in the container's network namespace: the packets it sends leave
+    from the container, as a process of the container's with CAP_NET_RAW would send them."""
+    pid = host.docker("inspect", "-f", "{{.State.Pid}}", container).stdout.strip()
+    return subprocess.run(["nsenter", "-t", pid, "-n", *argv], capture_output=True, text=True, check=False,
+                          timeout=30).stdout.strip()
+
+
+def test_no_container_or_process_on_a_host_puts_frames_on_another_hosts_internal_network(cluster, net):
+    """Item 1: a container on host 1 crafts VXLAN to host 2 with host 3's underlay address as its
+    source, for an --internal cluster network's VNI, from a cluster network and from a local
+    one; a process on host 1 sends it from a plain socket. None of it reaches the victim on host
+    2. The same frame from a neighbour on the underlay (which no filter can tell from host 3)
+    does: the crafted frame is good, and the test sees a delivery when there is one."""
+    h1, h2, h3 = cluster.hosts
+    internal = net(internal=True)
+    outer = net()
+    victim = f"{internal}-victim"
+    victim_ip = h2.run(victim, internal, "sleep", "600")
+    victim_mac = mac(h2, victim, internal)
+    h3.run(f"{internal}-c3", internal, "sleep", "600")      # host 3 has the network: a member
+    assert wait_for(lambda: h3.address in h2.ns("nft", "list", "set", "inet", "pybridge", "vxlan_members4"),
+                    timeout=15), "host 2 never let host 3 in"
+    vni = json.loads(cluster.etcdctl("get", f"/pybridge/v1/net/{internal}", "--print-value-only"))["vni"]
+    local = f"pbmh-local-{uuid.uuid4().hex[:6]}"
+    h1.docker("network", "create", "-d", "pybridge", "--ipam-driver", "pybridge", "--subnet", "10.204.77.0/24", local)
+    try:
+        h1.run(f"{outer}-a1", outer, "sleep", "600")
+        h1.docker("run", "-d", "--name", f"{outer}-a2", "--network", local, "--dns", "127.0.0.1",
+                  "--stop-timeout", "1", "pybridge-test-busybox:latest", "sleep", "600")
+        args = [str(vni), victim_mac, "02:00:00:00:00:09", victim_ip, "icmp"]
+        before = icmp_in_echos(h2, victim)
+        for attacker in (f"{outer}-a1", f"{outer}-a2"):
+            sent = in_container(h1, attacker, sys.executable, "-c", CRAFT, "raw", h3.address, h2.address, *args)
+            assert sent == "sent", sent                      # the fault really happened
+        sent = h1.ns(sys.executable, "-c", CRAFT, "udp", h1.address, h2.address, *args, check=False).strip()
+        assert sent.startswith("refused"), sent              # refused on host 1, as it is sent
+        # control: the same frame from the underlay's own namespace, with host 3's address
+        sent = subprocess.run(["ip", "netns", "exec", "pbmh-ul", sys.executable, "-c", CRAFT, "raw", h3.address,
+                               h2.address, *args], capture_output=True, text=True, check=False).stdout.strip()
+        assert sent == "sent", sent
+        assert wait_for(lambda: icmp_in_echos(h2, victim) >= before + 3, timeout=10), "the control did not arrive"
+        assert icmp_in_echos(h2, victim) == before + 3      # the control's three, and nothing of host 1's
+    finally:
+        h1.remove_containers(f"{outer}-a")
+        h1.docker("network", "rm", local, check=False)
+
+
+def started_with_mac(host, container: str, network: str, mac_address: str) -> tuple[int, str]:
+    """`docker run` with a MAC of our choosing through the Engine API (20.10's CLI refuses
+    --mac-address with --network): the start's HTTP status and answer."""
+    def call(method: str, path: str, body: dict | None = None) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("localhost", timeout=60)
+        conn.sock = socket.socket(socket.AF_UNIX)
+        conn.sock.connect(str(host.sock))
+        conn.request(method, f"/v1.41{path}", json.dumps(body) if body is not None else None,
+                     {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        answer = r.read().decode(errors="replace")
+        conn.close()
+        return r.status, answer
+    status, answer = call("POST", f"/containers/create?name={container}", {
+        "Image": "pybridge-test-busybox:latest", "Cmd": ["sleep", "600"], "MacAddress": mac_address,
+        "HostConfig": {"NetworkMode": network, "Dns": ["127.0.0.1"]}})
+    assert status == 201, answer
+    return call("POST", f"/containers/{container}/start")
+
+
+def test_a_chosen_mac_cannot_take_over_a_container_or_the_gateway_of_another_host(cluster, net):
+    """Item 2: `docker run --mac-address` with the MAC of a container on another host, or with the
+    gateway's, is refused, and the victim and the gateway stay reachable from the third host."""
+    h1, h2, h3 = cluster.hosts
+    name = net()
+    victim_ip = h2.run(f"{name}-victim", name, "sleep", "600")
+    victim_mac = mac(h2, f"{name}-victim", name)
+    h3.run(f"{name}-client", name, "sleep", "600")
+    gateway = ".".join(victim_ip.split(".")[:3]) + ".1"
+    gateway_mac = "02:42:" + ":".join(f"{int(o):02x}" for o in gateway.split("."))
+    for stolen, why in ((victim_mac, "is in use on cluster network"), (gateway_mac, "gateway's MAC")):
+        status, answer = started_with_mac(h1, f"{name}-thief", name, stolen)
+        h1.docker("rm", "-f", f"{name}-thief", check=False)
+        assert status >= 400 and why in answer, (status, answer)
+    # nothing moved: host 3 still reaches the victim on host 2, and its own gateway
+    for target in (victim_ip, gateway):
+        ping = h3.exec(f"{name}-client", "ping", "-c", "2", "-W", "3", target)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert victim_mac in h3.fdb_macs()
