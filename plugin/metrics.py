@@ -145,6 +145,9 @@ class StateCollector:
                                 value=1 if view["etcd_reachable"] else 0)
         yield CounterMetricFamily("pybridge_cluster_resyncs", "Times this host wrote its keys to etcd again "
                                   "(at start, after etcd was away or lost them)", value=view["resyncs"])
+        yield CounterMetricFamily("pybridge_cluster_refused_records", "Keys and records read from etcd that are "
+                                  "not what pybridge writes, left out (each is logged, quoted)",
+                                  value=view["refused_records"])
         remote = GaugeMetricFamily("pybridge_cluster_remote_endpoints",
                                    "Other hosts' containers programmed on this host's VXLAN device, by cluster network",
                                    labels=["cluster"])

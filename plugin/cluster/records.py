@@ -22,7 +22,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from ..domain.errors import PybridgeError
+from ..domain.addresses import parse_cidr, parse_ip
+from ..domain.errors import InvalidRequest, PybridgeError
 from ..domain.model import ContainerInfo
 
 PREFIX = "/pybridge/v1/"
@@ -32,6 +33,7 @@ _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _HEX_ID = re.compile(r"[0-9a-f]{1,64}")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _DNS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
+_VNI_KEY = re.compile(r"[0-9]{1,8}")
 
 
 class InvalidRecord(PybridgeError):
@@ -122,8 +124,9 @@ def split_key(key: str) -> KeyParts | None:
     if not _NAME_RE.fullmatch(network) or not _HEX_ID.fullmatch(item):
         return None
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
+        if host_address(key, host) != host:      # written as pybridge writes it, and nothing else
+            return None
+    except InvalidRecord:
         return None
     return KeyParts(kind, network, host, item)
 
@@ -180,15 +183,31 @@ def _load(key: str, value: bytes) -> dict:
 
 
 def _address(key: str, value, version: int | None = None) -> str:
+    """An address from etcd, through the one parser values from dockerd go through (no scope
+    ID, nothing but hex digits, '.' and ':')."""
     if value == "":
         return ""
     try:
-        a = ipaddress.ip_address(value)
-    except (TypeError, ValueError):
-        raise InvalidRecord(f"etcd key {key[:100]!r}: {str(value)[:60]!r} is not an IP address") from None
-    if version is not None and a.version != version:
-        raise InvalidRecord(f"etcd key {key[:100]!r}: {a} is not IPv{version}")
+        return str(parse_ip(f"etcd key {key[:100]!r}:", value, version))
+    except InvalidRequest as e:
+        raise InvalidRecord(str(e)) from None
+
+
+def host_address(key: str, value) -> str:
+    """A host's underlay address (a key's host part, a record's "host"): one unicast address, so
+    never loopback, multicast, broadcast, link-local, reserved or unspecified: it becomes a VXLAN
+    destination and a member of the firewall's filter."""
+    a = ipaddress.ip_address(_address(key, value) or "::")
+    if a.is_loopback or a.is_multicast or a.is_unspecified or a.is_link_local or a.is_reserved:
+        raise InvalidRecord(f"etcd key {key[:100]!r}: {str(value)[:60]!r} is not a host's unicast address")
     return str(a)
+
+
+def parse_vni_key(key: str) -> int | None:
+    """The VNI a vni/ key claims, or None for a key pybridge does not write (ASCII digits only:
+    str.isdigit() also takes '²')."""
+    tail = key.rsplit("/", 1)[-1]
+    return int(tail) if _VNI_KEY.fullmatch(tail) else None
 
 
 def parse_net(key: str, value: bytes) -> NetRecord:
@@ -196,13 +215,13 @@ def parse_net(key: str, value: bytes) -> NetRecord:
     try:
         subnets = []
         for pool, gateway in d["subnets"]:
-            net = ipaddress.ip_network(pool)
+            net = parse_cidr(f"etcd key {key[:100]!r}: subnet", pool)
             gw = _address(key, gateway, net.version)
             if gw and ipaddress.ip_address(gw) not in net:
                 raise InvalidRecord(f"etcd key {key[:100]!r}: gateway {gw} outside {net}")
             subnets.append((str(net), gw))
         vni, mac, mtu = d["vni"], d["mac"], d["mtu"]
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, InvalidRequest) as e:
         raise InvalidRecord(f"etcd key {key[:100]!r}: malformed network record ({e})") from None
     if not isinstance(vni, int) or not VNI_FIRST <= vni <= VNI_LAST:
         raise InvalidRecord(f"etcd key {key[:100]!r}: VNI {vni!r} out of range")
@@ -218,7 +237,7 @@ def parse_addr(key: str, value: bytes) -> AddrRecord:
     host, kind = d.get("host"), d.get("kind")
     if not isinstance(kind, str) or kind not in ("gateway", "static", "dynamic", "aux"):
         raise InvalidRecord(f"etcd key {key[:100]!r}: kind {kind!r} unknown")
-    return AddrRecord(_address(key, host) if host else "", kind)
+    return AddrRecord(host_address(key, host) if host else "", kind)
 
 
 def parse_mac_claim(key: str, value: bytes) -> MacClaim:
@@ -226,7 +245,7 @@ def parse_mac_claim(key: str, value: bytes) -> MacClaim:
     host, endpoint = d.get("host"), d.get("endpoint")
     if not isinstance(endpoint, str) or not _HEX_ID.fullmatch(endpoint):
         raise InvalidRecord(f"etcd key {key[:100]!r}: endpoint {str(endpoint)[:70]!r} malformed")
-    return MacClaim(_address(key, host) if host else "", endpoint)
+    return MacClaim(host_address(key, host) if host else "", endpoint)
 
 
 def parse_endpoint(key: str, value: bytes) -> EndpointRecord:

@@ -132,7 +132,7 @@ class ClusterService:
                             raise Conflict(f"subnet {mine} overlaps {pool} of cluster network "
                                            f"{key.rsplit('/', 1)[-1]}")
             taken, _ = self.kv.range(r.PREFIX + "vni/")
-            used_vnis |= {int(k.rsplit("/", 1)[-1]) for k in taken if k.rsplit("/", 1)[-1].isdigit()}
+            used_vnis |= {v for v in map(r.parse_vni_key, taken) if v is not None}
             vni = next(v for v in range(r.VNI_FIRST, r.VNI_LAST + 1) if v not in used_vnis)
             gw4 = next((g for p, g in subnets if g and ipaddress.ip_network(p).version == 4), "")
             record = r.NetRecord(want, vni, r.gateway_mac(gw4, vni), mtu)
@@ -440,6 +440,8 @@ class ClusterService:
         return self.watch.names(name)
 
     def snapshot(self) -> dict:
-        """For `pybridge cluster` and the metrics: this host, reachability, resyncs so far."""
-        return {"host": self.host, "reachable": self.reachable, "resyncs": self.resyncs}
+        """For `pybridge cluster` and the metrics: this host, reachability, resyncs so far, and how
+        many records from etcd were refused (not what pybridge writes)."""
+        return {"host": self.host, "reachable": self.reachable, "resyncs": self.resyncs,
+                "refused_records": self.watch.refused}
 

@@ -41,6 +41,7 @@ class ClusterWatch:
         self.on_endpoints: Callable[[str, Peers], None] = lambda n, p: None
         self.on_names: Callable[[str, list[ContainerInfo]], None] = lambda n, c: None
         self.on_loaded: Callable[[], None] = lambda: None
+        self.refused = 0            # keys and values under ep/ and name/ that are not pybridge's
         # False until the first full read: until then the view is empty, not "nobody there",
         # and the data plane keeps what it has (a plugin restarted while etcd is away)
         self.loaded = False
@@ -95,7 +96,12 @@ class ClusterWatch:
 
     def _apply(self, key: str, value: bytes | None) -> set[tuple[str, str]]:
         parts = r.split_key(key)
-        if parts is None or parts.host == self.host:
+        if parts is None:
+            if key.startswith((r.PREFIX + "ep/", r.PREFIX + "name/")) and value is not None:
+                self.refused += 1
+                log.warning("cluster: ignoring etcd key %r: not a key pybridge writes", key[:200])
+            return set()
+        if parts.host == self.host:
             return set()
         table = self._view.endpoints if parts.kind == "ep" else self._view.names
         entries = table.setdefault(parts.network, {})
@@ -107,6 +113,7 @@ class ClusterWatch:
                 entries[item] = (r.parse_endpoint(key, value) if parts.kind == "ep"
                                  else r.parse_name(key, parts.item, value))
             except r.InvalidRecord as e:
+                self.refused += 1
                 log.warning("cluster: ignoring %s", e)
                 entries.pop(item, None)
         return {(parts.kind, parts.network)}

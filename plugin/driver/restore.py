@@ -199,6 +199,9 @@ class Doctor:
         counted = ctx.firewall.counters()
         if counted.faults:
             problems.append(f"firewall: {counted.faults} fault(s) since start, the last: {counted.last_fault}")
+        if ctx.cluster is not None and ctx.cluster.watch.refused:
+            problems.append(f"cluster: {ctx.cluster.watch.refused} record(s) in etcd are not what pybridge writes "
+                            "and were left out (the log quotes each)")
         return {"networks": len(networks), "endpoints": len(endpoints), "problems": problems}
 
     def heal_firewall(self) -> list[str]:

@@ -5,6 +5,7 @@ etcd, is tests/multihost."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import threading
 
 import pytest
@@ -557,3 +558,34 @@ def test_a_remote_record_never_takes_over_the_gateway_or_a_local_container(hosts
                 for eid, (m, ip) in records.items()])
     wait_until(lambda: "02:00:00:00:19:09" in b.ctx.overlay.peers(vx), what="B programs A's real container")
     assert set(b.ctx.overlay.peers(vx)) == {"02:00:00:00:19:09"}       # not the gateway's, not its own
+
+
+def test_values_from_etcd_go_through_the_strict_parsers(hosts, kv):
+    """Issue 19, item 3 (parsers): a scope ID, a host that is not one unicast address, a VNI key
+    spelled with a Unicode digit: refused or left out, counted, and no create fails for them."""
+    assert r.split_key("/pybridge/v1/ep/web/fd00::0001/abcd") is None        # a key: only as pybridge writes it
+    for host in ("fe80::1%x", "127.0.0.1", "224.0.0.1", "255.255.255.255", "0.0.0.0", "::", "fe80::1",
+                 "10.0.0.1 ", "１0.0.0.1"):
+        assert r.split_key(f"/pybridge/v1/ep/web/{host}/abcd") is None, host
+        with pytest.raises(r.InvalidRecord):
+            r.parse_addr(r.addr_key("web", 5), json.dumps({"host": host, "kind": "dynamic"}).encode())
+    with pytest.raises(r.InvalidRecord):
+        r.parse_endpoint(r.ep_key("web", "10.206.255.1", "ab"), b'{"mac": "02:42:0a:00:00:02", "ipv6": "fd00::2%eth0"}')
+    with pytest.raises(r.InvalidRecord):
+        r.parse_net(r.net_key("web"), b'{"subnets": [["10.0.0.5/24", ""]], "vni": 4096, "mac": "02:42:0a:00:00:01", "mtu": 1450}')
+    assert r.parse_vni_key("/pybridge/v1/vni/\u00b2") is None and r.parse_vni_key("/pybridge/v1/vni/4096") == 4096
+    a, b, _ = hosts
+    kv.txn([], [Put(r.PREFIX + "vni/\u00b2", b"x"),                                    # a Unicode digit
+                Put(r.ep_key("web", "10.206.255.1", "ab").replace("10.206.255.1", "fe80::1%x"),
+                    b'{"mac": "02:42:0a:00:00:09", "ipv4": "10.205.0.9"}'),
+                Put(r.ep_key("web", "10.206.255.9", "cd"), b'{"mac": "02:42:0a:00:00:09", "ipv4": "10.205.0.9%x"}')])
+    create_cluster_net(a, nid(1))                                                    # no ValueError
+    b.ctx.cluster.start()
+    create_cluster_net(b, nid(2))
+    wait_until(lambda: b.ctx.cluster.watch.refused >= 2, what="the hostile records counted")
+    with b.ctx.store.reading() as tx:
+        vx = f"ptx{tx.get_network(nid(2)).vni}"
+    assert b.ctx.overlay.peers(vx) == {}
+    assert any("record(s) in etcd are not what pybridge writes" in p
+               for p in b.doctor.examine(lease_grace=0)["problems"])
+    assert b.views.cluster()["refused_records"] >= 2
