@@ -138,10 +138,13 @@ class NetRecord:
     vni: int
     mac: str                                  # the gateway's MAC, the same on every host
     mtu: int
+    aux: tuple[str, ...] = ()                 # --aux-address addresses, sorted: reserved on every host
 
     def to_json(self) -> str:
-        return json.dumps({"subnets": [list(s) for s in self.subnets], "vni": self.vni, "mac": self.mac,
-                           "mtu": self.mtu}, sort_keys=True)
+        d = {"subnets": [list(s) for s in self.subnets], "vni": self.vni, "mac": self.mac, "mtu": self.mtu}
+        if self.aux:                          # (a record without aux reads as before)
+            d["aux"] = list(self.aux)
+        return json.dumps(d, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,13 @@ def parse_net(key: str, value: bytes) -> NetRecord:
                 raise InvalidRecord(f"etcd key {key[:100]!r}: gateway {gw} outside {net}")
             subnets.append((str(net), gw))
         vni, mac, mtu = d["vni"], d["mac"], d["mtu"]
+        aux = d.get("aux", [])
+        if not isinstance(aux, list) or len(aux) > 256:
+            raise InvalidRecord(f"etcd key {key[:100]!r}: aux addresses malformed")
+        aux = tuple(sorted(_address(key, a) for a in aux if isinstance(a, str)))
+        if len(aux) != len(d.get("aux", [])) or "" in aux or \
+                not all(any(ipaddress.ip_address(a) in ipaddress.ip_network(p) for p, _ in subnets) for a in aux):
+            raise InvalidRecord(f"etcd key {key[:100]!r}: aux addresses malformed")
     except (KeyError, TypeError, ValueError, InvalidRequest) as e:
         raise InvalidRecord(f"etcd key {key[:100]!r}: malformed network record ({e})") from None
     if not isinstance(vni, int) or not VNI_FIRST <= vni <= VNI_LAST:
@@ -229,7 +239,7 @@ def parse_net(key: str, value: bytes) -> NetRecord:
         raise InvalidRecord(f"etcd key {key[:100]!r}: MAC {mac!r} malformed")
     if not isinstance(mtu, int) or not 68 <= mtu <= 65535:
         raise InvalidRecord(f"etcd key {key[:100]!r}: MTU {mtu!r} out of range")
-    return NetRecord(tuple(subnets), vni, mac, mtu)
+    return NetRecord(tuple(subnets), vni, mac, mtu, aux)
 
 
 def parse_addr(key: str, value: bytes) -> AddrRecord:

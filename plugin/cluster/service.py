@@ -97,17 +97,20 @@ class ClusterService:
                                   "take no new containers until it answers, local networks are not affected")
 
     # --- networks
-    def join_network(self, name: str, subnets: list[tuple[str, str]], mtu: int) -> r.NetRecord:
-        """The cluster's record of network `name`, made now from these subnets if there is none;
-        this host is recorded as a member. Conflict when the record says otherwise."""
+    def join_network(self, name: str, subnets: list[tuple[str, str]], mtu: int,
+                     aux: tuple[str, ...] = ()) -> r.NetRecord:
+        """The cluster's record of network `name`, made now from these subnets and aux addresses
+        if there is none (the aux addresses claimed with it, for every host); this host is
+        recorded as a member. Conflict when the record says otherwise."""
         try:
-            record = self._ensure_record(name, subnets, mtu)
+            record = self._ensure_record(name, subnets, mtu, tuple(sorted(aux)))
             self._leased([], lambda lease: [Put(r.member_key(name, self.host), b"{}", lease)])
         except ClusterUnavailable as e:
             raise self._fail(f"cluster network {name}", e) from e
         return record
 
-    def _ensure_record(self, name: str, subnets: list[tuple[str, str]], mtu: int) -> r.NetRecord:
+    def _ensure_record(self, name: str, subnets: list[tuple[str, str]], mtu: int,
+                       aux: tuple[str, ...] = ()) -> r.NetRecord:
         want = tuple(sorted(subnets))
         for _ in range(8):
             raw = self.kv.get(r.net_key(name))
@@ -117,6 +120,9 @@ class ClusterService:
                     shown = ", ".join(f"{p} (gateway {g or 'none'})" for p, g in record.subnets)
                     raise Conflict(f"cluster network {name} has {shown}: create it here with the same "
                                    "--subnet and --gateway")
+                if record.aux != aux:
+                    raise Conflict(f"cluster network {name} has aux addresses {', '.join(record.aux) or 'none'}: "
+                                   "create it here with the same --aux-address")
                 return record
             others, _ = self.kv.range(r.PREFIX + "net/")
             used_vnis = set()
@@ -135,10 +141,12 @@ class ClusterService:
             used_vnis |= {v for v in map(r.parse_vni_key, taken) if v is not None}
             vni = next(v for v in range(r.VNI_FIRST, r.VNI_LAST + 1) if v not in used_vnis)
             gw4 = next((g for p, g in subnets if g and ipaddress.ip_network(p).version == 4), "")
-            record = r.NetRecord(want, vni, r.gateway_mac(gw4, vni), mtu)
+            record = r.NetRecord(want, vni, r.gateway_mac(gw4, vni), mtu, aux)
             ops = [Put(r.net_key(name), record.to_json().encode()), Put(r.vni_key(vni), name.encode())]
             ops += [Put(r.addr_key(name, int(ipaddress.ip_address(g))), r.AddrRecord("", "gateway").to_json().encode())
                     for _, g in subnets if g]
+            ops += [Put(r.addr_key(name, int(ipaddress.ip_address(a))), r.AddrRecord("", "aux").to_json().encode())
+                    for a in aux]
             if self.kv.txn([Absent(r.net_key(name)), Absent(r.vni_key(vni))], ops):
                 log.info("cluster network %s recorded: VNI %d, %s", name, vni, ", ".join(p for p, _ in subnets))
                 return record
@@ -376,6 +384,11 @@ class ClusterService:
             if raw is not None and r.parse_net(key, raw) != n.record:
                 log.error("cluster network %s: etcd's record differs from this host's (VNI or subnets)", n.name)
         self.kv.txn([], [Put(r.member_key(n.name, self.host), b"{}", lease)])
+        aux = r.AddrRecord("", "aux").to_json().encode()
+        for a in n.record.aux:                  # the network's, for every host
+            k = r.addr_key(n.name, int(ipaddress.ip_address(a)))
+            if not self.kv.txn([Absent(k)], [Put(k, aux)]) and self.kv.get(k) != aux:
+                log.error("cluster network %s: aux address %s is held by a container", n.name, a)
         held, _ = self.kv.range(r.addr_prefix(n.name))
         wanted = {r.addr_key(n.name, a): kind for a, kind in n.addresses}
         for k, kind in wanted.items():

@@ -7,6 +7,7 @@ down what it can, forgets the network, and reports the errors it met.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import replace
 
@@ -122,7 +123,8 @@ class NetworkService:
             raise InvalidRequest(f"MTU {network.mtu} does not fit the underlay: {under[0]} has MTU {under[1]}, "
                                  f"VXLAN takes {overhead}, so at most {ceiling}")
         subnets = [(str(s.pool), str(s.gateway.ip) if s.gateway else "") for s in network.subnets]
-        record = ctx.cluster.join_network(network.cluster, subnets, min(network.mtu or 1500, ceiling))
+        aux = tuple(str(a.ip) for s in network.subnets for _, a in s.aux)
+        record = ctx.cluster.join_network(network.cluster, subnets, min(network.mtu or 1500, ceiling), aux)
         if record.mtu > ceiling:
             log.warning("cluster network %s: MTU %d is above this host's ceiling %d", network.cluster, record.mtu, ceiling)
         return replace(network, vni=record.vni, mac=record.mac, mtu=record.mtu)
@@ -157,10 +159,13 @@ class NetworkService:
             for n in tx.list_networks():
                 if not n.cluster:
                     continue
+                aux = {int(a.ip) for s in n.subnets for _, a in s.aux}
                 record = NetRecord(tuple(sorted((str(s.pool), str(s.gateway.ip) if s.gateway else "")
-                                                for s in n.subnets)), n.vni, n.mac, n.mtu or 1500)
+                                                for s in n.subnets)), n.vni, n.mac, n.mtu or 1500,
+                                   tuple(sorted(str(ipaddress.ip_address(a)) for a in aux)))
+                # the gateway's and aux addresses are the network's (in etcd with its record)
                 addresses = tuple((a, kind) for p in pools if p.cluster == n.cluster
-                                  for _, a, kind in tx.list_leases(p.id) if kind != "gateway")
+                                  for _, a, kind in tx.list_leases(p.id) if kind != "gateway" and a not in aux)
                 endpoints = tuple((e.id, EndpointRecord(e.mac, str(e.address4.ip) if e.address4 else "",
                                                         str(e.address6.ip) if e.address6 else ""))
                                   for e in tx.list_endpoints(n.id))

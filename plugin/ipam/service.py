@@ -108,7 +108,7 @@ class IpamService:
             with self._store.reading() as tx:
                 pool = tx.get_pool(pool_id)
             if pool is not None and pool.cluster:
-                return self._cluster_address(pool, wanted)
+                return self._cluster_address(pool, wanted, options)
         with self._store.transaction() as tx:
             pool = tx.get_pool(pool_id)
             if pool is None:
@@ -125,18 +125,28 @@ class IpamService:
                 value = self._dynamic(tx, pool, options)
         return f"{ipaddress.ip_address(value)}/{pool.subnet.prefixlen}"
 
-    def _cluster_address(self, pool: PoolRecord, wanted) -> str:
+    def _cluster_address(self, pool: PoolRecord, wanted, options: dict[str, str] | None = None) -> str:
         """An address of a cluster network: claimed in etcd first (outside the store's lock, so
         that a slow or absent etcd holds up no other network), then leased here too (the local
-        lease is what this host re-claims after etcd loses it)."""
+        lease is what this host re-claims after etcd loses it). A container that restarts by
+        itself gets back the address it had, as on a local network (see _dynamic), unless
+        another host took it meanwhile."""
         if wanted is not None:
             if wanted.version != pool.subnet.version or wanted not in pool.subnet:
                 raise InvalidRequest(f"address {wanted} is outside pool {pool.subnet}")
             if not is_usable(pool.subnet, int(wanted)):
                 raise InvalidRequest(f"address {wanted} is the network or broadcast address of {pool.subnet}")
         cursor = pool.cursor
+        back = None
+        if wanted is None:
+            with self._store.reading() as tx:
+                back = self._waiting(tx, pool, options or {})
         for _ in range(8):
-            if wanted is not None:
+            if back is not None and not self._cluster.claim(pool.cluster, back, "dynamic"):
+                back = None                     # another host has it now: walk on
+            if back is not None:
+                value, kind = back, "dynamic"
+            elif wanted is not None:
                 if not self._cluster.claim(pool.cluster, int(wanted), "static"):
                     raise Conflict(f"address {wanted} is already in use in cluster network {pool.cluster}")
                 value, kind = int(wanted), "static"
@@ -159,7 +169,7 @@ class IpamService:
             # had gone from etcd and is claimed again), so it stays; a dynamic request walks on
             if kind == "static":
                 raise Conflict(f"address {wanted} is already in use in pool {pool.subnet}")
-            cursor = value
+            cursor, back = value, None
         raise Exhausted(f"no free address found in cluster network {pool.cluster}")
 
     def _dynamic(self, tx, pool: PoolRecord, options: dict[str, str]) -> int:
@@ -170,13 +180,8 @@ class IpamService:
         restarted containers keep their addresses as a set (one restarting alone keeps its own).
         Anything else walks on from the cursor, over leased and remembered addresses alike."""
         lo, hi = usable_range(pool.subnet, pool.ip_range)
-        if ENDPOINT_NAME in options:
-            back = tx.waiting_address(pool.id, options[ENDPOINT_NAME]) if options[ENDPOINT_NAME] else None
-        elif self._clock() - self._started < RESTART_WINDOW:
-            back = tx.waiting_address(pool.id)
-        else:
-            back = None
-        if back is not None and lo <= back <= hi and tx.add_lease(pool.id, back, "dynamic"):
+        back = self._waiting(tx, pool, options)
+        if back is not None and tx.add_lease(pool.id, back, "dynamic"):
             return back
 
         def taken(start: int) -> Iterable[int]:
@@ -190,6 +195,17 @@ class IpamService:
         tx.add_lease(pool.id, value, "dynamic")
         tx.set_cursor(pool.id, value)
         return value
+
+    def _waiting(self, tx, pool: PoolRecord, options: dict[str, str]) -> int | None:
+        """The address a restarting container had, if this request is its (see _dynamic)."""
+        lo, hi = usable_range(pool.subnet, pool.ip_range)
+        if ENDPOINT_NAME in options:
+            back = tx.waiting_address(pool.id, options[ENDPOINT_NAME]) if options[ENDPOINT_NAME] else None
+        elif self._clock() - self._started < RESTART_WINDOW:
+            back = tx.waiting_address(pool.id)
+        else:
+            back = None
+        return back if back is not None and lo <= back <= hi else None
 
     def remember(self, owners: Iterable[tuple[str, str, str]], existing: Iterable[str] | None = None,
                  gone: Iterable[str] = ()) -> None:

@@ -4,6 +4,7 @@ another host take for cluster traffic (issue 19), on the three-host rig (scripts
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import socket
 import subprocess
@@ -113,3 +114,20 @@ def test_a_chosen_mac_cannot_take_over_a_container_or_the_gateway_of_another_hos
         ping = h3.exec(f"{name}-client", "ping", "-c", "2", "-W", "3", target)
         assert ping.returncode == 0, ping.stdout + ping.stderr
     assert victim_mac in h3.fdb_macs()
+
+
+def test_a_restart_always_container_keeps_its_cluster_address_across_an_engine_restart(cluster, net):
+    """Item 5: local networks keep such a container's address (issue 10); on a cluster network it
+    came back with the next one. Host 2 is killed and started again within the grace."""
+    _, h2, _ = cluster.hosts
+    name = net()
+    ip = h2.run(f"{name}-keep", name, "sleep", "600", extra=("--restart", "always"))
+    h2.run(f"{name}-after", name, "sleep", "600")               # the cursor moves past it
+    remembered = f"/pybridge/v1/addr/{name}/{int(ipaddress.ip_address(ip)):032x}"
+    assert cluster.etcdctl("get", remembered, "--print-value-only").strip()
+    cluster.tool("kill", "2")
+    cluster.tool("start", "2")
+    assert wait_for(lambda: h2.docker("inspect", "-f", "{{.State.Running}}", f"{name}-keep",
+                                      check=False).stdout.strip() == "true", timeout=90), "it did not come back"
+    assert wait_for(lambda: h2.ip(f"{name}-keep", name) != "", timeout=30)
+    assert h2.ip(f"{name}-keep", name) == ip

@@ -16,6 +16,7 @@ from plugin.config import load_settings
 from plugin.domain.errors import Conflict, InvalidRequest
 from plugin.domain.model import ContainerInfo
 from plugin.domain.options import LOCAL_SPACE, IpamDataSpec
+from plugin.ipam.service import ENDPOINT_NAME
 from plugin.store.db import Store
 from plugin.wiring import build_services
 from tests.fakes import FakeFirewall, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl
@@ -589,3 +590,59 @@ def test_values_from_etcd_go_through_the_strict_parsers(hosts, kv):
     assert any("record(s) in etcd are not what pybridge writes" in p
                for p in b.doctor.examine(lease_grace=0)["problems"])
     assert b.views.cluster()["refused_records"] >= 2
+
+
+def test_a_container_that_restarts_gets_its_cluster_address_back(hosts, kv):
+    """Issue 19, item 5: on a cluster network a --restart always container came back from an
+    engine restart with the next address (.177 -> .178). Now as on a local network: its own
+    address again, unless another host took it meanwhile."""
+    a, b, _ = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    first = a.ipam.request_address(pa, "", {ENDPOINT_NAME: "web1"})
+    a.ipam.request_address(pa, "", {ENDPOINT_NAME: "other"})          # the cursor moves past it
+    a.ipam.remember([("c1" * 32, "web1", first.split("/")[0])])
+    a.ipam.release_address(pa, first.split("/")[0])                   # dockerd stops it
+    assert a.ipam.request_address(pa, "", {ENDPOINT_NAME: "web1"}) == first
+    # taken by another host meanwhile: a free one then, and no error
+    a.ipam.release_address(pa, first.split("/")[0])
+    assert b.ipam.request_address(pb, first.split("/")[0], {}) == first
+    again = a.ipam.request_address(pa, "", {ENDPOINT_NAME: "web1"})
+    assert again != first
+
+
+def create_cluster_net_with_aux(h, network_id, aux: tuple[tuple[str, str], ...], name="web"):
+    """dockerd's order: the pool, the gateway, each --aux-address (a plain RequestAddress), then
+    CreateNetwork with them in IPv4Data."""
+    pool = h.ipam.request_pool(LOCAL_SPACE, SUBNET, "", False)
+    gw = h.ipam.request_address(pool["PoolID"], GATEWAY.split("/")[0],
+                                {"RequestAddressType": "com.docker.network.gateway"})
+    held = [h.ipam.request_address(pool["PoolID"], ip, {}) for _, ip in aux]
+    try:
+        h.networks.create(network_id, {"pybridge.cluster": name}, ipv6=False, internal=False,
+                          ipv4_data=[IpamDataSpec(pool=SUBNET, gateway=gw, space=LOCAL_SPACE,
+                                                  aux=tuple((k, ip) for k, ip in aux))], ipv6_data=[])
+    except Exception:
+        for a in held:
+            h.ipam.release_address(pool["PoolID"], a.split("/")[0])
+        h.ipam.release_address(pool["PoolID"], gw)
+        h.ipam.release_pool(pool["PoolID"])
+        raise
+    return pool["PoolID"]
+
+
+def test_aux_addresses_are_reserved_cluster_wide_and_compared_like_subnets(hosts, kv):
+    """Issue 19, item 4: host B handed host A's --aux-address to `docker run --ip`."""
+    a, b, c = hosts
+    create_cluster_net_with_aux(a, nid(1), (("router", "10.205.0.250"),))
+    held = kv.get(r.addr_key("web", int(ipaddress.ip_address("10.205.0.250"))))
+    assert held is not None and r.parse_addr("k", held) == r.AddrRecord("", "aux")
+    pb = create_cluster_net_with_aux(b, nid(2), (("router", "10.205.0.250"),))
+    with pytest.raises(Conflict, match="already in use"):
+        b.ipam.request_address(pb, "10.205.0.250", {})        # docker run --ip on host B
+    with pytest.raises(Conflict, match="has aux addresses 10.205.0.250: create it here with the same --aux-address"):
+        create_cluster_net(c, nid(3))                            # without it: refused, like another subnet
+    # a resync does not take the aux address for this host, and etcd losing it gets it back
+    kv.txn([], [Delete(r.addr_key("web", int(ipaddress.ip_address("10.205.0.250"))))])
+    kv.txn([], [Delete(r.net_key("web"))])
+    a.ctx.cluster.resync()
+    assert r.parse_addr("k", kv.get(r.addr_key("web", int(ipaddress.ip_address("10.205.0.250"))))).host == ""
