@@ -105,6 +105,19 @@ def split_addr_key(key: str, network: str | None = None):
     return parts[0], int(parts[1], 16)
 
 
+def split_member_key(key: str) -> tuple[str, str] | None:
+    """(network, host) of a member/ key, or None."""
+    if not key.startswith(PREFIX + "member/"):
+        return None
+    parts = key[len(PREFIX) + 7:].split("/")
+    if len(parts) != 2 or not _NAME_RE.fullmatch(parts[0]):
+        return None
+    try:
+        return (parts[0], parts[1]) if host_address(key, parts[1]) == parts[1] else None
+    except InvalidRecord:
+        return None
+
+
 @dataclass(frozen=True)
 class KeyParts:
     kind: str          # "ep" or "name"

@@ -9,6 +9,7 @@ parse is logged and left out.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ class ClusterWatch:
         self.on_names: Callable[[str, list[ContainerInfo]], None] = lambda n, c: None
         self.on_loaded: Callable[[], None] = lambda: None
         self.refused = 0            # keys and values under ep/ and name/ that are not pybridge's
+        # what makes a record count: its host is a live member of the network (its member/ key,
+        # under the host's lease, is there) and holds the record's addresses in addr/
+        self._members: dict[str, set[str]] = {}
+        self._holders: dict[str, dict[int, str]] = {}
         # False until the first full read: until then the view is empty, not "nobody there",
         # and the data plane keeps what it has (a plugin restarted while etcd is away)
         self.loaded = False
@@ -50,16 +55,23 @@ class ClusterWatch:
         """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
         while not stop.is_set():
             try:
+                members, rev3 = self.kv.range(r.PREFIX + "member/")
                 addrs, rev0 = self.kv.range(r.PREFIX + "addr/")
                 eps, rev1 = self.kv.range(r.PREFIX + "ep/")
                 names, rev2 = self.kv.range(r.PREFIX + "name/")
                 taken: dict[str, set[int]] = {}
-                for key in addrs:
-                    parts = r.split_addr_key(key)
-                    if parts is not None:
-                        taken.setdefault(parts[0], set()).add(parts[1])
+                with self._lock:
+                    self._members, self._holders = {}, {}
+                    for key in members:
+                        self._member(key, b"{}")
+                    for key, value in addrs.items():
+                        parts = r.split_addr_key(key)
+                        if parts is not None:
+                            taken.setdefault(parts[0], set()).add(parts[1])
+                            self._holder(key, value)
                 self.book.replace_all(taken)
                 changed = self._replace({**eps, **names})
+                rev1 = min(rev1, rev3)
                 self.loaded = True
                 try:
                     self.on_loaded()
@@ -82,9 +94,45 @@ class ClusterWatch:
                 address = r.split_addr_key(ev.key)
                 if address is not None:
                     (self.book.freed if ev.value is None else self.book.taken)(*address)
+                    changed |= self._holder(ev.key, ev.value)
+                    continue
+                if ev.key.startswith(r.PREFIX + "member/"):
+                    changed |= self._member(ev.key, ev.value)
                     continue
                 changed |= self._apply(ev.key, ev.value)
         self._notify(changed)
+
+    def _member(self, key: str, value: bytes | None) -> set[tuple[str, str]]:
+        parts = r.split_member_key(key)
+        if parts is None:
+            return set()
+        network, host = parts
+        hosts = self._members.setdefault(network, set())
+        (hosts.discard if value is None else hosts.add)(host)
+        return {("ep", network), ("name", network)}
+
+    def _holder(self, key: str, value: bytes | None) -> set[tuple[str, str]]:
+        parts = r.split_addr_key(key)
+        if parts is None:
+            return set()
+        network, address = parts
+        holders = self._holders.setdefault(network, {})
+        holders.pop(address, None)
+        if value is not None:
+            try:
+                host = r.parse_addr(key, value).host
+            except r.InvalidRecord:
+                host = ""
+            if host:
+                holders[address] = host
+        return {("ep", network), ("name", network)}
+
+    def _counts(self, network: str, host: str, addresses: tuple[str, ...]) -> bool:
+        """Whether a record of `host` counts: a live member, holding each of its addresses."""
+        if host not in self._members.get(network, ()):
+            return False
+        holders = self._holders.get(network, {})
+        return all(holders.get(int(ipaddress.ip_address(a))) == host for a in addresses if a)
 
     def _replace(self, data: dict[str, bytes]) -> set[tuple[str, str]]:
         with self._lock:
@@ -121,7 +169,8 @@ class ClusterWatch:
     def peers(self, name: str) -> Peers:
         """mac -> (host, addresses) of the other hosts' containers on the network."""
         with self._lock:
-            entries = dict(self._view.endpoints.get(name, {}))
+            entries = {k: rec for k, rec in self._view.endpoints.get(name, {}).items()
+                       if self._counts(name, k[0], (rec.ipv4, rec.ipv6))}
         out: Peers = {}
         for (host, _eid), rec in sorted(entries.items()):
             out[rec.mac] = (host, frozenset(a for a in (rec.ipv4, rec.ipv6) if a))
@@ -129,7 +178,8 @@ class ClusterWatch:
 
     def names(self, name: str) -> list[ContainerInfo]:
         with self._lock:
-            return [c for _, c in sorted(self._view.names.get(name, {}).items())]
+            return [c for k, c in sorted(self._view.names.get(name, {}).items())
+                    if self._counts(name, k[0], (c.ipv4, c.ipv6))]
 
     def _notify(self, changed: set[tuple[str, str]]) -> None:
         for kind, network in sorted(changed):

@@ -202,12 +202,22 @@ class NetworkService:
         ctx = self.ctx
         with ctx.store.transaction() as tx:
             networks = [n for n in tx.list_networks() if n.cluster]
-            members = sorted({(n.vni, host) for n in networks
-                              for host, _ in ctx.cluster.remote_peers(n.cluster).values()})
+            if ctx.cluster.watch.loaded:
+                members = sorted({(n.vni, host) for n in networks
+                                  for host, _ in ctx.cluster.remote_peers(n.cluster).values()})
+            else:       # etcd not read yet: the last members known, never everyone
+                vnis = {n.vni for n in networks}
+                members = sorted(m for m in tx.vxlan_members() if m[0] in vnis)
             want = (ctx.vxlan_port if networks else 0, tuple(members))
             if want != self._vxlan_filter:
                 ctx.change_firewall(tx, ctx.firewall.set_vxlan_members, *want)
+                tx.set_vxlan_members(members)
                 self._vxlan_filter = want
+
+    def restore_vxlan_filter(self) -> None:
+        """At start, before etcd is read: the VXLAN filter as it was (fails closed)."""
+        if self.ctx.cluster is not None:
+            self._filter_vxlan()
 
     def _configure_bridge(self, network: Network) -> None:
         if not network.internal:

@@ -122,6 +122,10 @@ class Reconciler:
             except PybridgeError as e:
                 report.errors.append(f"firewall: {e}")
             report.networks, report.endpoints = len(networks), len(endpoints)
+        try:
+            self.networks.restore_vxlan_filter()
+        except PybridgeError as e:
+            report.errors.append(f"firewall: VXLAN filter: {e}")
         ctx.networks_changed()
         for kind, items in (("links_removed", report.removed_links), ("leases_released", report.released_leases),
                             ("endpoints_dropped", report.dropped_endpoints)):

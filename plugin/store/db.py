@@ -213,6 +213,23 @@ class Tx:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('docker_bridges', ?)",
                         (json.dumps(sorted(names)),))
 
+    def set_vxlan_members(self, members) -> None:
+        """Cluster mode: the VXLAN filter's last (VNI, host) pairs, restored at start before etcd
+        is read (the filter fails closed: it never opens to everyone)."""
+        self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('vxlan_members', ?)",
+                        (json.dumps(sorted([int(v), str(h)] for v, h in members)),))
+
+    def vxlan_members(self) -> list[tuple[int, str]]:
+        row = self._c.execute("SELECT value FROM meta WHERE key = 'vxlan_members'").fetchone()
+        try:
+            pairs = json.loads(row[0]) if row else []
+        except ValueError:
+            return []
+        if not isinstance(pairs, list):
+            return []
+        return [(p[0], p[1]) for p in pairs if isinstance(p, list) and len(p) == 2
+                and isinstance(p[0], int) and not isinstance(p[0], bool) and isinstance(p[1], str)]
+
     def docker_bridges(self) -> frozenset[str]:
         row = self._c.execute("SELECT value FROM meta WHERE key = 'docker_bridges'").fetchone()
         try:

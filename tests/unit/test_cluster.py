@@ -229,6 +229,7 @@ def test_names_of_other_hosts_are_answered_by_the_local_dns(hosts):
     b.ctx.cluster.start()
     a.ctx.cluster.start()
     c = ContainerInfo("c1" * 32, "web1", ("www",), "10.205.0.9", "")
+    assert a.ctx.cluster.claim("web", int(ipaddress.ip_address("10.205.0.9")), "static")   # A holds it
     a.ctx.cluster.publish_names("web", [c])
     wait_until(lambda: seen and seen[-1] == ("web", [c]), what="B learns A's names")
     a.ctx.cluster.publish_names("web", [])
@@ -555,6 +556,8 @@ def test_a_remote_record_never_takes_over_the_gateway_or_a_local_container(hosts
     lease = a.ctx.cluster._session()
     records = {"e7" * 32: (net_b.mac, "10.205.0.77"), "e8" * 32: ("02:00:00:00:19:03", "10.205.0.78"),
                "e9" * 32: ("02:00:00:00:19:09", "10.205.0.79")}
+    for _, ip in records.values():                                      # A holds the addresses
+        assert a.ctx.cluster.claim("web", int(ipaddress.ip_address(ip)), "static")
     kv.txn([], [Put(r.ep_key("web", a.address, eid), r.EndpointRecord(m, ip, "").to_json().encode(), lease)
                 for eid, (m, ip) in records.items()])
     wait_until(lambda: "02:00:00:00:19:09" in b.ctx.overlay.peers(vx), what="B programs A's real container")
@@ -646,3 +649,69 @@ def test_aux_addresses_are_reserved_cluster_wide_and_compared_like_subnets(hosts
     kv.txn([], [Delete(r.net_key("web"))])
     a.ctx.cluster.resync()
     assert r.parse_addr("k", kv.get(r.addr_key("web", int(ipaddress.ip_address("10.205.0.250"))))).host == ""
+
+
+def test_a_record_counts_only_from_a_live_member_holding_its_addresses(hosts, kv):
+    """Issue 19, item 3: one `etcdctl put` of an endpoint record under an address that is not a
+    cluster host made every host program it, let that address through the VXLAN filter and,
+    with a real container's MAC, divert that container's traffic."""
+    a, b, _ = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    with b.ctx.store.reading() as tx:
+        vx = f"ptx{tx.get_network(nid(2)).vni}"
+    b.ctx.cluster.start()
+    addr = a.ipam.request_address(pa, "", {})
+    a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="02:00:00:00:19:01")
+    wait_until(lambda: "02:00:00:00:19:01" in b.ctx.overlay.peers(vx), what="B programs A's container")
+    forged = {
+        # a stranger: no member key, no lease; with A's container's MAC and with a new one
+        r.ep_key("web", "10.206.255.9", "f1" * 32): b'{"mac": "02:00:00:00:19:01", "ipv4": "10.205.0.91"}',
+        r.ep_key("web", "10.206.255.9", "f2" * 32): b'{"mac": "02:00:00:00:19:92", "ipv4": "10.205.0.92"}',
+        # a live member (A) naming an address it does not hold
+        r.ep_key("web", a.address, "f3" * 32): b'{"mac": "02:00:00:00:19:93", "ipv4": "10.205.0.93"}'}
+    kv.txn([], [Put(k, v) for k, v in forged.items()])
+    kv.txn([], [Put(r.name_key("web", "10.206.255.9", "f1"), b'{"name": "db", "ipv4": "10.205.0.91"}')])
+    addr_b = b.ipam.request_address(pb, "", {})
+    b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac="")     # B's view moves on
+    wait_until(lambda: b.ctx.firewall.elements("vxlan_members4") != {}, what="B's filter written")
+    wait_until(lambda: ("10.206.255.9", "f2" * 32) in b.ctx.cluster.watch._view.endpoints.get("web", {}),
+               what="B's watch read the forged records")
+    assert b.ctx.overlay.peers(vx) == {"02:00:00:00:19:01": (a.address, frozenset({addr.split("/")[0]}))}
+    assert all(host == a.address for host, _ in b.ctx.firewall.elements("vxlan_members4"))
+    assert b.ctx.cluster.remote_names("web") == []
+    # a member key alone is not enough: the stranger holds none of those addresses
+    kv.txn([], [Put(r.member_key("web", "10.206.255.9"), b"{}")])
+    wait_until(lambda: "10.206.255.9" in b.ctx.cluster.watch._members.get("web", ()), what="the member seen")
+    assert b.ctx.cluster.remote_peers("web").keys() == {"02:00:00:00:19:01"}
+
+
+def test_the_vxlan_filter_fails_closed_across_a_restart_while_etcd_is_away(hosts, kv, tmp_path):
+    """Issue 19, item 3: a plugin that started while etcd was away took VXLAN from everyone
+    until it had read etcd. Now the last members known come back from the state, at once."""
+    a, b, _ = hosts
+    pa = create_cluster_net(a, nid(1))
+    create_cluster_net(b, nid(2))
+    with b.ctx.store.reading() as tx:
+        vni = tx.get_network(nid(2)).vni
+    b.ctx.cluster.start()
+    a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="", mac="")
+    wait_until(lambda: b.ctx.firewall.elements("vxlan_members4") == {(a.address, vni << 8): None}, what="A let in")
+    b.ctx.cluster._stop.set()
+    b.ctx.store.close()
+    kv.down = True
+    # B's plugin starts again, on the same state, with a firewall that has nothing of ours yet
+    settings = load_settings({"PYBRIDGE_NAME": "pbtest", "PYBRIDGE_IFPREFIX": "pt",
+                              "PYBRIDGE_DEFAULT_POOLS": "10.207.0.0/16:24",
+                              "PYBRIDGE_CLUSTER_ETCD": "http://10.206.255.254:2379",
+                              "PYBRIDGE_CLUSTER_ADDRESS": b.address, "PYBRIDGE_CLUSTER_GRACE": "5"},
+                             state_dir=str(tmp_path / "h2"), dns=False)
+    firewall, nl = FakeFirewall(), FakeNetlink()
+    again = build_services(settings, netlink=nl, firewall=firewall, sysctl=FakeSysctl(),
+                           store=Store(tmp_path / "h2" / "state.db").open(), synchronous_teardown=True, kv=kv,
+                           overlay=FakeOverlay(nl, {b.address: ("eth1", 1500)}))
+    try:
+        again.reconciler.restore()
+        assert firewall.elements("vxlan_ports") == {4789: None}
+        assert firewall.elements("vxlan_members4") == {(a.address, vni << 8): None}
+    finally:
+        again.ctx.store.close()
