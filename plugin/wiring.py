@@ -125,6 +125,7 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
     if cluster is not None:
         cluster.local = networks.cluster_holdings
         cluster.on_endpoints = networks.remote_peers_changed
+        cluster.on_clash = networks.address_clash
         cluster.watch.on_loaded = networks.program_all_peers
         if dns is not None:
             cluster.on_names = dns.set_remote

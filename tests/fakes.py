@@ -113,6 +113,14 @@ class FakeNetlink:
         if name in self.devices:
             self.devices[name].addresses.difference_update(str(a) for a in addresses)
 
+    def set_link_up(self, name, up):
+        self._step("set_link_up")
+        link = self.devices.get(name)
+        if link is None:
+            return False
+        link.up = up
+        return True
+
     def delete_link(self, name):
         self._step("delete_link")
         link = self.devices.pop(name, None)

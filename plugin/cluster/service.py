@@ -61,6 +61,10 @@ class ClusterService:
         self._names_lock = threading.Lock()
         self._names_due = threading.Event()
         self._dirty = threading.Event()
+        # addresses this host holds locally that the resync found claimed by another host: the
+        # endpoint is taken off the wire (on_clash) rather than run a duplicate
+        self.clashes: dict[str, set[int]] = {}
+        self.on_clash: Callable[[str, int], None] = lambda name, address: None
 
     # --- session
     def _session(self) -> int:
@@ -396,13 +400,10 @@ class ClusterService:
                 value = held[k]
                 if not self.kv.txn([ValueIs(k, value)], [Put(k, value, lease)]):
                     log.error("cluster network %s: address key %s changed while re-claimed", n.name, k)
-            elif k not in held:
-                if not self.claim(n.name, int(k.rsplit("/", 1)[-1], 16), kind):
-                    log.error("cluster network %s: address %s is held by another host too", n.name,
-                              ipaddress.ip_address(int(k.rsplit("/", 1)[-1], 16)))
+            elif k not in held and self.claim(n.name, int(k.rsplit("/", 1)[-1], 16), kind):
+                pass
             else:
-                log.error("cluster network %s: address %s is held by another host too", n.name,
-                          ipaddress.ip_address(int(k.rsplit("/", 1)[-1], 16)))
+                self._clash(n.name, int(k.rsplit("/", 1)[-1], 16))
         stale = [k for k, v in held.items() if k not in wanted and self._mine(k, v)]
         eps, _ = self.kv.range(r.ep_prefix(n.name, self.host))
         want_eps = {r.ep_key(n.name, self.host, eid): rec.to_json().encode() for eid, rec in n.endpoints}
@@ -421,6 +422,18 @@ class ClusterService:
         if ops:
             self.kv.txn([], ops)
         self._put_names(n.name, list(n.names))
+
+    def _clash(self, name: str, address: int) -> None:
+        """Another host holds an address a container here has (this host was cut off past the
+        grace and the address went to someone else): that container leaves the wire."""
+        log.error("cluster network %s: address %s of a container here is held by another host: taking that "
+                  "container off the network (remove it, or start it again for a new address)",
+                  name, ipaddress.ip_address(address))
+        self.clashes.setdefault(name, set()).add(address)
+        try:
+            self.on_clash(name, address)
+        except Exception:
+            log.exception("cluster network %s: taking %s off the network", name, ipaddress.ip_address(address))
 
     def start(self) -> None:
         stop = threading.Event()
@@ -456,5 +469,6 @@ class ClusterService:
         """For `pybridge cluster` and the metrics: this host, reachability, resyncs so far, and how
         many records from etcd were refused (not what pybridge writes)."""
         return {"host": self.host, "reachable": self.reachable, "resyncs": self.resyncs,
-                "refused_records": self.watch.refused}
+                "refused_records": self.watch.refused,
+                "clashes": {n: sorted(str(ipaddress.ip_address(a)) for a in s) for n, s in self.clashes.items() if s}}
 

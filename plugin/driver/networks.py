@@ -184,6 +184,17 @@ class NetworkService:
                 log.warning("cluster network %s: %s", n.cluster, e)
         self._filter_vxlan()
 
+    def address_clash(self, cluster: str, address: int) -> None:
+        """Another host holds the address of a container here on cluster network `cluster`:
+        the container's link goes down (no duplicate on the wire)."""
+        ip = ipaddress.ip_address(address)
+        with self.ctx.store.reading() as tx:
+            ids = {n.id for n in tx.list_networks() if n.cluster == cluster}
+            endpoints = [e for e in tx.list_endpoints() if e.network_id in ids
+                         and ip in {a.ip for a in (e.address4, e.address6) if a is not None}]
+        for e in endpoints:
+            self.ctx.netlink.set_link_up(e.host_ifname, False)
+
     def _remote(self, network: Network, peers: dict) -> dict:
         """The other hosts' containers, but never one with the MAC of the gateway or of a
         container here: a remote record does not take over a local entry."""

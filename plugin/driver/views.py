@@ -73,4 +73,5 @@ class Views:
                         "remote_hosts": dict(sorted(hosts.items())),
                         "remote_names": len(cluster.remote_names(n.cluster))})
         return {"enabled": True, "host": state["host"], "etcd_reachable": state["reachable"],
-                "resyncs": state["resyncs"], "refused_records": state["refused_records"], "networks": out}
+                "resyncs": state["resyncs"], "refused_records": state["refused_records"],
+                "clashes": state["clashes"], "networks": out}

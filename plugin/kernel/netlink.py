@@ -153,6 +153,20 @@ class Netlink:
                 raise KernelError(f"delete link {name}: {e}") from e
             return True
 
+    def set_link_up(self, name: str, up: bool) -> bool:
+        """Bring a link up or down. False when it is gone."""
+        with self._ipr() as ipr:
+            info = _lookup(ipr, name)
+            if info is None:
+                return False
+            try:
+                ipr.link("set", index=info.index, state="up" if up else "down")
+            except NetlinkError as e:
+                if e.code in _GONE:
+                    return False
+                raise KernelError(f"set link {name} {'up' if up else 'down'}: {e}") from e
+            return True
+
     def create_veth(self, host: str, peer: str, bridge: str, mtu: int | None, mac: str) -> None:
         """A veth pair with the host end up on the bridge and the peer (for the container)
         carrying the endpoint's MAC. Leftovers of an earlier attempt are replaced."""

@@ -715,3 +715,24 @@ def test_the_vxlan_filter_fails_closed_across_a_restart_while_etcd_is_away(hosts
         assert firewall.elements("vxlan_members4") == {(a.address, vni << 8): None}
     finally:
         again.ctx.store.close()
+
+
+def test_a_local_address_another_host_took_meanwhile_takes_the_container_off_the_wire(hosts, kv):
+    """Issue 19, item 7: a host cut off past the grace comes back; its container's address went
+    to another host meanwhile. The resync used only to log it: two containers shared it."""
+    a, b, _ = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    addr = a.ipam.request_address(pa, "", {})
+    a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
+    with a.ctx.store.reading() as tx:
+        veth = tx.get_endpoint("e1" * 32).host_ifname
+    assert a.ctx.netlink.devices[veth].up
+    kv.expire(a.ctx.cluster._lease)                              # A cut off past the grace
+    ip = addr.split("/")[0]
+    assert b.ipam.request_address(pb, ip, {}) == addr            # B takes the address meanwhile
+    a.ctx.cluster._lease_gone(a.ctx.cluster._lease)              # A is back: its session sees the
+    a.ctx.cluster.resync()                                        # lease gone and writes its keys again
+    assert not a.ctx.netlink.devices[veth].up                     # off the wire
+    assert a.views.cluster()["clashes"] == {"web": [ip]}
+    held = r.parse_addr("k", kv.get(r.addr_key("web", int(ipaddress.ip_address(ip)))))
+    assert held.host == b.address                                 # and B keeps it
