@@ -39,6 +39,9 @@ def test_bridge_addresses_and_veth(netns):
     assert ls["pt-br1"]["address"] == "02:aa:bb:cc:dd:ee"  # a port does not change the bridge MAC
     nl.create_veth("pth1", "ptc1", "pt-br1", None, "02:42:0a:c8:09:03")  # leftovers are replaced
     assert links(netns)["ptc1"]["address"] == "02:42:0a:c8:09:03"
+    assert "UP" in links(netns)["pth1"]["flags"]
+    assert nl.set_link_up("pth1", False) is True and "UP" not in links(netns)["pth1"]["flags"]   # off the wire
+    assert nl.set_link_up("pt-gone", False) is False
     routes = {t.network for t in nl.host_networks()}
     assert ipaddress.ip_network("10.200.9.0/24") in routes
     assert nl.delete_link("pth1") is True
