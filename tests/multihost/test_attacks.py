@@ -131,3 +131,30 @@ def test_a_restart_always_container_keeps_its_cluster_address_across_an_engine_r
                                       check=False).stdout.strip() == "true", timeout=90), "it did not come back"
     assert wait_for(lambda: h2.ip(f"{name}-keep", name) != "", timeout=30)
     assert h2.ip(f"{name}-keep", name) == ip
+
+
+def test_a_record_written_by_hand_in_etcd_diverts_nothing(cluster, net):
+    """Item 3: an endpoint record put with etcdctl under an underlay address that is no cluster
+    host, with a real container's MAC, and one with a new MAC: no host programs either, the
+    stranger is not let through the VXLAN filter, and the victim's traffic keeps flowing."""
+    h1, h2, h3 = cluster.hosts
+    name = net()
+    victim_ip = h2.run(f"{name}-victim", name, "sleep", "600")
+    victim_mac = mac(h2, f"{name}-victim", name)
+    h3.run(f"{name}-client", name, "sleep", "600")
+    assert wait_for(lambda: victim_mac in h3.fdb_macs(), timeout=15)
+    stranger = "10.206.255.99"
+    base = ".".join(victim_ip.split(".")[:3])
+    cluster.etcdctl("put", f"/pybridge/v1/ep/{name}/{stranger}/{'f1' * 32}",
+                    json.dumps({"mac": victim_mac, "ipv4": f"{base}.201"}))
+    cluster.etcdctl("put", f"/pybridge/v1/ep/{name}/{stranger}/{'f2' * 32}",
+                    json.dumps({"mac": "02:00:00:00:19:92", "ipv4": f"{base}.202"}))
+    # a later change makes every host act on what it read (a new container on host 1)
+    h1.run(f"{name}-later", name, "sleep", "600")
+    assert wait_for(lambda: len(h3.fdb_macs()) >= 2, timeout=15)
+    for h in (h1, h3):
+        fdb = h.ns("bridge", "fdb", "show")
+        assert stranger not in fdb and "02:00:00:00:19:92" not in fdb, fdb
+        assert stranger not in h.ns("nft", "list", "set", "inet", "pybridge", "vxlan_members4")
+    ping = h3.exec(f"{name}-client", "ping", "-c", "2", "-W", "3", victim_ip)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
