@@ -158,3 +158,23 @@ def test_a_record_written_by_hand_in_etcd_diverts_nothing(cluster, net):
         assert stranger not in h.ns("nft", "list", "set", "inet", "pybridge", "vxlan_members4")
     ping = h3.exec(f"{name}-client", "ping", "-c", "2", "-W", "3", victim_ip)
     assert ping.returncode == 0, ping.stdout + ping.stderr
+
+
+def test_a_cut_off_hosts_container_whose_address_was_taken_leaves_the_network(cluster, net):
+    """Item 7: host 3 loses etcd past the grace; meanwhile host 1 gives its container's address
+    to another container (`--ip`). Back, host 3 takes its own container off the network rather
+    than run a duplicate, and says so in `pybridge cluster`."""
+    h1, _, h3 = cluster.hosts
+    name = net()
+    ip3 = h3.run(f"{name}-c", name, "sleep", "600")
+    key = f"/pybridge/v1/addr/{name}/{int(ipaddress.ip_address(ip3)):032x}"
+    h3.ns("ip", "route", "add", "prohibit", "10.206.255.254/32")
+    try:
+        assert wait_for(lambda: cluster.etcdctl("get", key) == "", timeout=40), "the address never came free"
+        assert h1.run(f"{name}-taker", name, "sleep", "600", extra=("--ip", ip3)) == ip3
+    finally:
+        h3.ns("ip", "route", "del", "prohibit", "10.206.255.254/32")
+    assert wait_for(lambda: "OFF THE NETWORK" in h3.cli("cluster").stdout, timeout=40), h3.cli("cluster").stdout
+    assert ip3 in h3.cli("cluster").stdout
+    assert h3.exec(f"{name}-c", "cat", "/sys/class/net/eth0/operstate", check=True).stdout.strip() != "up"
+    assert f'"host": "{h1.address}"' in cluster.etcdctl("get", key, "--print-value-only").replace('":"', '": "')
