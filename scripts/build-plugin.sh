@@ -53,7 +53,8 @@ mkdir -p "$build"
 ensure_base_image
 fetch_wheels
 log "building the rootfs image"
-docker build -q --build-arg "BASE=$base" -t pybridge-rootfs:latest "$root" >/dev/null
+# --force-rm: the legacy builder otherwise keeps the container of a step that failed
+docker build -q --force-rm --build-arg "BASE=$base" -t pybridge-rootfs:latest "$root" >/dev/null
 
 dir="$build/plugin-$name"
 rm -rf "$dir"; mkdir -p "$dir/rootfs"
