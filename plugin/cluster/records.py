@@ -213,7 +213,10 @@ def host_address(key: str, value) -> str:
     """A host's underlay address (a key's host part, a record's "host"): one unicast address, so
     never loopback, multicast, broadcast, link-local, reserved or unspecified: it becomes a VXLAN
     destination and a member of the firewall's filter."""
-    a = ipaddress.ip_address(_address(key, value) or "::")
+    parsed = _address(key, value)
+    if not parsed:
+        raise InvalidRecord(f"etcd key {key[:100]!r}: no host address")
+    a = ipaddress.ip_address(parsed)
     if a.is_loopback or a.is_multicast or a.is_unspecified or a.is_link_local or a.is_reserved:
         raise InvalidRecord(f"etcd key {key[:100]!r}: {str(value)[:60]!r} is not a host's unicast address")
     return str(a)

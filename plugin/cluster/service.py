@@ -274,9 +274,11 @@ class ClusterService:
             raise self._fail(f"endpoint {endpoint_id[:12]} of cluster network {name}", e) from e
         raise Conflict(f"MAC {record.mac} on cluster network {name}: its claim changed too often, try again")
 
-    def _my_macs(self, name: str, endpoint_id: str | None = None) -> list[str]:
-        """Keys of the MACs this host (that endpoint of it) claims on the network."""
-        held, _ = self.kv.range(r.mac_prefix(name))
+    def _my_macs(self, name: str, endpoint_id: str | None = None, held: dict[str, bytes] | None = None) -> list[str]:
+        """Keys of the MACs this host (that endpoint of it) claims on the network, among `held`
+        (the network's mac/ keys, read now when not given)."""
+        if held is None:
+            held, _ = self.kv.range(r.mac_prefix(name))
         out = []
         for k, v in held.items():
             try:
@@ -417,7 +419,7 @@ class ClusterService:
             else:
                 log.error("cluster network %s: MAC %s of a container here is claimed by another endpoint too",
                           n.name, k.rsplit("/", 1)[-1])
-        stale += [k for k in self._my_macs(n.name) if k not in want_macs]
+        stale += [k for k in self._my_macs(n.name, held=macs) if k not in want_macs]
         ops = [Put(k, v, lease) for k, v in want_eps.items()] + [Delete(k) for k in stale]
         if ops:
             self.kv.txn([], ops)
