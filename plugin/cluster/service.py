@@ -19,8 +19,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ..domain.errors import Conflict, Exhausted
 from ..domain.model import ContainerInfo
@@ -45,6 +46,58 @@ class LocalNetwork:
     names: tuple[ContainerInfo, ...] = ()
 
 
+class TurnGate:
+    """Changes and the resync take turns. A change (a plugin call that writes this host's keys
+    in etcd and its state store: both, as one step) runs side by side with other changes; the
+    resync (which reads the store, then makes etcd's keys of this host equal to it) runs alone,
+    so that it never takes a change made between its read and its writes for a stale key. A
+    waiting resync goes first: changes do not starve it. A change may nest in another one on the
+    same thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._changes = 0
+        self._resync = False
+        self._resync_waiting = 0
+        self._depth = threading.local()
+
+    @contextmanager
+    def change(self) -> Iterator[None]:
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            with self._cond:
+                while self._resync or self._resync_waiting:
+                    self._cond.wait()
+                self._changes += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                with self._cond:
+                    self._changes -= 1
+                    if self._changes == 0:
+                        self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._resync_waiting += 1
+            try:
+                while self._resync or self._changes:
+                    self._cond.wait()
+            finally:
+                self._resync_waiting -= 1
+            self._resync = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resync = False
+                self._cond.notify_all()
+
+
 class ClusterService:
     def __init__(self, kv: ClusterKVPort, host: str, grace: int):
         self.kv = kv
@@ -65,6 +118,12 @@ class ClusterService:
         # endpoint is taken off the wire (on_clash) rather than run a duplicate
         self.clashes: dict[str, set[int]] = {}
         self.on_clash: Callable[[str, int], None] = lambda name, address: None
+        self._turns = TurnGate()
+
+    def changing(self):
+        """Held by a plugin call around its etcd write and the state store's record of it (see
+        TurnGate): a resync waits for it, and it waits for a resync under way."""
+        return self._turns.change()
 
     # --- session
     def _session(self) -> int:
@@ -364,18 +423,21 @@ class ClusterService:
             stop.wait(max(1.0, self.grace / 4) if self.reachable else 1.0)
 
     def resync(self) -> None:
-        """etcd's keys of this host := the local state (members, addresses, endpoints, names)."""
+        """etcd's keys of this host := the local state (members, addresses, endpoints, names);
+        alone, so that no plugin call changes either between the read and the writes."""
         lease = self._session()
-        networks = self.local()
-        mine = {n.name for n in networks}
-        for n in networks:
-            self._resync_network(n, lease)
-        # what this host published for networks it no longer has
-        for prefix in (r.PREFIX + "member/", r.PREFIX + "ep/", r.PREFIX + "name/"):
-            keys, _ = self.kv.range(prefix)
-            stale = [k for k in keys if self._host_of(k) == self.host and k[len(prefix):].split("/")[0] not in mine]
-            if stale:
-                self.kv.txn([], [Delete(k) for k in stale])
+        with self._turns.alone():
+            networks = self.local()
+            mine = {n.name for n in networks}
+            for n in networks:
+                self._resync_network(n, lease)
+            # what this host published for networks it no longer has
+            for prefix in (r.PREFIX + "member/", r.PREFIX + "ep/", r.PREFIX + "name/"):
+                keys, _ = self.kv.range(prefix)
+                stale = [k for k in keys if self._host_of(k) == self.host
+                         and k[len(prefix):].split("/")[0] not in mine]
+                if stale:
+                    self.kv.txn([], [Delete(k) for k in stale])
         self.resyncs += 1
 
     def _host_of(self, key: str) -> str:

@@ -7,6 +7,7 @@ moves the other end into the container and configures it from Join's answer.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import replace
 
 from ..cluster.records import EndpointRecord
@@ -44,18 +45,26 @@ class EndpointService:
             else:
                 ctx.netlink.create_veth(endpoint.host_ifname, endpoint.container_ifname,
                                         network.bridge, network.mtu, endpoint.mac)
-                try:
-                    self._publish(network, endpoint)
-                    with ctx.store.transaction() as tx:
-                        if tx.get_network(network_id) != network:
-                            raise NotFound(f"network {network_id[:12]} went away while its endpoint was made")
-                        tx.put_endpoint(endpoint)
-                except Exception:
-                    ctx.netlink.delete_link(endpoint.host_ifname)
-                    self._withdraw(network, endpoint_id)
-                    raise
+                with self._cluster_change(network):
+                    try:
+                        self._publish(network, endpoint)
+                        with ctx.store.transaction() as tx:
+                            if tx.get_network(network_id) != network:
+                                raise NotFound(f"network {network_id[:12]} went away while its endpoint was made")
+                            tx.put_endpoint(endpoint)
+                    except Exception:
+                        ctx.netlink.delete_link(endpoint.host_ifname)
+                        self._withdraw(network, endpoint_id)
+                        raise
         log.info("endpoint %s created on network %s", endpoint_id[:12], network_id[:12])
         return {"Interface": {"MacAddress": endpoint.mac}} if chose_mac else {"Interface": {}}
+
+    def _cluster_change(self, network):
+        """A cluster network's endpoint is recorded in etcd and here as one step for the cluster's
+        resync (ClusterService.changing); other networks' endpoints never wait for it."""
+        if network is not None and network.cluster and self.ctx.cluster is not None:
+            return self.ctx.cluster.changing()
+        return nullcontext()
 
     def _publish(self, network, endpoint) -> None:
         """A cluster network's endpoint: the other hosts learn its MAC and addresses (and program
@@ -165,18 +174,23 @@ class EndpointService:
     def delete(self, network_id: str, endpoint_id: str) -> None:
         ctx = self.ctx
         errors: list[str] = []
-        with ctx.store.transaction() as tx:
-            endpoint = tx.get_endpoint(endpoint_id)
-            names = (endpoint.host_ifname, endpoint.container_ifname) if endpoint \
-                else veth_names(ctx.prefix, endpoint_id)
-            collect(errors, ctx.reaper.delete, names)
-            network = None
-            if endpoint is not None:
-                tx.delete_endpoint(endpoint_id)
-                network = tx.get_network(endpoint.network_id)
-                if network is not None and endpoint.ports:
-                    collect(errors, ctx.change_firewall, tx, ctx.firewall.change_ports, network, endpoint, None)
-        self._withdraw(network, endpoint_id)
+        network = None
+        if ctx.cluster is not None:
+            with ctx.store.reading() as tx:
+                network = tx.get_network(network_id)
+        with self._cluster_change(network):
+            with ctx.store.transaction() as tx:
+                endpoint = tx.get_endpoint(endpoint_id)
+                names = (endpoint.host_ifname, endpoint.container_ifname) if endpoint \
+                    else veth_names(ctx.prefix, endpoint_id)
+                collect(errors, ctx.reaper.delete, names)
+                network = None
+                if endpoint is not None:
+                    tx.delete_endpoint(endpoint_id)
+                    network = tx.get_network(endpoint.network_id)
+                    if network is not None and endpoint.ports:
+                        collect(errors, ctx.change_firewall, tx, ctx.firewall.change_ports, network, endpoint, None)
+            self._withdraw(network, endpoint_id)
         if errors:
             raise KernelError(f"endpoint {endpoint_id[:12]} removed with errors: " + "; ".join(errors))
         if endpoint is not None:

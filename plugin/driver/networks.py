@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from contextlib import nullcontext
 from dataclasses import replace
 
 from ..cluster.records import EndpointRecord, NetRecord
@@ -47,44 +48,46 @@ class NetworkService:
                                        ipv4_data=ipv4_data, ipv6_data=ipv6_data, prefix=ctx.prefix)
         if network.pools(6) and not ctx.firewall.supports(6):
             raise InvalidRequest("IPv6 networks cannot be filtered where pybridge runs, so none is made")
-        joined, existing = False, None
-        if network.cluster:
-            network = self._join_cluster(network)
-            joined = True
-        created = touched = False
-        try:
-            with ctx.store.transaction() as tx:
-                existing = tx.get_network(network_id)
-                if existing is not None:
-                    if replace(existing, bridge_owned=True) != replace(network, bridge_owned=True):
-                        raise Conflict(f"network {network_id[:12]} exists with other settings")
-                    network = existing
-                if generic.get(OPT_BRIDGE_NAME):   # a custom-named bridge of Docker's is Docker's too
-                    check_adoptable_bridge(network.bridge, ctx.prefix, tx.docker_bridges())
-                other = tx.network_by_bridge(network.bridge)
-                if other is not None and other.id != network_id:
-                    raise Conflict(f"bridge {network.bridge} is already used by network {other.id[:12]}")
-                link = ctx.netlink.link(network.bridge)
-                if link is not None and link.kind != "bridge":
-                    raise Conflict(f"a {link.kind or 'non-bridge'} link named {network.bridge!r} already exists")
-                if existing is None:
-                    owned = link is None or network.bridge.startswith(owned_link_prefixes(ctx.prefix))
-                    network = replace(network, bridge_owned=owned)
-                touched = True
-                created = ctx.netlink.ensure_bridge(network.bridge, network.mtu, network.mac or bridge_mac(network.id))
-                self._configure_bridge(network)
-                if network.cluster:
-                    self._ensure_vxlan(network)
-                tx.put_network(network)
-                for pool in network.pools() if network.cluster else ():
-                    tx.set_pool_cluster(str(pool), network.cluster)
-                ctx.change_firewall(tx, ctx.firewall.add_network, network)
-        except PybridgeError:
-            self._undo_create(network, created, touched, joined and existing is None)
-            raise
-        except Exception as e:
-            self._undo_create(network, created, touched, joined and existing is None)
-            raise KernelError(f"create network {network_id[:12]}: {e}") from e
+        gate = ctx.cluster.changing() if network.cluster and ctx.cluster is not None else nullcontext()
+        with gate:      # a cluster network is joined in etcd and recorded here as one step for the resync
+            joined, existing = False, None
+            if network.cluster:
+                network = self._join_cluster(network)
+                joined = True
+            created = touched = False
+            try:
+                with ctx.store.transaction() as tx:
+                    existing = tx.get_network(network_id)
+                    if existing is not None:
+                        if replace(existing, bridge_owned=True) != replace(network, bridge_owned=True):
+                            raise Conflict(f"network {network_id[:12]} exists with other settings")
+                        network = existing
+                    if generic.get(OPT_BRIDGE_NAME):   # a custom-named bridge of Docker's is Docker's too
+                        check_adoptable_bridge(network.bridge, ctx.prefix, tx.docker_bridges())
+                    other = tx.network_by_bridge(network.bridge)
+                    if other is not None and other.id != network_id:
+                        raise Conflict(f"bridge {network.bridge} is already used by network {other.id[:12]}")
+                    link = ctx.netlink.link(network.bridge)
+                    if link is not None and link.kind != "bridge":
+                        raise Conflict(f"a {link.kind or 'non-bridge'} link named {network.bridge!r} already exists")
+                    if existing is None:
+                        owned = link is None or network.bridge.startswith(owned_link_prefixes(ctx.prefix))
+                        network = replace(network, bridge_owned=owned)
+                    touched = True
+                    created = ctx.netlink.ensure_bridge(network.bridge, network.mtu, network.mac or bridge_mac(network.id))
+                    self._configure_bridge(network)
+                    if network.cluster:
+                        self._ensure_vxlan(network)
+                    tx.put_network(network)
+                    for pool in network.pools() if network.cluster else ():
+                        tx.set_pool_cluster(str(pool), network.cluster)
+                    ctx.change_firewall(tx, ctx.firewall.add_network, network)
+            except PybridgeError:
+                self._undo_create(network, created, touched, joined and existing is None)
+                raise
+            except Exception as e:
+                self._undo_create(network, created, touched, joined and existing is None)
+                raise KernelError(f"create network {network_id[:12]}: {e}") from e
         if network.cluster:
             self._filter_vxlan()
         ctx.networks_changed()
@@ -271,22 +274,36 @@ class NetworkService:
         ctx = self.ctx
         errors: list[str] = []
         network = None
-        with ctx.store.transaction() as tx:
-            try:
-                network = tx.get_network(network_id)
-            except CorruptState as e:
-                self._forget_unreadable(tx, network_id, e, errors)
-            else:
-                if network is None:
-                    return
-                self._teardown(tx, network, errors)
+        with self._cluster_change(network_id):
+            with ctx.store.transaction() as tx:
+                try:
+                    network = tx.get_network(network_id)
+                except CorruptState as e:
+                    self._forget_unreadable(tx, network_id, e, errors)
+                else:
+                    if network is None:
+                        return
+                    self._teardown(tx, network, errors)
+            if network is not None and network.cluster and ctx.cluster is not None:
+                ctx.cluster.leave_network(network.cluster)      # outside the store's lock: etcd may be slow
         if network is not None and network.cluster and ctx.cluster is not None:
-            ctx.cluster.leave_network(network.cluster)      # outside the store's lock: etcd may be slow
             self._filter_vxlan()
         ctx.networks_changed()
         if errors:
             raise KernelError(f"network {network_id[:12]} removed with errors: " + "; ".join(errors))
         log.info("network %s deleted", network_id[:12])
+
+    def _cluster_change(self, network_id: str):
+        """A cluster network leaves the store and etcd as one step for the cluster's resync
+        (ClusterService.changing); other networks never wait for it."""
+        if self.ctx.cluster is None:
+            return nullcontext()
+        try:
+            with self.ctx.store.reading() as tx:
+                network = tx.get_network(network_id)
+        except CorruptState:
+            network = None
+        return self.ctx.cluster.changing() if network is not None and network.cluster else nullcontext()
 
     def _teardown(self, tx, network: Network, errors: list[str]) -> None:
         ctx = self.ctx

@@ -141,35 +141,36 @@ class IpamService:
         if wanted is None:
             with self._store.reading() as tx:
                 back = self._waiting(tx, pool, options or {})
-        for _ in range(8):
-            if back is not None and not self._cluster.claim(pool.cluster, back, "dynamic"):
-                back = None                     # another host has it now: walk on
-            if back is not None:
-                value, kind = back, "dynamic"
-            elif wanted is not None:
-                if not self._cluster.claim(pool.cluster, int(wanted), "static"):
-                    raise Conflict(f"address {wanted} is already in use in cluster network {pool.cluster}")
-                value, kind = int(wanted), "static"
-            else:
-                lo, hi = usable_range(pool.subnet, pool.ip_range)
-                value, kind = self._cluster.allocate(pool.cluster, lo, hi, cursor), "dynamic"
-            try:
-                with self._store.transaction() as tx:
-                    if tx.get_pool(pool.id) is None:
-                        raise NotFound(f"pool {pool.id!r} went away while an address was claimed")
-                    added = tx.add_lease(pool.id, value, kind)
-                    if added and kind == "dynamic":
-                        tx.set_cursor(pool.id, value)
-            except Exception:
-                self._cluster.release(pool.cluster, value)
-                raise
-            if added:
-                return f"{ipaddress.ip_address(value)}/{pool.subnet.prefixlen}"
-            # leased here already, by another container: etcd's key is rightly this host's (it
-            # had gone from etcd and is claimed again), so it stays; a dynamic request walks on
-            if kind == "static":
-                raise Conflict(f"address {wanted} is already in use in pool {pool.subnet}")
-            cursor, back = value, None
+        with self._cluster.changing():     # the claim and its lease here, as one step for the resync
+            for _ in range(8):
+                if back is not None and not self._cluster.claim(pool.cluster, back, "dynamic"):
+                    back = None                     # another host has it now: walk on
+                if back is not None:
+                    value, kind = back, "dynamic"
+                elif wanted is not None:
+                    if not self._cluster.claim(pool.cluster, int(wanted), "static"):
+                        raise Conflict(f"address {wanted} is already in use in cluster network {pool.cluster}")
+                    value, kind = int(wanted), "static"
+                else:
+                    lo, hi = usable_range(pool.subnet, pool.ip_range)
+                    value, kind = self._cluster.allocate(pool.cluster, lo, hi, cursor), "dynamic"
+                try:
+                    with self._store.transaction() as tx:
+                        if tx.get_pool(pool.id) is None:
+                            raise NotFound(f"pool {pool.id!r} went away while an address was claimed")
+                        added = tx.add_lease(pool.id, value, kind)
+                        if added and kind == "dynamic":
+                            tx.set_cursor(pool.id, value)
+                except Exception:
+                    self._cluster.release(pool.cluster, value)
+                    raise
+                if added:
+                    return f"{ipaddress.ip_address(value)}/{pool.subnet.prefixlen}"
+                # leased here already, by another container: etcd's key is rightly this host's (it
+                # had gone from etcd and is claimed again), so it stays; a dynamic request walks on
+                if kind == "static":
+                    raise Conflict(f"address {wanted} is already in use in pool {pool.subnet}")
+                cursor, back = value, None
         raise Exhausted(f"no free address found in cluster network {pool.cluster}")
 
     def _dynamic(self, tx, pool: PoolRecord, options: dict[str, str]) -> int:
@@ -240,8 +241,16 @@ class IpamService:
 
     def release_address(self, pool_id: str, address: str) -> None:
         value = int(parse_ip_interface("Address", address).ip)
-        with self._store.transaction() as tx:
-            pool = tx.get_pool(pool_id) if self._cluster is not None else None
-            released = tx.delete_lease(pool_id, value)
-        if pool is not None and pool.cluster and released:
-            self._cluster.release(pool.cluster, value)
+        pool = None
+        if self._cluster is not None:
+            with self._store.reading() as tx:
+                pool = tx.get_pool(pool_id)
+        if pool is None or not pool.cluster:
+            with self._store.transaction() as tx:
+                tx.delete_lease(pool_id, value)
+            return
+        with self._cluster.changing():          # the lease here and its claim, as one step for the resync
+            with self._store.transaction() as tx:
+                released = tx.delete_lease(pool_id, value)
+            if released:
+                self._cluster.release(pool.cluster, value)

@@ -736,3 +736,52 @@ def test_a_local_address_another_host_took_meanwhile_takes_the_container_off_the
     assert a.views.cluster()["clashes"] == {"web": [ip]}
     held = r.parse_addr("k", kv.get(r.addr_key("web", int(ipaddress.ip_address(ip)))))
     assert held.host == b.address                                 # and B keeps it
+
+
+@pytest.mark.parametrize("what", ["start", "stop"])
+def test_a_container_started_or_stopped_while_a_resync_runs_leaves_etcd_as_the_host_holds_it(hosts, kv, what):
+    """CI found it: a container started just as etcd came back lost its endpoint record (and its
+    address claim): the resync read the state store, the start claimed and published in etcd
+    and wrote the store, and the resync then took the new keys for stale ones and deleted them.
+    A stop in that window left keys the resync wrote back. Changes and the resync now take
+    turns (the injected start or stop runs between the resync's read and its writes)."""
+    a = hosts[0]
+    pool = create_cluster_net(a, nid(1))
+    cluster = a.ctx.cluster
+    eid = "e2" * 32
+    if what == "stop":
+        address = a.ipam.request_address(pool, "", {})
+        a.endpoints.create(nid(1), eid, address=address, address6="", mac="")
+    snapshot, state = cluster.local, {}
+
+    def change():
+        if what == "start":
+            state["address"] = a.ipam.request_address(pool, "", {})
+            a.endpoints.create(nid(1), eid, address=state["address"], address6="", mac="")
+        else:
+            a.endpoints.delete(nid(1), eid)
+            a.ipam.release_address(pool, address)
+            state["address"] = address
+        state["done"] = True
+
+    def read_then_change():
+        held = snapshot()
+        worker = threading.Thread(target=change, daemon=True)
+        worker.start()
+        worker.join(1.0)        # before the fix it ran to its end here, inside the resync
+        state["worker"] = worker
+        return held
+
+    cluster.local = read_then_change
+    cluster.resync()
+    state["worker"].join(10)
+    assert state.get("done"), "the injected change did not run"
+    ip = int(ipaddress.ip_interface(state["address"]).ip)
+    keys = {k for k in kv.data if "/web/" in k}
+    with a.ctx.store.reading() as tx:
+        mac = tx.get_endpoint(eid).mac if what == "start" else None
+    expected = {r.addr_key("web", ip), r.ep_key("web", a.address, eid), r.mac_key("web", mac)} if mac else set()
+    if what == "start":
+        assert expected <= keys, sorted(keys)
+    else:
+        assert not [k for k in keys if k == r.addr_key("web", ip) or eid in k], sorted(keys)
