@@ -502,9 +502,21 @@ class ClusterService:
     def start(self) -> None:
         stop = threading.Event()
         self._stop = stop
-        threading.Thread(target=self.run_session, args=(stop,), name="pybridge-cluster", daemon=True).start()
-        threading.Thread(target=self.watch.run, args=(stop,), name="pybridge-cluster-watch", daemon=True).start()
-        threading.Thread(target=self.run_names, args=(stop,), name="pybridge-cluster-names", daemon=True).start()
+        self._threads = [threading.Thread(target=fn, args=(stop,), name=name, daemon=True)
+                         for fn, name in ((self.run_session, "pybridge-cluster"),
+                                          (self.watch.run, "pybridge-cluster-watch"),
+                                          (self.run_names, "pybridge-cluster-names"))]
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """The background threads end (each within a wait of its loop, or an etcd call)."""
+        stop = getattr(self, "_stop", None)
+        if stop is None:
+            return
+        stop.set()
+        for t in getattr(self, "_threads", []):
+            t.join(timeout)
 
     # the other hosts, as the watch follows them
     @property

@@ -425,9 +425,17 @@ class Store:
         return self
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Under the lock: a transaction another thread runs ends first (SQLite's connection
+        closed under a running statement crashes the process)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _open_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("the state store is closed")
+        return self._conn
 
     @property
     def lock(self) -> threading.RLock:
@@ -435,22 +443,21 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        assert self._conn is not None, "store is not open"
         with self._lock:
-            if self._conn.in_transaction:  # nested: join the outer transaction
-                yield Tx(self._conn)
+            conn = self._open_conn()
+            if conn.in_transaction:  # nested: join the outer transaction
+                yield Tx(conn)
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield Tx(self._conn)
+                yield Tx(conn)
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
 
     @contextmanager
     def reading(self) -> Iterator[Tx]:
         """Read-only access under the lock, without opening a write transaction."""
-        assert self._conn is not None, "store is not open"
         with self._lock:
-            yield Tx(self._conn)
+            yield Tx(self._open_conn())

@@ -58,8 +58,8 @@ def hosts(tmp_path, kv):
     made = [make_host(tmp_path, kv, n) for n in (1, 2, 3)]
     yield made
     for h in made:
-        if h.ctx.cluster is not None and hasattr(h.ctx.cluster, "_stop"):
-            h.ctx.cluster._stop.set()
+        if h.ctx.cluster is not None:
+            h.ctx.cluster.stop()        # its threads use the store: they end before it closes
         h.ctx.store.close()
 
 
@@ -696,7 +696,7 @@ def test_the_vxlan_filter_fails_closed_across_a_restart_while_etcd_is_away(hosts
     b.ctx.cluster.start()
     a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="", mac="")
     wait_until(lambda: b.ctx.firewall.elements("vxlan_members4") == {(a.address, vni << 8): None}, what="A let in")
-    b.ctx.cluster._stop.set()
+    b.ctx.cluster.stop()                 # (its threads end before the store closes)
     b.ctx.store.close()
     kv.down = True
     # B's plugin starts again, on the same state, with a firewall that has nothing of ours yet
