@@ -21,7 +21,8 @@ change are the elements of its sets and maps:
               ICC (self, icc); nothing else enters a network of ours but replies; nothing of ours
               reaches a bridge that is not ours (foreign) unless a published port leads there.
               What it lets through goes through `allow`, which marks it for the one static
-              iptables rule (plugin.kernel.xtables).
+              iptables rule (plugin.kernel.xtables); the chain first clears that bit on every
+              packet, so that only `allow` ever sets it.
     nat-pre,  nat prerouting/output, priority dstnat - 1: to a local address -> `ports`: never a
     nat-out   gateway's DNS port, then one DNAT per key (to4_at/port4_at, to4_any/port4_any, v6).
     post      nat postrouting: lo never, hairpin (routed, or bridged back by br_netfilter: no
@@ -142,7 +143,10 @@ _VNI_FIELD = {"payload": {"base": "th", "offset": 96, "len": 32}}      # VXLAN h
 def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
     """Every rule of our table: the chains never change, only the sets they look up."""
     allow = _jump("allow")
-    forward = [[_match(_IIF, "@internal"), _match(_PAIR, "@self", "!="), _DROP],     # nothing leaves internal
+    # our bit is ours alone: cleared on everything first, set only by `allow` (another table's
+    # chain before ours, tc or BPF may have set it, and the static rule accepts what carries it)
+    forward = [[{"mangle": {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~mark & 0xFFFFFFFF]}}}],
+               [_match(_IIF, "@internal"), _match(_PAIR, "@self", "!="), _DROP],     # nothing leaves internal
                [_match(_OIF, "@internal"), _match(_PAIR, "@self", "!="), _DROP]]     # nor enters, replies neither
     for v in (4, 6):
         forward.append([_CT_DNAT, _match(_concat(_OIF, _payload(_IP[v], "daddr"), _meta("l4proto"),

@@ -512,14 +512,18 @@ class _Rule:
             raise KernelError(f"nftables: statement {kind!r} is not supported")
 
     def _mangle(self, body: dict) -> None:
-        """meta mark set meta mark | BITS: the only mangle pybridge writes."""
+        """meta mark set meta mark | BITS, and meta mark set meta mark & BITS: the only mangles
+        pybridge writes (the kernel's bitwise is (reg & mask) ^ xor)."""
         value = body.get("value")
         mark = {"meta": {"key": "mark"}}
-        if body.get("key") != mark or not isinstance(value, dict) or value.get("|", [None])[0] != mark:
+        op = next((o for o in ("|", "&") if isinstance(value, dict) and o in value), None)
+        if body.get("key") != mark or op is None or len(value) != 1 or value[op][0] != mark \
+                or not isinstance(value[op][1], int) or not 0 <= value[op][1] <= 0xFFFFFFFF:
             raise KernelError(f"nftables: mangle {str(body)[:80]} is not supported")
-        bits = value["|"][1]
+        bits = value[op][1]
+        mask, xor = (~bits & 0xFFFFFFFF, bits) if op == "|" else (bits, 0)
         self.out += [meta_load(META["mark"][0], 1),
-                     bitwise(1, encode("mark", ~bits & 0xFFFFFFFF), encode("mark", bits)),
+                     bitwise(1, encode("mark", mask), encode("mark", xor)),
                      meta_set(META["mark"][0], 1)]
 
     def _dnat(self, body: dict) -> None:

@@ -331,3 +331,43 @@ def test_gateway_modes_and_trusted_interfaces_by_traffic(world):
     assert w.ask("o", w.ip["c1"], 81) == "-", "unpublished: closed"
     assert w.ask("c3", w.ip["c1"], 80) == "-", "another network is no trusted interface"
     assert w.ask("o", "203.0.113.1", 8080) == "203.0.113.2", "and the host port as ever"
+
+
+def test_a_mark_another_table_set_before_ours_opens_nothing(world):
+    """Issue 20, item 3: the static rule accepts whatever carries our mark bit, ahead of
+    Docker's isolation; pybridge never cleared the bit on packets it had not marked, so another
+    table's chain before ours (or tc, BPF: Calico's default mask includes the bit) opened
+    FORWARD to anything. Here a table of another tool marks every forwarded packet at priority
+    -300, and traffic to a bridge that is not ours, which FORWARD's policy drops, must stay
+    dropped. Failed before: the SYN was accepted by the static rule."""
+    w = world
+    ns_run(w.h, "ip", "link", "add", "dk-m3", "type", "bridge")
+    ns_run(w.h, "ip", "addr", "add", "10.200.52.1/24", "dev", "dk-m3")
+    ns_run(w.h, "ip", "link", "set", "dk-m3", "up")
+    c4 = f"{w.h}c4"
+    subprocess.run(["ip", "netns", "add", c4], check=True)
+    w.names["c4"] = c4                              # removed with the world
+    ns_run(c4, "ip", "link", "set", "lo", "up")
+    ns_run(w.h, "ip", "link", "add", "vc4", "type", "veth", "peer", "name", "eth0", "netns", c4)
+    ns_run(w.h, "ip", "link", "set", "vc4", "master", "dk-m3", "up")
+    ns_run(c4, "ip", "addr", "add", "10.200.52.2/24", "dev", "eth0")
+    ns_run(c4, "ip", "link", "set", "eth0", "up")
+    ns_run(c4, "ip", "route", "add", "default", "via", "10.200.52.1")
+    ns_run(w.o, "ip", "route", "add", "10.200.52.0/24", "via", "203.0.113.1")
+    w.serve("c4", 80)
+    w.serve("c1", 80)
+    w.serve("o", 9000)
+    ns_run(w.h, "iptables-nft", "-N", "DOCKER-USER")
+    ns_run(w.h, "iptables-nft", "-A", "FORWARD", "-j", "DOCKER-USER")
+    ns_run(w.h, "iptables-nft", "-P", "FORWARD", "DROP")
+    w.fw.sync([w.net1, w.net2], [w.ep])
+    assert w.ask("o", "10.200.52.2", 80) == "-", "FORWARD's policy drops it"
+    ns_run(w.h, "nft", "add", "table", "inet", "pbttother")
+    ns_run(w.h, "nft", "add", "chain", "inet", "pbttother", "markall",
+           "{ type filter hook forward priority -300; }")
+    ns_run(w.h, "nft", "add", "rule", "inet", "pbttother", "markall", "meta", "mark", "set", "meta", "mark", "or",
+           "0x01000000", "counter")
+    assert w.ask("o", "10.200.52.2", 80) == "-", "another table's mark opened FORWARD through our static rule"
+    assert "packets 0 " not in ns_run(w.h, "nft", "list", "chain", "inet", "pbttother", "markall").stdout, \
+        "the other table's rule never marked anything: the test proves nothing"
+    expect_everything_our_firewall_promises(w)      # what we allow still goes through
