@@ -30,11 +30,14 @@ RUN python3 -m pip install --no-cache-dir --no-index --no-deps --find-links /tmp
     rm -rf /usr/share/doc /usr/share/man /usr/share/info /usr/share/locale /usr/share/zoneinfo \
       /usr/share/lintian /var/cache/apt/* /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/* \
       /usr/lib/*-linux-gnu/gconv && \
-    python3 -c 'import flask, gunicorn, pyroute2, dns, prometheus_client, requests_unixsocket, jeepney, etcd3gw, sqlite3' && \
+    python3 -c 'import flask, gunicorn, pyroute2, dns, prometheus_client, requests_unixsocket, jeepney, etcd3gw, sqlite3, publicsuffixlist' && \
+    setpriv --version >/dev/null && \
     nft --version >/dev/null && iptables --version >/dev/null
 COPY plugin /opt/pybridge/plugin
 ENV PYTHONPATH=/opt/pybridge PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 # bytecode compiled once here: the plugin writes none at run time (the rootfs stays as built)
 RUN python3 -m compileall -q /opt/pybridge/plugin && \
     mkdir -p /run/docker/plugins /var/lib/pybridge /host/run-docker-plugins /host/proc/sys/net /run/pybridge
-ENTRYPOINT ["python3", "-m", "plugin", "serve"]
+# as config.json's entrypoint: the plugin keeps only the capabilities it uses (see README)
+ENTRYPOINT ["setpriv", "--bounding-set=-all,+net_admin,+net_raw,+net_bind_service", "--inh-caps=-all", "--", \
+            "python3", "-m", "plugin", "serve"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .domain.errors import ConfigError
-from .domain.naming import chain_prefix
+from .domain.naming import DEFAULT_HOST_SUFFIX, chain_prefix, parse_host_suffix
 from .ipam.pools import PoolSpec, parse_pool_specs
 
 DEFAULT_POOLS = "172.16.0.0/12:24,192.168.0.0/16:24"
@@ -39,6 +39,7 @@ class Settings:
                                # static rule in iptables-legacy (nftables changes are events)
     firewall_mark: int = 0x01000000   # the packet-mark bit our forward chain sets on what it accepts
     metrics: tuple[str, int] | None = None    # (host, port) of the Prometheus endpoint, or none
+    host_dns_suffix: str = DEFAULT_HOST_SUFFIX   # container names on the host: NAME.NETWORK.<this>; "" none
     host_dns: str = ""     # D-Bus address of the host's system bus (systemd-resolved), or "" for none
     cluster_etcd: tuple[tuple[str, str, int], ...] = ()   # etcd endpoints (scheme, host, port); () = no cluster
     cluster_address: str = ""      # this host's underlay address: VXLAN source, and its name in the cluster
@@ -102,6 +103,7 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         firewall_mark=_mark(env.get("PYBRIDGE_FIREWALL_MARK", "0x01000000")),
         metrics=parse_listen("PYBRIDGE_METRICS", env.get("PYBRIDGE_METRICS", DEFAULT_METRICS)),
         host_dns=_bus_address("PYBRIDGE_HOST_DNS", env.get("PYBRIDGE_HOST_DNS", DEFAULT_HOST_DNS)),
+        host_dns_suffix=_host_suffix(env.get("PYBRIDGE_HOST_DNS_SUFFIX", DEFAULT_HOST_SUFFIX)),
         **_cluster(env),
     )
     values.update(overrides)
@@ -167,6 +169,22 @@ def _bus_address(key: str, text: str) -> str:
     if not re.fullmatch(r"unix:path=(/[A-Za-z0-9_.-]+)+", text) or "/../" in text + "/":
         raise ConfigError(f"invalid {key} {text!r}: unix:path=/absolute/path/of/the/system_bus_socket, or off")
     return text
+
+
+def _host_suffix(text: str) -> str:
+    """PYBRIDGE_HOST_DNS_SUFFIX: off (or empty) for no container names on the host. Any suffix
+    but the default is checked against the public-suffix list (publicsuffixlist, the list as its
+    release shipped it), loaded for this check only: the default is checked by the tests, and
+    the list's tables (2 MB) are not kept in a plugin that idles under 60 MB."""
+    if text.strip().lower() in ("", "off", "false", "0", "no"):
+        return ""
+    if text.strip().lower().rstrip(".") == DEFAULT_HOST_SUFFIX:
+        return DEFAULT_HOST_SUFFIX
+    from publicsuffixlist import PublicSuffixList
+    try:
+        return parse_host_suffix(text, PublicSuffixList().is_public)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _mark(text: str) -> int:

@@ -107,7 +107,9 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
             from .kernel.resolved import ResolvedLinks
             host = ResolvedLinks(settings.host_dns, lambda name: getattr(netlink.link(name), "index", None))
         dns = DnsService(store, DnsServer(port=settings.dns_port, ttl=settings.dns_ttl),
-                         settings.dns_default_upstream, host=host)
+                         settings.dns_default_upstream, host=host, host_suffix=settings.host_dns_suffix)
+        if host is not None:
+            host.on_servers = dns.reconcile         # resolved's servers changed: new upstreams
     cluster = None
     if settings.clustered:
         from .cluster.service import ClusterService

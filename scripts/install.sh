@@ -35,8 +35,18 @@ if [ "$want" != "$have" ]; then
     docker plugin rm -f "$plugin:latest" >/dev/null
   fi
   "$root/scripts/build-plugin.sh" "$plugin"
+  # The plugin sees the host's system bus (for systemd-resolved) through /run/dbus and nothing
+  # else of /run. A mount's source must exist whenever the plugin starts: a host without a
+  # system bus gets an empty directory of pybridge's instead (host names through resolved off).
+  bus_dir=/run/dbus
+  if [ ! -d "$bus_dir" ]; then      # an engine of scripts/engine.sh sees the host's /run too
+    bus_dir=$state_dir/no-system-bus
+    mkdir -p "${PYBRIDGE_ENGINE_TREE:-}$bus_dir"
+    pb_log "no system bus on this host (/run/dbus): container names from the host through systemd-resolved are off"
+  fi
   # shellcheck disable=SC2086
-  docker plugin set "$plugin:latest" "state.source=$state_dir" "PYBRIDGE_NAME=$name" ${PYBRIDGE_SET:-}
+  docker plugin set "$plugin:latest" "state.source=$state_dir" "system-bus.source=$bus_dir" "PYBRIDGE_NAME=$name" \
+    ${PYBRIDGE_SET:-}
 fi
 if [ "$(docker plugin inspect -f '{{.Enabled}}' "$plugin:latest")" != "true" ]; then
   docker plugin enable --timeout 30 "$plugin:latest" >/dev/null

@@ -134,7 +134,9 @@ make_host() {
   start_host "$h"
   hdocker "$h" load -q -i "$base/image.tar" >/dev/null
   hdocker "$h" plugin create "$plugin" "$base/plugin" >/dev/null
-  hdocker "$h" plugin set "$plugin" "state.source=$base/h$h/state" PYBRIDGE_NAME=pybridge \
+  mkdir -p "$base/h$h/no-bus"
+  hdocker "$h" plugin set "$plugin" "state.source=$base/h$h/state" "system-bus.source=$base/h$h/no-bus" \
+    PYBRIDGE_NAME=pybridge \
     "PYBRIDGE_CLUSTER_ETCD=$etcd_endpoints" "PYBRIDGE_CLUSTER_ADDRESS=$net.$h" "PYBRIDGE_CLUSTER_GRACE=$grace" \
     PYBRIDGE_DNS_UPSTREAM= PYBRIDGE_METRICS=off PYBRIDGE_HOST_DNS=off
   hdocker "$h" plugin enable --timeout 30 "$plugin" >/dev/null

@@ -56,7 +56,9 @@ export PYBRIDGE_TEST_PLUGIN=${PYBRIDGE_TEST_PLUGIN:-pybridge-test}
 # The test instance forwards no DNS query by default: no lookup may leave the machine.
 # Its metrics on a port of its own: the product plugin (127.0.0.1:9474) may run beside it.
 # and a system bus of its own for host name resolution (tests/e2e/hostdns.py starts resolved on it)
-TEST_SETTINGS="PYBRIDGE_METRICS=127.0.0.1:19474 PYBRIDGE_HOST_DNS=unix:path=/host/run/pybridge-test-dbus/system_bus_socket PYBRIDGE_IFPREFIX=pt PYBRIDGE_DEFAULT_POOLS=10.207.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:ff00::/40:64 PYBRIDGE_DNS_UPSTREAM="
+# (its directory must be there whenever the plugin starts: the plugin mounts it as its system bus)
+mkdir -p /run/pybridge-test-dbus
+TEST_SETTINGS="PYBRIDGE_METRICS=127.0.0.1:19474 system-bus.source=/run/pybridge-test-dbus PYBRIDGE_IFPREFIX=pt PYBRIDGE_DEFAULT_POOLS=10.207.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:ff00::/40:64 PYBRIDGE_DNS_UPSTREAM="
 PYBRIDGE_SET="$TEST_SETTINGS" \
   "$root/scripts/install.sh" "$PYBRIDGE_TEST_PLUGIN"
 "$root/scripts/make-test-image.sh"

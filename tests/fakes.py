@@ -343,8 +343,13 @@ class FakeFirewall:
 class FakeHostDns:
     """The host resolver as the DNS service tells it: every publish kept, the last one current."""
 
-    def __init__(self):
+    def __init__(self, servers: tuple[str, ...] = ()):
         self.published: list[dict] = []
+        self._servers = servers
+        self.on_servers = lambda: None
+
+    def servers(self) -> tuple[str, ...]:
+        return self._servers
 
     def publish(self, links):
         for bridge, (servers, domain) in links.items():

@@ -57,7 +57,11 @@ def render(response: dns.message.Message, limit: int) -> bytes:
 
 
 def answer(snapshot: Snapshot | None, wire: bytes, *, ttl: int, forward: bool, limit: int | None = None,
-           rotate: int | None = None) -> Decision:
+           rotate: int | None = None, host_suffix: str = "", from_host: bool = False) -> Decision:
+    """host_suffix: names under it are answered from the snapshot or NXDOMAIN, never forwarded
+    (the host routes that suffix to pybridge: a forward would loop, or reach another network's
+    DNS through the host). from_host: the query came from the host itself (resolved, asking for
+    the host): never forwarded to the network's upstream."""
     try:
         query = dns.message.from_wire(wire)
     except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
@@ -66,15 +70,21 @@ def answer(snapshot: Snapshot | None, wire: bytes, *, ttl: int, forward: bool, l
         return Decision()  # a response, not a query: ignore
     limit = limit or max_udp_size(query)
     try:
-        return _decide(snapshot, query, ttl=ttl, forward=forward, limit=limit, rotate=rotate)
+        return _decide(snapshot, query, ttl=ttl, forward=forward and not from_host, limit=limit, rotate=rotate,
+                       host_suffix=host_suffix.lower().strip("."))
     except (dns.exception.DNSException, ValueError) as e:   # a record that cannot be written
         response = dns.message.make_response(query)
         response.set_rcode(dns.rcode.SERVFAIL)
         return Decision(reply=render(response, limit), rcode=f"SERVFAIL ({type(e).__name__})", limit=limit)
 
 
+def _under(qname: str, suffix: str) -> bool:
+    name = qname.lower().rstrip(".")
+    return bool(suffix) and (name == suffix or name.endswith("." + suffix))
+
+
 def _decide(snapshot: Snapshot | None, query: dns.message.Message, *, ttl: int, forward: bool, limit: int,
-            rotate: int | None) -> Decision:
+            rotate: int | None, host_suffix: str = "") -> Decision:
     response = dns.message.make_response(query)
     response.flags |= dns.flags.RA if forward else 0
     if query.opcode() != dns.opcode.QUERY or len(query.question) != 1:
@@ -97,6 +107,8 @@ def _decide(snapshot: Snapshot | None, query: dns.message.Message, *, ttl: int, 
                 k = turn % len(addrs)
                 ordered = addrs[k:] + addrs[:k]  # round robin between answers
                 response.answer.append(dns.rrset.from_text_list(q.name, ttl, "IN", rdtype, ordered))
+    elif _under(qname, host_suffix):
+        response.set_rcode(dns.rcode.NXDOMAIN)
     elif forward:
         decision.forward = query
         return decision

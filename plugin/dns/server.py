@@ -46,6 +46,8 @@ class NetSpec:
     upstreams: tuple[tuple[str, int], ...] = ()
     forward: bool = True
     log_queries: bool = False
+    host_suffix: str = ""                # names under it are never forwarded (see answer())
+    host_domain: str = ""                # this network's domain under it (app.pybridge.internal)
 
 
 @dataclass
@@ -195,8 +197,10 @@ class DnsServer:
         key = cache_key(wire, qend) if qend is not None else None
         existing = cache.entries.get(key) if key is not None else None
         rotation = existing.take_turn() if existing is not None else (0 if key is not None else None)
+        # the host asks from its own address on the bridge, a gateway of the network
         decision = answer(snapshot, wire, ttl=self.ttl, forward=net.spec.forward,
-                          limit=TCP_LIMIT if tcp else None, rotate=rotation)
+                          limit=TCP_LIMIT if tcp else None, rotate=rotation,
+                          host_suffix=net.spec.host_suffix, from_host=peer in net.spec.gateways)
         reply = decision.reply
         if decision.forward is not None:
             net.forwarded += 1

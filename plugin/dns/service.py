@@ -4,11 +4,13 @@ restart the DNS answers at once, before dockerd's API is back."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
+from typing import Callable
 
 from ..domain.errors import PybridgeError
-from ..domain.naming import routing_domain
+from ..domain.naming import DEFAULT_HOST_SUFFIX, host_domain
 from ..domain.options import OPT_DNS_LOG, OPT_DNS_UPSTREAM, parse_bool, parse_upstreams
 from ..kernel.interfaces import HostDnsPort
 from ..store.db import Store
@@ -18,18 +20,32 @@ from .server import DnsServer, NetSpec
 log = logging.getLogger(__name__)
 
 
-def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
-    out = []
+# systemd-resolved's stub listeners: asking them forwards to resolved, which routes the host
+# suffix back to pybridge (a loop, and a path from one network to another's names)
+RESOLVED_STUBS = ("127.0.0.53", "127.0.0.54")
+
+
+def host_resolvers(path: str = "/etc/resolv.conf",
+                   resolved: Callable[[], tuple[str, ...]] | None = None) -> tuple[tuple[str, int], ...]:
+    """The host's DNS servers, as upstreams: resolv.conf's nameservers, but never resolved's stub:
+    where it is named, resolved's own servers (`resolved`, read over D-Bus; Docker reads them from
+    /run/systemd/resolve/resolv.conf) stand for it, or none when they are not known."""
+    out: list[str] = []
+    stub = False
     try:
         with open(path) as f:
             for line in f:
                 parts = line.split()
-                # a scoped (link-local) resolver cannot be named without its scope ID: skipped
-                if len(parts) >= 2 and parts[0] == "nameserver" and parts[1] != "127.0.0.11" \
-                        and "%" not in parts[1]:
+                if len(parts) < 2 or parts[0] != "nameserver" or parts[1] == "127.0.0.11":
+                    continue
+                if parts[1] in RESOLVED_STUBS:
+                    stub = True
+                elif "%" not in parts[1]:     # a scoped (link-local) resolver needs its scope ID
                     out.append(parts[1])
     except OSError:
         return ()
+    if stub and resolved is not None:
+        out += [a for a in resolved() if a not in RESOLVED_STUBS and a not in out]
     try:
         return parse_upstreams("nameserver", ",".join(f"[{a}]" if ":" in a else a for a in out))
     except PybridgeError:
@@ -41,10 +57,11 @@ class DnsService:
     (the watcher thread writes it, plugin calls and the HTTP views read it)."""
 
     def __init__(self, store: Store, server: DnsServer, default_upstream: str = "resolv.conf",
-                 host: HostDnsPort | None = None):
+                 host: HostDnsPort | None = None, host_suffix: str = DEFAULT_HOST_SUFFIX):
         self.store = store
         self.server = server
         self.host = host            # the host's resolver, told each named network's DNS
+        self.host_suffix = host_suffix      # NAME.NETWORK.<suffix> on the host; "" for none
         self.default_upstream = default_upstream
         self._learned: dict = {}    # network id -> (name, [ContainerInfo])
         self._loaded = False
@@ -67,8 +84,11 @@ class DnsService:
         learned = self._known()
         for n in networks:
             name, containers = learned.get(n.id, (n.id[:12], []))
-            self.server.set_snapshot(n.id, build(name, self._with_remote(n, containers),
-                                                 [str(g.ip) for g in n.gateways()]))
+            self.server.set_snapshot(n.id, self._snapshot(n, name, containers))
+
+    def _snapshot(self, network, name: str, containers):
+        return build(name, self._with_remote(network, containers), [str(g.ip) for g in network.gateways()],
+                     host_domain=host_domain(name, self.host_suffix) or "")
 
     def local_names(self, network_id: str) -> list:
         """This host's containers on a network, as Docker reported them."""
@@ -76,7 +96,7 @@ class DnsService:
 
     def _default_upstreams(self):
         if self.default_upstream == "resolv.conf":
-            return host_resolvers()
+            return host_resolvers(resolved=self.host.servers if self.host is not None else None)
         return parse_upstreams("PYBRIDGE_DNS_UPSTREAM", self.default_upstream)
 
     def _known(self) -> dict:
@@ -104,16 +124,17 @@ class DnsService:
             specs[n.id] = NetSpec(name=name, gateways=tuple(str(g.ip) for g in n.gateways()),
                                   bridge=n.bridge, subnets=tuple(str(p) for p in n.pools()),
                                   upstreams=upstreams, forward=not n.internal and bool(upstreams),
-                                  log_queries=parse_bool(OPT_DNS_LOG, opts.get(OPT_DNS_LOG, "false")))
+                                  log_queries=parse_bool(OPT_DNS_LOG, opts.get(OPT_DNS_LOG, "false")),
+                                  host_suffix=self.host_suffix,
+                                  host_domain=(host_domain(name, self.host_suffix) or "") if n.id in learned else "")
         self.server.configure(specs)
         if self.host is not None:
-            # container names from the host: NAME.NETWORK routed to the network's DNS (named ones)
-            self.host.publish({s.bridge: (s.gateways, domain) for nid, s in specs.items()
-                               if nid in learned and s.gateways and (domain := routing_domain(s.name))})
+            # container names from the host: NAME.NETWORK.SUFFIX routed to the network's DNS
+            self.host.publish({s.bridge: (s.gateways, s.host_domain) for s in specs.values()
+                               if s.gateways and s.host_domain})
         for n in networks:
             name, containers = learned.get(n.id, (n.id[:12], []))
-            self.server.set_snapshot(n.id, build(name, self._with_remote(n, containers),
-                                                 [str(g.ip) for g in n.gateways()]))
+            self.server.set_snapshot(n.id, self._snapshot(n, name, containers))
 
     def learned(self, state, changed: set[str]) -> None:
         """Watcher callback: Docker's view of the networks in `changed`."""
@@ -128,8 +149,7 @@ class DnsService:
                     tx.put_dns(nid, name, containers)
                 updated = {nid: self._learned[nid] for nid in mine}
         for nid, (name, containers) in updated.items():
-            gateways = [str(g.ip) for g in ours[nid].gateways()]
-            self.server.set_snapshot(nid, build(name, self._with_remote(ours[nid], containers), gateways))
+            self.server.set_snapshot(nid, self._snapshot(ours[nid], name, containers))
             if ours[nid].cluster and self.on_local_names is not None:
                 self.on_local_names(ours[nid].cluster, containers)
         if any(self.server.spec_name(nid) not in (None, name) for nid, (name, _) in updated.items()):

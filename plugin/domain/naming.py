@@ -5,6 +5,7 @@ the name (restore/gc only ever removes links that carry it). Linux limits names 
 """
 
 import re
+from typing import Callable
 
 IFNAMSIZ = 15
 _IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}")
@@ -66,3 +67,44 @@ def routing_domain(network_name: str) -> str | None:
     (web.app), or None where it cannot be one (Docker allows 'my_net')."""
     name = network_name.lower().strip(".")
     return name if _DOMAIN_RE.fullmatch(name) else None
+
+
+# Container names from the host live under a suffix of pybridge's own (web.app.pybridge.internal),
+# never under a network's bare name: a network named com would otherwise become the host's routing
+# domain for every .com lookup. `.internal` is reserved by ICANN for private use, so no public
+# name is ever under it; tests check the default against the public-suffix list.
+DEFAULT_HOST_SUFFIX = "pybridge.internal"
+# special-use names (IANA's registry, RFC 6761 and after): never a suffix, nor anything under one
+SPECIAL_USE = ("arpa", "local", "localhost", "invalid", "test", "example", "onion", "alt",
+               "example.com", "example.net", "example.org")
+
+
+def parse_host_suffix(text: str, is_public: Callable[[str], bool]) -> str:
+    """The suffix container names get on the host (PYBRIDGE_HOST_DNS_SUFFIX), lower case. Refused:
+    not a domain, a single label, special-use or under one, a public suffix (co.uk, github.io),
+    or one under which every name is public (a wildcard rule): ValueError naming the setting."""
+    suffix = text.strip().lower().rstrip(".")
+
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"PYBRIDGE_HOST_DNS_SUFFIX {text[:80]!r}: {why}")
+    if not _DOMAIN_RE.fullmatch(suffix):
+        raise refuse("not a DNS domain (labels of letters, digits and inner hyphens)")
+    if "." not in suffix:
+        raise refuse("a single label: it would route a whole top-level domain of the host to pybridge")
+    for special in SPECIAL_USE:
+        if suffix == special or suffix.endswith("." + special):
+            raise refuse(f"under the special-use name {special}")
+    if is_public(suffix) or is_public("x." + suffix):
+        raise refuse("a public suffix: names under it belong to others")
+    if len(suffix) > 200:
+        raise refuse("too long to leave room for container and network names")
+    return suffix
+
+
+def host_domain(network_name: str, suffix: str) -> str | None:
+    """The domain a network's containers have on the host (app.pybridge.internal), or None where
+    there is none (no suffix, or a network name that cannot be DNS labels)."""
+    name = routing_domain(network_name)
+    if not suffix or name is None or len(name) + 1 + len(suffix) > 253:
+        return None
+    return f"{name}.{suffix}"

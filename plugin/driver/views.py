@@ -4,6 +4,7 @@ store read each, no call to dockerd."""
 
 from __future__ import annotations
 
+from ..domain.naming import DEFAULT_HOST_SUFFIX, host_domain
 from .context import Context
 
 
@@ -34,6 +35,7 @@ class Views:
 
     def endpoints(self) -> list[dict]:
         learned = self._learned()
+        suffix = getattr(self.ctx.dns, "host_suffix", DEFAULT_HOST_SUFFIX)
         with self.ctx.store.reading() as tx:
             endpoints = tx.list_endpoints()
         out = []
@@ -43,6 +45,7 @@ class Views:
             owner = next((c for c in containers if {c.ipv4, c.ipv6} & addresses), None)
             out.append({
                 "id": e.id, "network": e.network_id, "network_name": net_name,
+                "host_domain": host_domain(net_name, suffix) or "",
                 "container": owner.name if owner else "", "container_id": owner.id if owner else "",
                 "ipv4": str(e.address4 or ""), "ipv6": str(e.address6 or ""), "mac": e.mac, "veth": e.host_ifname,
                 "ports": [{"container_port": f"{b.container_port}/{b.proto}", "host": _host_address(b),

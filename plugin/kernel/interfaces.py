@@ -74,7 +74,14 @@ class HostDnsPort(Protocol):
     which link. `publish` states the whole desired set (bridge -> (server addresses, domain));
     it returns at once and is applied in the background."""
 
+    on_servers: Callable[[], None]      # called (on the adapter's thread) when servers() changes
+
     def publish(self, links: dict[str, tuple[tuple[str, ...], str]]) -> None: ...
+
+    def servers(self) -> tuple[str, ...]:
+        """The resolver's own DNS servers (never its stub, nor those of the links published
+        here), as last read: () until known. Returns at once; asking starts the reading."""
+        ...
 
 
 class SysctlPort(Protocol):

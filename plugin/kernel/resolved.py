@@ -9,6 +9,10 @@ Python, no libdbus). The calls run on a thread of their own: a plugin call never
 bus. Every desired link is applied again every RESYNC seconds, so a restarted resolved (which
 forgets what it was told) gets it back; a link that goes away takes its settings with it.
 Where no bus or no resolved answers, nothing happens (logged once).
+
+It also reads resolved's own DNS servers (its DNS property, global and per link, or FallbackDNS
+when there are none), for the DNS's upstreams where the host's resolv.conf names resolved's stub:
+the stub routes pybridge's suffix back to pybridge. Servers on pybridge's own links are left out.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 RESYNC = 30.0
+STUBS = ("127.0.0.53", "127.0.0.54")        # resolved's own listeners, never an upstream
 TIMEOUT = 2.0
 Links = dict[str, tuple[tuple[str, ...], str]]     # bridge -> (DNS server addresses, domain)
 
@@ -37,6 +42,17 @@ class ResolvedLinks:
         self._thread: threading.Thread | None = None
         self._complained = False
         self.applied_count = 0                      # links configured since start (tests, metrics)
+        self._servers: tuple[str, ...] = ()
+        self._servers_wanted = False
+        self.on_servers: Callable[[], None] = lambda: None      # the servers read changed
+
+    def servers(self) -> tuple[str, ...]:
+        """resolved's DNS servers as last read (none before the first read, which this asks for)."""
+        if not self._servers_wanted:
+            self._servers_wanted = True
+            self._wake.set()
+            self._start()
+        return self._servers
 
     # HostDnsPort -----------------------------------------------------------------------------
 
@@ -45,9 +61,13 @@ class ResolvedLinks:
         with self._lock:
             self._desired = dict(links)
         self._wake.set()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="pybridge-resolved", daemon=True)
-            self._thread.start()
+        self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pybridge-resolved", daemon=True)
+                self._thread.start()
 
     # ------------------------------------------------------------------------------------------
 
@@ -67,7 +87,7 @@ class ResolvedLinks:
     def _apply(self, again: bool) -> None:
         with self._lock:
             desired = dict(self._desired)
-        if not desired:
+        if not desired and not self._servers_wanted:
             self._applied = {k: v for k, v in self._applied.items() if k in desired}
             return
         if not os.path.exists(self.bus_address.split("unix:path=", 1)[-1].split(",", 1)[0]):
@@ -84,10 +104,47 @@ class ResolvedLinks:
                 self._configure(conn, index, servers, domain)
                 self._applied[bridge] = state
                 self.applied_count += 1
+            if self._servers_wanted:
+                ours = {i for i in map(self.link_index, desired) if i is not None}
+                found = self._read_servers(conn, ours, {a for servers, _ in desired.values() for a in servers})
+                if found != self._servers:
+                    self._servers = found
+                    log.info("DNS upstreams from systemd-resolved: %s", ", ".join(found) or "none")
+                    try:
+                        self.on_servers()
+                    except Exception:
+                        log.exception("new DNS upstreams from systemd-resolved")
         if self._complained:
             log.info("host name resolution through systemd-resolved: registered %d networks", len(desired))
             self._complained = False
         self._applied = {k: v for k, v in self._applied.items() if k in desired}
+
+    @staticmethod
+    def _read_servers(conn, our_links: set[int], our_addresses: set[str]) -> tuple[str, ...]:
+        """resolved's servers, global then per link (FallbackDNS when it has none), without those
+        of pybridge's links or addresses, link-local ones (they need a scope) and its stubs."""
+        from jeepney import DBusAddress
+        from jeepney.wrappers import Properties, unwrap_msg
+        manager = Properties(DBusAddress("/org/freedesktop/resolve1", bus_name="org.freedesktop.resolve1",
+                                         interface="org.freedesktop.resolve1.Manager"))
+        out: list[str] = []
+        for prop in ("DNS", "FallbackDNS"):
+            (signature, entries), = unwrap_msg(conn.send_and_get_reply(manager.get(prop), timeout=TIMEOUT))
+            if signature != "a(iiay)" or not isinstance(entries, list):
+                continue
+            for entry in entries:
+                try:
+                    index, family, raw = entry
+                    ip = ipaddress.ip_address(bytes(raw))
+                except (TypeError, ValueError):
+                    continue
+                if index in our_links or str(ip) in our_addresses or ip.is_link_local or str(ip) in STUBS \
+                        or ip.is_unspecified or ip.is_multicast or family not in (2, 10) or str(ip) in out:
+                    continue
+                out.append(str(ip))
+            if out:
+                break
+        return tuple(out)
 
     @staticmethod
     def _configure(conn, index: int, servers: tuple[str, ...], domain: str) -> None:

@@ -4,8 +4,9 @@ resolved and a D-Bus system bus of their own run in a private mount namespace: a
 /run/systemd (resolved's state and a drop-in: no upstream DNS at all, no fallback servers, no
 LLMNR or mDNS, so no query can leave the machine), /etc/resolv.conf pointing at its own stub (so
 the host's resolvers are not imported), and /etc/passwd with the systemd-resolve user it drops
-to. The bus socket is on the host's /run (/run/pybridge-test-dbus), where the test plugin looks
-(PYBRIDGE_HOST_DNS, set by scripts/test.sh). The stub listens on 127.0.0.53. Lookups as the
+to. The bus socket is on the host's /run (/run/pybridge-test-dbus), which the test plugin mounts
+as its system bus (system-bus.source, set by scripts/test.sh; the directory stays, or the
+plugin's mount would lose it). The stub listens on 127.0.0.53. Lookups as the
 host's tools make them run with /etc/resolv.conf -> 127.0.0.53 in a mount namespace of their own.
 """
 
@@ -114,8 +115,4 @@ class Resolver:
             self.log.close()
         if os.path.exists(BUS):
             os.unlink(BUS)
-        try:
-            os.rmdir(BUS_DIR)
-        except OSError:
-            pass
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -81,7 +81,7 @@ def test_hosts_prints_and_applies_names_to_a_hosts_file(dk, tmp_path):
     net = dk.network("--subnet", free_subnet())
     web = dk.run(net)
     ip = dk.ip(web, net)
-    line = f"{ip}\t{web}.{net}"
+    line = f"{ip}\t{web}.{net}.pybridge.internal"
     assert wait_for(lambda: line in cli("hosts").stdout.splitlines(), 15), cli("hosts")
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1\tlocalhost\n")

@@ -132,15 +132,30 @@ def test_container_uses_it_with_dns_gateway(dk):
     assert gw in res.stdout, res.stdout + res.stderr
 
 
-def test_forwarding_to_a_per_network_upstream_and_not_from_internal_networks(dk, upstream):
+def nslookup(dk, container, name, server):
+    """busybox's nslookup in the container: (answered, output)."""
+    res = dk.exec(container, "nslookup", name, server, check=False)
+    return res.returncode == 0, res.stdout + res.stderr
+
+
+def test_forwarding_to_a_per_network_upstream_and_not_from_internal_networks_or_the_host(dk, upstream):
+    """Containers' queries for other names go to the network's upstream; an internal network's
+    never, nor (issue 20, item 1) the host's own: its queries reach a network's DNS from the
+    gateway address, and are answered from the network's records only."""
     opt = f"pybridge.dns.upstream=127.0.0.1:{upstream.port}"
     net = dk.network("--subnet", free_subnet(), "-o", opt)
     gw = gateway(dk, net)
-    assert wait_for(lambda: resolves(gw, "ext.pybridge.test", ["203.0.113.77"]), 5)
-    assert query(gw, "nope.pybridge.test").rcode() == dns.rcode.NXDOMAIN
-    internal = dk.network("--subnet", free_subnet(), "--internal", "-o", opt)
+    c = dk.run(net)
+    assert wait_for(lambda: "203.0.113.77" in nslookup(dk, c, "ext.pybridge.test", gw)[1], 15)
+    assert "NXDOMAIN" in nslookup(dk, c, "nope.pybridge.test", gw)[1]
+    assert upstream.queries >= 2
     before = upstream.queries
+    assert query(gw, "ext.pybridge.test").rcode() == dns.rcode.REFUSED          # the host: not forwarded
+    assert addrs(query(gw, c)) == [dk.ip(c, net)]                                 # its names: answered
+    internal = dk.network("--subnet", free_subnet(), "--internal", "-o", opt)
     assert query(gateway(dk, internal), "ext.pybridge.test").rcode() == dns.rcode.REFUSED
+    ci = dk.run(internal)
+    assert not nslookup(dk, ci, "ext.pybridge.test", gateway(dk, internal))[0]
     assert upstream.queries == before
 
 

@@ -117,15 +117,16 @@ def test_udp_replies_never_exceed_the_clients_limit_and_tcp_gets_everything(big_
     srv.set_snapshot("n", SNAP)
     try:
         q = dns.message.make_query("big.pybridge.test", "A", use_edns=False)
-        wire = dns.query.udp(q, "127.0.0.1", port=srv.port, timeout=5, ignore_trailing=True)
+        # from a container's address, not the gateway's (the host's queries are never forwarded)
+        wire = dns.query.udp(q, "127.0.0.1", port=srv.port, timeout=5, ignore_trailing=True, source="127.0.0.2")
         assert len(wire.to_wire()) <= 512 and wire.flags & dns.flags.TC
-        raw = _raw_udp(srv.port, q.to_wire())
+        raw = _raw_udp(srv.port, q.to_wire(), source="127.0.0.2")
         assert len(raw) <= 512, f"a {len(q.to_wire())}-byte query got a {len(raw)}-byte UDP reply"
         q = dns.message.make_query("big.pybridge.test", "A", use_edns=0, payload=1232)
-        raw = _raw_udp(srv.port, q.to_wire())
+        raw = _raw_udp(srv.port, q.to_wire(), source="127.0.0.2")
         assert len(raw) <= 1232 and dns.message.from_wire(raw).flags & dns.flags.TC
         whole = dns.query.tcp(dns.message.make_query("big.pybridge.test", "A"), "127.0.0.1",
-                              port=srv.port, timeout=5)
+                              port=srv.port, timeout=5, source="127.0.0.2")
         assert len(addrs(whole)) == 300 and not whole.flags & dns.flags.TC
         assert big_upstream.tcp_queries == 1, "only the TCP client's question went to the upstream over TCP"
     finally:
