@@ -7,16 +7,24 @@ that the parts keep for themselves — the DNS server's answers, the firewall ad
 what restore and the firewall watchdog repaired, the event watcher's reconnects — so that no
 lower layer knows about Prometheus and the DNS hot path pays one list increment.
 
-prometheus-client does the exposition format, the histogram and the HTTP server; its default
-registry (process-global, filled at import) is not used: each Metrics has a registry of its own.
+prometheus-client does the exposition format, the histogram and the request handler; its
+default registry (process-global, filled at import) is not used: each Metrics has a registry of
+its own. Its HTTP server (a thread per connection, no time limit) is not used either: anyone on
+the host could hold threads and memory for ever with half-sent requests. MetricsServer bounds
+both: MAX_CONNECTIONS at once (more are closed at once and counted), each closed after
+REQUEST_SECONDS whatever it sends, and READ_SECONDS of silence.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import MetricsHandler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 if TYPE_CHECKING:
@@ -26,6 +34,89 @@ log = logging.getLogger(__name__)
 
 # plugin calls take from well under a millisecond (IPAM) to seconds (a network on a busy host)
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+MAX_CONNECTIONS = 8          # open at once; one more makes room by closing the oldest
+HARD_LIMIT = 16              # beyond this (the closed ones have not ended yet) new ones are closed
+REQUEST_SECONDS = 5.0        # a connection's whole life, from accept to its answer sent
+READ_SECONDS = 2.0           # silence allowed while the request is read
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """The metrics endpoint with bounded threads and time per connection (see the module). A
+    new connection over MAX_CONNECTIONS closes the oldest one (a scrape takes milliseconds: the
+    oldest is one that holds its slot), so that held connections never lock a scraper out."""
+
+    daemon_threads = True
+    request_queue_size = 16
+
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        handler = MetricsHandler.factory(registry)
+        handler.timeout = READ_SECONDS
+        self._lock = threading.Lock()
+        self._open: dict[int, socket.socket] = {}     # not closed yet, in accept order (dicts keep it)
+        self._running = 0                             # threads serving a connection
+        self._next = 0
+        self.refused = 0            # closed at once: HARD_LIMIT threads were still running
+        self.evicted = 0            # closed to make room for a newer one
+        self.expired = 0            # closed at REQUEST_SECONDS
+        super().__init__(address, handler)
+
+    @staticmethod
+    def _close(request: socket.socket) -> None:
+        try:
+            request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def process_request(self, request, client_address) -> None:
+        oldest = None
+        with self._lock:
+            admitted = self._running < HARD_LIMIT
+            if admitted:
+                self._running += 1
+                self._next += 1
+                key = self._next
+                if len(self._open) >= MAX_CONNECTIONS:        # the oldest makes room (closed below)
+                    oldest = self._open.pop(next(iter(self._open)))
+                    self.evicted += 1
+                self._open[key] = request
+            else:
+                self.refused += 1
+        if not admitted:
+            self.shutdown_request(request)
+            return
+        if oldest is not None:
+            self._close(oldest)
+        try:
+            super().process_request(request, (client_address, key))
+        except BaseException:
+            self._ended(key)
+            raise
+
+    def _ended(self, key: int) -> None:
+        with self._lock:
+            self._open.pop(key, None)
+            self._running -= 1
+
+    def process_request_thread(self, request, client_address) -> None:
+        address, key = client_address
+
+        def expire() -> None:
+            self.expired += 1
+            self._close(request)
+        deadline = threading.Timer(REQUEST_SECONDS, expire)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            super().process_request_thread(request, address)
+        finally:
+            deadline.cancel()
+            self._ended(key)
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("metrics: connection from %s ended badly", client_address)
 
 
 class Metrics:
@@ -49,11 +140,12 @@ class Metrics:
         """Start the HTTP endpoint (a thread). A port already taken is logged, not fatal: the
         plugin's own work matters more than its metrics."""
         try:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+            self._server = MetricsServer((host, port), self.registry)
         except OSError as e:
             log.error("metrics: cannot listen on %s port %d: %s (set PYBRIDGE_METRICS to another "
                       "address, or off)", host, port, e)
             return False
+        threading.Thread(target=self._server.serve_forever, name="pybridge-metrics", daemon=True).start()
         log.info("metrics on http://%s/metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         return True
 

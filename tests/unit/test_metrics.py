@@ -113,3 +113,65 @@ def test_a_fault_in_firewall_work_fails_the_call_and_is_reported_not_fatal(meter
     fw.fault = None
     assert create_network(client, subnet="10.200.2.0/24")[0] == 200     # once the fault is gone, calls work
     assert not [p for p in services.doctor.examine()["problems"] if "cannot be checked" in p]
+
+
+# Issue 20, item 5: the metrics server served a thread per connection with no read timeout:
+# connections that sent half a request were held for ever, each with its thread and memory.
+
+HALF = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"          # and then nothing
+
+
+def _http_get(port: int) -> tuple[int, bytes]:
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def _closed_by_server(s) -> bool:
+    import socket
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_half_sent_requests_hold_no_thread_for_long_and_never_lock_a_scraper_out(metered):
+    import socket
+    import threading
+
+    from plugin import metrics as m
+
+    from ..waiting import wait_for
+    from .test_dns import free_port
+    services, _ = metered
+    port = free_port()
+    assert services.metrics.serve("127.0.0.1", port)
+    before = threading.active_count()
+    held = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(HALF)
+            held.append(s)
+        # threads stay bounded (a connection's thread and its deadline timer, at most the limit)
+        assert threading.active_count() - before <= 2 * getattr(m, "HARD_LIMIT", 16) + 2, threading.active_count() - before
+        # a scrape gets through while they are held
+        status, body = _http_get(port)
+        assert status == 200 and b"pybridge_networks" in body
+        # and every half-sent request is closed by the server, the last within its time
+        assert wait_for(lambda: all(_closed_by_server(s) for s in held), 30)
+        assert wait_for(lambda: threading.active_count() - before <= 1, 30), threading.active_count() - before
+        server = services.metrics._server
+        assert server.evicted + server.refused + server.expired >= 290, vars(server)
+    finally:
+        for s in held:
+            s.close()
+        services.metrics.close()
