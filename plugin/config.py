@@ -35,8 +35,8 @@ class Settings:
     dns_ttl: int = 10
     dns_default_upstream: str = "resolv.conf"   # or a list 'ip[:port],...', or '' for none
     docker_socket: str = "/var/run/docker.sock"
-    firewall_check: int = 2    # 0: never heal the firewall; else seconds between checks of the
-                               # static rule in iptables-legacy (nftables changes are events)
+    firewall_check: int = 2    # seconds between checks of the static rule in iptables-legacy, 0 for
+                               # none; nftables changes are events, and always healed
     firewall_mark: int = 0x01000000   # the packet-mark bit our forward chain sets on what it accepts
     metrics: tuple[str, int] | None = None    # (host, port) of the Prometheus endpoint, or none
     host_dns_suffix: str = DEFAULT_HOST_SUFFIX   # container names on the host: NAME.NETWORK.<this>; "" none

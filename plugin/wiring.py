@@ -45,8 +45,9 @@ class Services:
         feeding the DNS."""
         if self.metrics is not None and self.settings.metrics is not None:
             self.metrics.serve(*self.settings.metrics)
-        if self.settings.firewall_check:
-            threading.Thread(target=self._watch_firewall, name="pybridge-firewall-watchdog", daemon=True).start()
+        # always: healing from nftables events is not a setting (PYBRIDGE_FIREWALL_CHECK is the
+        # iptables-legacy poll alone); a table left damaged would leave its protections off
+        threading.Thread(target=self._watch_firewall, name="pybridge-firewall-watchdog", daemon=True).start()
         self.reconciler.bridges.start()
         if self.ctx.cluster is not None:
             self.ctx.cluster.start()
@@ -69,11 +70,23 @@ class Services:
     def _watch_firewall(self) -> None:
         """Our table or the static iptables rule changed from outside (nft flush ruleset, a
         firewall reload, iptables -F): the firewall adapter reports it and it comes back."""
+        pending = threading.Event()         # one retry at a time
+
+        def retried() -> None:
+            pending.clear()
+            heal()
+
         def heal() -> None:
             try:
                 self.doctor.heal_firewall()
             except Exception:
-                logging.getLogger(__name__).exception("firewall healing")
+                logging.getLogger(__name__).exception("firewall healing (again in 2 s)")
+                # no event may follow a failed rewrite: try again until the table is back
+                if not pending.is_set():
+                    pending.set()
+                    retry = threading.Timer(2.0, retried)
+                    retry.daemon = True
+                    retry.start()
         while True:
             try:
                 self.ctx.firewall.watch(heal, legacy_every=self.settings.firewall_check)

@@ -26,6 +26,9 @@ class Context:
     overlay: Any = None             # OverlayPort (VXLAN devices) in cluster mode
     underlay: str = ""              # this host's underlay address (VXLAN source)
     vxlan_port: int = 4789
+    # our table (or a chain or set of it) is gone and not yet back: what only its raw
+    # protections make safe is withheld meanwhile (route_localnet, VXLAN devices up); Doctor
+    exposed: bool = False
 
     def networks_changed(self) -> None:
         """Tell the DNS (if any) to listen for exactly the recorded networks. A DNS problem is

@@ -123,7 +123,7 @@ class EndpointService:
             if bindings == endpoint.ports:
                 return
             self._advance(tx, requests, bindings)     # the requests' own bindings come first
-            if bindings:
+            if bindings and not ctx.exposed:    # (while our table is damaged: when it is back)
                 ctx.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
             updated = replace(endpoint, ports=bindings)
             tx.put_endpoint(updated)

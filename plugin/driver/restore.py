@@ -137,15 +137,25 @@ class Reconciler:
     def uninstall(self) -> dict:
         """What scripts/uninstall.sh asks of the running plugin just before it is disabled and
         removed: stop writing to the firewall (the watchdog would put the table back), stop the
-        DNS, delete our table and static rules, our bridges and veths. The state stays (the
-        script keeps or deletes it)."""
+        DNS, delete our table and static rules, our bridges and veths (a user's bridge that a
+        network adopted stays, without our addresses). The state stays (the script keeps or
+        deletes it)."""
         ctx = self.ctx
         ctx.retired = True
         if ctx.dns is not None:
             ctx.dns.server.stop()
         with ctx.store.reading() as tx:
-            bridges = {n.bridge for n in tx.list_networks()}
+            networks = tx.list_networks()
+        bridges = {n.bridge for n in networks if n.bridge_owned}
         removed, errors = [], []
+        # a user's bridge a network adopted (-o com.docker.network.bridge.name) is never deleted:
+        # only the gateway addresses pybridge put on it go
+        for n in networks:
+            if not n.bridge_owned:
+                try:
+                    ctx.netlink.remove_addresses(n.bridge, n.gateways())
+                except PybridgeError as e:
+                    errors.append(str(e))
         prefixes = owned_link_prefixes(ctx.prefix)
         for link in ctx.netlink.links():
             if link.name.startswith(prefixes) or link.name in bridges:
@@ -219,7 +229,54 @@ class Doctor:
         problems = ctx.firewall.drift(networks, endpoints, ctx.foreign)
         if problems:
             log.warning("firewall drift, rewriting our table: %s", problems)
+            if exposing(problems) and not ctx.exposed:
+                self._close(networks)
             with ctx.store.transaction() as tx:
                 ctx.sync_firewall(tx)
             self.healed["firewall"] = self.healed.get("firewall", 0) + 1
+        if ctx.exposed:
+            with ctx.store.reading() as tx:
+                networks, endpoints = tx.list_networks(), tx.list_endpoints()
+            if not exposing(ctx.firewall.drift(networks, endpoints, ctx.foreign)):
+                self._reopen(networks, endpoints)
         return problems
+
+    def _close(self, networks) -> None:
+        """Our table's raw and out chains are what stop a container from reaching the host's
+        127.0.0.0/8 through a bridge with route_localnet, and what keeps others' VXLAN off a
+        cluster network: while they are gone, route_localnet is off on our bridges (ports
+        published on a loopback address pause) and our VXLAN devices are down."""
+        ctx = self.ctx
+        ctx.exposed = True
+        log.error("our firewall table is damaged: loopback-published ports and cluster VXLAN are off "
+                  "until it is back")
+        for n in networks:
+            for step in (lambda: ctx.sysctl.ensure("0", "net", "ipv4", "conf", n.bridge, "route_localnet"),
+                         lambda: ctx.netlink.set_link_up(vxlan_name(ctx.prefix, n.vni), False) if n.cluster else None):
+                try:
+                    step()
+                except PybridgeError as e:
+                    log.error("network %s: %s", n.id[:12], e)
+
+    def _reopen(self, networks, endpoints) -> None:
+        ctx = self.ctx
+        published = {ep.network_id for ep in endpoints if ep.ports}
+        failed = False
+        for n in networks:
+            try:
+                if n.id in published:
+                    ctx.sysctl.ensure("1", "net", "ipv4", "conf", n.bridge, "route_localnet")
+                if n.cluster:
+                    ctx.netlink.set_link_up(vxlan_name(ctx.prefix, n.vni), True)
+            except PybridgeError as e:
+                failed = True
+                log.error("network %s: %s", n.id[:12], e)
+        if not failed:
+            ctx.exposed = False
+            log.warning("our firewall table is back: loopback-published ports and cluster VXLAN are on again")
+
+
+def exposing(problems: list[str]) -> bool:
+    """Whether drift takes away a protection (the table, a chain or a set of it; not an element,
+    which a rewrite brings back and whose absence opens nothing)."""
+    return any(p == "table is missing" or p.startswith(("chain ", "set ")) for p in problems)

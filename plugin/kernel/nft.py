@@ -274,7 +274,9 @@ class Monitor:
             touched, due = False, False
             last_legacy = time.monotonic()
             while not self.fw._closed.is_set():
-                timeout = 0.05 if due else min(1.0, max(0.0, self.legacy_every - (time.monotonic() - last_legacy)))
+                legacy = self.legacy_every > 0          # 0: no poll of iptables-legacy (events still heal)
+                timeout = 0.05 if due else min(1.0, max(0.0, self.legacy_every - (time.monotonic() - last_legacy))) \
+                    if legacy else 1.0
                 ready, _, _ = select.select([sock], [], [], timeout)
                 if ready:
                     try:
@@ -300,7 +302,7 @@ class Monitor:
                 if due:            # a burst is over: check once
                     due = False
                     self.on_change()
-                if time.monotonic() - last_legacy >= self.legacy_every:
+                if legacy and time.monotonic() - last_legacy >= self.legacy_every:
                     last_legacy = time.monotonic()
                     if self.fw.forward.legacy_active() and self.fw.forward.problems(legacy_only=True):
                         self.on_change()

@@ -44,6 +44,21 @@ def test_damage_from_outside_is_healed_and_traffic_flows_again(dk, outside):
         assert reaches_out(dk, net, outside, port), f"no traffic after healing {damage}"
 
 
+def test_a_deleted_table_comes_back_with_loopback_published_ports(dk):
+    """Issue 20, item 4: route_localnet is withheld while our table is gone (tests/unit shows it
+    with a rewrite that fails); here the rewrite succeeds, and the bridge has it again."""
+    net = dk.network("--subnet", free_subnet())
+    bridge = f"pt-{dk.network_id(net)[:12]}"
+    dk.run(net, "-p", f"127.0.0.1:{free_port()}:80")
+    key = f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet"
+    assert wait_for(lambda: open(key).read().strip() == "1", 10)
+    before = table_handle()
+    sh(*NFT, "delete", "table", "inet", TABLE)
+    assert wait_for(lambda: table_handle() not in (None, before)
+                    and plugin("GET", "/pybridge/doctor")["problems"] == [], 10)
+    assert wait_for(lambda: open(key).read().strip() == "1", 10), "route_localnet did not come back"
+
+
 def test_changes_that_are_not_damage_to_us_never_start_a_check(dk):
     """Our own changes (a container publishing ports on our network) and Docker's (a container
     publishing on its own bridge) go by: the table is never rewritten."""

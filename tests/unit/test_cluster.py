@@ -785,3 +785,24 @@ def test_a_container_started_or_stopped_while_a_resync_runs_leaves_etcd_as_the_h
         assert expected <= keys, sorted(keys)
     else:
         assert not [k for k in keys if k == r.addr_key("web", ip) or eid in k], sorted(keys)
+
+
+def test_while_our_table_is_gone_the_vxlan_device_is_down_and_comes_back_up_with_it(hosts):
+    """Issue 20, item 4: the raw chain keeps VXLAN of a network to the hosts that have it (and
+    off containers); while it cannot be rewritten, the network's VXLAN device is down instead."""
+    from plugin.domain.errors import KernelError
+    from plugin.domain.naming import vxlan_name
+    a = hosts[0]
+    create_cluster_net(a, nid(1))
+    with a.ctx.store.reading() as tx:
+        vni = tx.get_network(nid(1)).vni
+    dev = a.ctx.netlink.devices[vxlan_name("pt", vni)]
+    assert dev.up
+    fw = a.ctx.firewall
+    fw.kernel, fw.fail = None, True
+    with pytest.raises(KernelError):
+        a.doctor.heal_firewall()
+    assert not dev.up
+    fw.fail = False
+    a.doctor.heal_firewall()
+    assert dev.up and not a.ctx.exposed

@@ -545,3 +545,100 @@ def test_bad_gateway_modes_and_trusted_interfaces_are_refused_with_nothing_made(
     with pytest.raises(InvalidRequest, match=message):
         create(fake_services, generic=generic)
     assert state(fake_services) == ([], []) and fake_services.ctx.firewall.elements("bridges") == {}
+
+
+# Issue 20, item 4: fail closed while our table is gone.
+
+def test_while_our_table_cannot_be_rewritten_loopback_ports_are_withheld_and_come_back_with_it(fake_services):
+    """The raw chain drops 127.0.0.0/8 arriving from anything but lo; route_localnet on a bridge
+    (for ports published on a loopback address) is safe only with it. Before: a table that could
+    not be rewritten left route_localnet on, unprotected."""
+    create(fake_services)
+    eps = fake_services.endpoints
+    eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
+    fw, sysctl, doctor = fake_services.ctx.firewall, fake_services.ctx.sysctl, fake_services.doctor
+    key = ("net", "ipv4", "conf", f"pt-{NID[:12]}", "route_localnet")
+    assert sysctl.values[key] == "1"
+    fw.kernel = None                    # nft flush ruleset
+    fw.fail = True                      # and the rewrite fails (the injected fault)
+    with pytest.raises(KernelError, match="injected firewall failure"):
+        doctor.heal_firewall()
+    assert sysctl.values[key] == "0"
+    assert fake_services.ctx.exposed
+    eps.create(NID, "ef" * 32, address="10.200.1.3/24", address6="", mac="")
+    with pytest.raises(KernelError):                          # a change needs the table: it fails,
+        eps.program(NID, "ef" * 32, [{"Proto": 6, "Port": 81, "HostIP": "", "HostPort": 8081, "HostPortEnd": 8081}])
+    assert sysctl.values[key] == "0"                          # and turns nothing on
+    fw.fail = False
+    doctor.heal_firewall()
+    assert fw.drift(*state(fake_services)) == []
+    assert sysctl.values[key] == "1" and not fake_services.ctx.exposed
+
+
+def test_an_element_missing_is_repaired_without_withholding_anything(fake_services):
+    create(fake_services)
+    eps = fake_services.endpoints
+    eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
+    fw, sysctl = fake_services.ctx.firewall, fake_services.ctx.sysctl
+    fw.kernel["sets"]["masq"].clear()
+    sysctl.values.clear()
+    assert fake_services.doctor.heal_firewall() != []
+    assert sysctl.values == {} and not fake_services.ctx.exposed
+
+
+def test_healing_from_events_runs_whatever_the_legacy_poll_setting(tmp_path, monkeypatch):
+    """PYBRIDGE_FIREWALL_CHECK=0 used to turn the whole firewall watch off: a `nft flush
+    ruleset` then left the table, and its protections, gone for good. It governs only the
+    iptables-legacy poll now."""
+    import threading
+
+    from plugin.config import load_settings
+    from plugin.store.db import Store
+    from plugin.wiring import build_services
+
+    from ..fakes import FakeFirewall, FakeNetlink, FakeSysctl
+    from ..waiting import wait_for
+    settings = load_settings({"PYBRIDGE_NAME": "pbtest", "PYBRIDGE_IFPREFIX": "pt", "PYBRIDGE_FIREWALL_CHECK": "0",
+                              "PYBRIDGE_METRICS": "off", "PYBRIDGE_DOCKER_SOCKET": str(tmp_path / "none.sock")},
+                             state_dir=str(tmp_path), dns=False)
+    fw = FakeFirewall()
+    watched = []
+    done = threading.Event()
+
+    def watch(on_change, legacy_every=2.0):
+        watched.append(legacy_every)
+        on_change()                     # the monitor's first check: the table is healed
+        done.wait(10)
+    monkeypatch.setattr(fw, "watch", watch)
+    store = Store(tmp_path / "state.db").open()
+    services = build_services(settings, netlink=FakeNetlink(), firewall=fw, sysctl=FakeSysctl(), store=store,
+                              synchronous_teardown=True)
+    monkeypatch.setattr(services.reconciler.bridges, "start", lambda: None)
+    create(services)
+    fw.kernel = None
+    try:
+        services.start_background()
+        assert wait_for(lambda: watched == [0] and fw.kernel is not None, 10), watched
+        assert fw.drift(*state(services)) == []
+    finally:
+        done.set()
+        store.close()
+
+
+def test_uninstall_keeps_a_users_bridge_a_network_adopted(fake_services):
+    """Issue 20, item 5: the README says a bridge pybridge did not make is never deleted; the
+    uninstall deleted every network's bridge, adopted ones too. It takes its address off and
+    leaves the bridge; its own bridges and veths go."""
+    nl = fake_services.ctx.netlink
+    nl.devices["br-lan"] = FakeLink("br-lan", "bridge")
+    create(fake_services, generic={"com.docker.network.bridge.name": "br-lan"})
+    create(fake_services, nid="ef" * 32, subnet="10.200.2.0/24")
+    fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    assert nl.devices["br-lan"].addresses == {"10.200.1.1/24"}
+    report = fake_services.reconciler.uninstall()
+    assert report["errors"] == []
+    assert "br-lan" in nl.devices and nl.devices["br-lan"].addresses == set()
+    assert f"pt-{'ef' * 6}" not in nl.devices
+    assert not [n for n in nl.devices if n.startswith("pt")], sorted(nl.devices)
