@@ -21,8 +21,10 @@ change are the elements of its sets and maps:
               ICC (self, icc); nothing else enters a network of ours but replies; nothing of ours
               reaches a bridge that is not ours (foreign) unless a published port leads there.
               What it lets through goes through `allow`, which marks it for the one static
-              iptables rule (plugin.kernel.xtables); the chain first clears that bit on every
-              packet, so that only `allow` ever sets it.
+              iptables rule (plugin.kernel.xtables).
+    unmark    forward, priority filter - 2: clears that bit on every packet first, so that only
+              `allow` ever sets it (before every instance's forward chain: two instances share
+              the bit, and one must not clear what the other's `allow` set).
     nat-pre,  nat prerouting/output, priority dstnat - 1: to a local address -> `ports`: never a
     nat-out   gateway's DNS port, then one DNAT per key (to4_at/port4_at, to4_any/port4_any, v6).
     post      nat postrouting: lo never, hairpin (routed, or bridged back by br_netfilter: no
@@ -93,11 +95,12 @@ for _v, _addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
 FIXED: dict[str, dict] = {"dns_protos": {"tcp": None, "udp": None}}
 
 # base chains: name -> (type, hook, priority)
-BASE_CHAINS = {"raw": ("filter", "prerouting", -300), "forward": ("filter", "forward", -1),
+BASE_CHAINS = {"raw": ("filter", "prerouting", -300), "unmark": ("filter", "forward", -2),
+               "forward": ("filter", "forward", -1),
                "input": ("filter", "input", -1), "out": ("filter", "output", -1),
                "nat-pre": ("nat", "prerouting", -101), "nat-out": ("nat", "output", -101),
                "post": ("nat", "postrouting", 100)}
-CHAINS = ("raw", "forward", "input", "out", "nat-pre", "nat-out", "post", "allow", "ports")
+CHAINS = ("raw", "unmark", "forward", "input", "out", "nat-pre", "nat-out", "post", "allow", "ports")
 
 
 def table_name(prefix: str) -> str:
@@ -143,10 +146,12 @@ _VNI_FIELD = {"payload": {"base": "th", "offset": 96, "len": 32}}      # VXLAN h
 def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
     """Every rule of our table: the chains never change, only the sets they look up."""
     allow = _jump("allow")
-    # our bit is ours alone: cleared on everything first, set only by `allow` (another table's
-    # chain before ours, tc or BPF may have set it, and the static rule accepts what carries it)
-    forward = [[{"mangle": {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~mark & 0xFFFFFFFF]}}}],
-               [_match(_IIF, "@internal"), _match(_PAIR, "@self", "!="), _DROP],     # nothing leaves internal
+    # our bit is ours alone: cleared on everything (unmark, a chain of its own before every
+    # instance's forward chain: another pybridge instance's table must not clear what ours set),
+    # set only by `allow` (another table's chain, tc or BPF may have set it, and the static rule
+    # accepts what carries it)
+    unmark = [[{"mangle": {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~mark & 0xFFFFFFFF]}}}]]
+    forward = [[_match(_IIF, "@internal"), _match(_PAIR, "@self", "!="), _DROP],     # nothing leaves internal
                [_match(_OIF, "@internal"), _match(_PAIR, "@self", "!="), _DROP]]     # nor enters, replies neither
     for v in (4, 6):
         forward.append([_CT_DNAT, _match(_concat(_OIF, _payload(_IP[v], "daddr"), _meta("l4proto"),
@@ -203,7 +208,7 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
                                     "port": {"map": {"key": key, "data": f"@port{v}_{where}"}}}}])
     local = [[_match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"), _jump("ports")]]
     return {"allow": [[{"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), mark]}}}, _ACCEPT]],
-            "raw": raw, "forward": forward, "input": inbound, "out": out, "nat-pre": local,
+            "raw": raw, "unmark": unmark, "forward": forward, "input": inbound, "out": out, "nat-pre": local,
             "nat-out": [list(r) for r in local],
             "ports": ports, "post": post}
 

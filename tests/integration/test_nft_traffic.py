@@ -371,3 +371,26 @@ def test_a_mark_another_table_set_before_ours_opens_nothing(world):
     assert "packets 0 " not in ns_run(w.h, "nft", "list", "chain", "inet", "pbttother", "markall").stdout, \
         "the other table's rule never marked anything: the test proves nothing"
     expect_everything_our_firewall_promises(w)      # what we allow still goes through
+
+
+def test_two_instances_on_one_host_share_the_mark_bit_and_neither_clears_the_others(world):
+    """The bit is cleared before every instance's forward chain (unmark, priority -2), never in
+    one instance's forward chain: there it cleared what the other instance's `allow` had set, and
+    FORWARD's policy dropped all of that instance's traffic (CI found it: the product plugin and
+    the test plugin side by side)."""
+    w = world
+    w.serve("c1", 80)
+    w.serve("o", 9000)
+    ns_run(w.h, "iptables-nft", "-N", "DOCKER-USER")
+    ns_run(w.h, "iptables-nft", "-A", "FORWARD", "-j", "DOCKER-USER")
+    ns_run(w.h, "iptables-nft", "-P", "FORWARD", "DROP")
+    other = NftFirewall("PBTTOTHER", netns=w.h)         # another instance, with the default mark too
+    try:
+        other.sync([w.net2], [])
+        w.fw.sync([w.net1], [w.ep])
+        assert w.ask("c1", "203.0.113.2", 9000) == "203.0.113.1", "the first instance's traffic is dropped"
+        assert w.ask("o", "203.0.113.1", 8080) == "203.0.113.2"
+        assert w.ask("c3", "203.0.113.2", 9000) == "203.0.113.1", "the second instance's traffic is dropped"
+    finally:
+        other.remove_all()
+        other.close()
