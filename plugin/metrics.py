@@ -37,7 +37,7 @@ RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 
 
 MAX_CONNECTIONS = 8          # open at once; one more makes room by closing the oldest
-HARD_LIMIT = 16              # beyond this (the closed ones have not ended yet) new ones are closed
+HARD_LIMIT = 16              # threads at most: beyond, a new connection waits (then is closed)
 REQUEST_SECONDS = 5.0        # a connection's whole life, from accept to its answer sent
 READ_SECONDS = 2.0           # silence allowed while the request is read
 
@@ -54,7 +54,7 @@ class MetricsServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         handler = MetricsHandler.factory(registry)
         handler.timeout = READ_SECONDS
-        self._lock = threading.Lock()
+        self._ended_cond = threading.Condition()
         self._open: dict[int, socket.socket] = {}     # not closed yet, in accept order (dicts keep it)
         self._running = 0                             # threads serving a connection
         self._next = 0
@@ -72,7 +72,10 @@ class MetricsServer(ThreadingHTTPServer):
 
     def process_request(self, request, client_address) -> None:
         oldest = None
-        with self._lock:
+        with self._ended_cond:
+            # the closed ones end within moments (a busy machine: a little later): wait for one
+            # rather than close a scraper's connection; new ones wait in the listen backlog
+            self._ended_cond.wait_for(lambda: self._running < HARD_LIMIT, timeout=READ_SECONDS)
             admitted = self._running < HARD_LIMIT
             if admitted:
                 self._running += 1
@@ -96,9 +99,10 @@ class MetricsServer(ThreadingHTTPServer):
             raise
 
     def _ended(self, key: int) -> None:
-        with self._lock:
+        with self._ended_cond:
             self._open.pop(key, None)
             self._running -= 1
+            self._ended_cond.notify()
 
     def process_request_thread(self, request, client_address) -> None:
         address, key = client_address
