@@ -50,7 +50,7 @@ def _view(services, stats: CallStats, method: str, handler):
         started = time.perf_counter()
         ok = False
         try:
-            if services.ctx.retired:
+            if services.ctx.lifecycle.retired:
                 raise PybridgeError("pybridge is being uninstalled")
             response = _reply(handler(services, _body()))
             ok = True

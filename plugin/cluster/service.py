@@ -538,6 +538,14 @@ class ClusterService:
     def remote_peers(self, name: str) -> Peers:
         return self.watch.peers(name)
 
+    @property
+    def loaded(self) -> bool:
+        return self.watch.loaded
+
+    @property
+    def refused(self) -> int:
+        return self.watch.refused
+
     def remote_names(self, name: str) -> list[ContainerInfo]:
         return self.watch.names(name)
 

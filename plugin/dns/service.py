@@ -155,6 +155,10 @@ class DnsService:
         if any(self.server.spec_name(nid) not in (None, name) for nid, (name, _) in updated.items()):
             self.reconcile()  # the network's name is now known (or changed): relabel its server
 
+    def stop(self) -> None:
+        """No more answers (uninstall)."""
+        self.server.stop()
+
     def forget(self, network_id: str, tx) -> None:
         with self._lock:
             self._learned.pop(network_id, None)

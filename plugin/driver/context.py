@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 from ..domain.errors import KernelError, PybridgeError
-from ..kernel.interfaces import FirewallPort, NetlinkPort, SysctlPort
+from ..kernel.interfaces import FirewallPort, NetlinkPort, OverlayPort, SysctlPort
 from ..store.db import Store, Tx
+from .ports import ClusterPort, DnsPort, Lifecycle, ReaperPort
 
 
 @dataclass
@@ -18,12 +18,12 @@ class Context:
     firewall: FirewallPort
     sysctl: SysctlPort
     prefix: str       # link-name prefix, e.g. "pb"
-    reaper: Any = None  # plugin.driver.reaper.Reaper: deferred veth deletion
-    dns: Any = None     # plugin.dns.service.DnsService, or None when DNS is off
+    reaper: ReaperPort              # deferred veth deletion
+    dns: DnsPort | None = None      # None when the DNS is off
     foreign: tuple[str, ...] = ()   # bridges on the host that are not ours (plugin.driver.bridges)
-    retired: bool = False           # uninstalling: write nothing to the firewall any more
-    cluster: Any = None             # plugin.cluster.service.ClusterService in cluster mode, else None
-    overlay: Any = None             # OverlayPort (VXLAN devices) in cluster mode
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)    # retired: write nothing any more
+    cluster: ClusterPort | None = None      # in cluster mode, else None
+    overlay: OverlayPort | None = None      # VXLAN devices, in cluster mode
     underlay: str = ""              # this host's underlay address (VXLAN source)
     vxlan_port: int = 4789
     # our table (or a chain or set of it) is gone and not yet back: what only its raw
@@ -42,7 +42,7 @@ class Context:
 
     def sync_firewall(self, tx: Tx) -> None:
         """Rewrite our whole table from the state as this transaction sees it."""
-        if self.retired:
+        if self.lifecycle.retired:
             return
         self.firewall.sync(tx.list_networks(), tx.list_endpoints(), foreign=self.foreign)
 
@@ -51,7 +51,7 @@ class Context:
         Should it fail (our table was changed behind our back, the helper died), the whole table
         is rewritten from that state; should that fail too, the error stands and the
         transaction rolls back, with the kernel as it was."""
-        if self.retired:
+        if self.lifecycle.retired:
             return
         try:
             change(*args)

@@ -19,7 +19,9 @@ from ..domain.model import Network
 from ..domain.naming import bridge_mac, owned_link_prefixes, vxlan_name
 from ..domain.options import (OPT_BRIDGE_NAME, IpamDataSpec, check_adoptable_bridge, isolated_families,
                               network_from_request)
+from ..kernel.interfaces import OverlayPort
 from .context import Context, collect
+from .ports import ClusterPort
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +110,26 @@ class NetworkService:
             self._ensure_vxlan(network)
         return created
 
+    def _cluster_mode(self) -> tuple[ClusterPort, OverlayPort]:
+        """The cluster and the VXLAN adapter, for what only cluster networks do (both are there
+        in cluster mode, and a cluster network exists only in cluster mode)."""
+        cluster, overlay = self.ctx.cluster, self.ctx.overlay
+        if cluster is None or overlay is None:
+            raise InvalidRequest("pybridge.cluster needs cluster mode: set the plugin's PYBRIDGE_CLUSTER_ETCD and "
+                                 "PYBRIDGE_CLUSTER_ADDRESS")
+        return cluster, overlay
+
     def _join_cluster(self, network: Network) -> Network:
         """The cluster's record of the network (made now by the first host): VNI, gateway MAC
         and MTU come from it, so they are the same on every host."""
         ctx = self.ctx
-        if ctx.cluster is None:
+        if ctx.cluster is None or ctx.overlay is None:
             raise InvalidRequest(f"{network.cluster!r}: pybridge.cluster needs cluster mode: set the plugin's "
                                  "PYBRIDGE_CLUSTER_ETCD and PYBRIDGE_CLUSTER_ADDRESS")
+        cluster, overlay = ctx.cluster, ctx.overlay
         if not network.subnets:
             raise InvalidRequest("a cluster network needs a subnet")
-        under = ctx.overlay.underlay(ctx.underlay)
+        under = overlay.underlay(ctx.underlay)
         if under is None:
             raise KernelError(f"no link of this host holds the underlay address {ctx.underlay}")
         overhead = 70 if ":" in ctx.underlay else 50     # outer IP, UDP, VXLAN and Ethernet headers
@@ -127,28 +139,30 @@ class NetworkService:
                                  f"VXLAN takes {overhead}, so at most {ceiling}")
         subnets = [(str(s.pool), str(s.gateway.ip) if s.gateway else "") for s in network.subnets]
         aux = tuple(str(a.ip) for s in network.subnets for _, a in s.aux)
-        record = ctx.cluster.join_network(network.cluster, subnets, min(network.mtu or 1500, ceiling), aux)
+        record = cluster.join_network(network.cluster, subnets, min(network.mtu or 1500, ceiling), aux)
         if record.mtu > ceiling:
             log.warning("cluster network %s: MTU %d is above this host's ceiling %d", network.cluster, record.mtu, ceiling)
         return replace(network, vni=record.vni, mac=record.mac, mtu=record.mtu)
 
     def _ensure_vxlan(self, network: Network) -> None:
         ctx = self.ctx
+        cluster, overlay = self._cluster_mode()
         name = vxlan_name(ctx.prefix, network.vni)
-        ctx.overlay.ensure_vxlan(name, network.vni, ctx.underlay, ctx.vxlan_port, network.mtu or 1500, network.bridge)
-        if ctx.cluster is not None and ctx.cluster.watch.loaded:
-            ctx.overlay.set_peers(name, network.bridge, self._remote(network, ctx.cluster.remote_peers(network.cluster)))
+        overlay.ensure_vxlan(name, network.vni, ctx.underlay, ctx.vxlan_port, network.mtu or 1500, network.bridge)
+        if cluster.loaded:
+            overlay.set_peers(name, network.bridge, self._remote(network, cluster.remote_peers(network.cluster)))
         # else: entries already there stay (a restart with etcd away); the first read programs it
 
     def program_all_peers(self) -> None:
         """Every cluster network's VXLAN entries := what the cluster watch read (its first full
         read after a start or a break: entries of hosts gone meanwhile go too)."""
+        cluster, overlay = self._cluster_mode()
         with self.ctx.store.reading() as tx:
             networks = [n for n in tx.list_networks() if n.cluster]
         for n in networks:
             try:
-                self.ctx.overlay.set_peers(vxlan_name(self.ctx.prefix, n.vni), n.bridge,
-                                           self._remote(n, self.ctx.cluster.remote_peers(n.cluster)))
+                overlay.set_peers(vxlan_name(self.ctx.prefix, n.vni), n.bridge,
+                                  self._remote(n, cluster.remote_peers(n.cluster)))
             except PybridgeError as e:
                 log.warning("cluster network %s: %s", n.cluster, e)
         self._filter_vxlan()
@@ -178,11 +192,12 @@ class NetworkService:
 
     def remote_peers_changed(self, cluster: str, peers: dict) -> None:
         """The cluster watch's report of the other hosts' containers on cluster network `cluster`."""
+        _, overlay = self._cluster_mode()
         with self.ctx.store.reading() as tx:
             networks = [n for n in tx.list_networks() if n.cluster == cluster]
         for n in networks:
             try:
-                self.ctx.overlay.set_peers(vxlan_name(self.ctx.prefix, n.vni), n.bridge, self._remote(n, peers))
+                overlay.set_peers(vxlan_name(self.ctx.prefix, n.vni), n.bridge, self._remote(n, peers))
             except PybridgeError as e:
                 log.warning("cluster network %s: %s", n.cluster, e)
         self._filter_vxlan()
@@ -214,11 +229,12 @@ class NetworkService:
         """A cluster network's VXLAN (its VNI) is taken only from the hosts that have containers
         on it (the firewall drops the rest: anyone else could put frames on our bridges)."""
         ctx = self.ctx
+        cluster, _ = self._cluster_mode()
         with ctx.store.transaction() as tx:
             networks = [n for n in tx.list_networks() if n.cluster]
-            if ctx.cluster.watch.loaded:
+            if cluster.loaded:
                 members = sorted({(n.vni, host) for n in networks
-                                  for host, _ in ctx.cluster.remote_peers(n.cluster).values()})
+                                  for host, _ in cluster.remote_peers(n.cluster).values()})
             else:       # etcd not read yet: the last members known, never everyone
                 vnis = {n.vni for n in networks}
                 members = sorted(m for m in tx.vxlan_members() if m[0] in vnis)
@@ -246,7 +262,7 @@ class NetworkService:
 
     def _undo_create(self, network: Network, created: bool, touched: bool, joined: bool = False) -> None:
         if joined:
-            self.ctx.cluster.leave_network(network.cluster)
+            self._cluster_mode()[0].leave_network(network.cluster)
         if not touched:
             return
         errors = []

@@ -141,9 +141,9 @@ class Reconciler:
         network adopted stays, without our addresses). The state stays (the script keeps or
         deletes it)."""
         ctx = self.ctx
-        ctx.retired = True
+        ctx.lifecycle.retire()
         if ctx.dns is not None:
-            ctx.dns.server.stop()
+            ctx.dns.stop()
         with ctx.store.reading() as tx:
             networks = tx.list_networks()
         bridges = {n.bridge for n in networks if n.bridge_owned}
@@ -213,8 +213,8 @@ class Doctor:
         counted = ctx.firewall.counters()
         if counted.faults:
             problems.append(f"firewall: {counted.faults} fault(s) since start, the last: {counted.last_fault}")
-        if ctx.cluster is not None and ctx.cluster.watch.refused:
-            problems.append(f"cluster: {ctx.cluster.watch.refused} record(s) in etcd are not what pybridge writes "
+        if ctx.cluster is not None and ctx.cluster.refused:
+            problems.append(f"cluster: {ctx.cluster.refused} record(s) in etcd are not what pybridge writes "
                             "and were left out (the log quotes each)")
         return {"networks": len(networks), "endpoints": len(endpoints), "problems": problems}
 
@@ -224,7 +224,7 @@ class Doctor:
         ctx = self.ctx
         with ctx.store.reading() as tx:
             networks, endpoints = tx.list_networks(), tx.list_endpoints()
-        if ctx.retired:
+        if ctx.lifecycle.retired:
             return []
         problems = ctx.firewall.drift(networks, endpoints, ctx.foreign)
         if problems:

@@ -17,12 +17,18 @@ from plugin.cluster.etcd import EtcdKV
 from plugin.cluster.interfaces import ClusterKVPort
 from plugin.kernel.interfaces import OverlayPort
 from plugin.kernel.vxlan import Vxlan
+from plugin.cluster.service import ClusterService
+from plugin.dns.service import DnsService
+from plugin.driver.ports import ClusterPort, DnsPort, ReaperPort
+from plugin.driver.reaper import Reaper
 from tests.fakes import FakeFirewall, FakeHostDns, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl
 
 PAIRS = [(NetlinkPort, Netlink), (NetlinkPort, FakeNetlink), (FirewallPort, NftFirewall),
          (FirewallPort, FakeFirewall), (SysctlPort, Sysctl), (SysctlPort, FakeSysctl),
          (HostDnsPort, ResolvedLinks), (HostDnsPort, FakeHostDns), (OverlayPort, Vxlan), (OverlayPort, FakeOverlay),
-         (ClusterKVPort, EtcdKV), (ClusterKVPort, FakeKV)]
+         (ClusterKVPort, EtcdKV), (ClusterKVPort, FakeKV),
+         # the services beside the driver, as the driver sees them (plugin/driver/ports.py)
+         (DnsPort, DnsService), (ClusterPort, ClusterService), (ReaperPort, Reaper)]
 
 
 def _methods(protocol) -> dict[str, inspect.Signature]:
@@ -43,6 +49,13 @@ def test_implements_every_method_with_the_same_parameters(protocol, impl):
         assert callable(getattr(impl, name, None)), f"{impl.__name__} lacks {protocol.__name__}.{name}"
         assert _shape(inspect.signature(getattr(impl, name))) == _shape(sig), \
             f"{impl.__name__}.{name}{inspect.signature(getattr(impl, name))} differs from {protocol.__name__}.{name}{sig}"
+
+
+@pytest.mark.parametrize("protocol,impl", [(ClusterPort, ClusterService)], ids=lambda x: x.__name__)
+def test_implements_every_property(protocol, impl):
+    for name, member in vars(protocol).items():
+        if isinstance(member, property):
+            assert isinstance(getattr(impl, name, None), property), f"{impl.__name__} lacks property {name}"
 
 
 def test_a_missing_method_is_caught():
