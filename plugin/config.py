@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -75,8 +76,8 @@ class Settings:
         return out
 
 
-def load_settings(env: dict | None = None, **overrides) -> Settings:
-    env = os.environ if env is None else env
+def load_settings(environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+    env: Mapping[str, str] = os.environ if environ is None else environ
     name = env.get("PYBRIDGE_NAME", "pybridge")
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,30}", name):
         raise ConfigError(f"invalid PYBRIDGE_NAME {name!r}: lower-case letters, digits, '_', '.', '-'")

@@ -52,7 +52,7 @@ class MetricsServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        handler = MetricsHandler.factory(registry)
+        handler: type[MetricsHandler] = MetricsHandler.factory(registry)
         handler.timeout = READ_SECONDS
         self._ended_cond = threading.Condition()
         self._open: dict[int, socket.socket] = {}     # not closed yet, in accept order (dicts keep it)
@@ -133,7 +133,7 @@ class Metrics:
                                   "Plugin calls answered with an error, by method", ["method"],
                                   registry=self.registry)
         self.registry.register(StateCollector(services))
-        self._server = None
+        self._server: MetricsServer | None = None
 
     def observe_call(self, method: str, seconds: float, ok: bool) -> None:
         self.rpc_seconds.labels(method).observe(seconds)
@@ -144,12 +144,12 @@ class Metrics:
         """Start the HTTP endpoint (a thread). A port already taken is logged, not fatal: the
         plugin's own work matters more than its metrics."""
         try:
-            self._server = MetricsServer((host, port), self.registry)
+            server = self._server = MetricsServer((host, port), self.registry)
         except OSError as e:
             log.error("metrics: cannot listen on %s port %d: %s (set PYBRIDGE_METRICS to another "
                       "address, or off)", host, port, e)
             return False
-        threading.Thread(target=self._server.serve_forever, name="pybridge-metrics", daemon=True).start()
+        threading.Thread(target=server.serve_forever, name="pybridge-metrics", daemon=True).start()
         log.info("metrics on http://%s/metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         return True
 

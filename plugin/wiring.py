@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from .config import Settings
 from .driver.context import Context
@@ -17,6 +18,18 @@ from .driver.restore import Doctor, Reconciler
 from .driver.views import Views
 from .ipam.service import IpamService
 from .store.db import Store
+
+if TYPE_CHECKING:
+    from .dns.service import DnsService
+    from .dns.watcher import DockerWatcher
+
+
+class MetricsPort(Protocol):
+    """plugin.metrics.Metrics as the wiring and the HTTP layer use it (metrics imports nothing
+    of the wiring's at run time, and the wiring nothing of metrics' but through this)."""
+
+    def serve(self, host: str, port: int) -> bool: ...
+    def observe_call(self, method: str, seconds: float, ok: bool) -> None: ...
 
 
 @dataclass
@@ -29,8 +42,9 @@ class Services:
     reconciler: Reconciler
     doctor: Doctor
     views: Views
-    watcher: object | None = None       # the Docker event watcher, once started (its reconnects)
-    metrics: object | None = None       # plugin.metrics.Metrics, made by enable_metrics()
+    dns: DnsService | None = None               # the DNS (the driver sees it as its DnsPort)
+    watcher: DockerWatcher | None = None        # the Docker event watcher, once started (its reconnects)
+    metrics: MetricsPort | None = None          # plugin.metrics.Metrics, made by enable_metrics()
 
     def enable_metrics(self):
         """The Prometheus registry the HTTP layer feeds; served by start_background when the
@@ -54,7 +68,7 @@ class Services:
         if not os.path.exists(self.settings.docker_socket):
             return
         from .dns.watcher import DockerWatcher
-        dns = self.ctx.dns
+        dns = self.dns
         self.watcher = DockerWatcher(self.settings.docker_socket,
                                      dns.learned if dns else (lambda state, changed: None),
                                      on_bridges=self.networks.docker_bridges_seen,
@@ -148,4 +162,4 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
     return Services(settings=settings, ctx=ctx, networks=networks, endpoints=EndpointService(ctx),
                     ipam=IpamService(store, netlink.host_networks, settings.default_pools,
                                      settings.default_pools6, cluster=cluster),
-                    reconciler=Reconciler(ctx, networks), doctor=Doctor(ctx), views=Views(ctx))
+                    reconciler=Reconciler(ctx, networks), doctor=Doctor(ctx), views=Views(ctx), dns=dns)

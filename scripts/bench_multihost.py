@@ -211,7 +211,7 @@ def bench_ipam_calls(calls: int, threads: int) -> None:
         times: list[float] = []
         plugin(1, "POST", "/pybridge/stats/reset")
         try:
-            def one(_):
+            def one(_, pool=pool, times=times):
                 t = time.perf_counter()
                 a = plugin_call(1, "IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}})["Address"]
                 times.append(time.perf_counter() - t)

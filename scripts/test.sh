@@ -46,7 +46,7 @@ if [ ! -x /lib/systemd/systemd-resolved ] && [ ! -x /usr/lib/systemd/systemd-res
     && [ ! -x "$tools/systemd-resolved/lib/systemd/systemd-resolved" ] && [ ! -x "$tools/systemd-resolved/usr/lib/systemd/systemd-resolved" ]; then
   unpack systemd-resolved systemd-resolved
 fi
-if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, prometheus_client, jeepney, etcd3gw, pytest, hypothesis' 2>/dev/null; then
+if ! python3 -c 'import flask, gunicorn, pyroute2, requests_unixsocket, dns, prometheus_client, jeepney, etcd3gw, publicsuffixlist, pytest, hypothesis, ruff, mypy' 2>/dev/null; then
   pb_log "installing Python test dependencies"
   python3 -m pip install -q -r requirements-dev.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r requirements-dev.txt
@@ -68,9 +68,14 @@ export PYBRIDGE_E2E=1
 if [ -n "${PYBRIDGE_TESTS:-}" ]; then
   exec python3 -m pytest $PYBRIDGE_TESTS "$@"
 fi
-# The whole suite: everything on this host, then the multi-host tests on three engines of their
-# own (scripts/multihost.sh builds them in network namespaces, and removes them afterwards).
+# The whole suite: first lint and types (ruff and mypy, as pyproject.toml configures them; a
+# finding fails the run, after the tests), then everything on this host, then the multi-host
+# tests on three engines of their own (scripts/multihost.sh builds them in network namespaces,
+# and removes them afterwards).
 status=0
+pb_log "ruff and mypy"
+python3 -m ruff check "$root" || status=1
+python3 -m mypy || status=1
 python3 -m pytest tests --ignore=tests/multihost "$@" || status=1
 PYBRIDGE_MULTIHOST_REQUIRED=1 "$root/scripts/multihost.sh" test "$@" || status=1
 exit $status

@@ -4,7 +4,6 @@ and a real dockerd with the test plugin installed (scripts/test.sh sets that up)
 import pytest
 
 from plugin.config import load_settings
-from plugin.ipam.pools import parse_pool_specs
 from plugin.store.db import Store
 from plugin.wiring import build_services
 

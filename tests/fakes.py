@@ -444,7 +444,7 @@ class FakeKV:
             return {k: v for k, (v, _, _) in self.data.items() if k.startswith(prefix)}, self.revision
 
     def txn(self, conditions, operations):
-        from plugin.cluster.interfaces import Absent, Delete, DeleteUnder, NoneUnder, Put, ValueIs
+        from plugin.cluster.interfaces import Absent, Delete, NoneUnder, Put, ValueIs
         self._check()
         self.txns = getattr(self, "txns", 0) + 1
         with self._cond:

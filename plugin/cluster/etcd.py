@@ -9,6 +9,7 @@ when a stream breaks (an endpoint restarts, a proxy drops an idle connection).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import threading
@@ -164,7 +165,8 @@ class EtcdKV:
         the revision asked for."""
         revision = start_revision
         while not stop.is_set():
-            revision = self._call("watch", lambda c: self._stream(c, prefix, revision, on_events, stop))
+            revision = self._call("watch", functools.partial(self._stream, prefix=prefix, revision=revision,
+                                                             on_events=on_events, stop=stop))
         return revision
 
     def _stream(self, client: Etcd3Client, prefix: str, revision: int,
@@ -179,7 +181,7 @@ class EtcdKV:
         try:
             if resp.status_code != 200:
                 raise etcd_errors.Etcd3Exception(resp.text[:200], resp.reason)
-            for line in resp.iter_lines(chunk_size=None):
+            for line in resp.iter_lines(chunk_size=None):  # type: ignore[call-overload]  # None: as data comes
                 if stop.is_set():
                     break
                 if not line.strip():

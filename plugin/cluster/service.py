@@ -16,6 +16,7 @@ it again. The data plane needs no etcd: entries stay programmed while etcd is aw
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import threading
@@ -28,8 +29,8 @@ from ..domain.model import ContainerInfo
 from . import records as r
 from .addresses import AddressBook, home
 from .watch import ClusterWatch, Peers
-from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Delete, DeleteUnder, LeaseExpired, NoneUnder, Put,
-                         ValueIs)
+from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Delete, DeleteUnder, LeaseExpired, NoneUnder,
+                         Operation, Put, ValueIs)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class LocalNetwork:
     addresses: tuple[tuple[int, str], ...] = ()                      # (address, kind) leased here
     endpoints: tuple[tuple[str, r.EndpointRecord], ...] = ()          # (endpoint id, record)
     names: tuple[ContainerInfo, ...] = ()
+
+
+def _put_one(key: str, value: bytes, lease: int) -> list[Operation]:
+    return [Put(key, value, lease)]
 
 
 class TurnGate:
@@ -219,8 +224,8 @@ class ClusterService:
         """This host no longer has the network: its keys go; the record goes with the last host."""
         try:
             held, _ = self.kv.range(r.addr_prefix(name))
-            ops = [Delete(r.member_key(name, self.host)), DeleteUnder(r.ep_prefix(name, self.host)),
-                   DeleteUnder(r.name_prefix(name, self.host))]
+            ops: list[Operation] = [Delete(r.member_key(name, self.host)), DeleteUnder(r.ep_prefix(name, self.host)),
+                                    DeleteUnder(r.name_prefix(name, self.host))]
             ops += [Delete(k) for k, v in held.items() if self._mine(k, v)]
             ops += [Delete(k) for k in self._my_macs(name)]
             self.kv.txn([], ops)
@@ -281,7 +286,7 @@ class ClusterService:
                 key, won = r.addr_key(name, value), False
                 try:
                     record = r.AddrRecord(self.host, "dynamic").to_json().encode()
-                    won = self._leased([Absent(key)], lambda lease: [Put(key, record, lease)])
+                    won = self._leased([Absent(key)], functools.partial(_put_one, key, record))
                     self._book.settle(name, value, taken=True)
                 except BaseException:
                     self._book.settle(name, value, taken=False)
@@ -446,8 +451,9 @@ class ClusterService:
 
     def _resync_network(self, n: LocalNetwork, lease: int) -> None:
         key = r.net_key(n.name)
-        ops = [Put(key, n.record.to_json().encode()), Put(r.vni_key(n.record.vni), n.name.encode())]
-        if not self.kv.txn([Absent(key), Absent(r.vni_key(n.record.vni))], ops):
+        record_ops: list[Operation] = [Put(key, n.record.to_json().encode()),
+                                       Put(r.vni_key(n.record.vni), n.name.encode())]
+        if not self.kv.txn([Absent(key), Absent(r.vni_key(n.record.vni))], record_ops):
             raw = self.kv.get(key)
             if raw is not None and r.parse_net(key, raw) != n.record:
                 log.error("cluster network %s: etcd's record differs from this host's (VNI or subnets)", n.name)
@@ -482,7 +488,8 @@ class ClusterService:
                 log.error("cluster network %s: MAC %s of a container here is claimed by another endpoint too",
                           n.name, k.rsplit("/", 1)[-1])
         stale += [k for k in self._my_macs(n.name, held=macs) if k not in want_macs]
-        ops = [Put(k, v, lease) for k, v in want_eps.items()] + [Delete(k) for k in stale]
+        ops: list[Operation] = [Put(k, v, lease) for k, v in want_eps.items()]
+        ops += [Delete(k) for k in stale]
         if ops:
             self.kv.txn([], ops)
         self._put_names(n.name, list(n.names))

@@ -151,7 +151,7 @@ class ClusterWatch:
             return set()
         if parts.host == self.host:
             return set()
-        table = self._view.endpoints if parts.kind == "ep" else self._view.names
+        table: dict = self._view.endpoints if parts.kind == "ep" else self._view.names
         entries = table.setdefault(parts.network, {})
         item = (parts.host, parts.item)
         if value is None:

@@ -119,7 +119,7 @@ def _decide(snapshot: Snapshot | None, query: dns.message.Message, *, ttl: int, 
     return decision
 
 
-def failure(query: dns.message.Message, rcode: int = dns.rcode.SERVFAIL) -> bytes:
+def failure(query: dns.message.Message, rcode: dns.rcode.Rcode = dns.rcode.SERVFAIL) -> bytes:
     response = dns.message.make_response(query)
     response.set_rcode(rcode)
     return render(response, 512)

@@ -48,9 +48,8 @@ class Response:
     def __enter__(self) -> "Response":
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self.close()
-        return False
 
     def close(self) -> None:
         self._conn.close()

@@ -56,7 +56,7 @@ class _Net:
     key: tuple                          # what the listeners were made for
     udp: list = field(default_factory=list)
     tcp: list = field(default_factory=list)
-    allows: SourceFilter | None = None
+    allows: SourceFilter = field(default_factory=lambda: SourceFilter(()))
     inflight: int = 0
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
     # counted in the event loop (the listeners count what they answer from the cache)
@@ -102,7 +102,10 @@ class DnsServer:
         """Listen for exactly these networks (by ID): start new listeners, stop gone ones."""
         self.start()
         keyed = {nid: (spec, _listen_key(spec)) for nid, spec in specs.items()}
-        asyncio.run_coroutine_threadsafe(self._reconcile(keyed), self.loop).result(timeout=10)
+        loop = self.loop
+        if loop is None:
+            raise RuntimeError("the DNS server's event loop did not start")
+        asyncio.run_coroutine_threadsafe(self._reconcile(keyed), loop).result(timeout=10)
 
     def set_snapshot(self, network_id: str, snapshot: Snapshot) -> None:
         with self._lock:
@@ -146,7 +149,7 @@ class DnsServer:
             for listener in list(net.udp):
                 for code, n in enumerate(listener.cached):
                     if n:
-                        text = dns.rcode.to_text(code)
+                        text = dns.rcode.to_text(dns.rcode.Rcode.make(code))
                         answered[text] = answered.get(text, 0) + n
             out[nid] = {"name": net.spec.name, "answered": answered, "forwarded": net.forwarded,
                         "forward_failures": net.forward_failures}
@@ -195,7 +198,7 @@ class DnsServer:
         snapshot, cache = self._snapshots.get(nid), self.caches.get(nid)
         qend = question_end(wire) if not tcp and cache is not None else None
         key = cache_key(wire, qend) if qend is not None else None
-        existing = cache.entries.get(key) if key is not None else None
+        existing = cache.entries.get(key) if cache is not None and key is not None else None
         rotation = existing.take_turn() if existing is not None else (0 if key is not None else None)
         # the host asks from its own address on the bridge, a gateway of the network
         decision = answer(snapshot, wire, ttl=self.ttl, forward=net.spec.forward,
@@ -205,11 +208,11 @@ class DnsServer:
         if decision.forward is not None:
             net.forwarded += 1
             reply, decision.rcode = await self._forward(net, decision.forward, decision.limit, tcp)
-        elif key is not None and decision.rotations and reply is not None:
+        elif cache is not None and key is not None and qend is not None and decision.rotations and reply is not None:
             entry = existing or cache.entry(key, decision.rotations)
             if existing is None:
                 entry.take_turn()
-            cache.fill(entry, rotation, reply[2:], wire, qend)
+            cache.fill(entry, rotation or 0, reply[2:], wire, qend)
         if decision.rcode:
             net.answered[decision.rcode] = net.answered.get(decision.rcode, 0) + 1
         if decision.qname and net.spec.log_queries:

@@ -4,7 +4,6 @@ restart the DNS answers at once, before dockerd's API is back."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from typing import Callable

@@ -70,7 +70,7 @@ def _text(value, limit: int = 255) -> str:
 def containers_of(inspect: dict) -> dict[str, tuple[str, ContainerInfo]]:
     """network id -> (network name, this container's entry) from a container inspect. Every
     value is checked: names are printable text, addresses parse, IDs are IDs."""
-    out = {}
+    out: dict[str, tuple[str, ContainerInfo]] = {}
     if not isinstance(inspect, dict):
         return out
     cid, name = _text(inspect.get("Id")), _text(inspect.get("Name")).lstrip("/")
@@ -220,7 +220,7 @@ class DockerWatcher:
             now = {}  # gone
         state = {nid: (name, dict(members)) for nid, (name, members) in self.state.items()}
         changed = set()
-        for nid, (name, members) in state.items():
+        for nid, (_name, members) in state.items():
             if cid in members and nid not in now:
                 del members[cid]
                 changed.add(nid)

@@ -58,7 +58,7 @@ def parse_portmap(items: list, default_host_ip: str = "") -> list[PortRequest]:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise InvalidRequest(f"com.docker.network.portmap[{i}] must be an object")
-        proto = PROTOCOLS.get(item.get("Proto"))
+        proto = PROTOCOLS.get(item["Proto"]) if isinstance(item.get("Proto"), int) else None
         if proto is None:
             raise InvalidRequest(f"unsupported protocol {item.get('Proto')!r} in com.docker.network.portmap")
         cport = _port("Port", item.get("Port"))
@@ -115,7 +115,7 @@ class _Held:
         self._by_port: dict[tuple[str, int], list[PortBinding]] = defaultdict(list)
         self._lookup: HeldOn | None = held if callable(held) else None
         self._seen: set[tuple[str, int]] = set()
-        if self._lookup is None:
+        if not callable(held):
             for b in held:
                 self.add(b)
 

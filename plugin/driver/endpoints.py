@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 
 from ..cluster.records import EndpointRecord
-from ..domain.errors import KernelError, NotFound, PybridgeError
+from ..domain.errors import KernelError, NotFound
 from ..domain.naming import veth_names
 from ..domain.options import endpoint_from_request
 from ..domain.ports import EPHEMERAL, assign, parse_portmap, split_routed

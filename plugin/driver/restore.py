@@ -251,12 +251,15 @@ class Doctor:
         log.error("our firewall table is damaged: loopback-published ports and cluster VXLAN are off "
                   "until it is back")
         for n in networks:
-            for step in (lambda: ctx.sysctl.ensure("0", "net", "ipv4", "conf", n.bridge, "route_localnet"),
-                         lambda: ctx.netlink.set_link_up(vxlan_name(ctx.prefix, n.vni), False) if n.cluster else None):
-                try:
-                    step()
-                except PybridgeError as e:
-                    log.error("network %s: %s", n.id[:12], e)
+            try:
+                ctx.sysctl.ensure("0", "net", "ipv4", "conf", n.bridge, "route_localnet")
+            except PybridgeError as e:
+                log.error("network %s: %s", n.id[:12], e)
+            try:
+                if n.cluster:
+                    ctx.netlink.set_link_up(vxlan_name(ctx.prefix, n.vni), False)
+            except PybridgeError as e:
+                log.error("network %s: %s", n.id[:12], e)
 
     def _reopen(self, networks, endpoints) -> None:
         ctx = self.ctx

@@ -71,7 +71,7 @@ class IpamService:
         if subpool and subnet is None:
             raise InvalidRequest("--ip-range needs --subnet")
         ip_range = parse_cidr("SubPool (--ip-range)", subpool, version) if subpool else None
-        if ip_range is not None and not ip_range.subnet_of(subnet):
+        if ip_range is not None and subnet is not None and not ip_range.subnet_of(subnet):  # type: ignore[arg-type]
             raise InvalidRequest(f"ip-range {ip_range} is outside subnet {subnet}")
         if subnet is not None and subnet.num_addresses < 4 and version == 4:
             raise InvalidRequest(f"subnet {subnet} is too small: use /30 or larger")
@@ -118,9 +118,10 @@ class IpamService:
                 value = self._reserve(tx, pool, wanted, kind)
             elif is_gateway:
                 lo, hi = usable_range(pool.subnet)
-                value = pick_address(lo, hi, lo - 1, lambda s: tx.leases_from(pool.id, s))
-                if value is None or not tx.add_lease(pool.id, value, kind):
+                picked = pick_address(lo, hi, lo - 1, lambda s: tx.leases_from(pool.id, s))
+                if picked is None or not tx.add_lease(pool.id, picked, kind):
                     raise Exhausted(f"no free address left for the gateway in pool {pool.subnet}")
+                value = picked
             else:
                 value = self._dynamic(tx, pool, options)
         return f"{ipaddress.ip_address(value)}/{pool.subnet.prefixlen}"

@@ -92,6 +92,8 @@ class Netlink:
                     ipr.link("add", ifname=name, kind="bridge", address=mac, **({"mtu": mtu} if mtu else {}))
                     created = True
                     info = _lookup(ipr, name)
+                    if info is None:
+                        raise KernelError(f"bridge {name} was made and is not there")
                 elif info.kind != "bridge":
                     raise Conflict(f"a {info.kind or 'non-bridge'} link named {name!r} already exists")
                 elif mtu and info.mtu != mtu:

@@ -373,7 +373,7 @@ def _set_decl(table: str, name: str) -> dict:
 
 
 def _chain(table: str, name: str) -> dict:
-    body = {"family": FAMILY, "table": table, "name": name}
+    body: dict[str, str | int] = {"family": FAMILY, "table": table, "name": name}
     if name in BASE_CHAINS:
         kind, hook, prio = BASE_CHAINS[name]
         body.update({"type": kind, "hook": hook, "prio": prio, "policy": "accept"})
@@ -471,7 +471,7 @@ def parse_listing(objects: list[dict]) -> Listed:
             name = obj["rule"]["chain"]
             out.chains[name] = out.chains.get(name, 0) + 1
         elif "set" in obj or "map" in obj:
-            s = obj.get("set") or obj.get("map")
+            s = obj.get("set") or obj.get("map") or {}
             out.sets.add(s["name"])
             elems = out.elements.setdefault(s["name"], {})
             for item in s.get("elem", []):
@@ -489,11 +489,11 @@ def drift(mark: int, elements: Elements, listed: Listed) -> list[str]:
     problems = []
     wanted = {c: len(r) for c, r in fixed_rules(mark).items()}
     for c, count in sorted(wanted.items()):
-        have = listed.chains.get(c)
-        if have is None:
+        rules = listed.chains.get(c)
+        if rules is None:
             problems.append(f"chain {c} is missing")
-        elif have != count:
-            problems.append(f"chain {c} has {have} rules, expected {count}")
+        elif rules != count:
+            problems.append(f"chain {c} has {rules} rules, expected {count}")
     for c, spec in BASE_CHAINS.items():
         if c in listed.base and listed.base[c] != spec:
             problems.append(f"chain {c} is hooked as {listed.base[c]}, expected {spec}")

@@ -516,7 +516,9 @@ class _Rule:
         pybridge writes (the kernel's bitwise is (reg & mask) ^ xor)."""
         value = body.get("value")
         mark = {"meta": {"key": "mark"}}
-        op = next((o for o in ("|", "&") if isinstance(value, dict) and o in value), None)
+        if not isinstance(value, dict):
+            raise KernelError(f"nftables: mangle {str(body)[:80]} is not supported")
+        op = next((o for o in ("|", "&") if o in value), None)
         if body.get("key") != mark or op is None or len(value) != 1 or value[op][0] != mark \
                 or not isinstance(value[op][1], int) or not 0 <= value[op][1] <= 0xFFFFFFFF:
             raise KernelError(f"nftables: mangle {str(body)[:80]} is not supported")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..domain.errors import KernelError
 from ..domain.model import Endpoint, Network
@@ -308,7 +308,7 @@ def jump_fixes(prefix: str, tables: Saved) -> tuple[dict[str, list[Rule]], list[
     return fixes, problems
 
 
-def table_text(prefix: str, table: str, rules: list[Rule], fixes: list[Rule] = ()) -> str:
+def table_text(prefix: str, table: str, rules: list[Rule], fixes: Sequence[Rule] = ()) -> str:
     """One table of iptables-restore --noflush input: declaring our chains flushes them, then
     their rules, then the jump fixes."""
     lines = [f"*{table}"]

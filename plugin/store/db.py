@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..domain.addresses import parse_cidr
 from ..domain.errors import CorruptState, PybridgeError
@@ -361,7 +361,7 @@ class Tx:
 
     def unreadable(self) -> list[str]:
         """Every row that cannot be decoded, named by table and key (for doctor and restore)."""
-        checks = [("networks", "SELECT id, id, doc FROM networks", codec.network_from_json),
+        checks: list[tuple[str, str, Callable[..., object]]] = [("networks", "SELECT id, id, doc FROM networks", codec.network_from_json),
                   ("endpoints", "SELECT id, id, network_id, doc FROM endpoints", codec.endpoint_from_json),
                   ("pools", "SELECT id, id, space, subnet, ip_range, cursor, cluster FROM pools", _pool),
                   ("leases", "SELECT pool_id || ' ' || addr, pool_id, addr FROM leases", _lease),

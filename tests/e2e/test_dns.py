@@ -2,7 +2,6 @@
 the test created; the forwarding upstream is a server the test runs on loopback."""
 
 import os
-import random
 import socket
 import threading
 import time

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .dockerenv import AUTO_POOL, IFPREFIX, MANAGED, PLUGIN, docker, free_subnet, free_subnet6, ifaces, our_rules, sh
+from .dockerenv import AUTO_POOL, IFPREFIX, PLUGIN, docker, free_subnet, free_subnet6, ifaces, our_rules, sh
 
 
 def bridge_addresses(dk, network, family="inet"):

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from .dockerenv import PLUGIN, STATE_DB, elements, free_port, free_subnet, sh, static_program, wait_for
+from .dockerenv import STATE_DB, elements, free_port, free_subnet, sh, static_program, wait_for
 from .test_connectivity import outside  # noqa: F401  (fixture)
 
 SERVER = ("sh", "-c", "while true; do echo pong | nc -l -p 80; done")

@@ -62,7 +62,7 @@ def test_fifty_simultaneous_starts_across_five_networks_while_networks_come_and_
 
     def churn():
         while not stop.is_set():
-            name = dk.name("churn")
+            dk.name("churn")
             ok, err = dk.try_network("--subnet", free_subnet())
             if not ok:
                 churn_errors.append(err)

@@ -2,7 +2,6 @@
 
 import ipaddress
 import json
-import subprocess
 
 import pytest
 

@@ -4,7 +4,6 @@ directory). Without it the tests are skipped, or fail when the whole suite runs 
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import subprocess
 import uuid

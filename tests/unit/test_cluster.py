@@ -201,7 +201,7 @@ def test_a_static_address_another_host_holds_is_refused(hosts):
 
 def test_endpoints_reach_the_other_hosts_vxlan_and_go_with_the_host(hosts, kv):
     a, b, _ = hosts
-    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    pa, _ = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
     b.ctx.cluster.start()
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")

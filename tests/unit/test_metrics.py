@@ -133,7 +133,6 @@ def _http_get(port: int) -> tuple[int, bytes]:
 
 
 def _closed_by_server(s) -> bool:
-    import socket
     s.setblocking(False)
     try:
         return s.recv(1) == b""
