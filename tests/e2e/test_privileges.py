@@ -123,3 +123,12 @@ def test_the_plugin_holds_only_the_capabilities_it_uses():
         for field in ("CapEff", "CapPrm", "CapBnd"):
             assert int(status[field], 16) == want, (pid, field, status[field])
         assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0, status
+
+
+def test_the_running_plugins_sockets_are_owner_only():
+    """Only root may talk to the plugin: its sockets (the managed plugin's own, and the
+    short-name socket it publishes) are 0600."""
+    from .dockerenv import PLUGIN
+    path = f"/run/docker/plugins/{PLUGIN}.sock"
+    assert os.path.exists(path), path
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, oct(os.stat(path).st_mode)

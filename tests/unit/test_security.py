@@ -25,9 +25,32 @@ def test_no_shell_is_ever_invoked_and_commands_are_argument_lists():
                     f"{path}:{call.lineno}: a command must be an argument list"
 
 
-def test_sockets_are_owner_only():
-    source = (PLUGIN / "server.py").read_text()
-    assert "os.chmod(path, 0o600)" in source and '"umask": 0o077' in source
+def test_sockets_are_owner_only(tmp_path):
+    """What the server does to its sockets, done to a real one (it used to grep the source);
+    tests/e2e/test_privileges.py stats the running plugin's."""
+    import os
+    import socket
+    import stat
+
+    from plugin.config import load_settings
+    from plugin.server import PluginServer, _secure_sockets
+    path = str(tmp_path / "p.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    os.chmod(path, 0o777)
+
+    class Listener:
+        cfg_addr = path
+
+    class Arbiter:
+        LISTENERS = [Listener()]
+    try:
+        _secure_sockets(Arbiter())
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        s.close()
+    server = PluginServer(load_settings({}, state_dir=str(tmp_path), socket=str(tmp_path / "x.sock")))
+    assert server.cfg.umask == 0o077 and server.cfg.when_ready is _secure_sockets
 
 
 def test_the_netlink_event_decoder_never_raises_on_any_bytes():

@@ -25,11 +25,23 @@ def test_ipv6_forwarding_keeps_router_advertisements(tmp_path):
     assert read(tmp_path, "net/ipv6/conf/default/accept_ra") == "1"
 
 
-def test_ensure_writes_only_when_different(tmp_path):
+def test_ensure_writes_only_when_different(tmp_path, monkeypatch):
+    """Every open of the adapter is seen (it used to compare mtimes, which a coarse clock
+    leaves equal whether written or not)."""
+    import builtins
+
+    from plugin.kernel import sysctl as module
+    opened = []
+
+    def recording_open(path, mode="r", *args, **kwargs):
+        opened.append((str(path), mode))
+        return builtins.open(path, mode, *args, **kwargs)
+    monkeypatch.setattr(module, "open", recording_open, raising=False)
     s = make(tmp_path, {"net/ipv4/ip_forward": "1"})
     f = tmp_path / "net/ipv4/ip_forward"
-    before = f.stat().st_mtime_ns
     s.ensure("1", "net", "ipv4", "ip_forward")
-    assert f.stat().st_mtime_ns == before
+    assert opened and not [m for _, m in opened if "w" in m or "a" in m], opened
+    opened.clear()
     s.ensure("0", "net", "ipv4", "ip_forward")
+    assert (str(f), "w") in opened
     assert read(tmp_path, "net/ipv4/ip_forward") == "0"
