@@ -116,10 +116,10 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
         from .kernel.netlink import Netlink
         netlink = Netlink()
     if firewall is None:
-        from .kernel.firewall import IptablesFirewall
+        from .kernel.iptables_migration import OldIptablesChains
         from .kernel.nft import NftFirewall
         firewall = NftFirewall(settings.chain_prefix, settings.firewall_mark,
-                               migrate=IptablesFirewall(settings.chain_prefix).remove_all)
+                               migrate=OldIptablesChains(settings.chain_prefix).remove_all)
     if sysctl is None:
         from .kernel.sysctl import Sysctl
         mounted = os.path.isdir(os.path.join(settings.proc_sys, "net", "ipv4"))

@@ -271,7 +271,7 @@ def bench_firewall(reps: int = 40) -> None:
     replaced. Each case has a namespace of its own, and the cases are measured in turn."""
     sys.path.insert(0, ROOT)
     from dataclasses import replace
-    from plugin.kernel.firewall import IptablesFirewall
+    from tests.legacy_iptables import IptablesFirewall
     from plugin.kernel.nft import NftFirewall
     tag = uuid.uuid4().hex[:6]
     made: list[tuple[str, object]] = []

@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..domain.errors import KernelError
 from . import commands
-from .rules import safe
+from .commands import safe
 TOOLS = {("nft", 4): "iptables-nft", ("nft", 6): "ip6tables-nft",
          ("legacy", 4): "iptables-legacy", ("legacy", 6): "ip6tables-legacy"}
 NAMES_FILE = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from plugin.domain.model import Network, Subnet
-from plugin.kernel.firewall import IptablesFirewall
+from tests.legacy_iptables import IptablesFirewall
 
 from .dockerenv import (NFT, CHAIN_PREFIX, DOCKER_FIREWALL, ENGINE_TREE, MANAGED, STATIC, STATIC_LINE, docker, free_port, free_subnet, restart_dockerd,
                         sh, wait_for, wait_plugin_socket)

@@ -7,7 +7,7 @@ import pytest
 
 from plugin.domain.errors import Conflict
 from plugin.domain.model import Network, Subnet
-from plugin.kernel.firewall import IptablesFirewall
+from tests.legacy_iptables import IptablesFirewall
 from plugin.kernel.netlink import Netlink
 
 from .conftest import run
@@ -63,6 +63,24 @@ def test_a_non_bridge_link_is_not_taken_over(netns):
 def saved(netns, tool="iptables-save"):
     return run(netns, tool)
 
+
+def test_the_migration_removes_every_chain_and_jump_an_old_version_left_and_nothing_else(netns):
+    """plugin/kernel/iptables_migration.py against what the old adapter (tests/legacy_iptables)
+    writes, with a rule of someone else's in the same chains."""
+    from plugin.kernel.iptables_migration import OldIptablesChains
+    net = Network(id="a" * 64, bridge="pt-br1", subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")),
+                                                          Subnet(ipaddress.ip_network("fd70:6201:9::/64"))))
+    IptablesFirewall("PBTI", netns=netns).sync([net])
+    run(netns, "iptables", "-A", "FORWARD", "-i", "other0", "-j", "ACCEPT")
+    assert "PBTI-" in saved(netns) and "PBTI-" in saved(netns, "ip6tables-save")
+    OldIptablesChains("PBTI", netns=netns).remove_all()
+    OldIptablesChains("PBTI", netns=netns).remove_all()            # again: nothing to do
+    assert "PBTI" not in saved(netns) and "PBTI" not in saved(netns, "ip6tables-save")
+    assert "-A FORWARD -i other0 -j ACCEPT" in saved(netns)
+
+
+# The tests below are of the old adapter itself (tests/legacy_iptables): what the upgrade
+# tests rely on it to write.
 
 def test_firewall_sync_is_whole_chain_and_idempotent(netns):
     fw = IptablesFirewall("PBTI", netns=netns)

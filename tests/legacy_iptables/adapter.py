@@ -1,7 +1,5 @@
-"""The iptables adapter of earlier versions (issue 9 replaced it with plugin.kernel.nft): whole-
-chain batches through iptables-restore --noflush. Kept for two things: removing the chains an
-older installation left (its remove_all runs at the first start of the new version), and the
-benchmark that sets it beside the nftables adapter.
+"""The iptables adapter of earlier versions (see this package): whole-chain batches through
+iptables-restore --noflush.
 
 Uses the same iptables binaries (and so the same nft/legacy backend) as dockerd on the host.
 Never one process per rule: a sync is at most one iptables-save and one iptables-restore per
@@ -15,9 +13,11 @@ import shutil
 import threading
 from typing import Iterable
 
-from ..domain.errors import KernelError
-from ..domain.model import Endpoint, Network
-from . import commands, rules
+from plugin.domain.errors import KernelError
+from plugin.domain.model import Endpoint, Network
+from plugin.kernel import commands
+
+from . import rules
 
 log = logging.getLogger(__name__)
 

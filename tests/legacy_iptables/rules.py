@@ -27,9 +27,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..domain.errors import KernelError
-from ..domain.model import Endpoint, Network
-from ..domain.naming import is_valid_ifname
+from plugin.domain.errors import KernelError
+from plugin.domain.model import Endpoint, Network
+from plugin.domain.naming import is_valid_ifname
 
 # What a token of iptables-restore input may contain: names, addresses, ports, flags. Whitespace,
 # newlines, quotes, '#' and '%' (and everything else) never reach the kernel tool.
