@@ -1,6 +1,6 @@
 """create_app(services) -> Flask. Routes, one error mapper, no import-time state.
 
-Protocol rules (see shared/protocol.md): dockerd sends no Content-Type and sometimes an empty
+Protocol rules (see docs/protocol.md): dockerd sends no Content-Type and sometimes an empty
 body; success is HTTP 200 with a JSON object; failure is HTTP 500 with {"Err": message} for
 both drivers; an unknown method is 404.
 """

@@ -1,4 +1,4 @@
-"""The plugin protocol as dockerd speaks it (shared/protocol.md), through Flask's test client:
+"""The plugin protocol as dockerd speaks it (docs/protocol.md), through Flask's test client:
 no Content-Type, empty bodies for handshakes, nulls, 200+JSON on success, 500+Err on failure,
 404 for unknown methods."""
 
@@ -173,7 +173,7 @@ def test_oversized_body_is_refused(client):
 
 
 def test_ipam_errors_use_http_500_with_err(client):
-    # IPAM reads "Error" on 200 responses, so a failure must never be 200 (protocol.md).
+    # IPAM reads "Error" on 200 responses, so a failure must never be 200 (docs/protocol.md).
     status, out = call(client, "IpamDriver.RequestAddress", {"PoolID": "nope", "Address": ""})
     assert status == 500 and "unknown pool" in out["Err"]
 
