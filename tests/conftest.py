@@ -9,6 +9,18 @@ from plugin.wiring import build_services
 
 from .fakes import FakeFirewall, FakeNetlink, FakeSysctl
 
+KINDS = ("unit", "integration", "e2e", "multihost", "dockerpy")
+
+
+def pytest_collection_modifyitems(items):
+    """Each test is marked with its kind, the directory it is in (markers: pyproject.toml)."""
+    for item in items:
+        parts = item.path.parts
+        kind = next((k for k in KINDS if k in parts[parts.index("tests") + 1:][:1]), None) \
+            if "tests" in parts else None
+        if kind:
+            item.add_marker(getattr(pytest.mark, kind))
+
 
 @pytest.fixture
 def fake_services(tmp_path):
