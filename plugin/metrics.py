@@ -21,14 +21,30 @@ import logging
 import socket
 import threading
 from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 if TYPE_CHECKING:
-    from .wiring import Services
+    from .dns.service import DnsService
+    from .dns.watcher import DockerWatcher
+    from .driver.context import Context
+    from .driver.restore import Doctor, Reconciler
+    from .driver.views import Views
+
+
+class MetricsSource(Protocol):
+    """What a scrape reads (plugin.wiring.Services has it): metrics depends on the parts, never
+    on the wiring that builds them."""
+
+    views: Views
+    ctx: Context
+    doctor: Doctor
+    reconciler: Reconciler
+    dns: DnsService | None
+    watcher: DockerWatcher | None
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +140,7 @@ class MetricsServer(ThreadingHTTPServer):
 
 
 class Metrics:
-    def __init__(self, services: "Services"):
+    def __init__(self, services: MetricsSource):
         self.registry = CollectorRegistry(auto_describe=False)
         self.rpc_seconds = Histogram("pybridge_rpc_duration_seconds",
                                      "Time pybridge took to answer a plugin call from dockerd, by method",
@@ -163,7 +179,7 @@ class Metrics:
 class StateCollector:
     """Read at each scrape; one store read for the networks, one for the pools."""
 
-    def __init__(self, services: "Services"):
+    def __init__(self, services: MetricsSource):
         self.services = services
 
     def collect(self):
@@ -259,7 +275,7 @@ class StateCollector:
         failures = CounterMetricFamily("pybridge_dns_forward_failures",
                                        "Forwarded DNS queries no upstream answered (or none was set), by network",
                                        labels=["network", "network_id"])
-        dns = self.services.ctx.dns
+        dns = self.services.dns
         if dns is not None:
             for nid, c in dns.server.counters().items():
                 for rcode, n in sorted(c["answered"].items()):
