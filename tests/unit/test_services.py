@@ -486,6 +486,7 @@ def test_the_published_port_index_follows_the_endpoints_and_is_built_for_older_s
     with store.transaction() as tx:       # what a version before the index left: no rows in it
         tx._c.execute("DELETE FROM bindings")
         tx._c.execute("DELETE FROM meta WHERE key = 'bindings'")
+        tx._c.execute("PRAGMA user_version = 2")          # the schema before the index
     store.close()
     store = Store(tmp_path / "s.db").open()
     with store.transaction() as tx:
