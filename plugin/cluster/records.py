@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..domain.addresses import parse_cidr, parse_ip
 from ..domain.errors import InvalidRequest, PybridgeError
-from ..domain.model import ContainerInfo
+from ..domain.model import ContainerInfo, Endpoint
 
 PREFIX = "/pybridge/v1/"
 VNI_FIRST, VNI_LAST = 4096, (1 << 24) - 1       # below 4096: left to the user's own VXLANs
@@ -186,6 +186,12 @@ class EndpointRecord:
 
     def to_json(self) -> str:
         return json.dumps({"mac": self.mac, "ipv4": self.ipv4, "ipv6": self.ipv6}, sort_keys=True)
+
+    @classmethod
+    def of(cls, endpoint: Endpoint) -> EndpointRecord:
+        """What other hosts learn of an endpoint here: its MAC and addresses."""
+        return cls(endpoint.mac, str(endpoint.address4.ip) if endpoint.address4 else "",
+                   str(endpoint.address6.ip) if endpoint.address6 else "")
 
 
 def _load(key: str, value: bytes) -> dict:

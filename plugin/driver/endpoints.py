@@ -71,9 +71,7 @@ class EndpointService:
         their VXLAN devices) from the record this writes in etcd."""
         if not network.cluster or self.ctx.cluster is None:
             return
-        self.ctx.cluster.publish_endpoint(network.cluster, endpoint.id, EndpointRecord(
-            endpoint.mac, str(endpoint.address4.ip) if endpoint.address4 else "",
-            str(endpoint.address6.ip) if endpoint.address6 else ""))
+        self.ctx.cluster.publish_endpoint(network.cluster, endpoint.id, EndpointRecord.of(endpoint))
 
     def _withdraw(self, network, endpoint_id: str) -> None:
         if network is not None and network.cluster and self.ctx.cluster is not None:

@@ -183,9 +183,7 @@ class NetworkService:
                 # the gateway's and aux addresses are the network's (in etcd with its record)
                 addresses = tuple((a, kind) for p in pools if p.cluster == n.cluster
                                   for _, a, kind in tx.list_leases(p.id) if kind != "gateway" and a not in aux)
-                endpoints = tuple((e.id, EndpointRecord(e.mac, str(e.address4.ip) if e.address4 else "",
-                                                        str(e.address6.ip) if e.address6 else ""))
-                                  for e in tx.list_endpoints(n.id))
+                endpoints = tuple((e.id, EndpointRecord.of(e)) for e in tx.list_endpoints(n.id))
                 names = tuple(self.ctx.dns.local_names(n.id)) if self.ctx.dns is not None else ()
                 out.append(LocalNetwork(n.cluster, record, addresses, endpoints, names))
         return out
