@@ -183,7 +183,7 @@ class FakeFirewall:
         self.syncs = 0
         self.changes = 0
         self.families = (4, 6)
-        self.foreign: list[str] = []
+        self._foreign: tuple[str, ...] = ()
         self.removed = False
         self._counted = FirewallCounters()
         self._vxlan: dict = {}
@@ -254,11 +254,12 @@ class FakeFirewall:
         return k
 
     # FirewallPort ----------------------------------------------------------------------
-    def sync(self, networks, endpoints=(), foreign=()):
+    def sync(self, networks, endpoints=(), foreign=None):
+        bridges = self._foreign if foreign is None else tuple(foreign)
         self.syncs += 1
         self._change(nftrules.full(self.table, self.mark,
-                                   nftrules.merge(nftrules.desired(networks, endpoints, foreign), self._vxlan)))
-        self.foreign = list(foreign)
+                                   nftrules.merge(nftrules.desired(networks, endpoints, bridges), self._vxlan)))
+        self._foreign = bridges
 
     def add_network(self, network):
         self.changes += 1
@@ -274,8 +275,10 @@ class FakeFirewall:
 
     def set_foreign(self, foreign, own=()):
         self.changes += 1
-        self._change(nftrules.set_foreign(self.table, foreign, own))
-        self.foreign = list(foreign)
+        mine = set(own)
+        bridges = tuple(b for b in foreign if b not in mine)
+        self._change(nftrules.set_foreign(self.table, bridges, own))
+        self._foreign = bridges
 
     def set_vxlan_members(self, port, members):
         self.changes += 1
@@ -317,9 +320,13 @@ class FakeFirewall:
             self._counted = dataclasses.replace(c, faults=c.faults + 1, last_fault=self.fault)
             raise KernelFault(f"firewall fault (see the plugin's log): {self.fault}")
 
-    def drift(self, networks, endpoints=(), foreign=()):
+    def foreign(self):
+        return self._foreign
+
+    def drift(self, networks, endpoints=()):
         self._maybe_fault()
-        return nftrules.drift(self.mark, nftrules.merge(nftrules.desired(networks, endpoints, foreign), self._vxlan),
+        return nftrules.drift(self.mark, nftrules.merge(nftrules.desired(networks, endpoints, self._foreign),
+                                                        self._vxlan),
                               self.listing())
 
     # for tests -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 
+from ..domain.errors import KernelError
 from .context import Context
 
 log = logging.getLogger(__name__)
@@ -18,28 +19,26 @@ class ForeignBridges:
     def __init__(self, ctx: Context):
         self.ctx = ctx
 
-    def refresh(self, tx) -> bool:
-        """Recompute ctx.foreign inside a transaction (so our own networks are as recorded).
-        True when it changed."""
-        own = [n.bridge for n in tx.list_networks()]
-        found = tuple(self.ctx.netlink.foreign_bridges(own))
-        changed = found != self.ctx.foreign
-        self.ctx.foreign = found
-        return changed
+    def found(self, tx) -> tuple[str, ...]:
+        """The bridges that are not ours now, inside a transaction (so our own networks are as
+        recorded). The firewall adapter keeps the set it isolates (FirewallPort.foreign)."""
+        return tuple(self.ctx.netlink.foreign_bridges([n.bridge for n in tx.list_networks()]))
 
     def on_change(self) -> None:
         """A bridge or an uplink route changed: isolate our networks from the bridges there are now.
-        Should the firewall refuse, the bridges known before are kept, so the next event retries."""
-        with self.ctx.store.transaction() as tx:
-            known = self.ctx.foreign
-            if self.refresh(tx):
-                log.info("bridges that are not ours: %s", ", ".join(self.ctx.foreign) or "none")
-                own = [n.bridge for n in tx.list_networks()]
-                try:
-                    self.ctx.change_firewall(tx, self.ctx.firewall.set_foreign, self.ctx.foreign, own)
-                except Exception:
-                    self.ctx.foreign = known
-                    raise
+        Should the firewall refuse, it keeps the bridges it had, so the next event retries; a
+        change that fails is a rewrite with the new set."""
+        ctx = self.ctx
+        with ctx.store.transaction() as tx:
+            found = self.found(tx)
+            if found == ctx.firewall.foreign() or ctx.lifecycle.retired:
+                return
+            log.info("bridges that are not ours: %s", ", ".join(found) or "none")
+            try:
+                ctx.firewall.set_foreign(found, [n.bridge for n in tx.list_networks()])
+            except KernelError as e:
+                log.warning("firewall change failed (%s): rewriting the table", e)
+                ctx.sync_firewall(tx, foreign=found)
 
     def start(self) -> None:
         threading.Thread(target=self._watch, name="pybridge-bridges", daemon=True).start()

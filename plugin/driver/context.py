@@ -20,7 +20,6 @@ class Context:
     prefix: str       # link-name prefix, e.g. "pb"
     reaper: ReaperPort              # deferred veth deletion
     dns: DnsPort | None = None      # None when the DNS is off
-    foreign: tuple[str, ...] = ()   # bridges on the host that are not ours (plugin.driver.bridges)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)    # retired: write nothing any more
     cluster: ClusterPort | None = None      # in cluster mode, else None
     overlay: OverlayPort | None = None      # VXLAN devices, in cluster mode
@@ -40,11 +39,12 @@ class Context:
         except Exception:
             logging.getLogger(__name__).exception("DNS reconcile failed")
 
-    def sync_firewall(self, tx: Tx) -> None:
-        """Rewrite our whole table from the state as this transaction sees it."""
+    def sync_firewall(self, tx: Tx, foreign: tuple[str, ...] | None = None) -> None:
+        """Rewrite our whole table from the state as this transaction sees it (and with these
+        bridges that are not ours; None: those the firewall holds)."""
         if self.lifecycle.retired:
             return
-        self.firewall.sync(tx.list_networks(), tx.list_endpoints(), foreign=self.foreign)
+        self.firewall.sync(tx.list_networks(), tx.list_endpoints(), foreign=foreign)
 
     def change_firewall(self, tx: Tx, change, *args) -> None:
         """One change of a few elements or chains, made after the transaction's state changed.

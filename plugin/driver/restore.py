@@ -113,12 +113,13 @@ class Reconciler:
                             report.removed_links.append(link.name)
                     except PybridgeError as e:
                         report.errors.append(str(e))
-            try:   # isolation from the bridges known so far holds even if this fails
-                self.bridges.refresh(tx)
+            foreign = None      # isolation from the bridges known so far holds if this fails
+            try:
+                foreign = self.bridges.found(tx)
             except PybridgeError as e:
                 report.errors.append(f"bridges: {e}")
             try:
-                ctx.sync_firewall(tx)
+                ctx.sync_firewall(tx, foreign=foreign)
             except PybridgeError as e:
                 report.errors.append(f"firewall: {e}")
             report.networks, report.endpoints = len(networks), len(endpoints)
@@ -204,10 +205,10 @@ class Doctor:
             if name.startswith(owned_link_prefixes(ctx.prefix)) and name not in claimed:
                 problems.append(f"link {name} is ours but no network or endpoint claims it")
         problems += [f"lease {ipaddress.ip_address(a)} in pool {p} has no endpoint" for p, a in orphans]
-        unisolated = set(ctx.netlink.foreign_bridges([n.bridge for n in networks])) - set(ctx.foreign)
+        unisolated = set(ctx.netlink.foreign_bridges([n.bridge for n in networks])) - set(ctx.firewall.foreign())
         problems += [f"firewall: bridge {b} is not ours and not isolated yet" for b in sorted(unisolated)]
         try:
-            problems += [f"firewall: {p}" for p in ctx.firewall.drift(networks, endpoints, ctx.foreign)]
+            problems += [f"firewall: {p}" for p in ctx.firewall.drift(networks, endpoints)]
         except PybridgeError as e:
             problems.append(f"firewall: cannot be checked: {e}")
         counted = ctx.firewall.counters()
@@ -226,7 +227,7 @@ class Doctor:
             networks, endpoints = tx.list_networks(), tx.list_endpoints()
         if ctx.lifecycle.retired:
             return []
-        problems = ctx.firewall.drift(networks, endpoints, ctx.foreign)
+        problems = ctx.firewall.drift(networks, endpoints)
         if problems:
             log.warning("firewall drift, rewriting our table: %s", problems)
             if exposing(problems) and not ctx.exposed:
@@ -237,7 +238,7 @@ class Doctor:
         if ctx.exposed:
             with ctx.store.reading() as tx:
                 networks, endpoints = tx.list_networks(), tx.list_endpoints()
-            if not exposing(ctx.firewall.drift(networks, endpoints, ctx.foreign)):
+            if not exposing(ctx.firewall.drift(networks, endpoints)):
                 self._reopen(networks, endpoints)
         return problems
 

@@ -64,6 +64,7 @@ class NftFirewall:
         self._monitors: list[socket.socket] = []     # the watch's notification sockets
         self._counters = FirewallCounters()
         self._count_lock = threading.Lock()
+        self._foreign: tuple[str, ...] = ()     # bridges that are not ours, set by set_foreign or sync
         self._vxlan: nftrules.Elements = {}     # cluster mode's VXLAN filter, set by set_vxlan_members
 
     # FirewallPort ------------------------------------------------------------------------
@@ -72,10 +73,12 @@ class NftFirewall:
         return version in (4, 6)    # one inet table filters both families
 
     def sync(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
-             foreign: Iterable[str] = ()) -> None:
+             foreign: Iterable[str] | None = None) -> None:
         """Replace our whole table in one transaction, and put the static iptables rule in place."""
+        bridges = self._foreign if foreign is None else tuple(foreign)
         self._change(nftrules.full(self.table, self.mark,
-                                   nftrules.merge(nftrules.desired(networks, endpoints, foreign), self._vxlan)))
+                                   nftrules.merge(nftrules.desired(networks, endpoints, bridges), self._vxlan)))
+        self._foreign = bridges
         self._contained(self.forward.ensure)()
         self.firewalld.ensure()
         if not self._migrated and self._migrate is not None:
@@ -92,7 +95,13 @@ class NftFirewall:
         self._change(nftrules.change_ports(self.table, network, before, after))
 
     def set_foreign(self, foreign: Iterable[str], own: Iterable[str] = ()) -> None:
-        self._change(nftrules.set_foreign(self.table, foreign, own))
+        mine = set(own)
+        bridges = tuple(b for b in foreign if b not in mine)
+        self._change(nftrules.set_foreign(self.table, bridges, own))
+        self._foreign = bridges
+
+    def foreign(self) -> tuple[str, ...]:
+        return self._foreign
 
     def set_vxlan_members(self, port: int, members: Iterable[tuple[int, str]]) -> None:
         """Cluster mode: VXLAN on `port` of network VNI only from the hosts named with it in
@@ -102,9 +111,8 @@ class NftFirewall:
         self._change(nftrules.set_vxlan(self.table, elements))
         self._vxlan = elements
 
-    def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
-              foreign: Iterable[str] = ()) -> list[str]:
-        problems = nftrules.drift(self.mark, nftrules.merge(nftrules.desired(networks, endpoints, foreign),
+    def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = ()) -> list[str]:
+        problems = nftrules.drift(self.mark, nftrules.merge(nftrules.desired(networks, endpoints, self._foreign),
                                                             self._vxlan), self.listing())
         return problems + self._contained(self.forward.problems)() + self.firewalld.problems()
 

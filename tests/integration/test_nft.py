@@ -41,21 +41,21 @@ def forward(netns):
 
 def test_changes_by_elements_keep_the_table_equal_to_the_state(fw, netns):
     fw.sync([], [], [])
-    assert fw.drift([], [], []) == []
+    assert fw.drift([], []) == []
     fw.add_network(NET)
     fw.add_network(NET)                                   # a retry doubles nothing
-    assert fw.drift([NET], [BARE], []) == []
+    assert fw.drift([NET], [BARE]) == []
     fw.change_ports(NET, BARE, EP)
-    assert fw.drift([NET], [EP], []) == []
+    assert fw.drift([NET], [EP]) == []
     assert "udp . 5353 : 53" in run(netns, "nft", "list", "map", "inet", "pbti", "port4_at").replace("127.0.0.1 . ", "")
     fw.change_ports(NET, EP, BARE)
-    assert fw.drift([NET], [BARE], []) == []
+    assert fw.drift([NET], [BARE]) == []
     fw.set_foreign(["docker0", "virbr0", "pt-br1"], ["pt-br1"])
-    assert fw.drift([NET], [BARE], ["docker0", "virbr0"]) == []
+    assert fw.drift([NET], [BARE]) == []
     with pytest.raises(KernelError):                      # withdrawn twice: the caller then syncs
         fw.change_ports(NET, EP, BARE)
     fw.remove_network(NET)
-    assert fw.drift([], [], ["docker0", "virbr0"]) == []
+    assert fw.drift([], []) == []
     fw.remove_all()
     assert "pbti" not in run(netns, "nft", "list", "tables")
 
@@ -65,12 +65,12 @@ def test_drift_names_each_element_and_chain_that_differs(fw, netns):
     run(netns, "nft", "delete", "element", "inet", "pbti", "to4_any", "{ tcp . 8080 }")
     run(netns, "nft", "add", "element", "inet", "pbti", "bridges", '{ "stray0" }')
     run(netns, "nft", "flush", "chain", "inet", "pbti", "forward")
-    problems = fw.drift([NET], [EP], [])
+    problems = fw.drift([NET], [EP])
     assert "to4_any: element tcp . 8080 : 10.200.9.2 is missing" in problems
     assert "bridges: element stray0 is not in the state" in problems
     assert "chain forward has 0 rules, expected 20" in problems, problems
     fw.sync([NET], [EP], [])
-    assert fw.drift([NET], [EP], []) == []
+    assert fw.drift([NET], [EP]) == []
 
 
 def test_the_static_rule_sits_after_docker_user_once_and_only_where_a_filter_table_is(fw, netns):
@@ -79,13 +79,13 @@ def test_the_static_rule_sits_after_docker_user_once_and_only_where_a_filter_tab
     run(netns, "iptables-nft", "-N", "DOCKER-USER")
     run(netns, "iptables-nft", "-A", "FORWARD", "-i", "other0", "-j", "ACCEPT")
     run(netns, "iptables-nft", "-I", "FORWARD", "1", "-j", "DOCKER-USER")
-    assert fw.drift([], [], []) == ["static rule in iptables-nft FORWARD is missing"]
+    assert fw.drift([], []) == ["static rule in iptables-nft FORWARD is missing"]
     fw.sync([], [], [])
     assert forward(netns)[:3] == ["-A FORWARD -j DOCKER-USER", STATIC, "-A FORWARD -i other0 -j ACCEPT"]
     run(netns, "iptables-nft", "-D", "FORWARD", "-j", "DOCKER-USER")
     run(netns, "iptables-nft", "-A", "FORWARD", "-j", "DOCKER-USER")    # moved below ours
     run(netns, "iptables-nft", "-A", "FORWARD", *STATIC.split()[2:])    # and ours doubled
-    assert fw.drift([], [], []) == ["static rule in iptables-nft FORWARD is misplaced or doubled"]
+    assert fw.drift([], []) == ["static rule in iptables-nft FORWARD is misplaced or doubled"]
     fw.sync([], [], [])
     rules = forward(netns)
     assert rules.count(STATIC) == 1 and rules.index("-A FORWARD -j DOCKER-USER") < rules.index(STATIC)
@@ -101,11 +101,11 @@ def test_the_static_rule_goes_from_a_forward_that_no_longer_needs_it(fw, netns):
     fw.sync([], [], [])
     assert forward(netns) == [STATIC]
     run(netns, "iptables-nft", "-P", "FORWARD", "ACCEPT")
-    assert fw.drift([], [], []) == ["static rule in iptables-nft FORWARD is no longer needed"]
+    assert fw.drift([], []) == ["static rule in iptables-nft FORWARD is no longer needed"]
     fw.sync([], [], [])
-    assert forward(netns) == [] and fw.drift([], [], []) == []
+    assert forward(netns) == [] and fw.drift([], []) == []
     run(netns, "iptables-nft", "-P", "FORWARD", "DROP")         # and back when it is needed again
-    assert fw.drift([], [], []) == ["static rule in iptables-nft FORWARD is missing"]
+    assert fw.drift([], []) == ["static rule in iptables-nft FORWARD is missing"]
     fw.sync([], [], [])
     assert forward(netns) == [STATIC]
 

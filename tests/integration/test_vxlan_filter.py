@@ -159,7 +159,7 @@ def test_only_the_kernels_vxlan_of_a_member_reaches_a_container(cluster):
     assert reaching_cB(n, lambda: craft(n, "C", "raw", UNDERLAY["C"], VNI, "member")) == {"member"}
     # changed behind our back: the drift names it
     ns(n["B"], "nft", "flush", "set", "inet", fws["B"].table, "vxlan_members4")
-    assert any("vxlan_members4" in p for p in fws["B"].drift([], [], []))
+    assert any("vxlan_members4" in p for p in fws["B"].drift([], []))
 
 
 def test_bridge_learns_nothing_over_vxlan(cluster):

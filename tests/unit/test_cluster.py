@@ -498,7 +498,7 @@ def test_the_firewall_takes_a_networks_vxlan_only_from_hosts_with_containers_on_
 
 def _state(h):
     with h.ctx.store.reading() as tx:
-        return tx.list_networks(), tx.list_endpoints(), h.ctx.foreign
+        return tx.list_networks(), tx.list_endpoints()
 
 
 def test_asking_twice_for_a_static_address_this_host_holds_keeps_it_claimed(hosts, kv):
