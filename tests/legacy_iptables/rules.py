@@ -23,44 +23,20 @@ Our chains, per address family, named <PREFIX>-<NAME>:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from plugin.domain.errors import KernelError
 from plugin.domain.model import Endpoint, Network
 from plugin.domain.naming import is_valid_ifname
+from plugin.kernel.commands import _SAFE_TOKEN, line, safe
+from plugin.kernel.iptables_migration import TABLES, Saved, chains
+from plugin.kernel.iptables_migration import parse_saved as parse_saved, removal_text as removal_text  # the adapter uses them
 
-# What a token of iptables-restore input may contain: names, addresses, ports, flags. Whitespace,
-# newlines, quotes, '#' and '%' (and everything else) never reach the kernel tool.
-_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.:/,+!\[\]-]+")
-
-TABLES = ("raw", "filter", "nat")
 BUILTINS = {"raw": ("PREROUTING", "OUTPUT"), "filter": ("INPUT", "FORWARD", "OUTPUT"),
             "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
 DNS_PORT = 53
 
 Rule = tuple  # the tokens of one rule: ("-A", chain, ...)
-
-
-def safe(token) -> str:
-    """A token of a rule, refused unless it is plainly one token."""
-    text = str(token)
-    if not _SAFE_TOKEN.fullmatch(text):
-        raise KernelError(f"refusing to write an unsafe token {text[:64]!r} into a firewall rule")
-    return text
-
-
-def line(tokens: Iterable) -> str:
-    """One rule line from its tokens, each checked."""
-    return " ".join(safe(t) for t in tokens)
-
-
-def chains(prefix: str) -> dict[str, list[str]]:
-    """Our chains per table."""
-    return {"raw": [f"{prefix}-PREROUTING", f"{prefix}-DNS"],
-            "filter": [f"{prefix}-ISOLATE", f"{prefix}-EGRESS", f"{prefix}-FORWARD"],
-            "nat": [f"{prefix}-POSTROUTING", f"{prefix}-DNAT"]}
 
 
 @dataclass(frozen=True)
@@ -246,27 +222,6 @@ def render(prefix: str, networks: Iterable[Network], version: int, endpoints: It
     return out
 
 
-# reading what the kernel holds (iptables-save output)
-Saved = dict[str, dict[str, list[tuple[str, ...]]]]   # table -> chain -> rules (tokens after "-A CHAIN")
-
-
-def parse_saved(saved: str) -> Saved:
-    tables: Saved = {}
-    table = None
-    for text in saved.splitlines():
-        if text.startswith("*"):
-            table = text[1:].strip()
-            tables.setdefault(table, {})
-        elif table is None:
-            continue
-        elif text.startswith(":"):
-            tables[table].setdefault(text[1:].split()[0], [])
-        elif text.startswith("-A "):
-            parts = text.split()
-            tables[table].setdefault(parts[1], []).append(tuple(parts[2:]))
-    return tables
-
-
 def _chain_exists(tables: Saved, table: str, chain: str) -> bool:
     return chain in BUILTINS.get(table, ()) or chain in tables.get(table, {})
 
@@ -323,24 +278,6 @@ def restore_text(prefix: str, rules: dict[str, list[Rule]], fixes: dict[str, lis
     """All of our tables, checked token by token (KernelError on an unsafe one)."""
     fixes = fixes or {}
     return "".join(table_text(prefix, t, rules.get(t, []), fixes.get(t, [])) for t in TABLES)
-
-
-def removal_text(prefix: str, tables: Saved) -> str:
-    """Remove every jump into our chains, then flush and delete the chains."""
-    own = {c for names in chains(prefix).values() for c in names}
-    out = []
-    for table in TABLES:
-        names = chains(prefix)[table]
-        lines = [f"*{table}"] + [f":{safe(name)} - [0:0]" for name in names]
-        for chain, rules in tables.get(table, {}).items():
-            if chain in own:
-                continue
-            lines += [line(("-D", chain, *r)) for r in rules if len(r) >= 2 and r[-2] in ("-j", "-g")
-                      and r[-1] in own and all(_SAFE_TOKEN.fullmatch(t) for t in r)]
-        lines += [line(("-X", name)) for name in names]
-        lines.append("COMMIT")
-        out.append("\n".join(lines) + "\n")
-    return "".join(out)
 
 
 def drift(prefix: str, wanted: dict[str, list[Rule]], tables: Saved) -> list[str]:
