@@ -1,12 +1,12 @@
 """Published ports through a real dockerd, shown by traffic from every side."""
 
-import os
+import json
 import pytest
 import socket
 import subprocess
 import sys
 
-from .dockerenv import STATE_DB, elements, free_port, free_subnet, sh, static_program, wait_for
+from .dockerenv import PLUGIN, elements, free_port, free_subnet, sh, static_program, wait_for
 from .test_connectivity import outside  # noqa: F401  (fixture)
 
 SERVER = ("sh", "-c", "while true; do echo pong | nc -l -p 80; done")
@@ -61,9 +61,22 @@ def udp_fetch(ip, port, ns=None, timeout=2.0):
     return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
 
 
+def _published_rows():
+    """(container address, "80/tcp", "0.0.0.0:8080/tcp") of every published port, as the host
+    command `pybridge ps` reports them from the running plugin."""
+    out = sh("/usr/local/bin/pybridge", "--name", PLUGIN, "ps", "--format", "json").stdout
+    rows = []
+    for e in json.loads(out):
+        for p in e["ports"]:
+            for address in (e["ipv4"], e["ipv6"]):
+                if address:
+                    rows.append((address.split("/")[0], p["container_port"],
+                                 f"{p['host']}/{p['container_port'].split('/')[1]}"))
+    return rows
+
+
 def published(endpoint_container_ip):
-    out = sh(sys.executable, "-m", "plugin", "ports", "--state-dir", os.path.dirname(STATE_DB)).stdout
-    return [line.split()[0] for line in out.splitlines() if f"-> {endpoint_container_ip}:" in line]
+    return sorted({host for ip, _, host in _published_rows() if ip == endpoint_container_ip})
 
 
 def test_published_port_answers_from_outside_host_hairpin_and_other_networks(dk, outside):
@@ -185,8 +198,7 @@ def test_publish_all_with_a_thousand_exposed_ports(dk):
     ip = dk.ip(web, net)
     rows = wait_for(lambda: (lambda r: r if len(r) == 1000 else None)(published(ip)), 30)
     assert rows and len(set(rows)) == 1000
-    listing = sh(sys.executable, "-m", "plugin", "ports", "--state-dir", os.path.dirname(STATE_DB)).stdout
-    host = next(l.split()[0] for l in listing.splitlines() if l.split()[2] == f"{ip}:80/tcp")
+    host = next(h for a, port80, h in _published_rows() if a == ip and port80 == "80/tcp")
     assert wait_for(lambda: fetch("127.0.0.1", int(host.split(":")[1].split("/")[0])) == "pong", 15)
     dk.run(net)   # another container starts normally
 
