@@ -50,7 +50,7 @@ def _view(services, stats: CallStats, method: str, handler):
         started = time.perf_counter()
         ok = False
         try:
-            if services.ctx.lifecycle.retired:
+            if services.lifecycle.retired:
                 raise PybridgeError("pybridge is being uninstalled")
             response = _reply(handler(services, _body()))
             ok = True
@@ -122,12 +122,12 @@ def create_app(services) -> Flask:
 
     @app.get("/pybridge/dns")
     def dns_overview():
-        dns = services.ctx.dns
+        dns = services.dns
         return _reply(dns.overview() if dns else {})
 
     @app.get("/pybridge/dns/<ref>/<what>")
     def dns_detail(ref, what):
-        dns = services.ctx.dns
+        dns = services.dns
         nid = dns.find(ref) if dns else None
         if nid is None or what not in ("records", "log"):
             return _reply({"Err": f"no DNS for network {ref[:64]!r}"}, 404)

@@ -30,8 +30,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 if TYPE_CHECKING:
     from .dns.service import DnsService
     from .dns.watcher import DockerWatcher
-    from .driver.context import Context
     from .driver.restore import Doctor, Reconciler
+    from .kernel.interfaces import FirewallPort
     from .driver.views import Views
 
 
@@ -40,7 +40,7 @@ class MetricsSource(Protocol):
     on the wiring that builds them."""
 
     views: Views
-    ctx: Context
+    firewall: FirewallPort
     doctor: Doctor
     reconciler: Reconciler
     dns: DnsService | None
@@ -216,7 +216,7 @@ class StateCollector:
 
         yield from self._dns(labels)
 
-        fw = s.ctx.firewall.counters()
+        fw = s.firewall.counters()
         yield CounterMetricFamily("pybridge_firewall_changes", "Changes written to pybridge's firewall table",
                                   value=fw.changes)
         yield CounterMetricFamily("pybridge_firewall_change_failures",

@@ -79,7 +79,7 @@ class PluginServer(BaseApplication):
         services.enable_metrics()
         services.start_background()
         app = create_app(services)
-        stats, dns = app.extensions["pybridge.stats"], services.ctx.dns
+        stats, dns = app.extensions["pybridge.stats"], services.dns
 
         def activity() -> int:      # plugin calls and DNS queries answered, since start
             queries = sum(sum(c["answered"].values()) for c in dns.server.counters().values()) if dns else 0

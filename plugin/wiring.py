@@ -10,16 +10,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .config import Settings
-from .driver.context import Context
+from .driver.bridges import ForeignBridges
 from .driver.endpoints import EndpointService
+from .driver.firewall import FirewallWriter
 from .driver.networks import NetworkService
+from .driver.ports import Lifecycle, LocalOnly, NetworkHooks
 from .driver.reaper import Reaper
 from .driver.restore import Doctor, Reconciler
 from .driver.views import Views
 from .ipam.service import IpamService
+from .kernel.interfaces import FirewallPort, NetlinkPort, OverlayPort, SysctlPort
 from .store.db import Store
 
 if TYPE_CHECKING:
+    from .cluster.service import ClusterService
     from .dns.service import DnsService
     from .dns.watcher import DockerWatcher
 
@@ -35,7 +39,13 @@ class MetricsPort(Protocol):
 @dataclass
 class Services:
     settings: Settings
-    ctx: Context
+    store: Store
+    netlink: NetlinkPort
+    firewall: FirewallPort
+    sysctl: SysctlPort
+    lifecycle: Lifecycle            # retired after uninstall (the HTTP layer refuses calls then)
+    reaper: Reaper
+    hooks: NetworkHooks             # cluster mode's steps in the use cases (LocalOnly: none)
     networks: NetworkService
     endpoints: EndpointService
     ipam: IpamService
@@ -45,6 +55,8 @@ class Services:
     dns: DnsService | None = None               # the DNS (the driver sees it as its DnsPort)
     watcher: DockerWatcher | None = None        # the Docker event watcher, once started (its reconnects)
     metrics: MetricsPort | None = None          # plugin.metrics.Metrics, made by enable_metrics()
+    cluster: ClusterService | None = None       # in cluster mode
+    overlay: OverlayPort | None = None          # the VXLAN adapter, in cluster mode
 
     def enable_metrics(self):
         """The Prometheus registry the HTTP layer feeds; served by start_background when the
@@ -63,8 +75,8 @@ class Services:
         # iptables-legacy poll alone); a table left damaged would leave its protections off
         threading.Thread(target=self._watch_firewall, name="pybridge-firewall-watchdog", daemon=True).start()
         self.reconciler.bridges.start()
-        if self.ctx.cluster is not None:
-            self.ctx.cluster.start()
+        if self.cluster is not None:
+            self.cluster.start()
         if not os.path.exists(self.settings.docker_socket):
             return
         from .dns.watcher import DockerWatcher
@@ -103,7 +115,7 @@ class Services:
                     retry.start()
         while True:
             try:
-                self.ctx.firewall.watch(heal, legacy_every=self.settings.firewall_check)
+                self.firewall.watch(heal, legacy_every=self.settings.firewall_check)
             except Exception:
                 logging.getLogger(__name__).exception("firewall watch (restarting in 1 s)")
             time.sleep(1)
@@ -137,8 +149,12 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
                          settings.dns_default_upstream, host=host, host_suffix=settings.host_dns_suffix)
         if host is not None:
             host.on_servers = dns.reconcile         # resolved's servers changed: new upstreams
+    lifecycle = Lifecycle()
+    writer = FirewallWriter(firewall, lifecycle)
+    hooks: NetworkHooks = LocalOnly()
     cluster = None
     if settings.clustered:
+        from .cluster.networks import ClusterNetworks
         from .cluster.service import ClusterService
         if kv is None:
             from .cluster.etcd import EtcdKV
@@ -147,19 +163,24 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
             from .kernel.vxlan import Vxlan
             overlay = Vxlan()
         cluster = ClusterService(kv, settings.cluster_address, settings.cluster_grace)
-    ctx = Context(store=store, netlink=netlink, firewall=firewall, sysctl=sysctl, prefix=settings.ifprefix,
-                  reaper=Reaper(netlink, synchronous=synchronous_teardown), dns=dns, cluster=cluster,
-                  overlay=overlay, underlay=settings.cluster_address, vxlan_port=settings.vxlan_port)
-    networks = NetworkService(ctx)
-    if cluster is not None:
-        cluster.local = networks.cluster_holdings
-        cluster.on_endpoints = networks.remote_peers_changed
-        cluster.on_clash = networks.address_clash
-        cluster.watch.on_loaded = networks.program_all_peers
+        on_cluster = ClusterNetworks(cluster, overlay, netlink, store, writer, settings.ifprefix,
+                                     settings.cluster_address, settings.vxlan_port,
+                                     dns.local_names if dns is not None else (lambda network_id: []))
+        on_cluster.listen()
+        hooks = on_cluster
         if dns is not None:
             cluster.on_names = dns.set_remote
             dns.on_local_names = cluster.publish_names
-    return Services(settings=settings, ctx=ctx, networks=networks, endpoints=EndpointService(ctx),
-                    ipam=IpamService(store, netlink.host_networks, settings.default_pools,
-                                     settings.default_pools6, cluster=cluster),
-                    reconciler=Reconciler(ctx, networks), doctor=Doctor(ctx), views=Views(ctx), dns=dns)
+    prefix = settings.ifprefix
+    reaper = Reaper(netlink, synchronous=synchronous_teardown)
+    networks = NetworkService(store, netlink, sysctl, writer, hooks, prefix, dns)
+    bridges = ForeignBridges(store, netlink, writer)
+    return Services(
+        settings=settings, store=store, netlink=netlink, firewall=firewall, sysctl=sysctl, lifecycle=lifecycle,
+        reaper=reaper, hooks=hooks, networks=networks,
+        endpoints=EndpointService(store, netlink, sysctl, writer, hooks, reaper, lifecycle, prefix),
+        ipam=IpamService(store, netlink.host_networks, settings.default_pools, settings.default_pools6,
+                         cluster=cluster),
+        reconciler=Reconciler(store, netlink, sysctl, writer, networks, bridges, lifecycle, prefix, dns),
+        doctor=Doctor(store, netlink, sysctl, writer, hooks, lifecycle, prefix, cluster),
+        views=Views(store, dns, cluster), dns=dns, cluster=cluster, overlay=overlay)

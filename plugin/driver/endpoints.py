@@ -7,23 +7,33 @@ moves the other end into the container and configures it from Join's answer.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from dataclasses import replace
 
-from ..cluster.records import EndpointRecord
 from ..domain.errors import KernelError, NotFound
+from ..domain.model import Endpoint, Network
 from ..domain.naming import veth_names
 from ..domain.options import endpoint_from_request
-from ..domain.ports import EPHEMERAL, assign, parse_portmap, split_routed
-from .context import Context, collect
+from ..domain.ports import EPHEMERAL, PortBinding, PortRequest, assign, parse_portmap, split_routed
+from ..kernel.interfaces import NetlinkPort, SysctlPort
+from ..store.db import Store, Tx
+from .firewall import FirewallWriter, collect
 from .locks import KeyedLocks
+from .ports import Lifecycle, NetworkHooks, ReaperPort
 
 log = logging.getLogger(__name__)
 
 
 class EndpointService:
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
+    def __init__(self, store: Store, netlink: NetlinkPort, sysctl: SysctlPort, firewall: FirewallWriter,
+                 hooks: NetworkHooks, reaper: ReaperPort, lifecycle: Lifecycle, prefix: str):
+        self.store = store
+        self.netlink = netlink
+        self.sysctl = sysctl
+        self.firewall = firewall
+        self.hooks = hooks              # cluster mode's steps (LocalOnly: none)
+        self.reaper = reaper            # deferred veth deletion
+        self.lifecycle = lifecycle      # .exposed: our table is damaged (see restore.Doctor)
+        self.prefix = prefix
         self.locks = KeyedLocks()
 
     def create(self, network_id: str, endpoint_id: str, *, address: str, address6: str,
@@ -31,54 +41,35 @@ class EndpointService:
         """The veth pair is made outside the store's lock (under this endpoint's own), so that
         endpoints of any network are made side by side; the record is written after it, in a
         transaction that checks the network is still there, and a failure removes the pair."""
-        ctx = self.ctx
         with self.locks.hold(endpoint_id):
-            with ctx.store.reading() as tx:
+            with self.store.reading() as tx:
                 network = tx.get_network(network_id)
                 if network is None:
                     raise NotFound(f"network {network_id[:12]} is not known to pybridge")
                 endpoint, chose_mac = endpoint_from_request(network, endpoint_id, address=address,
-                                                            address6=address6, mac=mac, prefix=ctx.prefix)
+                                                            address6=address6, mac=mac, prefix=self.prefix)
                 existing = tx.get_endpoint(endpoint_id)
             if existing is not None:  # a retried call: answer as the first time
                 endpoint = existing
             else:
-                ctx.netlink.create_veth(endpoint.host_ifname, endpoint.container_ifname,
-                                        network.bridge, network.mtu, endpoint.mac)
-                with self._cluster_change(network):
+                self.netlink.create_veth(endpoint.host_ifname, endpoint.container_ifname,
+                                         network.bridge, network.mtu, endpoint.mac)
+                with self.hooks.changing(network):   # (cluster: published and recorded as one step)
                     try:
-                        self._publish(network, endpoint)
-                        with ctx.store.transaction() as tx:
+                        self.hooks.endpoint_created(network, endpoint)
+                        with self.store.transaction() as tx:
                             if tx.get_network(network_id) != network:
                                 raise NotFound(f"network {network_id[:12]} went away while its endpoint was made")
                             tx.put_endpoint(endpoint)
                     except Exception:
-                        ctx.netlink.delete_link(endpoint.host_ifname)
-                        self._withdraw(network, endpoint_id)
+                        self.netlink.delete_link(endpoint.host_ifname)
+                        self.hooks.endpoint_deleted(network, endpoint_id)
                         raise
         log.info("endpoint %s created on network %s", endpoint_id[:12], network_id[:12])
         return {"Interface": {"MacAddress": endpoint.mac}} if chose_mac else {"Interface": {}}
 
-    def _cluster_change(self, network):
-        """A cluster network's endpoint is recorded in etcd and here as one step for the cluster's
-        resync (ClusterService.changing); other networks' endpoints never wait for it."""
-        if network is not None and network.cluster and self.ctx.cluster is not None:
-            return self.ctx.cluster.changing()
-        return nullcontext()
-
-    def _publish(self, network, endpoint) -> None:
-        """A cluster network's endpoint: the other hosts learn its MAC and addresses (and program
-        their VXLAN devices) from the record this writes in etcd."""
-        if not network.cluster or self.ctx.cluster is None:
-            return
-        self.ctx.cluster.publish_endpoint(network.cluster, endpoint.id, EndpointRecord.of(endpoint))
-
-    def _withdraw(self, network, endpoint_id: str) -> None:
-        if network is not None and network.cluster and self.ctx.cluster is not None:
-            self.ctx.cluster.withdraw_endpoint(network.cluster, endpoint_id)
-
     def join(self, network_id: str, endpoint_id: str, sandbox_key: str) -> dict:
-        with self.ctx.store.transaction() as tx:
+        with self.store.transaction() as tx:
             endpoint = tx.get_endpoint(endpoint_id)
             network = tx.get_network(network_id)
             if endpoint is None or network is None or endpoint.network_id != network_id:
@@ -101,8 +92,7 @@ class EndpointService:
         """Publish the container's ports (ProgramExternalConnectivity): all or nothing. dockerd
         29 calls it again whenever the container's gateway endpoints change (the same ports:
         nothing to do); ipv6=False when another endpoint is the container's IPv6 gateway."""
-        ctx = self.ctx
-        with ctx.store.transaction() as tx:
+        with self.store.transaction() as tx:
             endpoint, network = tx.get_endpoint(endpoint_id), tx.get_network(network_id)
             if endpoint is None or network is None:
                 raise NotFound(f"endpoint {endpoint_id[:12]} of network {network_id[:12]} is not known to pybridge")
@@ -121,15 +111,15 @@ class EndpointService:
             if bindings == endpoint.ports:
                 return
             self._advance(tx, requests, bindings)     # the requests' own bindings come first
-            if bindings and not ctx.exposed:    # (while our table is damaged: when it is back)
-                ctx.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
+            if bindings and not self.lifecycle.exposed:    # (while our table is damaged: when it is back)
+                self.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
             updated = replace(endpoint, ports=bindings)
             tx.put_endpoint(updated)
-            ctx.change_firewall(tx, ctx.firewall.change_ports, network, endpoint, updated)
+            self.firewall.change(tx, self.firewall.port.change_ports, network, endpoint, updated)
         log.info("endpoint %s publishes %s", endpoint_id[:12], ", ".join(map(str, bindings)))
 
     @staticmethod
-    def _pick_from(tx, endpoint) -> dict[str, int]:
+    def _pick_from(tx: Tx, endpoint: Endpoint) -> dict[str, int]:
         """Where free host ports are looked for: after the last one picked (so that the ports
         picked before are not probed again), or, for a container programmed again, from its own
         (so that it gets the same ones)."""
@@ -140,7 +130,7 @@ class EndpointService:
         return {**tx.port_cursors(), **own}
 
     @staticmethod
-    def _advance(tx, requests, bindings) -> None:
+    def _advance(tx: Tx, requests: list[PortRequest], bindings: tuple[PortBinding, ...]) -> None:
         picked: dict[str, int] = {}
         for r, b in zip(requests, bindings):
             if not r.host_port:
@@ -153,8 +143,7 @@ class EndpointService:
 
     def revoke(self, network_id: str, endpoint_id: str) -> None:
         """Withdraw the container's published ports (idempotent)."""
-        ctx = self.ctx
-        with ctx.store.transaction() as tx:
+        with self.store.transaction() as tx:
             endpoint = tx.get_endpoint(endpoint_id)
             if endpoint is None or not endpoint.ports:
                 return
@@ -162,7 +151,7 @@ class EndpointService:
             updated = replace(endpoint, ports=())
             tx.put_endpoint(updated)
             if network is not None:
-                ctx.change_firewall(tx, ctx.firewall.change_ports, network, endpoint, updated)
+                self.firewall.change(tx, self.firewall.port.change_ports, network, endpoint, updated)
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
         """libnetwork moves the interface back and DeleteEndpoint removes it; ports are withdrawn
@@ -170,32 +159,29 @@ class EndpointService:
         self.revoke(network_id, endpoint_id)
 
     def delete(self, network_id: str, endpoint_id: str) -> None:
-        ctx = self.ctx
         errors: list[str] = []
-        network = None
-        if ctx.cluster is not None:
-            with ctx.store.reading() as tx:
-                network = tx.get_network(network_id)
-        with self._cluster_change(network):
-            with ctx.store.transaction() as tx:
+        network: Network | None = None
+        with self.hooks.changing(network_id):   # (cluster: withdrawn and forgotten as one step)
+            with self.store.transaction() as tx:
                 endpoint = tx.get_endpoint(endpoint_id)
                 names = (endpoint.host_ifname, endpoint.container_ifname) if endpoint \
-                    else veth_names(ctx.prefix, endpoint_id)
-                collect(errors, ctx.reaper.delete, names)
-                network = None
+                    else veth_names(self.prefix, endpoint_id)
+                collect(errors, self.reaper.delete, names)
                 if endpoint is not None:
                     tx.delete_endpoint(endpoint_id)
                     network = tx.get_network(endpoint.network_id)
                     if network is not None and endpoint.ports:
-                        collect(errors, ctx.change_firewall, tx, ctx.firewall.change_ports, network, endpoint, None)
-            self._withdraw(network, endpoint_id)
+                        collect(errors, self.firewall.change, tx, self.firewall.port.change_ports, network,
+                                endpoint, None)
+            if network is not None:
+                self.hooks.endpoint_deleted(network, endpoint_id)
         if errors:
             raise KernelError(f"endpoint {endpoint_id[:12]} removed with errors: " + "; ".join(errors))
         if endpoint is not None:
             log.info("endpoint %s deleted", endpoint_id[:12])
 
     def oper_info(self, network_id: str, endpoint_id: str) -> dict:
-        with self.ctx.store.reading() as tx:
+        with self.store.reading() as tx:
             endpoint = tx.get_endpoint(endpoint_id)
         if endpoint is None:
             return {"Value": {}}

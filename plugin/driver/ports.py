@@ -1,14 +1,16 @@
-"""The ports the use cases (plugin/driver) need from the services beside them: the DNS, the
-cluster and the veth reaper. Each is a Protocol: the driver depends on these, never on
-plugin.dns or plugin.cluster, and tests/unit/test_interfaces.py checks that the real services
-have every member with the same parameters (as it does for the kernel adapters' ports)."""
+"""The ports the use cases (plugin/driver) need from what lies beside them: the DNS, the veth
+reaper, the optional steps of cluster mode (NetworkHooks) and the cluster's status for the host
+command. Each is a Protocol: the driver depends on these, never on plugin.dns or plugin.cluster,
+and tests/unit/test_interfaces.py checks that the real implementations have every member with
+the same parameters (as it does for the kernel adapters' ports)."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import ContextManager, Iterable, Protocol
 
-from ..cluster.records import EndpointRecord, NetRecord
-from ..domain.model import ContainerInfo
+from ..domain.errors import InvalidRequest
+from ..domain.model import ContainerInfo, Endpoint, Network
 from ..store.db import Tx
 
 Peers = dict[str, tuple[str, frozenset[str]]]      # mac -> (host, addresses)
@@ -26,24 +28,94 @@ class DnsPort(Protocol):
     def stop(self) -> None: ...
 
 
-class ClusterPort(Protocol):
-    """This host's part in a cluster of hosts sharing etcd (plugin.cluster.service)."""
+class ReaperPort(Protocol):
+    """Deletes veths off the plugin call's path (or at once, in tests)."""
 
-    def changing(self) -> ContextManager[None]: ...
-    def join_network(self, name: str, subnets: list[tuple[str, str]], mtu: int,
-                     aux: tuple[str, ...] = ()) -> NetRecord: ...
-    def leave_network(self, name: str) -> None: ...
-    def publish_endpoint(self, name: str, endpoint_id: str, record: EndpointRecord) -> None: ...
-    def withdraw_endpoint(self, name: str, endpoint_id: str) -> None: ...
+    def delete(self, names: Iterable[str]) -> None: ...
+
+
+class NetworkHooks(Protocol):
+    """The optional steps of the local use cases, which cluster mode fills in
+    (plugin.cluster.networks.ClusterNetworks; LocalOnly otherwise). Each takes domain objects and
+    decides for itself whether a network concerns it. The use cases call them in this order:
+
+    - create: changing(network) { join -> [store: bridge, attach, record] (on failure: detach, leave) };
+      changed(network)
+    - delete: changing(id) { [store: teardown, detach]; leave }; changed(network)
+    - endpoint create: changing(network) { endpoint_created -> [store: record] (on failure:
+      endpoint_deleted) }; endpoint delete: changing(id) { [store]; endpoint_deleted }
+    - restore: attach for every network, then changed(None)
+    """
+
+    def changing(self, network: Network | str) -> ContextManager[None]:
+        """Around a change of the network (or of the recorded network of this id) that must be
+        one step with the hooks' own writes."""
+        ...
+
+    def join(self, network: Network) -> Network:
+        """Before anything is made: the network as the hooks complete it (cluster: VNI, gateway
+        MAC and MTU from the cluster's record). Refuses what they cannot serve."""
+        ...
+
+    def attach(self, network: Network) -> None:
+        """After the bridge is up, in create and restore: the links the hooks put on it."""
+        ...
+
+    def links(self, network: Network) -> tuple[str, ...]:
+        """The links attach makes for the network (restore and doctor claim them)."""
+        ...
+
+    def detach(self, network: Network) -> None: ...
+    def leave(self, network: Network) -> None: ...
+    def changed(self, network: Network | None) -> None:
+        """The set of networks changed: this one was created or deleted (None: all restored)."""
+        ...
+
+    def endpoint_created(self, network: Network, endpoint: Endpoint) -> None: ...
+    def endpoint_deleted(self, network: Network, endpoint_id: str) -> None: ...
+
+
+class LocalOnly:
+    """NetworkHooks of a host that is in no cluster: nothing to add, and a cluster network is
+    refused."""
+
+    def changing(self, network: Network | str) -> ContextManager[None]:
+        return nullcontext()
+
+    def join(self, network: Network) -> Network:
+        if network.cluster:
+            raise InvalidRequest(f"{network.cluster!r}: pybridge.cluster needs cluster mode: set the plugin's "
+                                 "PYBRIDGE_CLUSTER_ETCD and PYBRIDGE_CLUSTER_ADDRESS")
+        return network
+
+    def attach(self, network: Network) -> None:
+        pass
+
+    def links(self, network: Network) -> tuple[str, ...]:
+        return ()
+
+    def detach(self, network: Network) -> None:
+        pass
+
+    def leave(self, network: Network) -> None:
+        pass
+
+    def changed(self, network: Network | None) -> None:
+        pass
+
+    def endpoint_created(self, network: Network, endpoint: Endpoint) -> None:
+        pass
+
+    def endpoint_deleted(self, network: Network, endpoint_id: str) -> None:
+        pass
+
+
+class ClusterView(Protocol):
+    """What the host command and doctor show of the cluster (plugin.cluster.service)."""
+
+    def snapshot(self) -> dict: ...
     def remote_peers(self, name: str) -> Peers: ...
     def remote_names(self, name: str) -> list[ContainerInfo]: ...
-    def snapshot(self) -> dict: ...
-    def start(self) -> None: ...
-
-    @property
-    def loaded(self) -> bool:
-        """Whether etcd was read once (until then the remote view is empty, not 'nobody')."""
-        ...
 
     @property
     def refused(self) -> int:
@@ -51,18 +123,16 @@ class ClusterPort(Protocol):
         ...
 
 
-class ReaperPort(Protocol):
-    """Deletes veths off the plugin call's path (or at once, in tests)."""
-
-    def delete(self, names: Iterable[str]) -> None: ...
-
-
 class Lifecycle:
-    """Whether this plugin instance has been uninstalled: the HTTP layer then refuses calls,
-    and nothing is written to the firewall any more (the watchdog would put the table back)."""
+    """This plugin instance's state as the use cases share it: `retired` once uninstalled (the
+    HTTP layer then refuses calls, and nothing is written to the firewall any more: the watchdog
+    would put the table back); `exposed` while our table (or a chain or set of it) is gone and
+    not yet back (what only its raw protections make safe is withheld meanwhile:
+    route_localnet, cluster VXLAN devices up; see restore.Doctor)."""
 
     def __init__(self) -> None:
         self.retired = False
+        self.exposed = False
 
     def retire(self) -> None:
         self.retired = True

@@ -13,10 +13,14 @@ import time
 from dataclasses import dataclass, field
 
 from ..domain.errors import PybridgeError
-from ..domain.naming import owned_link_prefixes, vxlan_name
+from ..domain.model import Endpoint, Network
+from ..domain.naming import owned_link_prefixes
+from ..kernel.interfaces import NetlinkPort, SysctlPort
+from ..store.db import Store, Tx
 from .bridges import ForeignBridges
-from .context import Context
+from .firewall import FirewallWriter
 from .networks import NetworkService
+from .ports import ClusterView, DnsPort, Lifecycle, NetworkHooks
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ log = logging.getLogger(__name__)
 LEASE_GRACE = 60.0   # seconds between dockerd's RequestAddress and its CreateEndpoint
 
 
-def orphan_leases(tx, grace: float) -> list[tuple[str, int]]:
+def orphan_leases(tx: Tx, grace: float) -> list[tuple[str, int]]:
     """Endpoint leases (dynamic or static) that no recorded endpoint of the pool's network holds,
     older than grace: left by a ReleaseAddress that failed while the plugin was down. Pools no
     recorded network uses (yet) are left alone, and so are gateway and aux addresses: libnetwork
@@ -68,15 +72,23 @@ class Report:
 
 
 class Reconciler:
-    def __init__(self, ctx: Context, networks: NetworkService):
-        self.ctx = ctx
-        self.networks = networks
-        self.bridges = ForeignBridges(ctx)
+    def __init__(self, store: Store, netlink: NetlinkPort, sysctl: SysctlPort, firewall: FirewallWriter,
+                 networks: NetworkService, bridges: ForeignBridges, lifecycle: Lifecycle, prefix: str,
+                 dns: DnsPort | None = None):
+        self.store = store
+        self.netlink = netlink
+        self.sysctl = sysctl
+        self.firewall = firewall
+        self.networks = networks        # create's steps, run again (ensure_kernel), and its hooks
+        self.bridges = bridges
+        self.lifecycle = lifecycle
+        self.prefix = prefix
+        self.dns = dns
         self.healed: dict[str, int] = {}    # what restore and gc repaired since start, by kind
 
     def restore(self, lease_grace: float = LEASE_GRACE) -> Report:
-        ctx, report = self.ctx, Report()
-        with ctx.store.transaction() as tx:
+        report, hooks = Report(), self.networks.hooks
+        with self.store.transaction() as tx:
             report.unreadable_rows = tx.unreadable()
             for row in report.unreadable_rows:
                 log.error("restore skips %s (doctor lists it; remove the network or fix the row)", row)
@@ -100,16 +112,16 @@ class Reconciler:
             by_id = {n.id: n for n in networks}
             for bridge in sorted({by_id[ep.network_id].bridge for ep in endpoints if ep.ports}):
                 try:  # loopback access to published ports (lost with a re-created bridge)
-                    ctx.sysctl.ensure("1", "net", "ipv4", "conf", bridge, "route_localnet")
+                    self.sysctl.ensure("1", "net", "ipv4", "conf", bridge, "route_localnet")
                 except PybridgeError as e:
                     report.errors.append(str(e))
-            claimed = {n.bridge for n in networks} | {vxlan_name(ctx.prefix, n.vni) for n in networks if n.cluster}
+            claimed = {n.bridge for n in networks} | {name for n in networks for name in hooks.links(n)}
             claimed |= {name for ep in endpoints for name in (ep.host_ifname, ep.container_ifname)}
-            prefixes = owned_link_prefixes(ctx.prefix)
-            for link in ctx.netlink.links():
+            prefixes = owned_link_prefixes(self.prefix)
+            for link in self.netlink.links():
                 if link.name.startswith(prefixes) and link.name not in claimed:
                     try:
-                        if ctx.netlink.delete_link(link.name):
+                        if self.netlink.delete_link(link.name):
                             report.removed_links.append(link.name)
                     except PybridgeError as e:
                         report.errors.append(str(e))
@@ -119,15 +131,15 @@ class Reconciler:
             except PybridgeError as e:
                 report.errors.append(f"bridges: {e}")
             try:
-                ctx.sync_firewall(tx, foreign=foreign)
+                self.firewall.sync(tx, foreign=foreign)
             except PybridgeError as e:
                 report.errors.append(f"firewall: {e}")
             report.networks, report.endpoints = len(networks), len(endpoints)
         try:
-            self.networks.restore_vxlan_filter()
+            hooks.changed(None)     # (cluster: the VXLAN filter as it was, before etcd is read)
         except PybridgeError as e:
             report.errors.append(f"firewall: VXLAN filter: {e}")
-        ctx.networks_changed()
+        self.networks.networks_changed()
         for kind, items in (("links_removed", report.removed_links), ("leases_released", report.released_leases),
                             ("endpoints_dropped", report.dropped_endpoints)):
             if items:
@@ -141,11 +153,10 @@ class Reconciler:
         DNS, delete our table and static rules, our bridges and veths (a user's bridge that a
         network adopted stays, without our addresses). The state stays (the script keeps or
         deletes it)."""
-        ctx = self.ctx
-        ctx.lifecycle.retire()
-        if ctx.dns is not None:
-            ctx.dns.stop()
-        with ctx.store.reading() as tx:
+        self.lifecycle.retire()
+        if self.dns is not None:
+            self.dns.stop()
+        with self.store.reading() as tx:
             networks = tx.list_networks()
         bridges = {n.bridge for n in networks if n.bridge_owned}
         removed, errors = [], []
@@ -154,19 +165,19 @@ class Reconciler:
         for n in networks:
             if not n.bridge_owned:
                 try:
-                    ctx.netlink.remove_addresses(n.bridge, n.gateways())
+                    self.netlink.remove_addresses(n.bridge, n.gateways())
                 except PybridgeError as e:
                     errors.append(str(e))
-        prefixes = owned_link_prefixes(ctx.prefix)
-        for link in ctx.netlink.links():
+        prefixes = owned_link_prefixes(self.prefix)
+        for link in self.netlink.links():
             if link.name.startswith(prefixes) or link.name in bridges:
                 try:
-                    if ctx.netlink.delete_link(link.name):
+                    if self.netlink.delete_link(link.name):
                         removed.append(link.name)
                 except PybridgeError as e:
                     errors.append(str(e))
         try:
-            ctx.firewall.remove_all()
+            self.firewall.port.remove_all()
         except PybridgeError as e:
             errors.append(f"firewall: {e}")
         log.warning("uninstalling: removed our firewall table and rules, links %s", removed)
@@ -176,107 +187,111 @@ class Reconciler:
 class Doctor:
     """Compares state with the kernel (links, addresses, rules), and heals the firewall."""
 
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
+    def __init__(self, store: Store, netlink: NetlinkPort, sysctl: SysctlPort, firewall: FirewallWriter,
+                 hooks: NetworkHooks, lifecycle: Lifecycle, prefix: str, cluster: ClusterView | None = None):
+        self.store = store
+        self.netlink = netlink
+        self.sysctl = sysctl
+        self.firewall = firewall
+        self.hooks = hooks              # the links they put on bridges are ours too
+        self.lifecycle = lifecycle      # .exposed is set here
+        self.prefix = prefix
+        self.cluster = cluster          # its refused records are a problem to report
         self.healed: dict[str, int] = {}    # firewall rewrites after drift, since start
 
     def examine(self, lease_grace: float = LEASE_GRACE) -> dict:
-        ctx = self.ctx
-        with ctx.store.reading() as tx:
+        fw = self.firewall.port
+        with self.store.reading() as tx:
             networks, endpoints = tx.list_networks(), tx.list_endpoints()
             orphans = orphan_leases(tx, lease_grace)
             problems = [f"state: {row}" for row in tx.unreadable()]
-        links = {l.name: l for l in ctx.netlink.links()}
+        links = {l.name: l for l in self.netlink.links()}
         claimed = set()
         for n in networks:
             claimed.add(n.bridge)
-            if n.cluster:
-                claimed.add(vxlan_name(ctx.prefix, n.vni))
+            claimed.update(self.hooks.links(n))
             if n.bridge not in links:
                 problems.append(f"network {n.id[:12]}: bridge {n.bridge} is missing")
                 continue
-            present = ctx.netlink.addresses(n.bridge)
+            present = self.netlink.addresses(n.bridge)
             for gw in n.gateways():
                 if str(gw) not in present:
                     problems.append(f"network {n.id[:12]}: bridge {n.bridge} lacks address {gw}")
         for ep in endpoints:
             claimed |= {ep.host_ifname, ep.container_ifname}
         for name in links:
-            if name.startswith(owned_link_prefixes(ctx.prefix)) and name not in claimed:
+            if name.startswith(owned_link_prefixes(self.prefix)) and name not in claimed:
                 problems.append(f"link {name} is ours but no network or endpoint claims it")
         problems += [f"lease {ipaddress.ip_address(a)} in pool {p} has no endpoint" for p, a in orphans]
-        unisolated = set(ctx.netlink.foreign_bridges([n.bridge for n in networks])) - set(ctx.firewall.foreign())
+        unisolated = set(self.netlink.foreign_bridges([n.bridge for n in networks])) - set(fw.foreign())
         problems += [f"firewall: bridge {b} is not ours and not isolated yet" for b in sorted(unisolated)]
         try:
-            problems += [f"firewall: {p}" for p in ctx.firewall.drift(networks, endpoints)]
+            problems += [f"firewall: {p}" for p in fw.drift(networks, endpoints)]
         except PybridgeError as e:
             problems.append(f"firewall: cannot be checked: {e}")
-        counted = ctx.firewall.counters()
+        counted = fw.counters()
         if counted.faults:
             problems.append(f"firewall: {counted.faults} fault(s) since start, the last: {counted.last_fault}")
-        if ctx.cluster is not None and ctx.cluster.refused:
-            problems.append(f"cluster: {ctx.cluster.refused} record(s) in etcd are not what pybridge writes "
+        if self.cluster is not None and self.cluster.refused:
+            problems.append(f"cluster: {self.cluster.refused} record(s) in etcd are not what pybridge writes "
                             "and were left out (the log quotes each)")
         return {"networks": len(networks), "endpoints": len(endpoints), "problems": problems}
 
     def heal_firewall(self) -> list[str]:
         """Rewrite our table if it drifted (flushed, deleted, elements or static rules gone).
         Returns the drift."""
-        ctx = self.ctx
-        with ctx.store.reading() as tx:
+        with self.store.reading() as tx:
             networks, endpoints = tx.list_networks(), tx.list_endpoints()
-        if ctx.lifecycle.retired:
+        if self.lifecycle.retired:
             return []
-        problems = ctx.firewall.drift(networks, endpoints)
+        problems = self.firewall.port.drift(networks, endpoints)
         if problems:
             log.warning("firewall drift, rewriting our table: %s", problems)
-            if exposing(problems) and not ctx.exposed:
+            if exposing(problems) and not self.lifecycle.exposed:
                 self._close(networks)
-            with ctx.store.transaction() as tx:
-                ctx.sync_firewall(tx)
+            with self.store.transaction() as tx:
+                self.firewall.sync(tx)
             self.healed["firewall"] = self.healed.get("firewall", 0) + 1
-        if ctx.exposed:
-            with ctx.store.reading() as tx:
+        if self.lifecycle.exposed:
+            with self.store.reading() as tx:
                 networks, endpoints = tx.list_networks(), tx.list_endpoints()
-            if not exposing(ctx.firewall.drift(networks, endpoints)):
+            if not exposing(self.firewall.port.drift(networks, endpoints)):
                 self._reopen(networks, endpoints)
         return problems
 
-    def _close(self, networks) -> None:
+    def _close(self, networks: list[Network]) -> None:
         """Our table's raw and out chains are what stop a container from reaching the host's
         127.0.0.0/8 through a bridge with route_localnet, and what keeps others' VXLAN off a
         cluster network: while they are gone, route_localnet is off on our bridges (ports
         published on a loopback address pause) and our VXLAN devices are down."""
-        ctx = self.ctx
-        ctx.exposed = True
+        self.lifecycle.exposed = True
         log.error("our firewall table is damaged: loopback-published ports and cluster VXLAN are off "
                   "until it is back")
         for n in networks:
             try:
-                ctx.sysctl.ensure("0", "net", "ipv4", "conf", n.bridge, "route_localnet")
+                self.sysctl.ensure("0", "net", "ipv4", "conf", n.bridge, "route_localnet")
             except PybridgeError as e:
                 log.error("network %s: %s", n.id[:12], e)
             try:
-                if n.cluster:
-                    ctx.netlink.set_link_up(vxlan_name(ctx.prefix, n.vni), False)
+                for name in self.hooks.links(n):
+                    self.netlink.set_link_up(name, False)
             except PybridgeError as e:
                 log.error("network %s: %s", n.id[:12], e)
 
-    def _reopen(self, networks, endpoints) -> None:
-        ctx = self.ctx
+    def _reopen(self, networks: list[Network], endpoints: list[Endpoint]) -> None:
         published = {ep.network_id for ep in endpoints if ep.ports}
         failed = False
         for n in networks:
             try:
                 if n.id in published:
-                    ctx.sysctl.ensure("1", "net", "ipv4", "conf", n.bridge, "route_localnet")
-                if n.cluster:
-                    ctx.netlink.set_link_up(vxlan_name(ctx.prefix, n.vni), True)
+                    self.sysctl.ensure("1", "net", "ipv4", "conf", n.bridge, "route_localnet")
+                for name in self.hooks.links(n):
+                    self.netlink.set_link_up(name, True)
             except PybridgeError as e:
                 failed = True
                 log.error("network %s: %s", n.id[:12], e)
         if not failed:
-            ctx.exposed = False
+            self.lifecycle.exposed = False
             log.warning("our firewall table is back: loopback-published ports and cluster VXLAN are on again")
 
 

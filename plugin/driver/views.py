@@ -5,7 +5,8 @@ store read each, no call to dockerd."""
 from __future__ import annotations
 
 from ..domain.naming import DEFAULT_HOST_SUFFIX, host_domain
-from .context import Context
+from ..store.db import Store
+from .ports import ClusterView, DnsPort
 
 
 def _host_address(binding) -> str:
@@ -14,29 +15,30 @@ def _host_address(binding) -> str:
 
 
 class Views:
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
+    def __init__(self, store: Store, dns: DnsPort | None = None, cluster: ClusterView | None = None):
+        self.store = store
+        self.dns = dns
+        self.cluster_view = cluster
 
     def _learned(self) -> dict:
-        dns = self.ctx.dns
-        return dns.learned_view() if dns is not None else {}
+        return self.dns.learned_view() if self.dns is not None else {}
 
     def networks(self) -> list[dict]:
         learned = self._learned()
-        with self.ctx.store.reading() as tx:
+        with self.store.reading() as tx:
             networks, endpoints = tx.list_networks(), tx.list_endpoints()
         count: dict[str, int] = {}
         for e in endpoints:
             count[e.network_id] = count.get(e.network_id, 0) + 1
         return [{"id": n.id, "name": learned.get(n.id, ("", []))[0], "bridge": n.bridge,
                  "subnets": [str(p) for p in n.pools()], "gateways": [str(g.ip) for g in n.gateways()],
-                 "internal": n.internal, "dns": self.ctx.dns is not None and bool(n.gateways()),
+                 "internal": n.internal, "dns": self.dns is not None and bool(n.gateways()),
                  "endpoints": count.get(n.id, 0)} for n in networks]
 
     def endpoints(self) -> list[dict]:
         learned = self._learned()
-        suffix = getattr(self.ctx.dns, "host_suffix", DEFAULT_HOST_SUFFIX)
-        with self.ctx.store.reading() as tx:
+        suffix = getattr(self.dns, "host_suffix", DEFAULT_HOST_SUFFIX)
+        with self.store.reading() as tx:
             endpoints = tx.list_endpoints()
         out = []
         for e in endpoints:
@@ -56,11 +58,11 @@ class Views:
     def cluster(self) -> dict:
         """Cluster mode: this host, whether etcd answers, and per cluster network its VNI, bridge,
         local endpoints and the other hosts' containers programmed here."""
-        cluster = self.ctx.cluster
+        cluster = self.cluster_view
         if cluster is None:
             return {"enabled": False}
         learned = self._learned()
-        with self.ctx.store.reading() as tx:
+        with self.store.reading() as tx:
             networks = [n for n in tx.list_networks() if n.cluster]
             local = {n.id: len(tx.list_endpoints(n.id)) for n in networks}
         state = cluster.snapshot()

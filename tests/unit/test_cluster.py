@@ -58,9 +58,9 @@ def hosts(tmp_path, kv):
     made = [make_host(tmp_path, kv, n) for n in (1, 2, 3)]
     yield made
     for h in made:
-        if h.ctx.cluster is not None:
-            h.ctx.cluster.stop()        # its threads use the store: they end before it closes
-        h.ctx.store.close()
+        if h.cluster is not None:
+            h.cluster.stop()        # its threads use the store: they end before it closes
+        h.store.close()
 
 
 def nid(n: int) -> str:
@@ -107,15 +107,15 @@ def test_one_record_per_cluster_network_with_the_same_vni_and_gateway_mac_everyw
     a, b, _ = hosts
     create_cluster_net(a, nid(1))
     create_cluster_net(b, nid(2))
-    with a.ctx.store.reading() as tx:
+    with a.store.reading() as tx:
         na = tx.get_network(nid(1))
-    with b.ctx.store.reading() as tx:
+    with b.store.reading() as tx:
         nb = tx.get_network(nid(2))
     assert na.vni == nb.vni >= r.VNI_FIRST and na.mac == nb.mac == "02:42:0a:cd:00:01"
     assert na.mtu == nb.mtu == 1450                       # 1500 of the underlay, minus VXLAN's 50
     vx = f"pt{'x'}{na.vni}"
-    assert a.ctx.netlink.devices[vx].master == na.bridge and b.ctx.netlink.devices[vx].master == nb.bridge
-    assert a.ctx.netlink.devices[na.bridge].mac == b.ctx.netlink.devices[nb.bridge].mac == na.mac
+    assert a.netlink.devices[vx].master == na.bridge and b.netlink.devices[vx].master == nb.bridge
+    assert a.netlink.devices[na.bridge].mac == b.netlink.devices[nb.bridge].mac == na.mac
     members, _ = kv.range(r.member_prefix("web"))
     assert set(members) == {r.member_key("web", a.address), r.member_key("web", b.address)}
 
@@ -126,8 +126,8 @@ def test_another_subnet_under_the_same_name_is_refused_and_leaves_nothing(hosts,
     before = dict(kv.data)
     with pytest.raises(Conflict, match="cluster network web has 10.205.0.0/24"):
         create_cluster_net(b, nid(2), subnet="10.205.1.0/24", gateway="10.205.1.1/24")
-    assert b.ctx.netlink.devices == {} and dict(kv.data) == before
-    with b.ctx.store.reading() as tx:
+    assert b.netlink.devices == {} and dict(kv.data) == before
+    with b.store.reading() as tx:
         assert tx.list_networks() == []
 
 
@@ -142,7 +142,7 @@ def test_cluster_option_needs_cluster_mode_and_pybridge_ipam(tmp_path, kv):
     plain = make_host(tmp_path, kv, 9, clustered=False)
     with pytest.raises(InvalidRequest, match="needs cluster mode"):
         create_cluster_net(plain, nid(1))
-    assert plain.ctx.netlink.devices == {}
+    assert plain.netlink.devices == {}
     h = make_host(tmp_path, kv, 8)
     with pytest.raises(InvalidRequest, match="needs pybridge's IPAM"):
         h.networks.create(nid(2), {"pybridge.cluster": "web"}, ipv6=False, internal=False,
@@ -153,7 +153,7 @@ def test_cluster_option_needs_cluster_mode_and_pybridge_ipam(tmp_path, kv):
             create_cluster_net(h, nid(3), name=bad)
     with pytest.raises(InvalidRequest, match="at most 1450"):
         create_cluster_net(h, nid(4), **{"com.docker.network.driver.mtu": "1500"})
-    assert kv.data == {} and h.ctx.netlink.devices == {}
+    assert kv.data == {} and h.netlink.devices == {}
 
 
 def test_concurrent_allocation_on_three_hosts_never_hands_out_an_address_twice(hosts, kv):
@@ -183,7 +183,7 @@ def test_a_host_with_a_stale_view_still_gets_only_free_addresses(hosts, kv, monk
     pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
     mine = {a.ipam.request_address(pa, "", {}) for _ in range(5)}
     real_range = kv.range
-    monkeypatch.setattr(b.ctx.cluster.kv, "range",
+    monkeypatch.setattr(b.cluster.kv, "range",
                         lambda prefix: ({}, 0) if prefix == r.addr_prefix("web") else real_range(prefix))
     theirs = {b.ipam.request_address(pb, "", {}) for _ in range(5)}
     assert not mine & theirs and "10.205.0.1/24" not in theirs
@@ -195,27 +195,27 @@ def test_a_static_address_another_host_holds_is_refused(hosts):
     assert a.ipam.request_address(pa, "10.205.0.50", {}) == "10.205.0.50/24"
     with pytest.raises(Conflict, match="10.205.0.50 is already in use in cluster network web"):
         b.ipam.request_address(pb, "10.205.0.50", {})
-    with b.ctx.store.reading() as tx:
+    with b.store.reading() as tx:
         assert tx.list_leases(pb) == [(pb, int(ipaddress.ip_address("10.205.0.1")), "gateway")]
 
 
 def test_endpoints_reach_the_other_hosts_vxlan_and_go_with_the_host(hosts, kv):
     a, b, _ = hosts
     pa, _ = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
-    b.ctx.cluster.start()
+    b.cluster.start()
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
-    with b.ctx.store.reading() as tx:
+    with b.store.reading() as tx:
         vx = f"ptx{tx.get_network(nid(2)).vni}"
     ip = addr.split("/")[0]
     mac = "02:42:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
-    wait_until(lambda: b.ctx.overlay.peers(vx) == {mac: (a.address, frozenset({ip}))}, what="B learns A's container")
+    wait_until(lambda: b.overlay.peers(vx) == {mac: (a.address, frozenset({ip}))}, what="B learns A's container")
     a.endpoints.delete(nid(1), "e1" * 32)
-    wait_until(lambda: b.ctx.overlay.peers(vx) == {}, what="B forgets it when it is deleted")
+    wait_until(lambda: b.overlay.peers(vx) == {}, what="B forgets it when it is deleted")
     a.endpoints.create(nid(1), "e2" * 32, address=addr, address6="", mac="")
-    wait_until(lambda: mac in b.ctx.overlay.peers(vx), what="B learns it again")
-    kv.expire(a.ctx.cluster._lease)                 # A died: its lease runs out after the grace
-    wait_until(lambda: b.ctx.overlay.peers(vx) == {}, what="B drops a dead host's containers")
+    wait_until(lambda: mac in b.overlay.peers(vx), what="B learns it again")
+    kv.expire(a.cluster._lease)                 # A died: its lease runs out after the grace
+    wait_until(lambda: b.overlay.peers(vx) == {}, what="B drops a dead host's containers")
     held, _ = kv.range(r.addr_prefix("web"))
     assert r.addr_key("web", int(ipaddress.ip_address(ip))) not in held     # its address is free again
 
@@ -246,11 +246,11 @@ def test_names_of_other_hosts_are_answered_by_the_local_dns(hosts):
     create_cluster_net(a, nid(1))
     create_cluster_net(b, nid(2))
     server = Snapshots()
-    dns_b = DnsService(b.ctx.store, server, default_upstream="")
+    dns_b = DnsService(b.store, server, default_upstream="")
     dns_b.reconcile()
-    b.ctx.cluster.on_names = dns_b.set_remote
-    b.ctx.cluster.start()
-    a.ctx.cluster.start()
+    b.cluster.on_names = dns_b.set_remote
+    b.cluster.start()
+    a.cluster.start()
 
     def asked(name):
         snap = server.snapshots.get(nid(2))
@@ -258,11 +258,11 @@ def test_names_of_other_hosts_are_answered_by_the_local_dns(hosts):
         msg = dns.message.from_wire(reply.reply)
         return msg.rcode(), sorted(r.to_text() for rr in msg.answer for r in rr)
     c = ContainerInfo("c1" * 32, "web1", ("www",), "10.205.0.9", "")
-    assert a.ctx.cluster.claim("web", int(ipaddress.ip_address("10.205.0.9")), "static")   # A holds it
-    a.ctx.cluster.publish_names("web", [c])
+    assert a.cluster.claim("web", int(ipaddress.ip_address("10.205.0.9")), "static")   # A holds it
+    a.cluster.publish_names("web", [c])
     wait_until(lambda: asked("web1") == (dns.rcode.NOERROR, ["10.205.0.9"]), what="B's DNS answers A's name")
     assert asked("www") == (dns.rcode.NOERROR, ["10.205.0.9"])
-    a.ctx.cluster.publish_names("web", [])
+    a.cluster.publish_names("web", [])
     wait_until(lambda: asked("web1")[0] == dns.rcode.REFUSED, what="B's DNS forgets it")
 
 
@@ -274,7 +274,7 @@ def test_without_etcd_cluster_starts_fail_clearly_and_local_networks_go_on(hosts
     with pytest.raises(ClusterUnavailable, match="cluster store is unreachable.*local networks are not affected"):
         a.ipam.request_address(pool, "", {})
     assert a.ipam.request_address(local, "", {}) == "10.204.0.1/24"
-    with a.ctx.store.reading() as tx:
+    with a.store.reading() as tx:
         assert [l for l in tx.list_leases(pool) if l[2] != "gateway"] == []     # nothing half-made
 
 
@@ -289,10 +289,10 @@ def test_what_etcd_lost_is_written_again_and_releases_made_meanwhile_land(hosts,
     kv.data.clear()                               # etcd lost everything (a member restored empty)
     kv.leases.clear()
     stop = threading.Event()
-    t = threading.Thread(target=a.ctx.cluster.run_session, args=(stop,), daemon=True)
+    t = threading.Thread(target=a.cluster.run_session, args=(stop,), daemon=True)
     t.start()
     try:
-        wait_until(lambda: a.ctx.cluster.resyncs >= 1, what="a resync")
+        wait_until(lambda: a.cluster.resyncs >= 1, what="a resync")
         keys = set(kv.data)
         assert {r.net_key("web"), r.member_key("web", a.address),
                 r.addr_key("web", int(ipaddress.ip_interface(one).ip)),
@@ -308,7 +308,7 @@ def test_the_record_goes_with_the_last_host(hosts, kv):
     create_cluster_net(a, nid(1))
     create_cluster_net(b, nid(2))
     a.networks.delete(nid(1))
-    assert kv.get(r.net_key("web")) is not None and a.ctx.netlink.devices == {}
+    assert kv.get(r.net_key("web")) is not None and a.netlink.devices == {}
     b.networks.delete(nid(2))
     assert kv.data == {}
     a.networks.delete(nid(1))                      # twice: nothing to do
@@ -317,12 +317,12 @@ def test_the_record_goes_with_the_last_host(hosts, kv):
 def test_restore_keeps_the_vxlan_device_and_gc_removes_a_stray_one(hosts):
     a = hosts[0]
     create_cluster_net(a, nid(1))
-    with a.ctx.store.reading() as tx:
+    with a.store.reading() as tx:
         vx = f"ptx{tx.get_network(nid(1)).vni}"
-    a.ctx.netlink.devices.clear()                   # a reboot
+    a.netlink.devices.clear()                   # a reboot
     a.reconciler.restore()
-    assert a.ctx.netlink.devices[vx].kind == "vxlan"
-    a.ctx.overlay.ensure_vxlan("ptx9999", 9999, a.address, 4789, 1450, a.ctx.netlink.links()[0].name)
+    assert a.netlink.devices[vx].kind == "vxlan"
+    a.overlay.ensure_vxlan("ptx9999", 9999, a.address, 4789, 1450, a.netlink.links()[0].name)
     report = a.reconciler.restore()
     assert "ptx9999" in report.removed_links and vx not in report.removed_links
 
@@ -334,14 +334,14 @@ def test_the_cluster_view_and_metrics_show_remote_containers_and_etcd_reachabili
     a, b, _ = hosts
     pa = create_cluster_net(a, nid(1))
     create_cluster_net(b, nid(2))
-    b.ctx.cluster.start()
+    b.cluster.start()
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
     wait_until(lambda: b.views.cluster()["networks"][0]["remote_endpoints"] == 1, what="B's view")
     view = b.views.cluster()
     assert view["host"] == b.address and view["networks"][0]["remote_hosts"] == {a.address: 1}
     assert view["networks"][0]["vni"] >= r.VNI_FIRST and view["networks"][0]["mtu"] == 1450
-    wait_until(lambda: b.ctx.cluster.reachable, what="B's session")
+    wait_until(lambda: b.cluster.reachable, what="B's session")
     text = generate_latest(b.enable_metrics().registry).decode()
     assert "pybridge_cluster_etcd_reachable 1.0" in text
     assert 'pybridge_cluster_remote_endpoints{cluster="web"} 1.0' in text
@@ -356,14 +356,14 @@ def test_a_call_that_finds_the_lease_expired_takes_a_new_one_and_the_rest_is_wri
     a = hosts[0]
     pool = create_cluster_net(a, nid(1))
     first = a.ipam.request_address(pool, "", {})
-    old = a.ctx.cluster._lease
+    old = a.cluster._lease
     kv.expire(old)
     second = a.ipam.request_address(pool, "", {})
-    assert a.ctx.cluster._lease not in (0, old) and second != first
+    assert a.cluster._lease not in (0, old) and second != first
     held, _ = kv.range(r.addr_prefix("web"))
     assert r.addr_key("web", int(ipaddress.ip_interface(second).ip)) in held
     assert r.addr_key("web", int(ipaddress.ip_interface(first).ip)) not in held    # until the resync
-    a.ctx.cluster.resync()
+    a.cluster.resync()
     held, _ = kv.range(r.addr_prefix("web"))
     assert r.addr_key("web", int(ipaddress.ip_interface(first).ip)) in held
 
@@ -399,14 +399,14 @@ def test_the_address_book_never_hands_one_candidate_to_two_threads():
 @pytest.mark.parametrize("step", ["ensure_bridge", "ensure_vxlan"])
 def test_a_failure_after_the_cluster_record_leaves_nothing_here_or_in_etcd(hosts, kv, step):
     a = hosts[0]
-    a.ctx.netlink.fail_on.add(step)
+    a.netlink.fail_on.add(step)
     with pytest.raises(Exception, match="injected failure"):
         create_cluster_net(a, nid(1))
-    assert step in a.ctx.netlink.calls                      # the fault really fired
-    assert a.ctx.netlink.devices == {} and kv.data == {}
-    with a.ctx.store.reading() as tx:
+    assert step in a.netlink.calls                      # the fault really fired
+    assert a.netlink.devices == {} and kv.data == {}
+    with a.store.reading() as tx:
         assert tx.list_networks() == [] and tx.list_pools() == []
-    a.ctx.netlink.fail_on.clear()
+    a.netlink.fail_on.clear()
     create_cluster_net(a, nid(1))                            # and it can be made afterwards
 
 
@@ -415,7 +415,7 @@ def test_publishing_names_never_waits_for_etcd(hosts, kv, monkeypatch):
     the names land when etcd answers again."""
     a = hosts[0]
     create_cluster_net(a, nid(1))
-    a.ctx.cluster.start()
+    a.cluster.start()
     answering = threading.Event()
     real_range = kv.range
 
@@ -423,7 +423,7 @@ def test_publishing_names_never_waits_for_etcd(hosts, kv, monkeypatch):
         assert answering.wait(30), "etcd never came back"
         return real_range(prefix)
     monkeypatch.setattr(kv, "range", hanging_range)
-    caller = threading.Thread(target=a.ctx.cluster.publish_names,
+    caller = threading.Thread(target=a.cluster.publish_names,
                               args=("web", [ContainerInfo("c1" * 32, "web1", (), "10.205.0.9", "")]))
     caller.start()
     caller.join(10)
@@ -444,7 +444,7 @@ def test_deleting_a_cluster_network_while_etcd_hangs_holds_up_no_local_network(h
     monkeypatch.setattr(kv, "txn", hanging_txn)
     deleting = threading.Thread(target=a.networks.delete, args=(nid(1),))
     deleting.start()
-    wait_until(lambda: a.ctx.netlink.devices == {}, what="the kernel side torn down")
+    wait_until(lambda: a.netlink.devices == {}, what="the kernel side torn down")
     local = threading.Thread(target=a.ipam.request_pool, args=(LOCAL_SPACE, "10.204.7.0/24", "", False))
     local.start()
     local.join(10)
@@ -459,16 +459,16 @@ def test_a_restart_keeps_the_remote_entries_until_etcd_is_read_and_then_drops_th
     containers keep talking); once it reads etcd, entries of hosts gone meanwhile go."""
     a, b, _ = hosts
     create_cluster_net(a, nid(1))
-    with a.ctx.store.reading() as tx:
+    with a.store.reading() as tx:
         vx = f"ptx{tx.get_network(nid(1)).vni}"
     stale = {"02:42:0a:cd:00:63": ("10.206.255.9", frozenset({"10.205.0.99"}))}
-    a.ctx.overlay.set_peers(vx, f"pt-{nid(1)[:12]}", stale)
+    a.overlay.set_peers(vx, f"pt-{nid(1)[:12]}", stale)
     kv.down = True
     a.reconciler.restore()                               # the plugin starting again, etcd away
-    assert a.ctx.overlay.peers(vx) == stale
+    assert a.overlay.peers(vx) == stale
     kv.down = False
-    a.ctx.cluster.start()
-    wait_until(lambda: a.ctx.overlay.peers(vx) == {}, what="the stale entry dropped after the first read")
+    a.cluster.start()
+    wait_until(lambda: a.overlay.peers(vx) == {}, what="the stale entry dropped after the first read")
 
 
 def test_the_firewall_takes_a_networks_vxlan_only_from_hosts_with_containers_on_it(hosts, kv):
@@ -478,18 +478,18 @@ def test_the_firewall_takes_a_networks_vxlan_only_from_hosts_with_containers_on_
     pa = create_cluster_net(a, nid(1))
     create_cluster_net(b, nid(2))
     create_cluster_net(b, nid(3), subnet="10.205.64.0/24", gateway="10.205.64.1/24", name="db")
-    with b.ctx.store.reading() as tx:
+    with b.store.reading() as tx:
         web, db = tx.get_network(nid(2)).vni, tx.get_network(nid(3)).vni
     assert web != db
-    fw = b.ctx.firewall
+    fw = b.firewall
     assert fw.elements("vxlan_ports") == {4789: None} and fw.elements("vxlan_members4") == {}   # alone: nobody
-    b.ctx.cluster.start()
+    b.cluster.start()
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
     wait_until(lambda: fw.elements("vxlan_members4") == {(a.address, web << 8): None}, what="A let in for web")
     assert fw.drift(*_state(b)) == []
     assert b.doctor.examine(lease_grace=0)["problems"] == []        # the VXLAN device is claimed, too
-    kv.expire(a.ctx.cluster._lease)
+    kv.expire(a.cluster._lease)
     wait_until(lambda: fw.elements("vxlan_members4") == {}, what="A shut out once gone")
     b.networks.delete(nid(2))
     b.networks.delete(nid(3))
@@ -497,7 +497,7 @@ def test_the_firewall_takes_a_networks_vxlan_only_from_hosts_with_containers_on_
 
 
 def _state(h):
-    with h.ctx.store.reading() as tx:
+    with h.store.reading() as tx:
         return tx.list_networks(), tx.list_endpoints()
 
 
@@ -518,8 +518,8 @@ def test_an_address_leased_here_but_lost_from_etcd_is_not_handed_out_twice(hosts
     first = a.ipam.request_address(pool, "", {})
     key = r.addr_key("web", int(ipaddress.ip_interface(first).ip))
     kv.txn([], [Delete(key)])                                                            # etcd lost it
-    a.ctx.cluster._book.freed("web", int(ipaddress.ip_interface(first).ip))
-    with a.ctx.store.transaction() as tx:
+    a.cluster._book.freed("web", int(ipaddress.ip_interface(first).ip))
+    with a.store.transaction() as tx:
         tx.set_cursor(pool, int(ipaddress.ip_interface(first).ip) - 1)                   # walk onto it again
     second = a.ipam.request_address(pool, "", {})
     assert second != first and kv.get(key) is not None                                   # and it is claimed back
@@ -541,19 +541,19 @@ def test_a_mac_is_claimed_on_the_network_like_an_address(hosts, kv):
     a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="", mac=mac)
     assert kv.get(r.mac_key("web", mac)) is not None
     addr_b = b.ipam.request_address(pb, "", {})
-    devices_before = set(b.ctx.netlink.devices)
+    devices_before = set(b.netlink.devices)
     with pytest.raises(Conflict, match=f"MAC {mac} is in use on cluster network web by a container on host {a.address}"):
         b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac=mac)
     held, _ = kv.range(r.ep_prefix("web", b.address))
     assert held == {}                                               # nothing half-made: no record,
-    assert set(b.ctx.netlink.devices) == devices_before                     # and no veth
+    assert set(b.netlink.devices) == devices_before                     # and no veth
     assert r.parse_mac_claim(r.mac_key("web", mac), kv.get(r.mac_key("web", mac))).host == a.address
     a.endpoints.delete(nid(1), "e1" * 32)
     assert kv.get(r.mac_key("web", mac)) is None
     b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac=mac)     # free now
     # what etcd lost is claimed again by the resync, and a host's leaving releases its MACs
     kv.txn([], [Delete(r.mac_key("web", mac))])
-    b.ctx.cluster.resync()
+    b.cluster.resync()
     assert r.parse_mac_claim(r.mac_key("web", mac), kv.get(r.mac_key("web", mac))).endpoint == "e2" * 32
     b.endpoints.delete(nid(2), "e2" * 32)
     b.networks.delete(nid(2))
@@ -564,7 +564,7 @@ def test_a_mac_is_claimed_on_the_network_like_an_address(hosts, kv):
 def test_the_gateways_mac_is_refused_for_a_container(hosts):
     a, _, _ = hosts
     pa = create_cluster_net(a, nid(1))
-    with a.ctx.store.reading() as tx:
+    with a.store.reading() as tx:
         gateway_mac = tx.get_network(nid(1)).mac
     with pytest.raises(InvalidRequest, match="it is the network's gateway's MAC"):
         a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="",
@@ -577,21 +577,21 @@ def test_a_remote_record_never_takes_over_the_gateway_or_a_local_container(hosts
     a, b, _ = hosts
     create_cluster_net(a, nid(1))
     pb = create_cluster_net(b, nid(2))
-    with b.ctx.store.reading() as tx:
+    with b.store.reading() as tx:
         net_b = tx.get_network(nid(2))
     vx = f"ptx{net_b.vni}"
     b.endpoints.create(nid(2), "e2" * 32, address=b.ipam.request_address(pb, "", {}), address6="",
                        mac="02:00:00:00:19:03")
-    b.ctx.cluster.start()
-    lease = a.ctx.cluster._session()
+    b.cluster.start()
+    lease = a.cluster._session()
     records = {"e7" * 32: (net_b.mac, "10.205.0.77"), "e8" * 32: ("02:00:00:00:19:03", "10.205.0.78"),
                "e9" * 32: ("02:00:00:00:19:09", "10.205.0.79")}
     for _, ip in records.values():                                      # A holds the addresses
-        assert a.ctx.cluster.claim("web", int(ipaddress.ip_address(ip)), "static")
+        assert a.cluster.claim("web", int(ipaddress.ip_address(ip)), "static")
     kv.txn([], [Put(r.ep_key("web", a.address, eid), r.EndpointRecord(m, ip, "").to_json().encode(), lease)
                 for eid, (m, ip) in records.items()])
-    wait_until(lambda: "02:00:00:00:19:09" in b.ctx.overlay.peers(vx), what="B programs A's real container")
-    assert set(b.ctx.overlay.peers(vx)) == {"02:00:00:00:19:09"}       # not the gateway's, not its own
+    wait_until(lambda: "02:00:00:00:19:09" in b.overlay.peers(vx), what="B programs A's real container")
+    assert set(b.overlay.peers(vx)) == {"02:00:00:00:19:09"}       # not the gateway's, not its own
 
 
 def test_values_from_etcd_go_through_the_strict_parsers(hosts, kv):
@@ -614,12 +614,12 @@ def test_values_from_etcd_go_through_the_strict_parsers(hosts, kv):
                     b'{"mac": "02:42:0a:00:00:09", "ipv4": "10.205.0.9"}'),
                 Put(r.ep_key("web", "10.206.255.9", "cd"), b'{"mac": "02:42:0a:00:00:09", "ipv4": "10.205.0.9%x"}')])
     create_cluster_net(a, nid(1))                                                    # no ValueError
-    b.ctx.cluster.start()
+    b.cluster.start()
     create_cluster_net(b, nid(2))
-    wait_until(lambda: b.ctx.cluster.watch.refused >= 2, what="the hostile records counted")
-    with b.ctx.store.reading() as tx:
+    wait_until(lambda: b.cluster.watch.refused >= 2, what="the hostile records counted")
+    with b.store.reading() as tx:
         vx = f"ptx{tx.get_network(nid(2)).vni}"
-    assert b.ctx.overlay.peers(vx) == {}
+    assert b.overlay.peers(vx) == {}
     assert any("record(s) in etcd are not what pybridge writes" in p
                for p in b.doctor.examine(lease_grace=0)["problems"])
     assert b.views.cluster()["refused_records"] >= 2
@@ -677,7 +677,7 @@ def test_aux_addresses_are_reserved_cluster_wide_and_compared_like_subnets(hosts
     # a resync does not take the aux address for this host, and etcd losing it gets it back
     kv.txn([], [Delete(r.addr_key("web", int(ipaddress.ip_address("10.205.0.250"))))])
     kv.txn([], [Delete(r.net_key("web"))])
-    a.ctx.cluster.resync()
+    a.cluster.resync()
     assert r.parse_addr("k", kv.get(r.addr_key("web", int(ipaddress.ip_address("10.205.0.250"))))).host == ""
 
 
@@ -687,12 +687,12 @@ def test_a_record_counts_only_from_a_live_member_holding_its_addresses(hosts, kv
     with a real container's MAC, divert that container's traffic."""
     a, b, _ = hosts
     pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
-    with b.ctx.store.reading() as tx:
+    with b.store.reading() as tx:
         vx = f"ptx{tx.get_network(nid(2)).vni}"
-    b.ctx.cluster.start()
+    b.cluster.start()
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="02:00:00:00:19:01")
-    wait_until(lambda: "02:00:00:00:19:01" in b.ctx.overlay.peers(vx), what="B programs A's container")
+    wait_until(lambda: "02:00:00:00:19:01" in b.overlay.peers(vx), what="B programs A's container")
     forged = {
         # a stranger: no member key, no lease; with A's container's MAC and with a new one
         r.ep_key("web", "10.206.255.9", "f1" * 32): b'{"mac": "02:00:00:00:19:01", "ipv4": "10.205.0.91"}',
@@ -703,16 +703,16 @@ def test_a_record_counts_only_from_a_live_member_holding_its_addresses(hosts, kv
     kv.txn([], [Put(r.name_key("web", "10.206.255.9", "f1"), b'{"name": "db", "ipv4": "10.205.0.91"}')])
     addr_b = b.ipam.request_address(pb, "", {})
     b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac="")     # B's view moves on
-    wait_until(lambda: b.ctx.firewall.elements("vxlan_members4") != {}, what="B's filter written")
-    wait_until(lambda: ("10.206.255.9", "f2" * 32) in b.ctx.cluster.watch._view.endpoints.get("web", {}),
+    wait_until(lambda: b.firewall.elements("vxlan_members4") != {}, what="B's filter written")
+    wait_until(lambda: ("10.206.255.9", "f2" * 32) in b.cluster.watch._view.endpoints.get("web", {}),
                what="B's watch read the forged records")
-    assert b.ctx.overlay.peers(vx) == {"02:00:00:00:19:01": (a.address, frozenset({addr.split("/")[0]}))}
-    assert all(host == a.address for host, _ in b.ctx.firewall.elements("vxlan_members4"))
-    assert b.ctx.cluster.remote_names("web") == []
+    assert b.overlay.peers(vx) == {"02:00:00:00:19:01": (a.address, frozenset({addr.split("/")[0]}))}
+    assert all(host == a.address for host, _ in b.firewall.elements("vxlan_members4"))
+    assert b.cluster.remote_names("web") == []
     # a member key alone is not enough: the stranger holds none of those addresses
     kv.txn([], [Put(r.member_key("web", "10.206.255.9"), b"{}")])
-    wait_until(lambda: "10.206.255.9" in b.ctx.cluster.watch._members.get("web", ()), what="the member seen")
-    assert b.ctx.cluster.remote_peers("web").keys() == {"02:00:00:00:19:01"}
+    wait_until(lambda: "10.206.255.9" in b.cluster.watch._members.get("web", ()), what="the member seen")
+    assert b.cluster.remote_peers("web").keys() == {"02:00:00:00:19:01"}
 
 
 def test_the_vxlan_filter_fails_closed_across_a_restart_while_etcd_is_away(hosts, kv, tmp_path):
@@ -721,13 +721,13 @@ def test_the_vxlan_filter_fails_closed_across_a_restart_while_etcd_is_away(hosts
     a, b, _ = hosts
     pa = create_cluster_net(a, nid(1))
     create_cluster_net(b, nid(2))
-    with b.ctx.store.reading() as tx:
+    with b.store.reading() as tx:
         vni = tx.get_network(nid(2)).vni
-    b.ctx.cluster.start()
+    b.cluster.start()
     a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="", mac="")
-    wait_until(lambda: b.ctx.firewall.elements("vxlan_members4") == {(a.address, vni << 8): None}, what="A let in")
-    b.ctx.cluster.stop()                 # (its threads end before the store closes)
-    b.ctx.store.close()
+    wait_until(lambda: b.firewall.elements("vxlan_members4") == {(a.address, vni << 8): None}, what="A let in")
+    b.cluster.stop()                 # (its threads end before the store closes)
+    b.store.close()
     kv.down = True
     # B's plugin starts again, on the same state, with a firewall that has nothing of ours yet
     settings = load_settings({"PYBRIDGE_NAME": "pbtest", "PYBRIDGE_IFPREFIX": "pt",
@@ -744,7 +744,7 @@ def test_the_vxlan_filter_fails_closed_across_a_restart_while_etcd_is_away(hosts
         assert firewall.elements("vxlan_ports") == {4789: None}
         assert firewall.elements("vxlan_members4") == {(a.address, vni << 8): None}
     finally:
-        again.ctx.store.close()
+        again.store.close()
 
 
 def test_a_local_address_another_host_took_meanwhile_takes_the_container_off_the_wire(hosts, kv):
@@ -754,15 +754,15 @@ def test_a_local_address_another_host_took_meanwhile_takes_the_container_off_the
     pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
-    with a.ctx.store.reading() as tx:
+    with a.store.reading() as tx:
         veth = tx.get_endpoint("e1" * 32).host_ifname
-    assert a.ctx.netlink.devices[veth].up
-    kv.expire(a.ctx.cluster._lease)                              # A cut off past the grace
+    assert a.netlink.devices[veth].up
+    kv.expire(a.cluster._lease)                              # A cut off past the grace
     ip = addr.split("/")[0]
     assert b.ipam.request_address(pb, ip, {}) == addr            # B takes the address meanwhile
-    a.ctx.cluster._lease_gone(a.ctx.cluster._lease)              # A is back: its session sees the
-    a.ctx.cluster.resync()                                        # lease gone and writes its keys again
-    assert not a.ctx.netlink.devices[veth].up                     # off the wire
+    a.cluster._lease_gone(a.cluster._lease)              # A is back: its session sees the
+    a.cluster.resync()                                        # lease gone and writes its keys again
+    assert not a.netlink.devices[veth].up                     # off the wire
     assert a.views.cluster()["clashes"] == {"web": [ip]}
     held = r.parse_addr("k", kv.get(r.addr_key("web", int(ipaddress.ip_address(ip)))))
     assert held.host == b.address                                 # and B keeps it
@@ -777,7 +777,7 @@ def test_a_container_started_or_stopped_while_a_resync_runs_leaves_etcd_as_the_h
     turns (the injected start or stop runs between the resync's read and its writes)."""
     a = hosts[0]
     pool = create_cluster_net(a, nid(1))
-    cluster = a.ctx.cluster
+    cluster = a.cluster
     eid = "e2" * 32
     if what == "stop":
         address = a.ipam.request_address(pool, "", {})
@@ -808,7 +808,7 @@ def test_a_container_started_or_stopped_while_a_resync_runs_leaves_etcd_as_the_h
     assert state.get("done"), "the injected change did not run"
     ip = int(ipaddress.ip_interface(state["address"]).ip)
     keys = {k for k in kv.data if "/web/" in k}
-    with a.ctx.store.reading() as tx:
+    with a.store.reading() as tx:
         mac = tx.get_endpoint(eid).mac if what == "start" else None
     expected = {r.addr_key("web", ip), r.ep_key("web", a.address, eid), r.mac_key("web", mac)} if mac else set()
     if what == "start":
@@ -824,15 +824,15 @@ def test_while_our_table_is_gone_the_vxlan_device_is_down_and_comes_back_up_with
     from plugin.domain.naming import vxlan_name
     a = hosts[0]
     create_cluster_net(a, nid(1))
-    with a.ctx.store.reading() as tx:
+    with a.store.reading() as tx:
         vni = tx.get_network(nid(1)).vni
-    dev = a.ctx.netlink.devices[vxlan_name("pt", vni)]
+    dev = a.netlink.devices[vxlan_name("pt", vni)]
     assert dev.up
-    fw = a.ctx.firewall
+    fw = a.firewall
     fw.kernel, fw.fail = None, True
     with pytest.raises(KernelError):
         a.doctor.heal_firewall()
     assert not dev.up
     fw.fail = False
     a.doctor.heal_firewall()
-    assert dev.up and not a.ctx.exposed
+    assert dev.up and not a.lifecycle.exposed

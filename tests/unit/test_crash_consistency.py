@@ -46,7 +46,7 @@ def publish(s):
 
 
 def users_bridge(s):
-    s.ctx.netlink.devices["userbr"] = FakeLink("userbr", "bridge", addresses={"192.168.77.1/24"})
+    s.netlink.devices["userbr"] = FakeLink("userbr", "bridge", addresses={"192.168.77.1/24"})
 
 
 def adopt_bridge(s):
@@ -73,10 +73,10 @@ OPERATIONS = [
 
 
 def world(s):
-    with s.ctx.store.reading() as tx:
+    with s.store.reading() as tx:
         state = ([n.id for n in tx.list_networks()], [(e.id, e.ports) for e in tx.list_endpoints()])
-    links = sorted((l.name, l.kind, tuple(sorted(l.addresses)), l.master) for l in s.ctx.netlink.devices.values())
-    return state, links, sorted(s.ctx.firewall.all_rules())
+    links = sorted((l.name, l.kind, tuple(sorted(l.addresses)), l.master) for l in s.netlink.devices.values())
+    return state, links, sorted(s.firewall.all_rules())
 
 
 def occurrences(steps: list[str]) -> list[tuple[str, int]]:

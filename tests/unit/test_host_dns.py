@@ -31,7 +31,7 @@ class StubServer:
 
 def test_named_networks_are_published_with_their_gateway_and_name(client, fake_services):
     host = FakeHostDns()
-    svc = DnsService(fake_services.ctx.store, StubServer(), default_upstream="", host=host)
+    svc = DnsService(fake_services.store, StubServer(), default_upstream="", host=host)
     create_network(client)
     svc.reconcile()
     assert host.current == {}, "no Docker name learned yet: nothing to route"
@@ -58,7 +58,7 @@ def test_routing_domains():
 
 def test_a_networks_name_is_registered_only_under_pybridges_own_suffix(client, fake_services):
     host = FakeHostDns()
-    svc = DnsService(fake_services.ctx.store, StubServer(), default_upstream="", host=host)
+    svc = DnsService(fake_services.store, StubServer(), default_upstream="", host=host)
     create_network(client)
     svc.reconcile()
     for name in ("com", "local", "internal", "arpa", "in-addr.arpa", "corp.example.com", "google.internal", "app"):
@@ -94,7 +94,7 @@ def test_the_suffix_setting_is_checked_when_the_plugin_starts(tmp_path):
 
 def test_no_host_registration_when_the_suffix_is_off(client, fake_services):
     host = FakeHostDns()
-    svc = DnsService(fake_services.ctx.store, StubServer(), default_upstream="", host=host, host_suffix="")
+    svc = DnsService(fake_services.store, StubServer(), default_upstream="", host=host, host_suffix="")
     create_network(client)
     svc.reconcile()
     svc.learned({NID: ("app", {})}, {NID})

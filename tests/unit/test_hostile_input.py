@@ -65,10 +65,10 @@ def network_with_endpoint(client):
 
 
 def snapshot(services):
-    with services.ctx.store.reading() as tx:
+    with services.store.reading() as tx:
         state = (tx.list_networks(), tx.list_endpoints(), tx.list_pools(), tx.list_leases())
-    nl = services.ctx.netlink
-    return state, sorted(nl.devices), sorted(services.ctx.firewall.all_rules())
+    nl = services.netlink
+    return state, sorted(nl.devices), sorted(services.firewall.all_rules())
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -85,5 +85,5 @@ def test_every_method_answers_hostile_input_cleanly(client, fake_services, netwo
         err = payload["Err"]
         assert "Traceback" not in err and "internal error" not in err, err
         assert snapshot(fake_services) == before, f"{method} failed but changed state: {err}"
-    rules = fake_services.ctx.firewall.all_rules()
+    rules = fake_services.firewall.all_rules()
     assert not any(c in r for r in rules for c in UNSAFE), f"{method}: unsafe text in a rule"

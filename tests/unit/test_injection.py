@@ -98,7 +98,7 @@ def test_the_injection_never_reaches_the_firewall_through_the_plugin_api(client,
         client.post("/NetworkDriver.ProgramExternalConnectivity", headers=headers, json={
             "NetworkID": nid, "EndpointID": eid,
             "Options": {"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 8080}]}})
-    lines = fake_services.ctx.firewall.all_rules()
+    lines = fake_services.firewall.all_rules()
     assert not any(c in line for line in lines for c in "\n%#\""), lines
     assert resp.status_code == 500 and OPTION in resp.get_json()["Err"]
 

@@ -19,7 +19,8 @@ from plugin.kernel.interfaces import OverlayPort
 from plugin.kernel.vxlan import Vxlan
 from plugin.cluster.service import ClusterService
 from plugin.dns.service import DnsService
-from plugin.driver.ports import ClusterPort, DnsPort, ReaperPort
+from plugin.cluster.networks import ClusterNetworks
+from plugin.driver.ports import ClusterView, DnsPort, LocalOnly, NetworkHooks, ReaperPort
 from plugin.driver.reaper import Reaper
 from tests.fakes import FakeFirewall, FakeHostDns, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl
 
@@ -28,7 +29,8 @@ PAIRS = [(NetlinkPort, Netlink), (NetlinkPort, FakeNetlink), (FirewallPort, NftF
          (HostDnsPort, ResolvedLinks), (HostDnsPort, FakeHostDns), (OverlayPort, Vxlan), (OverlayPort, FakeOverlay),
          (ClusterKVPort, EtcdKV), (ClusterKVPort, FakeKV),
          # the services beside the driver, as the driver sees them (plugin/driver/ports.py)
-         (DnsPort, DnsService), (ClusterPort, ClusterService), (ReaperPort, Reaper)]
+         (DnsPort, DnsService), (ClusterView, ClusterService), (ReaperPort, Reaper),
+         (NetworkHooks, ClusterNetworks), (NetworkHooks, LocalOnly)]
 
 
 def _methods(protocol) -> dict[str, inspect.Signature]:
@@ -51,7 +53,7 @@ def test_implements_every_method_with_the_same_parameters(protocol, impl):
             f"{impl.__name__}.{name}{inspect.signature(getattr(impl, name))} differs from {protocol.__name__}.{name}{sig}"
 
 
-@pytest.mark.parametrize("protocol,impl", [(ClusterPort, ClusterService)], ids=lambda x: x.__name__)
+@pytest.mark.parametrize("protocol,impl", [(ClusterView, ClusterService)], ids=lambda x: x.__name__)
 def test_implements_every_property(protocol, impl):
     for name, member in vars(protocol).items():
         if isinstance(member, property):

@@ -52,14 +52,14 @@ def test_calls_state_pools_and_firewall_changes_move_the_metrics(metered):
     assert ("pybridge_rpc_errors_total", (("method", "IpamDriver.RequestAddress"),)) not in after
     changes = value(after, "pybridge_firewall_changes_total")
     assert changes >= 2                                     # the network, then its port
-    assert changes == services.ctx.firewall.counters().changes
+    assert changes == services.firewall.counters().changes
     assert value(after, "pybridge_firewall_change_duration_seconds_count") == changes
     assert value(after, "pybridge_docker_events_reconnects_total") == 0
 
 
 def test_a_refused_firewall_change_counts_as_a_failure(metered):
     services, client = metered
-    services.ctx.firewall.fail = True
+    services.firewall.fail = True
     status, _, _ = create_network(client)
     assert status == 500
     samples = scrape(services)
@@ -71,7 +71,7 @@ def test_self_heal_counts_the_firewall_rewrites(metered):
     services, client = metered
     create_network(client)
     assert value(scrape(services), "pybridge_self_heal_total", kind="firewall") == 0
-    services.ctx.firewall.kernel = None                     # someone deleted our table
+    services.firewall.kernel = None                     # someone deleted our table
     assert services.doctor.heal_firewall()
     assert value(scrape(services), "pybridge_self_heal_total", kind="firewall") == 1
 
@@ -100,7 +100,7 @@ def test_a_fault_in_firewall_work_fails_the_call_and_is_reported_not_fatal(meter
     fails what needed the firewall with a clear error; the plugin goes on answering, and doctor
     and the metrics say what happened."""
     services, client = metered
-    fw = services.ctx.firewall
+    fw = services.firewall
     fw.fault = "nft was killed by SIGSEGV"
     status, out = create_network(client)[:2]
     assert status == 500 and "killed by SIGSEGV" in out["Err"]

@@ -119,8 +119,8 @@ def test_full_container_lifecycle_as_dockerd_sends_it(client, fake_services):
     assert call(client, "IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": "10.200.1.1"}) == (200, {})
     assert call(client, "IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]}) == (200, {})
     assert call(client, "NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == (200, {})
-    assert fake_services.ctx.netlink.devices == {}
-    with fake_services.ctx.store.reading() as tx:
+    assert fake_services.netlink.devices == {}
+    with fake_services.store.reading() as tx:
         assert tx.list_networks() == [] and tx.list_endpoints() == [] and tx.list_pools() == []
         assert tx.list_leases() == []
 
@@ -205,7 +205,7 @@ def test_a_swarm_network_is_made_only_with_addresses_from_pybridge(client, fake_
         call(client, "NetworkDriver.DeleteNetwork", {"NetworkID": SWARM_ID})
     else:
         assert status == 500 and "--config-from NAME-config" in out["Err"], out
-        assert fake_services.ctx.netlink.devices == {}
+        assert fake_services.netlink.devices == {}
 
 
 def test_the_host_views_list_networks_and_endpoints_with_docker_names(client, fake_services):
@@ -225,7 +225,7 @@ def test_the_host_views_list_networks_and_endpoints_with_docker_names(client, fa
     class Learned:                      # the DNS service's view, as the watcher fills it
         def learned_view(self):
             return {NID: ("app", [ContainerInfo("c" * 64, "web", (), "10.200.1.2")])}
-    fake_services.ctx.dns = Learned()
+    fake_services.views.dns = Learned()  # type: ignore[assignment]
     assert client.get("/pybridge/networks").get_json()["networks"][0]["name"] == "app"
     (ep,) = client.get("/pybridge/endpoints").get_json()["endpoints"]
     assert ep["container"] == "web" and ep["network_name"] == "app" and ep["ipv4"] == "10.200.1.2/24"
@@ -239,7 +239,7 @@ def test_uninstall_removes_links_and_firewall_and_nothing_comes_back(client, fak
     _, addr = call(client, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": None})
     assert call(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID,
                 "Interface": {"Address": addr["Address"]}, "Options": {}})[0] == 200
-    fw, netlink = fake_services.ctx.firewall, fake_services.ctx.netlink
+    fw, netlink = fake_services.firewall, fake_services.netlink
     assert netlink.devices and not fw.removed
     resp = client.post("/pybridge/uninstall")
     assert resp.status_code == 200

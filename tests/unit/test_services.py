@@ -21,13 +21,13 @@ def create(services, nid=NID, subnet="10.200.1.0/24", generic=None, **kw):
 
 
 def state(services):
-    with services.ctx.store.reading() as tx:
+    with services.store.reading() as tx:
         return tx.list_networks(), tx.list_endpoints()
 
 
 def test_create_network_makes_bridge_address_rules_and_record(fake_services):
     create(fake_services)
-    nl, fw = fake_services.ctx.netlink, fake_services.ctx.firewall
+    nl, fw = fake_services.netlink, fake_services.firewall
     br = nl.devices[f"pt-{NID[:12]}"]
     assert br.kind == "bridge" and br.up and br.addresses == {"10.200.1.1/24"}
     assert br.mac.startswith("02:")
@@ -40,7 +40,7 @@ def test_create_network_makes_bridge_address_rules_and_record(fake_services):
 
 @pytest.mark.parametrize("step", ["ensure_bridge", "ensure_addresses", "firewall"])
 def test_a_failure_at_any_step_of_create_leaves_nothing(fake_services, step):
-    nl, fw = fake_services.ctx.netlink, fake_services.ctx.firewall
+    nl, fw = fake_services.netlink, fake_services.firewall
     if step == "firewall":
         fw.fail = True
     else:
@@ -54,7 +54,7 @@ def test_a_failure_at_any_step_of_create_leaves_nothing(fake_services, step):
 
 
 def test_invalid_input_is_refused_before_any_side_effect(fake_services):
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     with pytest.raises(InvalidRequest, match="mtu"):
         create(fake_services, generic={"com.docker.network.driver.mtu": "9x"})
     with pytest.raises(InvalidRequest, match="gateway 10.9.9.9 is outside subnet 10.200.1.0/24"):
@@ -64,7 +64,7 @@ def test_invalid_input_is_refused_before_any_side_effect(fake_services):
 
 
 def test_existing_non_bridge_link_with_the_name_is_a_conflict(fake_services):
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     nl.devices["mybr"] = FakeLink("mybr", "veth")
     with pytest.raises(Conflict, match="a veth link named 'mybr' already exists"):
         create(fake_services, generic={"com.docker.network.bridge.name": "mybr"})
@@ -72,7 +72,7 @@ def test_existing_non_bridge_link_with_the_name_is_a_conflict(fake_services):
 
 
 def test_a_users_own_bridge_is_used_but_never_deleted(fake_services):
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     nl.devices["userbr"] = FakeLink("userbr", "bridge", addresses={"192.168.77.1/24"})
     create(fake_services, generic={"com.docker.network.bridge.name": "userbr"})
     assert nl.devices["userbr"].addresses == {"192.168.77.1/24", "10.200.1.1/24"}
@@ -85,12 +85,12 @@ def test_two_networks_cannot_share_a_bridge_name(fake_services):
     with pytest.raises(Conflict, match="bridge shared is already used by network"):
         create(fake_services, nid="ef" * 32, subnet="10.200.2.0/24",
                generic={"com.docker.network.bridge.name": "shared"})
-    assert fake_services.ctx.netlink.devices["shared"].addresses == {"10.200.1.1/24"}
+    assert fake_services.netlink.devices["shared"].addresses == {"10.200.1.1/24"}
 
 
 def test_endpoint_lifecycle_and_idempotent_teardown(fake_services):
     create(fake_services)
-    eps, nl = fake_services.endpoints, fake_services.ctx.netlink
+    eps, nl = fake_services.endpoints, fake_services.netlink
     resp = eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     assert resp == {"Interface": {"MacAddress": "02:42:0a:c8:01:02"}}
     assert eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="") == resp  # retried call
@@ -106,7 +106,7 @@ def test_endpoint_lifecycle_and_idempotent_teardown(fake_services):
 
 def test_endpoint_failure_leaves_nothing(fake_services):
     create(fake_services)
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     nl.fail_on.add("create_veth")
     with pytest.raises(KernelError):
         fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
@@ -126,33 +126,33 @@ def test_delete_network_removes_its_endpoints_bridge_and_rules(fake_services):
     fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     fake_services.networks.delete(NID)
     fake_services.networks.delete(NID)
-    assert fake_services.ctx.netlink.devices == {}
-    assert fake_services.ctx.firewall.all_rules() == []
+    assert fake_services.netlink.devices == {}
+    assert fake_services.firewall.all_rules() == []
     assert state(fake_services) == ([], [])
 
 
 def test_restore_recreates_bridges_and_removes_orphans_it_owns(fake_services):
     create(fake_services)
     fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     nl.devices.pop(f"pt-{NID[:12]}")                     # bridge lost (e.g. a reboot)
     nl.devices["pt-000000000000"] = FakeLink("pt-000000000000", "bridge")   # ours, no record
     nl.devices["pthdeadbeef0000"] = FakeLink("pthdeadbeef0000", "veth")     # ours, no record
     nl.devices["docker0"] = FakeLink("docker0", "bridge")                   # not ours
-    fake_services.ctx.firewall.kernel = None   # our table deleted
+    fake_services.firewall.kernel = None   # our table deleted
     report = fake_services.reconciler.restore()
     assert report.errors == []
     assert sorted(report.removed_links) == ["pt-000000000000", "pthdeadbeef0000"]
     assert nl.devices[f"pt-{NID[:12]}"].addresses == {"10.200.1.1/24"}
     assert "docker0" in nl.devices and f"pth{EID[:12]}" in nl.devices
-    assert fake_services.ctx.firewall.all_rules()
+    assert fake_services.firewall.all_rules()
     again = fake_services.reconciler.restore()
     assert again.removed_links == [] and again.errors == []
 
 
 def test_internal_and_icc_off_render_drop_rules(fake_services):
     create(fake_services, internal=True, generic={"com.docker.network.bridge.enable_icc": "false"})
-    fw = fake_services.ctx.firewall
+    fw = fake_services.firewall
     br = f"pt-{NID[:12]}"
     assert fw.elements("internal") == {br: None}       # nothing in or out, not even replies
     assert fw.elements("icc") == {}                    # nor between its own containers
@@ -164,25 +164,25 @@ def test_an_isolated_internal_network_puts_no_gateway_on_its_bridge_even_if_one_
     an older dockerd reserves one anyway and it stays unused. Join names no gateway."""
     create(fake_services, internal=True, generic={"com.docker.network.bridge.gateway_mode_ipv4": "isolated"})
     br = f"pt-{NID[:12]}"
-    assert fake_services.ctx.netlink.addresses(br) == set()
+    assert fake_services.netlink.addresses(br) == set()
     fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     join = fake_services.endpoints.join(NID, EID, "/var/run/docker/netns/x")
     assert not join.get("Gateway")
     with pytest.raises(InvalidRequest, match="only for an --internal network"):
         create(fake_services, nid="b" * 64, subnet="10.200.2.0/24",
                generic={"com.docker.network.bridge.gateway_mode_ipv4": "isolated"})
-    assert f"pt-{'b' * 12}" not in fake_services.ctx.netlink.devices       # refused before any side effect
+    assert f"pt-{'b' * 12}" not in fake_services.netlink.devices       # refused before any side effect
 
 
 def test_deferred_veth_deletion_happens_in_the_background(fake_services):
     from plugin.driver.reaper import Reaper
     create(fake_services)
-    nl = fake_services.ctx.netlink
-    fake_services.ctx.reaper = Reaper(nl, synchronous=False)
+    nl = fake_services.netlink
+    fake_services.reaper = Reaper(nl, synchronous=False)
     fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     fake_services.endpoints.delete(NID, EID)
     assert state(fake_services)[1] == []          # forgotten at once
-    fake_services.ctx.reaper.drain()
+    fake_services.reaper.drain()
     assert f"pth{EID[:12]}" not in nl.devices and f"ptc{EID[:12]}" not in nl.devices
 
 
@@ -190,7 +190,7 @@ def test_a_dual_stack_endpoint_that_is_not_the_ipv6_gateway_publishes_ipv4_only(
     """dockerd 28+ sends no_proxy_6to4 when another endpoint of the container is its IPv6
     gateway; 29 calls ProgramExternalConnectivity again whenever the gateways change."""
     create(fake_services, ipv6=True, v6=[IpamDataSpec(pool="fd70:6201:ff00:1::/64", gateway="fd70:6201:ff00:1::1/64")])
-    eps, fw = fake_services.endpoints, fake_services.ctx.firewall
+    eps, fw = fake_services.endpoints, fake_services.firewall
     eps.create(NID, EID, address="10.200.1.2/24", address6="fd70:6201:ff00:1::2/64", mac="")
     portmap = [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]
     eps.program(NID, EID, portmap)
@@ -210,7 +210,7 @@ def test_published_ports_are_rendered_and_restored_from_state(fake_services):
     eps = fake_services.endpoints
     eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
-    fw, sysctl = fake_services.ctx.firewall, fake_services.ctx.sysctl
+    fw, sysctl = fake_services.firewall, fake_services.sysctl
     dnat = ["to4_any: tcp . 8080 : 10.200.1.2", "port4_any: tcp . 8080 : 80",
             f"published4: pt-{NID[:12]} . 10.200.1.2 . tcp . 80"]
     assert set(dnat) <= set(fw.all_rules())
@@ -228,7 +228,7 @@ def test_programming_again_without_ports_withdraws_the_earlier_ones(fake_service
     eps = fake_services.endpoints
     eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     eps.program(NID, EID, [{"Proto": 17, "Port": 53, "HostPort": 5353, "HostPortEnd": 5353}])
-    fw = fake_services.ctx.firewall
+    fw = fake_services.firewall
     assert fw.elements("to4_any") == {("udp", 5353): "10.200.1.2"}
     changes = fw.changes
     eps.program(NID, EID, [])
@@ -238,11 +238,11 @@ def test_programming_again_without_ports_withdraws_the_earlier_ones(fake_service
 
 def test_doctor_reports_differences_and_gc_repairs_them(fake_services):
     create(fake_services)
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     assert fake_services.doctor.examine()["problems"] == []
     nl.devices[f"pt-{NID[:12]}"].addresses.clear()
     nl.devices["pthorphan00000"] = FakeLink("pthorphan00000", "veth")
-    fake_services.ctx.firewall.kernel = None   # our table deleted
+    fake_services.firewall.kernel = None   # our table deleted
     problems = fake_services.doctor.examine()["problems"]
     assert any("lacks address 10.200.1.1/24" in p for p in problems)
     assert any("pthorphan00000" in p for p in problems)
@@ -265,7 +265,7 @@ def test_leases_without_an_endpoint_are_reported_and_released_after_a_grace(fake
     assert problems == [f"lease {leaked.split('/')[0]} in pool {pool['PoolID']} has no endpoint"]
     report = fake_services.reconciler.restore(lease_grace=0)
     assert report.released_leases == [f"{leaked.split('/')[0]} ({pool['PoolID']})"]
-    with fake_services.ctx.store.reading() as tx:
+    with fake_services.store.reading() as tx:
         held = {a for _, a, _ in tx.list_leases(pool["PoolID"])}
     import ipaddress
     assert held == {int(ipaddress.ip_interface(gw).ip), int(ipaddress.ip_interface(used).ip)}
@@ -277,7 +277,7 @@ def test_leases_without_an_endpoint_are_reported_and_released_after_a_grace(fake
 def test_dockers_bridges_and_our_reserved_names_cannot_be_taken_over(fake_services, name, why):
     """Issue 8, item 7: adding our gateway to docker0 and dropping its traffic, or naming a bridge
     like one of our veths, is refused before anything is touched."""
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     nl.devices[name] = FakeLink(name, "bridge", addresses={"172.17.0.1/16"})
     with pytest.raises(InvalidRequest, match=why):
         create(fake_services, generic={"com.docker.network.bridge.name": name})
@@ -287,7 +287,7 @@ def test_dockers_bridges_and_our_reserved_names_cannot_be_taken_over(fake_servic
 
 def test_any_other_existing_bridge_can_still_be_adopted(fake_services):
     for i, name in enumerate(["br-lan", "lxdbr0x", "virbr7"]):
-        fake_services.ctx.netlink.devices[name] = FakeLink(name, "bridge")
+        fake_services.netlink.devices[name] = FakeLink(name, "bridge")
         create(fake_services, nid=f"{i:02x}" * 32, subnet=f"10.200.{i + 1}.0/24",
                generic={"com.docker.network.bridge.name": name})
     assert len(state(fake_services)[0]) == 3
@@ -325,7 +325,7 @@ def test_malformed_state_rows_are_skipped_and_reported_not_fatal(fake_services, 
     db.execute("INSERT INTO leases VALUES ('bad#1', 'not-hex', 'dynamic', 0)")
     db.execute("INSERT INTO dns VALUES (?, 'app', 'garbage')", (good,))
     db.close()
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     nl.devices.clear()                                   # a reboot: the kernel forgot everything
     report = fake_services.reconciler.restore()
     assert f"pt-{good[:12]}" in nl.devices and f"pt-{bad[:12]}" not in nl.devices
@@ -343,13 +343,13 @@ def test_malformed_state_rows_are_skipped_and_reported_not_fatal(fake_services, 
 def test_ipv6_fails_closed_without_ip6tables(fake_services):
     """Issue 8, item 11: with ip6tables missing the firewall skipped IPv6, yet IPv6 forwarding was
     turned on, so IPv6 traffic was forwarded with no isolation at all."""
-    fw, sysctl = fake_services.ctx.firewall, fake_services.ctx.sysctl
+    fw, sysctl = fake_services.firewall, fake_services.sysctl
     fw.families = (4,)
     v6 = [IpamDataSpec(pool="fd70:6201:1::/64", gateway="fd70:6201:1::1/64")]
     with pytest.raises(InvalidRequest, match="cannot be filtered"):
         create(fake_services, ipv6=True, v6=v6)
     assert ("net", "ipv6", "conf", "all", "forwarding") not in sysctl.values
-    assert fake_services.ctx.netlink.calls == [] and state(fake_services) == ([], [])
+    assert fake_services.netlink.calls == [] and state(fake_services) == ([], [])
     create(fake_services)                   # IPv4-only networks are fine
     fw.families = (4, 6)
     create(fake_services, nid="ef" * 32, subnet="10.200.2.0/24", ipv6=True, v6=v6)
@@ -357,7 +357,7 @@ def test_ipv6_fails_closed_without_ip6tables(fake_services):
 
 
 def test_a_custom_named_bridge_docker_reports_cannot_be_adopted(fake_services):
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     nl.devices["mydockerbr"] = FakeLink("mydockerbr", "bridge")
     fake_services.networks.docker_bridges_seen({"docker0", "mydockerbr"})
     with pytest.raises(InvalidRequest, match="it is Docker's bridge"):
@@ -367,12 +367,12 @@ def test_a_custom_named_bridge_docker_reports_cannot_be_adopted(fake_services):
 
 def test_restore_still_writes_the_firewall_when_listing_bridges_fails(fake_services):
     create(fake_services)
-    fw = fake_services.ctx.firewall
+    fw = fake_services.firewall
     fw.kernel = None   # our table deleted
 
     def broken(own):
         raise KernelError("list bridges and routes: injected")
-    fake_services.ctx.netlink.foreign_bridges = broken
+    fake_services.netlink.foreign_bridges = broken
     report = fake_services.reconciler.restore()
     assert any(e.startswith("bridges: ") for e in report.errors)
     assert any(f"pt-{NID[:12]}" in r for r in fw.all_rules())
@@ -383,7 +383,7 @@ def test_endpoints_are_made_side_by_side_not_one_after_another(fake_services):
     other call waited for it. Both calls must now be inside the kernel step at once."""
     import threading
     create(fake_services)
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     both_inside = threading.Barrier(2, timeout=5)
     real = nl.create_veth
 
@@ -410,7 +410,7 @@ def test_endpoints_are_made_side_by_side_not_one_after_another(fake_services):
 
 def test_a_network_removed_while_its_endpoint_is_made_leaves_nothing(fake_services):
     create(fake_services)
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     real = nl.create_veth
 
     def and_meanwhile(*args, **kw):
@@ -424,7 +424,7 @@ def test_a_network_removed_while_its_endpoint_is_made_leaves_nothing(fake_servic
 
 def test_doctor_names_each_element_that_differs_and_healing_puts_it_back(fake_services):
     create(fake_services)
-    eps, fw = fake_services.endpoints, fake_services.ctx.firewall
+    eps, fw = fake_services.endpoints, fake_services.firewall
     eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
     del fw.kernel["sets"]["to4_any"][("tcp", 8080)]                    # someone deleted one element
@@ -465,7 +465,7 @@ def test_publishing_looks_up_only_the_ports_it_asks_for(fake_services, monkeypat
 
 
 def state_endpoint(services, eid):
-    with services.ctx.store.reading() as tx:
+    with services.store.reading() as tx:
         return tx.get_endpoint(eid)
 
 
@@ -505,7 +505,7 @@ def test_a_routed_family_publishes_the_container_port_at_its_address_with_no_hos
     DNAT and no masquerade, only its container port opened; IPv4 is published as ever. Two
     containers may both publish port 80 on the routed family: no host port is taken."""
     create(fake_services, ipv6=True, v6=V6, generic={MODE6: "routed"})
-    eps, fw, bridge = fake_services.endpoints, fake_services.ctx.firewall, f"pt-{NID[:12]}"
+    eps, fw, bridge = fake_services.endpoints, fake_services.firewall, f"pt-{NID[:12]}"
     assert fw.elements("routed6") == {bridge: None} and fw.elements("routed4") == {}
     assert fw.elements("masq") == {bridge: None}, "IPv4 still masqueraded (the post chain returns early for IPv6)"
     portmap = [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]
@@ -519,7 +519,7 @@ def test_a_routed_family_publishes_the_container_port_at_its_address_with_no_hos
         eps.program(NID, other, portmap)
     eps.program(NID, other, [{"Proto": 6, "Port": 80, "HostIP": "::", "HostPort": 8080, "HostPortEnd": 8080}])
     assert (bridge, "fd70:6201:ff00:1::3", "tcp", 80) in fw.elements("published6"), "IPv6 only: no host port"
-    with fake_services.ctx.store.reading() as tx:
+    with fake_services.store.reading() as tx:
         assert [str(b) for b in tx.get_endpoint(other).ports] == ["80/tcp routed (IPv6)"]
         assert tx.get_network(NID).routed == frozenset({6})    # and the state keeps the mode
 
@@ -527,7 +527,7 @@ def test_a_routed_family_publishes_the_container_port_at_its_address_with_no_hos
 def test_nat_unprotected_and_trusted_host_interfaces_are_elements_of_their_sets(fake_services):
     create(fake_services, generic={MODE4: "nat-unprotected",
                                    "com.docker.network.bridge.trusted_host_interfaces": "eth3:vxlan.1"})
-    fw, bridge = fake_services.ctx.firewall, f"pt-{NID[:12]}"
+    fw, bridge = fake_services.firewall, f"pt-{NID[:12]}"
     assert fw.elements("unprotected4") == {bridge: None} and fw.elements("routed4") == {}
     assert fw.elements("trusted") == {("eth3", bridge): None, ("vxlan.1", bridge): None}
     fake_services.networks.delete(NID)
@@ -545,7 +545,7 @@ def test_nat_unprotected_and_trusted_host_interfaces_are_elements_of_their_sets(
 def test_bad_gateway_modes_and_trusted_interfaces_are_refused_with_nothing_made(fake_services, generic, message):
     with pytest.raises(InvalidRequest, match=message):
         create(fake_services, generic=generic)
-    assert state(fake_services) == ([], []) and fake_services.ctx.firewall.elements("bridges") == {}
+    assert state(fake_services) == ([], []) and fake_services.firewall.elements("bridges") == {}
 
 
 # Issue 20, item 4: fail closed while our table is gone.
@@ -558,7 +558,7 @@ def test_while_our_table_cannot_be_rewritten_loopback_ports_are_withheld_and_com
     eps = fake_services.endpoints
     eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
-    fw, sysctl, doctor = fake_services.ctx.firewall, fake_services.ctx.sysctl, fake_services.doctor
+    fw, sysctl, doctor = fake_services.firewall, fake_services.sysctl, fake_services.doctor
     key = ("net", "ipv4", "conf", f"pt-{NID[:12]}", "route_localnet")
     assert sysctl.values[key] == "1"
     fw.kernel = None                    # nft flush ruleset
@@ -566,7 +566,7 @@ def test_while_our_table_cannot_be_rewritten_loopback_ports_are_withheld_and_com
     with pytest.raises(KernelError, match="injected firewall failure"):
         doctor.heal_firewall()
     assert sysctl.values[key] == "0"
-    assert fake_services.ctx.exposed
+    assert fake_services.lifecycle.exposed
     eps.create(NID, "ef" * 32, address="10.200.1.3/24", address6="", mac="")
     with pytest.raises(KernelError):                          # a change needs the table: it fails,
         eps.program(NID, "ef" * 32, [{"Proto": 6, "Port": 81, "HostIP": "", "HostPort": 8081, "HostPortEnd": 8081}])
@@ -574,7 +574,7 @@ def test_while_our_table_cannot_be_rewritten_loopback_ports_are_withheld_and_com
     fw.fail = False
     doctor.heal_firewall()
     assert fw.drift(*state(fake_services)) == []
-    assert sysctl.values[key] == "1" and not fake_services.ctx.exposed
+    assert sysctl.values[key] == "1" and not fake_services.lifecycle.exposed
 
 
 def test_an_element_missing_is_repaired_without_withholding_anything(fake_services):
@@ -582,11 +582,11 @@ def test_an_element_missing_is_repaired_without_withholding_anything(fake_servic
     eps = fake_services.endpoints
     eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
-    fw, sysctl = fake_services.ctx.firewall, fake_services.ctx.sysctl
+    fw, sysctl = fake_services.firewall, fake_services.sysctl
     fw.kernel["sets"]["masq"].clear()
     sysctl.values.clear()
     assert fake_services.doctor.heal_firewall() != []
-    assert sysctl.values == {} and not fake_services.ctx.exposed
+    assert sysctl.values == {} and not fake_services.lifecycle.exposed
 
 
 def test_healing_from_events_runs_whatever_the_legacy_poll_setting(tmp_path, monkeypatch):
@@ -632,7 +632,7 @@ def test_uninstall_keeps_a_users_bridge_a_network_adopted(fake_services):
     """Issue 20, item 5: the README says a bridge pybridge did not make is never deleted; the
     uninstall deleted every network's bridge, adopted ones too. It takes its address off and
     leaves the bridge; its own bridges and veths go."""
-    nl = fake_services.ctx.netlink
+    nl = fake_services.netlink
     nl.devices["br-lan"] = FakeLink("br-lan", "bridge")
     create(fake_services, generic={"com.docker.network.bridge.name": "br-lan"})
     create(fake_services, nid="ef" * 32, subnet="10.200.2.0/24")

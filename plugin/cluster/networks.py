@@ -1,0 +1,216 @@
+"""Cluster mode's part in the local use cases: the NetworkHooks (plugin.driver.ports) the
+network and endpoint services call, and what the cluster watch reports back.
+
+- join/leave: the cluster's record of a network (made by the first host) gives its VNI,
+  gateway MAC and MTU; the last host to leave removes it.
+- attach/detach: the network's VXLAN device on its bridge, with the other hosts' containers
+  programmed on it (never over a local MAC).
+- changed: the VXLAN filter, so that a network's VNI is taken only from the hosts that have
+  containers on it.
+- endpoint_created/deleted: the endpoint's record in etcd, for the other hosts.
+
+Everything here turns domain objects into cluster records itself: the driver knows nothing of
+etcd or VXLAN.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Callable, ContextManager
+
+from ..domain.errors import CorruptState, InvalidRequest, KernelError, PybridgeError
+from ..domain.model import ContainerInfo, Endpoint, Network
+from ..domain.naming import vxlan_name
+from ..driver.firewall import FirewallWriter
+from ..kernel.interfaces import NetlinkPort, OverlayPort
+from ..store.db import Store
+from .records import EndpointRecord, NetRecord
+from .service import ClusterService, LocalNetwork
+from .watch import Peers
+
+log = logging.getLogger(__name__)
+
+VXLAN_OVERHEAD = {4: 50, 6: 70}        # outer IP, UDP, VXLAN and Ethernet headers
+
+
+class ClusterNetworks:
+    def __init__(self, cluster: ClusterService, overlay: OverlayPort, netlink: NetlinkPort, store: Store,
+                 firewall: FirewallWriter, prefix: str, underlay: str, vxlan_port: int,
+                 local_names: Callable[[str], list[ContainerInfo]] = lambda network_id: []):
+        self.cluster = cluster
+        self.overlay = overlay
+        self.netlink = netlink
+        self.store = store
+        self.firewall = firewall
+        self.prefix = prefix
+        self.underlay = underlay            # this host's underlay address (VXLAN source)
+        self.vxlan_port = vxlan_port
+        self.local_names = local_names      # the DNS's names of this host's containers, by network id
+        self._vxlan_filter: tuple = (0, ())     # what the firewall was last told
+
+    def listen(self) -> None:
+        """The cluster service reports to these from now on."""
+        self.cluster.local = self.holdings
+        self.cluster.on_endpoints = self.remote_peers_changed
+        self.cluster.on_clash = self.address_clash
+        self.cluster.watch.on_loaded = self.program_all_peers
+
+    # --- NetworkHooks
+    def changing(self, network: Network | str) -> ContextManager[None]:
+        """A cluster network's changes are one step in etcd and in the store for the cluster's
+        resync (ClusterService.changing); other networks never wait for it. `network`: the
+        network, or the id of a recorded one."""
+        if isinstance(network, str):
+            try:
+                with self.store.reading() as tx:
+                    found = tx.get_network(network)
+            except CorruptState:
+                found = None
+            return self.changing(found) if found is not None else nullcontext()
+        return self.cluster.changing() if network.cluster else nullcontext()
+
+    def join(self, network: Network) -> Network:
+        """The cluster's record of the network (made now by the first host): VNI, gateway MAC
+        and MTU come from it, so they are the same on every host."""
+        if not network.cluster:
+            return network
+        if not network.subnets:
+            raise InvalidRequest("a cluster network needs a subnet")
+        under = self.overlay.underlay(self.underlay)
+        if under is None:
+            raise KernelError(f"no link of this host holds the underlay address {self.underlay}")
+        overhead = VXLAN_OVERHEAD[6 if ":" in self.underlay else 4]
+        ceiling = under[1] - overhead
+        if network.mtu is not None and network.mtu > ceiling:
+            raise InvalidRequest(f"MTU {network.mtu} does not fit the underlay: {under[0]} has MTU {under[1]}, "
+                                 f"VXLAN takes {overhead}, so at most {ceiling}")
+        subnets = [(str(s.pool), str(s.gateway.ip) if s.gateway else "") for s in network.subnets]
+        aux = tuple(str(a.ip) for s in network.subnets for _, a in s.aux)
+        record = self.cluster.join_network(network.cluster, subnets, min(network.mtu or 1500, ceiling), aux)
+        if record.mtu > ceiling:
+            log.warning("cluster network %s: MTU %d is above this host's ceiling %d", network.cluster, record.mtu, ceiling)
+        return replace(network, vni=record.vni, mac=record.mac, mtu=record.mtu)
+
+    def leave(self, network: Network) -> None:
+        if network.cluster:
+            self.cluster.leave_network(network.cluster)
+
+    def links(self, network: Network) -> tuple[str, ...]:
+        return (vxlan_name(self.prefix, network.vni),) if network.cluster else ()
+
+    def attach(self, network: Network) -> None:
+        """The VXLAN device on the bridge, with the remote entries known."""
+        if not network.cluster:
+            return
+        name = vxlan_name(self.prefix, network.vni)
+        self.overlay.ensure_vxlan(name, network.vni, self.underlay, self.vxlan_port, network.mtu or 1500,
+                                  network.bridge)
+        if self.cluster.loaded:
+            self.overlay.set_peers(name, network.bridge, self._remote(network, self.cluster.remote_peers(network.cluster)))
+        # else: entries already there stay (a restart with etcd away); the first read programs it
+
+    def detach(self, network: Network) -> None:
+        for name in self.links(network):
+            self.netlink.delete_link(name)
+
+    def changed(self, network: Network | None) -> None:
+        if network is None or network.cluster:
+            self._filter_vxlan()
+
+    def endpoint_created(self, network: Network, endpoint: Endpoint) -> None:
+        """The other hosts learn the endpoint's MAC and addresses (and program their VXLAN
+        devices) from the record this writes in etcd."""
+        if network.cluster:
+            self.cluster.publish_endpoint(network.cluster, endpoint.id, EndpointRecord.of(endpoint))
+
+    def endpoint_deleted(self, network: Network, endpoint_id: str) -> None:
+        if network.cluster:
+            self.cluster.withdraw_endpoint(network.cluster, endpoint_id)
+
+    # --- what the cluster reports
+    def program_all_peers(self) -> None:
+        """Every cluster network's VXLAN entries := what the cluster watch read (its first full
+        read after a start or a break: entries of hosts gone meanwhile go too)."""
+        with self.store.reading() as tx:
+            networks = [n for n in tx.list_networks() if n.cluster]
+        for n in networks:
+            try:
+                self.overlay.set_peers(vxlan_name(self.prefix, n.vni), n.bridge,
+                                       self._remote(n, self.cluster.remote_peers(n.cluster)))
+            except PybridgeError as e:
+                log.warning("cluster network %s: %s", n.cluster, e)
+        self._filter_vxlan()
+
+    def holdings(self) -> list[LocalNetwork]:
+        """What this host holds of each cluster network, from the state store (the cluster
+        service writes it to etcd again whenever etcd lost it)."""
+        out = []
+        with self.store.reading() as tx:
+            pools = [p for p in tx.list_pools() if p.cluster]
+            for n in tx.list_networks():
+                if not n.cluster:
+                    continue
+                aux = {int(a.ip) for s in n.subnets for _, a in s.aux}
+                record = NetRecord(tuple(sorted((str(s.pool), str(s.gateway.ip) if s.gateway else "")
+                                                for s in n.subnets)), n.vni, n.mac, n.mtu or 1500,
+                                   tuple(sorted(str(ipaddress.ip_address(a)) for a in aux)))
+                # the gateway's and aux addresses are the network's (in etcd with its record)
+                addresses = tuple((a, kind) for p in pools if p.cluster == n.cluster
+                                  for _, a, kind in tx.list_leases(p.id) if kind != "gateway" and a not in aux)
+                endpoints = tuple((e.id, EndpointRecord.of(e)) for e in tx.list_endpoints(n.id))
+                out.append(LocalNetwork(n.cluster, record, addresses, endpoints, tuple(self.local_names(n.id))))
+        return out
+
+    def remote_peers_changed(self, cluster: str, peers: Peers) -> None:
+        """The cluster watch's report of the other hosts' containers on cluster network `cluster`."""
+        with self.store.reading() as tx:
+            networks = [n for n in tx.list_networks() if n.cluster == cluster]
+        for n in networks:
+            try:
+                self.overlay.set_peers(vxlan_name(self.prefix, n.vni), n.bridge, self._remote(n, peers))
+            except PybridgeError as e:
+                log.warning("cluster network %s: %s", n.cluster, e)
+        self._filter_vxlan()
+
+    def address_clash(self, cluster: str, address: int) -> None:
+        """Another host holds the address of a container here on cluster network `cluster`:
+        the container's link goes down (no duplicate on the wire)."""
+        ip = ipaddress.ip_address(address)
+        with self.store.reading() as tx:
+            ids = {n.id for n in tx.list_networks() if n.cluster == cluster}
+            endpoints = [e for e in tx.list_endpoints() if e.network_id in ids
+                         and ip in {a.ip for a in (e.address4, e.address6) if a is not None}]
+        for e in endpoints:
+            self.netlink.set_link_up(e.host_ifname, False)
+
+    def _remote(self, network: Network, peers: Peers) -> Peers:
+        """The other hosts' containers, but never one with the MAC of the gateway or of a
+        container here: a remote record does not take over a local entry."""
+        with self.store.reading() as tx:
+            local = {e.mac for e in tx.list_endpoints(network.id)} | {network.mac}
+        clash = sorted(m for m in peers if m in local)
+        if clash:
+            log.warning("cluster network %s: ignoring other hosts' records of %s: the MAC is %s here",
+                        network.cluster, ", ".join(f"{m} (host {peers[m][0]})" for m in clash),
+                        "the gateway's or a container's")
+        return {m: p for m, p in peers.items() if m not in local}
+
+    def _filter_vxlan(self) -> None:
+        """A cluster network's VXLAN (its VNI) is taken only from the hosts that have containers
+        on it (the firewall drops the rest: anyone else could put frames on our bridges)."""
+        with self.store.transaction() as tx:
+            networks = [n for n in tx.list_networks() if n.cluster]
+            if self.cluster.loaded:
+                members = sorted({(n.vni, host) for n in networks
+                                  for host, _ in self.cluster.remote_peers(n.cluster).values()})
+            else:       # etcd not read yet: the last members known, never everyone
+                vnis = {n.vni for n in networks}
+                members = sorted(m for m in tx.vxlan_members() if m[0] in vnis)
+            want = (self.vxlan_port if networks else 0, tuple(members))
+            if want != self._vxlan_filter:
+                self.firewall.change(tx, self.firewall.port.set_vxlan_members, *want)
+                tx.set_vxlan_members(members)
+                self._vxlan_filter = want
