@@ -18,6 +18,7 @@ from .driver.ports import Lifecycle, LocalOnly, NetworkHooks
 from .driver.reaper import Reaper
 from .driver.restore import Doctor, Reconciler
 from .driver.views import Views
+from .ipam.claims import AddressClaims, LocalClaims, Returning
 from .ipam.service import IpamService
 from .kernel.interfaces import FirewallPort, NetlinkPort, OverlayPort, SysctlPort
 from .store.db import Store
@@ -152,8 +153,11 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
     lifecycle = Lifecycle()
     writer = FirewallWriter(firewall, lifecycle)
     hooks: NetworkHooks = LocalOnly()
+    returning = Returning()
+    claims: AddressClaims = LocalClaims(store, returning)
     cluster = None
     if settings.clustered:
+        from .cluster.claims import EtcdClaims
         from .cluster.networks import ClusterNetworks
         from .cluster.service import ClusterService
         if kv is None:
@@ -168,6 +172,7 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
                                      dns.local_names if dns is not None else (lambda network_id: []))
         on_cluster.listen()
         hooks = on_cluster
+        claims = EtcdClaims(cluster, store, LocalClaims(store, returning), returning)
         if dns is not None:
             cluster.on_names = dns.set_remote
             dns.on_local_names = cluster.publish_names
@@ -180,7 +185,7 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
         reaper=reaper, hooks=hooks, networks=networks,
         endpoints=EndpointService(store, netlink, sysctl, writer, hooks, reaper, lifecycle, prefix),
         ipam=IpamService(store, netlink.host_networks, settings.default_pools, settings.default_pools6,
-                         cluster=cluster),
+                         claims=claims),
         reconciler=Reconciler(store, netlink, sysctl, writer, networks, bridges, lifecycle, prefix, dns),
         doctor=Doctor(store, netlink, sysctl, writer, hooks, lifecycle, prefix, cluster),
         views=Views(store, dns, cluster), dns=dns, cluster=cluster, overlay=overlay)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from typing import Iterable
+from typing import Collection, Iterable
 
 
 def home(host: str, lo: int, hi: int) -> int:
@@ -46,9 +46,10 @@ class AddressBook:
         with self._lock:
             self._taken.get(network, set()).discard(address)
 
-    def reserve(self, network: str, lo: int, hi: int, cursor: int) -> int | None:
-        """The first address after cursor (wrapping once) that is neither taken nor being
-        claimed by another thread here; it is being claimed from now on (settle() ends that)."""
+    def reserve(self, network: str, lo: int, hi: int, cursor: int, avoid: Collection[int] = ()) -> int | None:
+        """The first address after cursor (wrapping once) that is neither taken, nor being
+        claimed by another thread here, nor in `avoid`; it is being claimed from now on (settle()
+        ends that)."""
         with self._lock:
             taken = self._taken.setdefault(network, set())
             pending = self._pending.setdefault(network, set())
@@ -56,7 +57,7 @@ class AddressBook:
             start = cursor + 1 if lo <= cursor + 1 <= hi else lo
             for i in range(size):
                 candidate = lo + (start - lo + i) % size
-                if candidate not in taken and candidate not in pending:
+                if candidate not in taken and candidate not in pending and candidate not in avoid:
                     pending.add(candidate)
                     return candidate
             return None

@@ -22,7 +22,7 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator
 
 from ..domain.errors import Conflict, Exhausted
 from ..domain.model import ContainerInfo
@@ -267,16 +267,19 @@ class ClusterService:
         held, _ = self.kv.range(r.addr_prefix(name))
         self._book.load(name, [parts[1] for parts in map(lambda k: r.split_addr_key(k, name), held) if parts])
 
-    def allocate(self, name: str, lo: int, hi: int, cursor: int) -> int:
+    def allocate(self, name: str, lo: int, hi: int, cursor: int, avoid: Collection[int] = ()) -> int:
         """A free address in [lo, hi] after cursor (or after this host's home in the subnet, for
-        its first), claimed for this host: usually one transaction (see AddressBook)."""
+        its first), claimed for this host: usually one transaction (see AddressBook). Addresses
+        in `avoid` (remembered for containers that restart) are taken only when no other is free."""
         try:
             if not self._book.known(name):
                 self._load_taken(name)
             cursor = cursor if lo <= cursor <= hi else home(self.host, lo, hi)
             reloaded = False
             for _ in range(CLAIM_ATTEMPTS):
-                value = self._book.reserve(name, lo, hi, cursor)
+                value = self._book.reserve(name, lo, hi, cursor, avoid)
+                if value is None and avoid:
+                    value = self._book.reserve(name, lo, hi, cursor)
                 if value is None:
                     if reloaded:
                         raise Exhausted(f"no free address left in cluster network {name}")

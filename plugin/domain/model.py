@@ -1,4 +1,5 @@
-"""The records pybridge keeps: networks and endpoints (pools and leases live in ipam/)."""
+"""The records pybridge keeps: networks, endpoints and IPAM pools (their leases are rows of the
+store, the logic that hands them out is in ipam/)."""
 
 from __future__ import annotations
 
@@ -91,3 +92,15 @@ class Endpoint:
     sandbox_key: str = ""
     options: tuple[tuple[str, str], ...] = field(default=())
     ports: tuple = ()    # PortBinding, while the endpoint is its container's gateway
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    """An IPAM pool (RequestPool's answer): the subnet it hands addresses from, the walk's cursor."""
+
+    id: str
+    space: str
+    subnet: IPNetwork
+    ip_range: IPNetwork | None
+    cursor: int
+    cluster: str = ""       # the cluster network whose addresses it hands out (shared in etcd), or ""

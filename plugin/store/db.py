@@ -13,13 +13,12 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..domain.addresses import parse_cidr
 from ..domain.errors import CorruptState, PybridgeError
-from ..domain.model import ContainerInfo, Endpoint, IPNetwork, Network
+from ..domain.model import ContainerInfo, Endpoint, Network, PoolRecord
 from . import codec
 
 _BAD_ROW = (*codec.DECODE_ERRORS, PybridgeError)
@@ -143,16 +142,6 @@ def _fill_bindings(conn: sqlite3.Connection) -> None:
 def addr_key(value: int) -> str:
     """Fixed-width hex, so that text order is numeric order for IPv4 and IPv6 alike."""
     return f"{value:032x}"
-
-
-@dataclass(frozen=True)
-class PoolRecord:
-    id: str
-    space: str
-    subnet: IPNetwork
-    ip_range: IPNetwork | None
-    cursor: int
-    cluster: str = ""       # the cluster network whose addresses it hands out (shared in etcd), or ""
 
 
 def _one(table: str, key: str, decode, *row):

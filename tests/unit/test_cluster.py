@@ -16,7 +16,7 @@ from plugin.config import load_settings
 from plugin.domain.errors import Conflict, InvalidRequest
 from plugin.domain.model import ContainerInfo
 from plugin.domain.options import LOCAL_SPACE, IpamDataSpec
-from plugin.ipam.service import ENDPOINT_NAME
+from plugin.ipam.claims import ENDPOINT_NAME
 from plugin.store.db import Store
 from plugin.wiring import build_services
 from tests.fakes import FakeFirewall, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl
@@ -641,6 +641,24 @@ def test_a_container_that_restarts_gets_its_cluster_address_back(hosts, kv):
     assert b.ipam.request_address(pb, first.split("/")[0], {}) == first
     again = a.ipam.request_address(pa, "", {ENDPOINT_NAME: "web1"})
     assert again != first
+
+
+def test_a_new_container_on_a_cluster_network_steps_over_remembered_addresses(hosts, kv):
+    """The cluster's claims step over the addresses remembered for restarting containers, as a
+    local network's do (issue 21: the etcd path forgot them), and take them only when nothing
+    else is free."""
+    a, _, _ = hosts
+    pa = create_cluster_net(a, nid(1))
+    first = a.ipam.request_address(pa, "", {ENDPOINT_NAME: "web1"}).split("/")[0]
+    a.ipam.remember([("c1" * 32, "web1", first)])
+    a.ipam.release_address(pa, first)                                 # dockerd stops it
+    with a.store.transaction() as tx:                                  # the walk starts just before it
+        pool = tx.get_pool(pa)
+        tx.set_cursor(pa, int(ipaddress.ip_address(first)) - 1)
+        assert pool is not None and pool.cluster
+    other = a.ipam.request_address(pa, "", {ENDPOINT_NAME: "db"}).split("/")[0]
+    assert other != first and int(ipaddress.ip_address(other)) == int(ipaddress.ip_address(first)) + 1
+    assert a.ipam.request_address(pa, "", {ENDPOINT_NAME: "web1"}).split("/")[0] == first
 
 
 def create_cluster_net_with_aux(h, network_id, aux: tuple[tuple[str, str], ...], name="web"):

@@ -19,7 +19,9 @@ from plugin.kernel.interfaces import OverlayPort
 from plugin.kernel.vxlan import Vxlan
 from plugin.cluster.service import ClusterService
 from plugin.dns.service import DnsService
+from plugin.cluster.claims import EtcdClaims
 from plugin.cluster.networks import ClusterNetworks
+from plugin.ipam.claims import AddressClaims, LocalClaims
 from plugin.driver.ports import ClusterView, DnsPort, LocalOnly, NetworkHooks, ReaperPort
 from plugin.driver.reaper import Reaper
 from tests.fakes import FakeFirewall, FakeHostDns, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl
@@ -30,7 +32,9 @@ PAIRS = [(NetlinkPort, Netlink), (NetlinkPort, FakeNetlink), (FirewallPort, NftF
          (ClusterKVPort, EtcdKV), (ClusterKVPort, FakeKV),
          # the services beside the driver, as the driver sees them (plugin/driver/ports.py)
          (DnsPort, DnsService), (ClusterView, ClusterService), (ReaperPort, Reaper),
-         (NetworkHooks, ClusterNetworks), (NetworkHooks, LocalOnly)]
+         (NetworkHooks, ClusterNetworks), (NetworkHooks, LocalOnly),
+         # IPAM's claim strategies, one per pool
+         (AddressClaims, LocalClaims), (AddressClaims, EtcdClaims)]
 
 
 def _methods(protocol) -> dict[str, inspect.Signature]:

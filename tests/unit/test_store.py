@@ -5,7 +5,8 @@ import os
 import sqlite3
 import stat
 
-from plugin.store.db import PoolRecord, Store
+from plugin.domain.model import PoolRecord
+from plugin.store.db import Store
 
 
 def test_leases_from_before_lease_times_are_migrated(tmp_path):
