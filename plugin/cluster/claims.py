@@ -25,7 +25,7 @@ class EtcdClaims:
 
     def _cluster_pool(self, pool_id: str) -> PoolRecord | None:
         with self._store.reading() as tx:
-            pool = tx.get_pool(pool_id)
+            pool = tx.leases.get_pool(pool_id)
         return pool if pool is not None and pool.cluster else None
 
     def claim(self, pool_id: str, request: AddressRequest) -> tuple[PoolRecord, int]:
@@ -46,7 +46,7 @@ class EtcdClaims:
             lo, _ = usable_range(pool.subnet, pool.ip_range)
             with self._store.reading() as tx:
                 back = self._returning.address(tx, pool, request)
-                avoid = frozenset(tx.owned_from(pool.id, lo))
+                avoid = frozenset(tx.containers.owned_from(pool.id, lo))
         with cluster.changing():     # the claim and its lease here, as one step for the resync
             for _ in range(ATTEMPTS):
                 if back is not None and not cluster.claim(name, back, "dynamic"):
@@ -62,11 +62,11 @@ class EtcdClaims:
                     value, kind = cluster.allocate(name, lo, hi, cursor, avoid), "dynamic"
                 try:
                     with self._store.transaction() as tx:
-                        if tx.get_pool(pool.id) is None:
+                        if tx.leases.get_pool(pool.id) is None:
                             raise NotFound(f"pool {pool.id!r} went away while an address was claimed")
-                        added = tx.add_lease(pool.id, value, kind)
+                        added = tx.leases.add(pool.id, value, kind)
                         if added and kind == "dynamic":
-                            tx.set_cursor(pool.id, value)
+                            tx.leases.set_cursor(pool.id, value)
                 except Exception:
                     cluster.release(name, value)
                     raise
@@ -86,6 +86,6 @@ class EtcdClaims:
             return
         with self._cluster.changing():          # the lease here and its claim, as one step for the resync
             with self._store.transaction() as tx:
-                released = tx.delete_lease(pool_id, address)
+                released = tx.leases.delete(pool_id, address)
             if released:
                 self._cluster.release(pool.cluster, address)

@@ -66,7 +66,7 @@ class ClusterNetworks:
         if isinstance(network, str):
             try:
                 with self.store.reading() as tx:
-                    found = tx.get_network(network)
+                    found = tx.networks.get(network)
             except CorruptState:
                 found = None
             return self.changing(found) if found is not None else nullcontext()
@@ -135,7 +135,7 @@ class ClusterNetworks:
         """Every cluster network's VXLAN entries := what the cluster watch read (its first full
         read after a start or a break: entries of hosts gone meanwhile go too)."""
         with self.store.reading() as tx:
-            networks = [n for n in tx.list_networks() if n.cluster]
+            networks = [n for n in tx.networks.all() if n.cluster]
         for n in networks:
             try:
                 self.overlay.set_peers(vxlan_name(self.prefix, n.vni), n.bridge,
@@ -149,8 +149,8 @@ class ClusterNetworks:
         service writes it to etcd again whenever etcd lost it)."""
         out = []
         with self.store.reading() as tx:
-            pools = [p for p in tx.list_pools() if p.cluster]
-            for n in tx.list_networks():
+            pools = [p for p in tx.leases.pools() if p.cluster]
+            for n in tx.networks.all():
                 if not n.cluster:
                     continue
                 aux = {int(a.ip) for s in n.subnets for _, a in s.aux}
@@ -159,15 +159,15 @@ class ClusterNetworks:
                                    tuple(sorted(str(ipaddress.ip_address(a)) for a in aux)))
                 # the gateway's and aux addresses are the network's (in etcd with its record)
                 addresses = tuple((a, kind) for p in pools if p.cluster == n.cluster
-                                  for _, a, kind in tx.list_leases(p.id) if kind != "gateway" and a not in aux)
-                endpoints = tuple((e.id, EndpointRecord.of(e)) for e in tx.list_endpoints(n.id))
+                                  for _, a, kind in tx.leases.all(p.id) if kind != "gateway" and a not in aux)
+                endpoints = tuple((e.id, EndpointRecord.of(e)) for e in tx.networks.endpoints(n.id))
                 out.append(LocalNetwork(n.cluster, record, addresses, endpoints, tuple(self.local_names(n.id))))
         return out
 
     def remote_peers_changed(self, cluster: str, peers: Peers) -> None:
         """The cluster watch's report of the other hosts' containers on cluster network `cluster`."""
         with self.store.reading() as tx:
-            networks = [n for n in tx.list_networks() if n.cluster == cluster]
+            networks = [n for n in tx.networks.all() if n.cluster == cluster]
         for n in networks:
             try:
                 self.overlay.set_peers(vxlan_name(self.prefix, n.vni), n.bridge, self._remote(n, peers))
@@ -180,8 +180,8 @@ class ClusterNetworks:
         the container's link goes down (no duplicate on the wire)."""
         ip = ipaddress.ip_address(address)
         with self.store.reading() as tx:
-            ids = {n.id for n in tx.list_networks() if n.cluster == cluster}
-            endpoints = [e for e in tx.list_endpoints() if e.network_id in ids
+            ids = {n.id for n in tx.networks.all() if n.cluster == cluster}
+            endpoints = [e for e in tx.networks.endpoints() if e.network_id in ids
                          and ip in {a.ip for a in (e.address4, e.address6) if a is not None}]
         for e in endpoints:
             self.netlink.set_link_up(e.host_ifname, False)
@@ -190,7 +190,7 @@ class ClusterNetworks:
         """The other hosts' containers, but never one with the MAC of the gateway or of a
         container here: a remote record does not take over a local entry."""
         with self.store.reading() as tx:
-            local = {e.mac for e in tx.list_endpoints(network.id)} | {network.mac}
+            local = {e.mac for e in tx.networks.endpoints(network.id)} | {network.mac}
         clash = sorted(m for m in peers if m in local)
         if clash:
             log.warning("cluster network %s: ignoring other hosts' records of %s: the MAC is %s here",
@@ -202,15 +202,15 @@ class ClusterNetworks:
         """A cluster network's VXLAN (its VNI) is taken only from the hosts that have containers
         on it (the firewall drops the rest: anyone else could put frames on our bridges)."""
         with self.store.transaction() as tx:
-            networks = [n for n in tx.list_networks() if n.cluster]
+            networks = [n for n in tx.networks.all() if n.cluster]
             if self.cluster.loaded:
                 members = sorted({(n.vni, host) for n in networks
                                   for host, _ in self.cluster.remote_peers(n.cluster).values()})
             else:       # etcd not read yet: the last members known, never everyone
                 vnis = {n.vni for n in networks}
-                members = sorted(m for m in tx.vxlan_members() if m[0] in vnis)
+                members = sorted(m for m in tx.meta.vxlan_members() if m[0] in vnis)
             want = (self.vxlan_port if networks else 0, tuple(members))
             if want != self._vxlan_filter:
                 self.firewall.change(tx, self.firewall.port.set_vxlan_members, *want)
-                tx.set_vxlan_members(members)
+                tx.meta.set_vxlan_members(members)
                 self._vxlan_filter = want

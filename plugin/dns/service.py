@@ -79,7 +79,7 @@ class DnsService:
         with self._lock:
             self._remote[cluster] = list(containers)
         with self.store.reading() as tx:
-            networks = [n for n in tx.list_networks() if n.cluster == cluster]
+            networks = [n for n in tx.networks.all() if n.cluster == cluster]
         learned = self._known()
         for n in networks:
             name, containers = learned.get(n.id, (n.id[:12], []))
@@ -109,10 +109,10 @@ class DnsService:
     def reconcile(self) -> None:
         """Listeners for exactly the recorded networks; snapshots rebuilt from what we know."""
         with self.store.reading() as tx:
-            networks = tx.list_networks()
+            networks = tx.networks.all()
             with self._lock:
                 if not self._loaded:
-                    self._learned, self._loaded = tx.list_dns(), True
+                    self._learned, self._loaded = tx.containers.names(), True
         learned = self._known()
         specs = {}
         for n in networks:
@@ -138,14 +138,14 @@ class DnsService:
     def learned(self, state, changed: set[str]) -> None:
         """Watcher callback: Docker's view of the networks in `changed`."""
         with self.store.transaction() as tx:
-            ours = {n.id: n for n in tx.list_networks()}
+            ours = {n.id: n for n in tx.networks.all()}
             mine = changed & set(ours)
             with self._lock:
                 for nid in mine:
                     name, members = state.get(nid, (self._learned.get(nid, (nid[:12], []))[0], {}))
                     containers = sorted(members.values(), key=lambda c: c.id)
                     self._learned[nid] = (name, containers)
-                    tx.put_dns(nid, name, containers)
+                    tx.containers.put_names(nid, name, containers)
                 updated = {nid: self._learned[nid] for nid in mine}
         for nid, (name, containers) in updated.items():
             self.server.set_snapshot(nid, self._snapshot(ours[nid], name, containers))
@@ -161,7 +161,7 @@ class DnsService:
     def forget(self, network_id: str, tx) -> None:
         with self._lock:
             self._learned.pop(network_id, None)
-        tx.delete_dns(network_id)
+        tx.containers.forget_names(network_id)
 
     def find(self, ref: str) -> str | None:
         """A network ID from an ID, an ID prefix or a network name."""
@@ -169,7 +169,7 @@ class DnsService:
             if ref in (nid, name):
                 return nid
         with self.store.reading() as tx:
-            ids = [n.id for n in tx.list_networks() if n.id.startswith(ref)]
+            ids = [n.id for n in tx.networks.all() if n.id.startswith(ref)]
         return ids[0] if len(ids) == 1 else None
 
     def overview(self) -> dict:

@@ -26,7 +26,7 @@ class ForeignBridges:
     def found(self, tx: Tx) -> tuple[str, ...]:
         """The bridges that are not ours now, inside a transaction (so our own networks are as
         recorded). The firewall adapter keeps the set it isolates (FirewallPort.foreign)."""
-        return tuple(self.netlink.foreign_bridges([n.bridge for n in tx.list_networks()]))
+        return tuple(self.netlink.foreign_bridges([n.bridge for n in tx.networks.all()]))
 
     def on_change(self) -> None:
         """A bridge or an uplink route changed: isolate our networks from the bridges there are now.
@@ -38,7 +38,7 @@ class ForeignBridges:
                 return
             log.info("bridges that are not ours: %s", ", ".join(found) or "none")
             try:
-                self.firewall.port.set_foreign(found, [n.bridge for n in tx.list_networks()])
+                self.firewall.port.set_foreign(found, [n.bridge for n in tx.networks.all()])
             except KernelError as e:
                 log.warning("firewall change failed (%s): rewriting the table", e)
                 self.firewall.sync(tx, foreign=found)

@@ -43,12 +43,12 @@ class EndpointService:
         transaction that checks the network is still there, and a failure removes the pair."""
         with self.locks.hold(endpoint_id):
             with self.store.reading() as tx:
-                network = tx.get_network(network_id)
+                network = tx.networks.get(network_id)
                 if network is None:
                     raise NotFound(f"network {network_id[:12]} is not known to pybridge")
                 endpoint, chose_mac = endpoint_from_request(network, endpoint_id, address=address,
                                                             address6=address6, mac=mac, prefix=self.prefix)
-                existing = tx.get_endpoint(endpoint_id)
+                existing = tx.networks.get_endpoint(endpoint_id)
             if existing is not None:  # a retried call: answer as the first time
                 endpoint = existing
             else:
@@ -58,9 +58,9 @@ class EndpointService:
                     try:
                         self.hooks.endpoint_created(network, endpoint)
                         with self.store.transaction() as tx:
-                            if tx.get_network(network_id) != network:
+                            if tx.networks.get(network_id) != network:
                                 raise NotFound(f"network {network_id[:12]} went away while its endpoint was made")
-                            tx.put_endpoint(endpoint)
+                            tx.networks.put_endpoint(endpoint)
                     except Exception:
                         self.netlink.delete_link(endpoint.host_ifname)
                         self.hooks.endpoint_deleted(network, endpoint_id)
@@ -70,12 +70,12 @@ class EndpointService:
 
     def join(self, network_id: str, endpoint_id: str, sandbox_key: str) -> dict:
         with self.store.transaction() as tx:
-            endpoint = tx.get_endpoint(endpoint_id)
-            network = tx.get_network(network_id)
+            endpoint = tx.networks.get_endpoint(endpoint_id)
+            network = tx.networks.get(network_id)
             if endpoint is None or network is None or endpoint.network_id != network_id:
                 raise NotFound(f"endpoint {endpoint_id[:12]} of network {network_id[:12]} is not known to pybridge")
             if endpoint.sandbox_key != sandbox_key:
-                tx.put_endpoint(replace(endpoint, sandbox_key=sandbox_key))
+                tx.networks.put_endpoint(replace(endpoint, sandbox_key=sandbox_key))
         resp: dict = {"InterfaceName": {"SrcName": endpoint.container_ifname, "DstPrefix": "eth"},
                       "StaticRoutes": []}
         if network.internal:
@@ -93,7 +93,7 @@ class EndpointService:
         29 calls it again whenever the container's gateway endpoints change (the same ports:
         nothing to do); ipv6=False when another endpoint is the container's IPv6 gateway."""
         with self.store.transaction() as tx:
-            endpoint, network = tx.get_endpoint(endpoint_id), tx.get_network(network_id)
+            endpoint, network = tx.networks.get_endpoint(endpoint_id), tx.networks.get(network_id)
             if endpoint is None or network is None:
                 raise NotFound(f"endpoint {endpoint_id[:12]} of network {network_id[:12]} is not known to pybridge")
             requests = parse_portmap(portmap, network.host_binding_ipv4)
@@ -105,7 +105,7 @@ class EndpointService:
                 requests = [replace(r, family=r.family or 4) for r in requests]
             requests = [r for r in requests if r.family == 0 or r.family in families]
             requests, direct = split_routed(requests, families, network.routed)
-            bindings = tuple(assign(requests, lambda proto, port: tx.bindings_on(proto, port, but=endpoint_id),
+            bindings = tuple(assign(requests, lambda proto, port: tx.networks.bindings_on(proto, port, but=endpoint_id),
                                     self._pick_from(tx, endpoint)))
             bindings += tuple(direct)
             if bindings == endpoint.ports:
@@ -114,7 +114,7 @@ class EndpointService:
             if bindings and not self.lifecycle.exposed:    # (while our table is damaged: when it is back)
                 self.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
             updated = replace(endpoint, ports=bindings)
-            tx.put_endpoint(updated)
+            tx.networks.put_endpoint(updated)
             self.firewall.change(tx, self.firewall.port.change_ports, network, endpoint, updated)
         log.info("endpoint %s publishes %s", endpoint_id[:12], ", ".join(map(str, bindings)))
 
@@ -127,7 +127,7 @@ class EndpointService:
         for b in endpoint.ports:
             if EPHEMERAL[0] <= b.host_port <= EPHEMERAL[1]:
                 own[b.proto] = min(b.host_port, own.get(b.proto, b.host_port))
-        return {**tx.port_cursors(), **own}
+        return {**tx.meta.port_cursors(), **own}
 
     @staticmethod
     def _advance(tx: Tx, requests: list[PortRequest], bindings: tuple[PortBinding, ...]) -> None:
@@ -136,20 +136,20 @@ class EndpointService:
             if not r.host_port:
                 picked[b.proto] = max(picked.get(b.proto, 0), b.host_port)
         if picked:
-            cursors = tx.port_cursors()
+            cursors = tx.meta.port_cursors()
             for proto, port in picked.items():
                 cursors[proto] = port + 1 if port < EPHEMERAL[1] else EPHEMERAL[0]
-            tx.set_port_cursors(cursors)
+            tx.meta.set_port_cursors(cursors)
 
     def revoke(self, network_id: str, endpoint_id: str) -> None:
         """Withdraw the container's published ports (idempotent)."""
         with self.store.transaction() as tx:
-            endpoint = tx.get_endpoint(endpoint_id)
+            endpoint = tx.networks.get_endpoint(endpoint_id)
             if endpoint is None or not endpoint.ports:
                 return
-            network = tx.get_network(endpoint.network_id)
+            network = tx.networks.get(endpoint.network_id)
             updated = replace(endpoint, ports=())
-            tx.put_endpoint(updated)
+            tx.networks.put_endpoint(updated)
             if network is not None:
                 self.firewall.change(tx, self.firewall.port.change_ports, network, endpoint, updated)
 
@@ -163,13 +163,13 @@ class EndpointService:
         network: Network | None = None
         with self.hooks.changing(network_id):   # (cluster: withdrawn and forgotten as one step)
             with self.store.transaction() as tx:
-                endpoint = tx.get_endpoint(endpoint_id)
+                endpoint = tx.networks.get_endpoint(endpoint_id)
                 names = (endpoint.host_ifname, endpoint.container_ifname) if endpoint \
                     else veth_names(self.prefix, endpoint_id)
                 collect(errors, self.reaper.delete, names)
                 if endpoint is not None:
-                    tx.delete_endpoint(endpoint_id)
-                    network = tx.get_network(endpoint.network_id)
+                    tx.networks.delete_endpoint(endpoint_id)
+                    network = tx.networks.get(endpoint.network_id)
                     if network is not None and endpoint.ports:
                         collect(errors, self.firewall.change, tx, self.firewall.port.change_ports, network,
                                 endpoint, None)
@@ -182,7 +182,7 @@ class EndpointService:
 
     def oper_info(self, network_id: str, endpoint_id: str) -> dict:
         with self.store.reading() as tx:
-            endpoint = tx.get_endpoint(endpoint_id)
+            endpoint = tx.networks.get_endpoint(endpoint_id)
         if endpoint is None:
             return {"Value": {}}
         value = {"pybridge.veth": endpoint.host_ifname, "pybridge.mac": endpoint.mac}

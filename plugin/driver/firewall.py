@@ -26,7 +26,7 @@ class FirewallWriter:
         bridges that are not ours; None: those the firewall holds)."""
         if self.lifecycle.retired:
             return
-        self.port.sync(tx.list_networks(), tx.list_endpoints(), foreign=foreign)
+        self.port.sync(tx.networks.all(), tx.networks.endpoints(), foreign=foreign)
 
     def change(self, tx: Tx, change: Callable[..., None], *args: object) -> None:
         """One change of a few elements or chains, made after the transaction's state changed.

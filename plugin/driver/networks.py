@@ -58,14 +58,14 @@ class NetworkService:
             created = touched = False
             try:
                 with self.store.transaction() as tx:
-                    existing = tx.get_network(network_id)
+                    existing = tx.networks.get(network_id)
                     if existing is not None:
                         if replace(existing, bridge_owned=True) != replace(network, bridge_owned=True):
                             raise Conflict(f"network {network_id[:12]} exists with other settings")
                         network = existing
                     if generic.get(OPT_BRIDGE_NAME):   # a custom-named bridge of Docker's is Docker's too
-                        check_adoptable_bridge(network.bridge, self.prefix, tx.docker_bridges())
-                    other = tx.network_by_bridge(network.bridge)
+                        check_adoptable_bridge(network.bridge, self.prefix, tx.meta.docker_bridges())
+                    other = tx.networks.by_bridge(network.bridge)
                     if other is not None and other.id != network_id:
                         raise Conflict(f"bridge {network.bridge} is already used by network {other.id[:12]}")
                     link = self.netlink.link(network.bridge)
@@ -80,9 +80,9 @@ class NetworkService:
                                                          network.mac or bridge_mac(network.id))
                     self._configure_bridge(network)
                     self.hooks.attach(network)
-                    tx.put_network(network)
+                    tx.networks.put(network)
                     for pool in network.pools() if network.cluster else ():
-                        tx.set_pool_cluster(str(pool), network.cluster)
+                        tx.leases.set_pool_cluster(str(pool), network.cluster)
                     self.firewall.change(tx, self.firewall.port.add_network, network)
             except PybridgeError:
                 self._undo_create(network, created, touched, left=existing is None)
@@ -107,8 +107,8 @@ class NetworkService:
     def docker_bridges_seen(self, names: set[str]) -> None:
         """The event watcher's report of Docker's bridges (never called inside a plugin call)."""
         with self.store.transaction() as tx:
-            if tx.docker_bridges() != frozenset(names):
-                tx.set_docker_bridges(names)
+            if tx.meta.docker_bridges() != frozenset(names):
+                tx.meta.set_docker_bridges(names)
 
     def ensure_kernel(self, network: Network) -> bool:
         """Bridge up with its gateway addresses, then what the hooks put on it (a cluster
@@ -140,7 +140,7 @@ class NetworkService:
                     self.netlink.delete_link(network.bridge)
                 else:
                     with self.store.reading() as tx:
-                        recorded = tx.get_network(network.id) is not None
+                        recorded = tx.networks.get(network.id) is not None
                     if not recorded:
                         self.netlink.remove_addresses(network.bridge, network.gateways())
             except PybridgeError as e:
@@ -161,7 +161,7 @@ class NetworkService:
         with self.hooks.changing(network_id):   # (cluster: leaves the store and etcd as one step)
             with self.store.transaction() as tx:
                 try:
-                    network = tx.get_network(network_id)
+                    network = tx.networks.get(network_id)
                 except CorruptState as e:
                     self._forget_unreadable(tx, network_id, e, errors)
                 else:
@@ -183,12 +183,12 @@ class NetworkService:
             # only links with our prefix): first, and if the kernel refuses, the delete fails
             # with nothing changed, so that dockerd's retry finds the network whole.
             self.netlink.remove_addresses(network.bridge, network.gateways())
-        endpoints = tx.list_endpoints(network.id)
+        endpoints = tx.networks.endpoints(network.id)
         for ep in endpoints:
             for name in (ep.host_ifname, ep.container_ifname):
                 collect(errors, self.netlink.delete_link, name)
-            tx.delete_endpoint(ep.id)
-        tx.delete_network(network.id)
+            tx.networks.delete_endpoint(ep.id)
+        tx.networks.delete(network.id)
         if self.dns is not None:
             self.dns.forget(network.id, tx)
         collect(errors, self.firewall.change, tx, self.firewall.port.remove_network, network, endpoints)
@@ -200,7 +200,7 @@ class NetworkService:
         """dockerd wants the network gone and its row cannot be read: forget its rows. Its bridge
         and veths carry our prefix and no record claims them any more, so restore/gc remove them."""
         log.error("network %s: %s; forgetting its rows", network_id[:12], problem)
-        tx.forget_network_rows(network_id)
+        tx.networks.forget_rows(network_id)
         if self.dns is not None:
             self.dns.forget(network_id, tx)
         collect(errors, self.firewall.sync, tx)

@@ -36,17 +36,17 @@ def orphan_leases(tx: Tx, grace: float) -> list[tuple[str, int]]:
     and it is held for as long as the network exists."""
     by_subnet = {}
     held: dict[str, set[int]] = {}
-    for n in tx.list_networks():
+    for n in tx.networks.all():
         for subnet in n.subnets:
             by_subnet[subnet.pool] = n.id
             held.setdefault(n.id, set()).update(int(a.ip) for _, a in subnet.aux)
-    for e in tx.list_endpoints():
+    for e in tx.networks.endpoints():
         for a in (e.address4, e.address6):
             if a is not None:
                 held.setdefault(e.network_id, set()).add(int(a.ip))
-    pools = {p.id: p for p in tx.list_pools()}
+    pools = {p.id: p for p in tx.leases.pools()}
     out = []
-    for pool_id, addr, kind, age in tx.lease_ages(time.time()):
+    for pool_id, addr, kind, age in tx.leases.ages(time.time()):
         pool = pools.get(pool_id)
         nid = by_subnet.get(pool.subnet) if pool else None
         if kind in ("dynamic", "static") and nid and age > grace and addr not in held.get(nid, ()):
@@ -93,9 +93,9 @@ class Reconciler:
             for row in report.unreadable_rows:
                 log.error("restore skips %s (doctor lists it; remove the network or fix the row)", row)
             for pool_id, addr in orphan_leases(tx, lease_grace):
-                tx.delete_lease(pool_id, addr)
+                tx.leases.delete(pool_id, addr)
                 report.released_leases.append(f"{ipaddress.ip_address(addr)} ({pool_id})")
-            networks = tx.list_networks()
+            networks = tx.networks.all()
             known_ids = {n.id for n in networks}
             for n in networks:
                 try:
@@ -103,11 +103,11 @@ class Reconciler:
                 except PybridgeError as e:
                     report.errors.append(f"network {n.id[:12]}: {e}")
             endpoints = []
-            for ep in tx.list_endpoints():
+            for ep in tx.networks.endpoints():
                 if ep.network_id in known_ids:
                     endpoints.append(ep)
                 else:
-                    tx.delete_endpoint(ep.id)
+                    tx.networks.delete_endpoint(ep.id)
                     report.dropped_endpoints.append(ep.id)
             by_id = {n.id: n for n in networks}
             for bridge in sorted({by_id[ep.network_id].bridge for ep in endpoints if ep.ports}):
@@ -157,7 +157,7 @@ class Reconciler:
         if self.dns is not None:
             self.dns.stop()
         with self.store.reading() as tx:
-            networks = tx.list_networks()
+            networks = tx.networks.all()
         bridges = {n.bridge for n in networks if n.bridge_owned}
         removed, errors = [], []
         # a user's bridge a network adopted (-o com.docker.network.bridge.name) is never deleted:
@@ -202,7 +202,7 @@ class Doctor:
     def examine(self, lease_grace: float = LEASE_GRACE) -> dict:
         fw = self.firewall.port
         with self.store.reading() as tx:
-            networks, endpoints = tx.list_networks(), tx.list_endpoints()
+            networks, endpoints = tx.networks.all(), tx.networks.endpoints()
             orphans = orphan_leases(tx, lease_grace)
             problems = [f"state: {row}" for row in tx.unreadable()]
         links = {l.name: l for l in self.netlink.links()}
@@ -241,7 +241,7 @@ class Doctor:
         """Rewrite our table if it drifted (flushed, deleted, elements or static rules gone).
         Returns the drift."""
         with self.store.reading() as tx:
-            networks, endpoints = tx.list_networks(), tx.list_endpoints()
+            networks, endpoints = tx.networks.all(), tx.networks.endpoints()
         if self.lifecycle.retired:
             return []
         problems = self.firewall.port.drift(networks, endpoints)
@@ -254,7 +254,7 @@ class Doctor:
             self.healed["firewall"] = self.healed.get("firewall", 0) + 1
         if self.lifecycle.exposed:
             with self.store.reading() as tx:
-                networks, endpoints = tx.list_networks(), tx.list_endpoints()
+                networks, endpoints = tx.networks.all(), tx.networks.endpoints()
             if not exposing(self.firewall.port.drift(networks, endpoints)):
                 self._reopen(networks, endpoints)
         return problems

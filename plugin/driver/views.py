@@ -26,7 +26,7 @@ class Views:
     def networks(self) -> list[dict]:
         learned = self._learned()
         with self.store.reading() as tx:
-            networks, endpoints = tx.list_networks(), tx.list_endpoints()
+            networks, endpoints = tx.networks.all(), tx.networks.endpoints()
         count: dict[str, int] = {}
         for e in endpoints:
             count[e.network_id] = count.get(e.network_id, 0) + 1
@@ -39,7 +39,7 @@ class Views:
         learned = self._learned()
         suffix = getattr(self.dns, "host_suffix", DEFAULT_HOST_SUFFIX)
         with self.store.reading() as tx:
-            endpoints = tx.list_endpoints()
+            endpoints = tx.networks.endpoints()
         out = []
         for e in endpoints:
             net_name, containers = learned.get(e.network_id, ("", []))
@@ -63,8 +63,8 @@ class Views:
             return {"enabled": False}
         learned = self._learned()
         with self.store.reading() as tx:
-            networks = [n for n in tx.list_networks() if n.cluster]
-            local = {n.id: len(tx.list_endpoints(n.id)) for n in networks}
+            networks = [n for n in tx.networks.all() if n.cluster]
+            local = {n.id: len(tx.networks.endpoints(n.id)) for n in networks}
         state = cluster.snapshot()
         out = []
         for n in networks:

@@ -64,9 +64,9 @@ class Returning:
     def address(self, tx: Tx, pool: PoolRecord, request: AddressRequest) -> int | None:
         lo, hi = usable_range(pool.subnet, pool.ip_range)
         if request.named:
-            back = tx.waiting_address(pool.id, request.name) if request.name else None
+            back = tx.containers.waiting_address(pool.id, request.name) if request.name else None
         elif self._clock() - self._started < RESTART_WINDOW:
-            back = tx.waiting_address(pool.id)
+            back = tx.containers.waiting_address(pool.id)
         else:
             back = None
         return back if back is not None and lo <= back <= hi else None
@@ -91,7 +91,7 @@ class LocalClaims:
 
     def claim(self, pool_id: str, request: AddressRequest) -> tuple[PoolRecord, int]:
         with self._store.transaction() as tx:
-            pool = tx.get_pool(pool_id)
+            pool = tx.leases.get_pool(pool_id)
             if pool is None:
                 raise NotFound(f"unknown pool {pool_id!r}")
             return pool, self.claim_in(tx, pool, request)
@@ -99,13 +99,13 @@ class LocalClaims:
     def claim_in(self, tx: Tx, pool: PoolRecord, request: AddressRequest) -> int:
         if request.wanted is not None:
             value = check_wanted(pool, request.wanted)
-            if not tx.add_lease(pool.id, value, request.kind):
+            if not tx.leases.add(pool.id, value, request.kind):
                 raise Conflict(f"address {request.wanted} is already in use in pool {pool.subnet}")
             return value
         if request.kind == "gateway":
             lo, hi = usable_range(pool.subnet)
-            picked = pick_address(lo, hi, lo - 1, lambda s: tx.leases_from(pool.id, s))
-            if picked is None or not tx.add_lease(pool.id, picked, "gateway"):
+            picked = pick_address(lo, hi, lo - 1, lambda s: tx.leases.taken_from(pool.id, s))
+            if picked is None or not tx.leases.add(pool.id, picked, "gateway"):
                 raise Exhausted(f"no free address left for the gateway in pool {pool.subnet}")
             return picked
         return self._dynamic(tx, pool, request)
@@ -116,21 +116,21 @@ class LocalClaims:
         alike (remembered addresses are taken only when nothing else is left)."""
         lo, hi = usable_range(pool.subnet, pool.ip_range)
         back = self._returning.address(tx, pool, request)
-        if back is not None and tx.add_lease(pool.id, back, "dynamic"):
+        if back is not None and tx.leases.add(pool.id, back, "dynamic"):
             return back
 
         def taken(start: int) -> Iterable[int]:
-            return heapq.merge(tx.leases_from(pool.id, start), tx.owned_from(pool.id, start))
+            return heapq.merge(tx.leases.taken_from(pool.id, start), tx.containers.owned_from(pool.id, start))
         value = pick_address(lo, hi, pool.cursor, taken)
         if value is None:  # only remembered addresses are left: they are not reservations
-            value = pick_address(lo, hi, pool.cursor, lambda s: tx.leases_from(pool.id, s))
+            value = pick_address(lo, hi, pool.cursor, lambda s: tx.leases.taken_from(pool.id, s))
         if value is None:
             where = f"ip-range {pool.ip_range} of pool {pool.subnet}" if pool.ip_range else f"pool {pool.subnet}"
             raise Exhausted(f"no free address left in {where}")
-        tx.add_lease(pool.id, value, "dynamic")
-        tx.set_cursor(pool.id, value)
+        tx.leases.add(pool.id, value, "dynamic")
+        tx.leases.set_cursor(pool.id, value)
         return value
 
     def release(self, pool_id: str, address: int) -> None:
         with self._store.transaction() as tx:
-            tx.delete_lease(pool_id, address)
+            tx.leases.delete(pool_id, address)

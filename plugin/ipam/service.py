@@ -49,7 +49,7 @@ class IpamService:
         """Each pool: its subnet, how many addresses it can hand out, how many it has (one store
         read; for the metrics)."""
         with self._store.reading() as tx:
-            pools, counts = tx.list_pools(), tx.lease_counts()
+            pools, counts = tx.leases.pools(), tx.leases.counts()
         out = []
         for p in pools:
             lo, hi = usable_range(p.subnet, p.ip_range)
@@ -69,7 +69,7 @@ class IpamService:
         if subnet is not None and subnet.num_addresses < 4 and version == 4:
             raise InvalidRequest(f"subnet {subnet} is too small: use /30 or larger")
         with self._store.transaction() as tx:
-            taken = [Taken(p.subnet, f"pool {p.subnet} already held by pybridge") for p in tx.list_pools()]
+            taken = [Taken(p.subnet, f"pool {p.subnet} already held by pybridge") for p in tx.leases.pools()]
             taken += self._host_networks()
             if subnet is None:
                 subnet = find_free_subnet(self._defaults[version], taken)
@@ -82,15 +82,15 @@ class IpamService:
                     raise Conflict(f"subnet {subnet} overlaps {hit.reason}")
             record = PoolRecord(id=f"{subnet}#{secrets.token_hex(4)}", space=space or LOCAL_SPACE,
                                 subnet=subnet, ip_range=ip_range, cursor=-1)
-            tx.put_pool(record)
+            tx.leases.put_pool(record)
         log.info("pool %s reserved", record.id)
         return {"PoolID": record.id, "Pool": str(subnet), "Data": {}}
 
     def release_pool(self, pool_id: str) -> None:
         with self._store.transaction() as tx:
-            if tx.get_pool(pool_id) is None:
+            if tx.leases.get_pool(pool_id) is None:
                 return
-            tx.delete_pool(pool_id)
+            tx.leases.delete_pool(pool_id)
         log.info("pool %s released", pool_id)
 
     # addresses
@@ -111,7 +111,7 @@ class IpamService:
         if not owners and not gone and existing is None:
             return                    # most events: nothing to write, no lock to take
         with self._store.transaction() as tx:
-            pools = tx.list_pools()
+            pools = tx.leases.pools()
             for cid, name, address in owners:
                 try:
                     ip = ipaddress.ip_address(address)
@@ -119,5 +119,5 @@ class IpamService:
                     continue
                 pool = next((p for p in pools if ip.version == p.subnet.version and ip in p.subnet), None)
                 if pool is not None:
-                    tx.put_owner(pool.id, int(ip), cid, name)
-            tx.forget_owners(gone, keep_only=None if existing is None else set(existing))
+                    tx.containers.put_owner(pool.id, int(ip), cid, name)
+            tx.containers.forget_owners(gone, keep_only=None if existing is None else set(existing))

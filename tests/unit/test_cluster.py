@@ -108,9 +108,9 @@ def test_one_record_per_cluster_network_with_the_same_vni_and_gateway_mac_everyw
     create_cluster_net(a, nid(1))
     create_cluster_net(b, nid(2))
     with a.store.reading() as tx:
-        na = tx.get_network(nid(1))
+        na = tx.networks.get(nid(1))
     with b.store.reading() as tx:
-        nb = tx.get_network(nid(2))
+        nb = tx.networks.get(nid(2))
     assert na.vni == nb.vni >= r.VNI_FIRST and na.mac == nb.mac == "02:42:0a:cd:00:01"
     assert na.mtu == nb.mtu == 1450                       # 1500 of the underlay, minus VXLAN's 50
     vx = f"pt{'x'}{na.vni}"
@@ -128,7 +128,7 @@ def test_another_subnet_under_the_same_name_is_refused_and_leaves_nothing(hosts,
         create_cluster_net(b, nid(2), subnet="10.205.1.0/24", gateway="10.205.1.1/24")
     assert b.netlink.devices == {} and dict(kv.data) == before
     with b.store.reading() as tx:
-        assert tx.list_networks() == []
+        assert tx.networks.all() == []
 
 
 def test_an_overlapping_subnet_of_another_cluster_network_is_refused(hosts):
@@ -196,7 +196,7 @@ def test_a_static_address_another_host_holds_is_refused(hosts):
     with pytest.raises(Conflict, match="10.205.0.50 is already in use in cluster network web"):
         b.ipam.request_address(pb, "10.205.0.50", {})
     with b.store.reading() as tx:
-        assert tx.list_leases(pb) == [(pb, int(ipaddress.ip_address("10.205.0.1")), "gateway")]
+        assert tx.leases.all(pb) == [(pb, int(ipaddress.ip_address("10.205.0.1")), "gateway")]
 
 
 def test_endpoints_reach_the_other_hosts_vxlan_and_go_with_the_host(hosts, kv):
@@ -206,7 +206,7 @@ def test_endpoints_reach_the_other_hosts_vxlan_and_go_with_the_host(hosts, kv):
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
     with b.store.reading() as tx:
-        vx = f"ptx{tx.get_network(nid(2)).vni}"
+        vx = f"ptx{tx.networks.get(nid(2)).vni}"
     ip = addr.split("/")[0]
     mac = "02:42:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
     wait_until(lambda: b.overlay.peers(vx) == {mac: (a.address, frozenset({ip}))}, what="B learns A's container")
@@ -275,7 +275,7 @@ def test_without_etcd_cluster_starts_fail_clearly_and_local_networks_go_on(hosts
         a.ipam.request_address(pool, "", {})
     assert a.ipam.request_address(local, "", {}) == "10.204.0.1/24"
     with a.store.reading() as tx:
-        assert [l for l in tx.list_leases(pool) if l[2] != "gateway"] == []     # nothing half-made
+        assert [l for l in tx.leases.all(pool) if l[2] != "gateway"] == []     # nothing half-made
 
 
 def test_what_etcd_lost_is_written_again_and_releases_made_meanwhile_land(hosts, kv):
@@ -318,7 +318,7 @@ def test_restore_keeps_the_vxlan_device_and_gc_removes_a_stray_one(hosts):
     a = hosts[0]
     create_cluster_net(a, nid(1))
     with a.store.reading() as tx:
-        vx = f"ptx{tx.get_network(nid(1)).vni}"
+        vx = f"ptx{tx.networks.get(nid(1)).vni}"
     a.netlink.devices.clear()                   # a reboot
     a.reconciler.restore()
     assert a.netlink.devices[vx].kind == "vxlan"
@@ -405,7 +405,7 @@ def test_a_failure_after_the_cluster_record_leaves_nothing_here_or_in_etcd(hosts
     assert step in a.netlink.calls                      # the fault really fired
     assert a.netlink.devices == {} and kv.data == {}
     with a.store.reading() as tx:
-        assert tx.list_networks() == [] and tx.list_pools() == []
+        assert tx.networks.all() == [] and tx.leases.pools() == []
     a.netlink.fail_on.clear()
     create_cluster_net(a, nid(1))                            # and it can be made afterwards
 
@@ -460,7 +460,7 @@ def test_a_restart_keeps_the_remote_entries_until_etcd_is_read_and_then_drops_th
     a, b, _ = hosts
     create_cluster_net(a, nid(1))
     with a.store.reading() as tx:
-        vx = f"ptx{tx.get_network(nid(1)).vni}"
+        vx = f"ptx{tx.networks.get(nid(1)).vni}"
     stale = {"02:42:0a:cd:00:63": ("10.206.255.9", frozenset({"10.205.0.99"}))}
     a.overlay.set_peers(vx, f"pt-{nid(1)[:12]}", stale)
     kv.down = True
@@ -479,7 +479,7 @@ def test_the_firewall_takes_a_networks_vxlan_only_from_hosts_with_containers_on_
     create_cluster_net(b, nid(2))
     create_cluster_net(b, nid(3), subnet="10.205.64.0/24", gateway="10.205.64.1/24", name="db")
     with b.store.reading() as tx:
-        web, db = tx.get_network(nid(2)).vni, tx.get_network(nid(3)).vni
+        web, db = tx.networks.get(nid(2)).vni, tx.networks.get(nid(3)).vni
     assert web != db
     fw = b.firewall
     assert fw.elements("vxlan_ports") == {4789: None} and fw.elements("vxlan_members4") == {}   # alone: nobody
@@ -498,7 +498,7 @@ def test_the_firewall_takes_a_networks_vxlan_only_from_hosts_with_containers_on_
 
 def _state(h):
     with h.store.reading() as tx:
-        return tx.list_networks(), tx.list_endpoints()
+        return tx.networks.all(), tx.networks.endpoints()
 
 
 def test_asking_twice_for_a_static_address_this_host_holds_keeps_it_claimed(hosts, kv):
@@ -520,7 +520,7 @@ def test_an_address_leased_here_but_lost_from_etcd_is_not_handed_out_twice(hosts
     kv.txn([], [Delete(key)])                                                            # etcd lost it
     a.cluster._book.freed("web", int(ipaddress.ip_interface(first).ip))
     with a.store.transaction() as tx:
-        tx.set_cursor(pool, int(ipaddress.ip_interface(first).ip) - 1)                   # walk onto it again
+        tx.leases.set_cursor(pool, int(ipaddress.ip_interface(first).ip) - 1)                   # walk onto it again
     second = a.ipam.request_address(pool, "", {})
     assert second != first and kv.get(key) is not None                                   # and it is claimed back
 
@@ -565,7 +565,7 @@ def test_the_gateways_mac_is_refused_for_a_container(hosts):
     a, _, _ = hosts
     pa = create_cluster_net(a, nid(1))
     with a.store.reading() as tx:
-        gateway_mac = tx.get_network(nid(1)).mac
+        gateway_mac = tx.networks.get(nid(1)).mac
     with pytest.raises(InvalidRequest, match="it is the network's gateway's MAC"):
         a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="",
                            mac=gateway_mac.upper())
@@ -578,7 +578,7 @@ def test_a_remote_record_never_takes_over_the_gateway_or_a_local_container(hosts
     create_cluster_net(a, nid(1))
     pb = create_cluster_net(b, nid(2))
     with b.store.reading() as tx:
-        net_b = tx.get_network(nid(2))
+        net_b = tx.networks.get(nid(2))
     vx = f"ptx{net_b.vni}"
     b.endpoints.create(nid(2), "e2" * 32, address=b.ipam.request_address(pb, "", {}), address6="",
                        mac="02:00:00:00:19:03")
@@ -618,7 +618,7 @@ def test_values_from_etcd_go_through_the_strict_parsers(hosts, kv):
     create_cluster_net(b, nid(2))
     wait_until(lambda: b.cluster.watch.refused >= 2, what="the hostile records counted")
     with b.store.reading() as tx:
-        vx = f"ptx{tx.get_network(nid(2)).vni}"
+        vx = f"ptx{tx.networks.get(nid(2)).vni}"
     assert b.overlay.peers(vx) == {}
     assert any("record(s) in etcd are not what pybridge writes" in p
                for p in b.doctor.examine(lease_grace=0)["problems"])
@@ -653,8 +653,8 @@ def test_a_new_container_on_a_cluster_network_steps_over_remembered_addresses(ho
     a.ipam.remember([("c1" * 32, "web1", first)])
     a.ipam.release_address(pa, first)                                 # dockerd stops it
     with a.store.transaction() as tx:                                  # the walk starts just before it
-        pool = tx.get_pool(pa)
-        tx.set_cursor(pa, int(ipaddress.ip_address(first)) - 1)
+        pool = tx.leases.get_pool(pa)
+        tx.leases.set_cursor(pa, int(ipaddress.ip_address(first)) - 1)
         assert pool is not None and pool.cluster
     other = a.ipam.request_address(pa, "", {ENDPOINT_NAME: "db"}).split("/")[0]
     assert other != first and int(ipaddress.ip_address(other)) == int(ipaddress.ip_address(first)) + 1
@@ -706,7 +706,7 @@ def test_a_record_counts_only_from_a_live_member_holding_its_addresses(hosts, kv
     a, b, _ = hosts
     pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
     with b.store.reading() as tx:
-        vx = f"ptx{tx.get_network(nid(2)).vni}"
+        vx = f"ptx{tx.networks.get(nid(2)).vni}"
     b.cluster.start()
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="02:00:00:00:19:01")
@@ -740,7 +740,7 @@ def test_the_vxlan_filter_fails_closed_across_a_restart_while_etcd_is_away(hosts
     pa = create_cluster_net(a, nid(1))
     create_cluster_net(b, nid(2))
     with b.store.reading() as tx:
-        vni = tx.get_network(nid(2)).vni
+        vni = tx.networks.get(nid(2)).vni
     b.cluster.start()
     a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="", mac="")
     wait_until(lambda: b.firewall.elements("vxlan_members4") == {(a.address, vni << 8): None}, what="A let in")
@@ -773,7 +773,7 @@ def test_a_local_address_another_host_took_meanwhile_takes_the_container_off_the
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
     with a.store.reading() as tx:
-        veth = tx.get_endpoint("e1" * 32).host_ifname
+        veth = tx.networks.get_endpoint("e1" * 32).host_ifname
     assert a.netlink.devices[veth].up
     kv.expire(a.cluster._lease)                              # A cut off past the grace
     ip = addr.split("/")[0]
@@ -827,7 +827,7 @@ def test_a_container_started_or_stopped_while_a_resync_runs_leaves_etcd_as_the_h
     ip = int(ipaddress.ip_interface(state["address"]).ip)
     keys = {k for k in kv.data if "/web/" in k}
     with a.store.reading() as tx:
-        mac = tx.get_endpoint(eid).mac if what == "start" else None
+        mac = tx.networks.get_endpoint(eid).mac if what == "start" else None
     expected = {r.addr_key("web", ip), r.ep_key("web", a.address, eid), r.mac_key("web", mac)} if mac else set()
     if what == "start":
         assert expected <= keys, sorted(keys)
@@ -843,7 +843,7 @@ def test_while_our_table_is_gone_the_vxlan_device_is_down_and_comes_back_up_with
     a = hosts[0]
     create_cluster_net(a, nid(1))
     with a.store.reading() as tx:
-        vni = tx.get_network(nid(1)).vni
+        vni = tx.networks.get(nid(1)).vni
     dev = a.netlink.devices[vxlan_name("pt", vni)]
     assert dev.up
     fw = a.firewall

@@ -74,7 +74,7 @@ OPERATIONS = [
 
 def world(s):
     with s.store.reading() as tx:
-        state = ([n.id for n in tx.list_networks()], [(e.id, e.ports) for e in tx.list_endpoints()])
+        state = ([n.id for n in tx.networks.all()], [(e.id, e.ports) for e in tx.networks.endpoints()])
     links = sorted((l.name, l.kind, tuple(sorted(l.addresses)), l.master) for l in s.netlink.devices.values())
     return state, links, sorted(s.firewall.all_rules())
 

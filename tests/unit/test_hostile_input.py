@@ -66,7 +66,7 @@ def network_with_endpoint(client):
 
 def snapshot(services):
     with services.store.reading() as tx:
-        state = (tx.list_networks(), tx.list_endpoints(), tx.list_pools(), tx.list_leases())
+        state = (tx.networks.all(), tx.networks.endpoints(), tx.leases.pools(), tx.leases.all())
     nl = services.netlink
     return state, sorted(nl.devices), sorted(services.firewall.all_rules())
 

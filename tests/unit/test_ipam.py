@@ -152,7 +152,7 @@ def test_sixteen_thousand_leases_in_one_pool(ipam):
     for _ in range(16000):
         ipam.request_address(pid, "", {})
     with ipam._store.reading() as tx:
-        assert len(tx.list_leases(pid)) == 16000
+        assert len(tx.leases.all(pid)) == 16000
 
 
 # Addresses that come back: a container that restarts by itself gets its previous address.
@@ -253,18 +253,18 @@ def test_owners_are_forgotten_when_removed_renamed_gone_or_the_pool_goes(restart
     service.remember([("a" * 64, "web", "10.200.0.7"), ("a" * 64, "web", "fd70:6201:ff00:1::7"),
                       ("b" * 64, "db", "10.200.0.8"), ("c" * 64, "x", "10.99.0.1"), ("d" * 64, "y", "bogus")])
     with store.reading() as tx:
-        assert [(p, n) for p, _, _, n in tx.list_owners()] == [(pid, "web"), (pid, "db"), (six, "web")]
+        assert [(p, n) for p, _, _, n in tx.containers.owners()] == [(pid, "web"), (pid, "db"), (six, "web")]
     service.remember([("a" * 64, "www", "10.200.0.9")])          # renamed, and moved
     service.remember([], gone=["b" * 64])
     with store.reading() as tx:
-        assert sorted((str(ipaddress.ip_address(a)), n) for _, a, _, n in tx.list_owners()) == \
+        assert sorted((str(ipaddress.ip_address(a)), n) for _, a, _, n in tx.containers.owners()) == \
             [("10.200.0.9", "www"), ("fd70:6201:ff00:1::7", "web")]
     service.remember([], existing=["e" * 64])                    # a resync: 'a' is no more
     service.remember([("e" * 64, "e", "10.200.0.10")])
     service.release_pool(six)
     service.release_pool(pid)
     with store.reading() as tx:
-        assert tx.list_owners() == []
+        assert tx.containers.owners() == []
 
 
 @settings(max_examples=60, deadline=None)
@@ -293,5 +293,5 @@ def test_no_sequence_hands_one_address_to_two_holders(tmp_path_factory, ops):
             clock.now += 3600 if i % 2 else 0
             service = IpamService(store, lambda: [], (), (), clock=clock)
     with store.reading() as tx:
-        assert sorted(f"{ipaddress.ip_address(a)}/29" for p, a, k in tx.list_leases(pid) if k == "dynamic") == sorted(held)
+        assert sorted(f"{ipaddress.ip_address(a)}/29" for p, a, k in tx.leases.all(pid) if k == "dynamic") == sorted(held)
     store.close()

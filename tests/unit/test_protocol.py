@@ -121,8 +121,8 @@ def test_full_container_lifecycle_as_dockerd_sends_it(client, fake_services):
     assert call(client, "NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == (200, {})
     assert fake_services.netlink.devices == {}
     with fake_services.store.reading() as tx:
-        assert tx.list_networks() == [] and tx.list_endpoints() == [] and tx.list_pools() == []
-        assert tx.list_leases() == []
+        assert tx.networks.all() == [] and tx.networks.endpoints() == [] and tx.leases.pools() == []
+        assert tx.leases.all() == []
 
 
 def test_mac_is_returned_only_when_dockerd_sent_none(client):

@@ -22,7 +22,7 @@ def create(services, nid=NID, subnet="10.200.1.0/24", generic=None, **kw):
 
 def state(services):
     with services.store.reading() as tx:
-        return tx.list_networks(), tx.list_endpoints()
+        return tx.networks.all(), tx.networks.endpoints()
 
 
 def test_create_network_makes_bridge_address_rules_and_record(fake_services):
@@ -266,7 +266,7 @@ def test_leases_without_an_endpoint_are_reported_and_released_after_a_grace(fake
     report = fake_services.reconciler.restore(lease_grace=0)
     assert report.released_leases == [f"{leaked.split('/')[0]} ({pool['PoolID']})"]
     with fake_services.store.reading() as tx:
-        held = {a for _, a, _ in tx.list_leases(pool["PoolID"])}
+        held = {a for _, a, _ in tx.leases.all(pool["PoolID"])}
     import ipaddress
     assert held == {int(ipaddress.ip_interface(gw).ip), int(ipaddress.ip_interface(used).ip)}
 
@@ -441,7 +441,7 @@ def test_publishing_looks_up_only_the_ports_it_asks_for(fake_services, monkeypat
     """Issue 9: Program read and decoded every endpoint of the host to know which ports were
     held (46 ms with 10,000 published, 2 ms with none); it now asks the store's index about the
     ports it considers, and never lists the endpoints."""
-    from plugin.store.db import Tx
+    from plugin.store.repos import Networks
     create(fake_services, subnet="10.200.0.0/16")
     eps = fake_services.endpoints
     for k in range(3):
@@ -452,7 +452,7 @@ def test_publishing_looks_up_only_the_ports_it_asks_for(fake_services, monkeypat
 
     def refused(*a, **kw):
         raise AssertionError("Program listed every endpoint")
-    monkeypatch.setattr(Tx, "list_endpoints", refused)
+    monkeypatch.setattr(Networks, "endpoints", refused)
     with pytest.raises(Conflict, match="20001"):
         eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostPort": 20001}])
     eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostPort": 0}, {"Proto": 17, "Port": 53, "HostPort": 0}])
@@ -466,7 +466,7 @@ def test_publishing_looks_up_only_the_ports_it_asks_for(fake_services, monkeypat
 
 def state_endpoint(services, eid):
     with services.store.reading() as tx:
-        return tx.get_endpoint(eid)
+        return tx.networks.get_endpoint(eid)
 
 
 def test_the_published_port_index_follows_the_endpoints_and_is_built_for_older_state(tmp_path):
@@ -477,12 +477,12 @@ def test_the_published_port_index_follows_the_endpoints_and_is_built_for_older_s
     ep = Endpoint(id="e" * 64, network_id=NID, host_ifname="pth1", container_ifname="ptc1", mac="02:00:00:00:00:01",
                   ports=(PortBinding("tcp", 80, "", 8080), PortBinding("udp", 53, "127.0.0.1", 5353, 4)))
     with store.transaction() as tx:
-        tx.put_endpoint(ep)
-        assert tx.bindings_on("tcp", 8080) == [PortBinding("tcp", 80, "", 8080)]
-        assert tx.bindings_on("tcp", 8080, but=ep.id) == []
-        tx.put_endpoint(Endpoint(**{**ep.__dict__, "ports": ()}))
-        assert tx.bindings_on("tcp", 8080) == []
-        tx.put_endpoint(ep)
+        tx.networks.put_endpoint(ep)
+        assert tx.networks.bindings_on("tcp", 8080) == [PortBinding("tcp", 80, "", 8080)]
+        assert tx.networks.bindings_on("tcp", 8080, but=ep.id) == []
+        tx.networks.put_endpoint(Endpoint(**{**ep.__dict__, "ports": ()}))
+        assert tx.networks.bindings_on("tcp", 8080) == []
+        tx.networks.put_endpoint(ep)
     with store.transaction() as tx:       # what a version before the index left: no rows in it
         tx._c.execute("DELETE FROM bindings")
         tx._c.execute("DELETE FROM meta WHERE key = 'bindings'")
@@ -490,9 +490,9 @@ def test_the_published_port_index_follows_the_endpoints_and_is_built_for_older_s
     store.close()
     store = Store(tmp_path / "s.db").open()
     with store.transaction() as tx:
-        assert tx.bindings_on("udp", 5353) == [PortBinding("udp", 53, "127.0.0.1", 5353, 4)]
-        tx.forget_network_rows(NID)
-        assert tx.bindings_on("udp", 5353) == []
+        assert tx.networks.bindings_on("udp", 5353) == [PortBinding("udp", 53, "127.0.0.1", 5353, 4)]
+        tx.networks.forget_rows(NID)
+        assert tx.networks.bindings_on("udp", 5353) == []
     store.close()
 
 
@@ -520,8 +520,8 @@ def test_a_routed_family_publishes_the_container_port_at_its_address_with_no_hos
     eps.program(NID, other, [{"Proto": 6, "Port": 80, "HostIP": "::", "HostPort": 8080, "HostPortEnd": 8080}])
     assert (bridge, "fd70:6201:ff00:1::3", "tcp", 80) in fw.elements("published6"), "IPv6 only: no host port"
     with fake_services.store.reading() as tx:
-        assert [str(b) for b in tx.get_endpoint(other).ports] == ["80/tcp routed (IPv6)"]
-        assert tx.get_network(NID).routed == frozenset({6})    # and the state keeps the mode
+        assert [str(b) for b in tx.networks.get_endpoint(other).ports] == ["80/tcp routed (IPv6)"]
+        assert tx.networks.get(NID).routed == frozenset({6})    # and the state keeps the mode
 
 
 def test_nat_unprotected_and_trusted_host_interfaces_are_elements_of_their_sets(fake_services):

@@ -20,10 +20,10 @@ def test_leases_from_before_lease_times_are_migrated(tmp_path):
     old.close()
     store = Store(path).open()
     with store.reading() as tx:
-        assert tx.list_leases() == [("p", 0xAA, "dynamic")]
-        assert tx.lease_ages(1000.0)[0][3] == 1000.0   # unknown creation time: counts as old
+        assert tx.leases.all() == [("p", 0xAA, "dynamic")]
+        assert tx.leases.ages(1000.0)[0][3] == 1000.0   # unknown creation time: counts as old
     with store.transaction() as tx:
-        assert tx.add_lease("p", 0xAB, "dynamic")
+        assert tx.leases.add("p", 0xAB, "dynamic")
     store.close()
 
 
@@ -33,7 +33,7 @@ def test_database_wal_and_shm_files_are_owner_only(tmp_path):
     try:
         store = Store(tmp_path / "state" / "state.db").open()
         with store.transaction() as tx:
-            tx.put_pool(PoolRecord("p#1", "s", ipaddress.ip_network("10.200.1.0/24"), None, -1))
+            tx.leases.put_pool(PoolRecord("p#1", "s", ipaddress.ip_network("10.200.1.0/24"), None, -1))
         files = sorted(p.name for p in (tmp_path / "state").iterdir())
         assert files == ["state.db", "state.db-shm", "state.db-wal"]
         for p in (tmp_path / "state").iterdir():
@@ -58,10 +58,10 @@ def test_an_owners_table_without_the_waiting_flag_gets_it(tmp_path):
     db.close()
     store = Store(tmp_path / "state.db").open()
     with store.transaction() as tx:
-        assert tx.list_owners() == [("p", 10, "c", "web")]
-        tx.add_lease("p", 10, "dynamic")
-        assert tx.waiting_address("p") is None
-        tx.delete_lease("p", 10)
-        assert tx.waiting_address("p") == 10 and tx.waiting_address("p", "web") == 10
-        assert tx.waiting_address("p", "db") is None
+        assert tx.containers.owners() == [("p", 10, "c", "web")]
+        tx.leases.add("p", 10, "dynamic")
+        assert tx.containers.waiting_address("p") is None
+        tx.leases.delete("p", 10)
+        assert tx.containers.waiting_address("p") == 10 and tx.containers.waiting_address("p", "web") == 10
+        assert tx.containers.waiting_address("p", "db") is None
     store.close()

@@ -41,13 +41,13 @@ def test_each_released_schema_migrates_to_the_current_one_and_keeps_its_rows(tmp
     try:
         with store.reading() as tx:
             assert tx.unreadable() == []
-            network, endpoint = tx.get_network(NID), tx.get_endpoint(EID)
+            network, endpoint = tx.networks.get(NID), tx.networks.get_endpoint(EID)
             assert network is not None and network.bridge == "pt-abababababab"
             assert endpoint is not None and str(endpoint.address4) == "10.200.7.2/24"
-            assert tx.get_pool(POOL) is not None and tx.get_pool(POOL).cluster == ""
-            assert {kind for _, _, kind in tx.list_leases(POOL)} == {"gateway", "dynamic"}
+            assert tx.leases.get_pool(POOL) is not None and tx.leases.get_pool(POOL).cluster == ""
+            assert {kind for _, _, kind in tx.leases.all(POOL)} == {"gateway", "dynamic"}
             if endpoint.ports:      # the index is built for state written before it existed
-                assert tx.bindings_on("tcp", 8080) == [PortBinding("tcp", 80, "", 8080)]
+                assert tx.networks.bindings_on("tcp", 8080) == [PortBinding("tcp", 80, "", 8080)]
         version = store._open_conn().execute("PRAGMA user_version").fetchone()[0]
         assert version == SCHEMA_VERSION
     finally:
