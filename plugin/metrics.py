@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 
 if TYPE_CHECKING:
     from .dns.service import DnsService
-    from .dns.watcher import DockerWatcher
+    from .docker.watcher import DockerWatcher
     from .driver.restore import Doctor, Reconciler
     from .kernel.interfaces import FirewallPort
     from .driver.views import Views

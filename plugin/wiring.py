@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .config import Settings
+from .docker.inventory import ContainerInventory
 from .driver.bridges import ForeignBridges
 from .driver.endpoints import EndpointService
 from .driver.firewall import FirewallWriter
@@ -26,7 +27,7 @@ from .store.db import Store
 if TYPE_CHECKING:
     from .cluster.service import ClusterService
     from .dns.service import DnsService
-    from .dns.watcher import DockerWatcher
+    from .docker.watcher import DockerWatcher
 
 
 class MetricsPort(Protocol):
@@ -47,6 +48,7 @@ class Services:
     lifecycle: Lifecycle            # retired after uninstall (the HTTP layer refuses calls then)
     reaper: Reaper
     hooks: NetworkHooks             # cluster mode's steps in the use cases (LocalOnly: none)
+    inventory: ContainerInventory   # Docker's names of the containers on our networks
     networks: NetworkService
     endpoints: EndpointService
     ipam: IpamService
@@ -69,7 +71,7 @@ class Services:
     def start_background(self) -> None:
         """Threads outside every plugin handler: the firewall watchdog, the netlink watch that
         keeps our networks isolated from bridges that appear, and the Docker event watcher
-        feeding the DNS."""
+        filling the container inventory."""
         if self.metrics is not None and self.settings.metrics is not None:
             self.metrics.serve(*self.settings.metrics)
         # always: healing from nftables events is not a setting (PYBRIDGE_FIREWALL_CHECK is the
@@ -80,10 +82,8 @@ class Services:
             self.cluster.start()
         if not os.path.exists(self.settings.docker_socket):
             return
-        from .dns.watcher import DockerWatcher
-        dns = self.dns
-        self.watcher = DockerWatcher(self.settings.docker_socket,
-                                     dns.learned if dns else (lambda state, changed: None),
+        from .docker.watcher import DockerWatcher
+        self.watcher = DockerWatcher(self.settings.docker_socket, self.inventory.learned,
                                      on_bridges=self.networks.docker_bridges_seen,
                                      on_containers=self._containers_seen)
         self.watcher.start()
@@ -139,6 +139,7 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
         sysctl = Sysctl(settings.proc_sys if mounted else "/proc/sys")
     if store is None:
         store = Store(settings.db_path).open()
+    inventory = ContainerInventory(store)
     if dns is None and settings.dns:
         from .dns.server import DnsServer
         from .dns.service import DnsService
@@ -147,7 +148,8 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
             from .kernel.resolved import ResolvedLinks
             host = ResolvedLinks(settings.host_dns, lambda name: getattr(netlink.link(name), "index", None))
         dns = DnsService(store, DnsServer(port=settings.dns_port, ttl=settings.dns_ttl),
-                         settings.dns_default_upstream, host=host, host_suffix=settings.host_dns_suffix)
+                         settings.dns_default_upstream, host=host, host_suffix=settings.host_dns_suffix,
+                         inventory=inventory)
         if host is not None:
             host.on_servers = dns.reconcile         # resolved's servers changed: new upstreams
     lifecycle = Lifecycle()
@@ -168,24 +170,23 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
             overlay = Vxlan()
         cluster = ClusterService(kv, settings.cluster_address, settings.cluster_grace)
         on_cluster = ClusterNetworks(cluster, overlay, netlink, store, writer, settings.ifprefix,
-                                     settings.cluster_address, settings.vxlan_port,
-                                     dns.local_names if dns is not None else (lambda network_id: []))
+                                     settings.cluster_address, settings.vxlan_port, inventory.names)
         on_cluster.listen()
+        inventory.subscribe(on_cluster.names_changed)
         hooks = on_cluster
         claims = EtcdClaims(cluster, store, LocalClaims(store, returning), returning)
         if dns is not None:
             cluster.on_names = dns.set_remote
-            dns.on_local_names = cluster.publish_names
     prefix = settings.ifprefix
     reaper = Reaper(netlink, synchronous=synchronous_teardown)
-    networks = NetworkService(store, netlink, sysctl, writer, hooks, prefix, dns)
+    networks = NetworkService(store, netlink, sysctl, writer, hooks, prefix, inventory, dns)
     bridges = ForeignBridges(store, netlink, writer)
     return Services(
         settings=settings, store=store, netlink=netlink, firewall=firewall, sysctl=sysctl, lifecycle=lifecycle,
-        reaper=reaper, hooks=hooks, networks=networks,
+        reaper=reaper, hooks=hooks, inventory=inventory, networks=networks,
         endpoints=EndpointService(store, netlink, sysctl, writer, hooks, reaper, lifecycle, prefix),
         ipam=IpamService(store, netlink.host_networks, settings.default_pools, settings.default_pools6,
                          claims=claims),
         reconciler=Reconciler(store, netlink, sysctl, writer, networks, bridges, lifecycle, prefix, dns),
         doctor=Doctor(store, netlink, sysctl, writer, hooks, lifecycle, prefix, cluster),
-        views=Views(store, dns, cluster), dns=dns, cluster=cluster, overlay=overlay)
+        views=Views(store, inventory, dns, cluster), dns=dns, cluster=cluster, overlay=overlay)

@@ -48,8 +48,15 @@ class ClusterNetworks:
         self.prefix = prefix
         self.underlay = underlay            # this host's underlay address (VXLAN source)
         self.vxlan_port = vxlan_port
-        self.local_names = local_names      # the DNS's names of this host's containers, by network id
+        self.local_names = local_names      # Docker's names of this host's containers, by network id
         self._vxlan_filter: tuple = (0, ())     # what the firewall was last told
+
+    def names_changed(self, updated: dict[str, tuple[str, list[ContainerInfo]]], networks: dict[str, Network]) -> None:
+        """The container inventory's report: this host's names on a cluster network, for the
+        other hosts' DNS."""
+        for nid, (_, containers) in updated.items():
+            if networks[nid].cluster:
+                self.cluster.publish_names(networks[nid].cluster, containers)
 
     def listen(self) -> None:
         """The cluster service reports to these from now on."""

@@ -1,1 +1,1 @@
-"""Per-network DNS: record snapshots (pure), the server, and the Docker event watcher."""
+"""Per-network DNS: record snapshots (pure) and the server, fed by the container inventory (plugin/docker)."""

@@ -1,6 +1,6 @@
 """DnsService: which networks the DNS serves (from the state store) and what it answers (from
-Docker, through the watcher). Records learned from Docker are persisted, so after a plugin
-restart the DNS answers at once, before dockerd's API is back."""
+Docker, through the container inventory, plugin/docker). What the inventory learned is
+persisted, so after a plugin restart the DNS answers at once, before dockerd's API is back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import logging
 import threading
 from typing import Callable
 
+from ..docker.inventory import ContainerInventory, Learned
 from ..domain.errors import PybridgeError
+from ..domain.model import Network
 from ..domain.naming import DEFAULT_HOST_SUFFIX, host_domain
 from ..domain.options import OPT_DNS_LOG, OPT_DNS_UPSTREAM, parse_bool, parse_upstreams
 from ..kernel.interfaces import HostDnsPort
@@ -52,21 +54,22 @@ def host_resolvers(path: str = "/etc/resolv.conf",
 
 
 class DnsService:
-    """Locks: the store's lock is always taken before this service's own, which guards _learned
-    (the watcher thread writes it, plugin calls and the HTTP views read it)."""
+    """Locks: the store's lock is always taken before this service's own, which guards _remote
+    (the cluster watch writes it)."""
 
     def __init__(self, store: Store, server: DnsServer, default_upstream: str = "resolv.conf",
-                 host: HostDnsPort | None = None, host_suffix: str = DEFAULT_HOST_SUFFIX):
+                 host: HostDnsPort | None = None, host_suffix: str = DEFAULT_HOST_SUFFIX,
+                 inventory: ContainerInventory | None = None):
         self.store = store
         self.server = server
         self.host = host            # the host's resolver, told each named network's DNS
         self.host_suffix = host_suffix      # NAME.NETWORK.<suffix> on the host; "" for none
         self.default_upstream = default_upstream
-        self._learned: dict = {}    # network id -> (name, [ContainerInfo])
-        self._loaded = False
+        # Docker's names of the networks and their containers (made here when none is given)
+        self.inventory = inventory if inventory is not None else ContainerInventory(store)
+        self.inventory.subscribe(self._containers_changed)
         self._lock = threading.RLock()
         self._remote: dict = {}     # cluster network -> [ContainerInfo] on the other hosts
-        self.on_local_names = None  # cluster mode: callable(cluster network, [ContainerInfo]) publishing ours
 
     def _with_remote(self, network, containers) -> list:
         if not network.cluster:
@@ -89,30 +92,18 @@ class DnsService:
         return build(name, self._with_remote(network, containers), [str(g.ip) for g in network.gateways()],
                      host_domain=host_domain(name, self.host_suffix) or "")
 
-    def local_names(self, network_id: str) -> list:
-        """This host's containers on a network, as Docker reported them."""
-        return list(self._known().get(network_id, ("", []))[1])
-
     def _default_upstreams(self):
         if self.default_upstream == "resolv.conf":
             return host_resolvers(resolved=self.host.servers if self.host is not None else None)
         return parse_upstreams("PYBRIDGE_DNS_UPSTREAM", self.default_upstream)
 
-    def _known(self) -> dict:
-        with self._lock:
-            return dict(self._learned)
-
-    def learned_view(self) -> dict:
-        """network id -> (Docker's name for it, [ContainerInfo]) as last learned (a copy)."""
-        return self._known()
+    def _known(self) -> Learned:
+        return self.inventory.view()
 
     def reconcile(self) -> None:
         """Listeners for exactly the recorded networks; snapshots rebuilt from what we know."""
         with self.store.reading() as tx:
             networks = tx.networks.all()
-            with self._lock:
-                if not self._loaded:
-                    self._learned, self._loaded = tx.containers.names(), True
         learned = self._known()
         specs = {}
         for n in networks:
@@ -135,33 +126,16 @@ class DnsService:
             name, containers = learned.get(n.id, (n.id[:12], []))
             self.server.set_snapshot(n.id, self._snapshot(n, name, containers))
 
-    def learned(self, state, changed: set[str]) -> None:
-        """Watcher callback: Docker's view of the networks in `changed`."""
-        with self.store.transaction() as tx:
-            ours = {n.id: n for n in tx.networks.all()}
-            mine = changed & set(ours)
-            with self._lock:
-                for nid in mine:
-                    name, members = state.get(nid, (self._learned.get(nid, (nid[:12], []))[0], {}))
-                    containers = sorted(members.values(), key=lambda c: c.id)
-                    self._learned[nid] = (name, containers)
-                    tx.containers.put_names(nid, name, containers)
-                updated = {nid: self._learned[nid] for nid in mine}
+    def _containers_changed(self, updated: Learned, networks: dict[str, Network]) -> None:
+        """The inventory's report: these networks' containers (or Docker name) changed."""
         for nid, (name, containers) in updated.items():
-            self.server.set_snapshot(nid, self._snapshot(ours[nid], name, containers))
-            if ours[nid].cluster and self.on_local_names is not None:
-                self.on_local_names(ours[nid].cluster, containers)
+            self.server.set_snapshot(nid, self._snapshot(networks[nid], name, containers))
         if any(self.server.spec_name(nid) not in (None, name) for nid, (name, _) in updated.items()):
             self.reconcile()  # the network's name is now known (or changed): relabel its server
 
     def stop(self) -> None:
         """No more answers (uninstall)."""
         self.server.stop()
-
-    def forget(self, network_id: str, tx) -> None:
-        with self._lock:
-            self._learned.pop(network_id, None)
-        tx.containers.forget_names(network_id)
 
     def find(self, ref: str) -> str | None:
         """A network ID from an ID, an ID prefix or a network name."""

@@ -18,20 +18,21 @@ from ..domain.options import (OPT_BRIDGE_NAME, IpamDataSpec, check_adoptable_bri
 from ..kernel.interfaces import NetlinkPort, SysctlPort
 from ..store.db import Store, Tx
 from .firewall import FirewallWriter, collect
-from .ports import DnsPort, NetworkHooks
+from .ports import DnsPort, InventoryPort, NetworkHooks
 
 log = logging.getLogger(__name__)
 
 
 class NetworkService:
     def __init__(self, store: Store, netlink: NetlinkPort, sysctl: SysctlPort, firewall: FirewallWriter,
-                 hooks: NetworkHooks, prefix: str, dns: DnsPort | None = None):
+                 hooks: NetworkHooks, prefix: str, inventory: InventoryPort, dns: DnsPort | None = None):
         self.store = store
         self.netlink = netlink
         self.sysctl = sysctl
         self.firewall = firewall
         self.hooks = hooks          # cluster mode's steps (LocalOnly: none)
         self.prefix = prefix        # link-name prefix, e.g. "pb"
+        self.inventory = inventory  # Docker's names of our networks' containers
         self.dns = dns              # None when the DNS is off
 
     @staticmethod
@@ -189,8 +190,7 @@ class NetworkService:
                 collect(errors, self.netlink.delete_link, name)
             tx.networks.delete_endpoint(ep.id)
         tx.networks.delete(network.id)
-        if self.dns is not None:
-            self.dns.forget(network.id, tx)
+        self.inventory.forget(network.id, tx)
         collect(errors, self.firewall.change, tx, self.firewall.port.remove_network, network, endpoints)
         collect(errors, self.hooks.detach, network)
         if network.bridge_owned:
@@ -201,6 +201,5 @@ class NetworkService:
         and veths carry our prefix and no record claims them any more, so restore/gc remove them."""
         log.error("network %s: %s; forgetting its rows", network_id[:12], problem)
         tx.networks.forget_rows(network_id)
-        if self.dns is not None:
-            self.dns.forget(network_id, tx)
+        self.inventory.forget(network_id, tx)
         collect(errors, self.firewall.sync, tx)

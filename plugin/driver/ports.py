@@ -1,6 +1,6 @@
-"""The ports the use cases (plugin/driver) need from what lies beside them: the DNS, the veth
-reaper, the optional steps of cluster mode (NetworkHooks) and the cluster's status for the host
-command. Each is a Protocol: the driver depends on these, never on plugin.dns or plugin.cluster,
+"""The ports the use cases (plugin/driver) need from what lies beside them: the DNS, the
+container inventory, the veth reaper, the optional steps of cluster mode (NetworkHooks) and the
+cluster's status for the host command. Each is a Protocol: the driver depends on these, never on plugin.dns or plugin.cluster,
 and tests/unit/test_interfaces.py checks that the real implementations have every member with
 the same parameters (as it does for the kernel adapters' ports)."""
 
@@ -17,15 +17,22 @@ Peers = dict[str, tuple[str, frozenset[str]]]      # mac -> (host, addresses)
 
 
 class DnsPort(Protocol):
-    """The per-network DNS: which networks it serves (reconcile), what it learned from Docker."""
+    """The per-network DNS: which networks it serves (reconcile)."""
 
     host_suffix: str                                # NAME.NETWORK.<this> on the host; "" none
 
     def reconcile(self) -> None: ...
-    def learned_view(self) -> dict[str, tuple[str, list[ContainerInfo]]]: ...
-    def local_names(self, network_id: str) -> list[ContainerInfo]: ...
-    def forget(self, network_id: str, tx: Tx) -> None: ...
     def stop(self) -> None: ...
+
+
+class InventoryPort(Protocol):
+    """What Docker reports of the containers on our networks (plugin.docker.inventory)."""
+
+    def view(self) -> dict[str, tuple[str, list[ContainerInfo]]]:
+        """network id -> (Docker's name for it, its containers)."""
+        ...
+
+    def forget(self, network_id: str, tx: Tx) -> None: ...
 
 
 class ReaperPort(Protocol):

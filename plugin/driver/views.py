@@ -1,12 +1,12 @@
-"""What the host command `pybridge` shows (issue 11): networks and endpoints from the state store,
-named as Docker names them (the names the event watcher learned for the DNS). Read-only; one
-store read each, no call to dockerd."""
+"""What the host command `pybridge` shows: networks and endpoints from the state store, named as
+Docker names them (the container inventory, which the event watcher fills whether or not the DNS
+runs). Read-only; one store read each, no call to dockerd."""
 
 from __future__ import annotations
 
 from ..domain.naming import DEFAULT_HOST_SUFFIX, host_domain
 from ..store.db import Store
-from .ports import ClusterView, DnsPort
+from .ports import ClusterView, DnsPort, InventoryPort
 
 
 def _host_address(binding) -> str:
@@ -15,13 +15,15 @@ def _host_address(binding) -> str:
 
 
 class Views:
-    def __init__(self, store: Store, dns: DnsPort | None = None, cluster: ClusterView | None = None):
+    def __init__(self, store: Store, inventory: InventoryPort, dns: DnsPort | None = None,
+                 cluster: ClusterView | None = None):
         self.store = store
-        self.dns = dns
+        self.inventory = inventory
+        self.dns = dns                  # whether it runs, and its host suffix
         self.cluster_view = cluster
 
     def _learned(self) -> dict:
-        return self.dns.learned_view() if self.dns is not None else {}
+        return self.inventory.view()
 
     def networks(self) -> list[dict]:
         learned = self._learned()

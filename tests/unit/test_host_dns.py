@@ -35,11 +35,11 @@ def test_named_networks_are_published_with_their_gateway_and_name(client, fake_s
     create_network(client)
     svc.reconcile()
     assert host.current == {}, "no Docker name learned yet: nothing to route"
-    svc.learned({NID: ("app", {})}, {NID})
+    svc.inventory.learned({NID: ("app", {})}, {NID})
     assert host.current == {f"pt-{NID[:12]}": (("10.200.1.1",), "app.pybridge.internal")}
-    svc.learned({NID: ("my_net", {})}, {NID})                 # Docker allows it; DNS does not
+    svc.inventory.learned({NID: ("my_net", {})}, {NID})                 # Docker allows it; DNS does not
     assert host.current == {}
-    svc.learned({NID: ("App.Prod", {})}, {NID})
+    svc.inventory.learned({NID: ("App.Prod", {})}, {NID})
     assert host.current == {f"pt-{NID[:12]}": (("10.200.1.1",), "app.prod.pybridge.internal")}
     assert call(client, "NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == (200, {})
     svc.reconcile()
@@ -62,7 +62,7 @@ def test_a_networks_name_is_registered_only_under_pybridges_own_suffix(client, f
     create_network(client)
     svc.reconcile()
     for name in ("com", "local", "internal", "arpa", "in-addr.arpa", "corp.example.com", "google.internal", "app"):
-        svc.learned({NID: (name, {})}, {NID})
+        svc.inventory.learned({NID: (name, {})}, {NID})
         assert host.current == {f"pt-{NID[:12]}": (("10.200.1.1",), f"{name}.pybridge.internal")}, name
 
 
@@ -97,7 +97,7 @@ def test_no_host_registration_when_the_suffix_is_off(client, fake_services):
     svc = DnsService(fake_services.store, StubServer(), default_upstream="", host=host, host_suffix="")
     create_network(client)
     svc.reconcile()
-    svc.learned({NID: ("app", {})}, {NID})
+    svc.inventory.learned({NID: ("app", {})}, {NID})
     assert host.current == {}
 
 

@@ -104,7 +104,7 @@ def test_the_injection_never_reaches_the_firewall_through_the_plugin_api(client,
 
 
 def test_addresses_and_names_from_dockers_api_are_parsed_too():
-    from plugin.dns.watcher import containers_of
+    from plugin.docker.watcher import containers_of
     inspect = {"Id": "a" * 64, "Name": "/web", "State": {"Running": True}, "NetworkSettings": {"Networks": {
         "app": {"NetworkID": "n1", "IPAddress": "10.200.1.2", "GlobalIPv6Address": INJECTION, "Aliases": ["x\ny", "ok"]},
         "bad": {"NetworkID": "n2", "IPAddress": "::1", "GlobalIPv6Address": ""},

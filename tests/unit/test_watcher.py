@@ -4,8 +4,8 @@ Docker API and a fake clock (driven by the watcher's own waits): nothing is time
 
 import pytest
 
-import plugin.dns.watcher as watcher_module
-from plugin.dns.watcher import DockerWatcher
+import plugin.docker.watcher as watcher_module
+from plugin.docker.watcher import DockerWatcher
 
 
 class FakeDocker:
@@ -150,7 +150,7 @@ def test_dockers_bridge_names_are_reported(clock):
 def test_containers_of_reads_restart_policies_and_swarm_service_names():
     """Issue 10: a container that restarts by itself is marked (the IPAM gives its address back);
     a swarm task answers to its service's name and tasks.<service> (DNS round robin)."""
-    from plugin.dns.watcher import containers_of
+    from plugin.docker.watcher import containers_of
     inspect = {"Id": "a" * 64, "Name": "/svc.1.xyz", "State": {"Running": True},
                "HostConfig": {"RestartPolicy": {"Name": "always"}},
                "Config": {"Labels": {"com.docker.swarm.service.name": "svc"}},

@@ -1,4 +1,4 @@
-"""plugin/dns/dockerapi.py against a real HTTP server on a unix socket (the standard library's):
+"""plugin/docker/api.py against a real HTTP server on a unix socket (the standard library's):
 JSON GETs, HTTP errors, and a chunked event stream read line by line as it arrives."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from plugin.dns.dockerapi import DockerApiError, UnixSession
+from plugin.docker.api import DockerApiError, UnixSession
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

@@ -133,7 +133,7 @@ class DockerWatcher:
         self._stop.set()
 
     def _session(self):
-        from .dockerapi import UnixSession
+        from .api import UnixSession
         return UnixSession()
 
     def _run(self) -> None:
