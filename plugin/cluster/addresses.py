@@ -21,7 +21,7 @@ def home(host: str, lo: int, hi: int) -> int:
 
 
 class AddressBook:
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._taken: dict[str, set[int]] = {}
         self._pending: dict[str, set[int]] = {}

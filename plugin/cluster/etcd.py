@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import threading
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import requests
 from etcd3gw import Etcd3Client
@@ -66,7 +66,7 @@ class EtcdKV:
         self._current = 0
         self._lock = threading.Lock()
 
-    def _call(self, what: str, fn: Callable[[Etcd3Client], object]):
+    def _call(self, what: str, fn: Callable[[Etcd3Client], Any]) -> Any:
         """fn on the endpoint in use; on a connection failure, on each other one in turn."""
         with self._lock:
             first = self._current
@@ -92,15 +92,18 @@ class EtcdKV:
             return result
         raise ClusterUnavailable(f"etcd unreachable ({what}): " + "; ".join(errors))
 
-    def _post(self, what: str, path: str, body: dict) -> dict:
-        return self._call(what, lambda c: c.post(c.get_url(path), json=body))
+    def _post(self, what: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = self._call(what, lambda c: c.post(c.get_url(path), json=body))
+        if not isinstance(answer, dict):
+            raise ClusterUnavailable(f"etcd answered {what} with {str(answer)[:64]!r}")
+        return answer
 
     # leases
     def grant(self, ttl: int) -> int:
         return int(self._post("lease grant", "/lease/grant", {"TTL": ttl, "ID": 0})["ID"])
 
     def keepalive(self, lease: int) -> bool:
-        return self._call("lease keepalive", lambda c: Lease(lease, c).refresh()) > 0
+        return int(self._call("lease keepalive", lambda c: Lease(lease, c).refresh())) > 0
 
     def revoke(self, lease: int) -> None:
         try:
@@ -132,7 +135,7 @@ class EtcdKV:
         return bool(r.get("succeeded", False))
 
     @staticmethod
-    def _compare(c: Condition) -> dict:
+    def _compare(c: Condition) -> dict[str, Any]:
         if isinstance(c, Absent):
             return {"key": _b64(c.key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
         if isinstance(c, ValueIs):
@@ -143,7 +146,7 @@ class EtcdKV:
         raise TypeError(f"unknown condition {c!r}")
 
     @staticmethod
-    def _operation(o: Operation) -> dict:
+    def _operation(o: Operation) -> dict[str, Any]:
         if isinstance(o, Put):
             put = {"key": _b64(o.key), "value": _b64(o.value)}
             if o.lease:

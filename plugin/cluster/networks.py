@@ -19,7 +19,7 @@ import ipaddress
 import logging
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager
 
 from ..domain.errors import CorruptState, InvalidRequest, KernelError, PybridgeError
 from ..domain.model import ContainerInfo, Endpoint, Network
@@ -49,7 +49,7 @@ class ClusterNetworks:
         self.underlay = underlay            # this host's underlay address (VXLAN source)
         self.vxlan_port = vxlan_port
         self.local_names = local_names      # Docker's names of this host's containers, by network id
-        self._vxlan_filter: tuple = (0, ())     # what the firewall was last told
+        self._vxlan_filter: tuple[Any, ...] = (0, ())     # what the firewall was last told
 
     def names_changed(self, updated: dict[str, tuple[str, list[ContainerInfo]]], networks: dict[str, Network]) -> None:
         """The container inventory's report: this host's names on a cluster network, for the

@@ -21,6 +21,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from ..domain.addresses import parse_cidr, parse_ip
 from ..domain.errors import InvalidRequest, PybridgeError
@@ -93,7 +94,7 @@ def name_key(name: str, host: str, container_id: str) -> str:
     return name_prefix(name, host) + container_id
 
 
-def split_addr_key(key: str, network: str | None = None):
+def split_addr_key(key: str, network: str | None = None) -> tuple[str, int] | None:
     """(network, address) of an addr/ key (of that network, if given), or None."""
     if not key.startswith(PREFIX + "addr/"):
         return None
@@ -194,7 +195,7 @@ class EndpointRecord:
                    str(endpoint.address6.ip) if endpoint.address6 else "")
 
 
-def _load(key: str, value: bytes) -> dict:
+def _load(key: str, value: bytes) -> dict[str, Any]:
     try:
         d = json.loads(value)
     except (ValueError, UnicodeDecodeError) as e:
@@ -204,7 +205,7 @@ def _load(key: str, value: bytes) -> dict:
     return d
 
 
-def _address(key: str, value, version: int | None = None) -> str:
+def _address(key: str, value: object, version: int | None = None) -> str:
     """An address from etcd, through the one parser values from dockerd go through (no scope
     ID, nothing but hex digits, '.' and ':')."""
     if value == "":
@@ -215,7 +216,7 @@ def _address(key: str, value, version: int | None = None) -> str:
         raise InvalidRecord(str(e)) from None
 
 
-def host_address(key: str, value) -> str:
+def host_address(key: str, value: object) -> str:
     """A host's underlay address (a key's host part, a record's "host"): one unicast address, so
     never loopback, multicast, broadcast, link-local, reserved or unspecified: it becomes a VXLAN
     destination and a member of the firewall's filter."""

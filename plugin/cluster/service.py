@@ -22,14 +22,14 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Collection, Iterable, Iterator
+from typing import Any, Callable, Collection, ContextManager, Iterable, Iterator
 
 from ..domain.errors import Conflict, Exhausted
 from ..domain.model import ContainerInfo
 from . import records as r
 from .addresses import AddressBook, home
 from .watch import ClusterWatch, Peers
-from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Delete, DeleteUnder, LeaseExpired, NoneUnder,
+from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Condition, Delete, DeleteUnder, LeaseExpired, NoneUnder,
                          Operation, Put, ValueIs)
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class ClusterService:
         self.on_clash: Callable[[str, int], None] = lambda name, address: None
         self._turns = TurnGate()
 
-    def changing(self):
+    def changing(self) -> ContextManager[None]:
         """Held by a plugin call around its etcd write and the state store's record of it (see
         TurnGate): a resync waits for it, and it waits for a resync under way."""
         return self._turns.change()
@@ -146,7 +146,7 @@ class ClusterService:
                 log.warning("cluster: this host's lease expired; writing its keys again")
         self._dirty.set()
 
-    def _leased(self, conditions, operations: Callable[[int], list]) -> bool:
+    def _leased(self, conditions: list[Condition], operations: Callable[[int], list[Operation]]) -> bool:
         """A transaction whose puts carry this host's lease; made again once under a new lease
         when etcd no longer had the old one."""
         for attempt in (1, 2):
@@ -393,7 +393,7 @@ class ClusterService:
         have, _ = self.kv.range(prefix)
         want = {r.name_key(name, self.host, c.id): r.name_to_json(c).encode() for c in containers
                 if r.split_key(r.name_key(name, self.host, c.id))}
-        deletes = [Delete(k) for k in have if k not in want]
+        deletes: list[Operation] = [Delete(k) for k in have if k not in want]
         puts = {k: v for k, v in want.items() if have.get(k) != v}
         if puts or deletes:
             self._leased([], lambda lease: [Put(k, v, lease) for k, v in puts.items()] + deletes)
@@ -559,7 +559,7 @@ class ClusterService:
     def remote_names(self, name: str) -> list[ContainerInfo]:
         return self.watch.names(name)
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """For `pybridge cluster` and the metrics: this host, reachability, resyncs so far, and how
         many records from etcd were refused (not what pybridge writes)."""
         return {"host": self.host, "reachable": self.reachable, "resyncs": self.resyncs,

@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from ..domain.model import ContainerInfo
 from . import records as r
@@ -151,7 +151,7 @@ class ClusterWatch:
             return set()
         if parts.host == self.host:
             return set()
-        table: dict = self._view.endpoints if parts.kind == "ep" else self._view.names
+        table: dict[str, Any] = self._view.endpoints if parts.kind == "ep" else self._view.names
         entries = table.setdefault(parts.network, {})
         item = (parts.host, parts.item)
         if value is None:

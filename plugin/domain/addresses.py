@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Callable, TypeVar
 
 from .errors import InvalidRequest
 from .model import IPAddress, IPInterface, IPNetwork
@@ -18,43 +19,47 @@ _ADDRESS_CHARS = re.compile(r"[0-9A-Fa-f.:]{2,45}")
 _CIDR_CHARS = re.compile(r"[0-9A-Fa-f.:]{2,45}/[0-9]{1,3}")
 
 
-def _checked(field: str, value, pattern: re.Pattern, what: str) -> str:
+def _checked(field: str, value: object, pattern: re.Pattern[str], what: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidRequest(f"invalid {field} {value!r}: not {what}")
     return value
 
 
-def _family(field: str, value: str, parsed, version: int | None):
+P = TypeVar("P", bound="IPAddress | IPInterface | IPNetwork")
+
+
+def _family(field: str, value: str, parsed: P, version: int | None) -> P:
     if version is not None and parsed.version != version:
         raise InvalidRequest(f"invalid {field} {value!r}: expected an IPv{version} address")
     return parsed
 
 
-def _address(field: str, value, version: int | None, pattern: re.Pattern, parse):
-    _checked(field, value, pattern, "an IP address")
+def _address(field: str, value: object, version: int | None, pattern: re.Pattern[str],
+             parse: Callable[[str], P]) -> P:
+    text = _checked(field, value, pattern, "an IP address")
     try:
-        parsed = parse(value)
+        parsed = parse(text)
     except ValueError:
         raise InvalidRequest(f"invalid {field} {value!r}: not an IP address") from None
-    return _family(field, value, parsed, version)
+    return _family(field, text, parsed, version)
 
 
-def parse_ip(field: str, value: str, version: int | None = None) -> IPAddress:
+def parse_ip(field: str, value: object, version: int | None = None) -> IPAddress:
     """A bare address ('10.1.0.5', 'fd70::5')."""
     return _address(field, value, version, _ADDRESS_CHARS, ipaddress.ip_address)
 
 
-def parse_ip_interface(field: str, value: str, version: int | None = None) -> IPInterface:
+def parse_ip_interface(field: str, value: object, version: int | None = None) -> IPInterface:
     """An address with a prefix length ('10.1.0.1/24'); a bare address gets a host prefix."""
     pattern = _CIDR_CHARS if "/" in str(value) else _ADDRESS_CHARS
     return _address(field, value, version, pattern, ipaddress.ip_interface)
 
 
-def parse_cidr(field: str, value: str, version: int | None = None) -> IPNetwork:
+def parse_cidr(field: str, value: object, version: int | None = None) -> IPNetwork:
     """A network in CIDR form with no host bits set ('10.1.0.0/24', not '10.1.0.5/24')."""
     if isinstance(value, str) and "/" not in value and _ADDRESS_CHARS.fullmatch(value):
         raise InvalidRequest(f"invalid {field} {value!r}: a prefix length is required (e.g. {value}/24)")
-    _checked(field, value, _CIDR_CHARS, "an IP network in CIDR form")
+    value = _checked(field, value, _CIDR_CHARS, "an IP network in CIDR form")
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:

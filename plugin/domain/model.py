@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
@@ -91,7 +91,7 @@ class Endpoint:
     address6: ipaddress.IPv6Interface | None = None
     sandbox_key: str = ""
     options: tuple[tuple[str, str], ...] = field(default=())
-    ports: tuple = ()    # PortBinding, while the endpoint is its container's gateway
+    ports: tuple[Any, ...] = ()    # PortBinding, while the endpoint is its container's gateway
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .addresses import parse_cidr, parse_ip, parse_ip_interface
 from .errors import InvalidRequest
-from .model import Endpoint, Network, Subnet
+from .model import Endpoint, IPInterface, Network, Subnet
 from .naming import bridge_name, is_docker_bridge_name, is_valid_ifname, owned_link_prefixes, veth_names
 
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
@@ -103,7 +103,7 @@ def parse_cluster_name(field: str, value: str) -> str:
     return value
 
 
-def check_adoptable_bridge(name: str, prefix: str, docker_bridges=frozenset()) -> None:
+def check_adoptable_bridge(name: str, prefix: str, docker_bridges: frozenset[str] = frozenset()) -> None:
     """A bridge a user names may be any existing bridge but Docker's own (docker0,
     docker_gwbridge, br-<id>, or one Docker reports for a network of its own) and names in the
     space of links pybridge makes itself."""
@@ -252,7 +252,7 @@ def generate_mac(address4: ipaddress.IPv4Interface | None) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, 0x42, *tail))
 
 
-def _endpoint_address(network: Network, field: str, value: str, version: int):
+def _endpoint_address(network: Network, field: str, value: str, version: int) -> IPInterface | None:
     """An endpoint address dockerd sent ('' for none), checked against the network's subnets."""
     if not value:
         return None
@@ -265,8 +265,10 @@ def _endpoint_address(network: Network, field: str, value: str, version: int):
 def endpoint_from_request(network: Network, endpoint_id: str, *, address: str, address6: str,
                           mac: str, prefix: str) -> tuple[Endpoint, bool]:
     """Validate a CreateEndpoint request. Returns the endpoint and whether pybridge chose the MAC."""
-    addr4 = _endpoint_address(network, "Interface.Address", address, 4)
-    addr6 = _endpoint_address(network, "Interface.AddressIPv6", address6, 6)
+    found4 = _endpoint_address(network, "Interface.Address", address, 4)
+    found6 = _endpoint_address(network, "Interface.AddressIPv6", address6, 6)
+    addr4 = found4 if isinstance(found4, ipaddress.IPv4Interface) else None     # (parsed with their version)
+    addr6 = found6 if isinstance(found6, ipaddress.IPv6Interface) else None
     chosen = not mac
     mac = generate_mac(addr4) if chosen else parse_mac("Interface.MacAddress", mac)
     if network.mac and mac == network.mac.lower():

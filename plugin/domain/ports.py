@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from .addresses import parse_ip
 from .errors import Conflict, Exhausted, InvalidRequest
@@ -47,13 +47,13 @@ class PortBinding:
         return f"{host}:{self.host_port}/{self.proto}"
 
 
-def _port(field: str, value) -> int:
+def _port(field: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise InvalidRequest(f"invalid {field} {value!r} in com.docker.network.portmap")
     return value
 
 
-def parse_portmap(items: list, default_host_ip: str = "") -> list[PortRequest]:
+def parse_portmap(items: list[Any], default_host_ip: str = "") -> list[PortRequest]:
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
@@ -141,7 +141,7 @@ def assign(requests: Iterable[PortRequest], held: Iterable[PortBinding] | HeldOn
     continues from the last port picked in the same range."""
     taken = _Held(held)
     out: list[PortBinding] = []
-    cursor: dict[tuple, int] = {}   # next port to try, per kind of binding and range
+    cursor: dict[tuple[Any, ...], int] = {}   # next port to try, per kind of binding and range
 
     def first_free(r: PortRequest, lo: int, hi: int) -> int | None:
         return next((p for p in range(lo, hi + 1) if taken.free(r, p)), None)

@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import secrets
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..domain.addresses import parse_cidr, parse_ip_interface
 from ..domain.errors import Conflict, Exhausted, InvalidRequest
@@ -38,14 +38,14 @@ class IpamService:
         self._claims = claims if claims is not None else LocalClaims(store, Returning(clock))
 
     @staticmethod
-    def capabilities() -> dict:
+    def capabilities() -> dict[str, Any]:
         return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
 
     @staticmethod
-    def default_address_spaces() -> dict:
+    def default_address_spaces() -> dict[str, Any]:
         return {"LocalDefaultAddressSpace": LOCAL_SPACE, "GlobalDefaultAddressSpace": GLOBAL_SPACE}
 
-    def usage(self) -> list[dict]:
+    def usage(self) -> list[dict[str, Any]]:
         """Each pool: its subnet, how many addresses it can hand out, how many it has (one store
         read; for the metrics)."""
         with self._store.reading() as tx:
@@ -58,7 +58,7 @@ class IpamService:
         return out
 
     # pools
-    def request_pool(self, space: str, pool: str, subpool: str, v6: bool) -> dict:
+    def request_pool(self, space: str, pool: str, subpool: str, v6: bool) -> dict[str, Any]:
         version = 6 if v6 else 4
         subnet = parse_cidr("Pool (--subnet)", pool, version) if pool else None
         if subpool and subnet is None:

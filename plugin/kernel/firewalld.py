@@ -13,6 +13,7 @@ plugin from starting on every host without D-Bus.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 TABLE = {"family": "inet", "name": "firewalld"}
 CHAINS = ("filter_FORWARD", "filter_INPUT")
@@ -25,7 +26,7 @@ class FirewalldAccept:
     """Reads firewalld's chains as handles and comments only (nothing of their rules is
     decoded), and writes our rule by nftrules' JSON commands (run_commands)."""
 
-    def __init__(self, prefix: str, mark: int, run_commands: Callable[[list[dict]], None],
+    def __init__(self, prefix: str, mark: int, run_commands: Callable[[list[dict[str, Any]]], None],
                  tables: Callable[[], set[tuple[str, str]]], chain_rules: ChainRules):
         self.comment = prefix
         self.mark = mark
@@ -33,7 +34,7 @@ class FirewalldAccept:
         self._tables = tables
         self._chain_rules = chain_rules
 
-    def _expr(self) -> list[dict]:
+    def _expr(self) -> list[dict[str, Any]]:
         return [{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, self.mark]}, "right": self.mark}},
                 {"accept": None}]
 
@@ -75,7 +76,7 @@ class FirewalldAccept:
         self._run(cmds)
 
     @staticmethod
-    def _delete(chain: str, handle: int) -> dict:
+    def _delete(chain: str, handle: int) -> dict[str, Any]:
         return {"delete": {"rule": {"family": TABLE["family"], "table": TABLE["name"], "chain": chain,
                                     "handle": handle}}}
 

@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -33,7 +33,7 @@ _ROUTE_TYPES = {6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 _GONE = (errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH)
 
 
-def _info(msg) -> LinkInfo:
+def _info(msg: Any) -> LinkInfo:
     return LinkInfo(name=msg.get("ifname"), index=msg["index"], kind=msg.get(("linkinfo", "kind")) or "",
                     mtu=msg.get("mtu"), master=msg.get("master"), mac=msg.get("address") or "")
 

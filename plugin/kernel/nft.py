@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from ..domain.errors import KernelError, KernelFault
 from ..domain.model import Endpoint, Network
@@ -182,12 +182,12 @@ class NftFirewall:
 
     # ---------------------------------------------------------------------------------------
 
-    def _run(self, commands: list[dict]) -> None:
+    def _run(self, commands: list[dict[str, Any]]) -> None:
         """nftrules' commands, compiled and sent as one transaction (a new compiler each time:
         the sets a transaction declares are known to it alone)."""
         self.nft.transact(nftwire.Compiler(SET_TYPES).compile(commands))
 
-    def _change(self, commands: list[dict]) -> None:
+    def _change(self, commands: list[dict[str, Any]]) -> None:
         """One change transaction, counted with its duration (for the metrics)."""
         started = time.perf_counter()
         ok = False
@@ -205,7 +205,7 @@ class NftFirewall:
         """fn, with a fault in it (an error that is not the kernel's or a tool's answer: a bug of
         ours, a tool killed by a signal) logged, counted as a fault and raised as a KernelError
         that names it, so that the call fails and the process goes on."""
-        def call(*args, **kwargs) -> T:
+        def call(*args: Any, **kwargs: Any) -> T:
             try:
                 return fn(*args, **kwargs)
             except KernelFault as e:
@@ -229,7 +229,7 @@ class NftFirewall:
 
 def _in_netns(netns: str, fn: Callable[[], T]) -> T:
     """fn() in the network namespace netns (by a thread that enters it for that alone)."""
-    out: list = []
+    out: list[Any] = []
 
     def run() -> None:
         try:
@@ -248,7 +248,7 @@ def _in_netns(netns: str, fn: Callable[[], T]) -> T:
     ok, value = out[0]
     if not ok:
         raise value
-    return value
+    return cast(T, value)
 
 
 class Monitor:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..domain.errors import KernelError
 from ..domain.model import Endpoint, Network
@@ -55,7 +55,7 @@ DEFAULT_MARK = 0x01000000
 # name -> declaration (type, map data type). Set contents are what changes. No set has the
 # interval flag: libnftables reads every element of every interval set of the table before each
 # command (measured: 200 prefixes add 0.4 ms to every change), and plain sets cost nothing there.
-SETS: dict[str, dict] = {
+SETS: dict[str, dict[str, Any]] = {
     "bridges": {"type": "ifname"},
     "internal": {"type": "ifname"},
     "icc": {"type": "ifname"},
@@ -92,7 +92,7 @@ for _v, _addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         SETS[f"port{_v}_{_where}"] = {"type": _key, "map": "inet_service"}
 
 # elements every table holds, whatever the state
-FIXED: dict[str, dict] = {"dns_protos": {"tcp": None, "udp": None}}
+FIXED: dict[str, dict[str, Any]] = {"dns_protos": {"tcp": None, "udp": None}}
 
 # base chains: name -> (type, hook, priority)
 BASE_CHAINS = {"raw": ("filter", "prerouting", -300), "unmark": ("filter", "forward", -2),
@@ -110,23 +110,23 @@ def table_name(prefix: str) -> str:
 
 # expressions -------------------------------------------------------------------------------
 
-def _meta(key: str) -> dict:
+def _meta(key: str) -> dict[str, Any]:
     return {"meta": {"key": key}}
 
 
-def _payload(proto: str, fld: str) -> dict:
+def _payload(proto: str, fld: str) -> dict[str, Any]:
     return {"payload": {"protocol": proto, "field": fld}}
 
 
-def _match(left, right, op: str = "==") -> dict:
+def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
-def _jump(chain: str) -> dict:
+def _jump(chain: str) -> dict[str, Any]:
     return {"jump": {"target": chain}}
 
 
-def _concat(*items) -> dict:
+def _concat(*items: Any) -> dict[str, Any]:
     return {"concat": list(items)}
 
 
@@ -143,7 +143,7 @@ _LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
 _VNI_FIELD = {"payload": {"base": "th", "offset": 96, "len": 32}}      # VXLAN header: VNI . reserved
 
 
-def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
+def fixed_rules(mark: int) -> dict[str, list[list[dict[str, Any]]]]:
     """Every rule of our table: the chains never change, only the sets they look up."""
     allow = _jump("allow")
     # our bit is ours alone: cleared on everything (unmark, a chain of its own before every
@@ -217,14 +217,16 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict]]]:
 # each is checked for what it must be, for nft reads a string starting with '@' or '$' as a
 # reference: names are interface names, addresses are addresses, ports are ports.
 
-def _ifname(name) -> str:
+def _ifname(name: object) -> str:
     if not isinstance(name, str) or not is_valid_ifname(name):
         raise KernelError(f"refusing to write an unsafe interface name {str(name)[:64]!r} into the firewall")
     return name
 
 
-def _address(value, version: int | None = None) -> str:
+def _address(value: object, version: int | None = None) -> str:
     try:
+        if isinstance(value, bool) or not isinstance(value, (str, int, ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            raise ValueError(value)
         addr = ipaddress.ip_address(value if not isinstance(value, str) or value.strip() == value else "!")
     except ValueError:
         raise KernelError(f"refusing to write an unsafe address {str(value)[:64]!r} into the firewall") from None
@@ -235,21 +237,21 @@ def _address(value, version: int | None = None) -> str:
     return str(addr)
 
 
-def _port(value) -> int:
+def _port(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 65535:
         raise KernelError(f"refusing to write an unsafe port {str(value)[:64]!r} into the firewall")
     return value
 
 
-def _proto(value) -> str:
-    if value not in ("tcp", "udp", "sctp"):
+def _proto(value: object) -> str:
+    if not isinstance(value, str) or value not in ("tcp", "udp", "sctp"):
         raise KernelError(f"refusing to write an unsafe protocol {str(value)[:64]!r} into the firewall")
     return value
 
 
 # contents: what changes, as hashable python values --------------------------------------------
 
-Elements = dict[str, dict]   # set name -> {key: value (None for plain sets)}
+Elements = dict[str, dict[Any, Any]]   # set name -> {key: value (None for plain sets)}
 
 
 def network_elements(n: Network) -> Elements:
@@ -274,7 +276,7 @@ def network_elements(n: Network) -> Elements:
     return out
 
 
-def endpoint_elements(n: Network, e: Endpoint, ports: Iterable | None = None) -> Elements:
+def endpoint_elements(n: Network, e: Endpoint, ports: Iterable[Any] | None = None) -> Elements:
     """The map and set elements of the ports this endpoint publishes (or `ports`)."""
     out: Elements = {}
     if n.internal or e.network_id != n.id:
@@ -316,7 +318,7 @@ def vxlan_elements(port: int, members: Iterable[tuple[int, str]]) -> Elements:
     return out
 
 
-def set_vxlan(table: str, elements: Elements) -> list[dict]:
+def set_vxlan(table: str, elements: Elements) -> list[dict[str, Any]]:
     cmds = [{"flush": {"set": {"family": FAMILY, "table": table, "name": name}}} for name in elements]
     return cmds + _adds(table, elements)
 
@@ -341,27 +343,27 @@ def desired(networks: Iterable[Network], endpoints: Iterable[Endpoint], foreign:
 
 # to JSON -----------------------------------------------------------------------------------
 
-def _component(x):
+def _component(x: Any) -> Any:
     if isinstance(x, str) and "/" in x:
         net = ipaddress.ip_network(x)
         return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
     return x
 
 
-def _key_json(key):
+def _key_json(key: Any) -> Any:
     return _concat(*map(_component, key)) if isinstance(key, tuple) else _component(key)
 
 
-def _elem_json(key, value):
+def _elem_json(key: Any, value: Any) -> Any:
     return _key_json(key) if value is None else [_key_json(key), value]
 
 
-def element_command(verb: str, table: str, name: str, elems: dict) -> dict:
+def element_command(verb: str, table: str, name: str, elems: dict[str, Any]) -> dict[str, Any]:
     return {verb: {"element": {"family": FAMILY, "table": table, "name": name,
                                "elem": [_elem_json(k, v) for k, v in elems.items()]}}}
 
 
-def _set_decl(table: str, name: str) -> dict:
+def _set_decl(table: str, name: str) -> dict[str, Any]:
     d = SETS[name]
     kind = "map" if "map" in d else "set"
     body = {"family": FAMILY, "table": table, "name": name, "type": d["type"]}
@@ -372,7 +374,7 @@ def _set_decl(table: str, name: str) -> dict:
     return {"add": {kind: body}}
 
 
-def _chain(table: str, name: str) -> dict:
+def _chain(table: str, name: str) -> dict[str, Any]:
     body: dict[str, str | int] = {"family": FAMILY, "table": table, "name": name}
     if name in BASE_CHAINS:
         kind, hook, prio = BASE_CHAINS[name]
@@ -380,19 +382,19 @@ def _chain(table: str, name: str) -> dict:
     return {"add": {"chain": body}}
 
 
-def _adds(table: str, elements: Elements) -> list[dict]:
+def _adds(table: str, elements: Elements) -> list[dict[str, Any]]:
     return [element_command("add", table, name, elems) for name, elems in sorted(elements.items()) if elems]
 
 
-def _deletes(table: str, elements: Elements) -> list[dict]:
+def _deletes(table: str, elements: Elements) -> list[dict[str, Any]]:
     return [element_command("delete", table, name, {k: None for k in elems}) for name, elems in
             sorted(elements.items()) if elems]
 
 
-def full(table: str, mark: int, elements: Elements) -> list[dict]:
+def full(table: str, mark: int, elements: Elements) -> list[dict[str, Any]]:
     """Replace the whole table in one transaction (start, healing)."""
     tbl = {"family": FAMILY, "name": table}
-    cmds: list[dict] = [{"add": {"table": dict(tbl)}}, {"delete": {"table": dict(tbl)}}, {"add": {"table": dict(tbl)}}]
+    cmds: list[dict[str, Any]] = [{"add": {"table": dict(tbl)}}, {"delete": {"table": dict(tbl)}}, {"add": {"table": dict(tbl)}}]
     cmds += [_set_decl(table, s) for s in SETS]
     cmds += [_chain(table, c) for c in CHAINS]
     for c, rules in fixed_rules(mark).items():
@@ -400,16 +402,16 @@ def full(table: str, mark: int, elements: Elements) -> list[dict]:
     return cmds + _adds(table, merge(FIXED, elements))
 
 
-def add_network(table: str, n: Network) -> list[dict]:
+def add_network(table: str, n: Network) -> list[dict[str, Any]]:
     return _adds(table, network_elements(n))
 
 
-def remove_network(table: str, n: Network, endpoints: Iterable[Endpoint] = ()) -> list[dict]:
+def remove_network(table: str, n: Network, endpoints: Iterable[Endpoint] = ()) -> list[dict[str, Any]]:
     """Its endpoints' elements and its own."""
     return _deletes(table, merge(*(endpoint_elements(n, e) for e in endpoints), network_elements(n)))
 
 
-def change_ports(table: str, n: Network, before: Endpoint | None, after: Endpoint | None) -> list[dict]:
+def change_ports(table: str, n: Network, before: Endpoint | None, after: Endpoint | None) -> list[dict[str, Any]]:
     """Delete the elements only `before` had, add those `after` has."""
     old = endpoint_elements(n, before) if before is not None else {}
     new = endpoint_elements(n, after) if after is not None else {}
@@ -418,14 +420,14 @@ def change_ports(table: str, n: Network, before: Endpoint | None, after: Endpoin
     return _deletes(table, gone) + _adds(table, come)
 
 
-def set_foreign(table: str, foreign: Iterable[str], own: Iterable[str] = ()) -> list[dict]:
+def set_foreign(table: str, foreign: Iterable[str], own: Iterable[str] = ()) -> list[dict[str, Any]]:
     body = {"family": FAMILY, "table": table, "name": "foreign"}
     return [{"flush": {"set": body}}] + _adds(table, foreign_elements(foreign, own))
 
 
 # from JSON (what `list table` shows) ---------------------------------------------------------
 
-def normalize(x):
+def normalize(x: Any) -> Any:
     """One key or value component as nft prints it -> our python value."""
     if isinstance(x, dict) and "concat" in x:
         return tuple(normalize(i) for i in x["concat"])
@@ -452,12 +454,12 @@ class Listed:
 
     exists: bool = False
     chains: dict[str, int] = field(default_factory=dict)      # chain -> number of rules
-    base: dict[str, tuple] = field(default_factory=dict)      # base chain -> (type, hook, prio)
+    base: dict[str, tuple[Any, ...]] = field(default_factory=dict)      # base chain -> (type, hook, prio)
     sets: set[str] = field(default_factory=set)
     elements: Elements = field(default_factory=dict)
 
 
-def parse_listing(objects: list[dict]) -> Listed:
+def parse_listing(objects: list[dict[str, Any]]) -> Listed:
     out = Listed()
     for obj in objects:
         if "table" in obj:
@@ -513,6 +515,6 @@ def drift(mark: int, elements: Elements, listed: Listed) -> list[str]:
     return problems
 
 
-def show(key, value) -> str:
+def show(key: Any, value: Any) -> str:
     k = " . ".join(map(str, key)) if isinstance(key, tuple) else str(key)
     return k if value is None else f"{k} : {value}"

@@ -20,7 +20,8 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..domain.errors import KernelError
 from . import nftwire
@@ -39,7 +40,7 @@ REPLY_TIMEOUT = 10.0
 
 
 @functools.lru_cache(maxsize=1)
-def _libc():
+def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
@@ -73,7 +74,7 @@ def _frame(kind: int, flags: int, seq: int, family: int, body: bytes, subsys: bo
     return NLMSG.pack(NLMSG.size + len(payload), mtype, flags, seq, 0) + payload + bytes(-len(payload) % 4)
 
 
-def _messages(data: bytes):
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int, int]]:
     """(type, flags, sequence, family, body start, end) of each message in one datagram."""
     at = 0
     while at + NLMSG.size <= len(data):
@@ -208,7 +209,7 @@ class NftSocket:
         out, _ = self._request(kind, NLM_F_REQUEST | NLM_F_ACK, family, body)
         return out[0][1] if out else None
 
-    def _request(self, kind: int, flags: int, family: int, body: bytes) -> tuple[list, bool]:
+    def _request(self, kind: int, flags: int, family: int, body: bytes) -> tuple[list[Any], bool]:
         with self._lock:
             sock = self._socket()
             seq = self._next()

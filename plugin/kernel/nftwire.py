@@ -22,6 +22,7 @@ import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..domain.errors import KernelError
 
@@ -141,15 +142,15 @@ def number(value: bytes | None) -> int:
 
 # values ----------------------------------------------------------------------------------------
 
-def _fail(what: str, value) -> KernelError:
+def _fail(what: str, value: Any) -> KernelError:
     return KernelError(f"nftables: cannot encode {str(value)[:64]!r} as {what}")
 
 
-def encode(kind: str, value) -> bytes:
+def encode(kind: str, value: Any) -> bytes:
     """One value of a data type, as the kernel keeps it (unpadded)."""
     try:
         if kind == "ifname":
-            raw = value.encode()
+            raw: bytes = str(value).encode() if isinstance(value, str) else b""
             if not 0 < len(raw) < 16 or b"\0" in raw:
                 raise ValueError
             return raw.ljust(16, b"\0")
@@ -188,7 +189,7 @@ def encode(kind: str, value) -> bytes:
     raise KernelError(f"nftables: no encoding for data type {kind!r}")
 
 
-def decode(kind: str, raw: bytes):
+def decode(kind: str, raw: bytes) -> Any:
     """One value of a data type from the kernel's bytes; None when they cannot be one."""
     size = TYPES[kind][1]
     if len(raw) != size:
@@ -221,7 +222,7 @@ class SetType:
     key: tuple[str, ...]
     data: str | None = None
     # declared with typeof: each key part's expression, ("ip", "saddr") or ("raw", base, offset, length)
-    typeof: tuple[tuple, ...] | None = None
+    typeof: tuple[tuple[Any, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         for t in self.key + ((self.data,) if self.data else ()):
@@ -243,7 +244,7 @@ class SetType:
             return TYPES[self.key[0]][1]
         return sum(_padded(TYPES[t][1]) for t in self.key)
 
-    def encode_key(self, key) -> bytes:
+    def encode_key(self, key: Any) -> bytes:
         if len(self.key) == 1:
             return encode(self.key[0], key)
         parts = key.get("concat") if isinstance(key, dict) else key
@@ -255,7 +256,7 @@ class SetType:
             out += raw + bytes(_padded(len(raw)) - len(raw))
         return out
 
-    def decode_key(self, raw: bytes):
+    def decode_key(self, raw: bytes) -> Any:
         """The key as nftrules keeps it (a value, or a tuple for a concatenation); None if the
         bytes cannot be one."""
         if len(self.key) == 1:
@@ -355,7 +356,7 @@ class _Rule:
         self.deps: set[tuple[str, str]] = set()
 
     # what a value comes from -----------------------------------------------------------------
-    def source(self, x) -> tuple[str, int, object]:
+    def source(self, x: Any) -> tuple[str, int, object]:
         """(data type, size, how to load it) of one expression on the left of a match."""
         if isinstance(x, dict) and "meta" in x:
             key = x["meta"].get("key")
@@ -381,7 +382,7 @@ class _Rule:
             return kind, 4, lambda dreg: ct_load(code, dreg)
         raise KernelError(f"nftables: expression {str(x)[:80]} is not supported")
 
-    def needs(self, x) -> None:
+    def needs(self, x: Any) -> None:
         """Emit what an expression on `x` depends on (nft's implicit matches: `ip daddr` in an
         inet table needs `meta nfproto ipv4`), once per rule, before the match that needs it."""
         items = x["concat"] if isinstance(x, dict) and "concat" in x else [x]
@@ -395,7 +396,7 @@ class _Rule:
                     self.out += [meta_load(META[key][0], 1), cmp(0, 1, encode(kind, value))]
                     self.deps.add(dep)
 
-    def load(self, x, base: int = 0) -> tuple[list[str], int]:
+    def load(self, x: Any, base: int = 0) -> tuple[list[str], int]:
         """Load x (one expression or a concatenation) into the registers from byte `base`; its
         types and its length."""
         items = x["concat"] if isinstance(x, dict) and "concat" in x else [x]
@@ -408,7 +409,7 @@ class _Rule:
         return kinds, at - base
 
     # statements -----------------------------------------------------------------------------
-    def match(self, m: dict) -> None:
+    def match(self, m: dict[str, Any]) -> None:
         op, left, right = m.get("op"), m.get("left"), m.get("right")
         self.needs(left)
         if left == {"meta": {"key": "l4proto"}} and op == "==" and isinstance(right, str):
@@ -448,7 +449,7 @@ class _Rule:
             return
         self.out.append(cmp(self._op(op), 1, encode(kind, right)))
 
-    def _op(self, op) -> int:
+    def _op(self, op: Any) -> int:
         if op not in CMP_OPS:
             raise KernelError(f"nftables: operator {op!r} is not supported")
         return CMP_OPS[op]
@@ -458,7 +459,7 @@ class _Rule:
             raise KernelError(f"nftables: set {name!r} is not declared")
         return name
 
-    def _fib(self, fib: dict, op, right) -> None:
+    def _fib(self, fib: dict[str, Any], op: Any, right: Any) -> None:
         result = FIB_RESULTS.get(str(fib.get("result")))
         flags = 0
         for f in fib.get("flags") or []:
@@ -476,7 +477,7 @@ class _Rule:
         else:
             raise KernelError(f"nftables: fib {fib.get('result')!r} compared with {right!r} is not supported")
 
-    def _prefix(self, left, op, prefix: dict) -> None:
+    def _prefix(self, left: Any, op: Any, prefix: dict[str, Any]) -> None:
         """An address prefix, as nft writes it: only the prefix's whole bytes loaded and compared
         where it ends on a byte, else the address masked."""
         net = ipaddress.ip_network(f"{prefix.get('addr')}/{prefix.get('len')}")
@@ -492,7 +493,7 @@ class _Rule:
                          bitwise(1, net.netmask.packed, bytes(size)),
                          cmp(self._op(op), 1, net.network_address.packed)]
 
-    def statement(self, s: dict) -> None:
+    def statement(self, s: dict[str, Any]) -> None:
         if not isinstance(s, dict) or len(s) != 1:
             raise KernelError(f"nftables: statement {str(s)[:80]} is not supported")
         (kind, body), = s.items()
@@ -511,7 +512,7 @@ class _Rule:
         else:
             raise KernelError(f"nftables: statement {kind!r} is not supported")
 
-    def _mangle(self, body: dict) -> None:
+    def _mangle(self, body: dict[str, Any]) -> None:
         """meta mark set meta mark | BITS, and meta mark set meta mark & BITS: the only mangles
         pybridge writes (the kernel's bitwise is (reg & mask) ^ xor)."""
         value = body.get("value")
@@ -528,7 +529,7 @@ class _Rule:
                      bitwise(1, encode("mark", mask), encode("mark", xor)),
                      meta_set(META["mark"][0], 1)]
 
-    def _dnat(self, body: dict) -> None:
+    def _dnat(self, body: dict[str, Any]) -> None:
         """dnat to an address and a port, each looked up in a map by the same key."""
         family = FAMILIES.get(body.get("family", ""))
         addr, port = body.get("addr", {}).get("map"), body.get("port", {}).get("map")
@@ -554,7 +555,7 @@ class Message:
     what: str = ""
 
 
-def _table(obj: dict) -> tuple[int, str]:
+def _table(obj: dict[str, Any]) -> tuple[int, str]:
     family = FAMILIES.get(obj.get("family", ""))
     table = obj.get("table", obj.get("name"))
     if family is None or not isinstance(table, str) or not table:
@@ -562,7 +563,7 @@ def _table(obj: dict) -> tuple[int, str]:
     return family, table
 
 
-def set_type(decl: dict) -> SetType:
+def set_type(decl: dict[str, Any]) -> SetType:
     """The SetType of a set declaration as nftrules writes it ({"type": ..., "map": ...}, or
     {"type": {"typeof": expression or concatenation}})."""
     key = decl["type"]
@@ -574,7 +575,7 @@ def set_type(decl: dict) -> SetType:
     return SetType(tuple(key) if isinstance(key, list) else (key,), decl.get("map"))
 
 
-def _typeof_part(x) -> tuple:
+def _typeof_part(x: Any) -> tuple[Any, ...]:
     p = x.get("payload") if isinstance(x, dict) else None
     if isinstance(p, dict) and (p.get("protocol"), p.get("field")) in TYPEOF_PAYLOAD:
         return (p["protocol"], p["field"])
@@ -584,7 +585,7 @@ def _typeof_part(x) -> tuple:
     raise KernelError(f"nftables: typeof {str(x)[:80]} is not supported")
 
 
-def typeof_udata(described: tuple[tuple, ...]) -> bytes:
+def typeof_udata(described: tuple[tuple[Any, ...], ...]) -> bytes:
     """A typeof key as nft writes it in the set's user data (NFTNL_UDATA_SET_KEY_TYPEOF): the
     expression's kind and its own description, nested for a concatenation."""
     def u(kind: int, value: bytes) -> bytes:
@@ -593,7 +594,7 @@ def typeof_udata(described: tuple[tuple, ...]) -> bytes:
     def n(value: int) -> bytes:
         return struct.pack("=I", value)
 
-    def payload(d: tuple) -> bytes:
+    def payload(d: tuple[Any, ...]) -> bytes:
         if d[0] == "raw":
             _, base, offset, length = d
             data = u(0, n(0)) + u(1, n(0)) + u(2, n(BASES[base] + 1)) + u(3, n(offset)) + u(4, n(length))
@@ -616,7 +617,7 @@ class Compiler:
         self.sets = dict(sets)
         self._ids = 0
 
-    def compile(self, commands: list[dict]) -> list[Message]:
+    def compile(self, commands: list[dict[str, Any]]) -> list[Message]:
         out: list[Message] = []
         for c in commands:
             if not isinstance(c, dict) or len(c) != 1:
@@ -631,15 +632,15 @@ class Compiler:
             out += handler(obj)
         return out
 
-    def _add_table(self, obj: dict) -> list[Message]:
+    def _add_table(self, obj: dict[str, Any]) -> list[Message]:
         family, name = _table(obj)
         return [Message(NEWTABLE, family, attr(1, text(name)) + attr(2, u32(0)), NLM_F_CREATE, f"add table {name}")]
 
-    def _delete_table(self, obj: dict) -> list[Message]:
+    def _delete_table(self, obj: dict[str, Any]) -> list[Message]:
         family, name = _table(obj)
         return [Message(DELTABLE, family, attr(1, text(name)), 0, f"delete table {name}")]
 
-    def _add_set(self, obj: dict, is_map: bool = False) -> list[Message]:
+    def _add_set(self, obj: dict[str, Any], is_map: bool = False) -> list[Message]:
         family, table = _table(obj)
         name = obj["name"]
         st = set_type(obj)
@@ -660,10 +661,10 @@ class Compiler:
         body += attr(10, u32(self._ids)) + attr(13, udata)
         return [Message(NEWSET, family, body, NLM_F_CREATE, f"add set {name}")]
 
-    def _add_map(self, obj: dict) -> list[Message]:
+    def _add_map(self, obj: dict[str, Any]) -> list[Message]:
         return self._add_set(obj, is_map=True)
 
-    def _add_chain(self, obj: dict) -> list[Message]:
+    def _add_chain(self, obj: dict[str, Any]) -> list[Message]:
         family, table = _table(obj)
         name = obj["name"]
         body = attr(1, text(table)) + attr(3, text(name))
@@ -675,7 +676,7 @@ class Compiler:
             body += nest(4, attr(1, u32(hook)), attr(2, u32(prio))) + attr(5, u32(1)) + attr(7, text(obj["type"]))
         return [Message(NEWCHAIN, family, body, NLM_F_CREATE, f"add chain {name}")]
 
-    def _rule_body(self, obj: dict) -> tuple[int, bytes, str]:
+    def _rule_body(self, obj: dict[str, Any]) -> tuple[int, bytes, str]:
         family, table = _table(obj)
         chain = obj["chain"]
         rule = _Rule(self.sets)
@@ -690,16 +691,16 @@ class Compiler:
             body += attr(7, bytes([0, len(raw)]) + raw)                 # NFTNL_UDATA_RULE_COMMENT
         return family, body, chain
 
-    def _add_rule(self, obj: dict) -> list[Message]:
+    def _add_rule(self, obj: dict[str, Any]) -> list[Message]:
         family, body, chain = self._rule_body(obj)
         return [Message(NEWRULE, family, body, NLM_F_CREATE | NLM_F_APPEND, f"add rule to {chain}")]
 
-    def _insert_rule(self, obj: dict) -> list[Message]:
+    def _insert_rule(self, obj: dict[str, Any]) -> list[Message]:
         """At the head of the chain (no position: nothing of the chain is read)."""
         family, body, chain = self._rule_body(obj)
         return [Message(NEWRULE, family, body, NLM_F_CREATE, f"insert rule into {chain}")]
 
-    def _delete_rule(self, obj: dict) -> list[Message]:
+    def _delete_rule(self, obj: dict[str, Any]) -> list[Message]:
         family, table = _table(obj)
         handle = obj.get("handle")
         if not isinstance(handle, int) or isinstance(handle, bool) or handle <= 0:
@@ -707,7 +708,7 @@ class Compiler:
         body = attr(1, text(table)) + attr(2, text(obj["chain"])) + attr(3, struct.pack(">Q", handle))
         return [Message(DELRULE, family, body, 0, f"delete rule {handle} of {obj['chain']}")]
 
-    def _elements(self, kind: int, obj: dict, verb: str) -> list[Message]:
+    def _elements(self, kind: int, obj: dict[str, Any], verb: str) -> list[Message]:
         family, table = _table(obj)
         name = obj["name"]
         st = self.sets.get(name)
@@ -742,13 +743,13 @@ class Compiler:
                                f"{verb} elements of {name}"))
         return out
 
-    def _add_element(self, obj: dict) -> list[Message]:
+    def _add_element(self, obj: dict[str, Any]) -> list[Message]:
         return self._elements(NEWSETELEM, obj, "add")
 
-    def _delete_element(self, obj: dict) -> list[Message]:
+    def _delete_element(self, obj: dict[str, Any]) -> list[Message]:
         return self._elements(DELSETELEM, obj, "delete")
 
-    def _flush_set(self, obj: dict) -> list[Message]:
+    def _flush_set(self, obj: dict[str, Any]) -> list[Message]:
         family, table = _table(obj)
         name = obj["name"]
         if name not in self.sets:
@@ -763,7 +764,7 @@ class Compiler:
 @dataclass(frozen=True)
 class Chain:
     name: str
-    base: tuple | None          # (type, hook, priority) of a base chain
+    base: tuple[Any, ...] | None          # (type, hook, priority) of a base chain
 
 
 def decode_chain(body: dict[int, bytes]) -> Chain:

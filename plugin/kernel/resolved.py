@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import os
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class ResolvedLinks:
         self.bus_address = bus_address
         self.link_index = link_index
         self._desired: Links = {}
-        self._applied: dict[str, tuple] = {}       # bridge -> (ifindex, servers, domain) as last told
+        self._applied: dict[str, tuple[Any, ...]] = {}       # bridge -> (ifindex, servers, domain) as last told
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -120,7 +120,7 @@ class ResolvedLinks:
         self._applied = {k: v for k, v in self._applied.items() if k in desired}
 
     @staticmethod
-    def _read_servers(conn, our_links: set[int], our_addresses: set[str]) -> tuple[str, ...]:
+    def _read_servers(conn: Any, our_links: set[int], our_addresses: set[str]) -> tuple[str, ...]:
         """resolved's servers, global then per link (FallbackDNS when it has none), without those
         of pybridge's links or addresses, link-local ones (they need a scope) and its stubs."""
         from jeepney import DBusAddress
@@ -147,7 +147,7 @@ class ResolvedLinks:
         return tuple(out)
 
     @staticmethod
-    def _configure(conn, index: int, servers: tuple[str, ...], domain: str) -> None:
+    def _configure(conn: Any, index: int, servers: tuple[str, ...], domain: str) -> None:
         from jeepney import DBusAddress, new_method_call
         from jeepney.wrappers import unwrap_msg
         manager = DBusAddress("/org/freedesktop/resolve1", bus_name="org.freedesktop.resolve1",

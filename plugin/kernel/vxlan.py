@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+from typing import Any, Callable
 
 from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -165,7 +166,7 @@ class Vxlan:
         return True
 
     @staticmethod
-    def _quiet(fn, *args, **kwargs) -> None:
+    def _quiet(fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, **kwargs)
         except NetlinkError as e:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from typing import Any
 
 from ..domain.addresses import parse_cidr, parse_ip_interface
 from ..domain.errors import CorruptState
-from ..domain.model import Endpoint, Network, Subnet
+from ..domain.model import Endpoint, IPInterface, Network, Subnet
 from ..domain.naming import is_valid_ifname
 from ..domain.ports import PortBinding, PROTOCOLS
 
@@ -14,8 +16,22 @@ from ..domain.ports import PortBinding, PROTOCOLS
 DECODE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def _iface(value):
+def _iface(value: object) -> IPInterface | None:
     return parse_ip_interface("stored address", value) if value else None
+
+
+def _iface4(value: object) -> ipaddress.IPv4Interface | None:
+    found = parse_ip_interface("stored IPv4 address", value, 4) if value else None
+    return found if isinstance(found, ipaddress.IPv4Interface) else None
+
+
+def _iface6(value: object) -> ipaddress.IPv6Interface | None:
+    found = parse_ip_interface("stored IPv6 address", value, 6) if value else None
+    return found if isinstance(found, ipaddress.IPv6Interface) else None
+
+
+def _aux(value: object) -> IPInterface:
+    return parse_ip_interface("stored aux address", value)
 
 
 def _ifname(value: str) -> str:
@@ -24,7 +40,7 @@ def _ifname(value: str) -> str:
     return value
 
 
-def _port(p) -> PortBinding:
+def _port(p: Any) -> PortBinding:
     proto, cport, host_ip, hport, family = p
     if proto not in PROTOCOLS.values() or not all(isinstance(v, int) for v in (cport, hport, family)):
         raise CorruptState(f"stored port binding {str(p)[:64]!r} is not valid")
@@ -56,7 +72,7 @@ def network_to_json(n: Network) -> str:
 def network_from_json(network_id: str, text: str) -> Network:
     d = json.loads(text)
     subnets = tuple(Subnet(pool=parse_cidr("stored subnet", s["pool"]), gateway=_iface(s["gateway"]),
-                           aux=tuple((k, _iface(v)) for k, v in sorted(s["aux"].items())))
+                           aux=tuple((k, _aux(v)) for k, v in sorted(s["aux"].items())))
                     for s in d["subnets"])
     return Network(id=network_id, bridge=_ifname(d["bridge"]), subnets=subnets, mtu=d["mtu"],
                    internal=d["internal"], ipv6=d["ipv6"], icc=d["icc"], masquerade=d["masquerade"],
@@ -67,7 +83,7 @@ def network_from_json(network_id: str, text: str) -> Network:
                    trusted=tuple(_ifname(t) for t in d.get("trusted", [])))
 
 
-def _families(value) -> frozenset[int]:
+def _families(value: object) -> frozenset[int]:
     if not isinstance(value, list) or not all(type(v) is int and v in (4, 6) for v in value):
         raise CorruptState(f"stored address families {str(value)[:32]!r} are not valid")
     return frozenset(value)
@@ -87,6 +103,6 @@ def endpoint_from_json(endpoint_id: str, network_id: str, text: str) -> Endpoint
     d = json.loads(text)
     return Endpoint(id=endpoint_id, network_id=network_id, host_ifname=_ifname(d["host_ifname"]),
                     container_ifname=_ifname(d["container_ifname"]), mac=d["mac"],
-                    address4=_iface(d["address4"]), address6=_iface(d["address6"]),
+                    address4=_iface4(d["address4"]), address6=_iface6(d["address6"]),
                     sandbox_key=d["sandbox_key"], options=tuple(sorted(d["options"].items())),
                     ports=tuple(_port(p) for p in d.get("ports", [])))

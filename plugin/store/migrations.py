@@ -110,7 +110,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return have
+    return int(have)
 
 
 def _fill_bindings(conn: sqlite3.Connection) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from ..domain.addresses import parse_cidr
 from ..domain.errors import CorruptState, PybridgeError
@@ -17,6 +17,7 @@ from ..domain.model import ContainerInfo, Endpoint, Network, PoolRecord
 from . import codec
 
 BAD_ROW = (*codec.DECODE_ERRORS, PybridgeError)
+T = TypeVar("T")
 
 
 def addr_key(value: int) -> str:
@@ -24,7 +25,7 @@ def addr_key(value: int) -> str:
     return f"{value:032x}"
 
 
-def _one(table: str, key: str, decode, *row):
+def _one(table: str, key: str, decode: Callable[..., T], *row: Any) -> T:
     """A row decoded, or CorruptState naming it (a direct read of a damaged row)."""
     try:
         return decode(*row)
@@ -32,9 +33,9 @@ def _one(table: str, key: str, decode, *row):
         raise CorruptState(f"the state row {table}/{key[:64]} is unreadable: {e}") from e
 
 
-def _readable(decode, rows) -> list:
+def _readable(decode: Callable[..., T], rows: Iterable[Sequence[Any]]) -> list[T]:
     """The rows that decode; damaged ones are skipped here and listed by Tx.unreadable()."""
-    out = []
+    out: list[T] = []
     for row in rows:
         try:
             out.append(decode(*row))
@@ -43,17 +44,17 @@ def _readable(decode, rows) -> list:
     return out
 
 
-def lease_row(pool_id: str, addr: str, *rest):
+def lease_row(pool_id: str, addr: str, *rest: Any) -> tuple[Any, ...]:
     return (pool_id, int(addr, 16), *rest)
 
 
-def pool_row(pid, space, subnet, ip_range, cursor, cluster="") -> PoolRecord:
+def pool_row(pid: str, space: str, subnet: str, ip_range: str, cursor: str, cluster: str = "") -> PoolRecord:
     return PoolRecord(id=pid, space=space, subnet=parse_cidr("stored pool", subnet),
                       ip_range=parse_cidr("stored ip-range", ip_range) if ip_range else None,
                       cursor=int(cursor, 16) - 1, cluster=cluster)
 
 
-def dns_row(network_id: str, name: str, doc: str):
+def dns_row(network_id: str, name: str, doc: str) -> tuple[str, tuple[str, list[ContainerInfo]]]:
     return network_id, (name, [ContainerInfo(str(i), str(n), tuple(map(str, a)), str(v4), str(v6))
                                for i, n, a, v4, v6 in json.loads(doc)])
 
@@ -98,7 +99,7 @@ class Networks:
         self._c.executemany("INSERT INTO bindings (endpoint_id, proto, host_port, doc) VALUES (?, ?, ?, ?)",
                             [(e.id, b.proto, b.host_port, codec.binding_to_json(b)) for b in e.ports])
 
-    def bindings_on(self, proto: str, host_port: int, but: str = "") -> list:
+    def bindings_on(self, proto: str, host_port: int, but: str = "") -> list[Any]:
         """The published ports held on this host port, by any endpoint but `but` (an index
         lookup: the cost does not grow with the ports published elsewhere)."""
         rows = self._c.execute("SELECT endpoint_id, doc FROM bindings WHERE proto = ? AND host_port = ?",
@@ -246,7 +247,7 @@ class Containers:
             except ValueError:
                 continue
 
-    def forget_owners(self, containers=(), keep_only=None) -> None:
+    def forget_owners(self, containers: Iterable[str] = (), keep_only: Iterable[str] | None = None) -> None:
         """Forget the addresses of `containers`; with keep_only, of every container not in it."""
         self._c.executemany("DELETE FROM owners WHERE container = ?", [(c,) for c in containers])
         if keep_only is not None:
@@ -257,12 +258,12 @@ class Containers:
         return [(p, int(a, 16), c, n) for p, a, c, n in self._c.execute(
             "SELECT pool_id, addr, container, name FROM owners ORDER BY pool_id, addr")]
 
-    def put_names(self, network_id: str, name: str, containers) -> None:
+    def put_names(self, network_id: str, name: str, containers: Iterable[ContainerInfo]) -> None:
         doc = json.dumps([[c.id, c.name, list(c.aliases), c.ipv4, c.ipv6] for c in containers])
         self._c.execute("INSERT OR REPLACE INTO dns (network_id, name, doc) VALUES (?, ?, ?)",
                         (network_id, name, doc))
 
-    def names(self) -> dict:
+    def names(self) -> dict[str, Any]:
         rows = self._c.execute("SELECT network_id, name, doc FROM dns").fetchall()
         return dict(_readable(dns_row, rows))
 
@@ -298,7 +299,7 @@ class Meta:
             return frozenset()
         return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
 
-    def set_docker_bridges(self, names) -> None:
+    def set_docker_bridges(self, names: Iterable[str]) -> None:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('docker_bridges', ?)",
                         (json.dumps(sorted(names)),))
 
@@ -313,7 +314,7 @@ class Meta:
         return [(p[0], p[1]) for p in pairs if isinstance(p, list) and len(p) == 2
                 and isinstance(p[0], int) and not isinstance(p[0], bool) and isinstance(p[1], str)]
 
-    def set_vxlan_members(self, members) -> None:
+    def set_vxlan_members(self, members: Iterable[tuple[int, str]]) -> None:
         """Cluster mode: the VXLAN filter's last (VNI, host) pairs, restored at start before etcd
         is read (the filter fails closed: it never opens to everyone)."""
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('vxlan_members', ?)",
