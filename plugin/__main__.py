@@ -32,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(**overrides)
         if args.command == "serve":
             from .server import serve
+
             serve(settings)
             return 0
         from .server import setup_logging
         from .wiring import build_services
+
         setup_logging(settings.log_level)
         report = build_services(settings).reconciler.restore()
         print(json.dumps(report.as_dict(), indent=2))

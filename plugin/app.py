@@ -32,7 +32,7 @@ def _body() -> dict:
     raw = request.get_data(cache=False)
     if not raw.strip():
         return {}
-    if log.isEnabledFor(logging.DEBUG):     # PYBRIDGE_LOG_LEVEL=debug: every call as dockerd sent it
+    if log.isEnabledFor(logging.DEBUG):  # PYBRIDGE_LOG_LEVEL=debug: every call as dockerd sent it
         log.debug("%s %r", request.path.lstrip("/")[:64], raw[:4096].decode("utf-8", "replace"))  # %r: one line
     try:
         body = json.loads(raw)
@@ -68,6 +68,7 @@ def _view(services, stats: CallStats, method: str, handler):
             stats.record(method, took, ok)
             if services.metrics is not None:
                 services.metrics.observe_call(method, took, ok)
+
     view.__name__ = method.replace(".", "_")
     return view
 
@@ -78,8 +79,9 @@ def create_app(services) -> Flask:
     stats = CallStats()
     app.extensions["pybridge.stats"] = stats
     for method, handler in ROUTES.items():
-        app.add_url_rule(f"/{method}", endpoint=method, view_func=_view(services, stats, method, handler),
-                         methods=["POST"])
+        app.add_url_rule(
+            f"/{method}", endpoint=method, view_func=_view(services, stats, method, handler), methods=["POST"]
+        )
 
     @app.get("/pybridge/stats")
     def get_stats():

@@ -16,7 +16,7 @@ from .ipam.pools import PoolSpec, parse_pool_specs
 DEFAULT_POOLS = "172.16.0.0/12:24,192.168.0.0/16:24"
 DEFAULT_POOLS6 = "fd42:7079:6272::/48:64"
 DEFAULT_METRICS = "127.0.0.1:9474"
-DEFAULT_HOST_DNS = "unix:path=/host/run/dbus/system_bus_socket"     # the host's /run, mounted there
+DEFAULT_HOST_DNS = "unix:path=/host/run/dbus/system_bus_socket"  # the host's /run, mounted there
 
 
 @dataclass(frozen=True)
@@ -34,17 +34,17 @@ class Settings:
     dns: bool = True
     dns_port: int = 53
     dns_ttl: int = 10
-    dns_default_upstream: str = "resolv.conf"   # or a list 'ip[:port],...', or '' for none
+    dns_default_upstream: str = "resolv.conf"  # or a list 'ip[:port],...', or '' for none
     docker_socket: str = "/var/run/docker.sock"
-    firewall_check: int = 2    # seconds between checks of the static rule in iptables-legacy, 0 for
-                               # none; nftables changes are events, and always healed
-    firewall_mark: int = 0x01000000   # the packet-mark bit our forward chain sets on what it accepts
-    metrics: tuple[str, int] | None = None    # (host, port) of the Prometheus endpoint, or none
-    host_dns_suffix: str = DEFAULT_HOST_SUFFIX   # container names on the host: NAME.NETWORK.<this>; "" none
-    host_dns: str = ""     # D-Bus address of the host's system bus (systemd-resolved), or "" for none
-    cluster_etcd: tuple[tuple[str, str, int], ...] = ()   # etcd endpoints (scheme, host, port); () = no cluster
-    cluster_address: str = ""      # this host's underlay address: VXLAN source, and its name in the cluster
-    cluster_grace: int = 30        # seconds after which a silent host's addresses, entries, names go
+    firewall_check: int = 2  # seconds between checks of the static rule in iptables-legacy, 0 for
+    # none; nftables changes are events, and always healed
+    firewall_mark: int = 0x01000000  # the packet-mark bit our forward chain sets on what it accepts
+    metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint, or none
+    host_dns_suffix: str = DEFAULT_HOST_SUFFIX  # container names on the host: NAME.NETWORK.<this>; "" none
+    host_dns: str = ""  # D-Bus address of the host's system bus (systemd-resolved), or "" for none
+    cluster_etcd: tuple[tuple[str, str, int], ...] = ()  # etcd endpoints (scheme, host, port); () = no cluster
+    cluster_address: str = ""  # this host's underlay address: VXLAN source, and its name in the cluster
+    cluster_grace: int = 30  # seconds after which a silent host's addresses, entries, names go
     vxlan_port: int = 4789
 
     @property
@@ -88,7 +88,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides) -> Sett
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"invalid PYBRIDGE_LOG_LEVEL {level!r}")
     values = dict(
-        name=name, ifprefix=prefix,
+        name=name,
+        ifprefix=prefix,
         state_dir=env.get("PYBRIDGE_STATE_DIR", "/var/lib/pybridge"),
         socket=env.get("PYBRIDGE_SOCKET", "/run/docker/plugins/pybridge.sock"),
         host_plugin_dir=env.get("PYBRIDGE_HOST_PLUGIN_DIR", ""),
@@ -114,13 +115,17 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides) -> Sett
 def _cluster(env) -> dict:
     """Cluster mode: both PYBRIDGE_CLUSTER_ETCD and PYBRIDGE_CLUSTER_ADDRESS, or neither."""
     etcd, address = env.get("PYBRIDGE_CLUSTER_ETCD", ""), env.get("PYBRIDGE_CLUSTER_ADDRESS", "")
-    values = dict(cluster_grace=_int(env, "PYBRIDGE_CLUSTER_GRACE", 30, 5, 86400),
-                  vxlan_port=_int(env, "PYBRIDGE_VXLAN_PORT", 4789, 1, 65535))
+    values = dict(
+        cluster_grace=_int(env, "PYBRIDGE_CLUSTER_GRACE", 30, 5, 86400),
+        vxlan_port=_int(env, "PYBRIDGE_VXLAN_PORT", 4789, 1, 65535),
+    )
     if not etcd and not address:
         return values
     if not etcd or not address:
-        raise ConfigError("cluster mode needs both PYBRIDGE_CLUSTER_ETCD (etcd endpoints) and "
-                          "PYBRIDGE_CLUSTER_ADDRESS (this host's underlay address)")
+        raise ConfigError(
+            "cluster mode needs both PYBRIDGE_CLUSTER_ETCD (etcd endpoints) and "
+            "PYBRIDGE_CLUSTER_ADDRESS (this host's underlay address)"
+        )
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -139,8 +144,14 @@ def parse_endpoints(text: str) -> tuple[tuple[str, str, int], ...]:
             port = u.port or 2379
         except ValueError:
             u, port = None, 0
-        if u is None or u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") \
-                or u.query or u.username:
+        if (
+            u is None
+            or u.scheme not in ("http", "https")
+            or not u.hostname
+            or u.path not in ("", "/")
+            or u.query
+            or u.username
+        ):
             raise ConfigError(f"invalid PYBRIDGE_CLUSTER_ETCD endpoint {item!r}: http://HOST:PORT or https://HOST:PORT")
         out.append((u.scheme, u.hostname, port))
     if not out:
@@ -182,6 +193,7 @@ def _host_suffix(text: str) -> str:
     if text.strip().lower().rstrip(".") == DEFAULT_HOST_SUFFIX:
         return DEFAULT_HOST_SUFFIX
     from publicsuffixlist import PublicSuffixList
+
     try:
         return parse_host_suffix(text, PublicSuffixList().is_public)
     except ValueError as e:
@@ -194,8 +206,9 @@ def _mark(text: str) -> int:
     except ValueError:
         value = 0
     if value <= 0 or value >= 1 << 32 or value & (value - 1):
-        raise ConfigError(f"invalid PYBRIDGE_FIREWALL_MARK {text!r}: one bit of the 32-bit packet mark, "
-                          "e.g. 0x01000000")
+        raise ConfigError(
+            f"invalid PYBRIDGE_FIREWALL_MARK {text!r}: one bit of the 32-bit packet mark, e.g. 0x01000000"
+        )
     return value
 
 

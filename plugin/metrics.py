@@ -46,16 +46,17 @@ class MetricsSource(Protocol):
     dns: DnsService | None
     watcher: DockerWatcher | None
 
+
 log = logging.getLogger(__name__)
 
 # plugin calls take from well under a millisecond (IPAM) to seconds (a network on a busy host)
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-MAX_CONNECTIONS = 8          # open at once; one more makes room by closing the oldest
-HARD_LIMIT = 16              # threads at most: beyond, a new connection waits (then is closed)
-REQUEST_SECONDS = 5.0        # a connection's whole life, from accept to its answer sent
-READ_SECONDS = 2.0           # silence allowed while the request is read
+MAX_CONNECTIONS = 8  # open at once; one more makes room by closing the oldest
+HARD_LIMIT = 16  # threads at most: beyond, a new connection waits (then is closed)
+REQUEST_SECONDS = 5.0  # a connection's whole life, from accept to its answer sent
+READ_SECONDS = 2.0  # silence allowed while the request is read
 
 
 class MetricsServer(ThreadingHTTPServer):
@@ -71,12 +72,12 @@ class MetricsServer(ThreadingHTTPServer):
         handler: type[MetricsHandler] = MetricsHandler.factory(registry)
         handler.timeout = READ_SECONDS
         self._ended_cond = threading.Condition()
-        self._open: dict[int, socket.socket] = {}     # not closed yet, in accept order (dicts keep it)
-        self._running = 0                             # threads serving a connection
+        self._open: dict[int, socket.socket] = {}  # not closed yet, in accept order (dicts keep it)
+        self._running = 0  # threads serving a connection
         self._next = 0
-        self.refused = 0            # closed at once: HARD_LIMIT threads were still running
-        self.evicted = 0            # closed to make room for a newer one
-        self.expired = 0            # closed at REQUEST_SECONDS
+        self.refused = 0  # closed at once: HARD_LIMIT threads were still running
+        self.evicted = 0  # closed to make room for a newer one
+        self.expired = 0  # closed at REQUEST_SECONDS
         super().__init__(address, handler)
 
     @staticmethod
@@ -97,7 +98,7 @@ class MetricsServer(ThreadingHTTPServer):
                 self._running += 1
                 self._next += 1
                 key = self._next
-                if len(self._open) >= MAX_CONNECTIONS:        # the oldest makes room (closed below)
+                if len(self._open) >= MAX_CONNECTIONS:  # the oldest makes room (closed below)
                     oldest = self._open.pop(next(iter(self._open)))
                     self.evicted += 1
                 self._open[key] = request
@@ -126,6 +127,7 @@ class MetricsServer(ThreadingHTTPServer):
         def expire() -> None:
             self.expired += 1
             self._close(request)
+
         deadline = threading.Timer(REQUEST_SECONDS, expire)
         deadline.daemon = True
         deadline.start()
@@ -142,12 +144,16 @@ class MetricsServer(ThreadingHTTPServer):
 class Metrics:
     def __init__(self, services: MetricsSource):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.rpc_seconds = Histogram("pybridge_rpc_duration_seconds",
-                                     "Time pybridge took to answer a plugin call from dockerd, by method",
-                                     ["method"], buckets=RPC_BUCKETS, registry=self.registry)
-        self.rpc_errors = Counter("pybridge_rpc_errors",
-                                  "Plugin calls answered with an error, by method", ["method"],
-                                  registry=self.registry)
+        self.rpc_seconds = Histogram(
+            "pybridge_rpc_duration_seconds",
+            "Time pybridge took to answer a plugin call from dockerd, by method",
+            ["method"],
+            buckets=RPC_BUCKETS,
+            registry=self.registry,
+        )
+        self.rpc_errors = Counter(
+            "pybridge_rpc_errors", "Plugin calls answered with an error, by method", ["method"], registry=self.registry
+        )
         self.registry.register(StateCollector(services))
         self._server: MetricsServer | None = None
 
@@ -162,8 +168,12 @@ class Metrics:
         try:
             server = self._server = MetricsServer((host, port), self.registry)
         except OSError as e:
-            log.error("metrics: cannot listen on %s port %d: %s (set PYBRIDGE_METRICS to another "
-                      "address, or off)", host, port, e)
+            log.error(
+                "metrics: cannot listen on %s port %d: %s (set PYBRIDGE_METRICS to another address, or off)",
+                host,
+                port,
+                e,
+            )
             return False
         threading.Thread(target=server.serve_forever, name="pybridge-metrics", daemon=True).start()
         log.info("metrics on http://%s/metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
@@ -191,17 +201,23 @@ class StateCollector:
             return [named.get(nid, nid[:12]), nid[:12]]
 
         yield GaugeMetricFamily("pybridge_networks", "Networks pybridge holds", value=len(networks))
-        endpoints = GaugeMetricFamily("pybridge_endpoints", "Endpoints (containers) on each network",
-                                      labels=["network", "network_id"])
+        endpoints = GaugeMetricFamily(
+            "pybridge_endpoints", "Endpoints (containers) on each network", labels=["network", "network_id"]
+        )
         for n in networks:
             endpoints.add_metric(labels(n["id"]), n["endpoints"])
         yield endpoints
 
-        size = GaugeMetricFamily("pybridge_pool_addresses", "Addresses each network's pool can hand out",
-                                 labels=["network", "network_id", "subnet"])
-        used = GaugeMetricFamily("pybridge_pool_addresses_used",
-                                 "Addresses of each network's pool that are handed out (gateway included)",
-                                 labels=["network", "network_id", "subnet"])
+        size = GaugeMetricFamily(
+            "pybridge_pool_addresses",
+            "Addresses each network's pool can hand out",
+            labels=["network", "network_id", "subnet"],
+        )
+        used = GaugeMetricFamily(
+            "pybridge_pool_addresses_used",
+            "Addresses of each network's pool that are handed out (gateway included)",
+            labels=["network", "network_id", "subnet"],
+        )
         by_subnet: dict[str, list[dict]] = {}
         for pool in s.ipam.usage():
             by_subnet.setdefault(pool["subnet"], []).append(pool)
@@ -217,19 +233,34 @@ class StateCollector:
         yield from self._dns(labels)
 
         fw = s.firewall.counters()
-        yield CounterMetricFamily("pybridge_firewall_changes", "Changes written to pybridge's firewall table",
-                                  value=fw.changes)
-        yield CounterMetricFamily("pybridge_firewall_change_failures",
-                                  "Changes to pybridge's firewall table that the kernel refused", value=fw.failures)
-        yield CounterMetricFamily("pybridge_firewall_faults",
-                                  "Faults in firewall work (a firewall tool killed by a signal, an unexpected "
-                                  "error in pybridge's own code); doctor names the last one", value=fw.faults)
-        yield SummaryMetricFamily("pybridge_firewall_change_duration_seconds",
-                                  "Time the firewall changes took", count_value=fw.changes, sum_value=fw.seconds)
+        yield CounterMetricFamily(
+            "pybridge_firewall_changes", "Changes written to pybridge's firewall table", value=fw.changes
+        )
+        yield CounterMetricFamily(
+            "pybridge_firewall_change_failures",
+            "Changes to pybridge's firewall table that the kernel refused",
+            value=fw.failures,
+        )
+        yield CounterMetricFamily(
+            "pybridge_firewall_faults",
+            "Faults in firewall work (a firewall tool killed by a signal, an unexpected "
+            "error in pybridge's own code); doctor names the last one",
+            value=fw.faults,
+        )
+        yield SummaryMetricFamily(
+            "pybridge_firewall_change_duration_seconds",
+            "Time the firewall changes took",
+            count_value=fw.changes,
+            sum_value=fw.seconds,
+        )
 
-        healed = CounterMetricFamily("pybridge_self_heal", "Repairs pybridge made by itself, by kind "
-                                     "(firewall: its table rewritten after drift; links_removed, leases_released, "
-                                     "endpoints_dropped: left-overs cleared at start or by gc)", labels=["kind"])
+        healed = CounterMetricFamily(
+            "pybridge_self_heal",
+            "Repairs pybridge made by itself, by kind "
+            "(firewall: its table rewritten after drift; links_removed, leases_released, "
+            "endpoints_dropped: left-overs cleared at start or by gc)",
+            labels=["kind"],
+        )
         kinds: dict[str, int] = {}
         for source in (s.doctor.healed, s.reconciler.healed):
             for kind, n in list(source.items()):
@@ -243,9 +274,11 @@ class StateCollector:
         yield from self._cluster()
 
         watcher = s.watcher
-        yield CounterMetricFamily("pybridge_docker_events_reconnects",
-                                  "Times the Docker event stream (names for the DNS) was opened again after it failed",
-                                  value=watcher.reconnects if watcher is not None else 0)
+        yield CounterMetricFamily(
+            "pybridge_docker_events_reconnects",
+            "Times the Docker event stream (names for the DNS) was opened again after it failed",
+            value=watcher.reconnects if watcher is not None else 0,
+        )
 
     def _cluster(self):
         """Cluster mode only: whether etcd answers, resyncs, and the other hosts' containers
@@ -253,28 +286,44 @@ class StateCollector:
         view = self.services.views.cluster()
         if not view.get("enabled"):
             return
-        yield GaugeMetricFamily("pybridge_cluster_etcd_reachable", "1 when etcd answered this host's last call",
-                                value=1 if view["etcd_reachable"] else 0)
-        yield CounterMetricFamily("pybridge_cluster_resyncs", "Times this host wrote its keys to etcd again "
-                                  "(at start, after etcd was away or lost them)", value=view["resyncs"])
-        yield CounterMetricFamily("pybridge_cluster_refused_records", "Keys and records read from etcd that are "
-                                  "not what pybridge writes, left out (each is logged, quoted)",
-                                  value=view["refused_records"])
-        remote = GaugeMetricFamily("pybridge_cluster_remote_endpoints",
-                                   "Other hosts' containers programmed on this host's VXLAN device, by cluster network",
-                                   labels=["cluster"])
+        yield GaugeMetricFamily(
+            "pybridge_cluster_etcd_reachable",
+            "1 when etcd answered this host's last call",
+            value=1 if view["etcd_reachable"] else 0,
+        )
+        yield CounterMetricFamily(
+            "pybridge_cluster_resyncs",
+            "Times this host wrote its keys to etcd again (at start, after etcd was away or lost them)",
+            value=view["resyncs"],
+        )
+        yield CounterMetricFamily(
+            "pybridge_cluster_refused_records",
+            "Keys and records read from etcd that are not what pybridge writes, left out (each is logged, quoted)",
+            value=view["refused_records"],
+        )
+        remote = GaugeMetricFamily(
+            "pybridge_cluster_remote_endpoints",
+            "Other hosts' containers programmed on this host's VXLAN device, by cluster network",
+            labels=["cluster"],
+        )
         for n in view["networks"]:
             remote.add_metric([n["cluster"]], n["remote_endpoints"])
         yield remote
 
     def _dns(self, labels):
-        queries = CounterMetricFamily("pybridge_dns_queries", "DNS queries answered, by network and rcode",
-                                      labels=["network", "network_id", "rcode"])
-        forwarded = CounterMetricFamily("pybridge_dns_forwarded", "DNS queries forwarded upstream, by network",
-                                        labels=["network", "network_id"])
-        failures = CounterMetricFamily("pybridge_dns_forward_failures",
-                                       "Forwarded DNS queries no upstream answered (or none was set), by network",
-                                       labels=["network", "network_id"])
+        queries = CounterMetricFamily(
+            "pybridge_dns_queries",
+            "DNS queries answered, by network and rcode",
+            labels=["network", "network_id", "rcode"],
+        )
+        forwarded = CounterMetricFamily(
+            "pybridge_dns_forwarded", "DNS queries forwarded upstream, by network", labels=["network", "network_id"]
+        )
+        failures = CounterMetricFamily(
+            "pybridge_dns_forward_failures",
+            "Forwarded DNS queries no upstream answered (or none was set), by network",
+            labels=["network", "network_id"],
+        )
         dns = self.services.dns
         if dns is not None:
             for nid, c in dns.server.counters().items():

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 def setup_logging(level: str) -> None:
     # stdout reaches the dockerd log at level info; stderr would be logged as errors.
-    logging.basicConfig(stream=sys.stdout, level=level.upper(),
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        stream=sys.stdout, level=level.upper(), format="%(levelname)s %(name)s: %(message)s", force=True
+    )
 
 
 def _secure_sockets(server) -> None:
@@ -64,7 +65,7 @@ class PluginServer(BaseApplication):
     def load(self):
         from .kernel.pyroute2_lean import use_lean_package
 
-        use_lean_package()      # before the adapters import pyroute2's modules: 4 MB less
+        use_lean_package()  # before the adapters import pyroute2's modules: 4 MB less
         from .app import create_app
         from .wiring import build_services
 
@@ -74,16 +75,17 @@ class PluginServer(BaseApplication):
             report = services.reconciler.restore()
             if report.errors:
                 log.error("restore finished with errors: %s", report.errors)
-        except Exception:       # a worker that dies as it boots is booted again, and dies again
+        except Exception:  # a worker that dies as it boots is booted again, and dies again
             log.exception("restore failed; serving anyway (doctor reports what is wrong)")
         services.enable_metrics()
         services.start_background()
         app = create_app(services)
         stats, dns = app.extensions["pybridge.stats"], services.dns
 
-        def activity() -> int:      # plugin calls and DNS queries answered, since start
+        def activity() -> int:  # plugin calls and DNS queries answered, since start
             queries = sum(sum(c["answered"].values()) for c in dns.server.counters().values()) if dns else 0
             return stats.calls + queries
+
         threading.Thread(target=_trim_when_idle, args=(activity,), name="pybridge-trim", daemon=True).start()
         return app
 
@@ -94,6 +96,7 @@ def _trim_when_idle(activity, every: float = 5.0) -> None:
     would be its peak). Never during a burst, and not at all while nothing happens."""
     import ctypes
     import gc
+
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
@@ -102,7 +105,7 @@ def _trim_when_idle(activity, every: float = 5.0) -> None:
     while True:
         time.sleep(every)
         now = activity()
-        if now == seen and now != trimmed:     # calls came, and none for a while
+        if now == seen and now != trimmed:  # calls came, and none for a while
             gc.collect()
             trim(0)
             trimmed = now

@@ -45,26 +45,27 @@ class Services:
     netlink: NetlinkPort
     firewall: FirewallPort
     sysctl: SysctlPort
-    lifecycle: Lifecycle            # retired after uninstall (the HTTP layer refuses calls then)
+    lifecycle: Lifecycle  # retired after uninstall (the HTTP layer refuses calls then)
     reaper: Reaper
-    hooks: NetworkHooks             # cluster mode's steps in the use cases (LocalOnly: none)
-    inventory: ContainerInventory   # Docker's names of the containers on our networks
+    hooks: NetworkHooks  # cluster mode's steps in the use cases (LocalOnly: none)
+    inventory: ContainerInventory  # Docker's names of the containers on our networks
     networks: NetworkService
     endpoints: EndpointService
     ipam: IpamService
     reconciler: Reconciler
     doctor: Doctor
     views: Views
-    dns: DnsService | None = None               # the DNS (the driver sees it as its DnsPort)
-    watcher: DockerWatcher | None = None        # the Docker event watcher, once started (its reconnects)
-    metrics: MetricsPort | None = None          # plugin.metrics.Metrics, made by enable_metrics()
-    cluster: ClusterService | None = None       # in cluster mode
-    overlay: OverlayPort | None = None          # the VXLAN adapter, in cluster mode
+    dns: DnsService | None = None  # the DNS (the driver sees it as its DnsPort)
+    watcher: DockerWatcher | None = None  # the Docker event watcher, once started (its reconnects)
+    metrics: MetricsPort | None = None  # plugin.metrics.Metrics, made by enable_metrics()
+    cluster: ClusterService | None = None  # in cluster mode
+    overlay: OverlayPort | None = None  # the VXLAN adapter, in cluster mode
 
     def enable_metrics(self):
         """The Prometheus registry the HTTP layer feeds; served by start_background when the
         settings give it an address."""
         from .metrics import Metrics
+
         self.metrics = Metrics(self)
         return self.metrics
 
@@ -83,21 +84,31 @@ class Services:
         if not os.path.exists(self.settings.docker_socket):
             return
         from .docker.watcher import DockerWatcher
-        self.watcher = DockerWatcher(self.settings.docker_socket, self.inventory.learned,
-                                     on_bridges=self.networks.docker_bridges_seen,
-                                     on_containers=self._containers_seen)
+
+        self.watcher = DockerWatcher(
+            self.settings.docker_socket,
+            self.inventory.learned,
+            on_bridges=self.networks.docker_bridges_seen,
+            on_containers=self._containers_seen,
+        )
         self.watcher.start()
 
     def _containers_seen(self, state, changed, existing, gone) -> None:
         """The addresses of containers that restart by themselves, for the IPAM to give back."""
-        owners = [(c.id, c.name, address) for nid in changed for c in state.get(nid, ("", {}))[1].values()
-                  if c.restarts for address in (c.ipv4, c.ipv6) if address]
+        owners = [
+            (c.id, c.name, address)
+            for nid in changed
+            for c in state.get(nid, ("", {}))[1].values()
+            if c.restarts
+            for address in (c.ipv4, c.ipv6)
+            if address
+        ]
         self.ipam.remember(owners, existing, gone)
 
     def _watch_firewall(self) -> None:
         """Our table or the static iptables rule changed from outside (nft flush ruleset, a
         firewall reload, iptables -F): the firewall adapter reports it and it comes back."""
-        pending = threading.Event()         # one retry at a time
+        pending = threading.Event()  # one retry at a time
 
         def retried() -> None:
             pending.clear()
@@ -114,6 +125,7 @@ class Services:
                     retry = threading.Timer(2.0, retried)
                     retry.daemon = True
                     retry.start()
+
         while True:
             try:
                 self.firewall.watch(heal, legacy_every=self.settings.firewall_check)
@@ -122,19 +134,32 @@ class Services:
             time.sleep(1)
 
 
-def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=None,
-                   store: Store | None = None, synchronous_teardown: bool = False, dns=None,
-                   kv=None, overlay=None) -> Services:
+def build_services(
+    settings: Settings,
+    *,
+    netlink=None,
+    firewall=None,
+    sysctl=None,
+    store: Store | None = None,
+    synchronous_teardown: bool = False,
+    dns=None,
+    kv=None,
+    overlay=None,
+) -> Services:
     if netlink is None:
         from .kernel.netlink import Netlink
+
         netlink = Netlink()
     if firewall is None:
         from .kernel.iptables_migration import OldIptablesChains
         from .kernel.nft import NftFirewall
-        firewall = NftFirewall(settings.chain_prefix, settings.firewall_mark,
-                               migrate=OldIptablesChains(settings.chain_prefix).remove_all)
+
+        firewall = NftFirewall(
+            settings.chain_prefix, settings.firewall_mark, migrate=OldIptablesChains(settings.chain_prefix).remove_all
+        )
     if sysctl is None:
         from .kernel.sysctl import Sysctl
+
         mounted = os.path.isdir(os.path.join(settings.proc_sys, "net", "ipv4"))
         sysctl = Sysctl(settings.proc_sys if mounted else "/proc/sys")
     if store is None:
@@ -143,15 +168,22 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
     if dns is None and settings.dns:
         from .dns.server import DnsServer
         from .dns.service import DnsService
+
         host = None
         if settings.host_dns:
             from .kernel.resolved import ResolvedLinks
+
             host = ResolvedLinks(settings.host_dns, lambda name: getattr(netlink.link(name), "index", None))
-        dns = DnsService(store, DnsServer(port=settings.dns_port, ttl=settings.dns_ttl),
-                         settings.dns_default_upstream, host=host, host_suffix=settings.host_dns_suffix,
-                         inventory=inventory)
+        dns = DnsService(
+            store,
+            DnsServer(port=settings.dns_port, ttl=settings.dns_ttl),
+            settings.dns_default_upstream,
+            host=host,
+            host_suffix=settings.host_dns_suffix,
+            inventory=inventory,
+        )
         if host is not None:
-            host.on_servers = dns.reconcile         # resolved's servers changed: new upstreams
+            host.on_servers = dns.reconcile  # resolved's servers changed: new upstreams
     lifecycle = Lifecycle()
     writer = FirewallWriter(firewall, lifecycle)
     hooks: NetworkHooks = LocalOnly()
@@ -162,15 +194,27 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
         from .cluster.claims import EtcdClaims
         from .cluster.networks import ClusterNetworks
         from .cluster.service import ClusterService
+
         if kv is None:
             from .cluster.etcd import EtcdKV
+
             kv = EtcdKV(settings.cluster_etcd)
         if overlay is None:
             from .kernel.vxlan import Vxlan
+
             overlay = Vxlan()
         cluster = ClusterService(kv, settings.cluster_address, settings.cluster_grace)
-        on_cluster = ClusterNetworks(cluster, overlay, netlink, store, writer, settings.ifprefix,
-                                     settings.cluster_address, settings.vxlan_port, inventory.names)
+        on_cluster = ClusterNetworks(
+            cluster,
+            overlay,
+            netlink,
+            store,
+            writer,
+            settings.ifprefix,
+            settings.cluster_address,
+            settings.vxlan_port,
+            inventory.names,
+        )
         on_cluster.listen()
         inventory.subscribe(on_cluster.names_changed)
         hooks = on_cluster
@@ -182,11 +226,22 @@ def build_services(settings: Settings, *, netlink=None, firewall=None, sysctl=No
     networks = NetworkService(store, netlink, sysctl, writer, hooks, prefix, inventory, dns)
     bridges = ForeignBridges(store, netlink, writer)
     return Services(
-        settings=settings, store=store, netlink=netlink, firewall=firewall, sysctl=sysctl, lifecycle=lifecycle,
-        reaper=reaper, hooks=hooks, inventory=inventory, networks=networks,
+        settings=settings,
+        store=store,
+        netlink=netlink,
+        firewall=firewall,
+        sysctl=sysctl,
+        lifecycle=lifecycle,
+        reaper=reaper,
+        hooks=hooks,
+        inventory=inventory,
+        networks=networks,
         endpoints=EndpointService(store, netlink, sysctl, writer, hooks, reaper, lifecycle, prefix),
-        ipam=IpamService(store, netlink.host_networks, settings.default_pools, settings.default_pools6,
-                         claims=claims),
+        ipam=IpamService(store, netlink.host_networks, settings.default_pools, settings.default_pools6, claims=claims),
         reconciler=Reconciler(store, netlink, sysctl, writer, networks, bridges, lifecycle, prefix, dns),
         doctor=Doctor(store, netlink, sysctl, writer, hooks, lifecycle, prefix, cluster),
-        views=Views(store, inventory, dns, cluster), dns=dns, cluster=cluster, overlay=overlay)
+        views=Views(store, inventory, dns, cluster),
+        dns=dns,
+        cluster=cluster,
+        overlay=overlay,
+    )

@@ -36,8 +36,11 @@ def sh(*argv, check=True):
 
 def free_subnets(count: int) -> list[str]:
     routes = json.loads(sh("ip", "-j", "route", "show", "table", "all"))
-    taken = [ipaddress.ip_network(r["dst"], strict=False) for r in routes
-             if r.get("dst") and r["dst"] != "default" and ":" not in r["dst"]]
+    taken = [
+        ipaddress.ip_network(r["dst"], strict=False)
+        for r in routes
+        if r.get("dst") and r["dst"] != "default" and ":" not in r["dst"]
+    ]
     out = []
     for third in range(250, 0, -1):
         net = ipaddress.ip_network(f"10.205.{third}.0/24")
@@ -50,6 +53,7 @@ def free_subnets(count: int) -> list[str]:
 
 def plugin_call(driver: str, method: str, path: str):
     import requests_unixsocket
+
     sock = f"/run/docker/plugins/{driver}.sock".replace("/", "%2F")
     session = requests_unixsocket.Session()
     resp = getattr(session, method)(f"http+unix://{sock}{path}", timeout=10)
@@ -69,7 +73,7 @@ def timed_run(network: str, extra: tuple = ()) -> float:
 def compare(builtin: str, ours: str, runs: int, extra: tuple = ()) -> dict:
     times = {builtin: [], ours: []}
     for i in range(runs):
-        for net in ((builtin, ours) if i % 2 == 0 else (ours, builtin)):
+        for net in (builtin, ours) if i % 2 == 0 else (ours, builtin):
             times[net].append(timed_run(net, extra))
     return times
 
@@ -91,6 +95,7 @@ def bench_ipam() -> None:
     """Address allocation cost at 10 leases and at 16,000 leases in one pool (in-process,
     SQLite state as the plugin keeps it)."""
     import tempfile
+
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     from plugin.ipam.pools import parse_pool_specs
     from plugin.ipam.service import IpamService
@@ -164,8 +169,12 @@ def dns_load(pid: str, server: str, name: str, seconds: float, window: int, clie
     argv = ["nsenter", "-t", pid, "-n", sys.executable, "-c", DNS_CLIENT, server, name, str(seconds), str(window)]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(clients)]
     outs = [json.loads(p.communicate(timeout=seconds + 30)[0]) for p in procs]
-    return {"qps": sum(o["qps"] for o in outs), "p50": statistics.median(o["p50"] for o in outs),
-            "p99": max(o["p99"] for o in outs), "lost": sum(o["lost"] for o in outs)}
+    return {
+        "qps": sum(o["qps"] for o in outs),
+        "p50": statistics.median(o["p50"] for o in outs),
+        "p99": max(o["p99"] for o in outs),
+        "lost": sum(o["lost"] for o in outs),
+    }
 
 
 def dnsperf_load(pid: str, server: str, name: str, seconds: float, clients: int, window: int) -> dict:
@@ -173,19 +182,43 @@ def dnsperf_load(pid: str, server: str, name: str, seconds: float, clients: int,
     network namespace: q/s, and its average and largest latency (2.10 prints no percentiles)."""
     import re
     import tempfile
+
     with tempfile.NamedTemporaryFile("w", suffix=".queries", delete=False) as f:
         f.write(f"{name} A\n" * 100)
     try:
-        out = subprocess.run(["nsenter", "-t", pid, "-n", "dnsperf", "-s", server, "-d", f.name, "-l", str(seconds),
-                              "-c", str(clients), "-T", str(clients), "-q", str(window), "-t", "2"],
-                             capture_output=True, text=True, timeout=seconds + 30).stdout
+        out = subprocess.run(
+            [
+                "nsenter",
+                "-t",
+                pid,
+                "-n",
+                "dnsperf",
+                "-s",
+                server,
+                "-d",
+                f.name,
+                "-l",
+                str(seconds),
+                "-c",
+                str(clients),
+                "-T",
+                str(clients),
+                "-q",
+                str(window),
+                "-t",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        ).stdout
     finally:
         os.unlink(f.name)
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
     m = re.search(r"Average Latency \(s\):\s+([\d.]+)\s+\(min ([\d.]+), max ([\d.]+)\)", out)
     avg, p99 = float(m.group(1)) * 1000, float(m.group(3)) * 1000
-    return {"qps": qps, "p50": avg, "p99": p99, "lost": lost}      # p99 here: the largest
+    return {"qps": qps, "p50": avg, "p99": p99, "lost": lost}  # p99 here: the largest
 
 
 def bench_dns(driver: str, subnet: str, seconds: float = 3.0, window: int = 16, clients: int = 2) -> None:
@@ -210,26 +243,34 @@ def bench_dns(driver: str, subnet: str, seconds: float = 3.0, window: int = 16, 
     finally:
         sh("docker", "rm", "-f", target, client, check=False)
         sh("docker", "network", "rm", net, check=False)
-    print(f"DNS: A queries for a container name from inside a container, {clients} clients x {window} "
-          f"in flight, {seconds:.0f} s x 2 each, interleaved")
+    print(
+        f"DNS: A queries for a container name from inside a container, {clients} clients x {window} "
+        f"in flight, {seconds:.0f} s x 2 each, interleaved"
+    )
     best = {}
     for label, runs in results.items():
         qps = statistics.median(r["qps"] for r in runs)
         best[label] = qps
-        print(f"  {label:32s}: {qps:8.0f} q/s   p50 {statistics.median(r['p50'] for r in runs):6.3f} ms"
-              f"   p99 {statistics.median(r['p99'] for r in runs):6.3f} ms   lost {sum(r['lost'] for r in runs)}")
+        print(
+            f"  {label:32s}: {qps:8.0f} q/s   p50 {statistics.median(r['p50'] for r in runs):6.3f} ms"
+            f"   p99 {statistics.median(r['p99'] for r in runs):6.3f} ms   lost {sum(r['lost'] for r in runs)}"
+        )
     docker_qps, ours = list(best.values())
     print(f"  ratio pybridge/embedded (q/s): {ours / docker_qps:.2f}")
     if not perf:
         print("  (install dnsperf for the same with a C load generator, whose own cost hardly counts)")
         return
-    print(f"DNS with dnsperf: {clients} clients x {window * 2} in flight, {seconds:.0f} s x 2 each, interleaved "
-          "(latency: average and largest)")
+    print(
+        f"DNS with dnsperf: {clients} clients x {window * 2} in flight, {seconds:.0f} s x 2 each, interleaved "
+        "(latency: average and largest)"
+    )
     best = {}
     for label, runs in perf.items():
         best[label] = statistics.median(r["qps"] for r in runs)
-        print(f"  {label:32s}: {best[label]:8.0f} q/s   avg {statistics.median(r['p50'] for r in runs):6.3f} ms"
-              f"   max {statistics.median(r['p99'] for r in runs):6.3f} ms   lost {sum(r['lost'] for r in runs)}")
+        print(
+            f"  {label:32s}: {best[label]:8.0f} q/s   avg {statistics.median(r['p50'] for r in runs):6.3f} ms"
+            f"   max {statistics.median(r['p99'] for r in runs):6.3f} ms   lost {sum(r['lost'] for r in runs)}"
+        )
     docker_qps, ours = list(best.values())
     print(f"  ratio pybridge/embedded (q/s): {ours / docker_qps:.2f}")
 
@@ -239,18 +280,44 @@ def _fw_state(networks: int, ports: int):
     sys.path.insert(0, ROOT)
     from plugin.domain.model import Endpoint, Network, Subnet
     from plugin.domain.ports import PortBinding
-    nets = [Network(id=f"{i:064x}", bridge=f"pz-{i:012x}", subnets=(Subnet(
-        ipaddress.ip_network(f"10.{100 + i // 250}.{i % 250}.0/24"),
-        ipaddress.ip_interface(f"10.{100 + i // 250}.{i % 250}.1/24")),)) for i in range(max(1, networks))]
+
+    nets = [
+        Network(
+            id=f"{i:064x}",
+            bridge=f"pz-{i:012x}",
+            subnets=(
+                Subnet(
+                    ipaddress.ip_network(f"10.{100 + i // 250}.{i % 250}.0/24"),
+                    ipaddress.ip_interface(f"10.{100 + i // 250}.{i % 250}.1/24"),
+                ),
+            ),
+        )
+        for i in range(max(1, networks))
+    ]
     eps = []
     for k in range(ports // 100):
-        eps.append(Endpoint(id=f"e{k:063x}", network_id=nets[0].id, host_ifname=f"pzh{k}", container_ifname=f"pzc{k}",
-                            mac="02:00:00:00:00:01", address4=ipaddress.ip_interface(f"10.100.0.{2 + k % 250}/24"),
-                            ports=tuple(PortBinding("tcp" if j % 2 else "udp", 80 + j, "", 20000 + k * 100 + j)
-                                        for j in range(100))))
-    five = Endpoint(id="f" * 64, network_id=nets[0].id, host_ifname="pzhf", container_ifname="pzcf",
-                    mac="02:00:00:00:00:02", address4=ipaddress.ip_interface("10.100.0.254/24"),
-                    ports=tuple(PortBinding("tcp", 80 + j, "", 40000 + j) for j in range(5)))
+        eps.append(
+            Endpoint(
+                id=f"e{k:063x}",
+                network_id=nets[0].id,
+                host_ifname=f"pzh{k}",
+                container_ifname=f"pzc{k}",
+                mac="02:00:00:00:00:01",
+                address4=ipaddress.ip_interface(f"10.100.0.{2 + k % 250}/24"),
+                ports=tuple(
+                    PortBinding("tcp" if j % 2 else "udp", 80 + j, "", 20000 + k * 100 + j) for j in range(100)
+                ),
+            )
+        )
+    five = Endpoint(
+        id="f" * 64,
+        network_id=nets[0].id,
+        host_ifname="pzhf",
+        container_ifname="pzcf",
+        mac="02:00:00:00:00:02",
+        address4=ipaddress.ip_interface("10.100.0.254/24"),
+        ports=tuple(PortBinding("tcp", 80 + j, "", 40000 + j) for j in range(5)),
+    )
     return nets, eps, five
 
 
@@ -273,6 +340,7 @@ def bench_firewall(reps: int = 40) -> None:
     from dataclasses import replace
     from tests.legacy_iptables import IptablesFirewall
     from plugin.kernel.nft import NftFirewall
+
     tag = uuid.uuid4().hex[:6]
     made: list[tuple[str, object]] = []
 
@@ -350,8 +418,12 @@ def remove_networks(*names: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     left = list(names)
     while left:
-        left = [n for n in left if subprocess.run(["docker", "network", "rm", n], capture_output=True).returncode
-                and subprocess.run(["docker", "network", "inspect", n], capture_output=True).returncode == 0]
+        left = [
+            n
+            for n in left
+            if subprocess.run(["docker", "network", "rm", n], capture_output=True).returncode
+            and subprocess.run(["docker", "network", "inspect", n], capture_output=True).returncode == 0
+        ]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -361,6 +433,7 @@ def remove_networks(*names: str, seconds: float = 60) -> None:
 
 def plugin_post(driver: str, path: str, body: dict) -> dict:
     import requests_unixsocket
+
     sock = f"/run/docker/plugins/{driver}.sock".replace("/", "%2F")
     resp = requests_unixsocket.Session().post(f"http+unix://{sock}{path}", json=body, timeout=30)
     out = resp.json()
@@ -387,6 +460,7 @@ def bench_idle(driver: str, subnet: str, ports: int = 10000, seconds: float = 30
     """The plugin's CPU while nothing happens, with no port and then with `ports` ports published
     (100 endpoints of 100 ports, made through the plugin's own API on a network of its own)."""
     import os
+
     tick = os.sysconf("SC_CLK_TCK")
 
     def idle_cpu() -> float:
@@ -407,28 +481,69 @@ def bench_idle(driver: str, subnet: str, ports: int = 10000, seconds: float = 30
         times = []
         for _ in range(30):
             t = time.perf_counter()
-            plugin_post(driver, "/NetworkDriver.ProgramExternalConnectivity", {
-                "NetworkID": nid, "EndpointID": probe, "Options": {"com.docker.network.portmap": [
-                    {"Proto": 6, "Port": 80 + j, "HostIP": "", "HostPort": 0, "HostPortEnd": 0} for j in range(5)]}})
+            plugin_post(
+                driver,
+                "/NetworkDriver.ProgramExternalConnectivity",
+                {
+                    "NetworkID": nid,
+                    "EndpointID": probe,
+                    "Options": {
+                        "com.docker.network.portmap": [
+                            {"Proto": 6, "Port": 80 + j, "HostIP": "", "HostPort": 0, "HostPortEnd": 0}
+                            for j in range(5)
+                        ]
+                    },
+                },
+            )
             plugin_post(driver, "/NetworkDriver.RevokeExternalConnectivity", {"NetworkID": nid, "EndpointID": probe})
             times.append(time.perf_counter() - t)
         return statistics.median(times) * 1000
 
     try:
-        plugin_post(driver, "/NetworkDriver.CreateEndpoint", {
-            "NetworkID": nid, "EndpointID": probe, "Interface": {"Address": f"{base.network_address + 250}/{base.prefixlen}"}})
+        plugin_post(
+            driver,
+            "/NetworkDriver.CreateEndpoint",
+            {
+                "NetworkID": nid,
+                "EndpointID": probe,
+                "Interface": {"Address": f"{base.network_address + 250}/{base.prefixlen}"},
+            },
+        )
         publish_none = five_ports()
         before = idle_cpu()
         t = time.perf_counter()
         for k in range(ports // 100):
             eid = uuid.uuid4().hex + uuid.uuid4().hex
-            plugin_post(driver, "/NetworkDriver.CreateEndpoint", {
-                "NetworkID": nid, "EndpointID": eid, "Interface": {"Address": f"{base.network_address + 2 + k}/{base.prefixlen}"}})
+            plugin_post(
+                driver,
+                "/NetworkDriver.CreateEndpoint",
+                {
+                    "NetworkID": nid,
+                    "EndpointID": eid,
+                    "Interface": {"Address": f"{base.network_address + 2 + k}/{base.prefixlen}"},
+                },
+            )
             made.append(eid)
-            plugin_post(driver, "/NetworkDriver.ProgramExternalConnectivity", {
-                "NetworkID": nid, "EndpointID": eid, "Options": {"com.docker.network.portmap": [
-                    {"Proto": 6, "Port": 80 + j, "HostIP": "", "HostPort": 20000 + k * 100 + j,
-                     "HostPortEnd": 20000 + k * 100 + j} for j in range(100)]}})
+            plugin_post(
+                driver,
+                "/NetworkDriver.ProgramExternalConnectivity",
+                {
+                    "NetworkID": nid,
+                    "EndpointID": eid,
+                    "Options": {
+                        "com.docker.network.portmap": [
+                            {
+                                "Proto": 6,
+                                "Port": 80 + j,
+                                "HostIP": "",
+                                "HostPort": 20000 + k * 100 + j,
+                                "HostPortEnd": 20000 + k * 100 + j,
+                            }
+                            for j in range(100)
+                        ]
+                    },
+                },
+            )
         publish = time.perf_counter() - t
         publish_many = five_ports()
         after = idle_cpu()
@@ -448,6 +563,7 @@ def bench_idle(driver: str, subnet: str, ports: int = 10000, seconds: float = 30
 def plugin_pids(driver: str) -> list[str]:
     """Every process of the managed plugin, by the instance name baked into its rootfs."""
     import os
+
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -478,11 +594,12 @@ def bench_footprint(driver: str, rounds: int = 3) -> None:
     answer on its socket."""
     import os
     import socket as socketlib
+
     plugin = f"{driver}-plugin:latest"
     pid = sh("docker", "plugin", "inspect", "-f", "{{.Id}}", plugin)
     rootfs = f"{os.environ.get('PYBRIDGE_ENGINE_TREE', '')}/var/lib/docker/plugins/{pid}/rootfs"
     size = int(sh("du", "-sxk", rootfs).split()[0]) / 1024
-    time.sleep(12)      # at rest: the plugin hands freed memory back 5-10 s after its last work
+    time.sleep(12)  # at rest: the plugin hands freed memory back 5-10 s after its last work
     pss, procs = plugin_pss_mb(driver)
     sock = f"/run/docker/plugins/{driver}.sock"
 
@@ -512,15 +629,24 @@ def bench_footprint(driver: str, rounds: int = 3) -> None:
     print("footprint")
     print(f"  rootfs                      : {size:7.1f} MB")
     print(f"  idle PSS, {procs} processes     : {pss:7.1f} MB at rest (after what ran before), {fresh:.1f} MB fresh")
-    print(f"  enable to first answer      : {statistics.median(ready):7.2f} s  (median of {rounds}: "
-          + ", ".join(f"{r:.2f}" for r in ready) + ")")
+    print(
+        f"  enable to first answer      : {statistics.median(ready):7.2f} s  (median of {rounds}: "
+        + ", ".join(f"{r:.2f}" for r in ready)
+        + ")"
+    )
 
 
 def concurrent_runs(network: str, count: int) -> float:
     """Wall time of `count` `docker run --rm` started at once on one network."""
     start = time.perf_counter()
-    procs = [subprocess.Popen(["docker", "run", "--rm", "--network", network, "--dns", "127.0.0.1", IMAGE, "true"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(count)]
+    procs = [
+        subprocess.Popen(
+            ["docker", "run", "--rm", "--network", network, "--dns", "127.0.0.1", IMAGE, "true"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]
     for p in procs:
         _, err = p.communicate()
         if p.returncode:
@@ -538,8 +664,11 @@ def main() -> int:
     ap.add_argument("--concurrent-rounds", type=int, default=4, help="rounds of 30 concurrent runs per driver")
     ap.add_argument("--idle", action="store_true", help="also the plugin's idle CPU with 10,000 published ports")
     ap.add_argument("--idle-only", action="store_true", help="only that")
-    ap.add_argument("--footprint-only", action="store_true",
-                    help="only rootfs size, idle PSS and enable-to-ready (disables and enables the plugin)")
+    ap.add_argument(
+        "--footprint-only",
+        action="store_true",
+        help="only rootfs size, idle PSS and enable-to-ready (disables and enables the plugin)",
+    )
     args = ap.parse_args()
     if args.footprint_only:
         bench_footprint(args.driver)
@@ -577,7 +706,7 @@ def main() -> int:
         crowd = {builtin: [], ours: []}
         plugin_call(args.driver, "post", "/pybridge/stats/reset")
         for i in range(args.concurrent_rounds):
-            for net in ((builtin, ours) if i % 2 == 0 else (ours, builtin)):
+            for net in (builtin, ours) if i % 2 == 0 else (ours, builtin):
                 crowd[net].append(concurrent_runs(net, 30))
         crowd_stats = plugin_call(args.driver, "get", "/pybridge/stats")
     finally:
@@ -601,8 +730,12 @@ def main() -> int:
         p50 += s["p50_ms"] * s["count"] / runs
         p99 += s["p99_ms"] * s["count"] / runs
     print(f"  plugin work per container with 5 ports: sum of p50 x calls {p50:.2f} ms, sum of p99 x calls {p99:.2f} ms")
-    report(f"30 concurrent docker run --rm on one network, {args.concurrent_rounds} rounds each, interleaved",
-           crowd, builtin, ours)
+    report(
+        f"30 concurrent docker run --rm on one network, {args.concurrent_rounds} rounds each, interleaved",
+        crowd,
+        builtin,
+        ours,
+    )
     print("  the plugin's latency per method while serving them")
     for method, s in crowd_stats.items():
         print(f"  {method:44s} {s['count']:5d} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['max_ms']:8.2f}")

@@ -77,8 +77,9 @@ else:
 
 
 def docker(host: int, *args: str, check: bool = True) -> str:
-    p = subprocess.run(["docker", "-H", f"unix://{BASE}/h{host}/run/docker.sock", *args],
-                       capture_output=True, text=True, timeout=180)
+    p = subprocess.run(
+        ["docker", "-H", f"unix://{BASE}/h{host}/run/docker.sock", *args], capture_output=True, text=True, timeout=180
+    )
     if check and p.returncode != 0:
         raise SystemExit(f"host {host}: docker {' '.join(args)}: {p.stderr.strip()}")
     return p.stdout.strip()
@@ -93,12 +94,16 @@ def netns_of(host: int, container: str | None) -> list[str]:
 
 
 def measure(server: list[str], server_ip: str, client: list[str], mode: str, amount: float) -> list[float]:
-    rx = subprocess.Popen([*server, sys.executable, "-c", RECEIVER, str(PORT), mode], stdout=subprocess.PIPE,
-                          text=True)
+    rx = subprocess.Popen([*server, sys.executable, "-c", RECEIVER, str(PORT), mode], stdout=subprocess.PIPE, text=True)
     try:
         assert rx.stdout.readline().strip() == "ready"
-        out = subprocess.run([*client, sys.executable, "-c", SENDER, server_ip, str(PORT), mode, str(amount)],
-                             capture_output=True, text=True, timeout=120, check=True).stdout
+        out = subprocess.run(
+            [*client, sys.executable, "-c", SENDER, server_ip, str(PORT), mode, str(amount)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
         rx_out = rx.communicate(timeout=30)[0]
     finally:
         rx.kill()
@@ -109,8 +114,10 @@ def measure(server: list[str], server_ip: str, client: list[str], mode: str, amo
 
 
 def paths(name: str) -> dict:
-    ip = {c: docker(h, "inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % name, c)
-          for h, c in ((1, f"{name}-a"), (1, f"{name}-b"), (2, f"{name}-c"))}
+    ip = {
+        c: docker(h, "inspect", "-f", '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % name, c)
+        for h, c in ((1, f"{name}-a"), (1, f"{name}-b"), (2, f"{name}-c"))
+    }
     return {
         "underlay (host 1 -> host 2, no VXLAN)": (netns_of(2, None), "10.206.255.2", netns_of(1, None)),
         "containers on two hosts (VXLAN)": (netns_of(2, f"{name}-c"), ip[f"{name}-c"], netns_of(1, f"{name}-a")),
@@ -122,7 +129,7 @@ def bench_traffic(name: str, rounds: int, seconds: float, trips: int) -> None:
     ways = paths(name)
     gbit: dict[str, list[float]] = {k: [] for k in ways}
     rtt: dict[str, list[float]] = {k: [] for k in ways}
-    for _ in range(rounds):                      # interleaved, so that drift hits every path alike
+    for _ in range(rounds):  # interleaved, so that drift hits every path alike
         for k, (srv, ip, cli) in ways.items():
             gbit[k] += measure(srv, ip, cli, "stream", seconds)
             rtt[k].append(measure(srv, ip, cli, "rr", trips)[0])
@@ -130,8 +137,10 @@ def bench_traffic(name: str, rounds: int, seconds: float, trips: int) -> None:
     print(f"TCP, median of {rounds} interleaved rounds ({seconds:.0f} s streams, {trips} round trips):")
     for k in ways:
         g, r = statistics.median(gbit[k]), statistics.median(rtt[k])
-        print(f"  {k:40s} {g:6.2f} Gbit/s ({g / statistics.median(gbit[base]):.2f}x)   "
-              f"RTT {r:6.1f} us ({r / statistics.median(rtt[base]):.2f}x)")
+        print(
+            f"  {k:40s} {g:6.2f} Gbit/s ({g / statistics.median(gbit[base]):.2f}x)   "
+            f"RTT {r:6.1f} us ({r / statistics.median(rtt[base]):.2f}x)"
+        )
     print("  bar: containers on two hosts >= 0.80x the underlay's throughput, <= 1.5x its round trip")
 
 
@@ -155,8 +164,23 @@ def plugin(host: int, method: str, path: str) -> dict:
 
 def start_many(name: str, per_host: int) -> float:
     def one(h: int, i: int) -> None:
-        docker(h, "run", "-d", "--name", f"{name}-s{h}-{i}", "--network", name, "--dns", "127.0.0.1",
-               "--stop-timeout", "1", IMAGE, "sleep", "600")
+        docker(
+            h,
+            "run",
+            "-d",
+            "--name",
+            f"{name}-s{h}-{i}",
+            "--network",
+            name,
+            "--dns",
+            "127.0.0.1",
+            "--stop-timeout",
+            "1",
+            IMAGE,
+            "sleep",
+            "600",
+        )
+
     t = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=3 * per_host) as pool:
         list(pool.map(lambda a: one(*a), [(h, i) for h in (1, 2, 3) for i in range(per_host)]))
@@ -172,14 +196,34 @@ def bench_allocation(name: str, local: str, per_host: int) -> None:
             start_many(net, per_host)
         else:
             with concurrent.futures.ThreadPoolExecutor(max_workers=per_host) as pool:
-                list(pool.map(lambda i: docker(1, "run", "-d", "--name", f"{local}-s{i}", "--network", local,
-                                               "--dns", "127.0.0.1", "--stop-timeout", "1", IMAGE, "sleep", "600"),
-                              range(per_host)))
+                list(
+                    pool.map(
+                        lambda i: docker(
+                            1,
+                            "run",
+                            "-d",
+                            "--name",
+                            f"{local}-s{i}",
+                            "--network",
+                            local,
+                            "--dns",
+                            "127.0.0.1",
+                            "--stop-timeout",
+                            "1",
+                            IMAGE,
+                            "sleep",
+                            "600",
+                        ),
+                        range(per_host),
+                    )
+                )
         for h in hosts:
             s = plugin(h, "GET", "/pybridge/stats").get("IpamDriver.RequestAddress", {})
             kind = "cluster network" if net == name else "local network  "
-            print(f"  {kind} host {h}: {s.get('count', 0):3d} calls, p50 {s.get('p50_ms', 0):6.2f} ms, "
-                  f"p99 {s.get('p99_ms', 0):6.2f} ms, max {s.get('max_ms', 0):6.2f} ms")
+            print(
+                f"  {kind} host {h}: {s.get('count', 0):3d} calls, p50 {s.get('p50_ms', 0):6.2f} ms, "
+                f"p99 {s.get('p99_ms', 0):6.2f} ms, max {s.get('max_ms', 0):6.2f} ms"
+            )
     print("  bar: cluster p99 < 20 ms with etcd local")
 
 
@@ -200,22 +244,37 @@ def bench_ipam_calls(calls: int, threads: int) -> None:
     print(f"Address allocation alone: {calls} RequestAddress through host 1's plugin, {threads} at a time")
     for kind, subnet in (("cluster", "10.205.201.0/24"), ("local", "10.204.201.0/24")):
         nid = uuid.uuid4().hex * 2
-        pool = plugin_call(1, "IpamDriver.RequestPool", {"AddressSpace": "pybridge-local", "Pool": subnet,
-                                                         "Options": {}, "V6": False})["PoolID"]
-        gw = plugin_call(1, "IpamDriver.RequestAddress", {"PoolID": pool, "Address": "",
-                         "Options": {"RequestAddressType": "com.docker.network.gateway"}})["Address"]
+        pool = plugin_call(
+            1, "IpamDriver.RequestPool", {"AddressSpace": "pybridge-local", "Pool": subnet, "Options": {}, "V6": False}
+        )["PoolID"]
+        gw = plugin_call(
+            1,
+            "IpamDriver.RequestAddress",
+            {"PoolID": pool, "Address": "", "Options": {"RequestAddressType": "com.docker.network.gateway"}},
+        )["Address"]
         opts = {"pybridge.cluster": f"pbmhi-{nid[:6]}"} if kind == "cluster" else {}
-        plugin_call(1, "NetworkDriver.CreateNetwork", {
-            "NetworkID": nid, "Options": {"com.docker.network.generic": opts},
-            "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": subnet, "Gateway": gw}], "IPv6Data": []})
+        plugin_call(
+            1,
+            "NetworkDriver.CreateNetwork",
+            {
+                "NetworkID": nid,
+                "Options": {"com.docker.network.generic": opts},
+                "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": subnet, "Gateway": gw}],
+                "IPv6Data": [],
+            },
+        )
         times: list[float] = []
         plugin(1, "POST", "/pybridge/stats/reset")
         try:
+
             def one(_, pool=pool, times=times):
                 t = time.perf_counter()
-                a = plugin_call(1, "IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}})["Address"]
+                a = plugin_call(1, "IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}})[
+                    "Address"
+                ]
                 times.append(time.perf_counter() - t)
                 return a
+
             with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool_:
                 got = list(pool_.map(one, range(calls)))
             assert len(set(got)) == calls
@@ -227,26 +286,62 @@ def bench_ipam_calls(calls: int, threads: int) -> None:
             plugin_call(1, "IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": gw})
             plugin_call(1, "IpamDriver.ReleasePool", {"PoolID": pool})
         times.sort()
-        print(f"  {kind:8s} in the plugin p50 {inside.get('p50_ms', 0):6.2f} ms, p99 {inside.get('p99_ms', 0):6.2f} ms; "
-              f"at the client p50 {times[len(times) // 2] * 1e3:6.2f} ms, p99 {times[int(len(times) * 0.99)] * 1e3:6.2f} ms")
+        print(
+            f"  {kind:8s} in the plugin p50 {inside.get('p50_ms', 0):6.2f} ms, p99 {inside.get('p99_ms', 0):6.2f} ms; "
+            f"at the client p50 {times[len(times) // 2] * 1e3:6.2f} ms, p99 {times[int(len(times) * 0.99)] * 1e3:6.2f} ms"
+        )
 
 
 def bench_names(name: str, rounds: int) -> None:
-    gateway = ".".join(docker(1, "inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % name,
-                              f"{name}-a").split(".")[:3]) + ".1"
+    gateway = (
+        ".".join(
+            docker(
+                1, "inspect", "-f", '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % name, f"{name}-a"
+            ).split(".")[:3]
+        )
+        + ".1"
+    )
     delays = []
     for i in range(rounds):
-        docker(2, "run", "-d", "--name", f"{name}-n{i}", "--network", name, "--dns", "127.0.0.1",
-               "--stop-timeout", "1", IMAGE, "sleep", "600")
+        docker(
+            2,
+            "run",
+            "-d",
+            "--name",
+            f"{name}-n{i}",
+            "--network",
+            name,
+            "--dns",
+            "127.0.0.1",
+            "--stop-timeout",
+            "1",
+            IMAGE,
+            "sleep",
+            "600",
+        )
         t = time.monotonic()
         while time.monotonic() - t < 10:
-            out = subprocess.run(["docker", "-H", f"unix://{BASE}/h1/run/docker.sock", "exec", f"{name}-a",
-                                  "nslookup", f"{name}-n{i}", gateway], capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [
+                    "docker",
+                    "-H",
+                    f"unix://{BASE}/h1/run/docker.sock",
+                    "exec",
+                    f"{name}-a",
+                    "nslookup",
+                    f"{name}-n{i}",
+                    gateway,
+                ],
+                capture_output=True,
+                text=True,
+            ).stdout
             if "Name:" in out and "Address" in out.split("Name:", 1)[1]:
                 break
         delays.append(time.monotonic() - t)
-    print(f"Names: answered on host 1 after docker run returned on host 2: median {statistics.median(delays):.3f} s, "
-          f"max {max(delays):.3f} s over {rounds} (includes one docker exec, ~50 ms); bar: within 1 s")
+    print(
+        f"Names: answered on host 1 after docker run returned on host 2: median {statistics.median(delays):.3f} s, "
+        f"max {max(delays):.3f} s over {rounds} (includes one docker exec, ~50 ms); bar: within 1 s"
+    )
 
 
 def main() -> int:
@@ -262,13 +357,39 @@ def main() -> int:
     tag = uuid.uuid4().hex[:6]
     name, local = f"pbmhb-{tag}", f"pbmhl-{tag}"
     for h in (1, 2, 3):
-        docker(h, "network", "create", "-d", "pybridge", "--ipam-driver", "pybridge", "--subnet", "10.205.200.0/24",
-               "-o", f"pybridge.cluster={name}", name)
+        docker(
+            h,
+            "network",
+            "create",
+            "-d",
+            "pybridge",
+            "--ipam-driver",
+            "pybridge",
+            "--subnet",
+            "10.205.200.0/24",
+            "-o",
+            f"pybridge.cluster={name}",
+            name,
+        )
     docker(1, "network", "create", "-d", "pybridge", "--ipam-driver", "pybridge", "--subnet", "10.204.200.0/24", local)
     try:
         for h, c in ((1, "a"), (1, "b"), (2, "c")):
-            docker(h, "run", "-d", "--name", f"{name}-{c}", "--network", name, "--dns", "127.0.0.1",
-                   "--stop-timeout", "1", IMAGE, "sleep", "3600")
+            docker(
+                h,
+                "run",
+                "-d",
+                "--name",
+                f"{name}-{c}",
+                "--network",
+                name,
+                "--dns",
+                "127.0.0.1",
+                "--stop-timeout",
+                "1",
+                IMAGE,
+                "sleep",
+                "3600",
+            )
         if not args.ipam_only:
             bench_traffic(name, args.rounds, args.seconds, args.trips)
             bench_names(name, 10)
@@ -277,11 +398,13 @@ def main() -> int:
         if not args.ipam_only:
             bench_allocation(name, local, args.per_host)
     finally:
+
         def clear(h: int) -> None:
             # one at a time: concurrent removals can deadlock dockerd 20.10.24 (moby#46661)
             for cid in docker(h, "ps", "-aq", "--filter", "name=pbmh", check=False).split():
                 docker(h, "rm", "-f", cid, check=False)
             docker(h, "network", "rm", name, check=False)
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
             list(pool.map(clear, (1, 2, 3)))
         docker(1, "network", "rm", local, check=False)

@@ -17,16 +17,21 @@ from collections import defaultdict
 
 # top to bottom: a package may import only from packages of a greater rank (or its own)
 RANKS = {
-    "__main__": 0, "server": 0,               # the process: gunicorn's app, restore at start
-    "app": 1,                                  # HTTP
-    "protocol": 2,                             # request parsing, routes, call counters
-    "wiring": 3,                               # composition root
-    "metrics": 4,                              # reads what the wiring built, through Protocols
-    "cluster": 4, "dns": 4,                    # services beside the use cases (cluster: their hooks)
-    "driver": 5, "docker": 5, "config": 5,     # use cases; Docker's API and inventory; settings
-    "ipam": 6,                                 # pools and addresses
-    "store": 7, "kernel": 7,                   # state; adapters to the kernel
-    "domain": 8,                               # values, parsing, naming, errors
+    "__main__": 0,
+    "server": 0,  # the process: gunicorn's app, restore at start
+    "app": 1,  # HTTP
+    "protocol": 2,  # request parsing, routes, call counters
+    "wiring": 3,  # composition root
+    "metrics": 4,  # reads what the wiring built, through Protocols
+    "cluster": 4,
+    "dns": 4,  # services beside the use cases (cluster: their hooks)
+    "driver": 5,
+    "docker": 5,
+    "config": 5,  # use cases; Docker's API and inventory; settings
+    "ipam": 6,  # pools and addresses
+    "store": 7,
+    "kernel": 7,  # state; adapters to the kernel
+    "domain": 8,  # values, parsing, naming, errors
 }
 
 
@@ -69,7 +74,7 @@ def imports(root: str) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
                     target = ".".join(base + ([node.module] if node.module else []))
                 else:
                     target = node.module or ""
-                for alias in node.names:        # `from . import codec` names a module
+                for alias in node.names:  # `from . import codec` names a module
                     sub = f"{target}.{alias.name}"
                     targets.append(sub if sub in mods else target)
             elif isinstance(node, ast.Import):
@@ -108,6 +113,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                     break
             if len(comp) > 1:
                 out.append(sorted(comp))
+
     sys.setrecursionlimit(10000)
     for v in list(graph):
         if v not in index:
@@ -130,7 +136,7 @@ def problems(root: str) -> list[str]:
                 out.append(f"{mod} -> {t}: up the layers ({src} {RANKS[src]} imports {dst} {RANKS[dst]})")
     for comp in cycles(run):
         out.append("cycle: " + " -> ".join(comp))
-    pkg_graph: dict[str, set[str]] = defaultdict(set)     # types-only imports count here too
+    pkg_graph: dict[str, set[str]] = defaultdict(set)  # types-only imports count here too
     for mod in set(run) | set(types):
         for t in run.get(mod, set()) | types.get(mod, set()):
             if package(t) != package(mod):
@@ -157,8 +163,10 @@ def table(root: str) -> str:
         if p == "__init__":
             continue
         only = sorted(by_pkg_types[p] - by_pkg[p])
-        lines.append(f"| {RANKS.get(p, '?')} | {p} | {', '.join(sorted(by_pkg[p], key=lambda q: RANKS.get(q, 99))) or '-'} "
-                     f"| {', '.join(only) or ''} |")
+        lines.append(
+            f"| {RANKS.get(p, '?')} | {p} | {', '.join(sorted(by_pkg[p], key=lambda q: RANKS.get(q, 99))) or '-'} "
+            f"| {', '.join(only) or ''} |"
+        )
     return "\n".join(lines)
 
 
@@ -172,8 +180,10 @@ def sizes(root: str, n: int = 8) -> str:
                 funcs.append((node.end_lineno - node.lineno + 1, f"{mod}.{node.name}"))
     files.sort(reverse=True)
     funcs.sort(reverse=True)
-    return ("files: " + ", ".join(f"{m} {c}" for c, m in files[:n]) + "\n"
-            "functions: " + ", ".join(f"{m} {c}" for c, m in funcs[:n]))
+    return (
+        "files: " + ", ".join(f"{m} {c}" for c, m in files[:n]) + "\n"
+        "functions: " + ", ".join(f"{m} {c}" for c, m in funcs[:n])
+    )
 
 
 def main(argv: list[str]) -> int:

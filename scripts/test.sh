@@ -68,13 +68,14 @@ export PYBRIDGE_E2E=1
 if [ -n "${PYBRIDGE_TESTS:-}" ]; then
   exec python3 -m pytest $PYBRIDGE_TESTS "$@"
 fi
-# The whole suite: first lint and types (ruff and mypy, as pyproject.toml configures them; a
+# The whole suite: first lint, format and types (ruff and mypy, as pyproject.toml configures them; a
 # finding fails the run, after the tests), then everything on this host, then the multi-host
 # tests on three engines of their own (scripts/multihost.sh builds them in network namespaces,
 # and removes them afterwards).
 status=0
 pb_log "ruff and mypy"
 python3 -m ruff check "$root" || status=1
+python3 -m ruff format --check "$root" || status=1
 python3 -m mypy || status=1
 python3 -m pytest tests --ignore=tests/multihost "$@" || status=1
 PYBRIDGE_MULTIHOST_REQUIRED=1 "$root/scripts/multihost.sh" test "$@" || status=1

@@ -12,8 +12,14 @@ import time
 
 
 class EtcdServer:
-    def __init__(self, host: str = "127.0.0.1", client_port: int = 23790, peer_port: int = 23800,
-                 netns: str | None = None, name: str = "pbtest"):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        client_port: int = 23790,
+        peer_port: int = 23800,
+        netns: str | None = None,
+        name: str = "pbtest",
+    ):
         self.host, self.client_port, self.peer_port, self.netns, self.name = host, client_port, peer_port, netns, name
         self.dir = tempfile.mkdtemp(prefix="pybridge-etcd-")
         self.proc: subprocess.Popen | None = None
@@ -24,16 +30,39 @@ class EtcdServer:
 
     def start(self) -> "EtcdServer":
         peer = f"http://{self.host}:{self.peer_port}"
-        argv = ["etcd", "--name", self.name, "--data-dir", os.path.join(self.dir, "data"),
-                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new",
-                "--log-level", "warn", "--logger", "zap"]
+        argv = [
+            "etcd",
+            "--name",
+            self.name,
+            "--data-dir",
+            os.path.join(self.dir, "data"),
+            "--listen-client-urls",
+            self.url,
+            "--advertise-client-urls",
+            self.url,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"{self.name}={peer}",
+            "--initial-cluster-state",
+            "new",
+            "--log-level",
+            "warn",
+            "--logger",
+            "zap",
+        ]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""})
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""},
+        )
         self.wait_ready()
         return self
 

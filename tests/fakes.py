@@ -40,7 +40,7 @@ class Faults:
 
     def step(self, name: str) -> None:
         self.calls.append(name)
-        if self.armed and self.armed[0] == name and self.calls[self._since:].count(name) == self.armed[1]:
+        if self.armed and self.armed[0] == name and self.calls[self._since :].count(name) == self.armed[1]:
             self.fired += 1
             raise KernelError(f"injected failure in {name} (call {self.armed[1]})")
 
@@ -55,7 +55,7 @@ class FakeLink:
     mac: str = ""
     addresses: set = field(default_factory=set)
     up: bool = False
-    uplink: bool = False     # a bridge with a route through a gateway (the host's way out)
+    uplink: bool = False  # a bridge with a route through a gateway (the host's way out)
 
 
 class FakeNetlink:
@@ -177,9 +177,9 @@ class FakeFirewall:
         self.table = nftrules.table_name(prefix)
         self.mark = nftrules.DEFAULT_MARK
         self.faults = faults or Faults()
-        self.kernel: dict | None = None     # {"chains": {name: [rules]}, "sets": {name: {key: value}}}
+        self.kernel: dict | None = None  # {"chains": {name: [rules]}, "sets": {name: {key: value}}}
         self.fail = False
-        self.fault: str | None = None      # a fault in firewall work: raised as KernelFault, counted
+        self.fault: str | None = None  # a fault in firewall work: raised as KernelFault, counted
         self.syncs = 0
         self.changes = 0
         self.families = (4, 6)
@@ -187,7 +187,7 @@ class FakeFirewall:
         self.removed = False
         self._counted = FirewallCounters()
         self._vxlan: dict = {}
-        self.run(nftrules.full(self.table, self.mark, {}))   # as after the plugin's start
+        self.run(nftrules.full(self.table, self.mark, {}))  # as after the plugin's start
         self.faults.calls.clear()
 
     def supports(self, version):
@@ -199,12 +199,12 @@ class FakeFirewall:
             raise KernelError("injected firewall failure")
         self._maybe_fault()
         self.faults.step("firewall")
-        json.dumps(commands)                      # only JSON reaches the kernel
-        nftwire.Compiler(SET_TYPES).compile(commands)     # and only what the real adapter can encode
+        json.dumps(commands)  # only JSON reaches the kernel
+        nftwire.Compiler(SET_TYPES).compile(commands)  # and only what the real adapter can encode
         k = copy.deepcopy(self.kernel)
         for cmd in commands:
-            (verb, body), = cmd.items()
-            (kind, obj), = body.items()
+            ((verb, body),) = cmd.items()
+            ((kind, obj),) = body.items()
             k = self._apply(k, verb, kind, obj)
         self.kernel = k
 
@@ -212,6 +212,7 @@ class FakeFirewall:
         def need(cond, what):
             if not cond:
                 raise KernelError(f"nftables: {verb} {kind} {obj.get('name', '')}: {what}")
+
         if kind == "table":
             if verb == "add":
                 return k or {"chains": {}, "sets": {}}
@@ -243,8 +244,11 @@ class FakeFirewall:
             need(obj["name"] in sets, "No such file or directory")
             elems = sets[obj["name"]]
             for item in obj["elem"]:
-                key, value = (nftrules.normalize(item[0]), nftrules.normalize(item[1])) if isinstance(item, list) \
+                key, value = (
+                    (nftrules.normalize(item[0]), nftrules.normalize(item[1]))
+                    if isinstance(item, list)
                     else (nftrules.normalize(item), None)
+                )
                 if verb == "add":
                     need(elems.get(key, value) == value, "File exists")
                     elems[key] = value
@@ -257,8 +261,11 @@ class FakeFirewall:
     def sync(self, networks, endpoints=(), foreign=None):
         bridges = self._foreign if foreign is None else tuple(foreign)
         self.syncs += 1
-        self._change(nftrules.full(self.table, self.mark,
-                                   nftrules.merge(nftrules.desired(networks, endpoints, bridges), self._vxlan)))
+        self._change(
+            nftrules.full(
+                self.table, self.mark, nftrules.merge(nftrules.desired(networks, endpoints, bridges), self._vxlan)
+            )
+        )
         self._foreign = bridges
 
     def add_network(self, network):
@@ -308,10 +315,13 @@ class FakeFirewall:
     def listing(self) -> nftrules.Listed:
         if self.kernel is None:
             return nftrules.Listed()
-        return nftrules.Listed(exists=True, chains={c: len(r) for c, r in self.kernel["chains"].items()},
-                               base={c: nftrules.BASE_CHAINS[c] for c in nftrules.BASE_CHAINS
-                                     if c in self.kernel["chains"]},
-                               sets=set(self.kernel["sets"]), elements=copy.deepcopy(self.kernel["sets"]))
+        return nftrules.Listed(
+            exists=True,
+            chains={c: len(r) for c, r in self.kernel["chains"].items()},
+            base={c: nftrules.BASE_CHAINS[c] for c in nftrules.BASE_CHAINS if c in self.kernel["chains"]},
+            sets=set(self.kernel["sets"]),
+            elements=copy.deepcopy(self.kernel["sets"]),
+        )
 
     def _maybe_fault(self):
         """What the real adapter does with a fault: count it, name it, fail the call."""
@@ -325,9 +335,9 @@ class FakeFirewall:
 
     def drift(self, networks, endpoints=()):
         self._maybe_fault()
-        return nftrules.drift(self.mark, nftrules.merge(nftrules.desired(networks, endpoints, self._foreign),
-                                                        self._vxlan),
-                              self.listing())
+        return nftrules.drift(
+            self.mark, nftrules.merge(nftrules.desired(networks, endpoints, self._foreign), self._vxlan), self.listing()
+        )
 
     # for tests -------------------------------------------------------------------------
     def elements(self, name: str) -> dict:
@@ -342,8 +352,12 @@ class FakeFirewall:
         if self.kernel is None:
             return []
         out = [f"chain {c}" for c in self.kernel["chains"] if c not in nftrules.CHAINS]
-        out += [f"{s}: {nftrules.show(key, v)}" for s, e in self.kernel["sets"].items() for key, v in e.items()
-                if s not in nftrules.FIXED]
+        out += [
+            f"{s}: {nftrules.show(key, v)}"
+            for s, e in self.kernel["sets"].items()
+            for key, v in e.items()
+            if s not in nftrules.FIXED
+        ]
         return sorted(out)
 
 
@@ -401,12 +415,13 @@ class FakeKV:
 
     def __init__(self):
         from plugin.cluster.interfaces import ClusterUnavailable
+
         self._unavailable = ClusterUnavailable
-        self.data: dict[str, tuple[bytes, int, int]] = {}     # key -> (value, lease, mod revision)
-        self.leases: dict[int, int] = {}                     # lease -> ttl
+        self.data: dict[str, tuple[bytes, int, int]] = {}  # key -> (value, lease, mod revision)
+        self.leases: dict[int, int] = {}  # lease -> ttl
         self.revision = 1
         self.down = False
-        self.log: list = []                                  # (revision, key, value or None)
+        self.log: list = []  # (revision, key, value or None)
         self._next_lease = 1000
         self._cond = threading.Condition()
 
@@ -452,6 +467,7 @@ class FakeKV:
 
     def txn(self, conditions, operations):
         from plugin.cluster.interfaces import Absent, Delete, NoneUnder, Put, ValueIs
+
         self._check()
         self.txns = getattr(self, "txns", 0) + 1
         with self._cond:
@@ -466,14 +482,17 @@ class FakeKV:
             assert len(keys) == len(set(keys)), "etcd refuses a transaction that changes a key twice"
             if any(isinstance(o, Put) and o.lease and o.lease not in self.leases for o in operations):
                 from plugin.cluster.interfaces import LeaseExpired
-                raise LeaseExpired("etcd: requested lease not found")     # and applies nothing
+
+                raise LeaseExpired("etcd: requested lease not found")  # and applies nothing
             self.revision += 1
             for o in operations:
                 if isinstance(o, Put):
                     self.data[o.key] = (o.value, o.lease, self.revision)
                     self.log.append((self.revision, o.key, o.value))
                 else:
-                    for k in [k for k in self.data if (k == o.key if isinstance(o, Delete) else k.startswith(o.prefix))]:
+                    for k in [
+                        k for k in self.data if (k == o.key if isinstance(o, Delete) else k.startswith(o.prefix))
+                    ]:
                         del self.data[k]
                         self.log.append((self.revision, k, None))
             self._cond.notify_all()
@@ -481,6 +500,7 @@ class FakeKV:
 
     def watch(self, prefix, start_revision, on_events, stop):
         from plugin.cluster.interfaces import Event
+
         revision = start_revision
         while not stop.is_set():
             self._check()

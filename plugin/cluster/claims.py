@@ -13,7 +13,7 @@ from ..ipam.claims import AddressRequest, LocalClaims, Returning, check_wanted
 from ..store.db import Store
 from .service import ClusterService
 
-ATTEMPTS = 8    # addresses leased here already by another container (etcd had lost them): walk on
+ATTEMPTS = 8  # addresses leased here already by another container (etcd had lost them): walk on
 
 
 class EtcdClaims:
@@ -47,10 +47,10 @@ class EtcdClaims:
             with self._store.reading() as tx:
                 back = self._returning.address(tx, pool, request)
                 avoid = frozenset(tx.containers.owned_from(pool.id, lo))
-        with cluster.changing():     # the claim and its lease here, as one step for the resync
+        with cluster.changing():  # the claim and its lease here, as one step for the resync
             for _ in range(ATTEMPTS):
                 if back is not None and not cluster.claim(name, back, "dynamic"):
-                    back = None                     # another host has it now: walk on
+                    back = None  # another host has it now: walk on
                 if back is not None:
                     value, kind = back, "dynamic"
                 elif wanted is not None:
@@ -84,7 +84,7 @@ class EtcdClaims:
         if pool is None:
             self._local.release(pool_id, address)
             return
-        with self._cluster.changing():          # the lease here and its claim, as one step for the resync
+        with self._cluster.changing():  # the lease here and its claim, as one step for the resync
             with self._store.transaction() as tx:
                 released = tx.leases.delete(pool_id, address)
             if released:

@@ -20,14 +20,26 @@ from etcd3gw import Etcd3Client
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.lease import Lease
 
-from .interfaces import (Absent, ClusterUnavailable, Condition, Delete, DeleteUnder, Event, LeaseExpired, NoneUnder,
-                         Operation, Put, ValueIs, WatchCompacted)
+from .interfaces import (
+    Absent,
+    ClusterUnavailable,
+    Condition,
+    Delete,
+    DeleteUnder,
+    Event,
+    LeaseExpired,
+    NoneUnder,
+    Operation,
+    Put,
+    ValueIs,
+    WatchCompacted,
+)
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT = 2.0          # a plugin call that needs etcd fails within a few seconds
-GRPC_NOT_FOUND = 5             # the gateway's error code for "requested lease not found"
-WATCH_IDLE = 10.0              # an idle watch stream is re-made this often (liveness, lossless)
+REQUEST_TIMEOUT = 2.0  # a plugin call that needs etcd fails within a few seconds
+GRPC_NOT_FOUND = 5  # the gateway's error code for "requested lease not found"
+WATCH_IDLE = 10.0  # an idle watch stream is re-made this often (liveness, lossless)
 
 
 def _b64(data: str | bytes) -> str:
@@ -61,8 +73,9 @@ def _grpc_code(e: Exception) -> int | None:
 
 class EtcdKV:
     def __init__(self, endpoints: Sequence[tuple[str, str, int]], timeout: float = REQUEST_TIMEOUT):
-        self._clients = [Etcd3Client(host=h, port=p, protocol=s, timeout=timeout, api_path="/v3/")
-                         for s, h, p in endpoints]
+        self._clients = [
+            Etcd3Client(host=h, port=p, protocol=s, timeout=timeout, api_path="/v3/") for s, h, p in endpoints
+        ]
         self._current = 0
         self._lock = threading.Lock()
 
@@ -76,15 +89,19 @@ class EtcdKV:
             client = self._clients[index]
             try:
                 result = fn(client)
-            except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError,
-                    requests.RequestException) as e:
+            except (
+                etcd_errors.ConnectionFailedError,
+                etcd_errors.ConnectionTimeoutError,
+                requests.RequestException,
+            ) as e:
                 errors.append(f"{client.base_url}: {type(e).__name__}")
                 continue
             except etcd_errors.Etcd3Exception as e:
                 if _grpc_code(e) == GRPC_NOT_FOUND and what == "transaction":
                     raise LeaseExpired(f"etcd at {client.base_url}: the lease of this host expired") from e
-                raise ClusterUnavailable(f"etcd {what} at {client.base_url} failed: "
-                                         f"{(e.detail_text or str(e))[:200]}") from e
+                raise ClusterUnavailable(
+                    f"etcd {what} at {client.base_url} failed: {(e.detail_text or str(e))[:200]}"
+                ) from e
             if index != first:
                 with self._lock:
                     self._current = index
@@ -129,8 +146,11 @@ class EtcdKV:
         return out, int(r.get("header", {}).get("revision", 0))
 
     def txn(self, conditions: Sequence[Condition], operations: Sequence[Operation]) -> bool:
-        body = {"compare": [self._compare(c) for c in conditions],
-                "success": [self._operation(o) for o in operations], "failure": []}
+        body = {
+            "compare": [self._compare(c) for c in conditions],
+            "success": [self._operation(o) for o in operations],
+            "failure": [],
+        }
         r = self._call("transaction", lambda c: c.post(c.get_url("/kv/txn"), data=json.dumps(body)))
         return bool(r.get("succeeded", False))
 
@@ -141,8 +161,13 @@ class EtcdKV:
         if isinstance(c, ValueIs):
             return {"key": _b64(c.key), "target": "VALUE", "result": "EQUAL", "value": _b64(c.value)}
         if isinstance(c, NoneUnder):
-            return {"key": _b64(c.prefix), "range_end": _range_end(c.prefix), "target": "CREATE",
-                    "result": "EQUAL", "create_revision": "0"}
+            return {
+                "key": _b64(c.prefix),
+                "range_end": _range_end(c.prefix),
+                "target": "CREATE",
+                "result": "EQUAL",
+                "create_revision": "0",
+            }
         raise TypeError(f"unknown condition {c!r}")
 
     @staticmethod
@@ -159,8 +184,9 @@ class EtcdKV:
         raise TypeError(f"unknown operation {o!r}")
 
     # watch
-    def watch(self, prefix: str, start_revision: int, on_events: Callable[[list[Event]], None],
-              stop: threading.Event) -> int:
+    def watch(
+        self, prefix: str, start_revision: int, on_events: Callable[[list[Event]], None], stop: threading.Event
+    ) -> int:
         """Deliver the changes under prefix from start_revision on, until stop is set; returns
         the revision to resume from. A stream that breaks or idles for WATCH_IDLE seconds is made
         again from there (lossless). Raises ClusterUnavailable when no endpoint answers (the
@@ -168,17 +194,27 @@ class EtcdKV:
         the revision asked for."""
         revision = start_revision
         while not stop.is_set():
-            revision = self._call("watch", functools.partial(self._stream, prefix=prefix, revision=revision,
-                                                             on_events=on_events, stop=stop))
+            revision = self._call(
+                "watch",
+                functools.partial(self._stream, prefix=prefix, revision=revision, on_events=on_events, stop=stop),
+            )
         return revision
 
-    def _stream(self, client: Etcd3Client, prefix: str, revision: int,
-                on_events: Callable[[list[Event]], None], stop: threading.Event) -> int:
-        body = {"create_request": {"key": _b64(prefix), "range_end": _range_end(prefix),
-                                   "start_revision": str(revision)}}
+    def _stream(
+        self,
+        client: Etcd3Client,
+        prefix: str,
+        revision: int,
+        on_events: Callable[[list[Event]], None],
+        stop: threading.Event,
+    ) -> int:
+        body = {
+            "create_request": {"key": _b64(prefix), "range_end": _range_end(prefix), "start_revision": str(revision)}
+        }
         try:
-            resp = client.session.post(client.get_url("/watch"), json=body, stream=True,
-                                       timeout=(REQUEST_TIMEOUT, WATCH_IDLE))
+            resp = client.session.post(
+                client.get_url("/watch"), json=body, stream=True, timeout=(REQUEST_TIMEOUT, WATCH_IDLE)
+            )
         except requests.RequestException as e:
             raise etcd_errors.ConnectionFailedError(str(e)) from e
         try:
@@ -197,13 +233,16 @@ class EtcdKV:
                     kv = ev.get("kv") or {}
                     key = _unb64(kv.get("key", "")).decode(errors="replace")
                     deleted = ev.get("type") == "DELETE"
-                    events.append(Event(key, None if deleted else _unb64(kv.get("value", "")),
-                                        int(kv.get("mod_revision", 0) or 0)))
+                    events.append(
+                        Event(
+                            key, None if deleted else _unb64(kv.get("value", "")), int(kv.get("mod_revision", 0) or 0)
+                        )
+                    )
                 if events:
                     revision = max(revision, max(e.revision for e in events) + 1)
                     on_events(events)
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
-            pass       # idle timeout or a broken stream: made again from `revision`
+            pass  # idle timeout or a broken stream: made again from `revision`
         except ValueError as e:
             log.warning("etcd watch: unreadable message (%s); watching again", e)
         finally:

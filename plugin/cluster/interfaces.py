@@ -39,6 +39,7 @@ class ValueIs:
 @dataclass(frozen=True)
 class NoneUnder:
     """No key starts with `prefix`."""
+
     prefix: str
 
 
@@ -47,7 +48,7 @@ class NoneUnder:
 class Put:
     key: str
     value: bytes
-    lease: int = 0       # 0: the key lives until deleted
+    lease: int = 0  # 0: the key lives until deleted
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ Operation = Union[Put, Delete, DeleteUnder]
 @dataclass(frozen=True)
 class Event:
     key: str
-    value: bytes | None     # None: deleted (or expired with its lease)
+    value: bytes | None  # None: deleted (or expired with its lease)
     revision: int
 
 
@@ -82,5 +83,6 @@ class ClusterKVPort(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def range(self, prefix: str) -> tuple[dict[str, bytes], int]: ...
     def txn(self, conditions: Sequence[Condition], operations: Sequence[Operation]) -> bool: ...
-    def watch(self, prefix: str, start_revision: int, on_events: Callable[[list[Event]], None],
-              stop: threading.Event) -> int: ...
+    def watch(
+        self, prefix: str, start_revision: int, on_events: Callable[[list[Event]], None], stop: threading.Event
+    ) -> int: ...

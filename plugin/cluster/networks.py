@@ -33,23 +33,32 @@ from .watch import Peers
 
 log = logging.getLogger(__name__)
 
-VXLAN_OVERHEAD = {4: 50, 6: 70}        # outer IP, UDP, VXLAN and Ethernet headers
+VXLAN_OVERHEAD = {4: 50, 6: 70}  # outer IP, UDP, VXLAN and Ethernet headers
 
 
 class ClusterNetworks:
-    def __init__(self, cluster: ClusterService, overlay: OverlayPort, netlink: NetlinkPort, store: Store,
-                 firewall: FirewallWriter, prefix: str, underlay: str, vxlan_port: int,
-                 local_names: Callable[[str], list[ContainerInfo]] = lambda network_id: []):
+    def __init__(
+        self,
+        cluster: ClusterService,
+        overlay: OverlayPort,
+        netlink: NetlinkPort,
+        store: Store,
+        firewall: FirewallWriter,
+        prefix: str,
+        underlay: str,
+        vxlan_port: int,
+        local_names: Callable[[str], list[ContainerInfo]] = lambda network_id: [],
+    ):
         self.cluster = cluster
         self.overlay = overlay
         self.netlink = netlink
         self.store = store
         self.firewall = firewall
         self.prefix = prefix
-        self.underlay = underlay            # this host's underlay address (VXLAN source)
+        self.underlay = underlay  # this host's underlay address (VXLAN source)
         self.vxlan_port = vxlan_port
-        self.local_names = local_names      # Docker's names of this host's containers, by network id
-        self._vxlan_filter: tuple[Any, ...] = (0, ())     # what the firewall was last told
+        self.local_names = local_names  # Docker's names of this host's containers, by network id
+        self._vxlan_filter: tuple[Any, ...] = (0, ())  # what the firewall was last told
 
     def names_changed(self, updated: dict[str, tuple[str, list[ContainerInfo]]], networks: dict[str, Network]) -> None:
         """The container inventory's report: this host's names on a cluster network, for the
@@ -92,13 +101,17 @@ class ClusterNetworks:
         overhead = VXLAN_OVERHEAD[6 if ":" in self.underlay else 4]
         ceiling = under[1] - overhead
         if network.mtu is not None and network.mtu > ceiling:
-            raise InvalidRequest(f"MTU {network.mtu} does not fit the underlay: {under[0]} has MTU {under[1]}, "
-                                 f"VXLAN takes {overhead}, so at most {ceiling}")
+            raise InvalidRequest(
+                f"MTU {network.mtu} does not fit the underlay: {under[0]} has MTU {under[1]}, "
+                f"VXLAN takes {overhead}, so at most {ceiling}"
+            )
         subnets = [(str(s.pool), str(s.gateway.ip) if s.gateway else "") for s in network.subnets]
         aux = tuple(str(a.ip) for s in network.subnets for _, a in s.aux)
         record = self.cluster.join_network(network.cluster, subnets, min(network.mtu or 1500, ceiling), aux)
         if record.mtu > ceiling:
-            log.warning("cluster network %s: MTU %d is above this host's ceiling %d", network.cluster, record.mtu, ceiling)
+            log.warning(
+                "cluster network %s: MTU %d is above this host's ceiling %d", network.cluster, record.mtu, ceiling
+            )
         return replace(network, vni=record.vni, mac=record.mac, mtu=record.mtu)
 
     def leave(self, network: Network) -> None:
@@ -113,10 +126,13 @@ class ClusterNetworks:
         if not network.cluster:
             return
         name = vxlan_name(self.prefix, network.vni)
-        self.overlay.ensure_vxlan(name, network.vni, self.underlay, self.vxlan_port, network.mtu or 1500,
-                                  network.bridge)
+        self.overlay.ensure_vxlan(
+            name, network.vni, self.underlay, self.vxlan_port, network.mtu or 1500, network.bridge
+        )
         if self.cluster.loaded:
-            self.overlay.set_peers(name, network.bridge, self._remote(network, self.cluster.remote_peers(network.cluster)))
+            self.overlay.set_peers(
+                name, network.bridge, self._remote(network, self.cluster.remote_peers(network.cluster))
+            )
         # else: entries already there stay (a restart with etcd away); the first read programs it
 
     def detach(self, network: Network) -> None:
@@ -145,8 +161,9 @@ class ClusterNetworks:
             networks = [n for n in tx.networks.all() if n.cluster]
         for n in networks:
             try:
-                self.overlay.set_peers(vxlan_name(self.prefix, n.vni), n.bridge,
-                                       self._remote(n, self.cluster.remote_peers(n.cluster)))
+                self.overlay.set_peers(
+                    vxlan_name(self.prefix, n.vni), n.bridge, self._remote(n, self.cluster.remote_peers(n.cluster))
+                )
             except PybridgeError as e:
                 log.warning("cluster network %s: %s", n.cluster, e)
         self._filter_vxlan()
@@ -161,12 +178,21 @@ class ClusterNetworks:
                 if not n.cluster:
                     continue
                 aux = {int(a.ip) for s in n.subnets for _, a in s.aux}
-                record = NetRecord(tuple(sorted((str(s.pool), str(s.gateway.ip) if s.gateway else "")
-                                                for s in n.subnets)), n.vni, n.mac, n.mtu or 1500,
-                                   tuple(sorted(str(ipaddress.ip_address(a)) for a in aux)))
+                record = NetRecord(
+                    tuple(sorted((str(s.pool), str(s.gateway.ip) if s.gateway else "") for s in n.subnets)),
+                    n.vni,
+                    n.mac,
+                    n.mtu or 1500,
+                    tuple(sorted(str(ipaddress.ip_address(a)) for a in aux)),
+                )
                 # the gateway's and aux addresses are the network's (in etcd with its record)
-                addresses = tuple((a, kind) for p in pools if p.cluster == n.cluster
-                                  for _, a, kind in tx.leases.all(p.id) if kind != "gateway" and a not in aux)
+                addresses = tuple(
+                    (a, kind)
+                    for p in pools
+                    if p.cluster == n.cluster
+                    for _, a, kind in tx.leases.all(p.id)
+                    if kind != "gateway" and a not in aux
+                )
                 endpoints = tuple((e.id, EndpointRecord.of(e)) for e in tx.networks.endpoints(n.id))
                 out.append(LocalNetwork(n.cluster, record, addresses, endpoints, tuple(self.local_names(n.id))))
         return out
@@ -188,8 +214,11 @@ class ClusterNetworks:
         ip = ipaddress.ip_address(address)
         with self.store.reading() as tx:
             ids = {n.id for n in tx.networks.all() if n.cluster == cluster}
-            endpoints = [e for e in tx.networks.endpoints() if e.network_id in ids
-                         and ip in {a.ip for a in (e.address4, e.address6) if a is not None}]
+            endpoints = [
+                e
+                for e in tx.networks.endpoints()
+                if e.network_id in ids and ip in {a.ip for a in (e.address4, e.address6) if a is not None}
+            ]
         for e in endpoints:
             self.netlink.set_link_up(e.host_ifname, False)
 
@@ -200,9 +229,12 @@ class ClusterNetworks:
             local = {e.mac for e in tx.networks.endpoints(network.id)} | {network.mac}
         clash = sorted(m for m in peers if m in local)
         if clash:
-            log.warning("cluster network %s: ignoring other hosts' records of %s: the MAC is %s here",
-                        network.cluster, ", ".join(f"{m} (host {peers[m][0]})" for m in clash),
-                        "the gateway's or a container's")
+            log.warning(
+                "cluster network %s: ignoring other hosts' records of %s: the MAC is %s here",
+                network.cluster,
+                ", ".join(f"{m} (host {peers[m][0]})" for m in clash),
+                "the gateway's or a container's",
+            )
         return {m: p for m, p in peers.items() if m not in local}
 
     def _filter_vxlan(self) -> None:
@@ -211,9 +243,10 @@ class ClusterNetworks:
         with self.store.transaction() as tx:
             networks = [n for n in tx.networks.all() if n.cluster]
             if self.cluster.loaded:
-                members = sorted({(n.vni, host) for n in networks
-                                  for host, _ in self.cluster.remote_peers(n.cluster).values()})
-            else:       # etcd not read yet: the last members known, never everyone
+                members = sorted(
+                    {(n.vni, host) for n in networks for host, _ in self.cluster.remote_peers(n.cluster).values()}
+                )
+            else:  # etcd not read yet: the last members known, never everyone
                 vnis = {n.vni for n in networks}
                 members = sorted(m for m in tx.meta.vxlan_members() if m[0] in vnis)
             want = (self.vxlan_port if networks else 0, tuple(members))

@@ -28,7 +28,7 @@ from ..domain.errors import InvalidRequest, PybridgeError
 from ..domain.model import ContainerInfo, Endpoint
 
 PREFIX = "/pybridge/v1/"
-VNI_FIRST, VNI_LAST = 4096, (1 << 24) - 1       # below 4096: left to the user's own VXLANs
+VNI_FIRST, VNI_LAST = 4096, (1 << 24) - 1  # below 4096: left to the user's own VXLANs
 # A cluster network's name: what -o pybridge.cluster= gives, the same on every host.
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _HEX_ID = re.compile(r"[0-9a-f]{1,64}")
@@ -98,7 +98,7 @@ def split_addr_key(key: str, network: str | None = None) -> tuple[str, int] | No
     """(network, address) of an addr/ key (of that network, if given), or None."""
     if not key.startswith(PREFIX + "addr/"):
         return None
-    parts = key[len(PREFIX) + 5:].split("/")
+    parts = key[len(PREFIX) + 5 :].split("/")
     if len(parts) != 2 or not _NAME_RE.fullmatch(parts[0]) or not re.fullmatch(r"[0-9a-f]{32}", parts[1]):
         return None
     if network is not None and parts[0] != network:
@@ -110,7 +110,7 @@ def split_member_key(key: str) -> tuple[str, str] | None:
     """(network, host) of a member/ key, or None."""
     if not key.startswith(PREFIX + "member/"):
         return None
-    parts = key[len(PREFIX) + 7:].split("/")
+    parts = key[len(PREFIX) + 7 :].split("/")
     if len(parts) != 2 or not _NAME_RE.fullmatch(parts[0]):
         return None
     try:
@@ -121,7 +121,7 @@ def split_member_key(key: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class KeyParts:
-    kind: str          # "ep" or "name"
+    kind: str  # "ep" or "name"
     network: str
     host: str
     item: str
@@ -131,14 +131,14 @@ def split_key(key: str) -> KeyParts | None:
     """An ep/ or name/ key in its parts, or None for any other key (or a malformed one)."""
     if not key.startswith(PREFIX):
         return None
-    parts = key[len(PREFIX):].split("/")
+    parts = key[len(PREFIX) :].split("/")
     if len(parts) != 4 or parts[0] not in ("ep", "name"):
         return None
     kind, network, host, item = parts
     if not _NAME_RE.fullmatch(network) or not _HEX_ID.fullmatch(item):
         return None
     try:
-        if host_address(key, host) != host:      # written as pybridge writes it, and nothing else
+        if host_address(key, host) != host:  # written as pybridge writes it, and nothing else
             return None
     except InvalidRecord:
         return None
@@ -148,22 +148,22 @@ def split_key(key: str) -> KeyParts | None:
 # records
 @dataclass(frozen=True)
 class NetRecord:
-    subnets: tuple[tuple[str, str], ...]     # (subnet, gateway address or "") per subnet
+    subnets: tuple[tuple[str, str], ...]  # (subnet, gateway address or "") per subnet
     vni: int
-    mac: str                                  # the gateway's MAC, the same on every host
+    mac: str  # the gateway's MAC, the same on every host
     mtu: int
-    aux: tuple[str, ...] = ()                 # --aux-address addresses, sorted: reserved on every host
+    aux: tuple[str, ...] = ()  # --aux-address addresses, sorted: reserved on every host
 
     def to_json(self) -> str:
         d = {"subnets": [list(s) for s in self.subnets], "vni": self.vni, "mac": self.mac, "mtu": self.mtu}
-        if self.aux:                          # (a record without aux reads as before)
+        if self.aux:  # (a record without aux reads as before)
             d["aux"] = list(self.aux)
         return json.dumps(d, sort_keys=True)
 
 
 @dataclass(frozen=True)
 class AddrRecord:
-    host: str           # who holds it ("" for the network's gateway and aux addresses: everyone)
+    host: str  # who holds it ("" for the network's gateway and aux addresses: everyone)
     kind: str
 
     def to_json(self) -> str:
@@ -191,8 +191,11 @@ class EndpointRecord:
     @classmethod
     def of(cls, endpoint: Endpoint) -> EndpointRecord:
         """What other hosts learn of an endpoint here: its MAC and addresses."""
-        return cls(endpoint.mac, str(endpoint.address4.ip) if endpoint.address4 else "",
-                   str(endpoint.address6.ip) if endpoint.address6 else "")
+        return cls(
+            endpoint.mac,
+            str(endpoint.address4.ip) if endpoint.address4 else "",
+            str(endpoint.address6.ip) if endpoint.address6 else "",
+        )
 
 
 def _load(key: str, value: bytes) -> dict[str, Any]:
@@ -251,8 +254,11 @@ def parse_net(key: str, value: bytes) -> NetRecord:
         if not isinstance(aux, list) or len(aux) > 256:
             raise InvalidRecord(f"etcd key {key[:100]!r}: aux addresses malformed")
         aux = tuple(sorted(_address(key, a) for a in aux if isinstance(a, str)))
-        if len(aux) != len(d.get("aux", [])) or "" in aux or \
-                not all(any(ipaddress.ip_address(a) in ipaddress.ip_network(p) for p, _ in subnets) for a in aux):
+        if (
+            len(aux) != len(d.get("aux", []))
+            or "" in aux
+            or not all(any(ipaddress.ip_address(a) in ipaddress.ip_network(p) for p, _ in subnets) for a in aux)
+        ):
             raise InvalidRecord(f"etcd key {key[:100]!r}: aux addresses malformed")
     except (KeyError, TypeError, ValueError, InvalidRequest) as e:
         raise InvalidRecord(f"etcd key {key[:100]!r}: malformed network record ({e})") from None
@@ -293,8 +299,7 @@ def parse_endpoint(key: str, value: bytes) -> EndpointRecord:
 
 
 def name_to_json(c: ContainerInfo) -> str:
-    return json.dumps({"name": c.name, "aliases": list(c.aliases), "ipv4": c.ipv4, "ipv6": c.ipv6},
-                      sort_keys=True)
+    return json.dumps({"name": c.name, "aliases": list(c.aliases), "ipv4": c.ipv4, "ipv6": c.ipv6}, sort_keys=True)
 
 
 def parse_name(key: str, container_id: str, value: bytes) -> ContainerInfo:
@@ -302,8 +307,11 @@ def parse_name(key: str, container_id: str, value: bytes) -> ContainerInfo:
     name, aliases = d.get("name"), d.get("aliases", [])
     if not isinstance(name, str) or not _DNS_NAME.fullmatch(name.lstrip("/")):
         raise InvalidRecord(f"etcd key {key[:100]!r}: name {str(name)[:60]!r} malformed")
-    if not isinstance(aliases, list) or len(aliases) > 64 or \
-            not all(isinstance(a, str) and _DNS_NAME.fullmatch(a) for a in aliases):
+    if (
+        not isinstance(aliases, list)
+        or len(aliases) > 64
+        or not all(isinstance(a, str) and _DNS_NAME.fullmatch(a) for a in aliases)
+    ):
         raise InvalidRecord(f"etcd key {key[:100]!r}: aliases malformed")
     ipv4, ipv6 = _address(key, d.get("ipv4", ""), 4), _address(key, d.get("ipv6", ""), 6)
     return ContainerInfo(container_id, name, tuple(aliases), ipv4, ipv6)

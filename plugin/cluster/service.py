@@ -29,8 +29,19 @@ from ..domain.model import ContainerInfo
 from . import records as r
 from .addresses import AddressBook, home
 from .watch import ClusterWatch, Peers
-from .interfaces import (Absent, ClusterKVPort, ClusterUnavailable, Condition, Delete, DeleteUnder, LeaseExpired, NoneUnder,
-                         Operation, Put, ValueIs)
+from .interfaces import (
+    Absent,
+    ClusterKVPort,
+    ClusterUnavailable,
+    Condition,
+    Delete,
+    DeleteUnder,
+    LeaseExpired,
+    NoneUnder,
+    Operation,
+    Put,
+    ValueIs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +51,11 @@ CLAIM_ATTEMPTS = 64
 @dataclass(frozen=True)
 class LocalNetwork:
     """A cluster network as this host holds it (from the state store)."""
+
     name: str
     record: r.NetRecord
-    addresses: tuple[tuple[int, str], ...] = ()                      # (address, kind) leased here
-    endpoints: tuple[tuple[str, r.EndpointRecord], ...] = ()          # (endpoint id, record)
+    addresses: tuple[tuple[int, str], ...] = ()  # (address, kind) leased here
+    endpoints: tuple[tuple[str, r.EndpointRecord], ...] = ()  # (endpoint id, record)
     names: tuple[ContainerInfo, ...] = ()
 
 
@@ -115,7 +127,7 @@ class ClusterService:
         self.reachable = False
         self.resyncs = 0
         self.local: Callable[[], list[LocalNetwork]] = lambda: []
-        self._names_wanted: dict[str, list[ContainerInfo]] = {}    # network -> this host's names, to write
+        self._names_wanted: dict[str, list[ContainerInfo]] = {}  # network -> this host's names, to write
         self._names_lock = threading.Lock()
         self._names_due = threading.Event()
         self._dirty = threading.Event()
@@ -161,12 +173,15 @@ class ClusterService:
 
     def _fail(self, what: str, e: ClusterUnavailable) -> ClusterUnavailable:
         self.reachable = False
-        return ClusterUnavailable(f"{what}: the cluster store is unreachable ({e}); cluster networks "
-                                  "take no new containers until it answers, local networks are not affected")
+        return ClusterUnavailable(
+            f"{what}: the cluster store is unreachable ({e}); cluster networks "
+            "take no new containers until it answers, local networks are not affected"
+        )
 
     # --- networks
-    def join_network(self, name: str, subnets: list[tuple[str, str]], mtu: int,
-                     aux: tuple[str, ...] = ()) -> r.NetRecord:
+    def join_network(
+        self, name: str, subnets: list[tuple[str, str]], mtu: int, aux: tuple[str, ...] = ()
+    ) -> r.NetRecord:
         """The cluster's record of network `name`, made now from these subnets and aux addresses
         if there is none (the aux addresses claimed with it, for every host); this host is
         recorded as a member. Conflict when the record says otherwise."""
@@ -177,8 +192,9 @@ class ClusterService:
             raise self._fail(f"cluster network {name}", e) from e
         return record
 
-    def _ensure_record(self, name: str, subnets: list[tuple[str, str]], mtu: int,
-                       aux: tuple[str, ...] = ()) -> r.NetRecord:
+    def _ensure_record(
+        self, name: str, subnets: list[tuple[str, str]], mtu: int, aux: tuple[str, ...] = ()
+    ) -> r.NetRecord:
         want = tuple(sorted(subnets))
         for _ in range(8):
             raw = self.kv.get(r.net_key(name))
@@ -186,11 +202,14 @@ class ClusterService:
                 record = r.parse_net(r.net_key(name), raw)
                 if tuple(sorted(record.subnets)) != want:
                     shown = ", ".join(f"{p} (gateway {g or 'none'})" for p, g in record.subnets)
-                    raise Conflict(f"cluster network {name} has {shown}: create it here with the same "
-                                   "--subnet and --gateway")
+                    raise Conflict(
+                        f"cluster network {name} has {shown}: create it here with the same --subnet and --gateway"
+                    )
                 if record.aux != aux:
-                    raise Conflict(f"cluster network {name} has aux addresses {', '.join(record.aux) or 'none'}: "
-                                   "create it here with the same --aux-address")
+                    raise Conflict(
+                        f"cluster network {name} has aux addresses {', '.join(record.aux) or 'none'}: "
+                        "create it here with the same --aux-address"
+                    )
                 return record
             others, _ = self.kv.range(r.PREFIX + "net/")
             used_vnis = set()
@@ -203,18 +222,22 @@ class ClusterService:
                 for pool, _gw in other.subnets:
                     for mine, _ in subnets:
                         if ipaddress.ip_network(pool).overlaps(ipaddress.ip_network(mine)):
-                            raise Conflict(f"subnet {mine} overlaps {pool} of cluster network "
-                                           f"{key.rsplit('/', 1)[-1]}")
+                            raise Conflict(f"subnet {mine} overlaps {pool} of cluster network {key.rsplit('/', 1)[-1]}")
             taken, _ = self.kv.range(r.PREFIX + "vni/")
             used_vnis |= {v for v in map(r.parse_vni_key, taken) if v is not None}
             vni = next(v for v in range(r.VNI_FIRST, r.VNI_LAST + 1) if v not in used_vnis)
             gw4 = next((g for p, g in subnets if g and ipaddress.ip_network(p).version == 4), "")
             record = r.NetRecord(want, vni, r.gateway_mac(gw4, vni), mtu, aux)
             ops = [Put(r.net_key(name), record.to_json().encode()), Put(r.vni_key(vni), name.encode())]
-            ops += [Put(r.addr_key(name, int(ipaddress.ip_address(g))), r.AddrRecord("", "gateway").to_json().encode())
-                    for _, g in subnets if g]
-            ops += [Put(r.addr_key(name, int(ipaddress.ip_address(a))), r.AddrRecord("", "aux").to_json().encode())
-                    for a in aux]
+            ops += [
+                Put(r.addr_key(name, int(ipaddress.ip_address(g))), r.AddrRecord("", "gateway").to_json().encode())
+                for _, g in subnets
+                if g
+            ]
+            ops += [
+                Put(r.addr_key(name, int(ipaddress.ip_address(a))), r.AddrRecord("", "aux").to_json().encode())
+                for a in aux
+            ]
             if self.kv.txn([Absent(r.net_key(name)), Absent(r.vni_key(vni))], ops):
                 log.info("cluster network %s recorded: VNI %d, %s", name, vni, ", ".join(p for p, _ in subnets))
                 return record
@@ -224,8 +247,11 @@ class ClusterService:
         """This host no longer has the network: its keys go; the record goes with the last host."""
         try:
             held, _ = self.kv.range(r.addr_prefix(name))
-            ops: list[Operation] = [Delete(r.member_key(name, self.host)), DeleteUnder(r.ep_prefix(name, self.host)),
-                                    DeleteUnder(r.name_prefix(name, self.host))]
+            ops: list[Operation] = [
+                Delete(r.member_key(name, self.host)),
+                DeleteUnder(r.ep_prefix(name, self.host)),
+                DeleteUnder(r.name_prefix(name, self.host)),
+            ]
             ops += [Delete(k) for k, v in held.items() if self._mine(k, v)]
             ops += [Delete(k) for k in self._my_macs(name)]
             self.kv.txn([], ops)
@@ -233,10 +259,17 @@ class ClusterService:
             if raw is None:
                 return
             vni = r.parse_net(r.net_key(name), raw).vni
-            if self.kv.txn([NoneUnder(r.member_prefix(name)), ValueIs(r.net_key(name), raw)],
-                           [Delete(r.net_key(name)), Delete(r.vni_key(vni)), DeleteUnder(r.addr_prefix(name)),
-                            DeleteUnder(r.ep_prefix(name)), DeleteUnder(r.name_prefix(name)),
-                            DeleteUnder(r.mac_prefix(name))]):
+            if self.kv.txn(
+                [NoneUnder(r.member_prefix(name)), ValueIs(r.net_key(name), raw)],
+                [
+                    Delete(r.net_key(name)),
+                    Delete(r.vni_key(vni)),
+                    DeleteUnder(r.addr_prefix(name)),
+                    DeleteUnder(r.ep_prefix(name)),
+                    DeleteUnder(r.name_prefix(name)),
+                    DeleteUnder(r.mac_prefix(name)),
+                ],
+            ):
                 log.info("cluster network %s: last host left, record removed", name)
         except (ClusterUnavailable, r.InvalidRecord) as e:
             log.warning("cluster network %s: leaving it in etcd later (%s)", name, e)
@@ -283,7 +316,7 @@ class ClusterService:
                 if value is None:
                     if reloaded:
                         raise Exhausted(f"no free address left in cluster network {name}")
-                    self._load_taken(name)      # the book may hold addresses freed since
+                    self._load_taken(name)  # the book may hold addresses freed since
                     reloaded = True
                     continue
                 key, won = r.addr_key(name, value), False
@@ -296,7 +329,7 @@ class ClusterService:
                     raise
                 if won:
                     return value
-                cursor = value                  # another host took it meanwhile: walk on
+                cursor = value  # another host took it meanwhile: walk on
         except ClusterUnavailable as e:
             raise self._fail(f"an address on cluster network {name}", e) from e
         raise Exhausted(f"cluster network {name}: no address could be claimed in {CLAIM_ATTEMPTS} attempts")
@@ -309,8 +342,9 @@ class ClusterService:
                 if self.kv.txn([ValueIs(key, held)], [Delete(key)]):
                     self._book.freed(name, address)
         except ClusterUnavailable as e:
-            log.warning("address %s of cluster network %s: released in etcd later (%s)",
-                        ipaddress.ip_address(address), name, e)
+            log.warning(
+                "address %s of cluster network %s: released in etcd later (%s)", ipaddress.ip_address(address), name, e
+            )
             self._dirty.set()
 
     # --- endpoints and names
@@ -325,10 +359,11 @@ class ClusterService:
                     return
                 held = self.kv.get(mkey)
                 if held is None:
-                    continue                        # released meanwhile: claim it again
-                if held == claim:                   # ours already (a retried call, a resync)
-                    if self._leased([ValueIs(mkey, held)], lambda lease: [Put(mkey, claim, lease),
-                                                                          Put(key, value, lease)]):
+                    continue  # released meanwhile: claim it again
+                if held == claim:  # ours already (a retried call, a resync)
+                    if self._leased(
+                        [ValueIs(mkey, held)], lambda lease: [Put(mkey, claim, lease), Put(key, value, lease)]
+                    ):
                         return
                     continue
                 try:
@@ -358,8 +393,11 @@ class ClusterService:
 
     def withdraw_endpoint(self, name: str, endpoint_id: str) -> None:
         try:
-            self.kv.txn([], [Delete(r.ep_key(name, self.host, endpoint_id))]
-                        + [Delete(k) for k in self._my_macs(name, endpoint_id)])
+            self.kv.txn(
+                [],
+                [Delete(r.ep_key(name, self.host, endpoint_id))]
+                + [Delete(k) for k in self._my_macs(name, endpoint_id)],
+            )
         except ClusterUnavailable as e:
             log.warning("endpoint %s of cluster network %s: withdrawn in etcd later (%s)", endpoint_id[:12], name, e)
             self._dirty.set()
@@ -383,7 +421,7 @@ class ClusterService:
                     self._put_names(name, containers)
                 except (ClusterUnavailable, LeaseExpired) as e:
                     log.warning("names of cluster network %s: published later (%s)", name, e)
-                    self._dirty.set()       # the resync writes them from the DNS's state
+                    self._dirty.set()  # the resync writes them from the DNS's state
                 except Exception:
                     log.exception("names of cluster network %s", name)
                     self._dirty.set()
@@ -391,8 +429,11 @@ class ClusterService:
     def _put_names(self, name: str, containers: list[ContainerInfo]) -> None:
         prefix = r.name_prefix(name, self.host)
         have, _ = self.kv.range(prefix)
-        want = {r.name_key(name, self.host, c.id): r.name_to_json(c).encode() for c in containers
-                if r.split_key(r.name_key(name, self.host, c.id))}
+        want = {
+            r.name_key(name, self.host, c.id): r.name_to_json(c).encode()
+            for c in containers
+            if r.split_key(r.name_key(name, self.host, c.id))
+        }
         deletes: list[Operation] = [Delete(k) for k in have if k not in want]
         puts = {k: v for k, v in want.items() if have.get(k) != v}
         if puts or deletes:
@@ -442,27 +483,30 @@ class ClusterService:
             # what this host published for networks it no longer has
             for prefix in (r.PREFIX + "member/", r.PREFIX + "ep/", r.PREFIX + "name/"):
                 keys, _ = self.kv.range(prefix)
-                stale = [k for k in keys if self._host_of(k) == self.host
-                         and k[len(prefix):].split("/")[0] not in mine]
+                stale = [
+                    k for k in keys if self._host_of(k) == self.host and k[len(prefix) :].split("/")[0] not in mine
+                ]
                 if stale:
                     self.kv.txn([], [Delete(k) for k in stale])
         self.resyncs += 1
 
     def _host_of(self, key: str) -> str:
-        parts = key[len(r.PREFIX):].split("/")
+        parts = key[len(r.PREFIX) :].split("/")
         return parts[2] if len(parts) >= 3 else ""
 
     def _resync_network(self, n: LocalNetwork, lease: int) -> None:
         key = r.net_key(n.name)
-        record_ops: list[Operation] = [Put(key, n.record.to_json().encode()),
-                                       Put(r.vni_key(n.record.vni), n.name.encode())]
+        record_ops: list[Operation] = [
+            Put(key, n.record.to_json().encode()),
+            Put(r.vni_key(n.record.vni), n.name.encode()),
+        ]
         if not self.kv.txn([Absent(key), Absent(r.vni_key(n.record.vni))], record_ops):
             raw = self.kv.get(key)
             if raw is not None and r.parse_net(key, raw) != n.record:
                 log.error("cluster network %s: etcd's record differs from this host's (VNI or subnets)", n.name)
         self.kv.txn([], [Put(r.member_key(n.name, self.host), b"{}", lease)])
         aux = r.AddrRecord("", "aux").to_json().encode()
-        for a in n.record.aux:                  # the network's, for every host
+        for a in n.record.aux:  # the network's, for every host
             k = r.addr_key(n.name, int(ipaddress.ip_address(a)))
             if not self.kv.txn([Absent(k)], [Put(k, aux)]) and self.kv.get(k) != aux:
                 log.error("cluster network %s: aux address %s is held by a container", n.name, a)
@@ -481,15 +525,19 @@ class ClusterService:
         eps, _ = self.kv.range(r.ep_prefix(n.name, self.host))
         want_eps = {r.ep_key(n.name, self.host, eid): rec.to_json().encode() for eid, rec in n.endpoints}
         stale += [k for k in eps if k not in want_eps]
-        want_macs = {r.mac_key(n.name, rec.mac): r.MacClaim(self.host, eid).to_json().encode()
-                     for eid, rec in n.endpoints}
+        want_macs = {
+            r.mac_key(n.name, rec.mac): r.MacClaim(self.host, eid).to_json().encode() for eid, rec in n.endpoints
+        }
         macs, _ = self.kv.range(r.mac_prefix(n.name))
         for k, claim in want_macs.items():
             if k not in macs or macs[k] == claim:
                 self.kv.txn([Absent(k)] if k not in macs else [ValueIs(k, claim)], [Put(k, claim, lease)])
             else:
-                log.error("cluster network %s: MAC %s of a container here is claimed by another endpoint too",
-                          n.name, k.rsplit("/", 1)[-1])
+                log.error(
+                    "cluster network %s: MAC %s of a container here is claimed by another endpoint too",
+                    n.name,
+                    k.rsplit("/", 1)[-1],
+                )
         stale += [k for k in self._my_macs(n.name, held=macs) if k not in want_macs]
         ops: list[Operation] = [Put(k, v, lease) for k, v in want_eps.items()]
         ops += [Delete(k) for k in stale]
@@ -500,9 +548,12 @@ class ClusterService:
     def _clash(self, name: str, address: int) -> None:
         """Another host holds an address a container here has (this host was cut off past the
         grace and the address went to someone else): that container leaves the wire."""
-        log.error("cluster network %s: address %s of a container here is held by another host: taking that "
-                  "container off the network (remove it, or start it again for a new address)",
-                  name, ipaddress.ip_address(address))
+        log.error(
+            "cluster network %s: address %s of a container here is held by another host: taking that "
+            "container off the network (remove it, or start it again for a new address)",
+            name,
+            ipaddress.ip_address(address),
+        )
         self.clashes.setdefault(name, set()).add(address)
         try:
             self.on_clash(name, address)
@@ -512,10 +563,14 @@ class ClusterService:
     def start(self) -> None:
         stop = threading.Event()
         self._stop = stop
-        self._threads = [threading.Thread(target=fn, args=(stop,), name=name, daemon=True)
-                         for fn, name in ((self.run_session, "pybridge-cluster"),
-                                          (self.watch.run, "pybridge-cluster-watch"),
-                                          (self.run_names, "pybridge-cluster-names"))]
+        self._threads = [
+            threading.Thread(target=fn, args=(stop,), name=name, daemon=True)
+            for fn, name in (
+                (self.run_session, "pybridge-cluster"),
+                (self.watch.run, "pybridge-cluster-watch"),
+                (self.run_names, "pybridge-cluster-names"),
+            )
+        ]
         for t in self._threads:
             t.start()
 
@@ -562,7 +617,10 @@ class ClusterService:
     def snapshot(self) -> dict[str, Any]:
         """For `pybridge cluster` and the metrics: this host, reachability, resyncs so far, and how
         many records from etcd were refused (not what pybridge writes)."""
-        return {"host": self.host, "reachable": self.reachable, "resyncs": self.resyncs,
-                "refused_records": self.watch.refused,
-                "clashes": {n: sorted(str(ipaddress.ip_address(a)) for a in s) for n, s in self.clashes.items() if s}}
-
+        return {
+            "host": self.host,
+            "reachable": self.reachable,
+            "resyncs": self.resyncs,
+            "refused_records": self.watch.refused,
+            "clashes": {n: sorted(str(ipaddress.ip_address(a)) for a in s) for n, s in self.clashes.items() if s},
+        }

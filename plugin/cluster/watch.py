@@ -22,12 +22,13 @@ from .interfaces import ClusterKVPort, ClusterUnavailable, Event, WatchCompacted
 
 log = logging.getLogger(__name__)
 
-Peers = dict[str, tuple[str, frozenset[str]]]     # mac -> (host, addresses)
+Peers = dict[str, tuple[str, frozenset[str]]]  # mac -> (host, addresses)
 
 
 @dataclass
 class RemoteView:
     """What other hosts published: network -> {(host, id): record}."""
+
     endpoints: dict[str, dict[tuple[str, str], r.EndpointRecord]] = field(default_factory=dict)
     names: dict[str, dict[tuple[str, str], ContainerInfo]] = field(default_factory=dict)
 
@@ -42,7 +43,7 @@ class ClusterWatch:
         self.on_endpoints: Callable[[str, Peers], None] = lambda n, p: None
         self.on_names: Callable[[str, list[ContainerInfo]], None] = lambda n, c: None
         self.on_loaded: Callable[[], None] = lambda: None
-        self.refused = 0            # keys and values under ep/ and name/ that are not pybridge's
+        self.refused = 0  # keys and values under ep/ and name/ that are not pybridge's
         # what makes a record count: its host is a live member of the network (its member/ key,
         # under the host's lease, is there) and holds the record's addresses in addr/
         self._members: dict[str, set[str]] = {}
@@ -158,8 +159,9 @@ class ClusterWatch:
             entries.pop(item, None)
         else:
             try:
-                entries[item] = (r.parse_endpoint(key, value) if parts.kind == "ep"
-                                 else r.parse_name(key, parts.item, value))
+                entries[item] = (
+                    r.parse_endpoint(key, value) if parts.kind == "ep" else r.parse_name(key, parts.item, value)
+                )
             except r.InvalidRecord as e:
                 self.refused += 1
                 log.warning("cluster: ignoring %s", e)
@@ -169,8 +171,11 @@ class ClusterWatch:
     def peers(self, name: str) -> Peers:
         """mac -> (host, addresses) of the other hosts' containers on the network."""
         with self._lock:
-            entries = {k: rec for k, rec in self._view.endpoints.get(name, {}).items()
-                       if self._counts(name, k[0], (rec.ipv4, rec.ipv6))}
+            entries = {
+                k: rec
+                for k, rec in self._view.endpoints.get(name, {}).items()
+                if self._counts(name, k[0], (rec.ipv4, rec.ipv6))
+            }
         out: Peers = {}
         for (host, _eid), rec in sorted(entries.items()):
             out[rec.mac] = (host, frozenset(a for a in (rec.ipv4, rec.ipv6) if a))
@@ -178,8 +183,11 @@ class ClusterWatch:
 
     def names(self, name: str) -> list[ContainerInfo]:
         with self._lock:
-            return [c for k, c in sorted(self._view.names.get(name, {}).items())
-                    if self._counts(name, k[0], (c.ipv4, c.ipv6))]
+            return [
+                c
+                for k, c in sorted(self._view.names.get(name, {}).items())
+                if self._counts(name, k[0], (c.ipv4, c.ipv6))
+            ]
 
     def _notify(self, changed: set[tuple[str, str]]) -> None:
         for kind, network in sorted(changed):

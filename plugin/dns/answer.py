@@ -26,13 +26,13 @@ _rotation = itertools.count()
 
 @dataclass
 class Decision:
-    reply: bytes | None = None                 # send this back
+    reply: bytes | None = None  # send this back
     forward: dns.message.Message | None = None  # or forward this upstream
     qname: str = ""
     qtype: str = ""
     rcode: str = ""
-    rotations: int = 0                          # >0: a local answer with this many orders
-    limit: int = 512                            # the most this client takes
+    rotations: int = 0  # >0: a local answer with this many orders
+    limit: int = 512  # the most this client takes
 
 
 def _header_only(wire: bytes, rcode: int) -> bytes | None:
@@ -56,8 +56,17 @@ def render(response: dns.message.Message, limit: int) -> bytes:
         return response.to_wire(max_size=limit, want_shuffle=False)
 
 
-def answer(snapshot: Snapshot | None, wire: bytes, *, ttl: int, forward: bool, limit: int | None = None,
-           rotate: int | None = None, host_suffix: str = "", from_host: bool = False) -> Decision:
+def answer(
+    snapshot: Snapshot | None,
+    wire: bytes,
+    *,
+    ttl: int,
+    forward: bool,
+    limit: int | None = None,
+    rotate: int | None = None,
+    host_suffix: str = "",
+    from_host: bool = False,
+) -> Decision:
     """host_suffix: names under it are answered from the snapshot or NXDOMAIN, never forwarded
     (the host routes that suffix to pybridge: a forward would loop, or reach another network's
     DNS through the host). from_host: the query came from the host itself (resolved, asking for
@@ -70,9 +79,16 @@ def answer(snapshot: Snapshot | None, wire: bytes, *, ttl: int, forward: bool, l
         return Decision()  # a response, not a query: ignore
     limit = limit or max_udp_size(query)
     try:
-        return _decide(snapshot, query, ttl=ttl, forward=forward and not from_host, limit=limit, rotate=rotate,
-                       host_suffix=host_suffix.lower().strip("."))
-    except (dns.exception.DNSException, ValueError) as e:   # a record that cannot be written
+        return _decide(
+            snapshot,
+            query,
+            ttl=ttl,
+            forward=forward and not from_host,
+            limit=limit,
+            rotate=rotate,
+            host_suffix=host_suffix.lower().strip("."),
+        )
+    except (dns.exception.DNSException, ValueError) as e:  # a record that cannot be written
         response = dns.message.make_response(query)
         response.set_rcode(dns.rcode.SERVFAIL)
         return Decision(reply=render(response, limit), rcode=f"SERVFAIL ({type(e).__name__})", limit=limit)
@@ -83,8 +99,16 @@ def _under(qname: str, suffix: str) -> bool:
     return bool(suffix) and (name == suffix or name.endswith("." + suffix))
 
 
-def _decide(snapshot: Snapshot | None, query: dns.message.Message, *, ttl: int, forward: bool, limit: int,
-            rotate: int | None, host_suffix: str = "") -> Decision:
+def _decide(
+    snapshot: Snapshot | None,
+    query: dns.message.Message,
+    *,
+    ttl: int,
+    forward: bool,
+    limit: int,
+    rotate: int | None,
+    host_suffix: str = "",
+) -> Decision:
     response = dns.message.make_response(query)
     response.flags |= dns.flags.RA if forward else 0
     if query.opcode() != dns.opcode.QUERY or len(query.question) != 1:

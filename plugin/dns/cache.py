@@ -35,7 +35,7 @@ def cache_key(data: bytes, qend: int) -> bytes:
 def splice(data: bytes, body: bytes, qend: int) -> bytes:
     """A cached answer (without its ID) for this query: the query's ID and its own spelling of
     the name (same length, so every offset in the answer stays right)."""
-    return data[:2] + body[:HEADER - 2] + data[HEADER:qend] + body[qend - 2:]
+    return data[:2] + body[: HEADER - 2] + data[HEADER:qend] + body[qend - 2 :]
 
 
 class Entry:
@@ -67,8 +67,8 @@ class Spelling:
 
 class AnswerCache:
     def __init__(self):
-        self.exact: dict[bytes, Spelling] = {}     # the query after its ID, as it came
-        self.entries: dict[bytes, Entry] = {}      # cache_key(): case-folded
+        self.exact: dict[bytes, Spelling] = {}  # the query after its ID, as it came
+        self.entries: dict[bytes, Entry] = {}  # cache_key(): case-folded
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -85,7 +85,7 @@ class AnswerCache:
         """Keep a rendered answer (without its ID) for this rotation, if its question has the
         shape of the query's (so that other spellings can be spliced in), and as this query's
         own spelling."""
-        if len(body) < qend - 2 or body[HEADER - 2:qend - 2].lower() != query[HEADER:qend].lower():
+        if len(body) < qend - 2 or body[HEADER - 2 : qend - 2].lower() != query[HEADER:qend].lower():
             return
         with self._lock:
             if entry.bodies[rotation] is None:
@@ -111,5 +111,5 @@ class AnswerCache:
             self._reset()
 
     def _reset(self) -> None:
-        self.exact, self.entries = {}, {}   # readers hold the old dicts: a swap, never a mutation under them
+        self.exact, self.entries = {}, {}  # readers hold the old dicts: a swap, never a mutation under them
         self._bytes = 0

@@ -28,12 +28,12 @@ from .cache import splice
 log = logging.getLogger(__name__)
 
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
-UDP_BACKLOG = 512          # queries waiting for the event loop, per listener
+UDP_BACKLOG = 512  # queries waiting for the event loop, per listener
 TCP_PER_LISTENER = 64
 TCP_PER_CLIENT = 8
-TCP_IDLE = 10.0            # seconds a connection may wait for its next query (or its rest)
-TCP_WRITE = 5.0            # seconds an answer may wait for a client that does not read
-TCP_QUERIES = 1000         # queries per connection
+TCP_IDLE = 10.0  # seconds a connection may wait for its next query (or its rest)
+TCP_WRITE = 5.0  # seconds an answer may wait for a client that does not read
+TCP_QUERIES = 1000  # queries per connection
 TCP_SNDBUF = 32768
 
 
@@ -63,7 +63,7 @@ class SourceFilter:
 
     def __init__(self, subnets):
         self._nets = [ipaddress.ip_network(s) for s in subnets]
-        self.seen: dict[str, bool] = {}     # read inline by the UDP hot loop; cleared, never replaced
+        self.seen: dict[str, bool] = {}  # read inline by the UDP hot loop; cleared, never replaced
         self.refused = 0
 
     def __call__(self, address: str) -> bool:
@@ -71,7 +71,7 @@ class SourceFilter:
         if ok is None:
             try:
                 ip = ipaddress.ip_address(address)
-            except ValueError:        # a scoped (link-local) source, or worse
+            except ValueError:  # a scoped (link-local) source, or worse
                 ok = False
             else:
                 ok = any(ip in net for net in self._nets)
@@ -109,12 +109,11 @@ class UdpListener:
     GIL is released in recvfrom/sendto); everything else waits in the bounded backlog for the
     event loop."""
 
-    def __init__(self, server, nid: str, address: str, device: str, allows: SourceFilter,
-                 log_queries: bool = False):
+    def __init__(self, server, nid: str, address: str, device: str, allows: SourceFilter, log_queries: bool = False):
         self.server, self.nid, self.allows = server, nid, allows
-        self.log_queries = log_queries       # logged queries skip the cache (the loop logs them)
+        self.log_queries = log_queries  # logged queries skip the cache (the loop logs them)
         self.backlog = Backlog(UDP_BACKLOG)
-        self.cached = [0] * 16               # answers sent from the cache, by rcode (this thread counts)
+        self.cached = [0] * 16  # answers sent from the cache, by rcode (this thread counts)
         self.sock = bound_socket(socket.SOCK_DGRAM, address, server.port, device)
         self._closed = False
         threading.Thread(target=self._run, name=f"pybridge-dns-udp-{address}", daemon=True).start()
@@ -134,11 +133,11 @@ class UdpListener:
             if addr is None or self._closed:  # shutdown() wakes recvfrom with nothing
                 return
             if not (seen.get(addr[0]) or allows(addr[0])):
-                continue                       # not from this network: no answer at all
+                continue  # not from this network: no answer at all
             try:
                 cache = server.caches.get(nid)
                 if cache is not None and not self.log_queries:
-                    spelled = cache.exact.get(data[2:])          # asked before, spelled this way
+                    spelled = cache.exact.get(data[2:])  # asked before, spelled this way
                     if spelled is not None:
                         entry = spelled.entry
                         turn = entry.turn % len(spelled.bodies)
@@ -148,10 +147,9 @@ class UdpListener:
                             sendto(data[:2] + body, addr)
                             cached[body[1] & 15] += 1
                             continue
-                    qend = find(data, b"\0", 12) + 1              # as cache.question_end(), inline
-                    entry = cache.entries.get(data[2:12] + data[12:qend].lower() + data[qend:]) \
-                        if qend > 13 else None
-                    if entry is not None:                          # asked before, spelled otherwise
+                    qend = find(data, b"\0", 12) + 1  # as cache.question_end(), inline
+                    entry = cache.entries.get(data[2:12] + data[12:qend].lower() + data[qend:]) if qend > 13 else None
+                    if entry is not None:  # asked before, spelled otherwise
                         turn = entry.turn % len(entry.bodies)
                         body = entry.bodies[turn]
                         if body is not None:
@@ -212,7 +210,7 @@ class TcpListener:
 
     def __init__(self, server, nid: str, address: str, device: str, allows: SourceFilter):
         self.server, self.nid, self.address, self.device, self.allows = server, nid, address, device, allows
-        self.conns: dict[int, _Conn] = {}          # in order of arrival
+        self.conns: dict[int, _Conn] = {}  # in order of arrival
         self.per_client: Counter = Counter()
         self.evicted = 0
         self._server: asyncio.AbstractServer | None = None
@@ -234,7 +232,7 @@ class TcpListener:
     def _admit(self, conn: _Conn) -> bool:
         if not self.allows(conn.client) or self.per_client[conn.client] >= TCP_PER_CLIENT:
             return False
-        if len(self.conns) >= TCP_PER_LISTENER:   # make room: the oldest idle one, else the oldest
+        if len(self.conns) >= TCP_PER_LISTENER:  # make room: the oldest idle one, else the oldest
             victim = next((c for c in self.conns.values() if c.idle), None) or next(iter(self.conns.values()))
             self._forget(victim)
             reset(victim.writer)
@@ -253,7 +251,7 @@ class TcpListener:
         peer = writer.get_extra_info("peername") or ("?",)
         conn = _Conn(writer, peer[0])
         if not self._admit(conn):
-            reset(writer)                 # no answer, no goodbye
+            reset(writer)  # no answer, no goodbye
             return
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -282,5 +280,5 @@ class TcpListener:
             self._forget(conn)
             if clean:
                 writer.close()
-            else:                          # a client that stalls gets no graceful close
+            else:  # a client that stalls gets no graceful close
                 reset(writer)

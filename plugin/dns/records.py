@@ -16,17 +16,17 @@ from ..domain.model import ContainerInfo
 
 @dataclass(frozen=True)
 class Snapshot:
-    network: str                                   # the network's name
-    names: dict = field(default_factory=dict)      # fqdn -> (tuple of v4, tuple of v6)
-    ptr: dict = field(default_factory=dict)        # reverse name -> target fqdn
-    host_domain: str = ""                          # app.pybridge.internal: NAME.<this> is NAME.app
+    network: str  # the network's name
+    names: dict = field(default_factory=dict)  # fqdn -> (tuple of v4, tuple of v6)
+    ptr: dict = field(default_factory=dict)  # reverse name -> target fqdn
+    host_domain: str = ""  # app.pybridge.internal: NAME.<this> is NAME.app
 
     def lookup(self, qname: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         name = qname.lower().rstrip(".") + "."
         if self.host_domain and name.endswith("." + self.host_domain + "."):
             # web.app.pybridge.internal. -> web.app. (only the network-qualified form: the host
             # asks for NAME.NETWORK.SUFFIX, never for a bare NAME.SUFFIX)
-            name = name[:-len(self.host_domain) - 1] + self.network.lower().strip(".") + "."
+            name = name[: -len(self.host_domain) - 1] + self.network.lower().strip(".") + "."
         return self.names.get(name)
 
     def reverse(self, qname: str) -> str | None:
@@ -42,8 +42,9 @@ def _fqdn(name: str) -> str:
     return name.lower().strip(".") + "."
 
 
-def build(network_name: str, containers: Iterable[ContainerInfo], gateways: Iterable[str] = (),
-          host_domain: str = "") -> Snapshot:
+def build(
+    network_name: str, containers: Iterable[ContainerInfo], gateways: Iterable[str] = (), host_domain: str = ""
+) -> Snapshot:
     """Names: container name, each alias, the 12-character short ID, and each of those
     qualified with the network name; the gateway as 'gateway'. Names shared by several
     containers carry all their addresses. PTR for every address points at name.network."""

@@ -31,7 +31,7 @@ from .records import Snapshot
 log = logging.getLogger(__name__)
 
 FORWARD_TIMEOUT = 2.0
-MAX_FORWARDS = 256          # per network, in flight
+MAX_FORWARDS = 256  # per network, in flight
 TCP_LIMIT = 65535
 
 
@@ -41,26 +41,26 @@ class NetSpec:
 
     name: str
     gateways: tuple[str, ...]
-    bridge: str                          # the only device queries are taken from
-    subnets: tuple[str, ...]             # the only sources answered
+    bridge: str  # the only device queries are taken from
+    subnets: tuple[str, ...]  # the only sources answered
     upstreams: tuple[tuple[str, int], ...] = ()
     forward: bool = True
     log_queries: bool = False
-    host_suffix: str = ""                # names under it are never forwarded (see answer())
-    host_domain: str = ""                # this network's domain under it (app.pybridge.internal)
+    host_suffix: str = ""  # names under it are never forwarded (see answer())
+    host_domain: str = ""  # this network's domain under it (app.pybridge.internal)
 
 
 @dataclass
 class _Net:
     spec: NetSpec
-    key: tuple                          # what the listeners were made for
+    key: tuple  # what the listeners were made for
     udp: list = field(default_factory=list)
     tcp: list = field(default_factory=list)
     allows: SourceFilter = field(default_factory=lambda: SourceFilter(()))
     inflight: int = 0
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
     # counted in the event loop (the listeners count what they answer from the cache)
-    answered: dict = field(default_factory=dict)     # rcode text -> queries
+    answered: dict = field(default_factory=dict)  # rcode text -> queries
     forwarded: int = 0
     forward_failures: int = 0
 
@@ -131,14 +131,17 @@ class DnsServer:
         nets = list(self._nets.values())
         udp = [u for n in nets for u in n.udp]
         tcp = [t for n in nets for t in n.tcp]
-        return {"tcp_connections": sum(len(t.conns) for t in tcp),
-                "tcp_evicted": sum(t.evicted for t in tcp),
-                "tcp_limit_per_listener": TCP_PER_LISTENER, "tcp_limit_per_client": TCP_PER_CLIENT,
-                "udp_backlog_max": max((u.backlog.peak for u in udp), default=0),
-                "udp_backlog_dropped": sum(u.backlog.dropped for u in udp),
-                "udp_backlog_limit": UDP_BACKLOG,
-                "refused_sources": sum(n.allows.refused for n in nets if n.allows),
-                "cache_entries": {nid: len(c.entries) for nid, c in self.caches.items()}}
+        return {
+            "tcp_connections": sum(len(t.conns) for t in tcp),
+            "tcp_evicted": sum(t.evicted for t in tcp),
+            "tcp_limit_per_listener": TCP_PER_LISTENER,
+            "tcp_limit_per_client": TCP_PER_CLIENT,
+            "udp_backlog_max": max((u.backlog.peak for u in udp), default=0),
+            "udp_backlog_dropped": sum(u.backlog.dropped for u in udp),
+            "udp_backlog_limit": UDP_BACKLOG,
+            "refused_sources": sum(n.allows.refused for n in nets if n.allows),
+            "cache_entries": {nid: len(c.entries) for nid, c in self.caches.items()},
+        }
 
     def counters(self) -> dict[str, dict]:
         """Per network (by ID): its name, queries answered by rcode (cache hits included),
@@ -151,8 +154,12 @@ class DnsServer:
                     if n:
                         text = dns.rcode.to_text(dns.rcode.Rcode.make(code))
                         answered[text] = answered.get(text, 0) + n
-            out[nid] = {"name": net.spec.name, "answered": answered, "forwarded": net.forwarded,
-                        "forward_failures": net.forward_failures}
+            out[nid] = {
+                "name": net.spec.name,
+                "answered": answered,
+                "forwarded": net.forwarded,
+                "forward_failures": net.forward_failures,
+            }
         return out
 
     def stop(self) -> None:
@@ -185,8 +192,14 @@ class DnsServer:
                 await tcp.start()
                 net.tcp.append(tcp)
             except OSError as e:
-                log.error("DNS for network %s cannot listen on %s:%d (%s): %s",
-                          net.spec.name, gw, self.port, net.spec.bridge, e)
+                log.error(
+                    "DNS for network %s cannot listen on %s:%d (%s): %s",
+                    net.spec.name,
+                    gw,
+                    self.port,
+                    net.spec.bridge,
+                    e,
+                )
 
     async def resolve(self, nid: str, wire: bytes, peer: str, tcp: bool) -> bytes | None:
         """The answer to one query that arrived on network nid (UDP answers within the client's
@@ -201,9 +214,16 @@ class DnsServer:
         existing = cache.entries.get(key) if cache is not None and key is not None else None
         rotation = existing.take_turn() if existing is not None else (0 if key is not None else None)
         # the host asks from its own address on the bridge, a gateway of the network
-        decision = answer(snapshot, wire, ttl=self.ttl, forward=net.spec.forward,
-                          limit=TCP_LIMIT if tcp else None, rotate=rotation,
-                          host_suffix=net.spec.host_suffix, from_host=peer in net.spec.gateways)
+        decision = answer(
+            snapshot,
+            wire,
+            ttl=self.ttl,
+            forward=net.spec.forward,
+            limit=TCP_LIMIT if tcp else None,
+            rotate=rotation,
+            host_suffix=net.spec.host_suffix,
+            from_host=peer in net.spec.gateways,
+        )
         reply = decision.reply
         if decision.forward is not None:
             net.forwarded += 1
@@ -216,9 +236,14 @@ class DnsServer:
         if decision.rcode:
             net.answered[decision.rcode] = net.answered.get(decision.rcode, 0) + 1
         if decision.qname and net.spec.log_queries:
-            record = {"time": round(time.time(), 3), "client": peer, "name": decision.qname,
-                      "type": decision.qtype, "rcode": decision.rcode,
-                      "ms": round((time.perf_counter() - started) * 1000, 3)}
+            record = {
+                "time": round(time.time(), 3),
+                "client": peer,
+                "name": decision.qname,
+                "type": decision.qtype,
+                "rcode": decision.rcode,
+                "ms": round((time.perf_counter() - started) * 1000, 3),
+            }
             net.log.append(record)
             log.info("dns %s: %s", net.spec.name, record)
         return reply

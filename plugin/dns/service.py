@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 RESOLVED_STUBS = ("127.0.0.53", "127.0.0.54")
 
 
-def host_resolvers(path: str = "/etc/resolv.conf",
-                   resolved: Callable[[], tuple[str, ...]] | None = None) -> tuple[tuple[str, int], ...]:
+def host_resolvers(
+    path: str = "/etc/resolv.conf", resolved: Callable[[], tuple[str, ...]] | None = None
+) -> tuple[tuple[str, int], ...]:
     """The host's DNS servers, as upstreams: resolv.conf's nameservers, but never resolved's stub:
     where it is named, resolved's own servers (`resolved`, read over D-Bus; Docker reads them from
     /run/systemd/resolve/resolv.conf) stand for it, or none when they are not known."""
@@ -41,7 +42,7 @@ def host_resolvers(path: str = "/etc/resolv.conf",
                     continue
                 if parts[1] in RESOLVED_STUBS:
                     stub = True
-                elif "%" not in parts[1]:     # a scoped (link-local) resolver needs its scope ID
+                elif "%" not in parts[1]:  # a scoped (link-local) resolver needs its scope ID
                     out.append(parts[1])
     except OSError:
         return ()
@@ -57,19 +58,25 @@ class DnsService:
     """Locks: the store's lock is always taken before this service's own, which guards _remote
     (the cluster watch writes it)."""
 
-    def __init__(self, store: Store, server: DnsServer, default_upstream: str = "resolv.conf",
-                 host: HostDnsPort | None = None, host_suffix: str = DEFAULT_HOST_SUFFIX,
-                 inventory: ContainerInventory | None = None):
+    def __init__(
+        self,
+        store: Store,
+        server: DnsServer,
+        default_upstream: str = "resolv.conf",
+        host: HostDnsPort | None = None,
+        host_suffix: str = DEFAULT_HOST_SUFFIX,
+        inventory: ContainerInventory | None = None,
+    ):
         self.store = store
         self.server = server
-        self.host = host            # the host's resolver, told each named network's DNS
-        self.host_suffix = host_suffix      # NAME.NETWORK.<suffix> on the host; "" for none
+        self.host = host  # the host's resolver, told each named network's DNS
+        self.host_suffix = host_suffix  # NAME.NETWORK.<suffix> on the host; "" for none
         self.default_upstream = default_upstream
         # Docker's names of the networks and their containers (made here when none is given)
         self.inventory = inventory if inventory is not None else ContainerInventory(store)
         self.inventory.subscribe(self._containers_changed)
         self._lock = threading.RLock()
-        self._remote: dict = {}     # cluster network -> [ContainerInfo] on the other hosts
+        self._remote: dict = {}  # cluster network -> [ContainerInfo] on the other hosts
 
     def _with_remote(self, network, containers) -> list:
         if not network.cluster:
@@ -89,8 +96,12 @@ class DnsService:
             self.server.set_snapshot(n.id, self._snapshot(n, name, containers))
 
     def _snapshot(self, network, name: str, containers):
-        return build(name, self._with_remote(network, containers), [str(g.ip) for g in network.gateways()],
-                     host_domain=host_domain(name, self.host_suffix) or "")
+        return build(
+            name,
+            self._with_remote(network, containers),
+            [str(g.ip) for g in network.gateways()],
+            host_domain=host_domain(name, self.host_suffix) or "",
+        )
 
     def _default_upstreams(self):
         if self.default_upstream == "resolv.conf":
@@ -109,19 +120,28 @@ class DnsService:
         for n in networks:
             opts = dict(n.options)
             name = learned.get(n.id, (n.id[:12], []))[0]
-            upstreams = parse_upstreams(OPT_DNS_UPSTREAM, opts[OPT_DNS_UPSTREAM]) \
-                if opts.get(OPT_DNS_UPSTREAM) else self._default_upstreams()
-            specs[n.id] = NetSpec(name=name, gateways=tuple(str(g.ip) for g in n.gateways()),
-                                  bridge=n.bridge, subnets=tuple(str(p) for p in n.pools()),
-                                  upstreams=upstreams, forward=not n.internal and bool(upstreams),
-                                  log_queries=parse_bool(OPT_DNS_LOG, opts.get(OPT_DNS_LOG, "false")),
-                                  host_suffix=self.host_suffix,
-                                  host_domain=(host_domain(name, self.host_suffix) or "") if n.id in learned else "")
+            upstreams = (
+                parse_upstreams(OPT_DNS_UPSTREAM, opts[OPT_DNS_UPSTREAM])
+                if opts.get(OPT_DNS_UPSTREAM)
+                else self._default_upstreams()
+            )
+            specs[n.id] = NetSpec(
+                name=name,
+                gateways=tuple(str(g.ip) for g in n.gateways()),
+                bridge=n.bridge,
+                subnets=tuple(str(p) for p in n.pools()),
+                upstreams=upstreams,
+                forward=not n.internal and bool(upstreams),
+                log_queries=parse_bool(OPT_DNS_LOG, opts.get(OPT_DNS_LOG, "false")),
+                host_suffix=self.host_suffix,
+                host_domain=(host_domain(name, self.host_suffix) or "") if n.id in learned else "",
+            )
         self.server.configure(specs)
         if self.host is not None:
             # container names from the host: NAME.NETWORK.SUFFIX routed to the network's DNS
-            self.host.publish({s.bridge: (s.gateways, s.host_domain) for s in specs.values()
-                               if s.gateways and s.host_domain})
+            self.host.publish(
+                {s.bridge: (s.gateways, s.host_domain) for s in specs.values() if s.gateways and s.host_domain}
+            )
         for n in networks:
             name, containers = learned.get(n.id, (n.id[:12], []))
             self.server.set_snapshot(n.id, self._snapshot(n, name, containers))
@@ -148,5 +168,7 @@ class DnsService:
 
     def overview(self) -> dict:
         learned = self._known()
-        return {nid: {"name": learned.get(nid, (nid[:12], []))[0], "gateways": gws}
-                for nid, gws in self.server.listening().items()}
+        return {
+            nid: {"name": learned.get(nid, (nid[:12], []))[0], "gateways": gws}
+            for nid, gws in self.server.listening().items()
+        }

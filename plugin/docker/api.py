@@ -16,7 +16,7 @@ import socket
 from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
-MAX_LINE = 1 << 20      # one event, one JSON document: refused beyond this
+MAX_LINE = 1 << 20  # one event, one JSON document: refused beyond this
 
 
 class DockerApiError(OSError):

@@ -18,7 +18,7 @@ from .watcher import State
 
 log = logging.getLogger(__name__)
 
-Learned = dict[str, tuple[str, list[ContainerInfo]]]       # network id -> (name, containers)
+Learned = dict[str, tuple[str, list[ContainerInfo]]]  # network id -> (name, containers)
 # what changed (only networks pybridge holds), and those networks
 Listener = Callable[[Learned, dict[str, Network]], None]
 

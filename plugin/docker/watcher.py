@@ -30,14 +30,13 @@ log = logging.getLogger(__name__)
 
 # network id -> (network name, {container id: ContainerInfo})
 State = dict[str, tuple[str, dict[str, ContainerInfo]]]
-CONTAINER_EVENTS = frozenset({"start", "die", "destroy", "rename"})       # can change names or addresses
+CONTAINER_EVENTS = frozenset({"start", "die", "destroy", "rename"})  # can change names or addresses
 NETWORK_EVENTS = frozenset({"connect", "disconnect", "create", "destroy"})
-EVENT_FILTER = json.dumps({"type": ["container", "network"],
-                           "event": sorted(CONTAINER_EVENTS | NETWORK_EVENTS)})
+EVENT_FILTER = json.dumps({"type": ["container", "network"], "event": sorted(CONTAINER_EVENTS | NETWORK_EVENTS)})
 SWARM_SERVICE = "com.docker.swarm.service.name"
 RESTART_POLICIES = frozenset({"always", "unless-stopped", "on-failure"})
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
-PROVEN = 30.0      # seconds a stream must stay up before a drop is retried at once
+PROVEN = 30.0  # seconds a stream must stay up before a drop is retried at once
 
 
 def _address(value, version: int) -> str:
@@ -87,10 +86,12 @@ def containers_of(inspect: dict) -> dict[str, tuple[str, ContainerInfo]]:
             continue
         aliases = tuple(a for a in (ep.get("Aliases") or []) if _text(a))
         service = _text(_object(_object(inspect.get("Config")).get("Labels")).get(SWARM_SERVICE))
-        if service:           # a swarm task: its service's name (DNS round robin) and tasks.<service>
+        if service:  # a swarm task: its service's name (DNS round robin) and tasks.<service>
             aliases += (service, f"tasks.{service}")
-        out[nid] = (_text(net_name), ContainerInfo(id=cid, name=name, aliases=aliases, ipv4=ipv4, ipv6=ipv6,
-                                                        restarts=restarts))
+        out[nid] = (
+            _text(net_name),
+            ContainerInfo(id=cid, name=name, aliases=aliases, ipv4=ipv4, ipv6=ipv6, restarts=restarts),
+        )
     return out
 
 
@@ -112,9 +113,13 @@ OnContainers = Callable[[State, set[str], "frozenset[str] | None", "frozenset[st
 
 
 class DockerWatcher:
-    def __init__(self, socket_path: str, on_change: Callable[[State, set[str]], None],
-                 on_bridges: Callable[[set[str]], None] | None = None,
-                 on_containers: OnContainers | None = None):
+    def __init__(
+        self,
+        socket_path: str,
+        on_change: Callable[[State, set[str]], None],
+        on_bridges: Callable[[set[str]], None] | None = None,
+        on_containers: OnContainers | None = None,
+    ):
         self.base = "http+unix://" + quote(socket_path, safe="")
         self.on_change = on_change
         self.on_bridges = on_bridges
@@ -122,7 +127,7 @@ class DockerWatcher:
         self.state: State = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.reconnects = 0          # times the event stream was opened again after it failed
+        self.reconnects = 0  # times the event stream was opened again after it failed
 
     def start(self) -> None:
         if self._thread is None:
@@ -134,6 +139,7 @@ class DockerWatcher:
 
     def _session(self):
         from .api import UnixSession
+
         return UnixSession()
 
     def _run(self) -> None:
@@ -180,8 +186,9 @@ class DockerWatcher:
             self.on_change(state, changed)
         if self.on_containers is not None:
             every = self._get(session, "/containers/json?all=1")
-            existing = frozenset(filter(None, (container_id(_object(c).get("Id"))
-                                               for c in (every if isinstance(every, list) else []))))
+            existing = frozenset(
+                filter(None, (container_id(_object(c).get("Id")) for c in (every if isinstance(every, list) else [])))
+            )
             self.on_containers(state, set(state), existing, frozenset())
         self._bridges(session)
 
@@ -211,7 +218,7 @@ class DockerWatcher:
         elif kind == "container" and action in CONTAINER_EVENTS:
             cid = container_id(actor.get("ID"))
         else:
-            return                     # health checks, execs, attach...: no name can change
+            return  # health checks, execs, attach...: no name can change
         if not cid:
             return
         try:

@@ -34,8 +34,7 @@ def _family(field: str, value: str, parsed: P, version: int | None) -> P:
     return parsed
 
 
-def _address(field: str, value: object, version: int | None, pattern: re.Pattern[str],
-             parse: Callable[[str], P]) -> P:
+def _address(field: str, value: object, version: int | None, pattern: re.Pattern[str], parse: Callable[[str], P]) -> P:
     text = _checked(field, value, pattern, "an IP address")
     try:
         parsed = parse(text)

@@ -30,7 +30,7 @@ class ContainerInfo:
     aliases: tuple[str, ...] = ()
     ipv4: str = ""
     ipv6: str = ""
-    restarts: bool = False      # has a restart policy: dockerd starts it again by itself
+    restarts: bool = False  # has a restart policy: dockerd starts it again by itself
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,13 @@ class Network:
     host_binding_ipv4: str = ""
     bridge_owned: bool = True
     options: tuple[tuple[str, str], ...] = ()
-    cluster: str = ""          # the cluster network it is part of (-o pybridge.cluster), or ""
-    vni: int = 0               # its VXLAN network identifier, from the cluster
-    mac: str = ""              # the gateway's MAC (the bridge's), the same on every host of a cluster
+    cluster: str = ""  # the cluster network it is part of (-o pybridge.cluster), or ""
+    vni: int = 0  # its VXLAN network identifier, from the cluster
+    mac: str = ""  # the gateway's MAC (the bridge's), the same on every host of a cluster
     # gateway modes beyond "nat" (Docker 28's): per address family
-    routed: frozenset[int] = frozenset()        # no NAT; published container ports open directly
-    unprotected: frozenset[int] = frozenset()   # nat-unprotected: NAT, and every port open directly
-    trusted: tuple[str, ...] = ()               # host interfaces with direct access to published ports
+    routed: frozenset[int] = frozenset()  # no NAT; published container ports open directly
+    unprotected: frozenset[int] = frozenset()  # nat-unprotected: NAT, and every port open directly
+    trusted: tuple[str, ...] = ()  # host interfaces with direct access to published ports
 
     def gateways(self) -> list[IPInterface]:
         return [s.gateway for s in self.subnets if s.gateway is not None]
@@ -91,7 +91,7 @@ class Endpoint:
     address6: ipaddress.IPv6Interface | None = None
     sandbox_key: str = ""
     options: tuple[tuple[str, str], ...] = field(default=())
-    ports: tuple[Any, ...] = ()    # PortBinding, while the endpoint is its container's gateway
+    ports: tuple[Any, ...] = ()  # PortBinding, while the endpoint is its container's gateway
 
 
 @dataclass(frozen=True)
@@ -103,4 +103,4 @@ class PoolRecord:
     subnet: IPNetwork
     ip_range: IPNetwork | None
     cursor: int
-    cluster: str = ""       # the cluster network whose addresses it hands out (shared in etcd), or ""
+    cluster: str = ""  # the cluster network whose addresses it hands out (shared in etcd), or ""

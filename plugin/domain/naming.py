@@ -55,7 +55,7 @@ def bridge_mac(network_id: str) -> str:
     digits = (network_id + "0" * 10)[:10].lower()
     if any(c not in "0123456789abcdef" for c in digits):
         digits = "".join(f"{ord(c) % 256:02x}" for c in network_id[:5]).ljust(10, "0")
-    return "02:" + ":".join(digits[i:i + 2] for i in range(0, 10, 2))
+    return "02:" + ":".join(digits[i : i + 2] for i in range(0, 10, 2))
 
 
 # a DNS domain systemd-resolved takes as a link's routing domain: letters, digits, hyphens, dots
@@ -75,8 +75,19 @@ def routing_domain(network_name: str) -> str | None:
 # name is ever under it; tests check the default against the public-suffix list.
 DEFAULT_HOST_SUFFIX = "pybridge.internal"
 # special-use names (IANA's registry, RFC 6761 and after): never a suffix, nor anything under one
-SPECIAL_USE = ("arpa", "local", "localhost", "invalid", "test", "example", "onion", "alt",
-               "example.com", "example.net", "example.org")
+SPECIAL_USE = (
+    "arpa",
+    "local",
+    "localhost",
+    "invalid",
+    "test",
+    "example",
+    "onion",
+    "alt",
+    "example.com",
+    "example.net",
+    "example.org",
+)
 
 
 def parse_host_suffix(text: str, is_public: Callable[[str], bool]) -> str:
@@ -87,6 +98,7 @@ def parse_host_suffix(text: str, is_public: Callable[[str], bool]) -> str:
 
     def refuse(why: str) -> ValueError:
         return ValueError(f"PYBRIDGE_HOST_DNS_SUFFIX {text[:80]!r}: {why}")
+
     if not _DOMAIN_RE.fullmatch(suffix):
         raise refuse("not a DNS domain (labels of letters, digits and inner hyphens)")
     if "." not in suffix:

@@ -33,15 +33,29 @@ GATEWAY_MODES = ("nat", "nat-unprotected", "routed", "isolated")
 # own address (Docker 28.2).
 OPT_TRUSTED = "com.docker.network.bridge.trusted_host_interfaces"
 # Options of Docker's bridge driver that pybridge accepts and ignores (documented in README).
-IGNORED_BRIDGE_OPTIONS = frozenset({
-    "com.docker.network.bridge.default_bridge",
-    "com.docker.network.container_iface_prefix",
-})
+IGNORED_BRIDGE_OPTIONS = frozenset(
+    {
+        "com.docker.network.bridge.default_bridge",
+        "com.docker.network.container_iface_prefix",
+    }
+)
 OPT_DNS_UPSTREAM = "pybridge.dns.upstream"
 OPT_DNS_LOG = "pybridge.dns.log"
-OPT_CLUSTER = "pybridge.cluster"       # the cluster network's name, the same on every host
-KNOWN_OPTIONS = frozenset({OPT_BRIDGE_NAME, OPT_MTU, OPT_ICC, OPT_MASQUERADE, OPT_HOST_BINDING_IPV4,
-                           OPT_DNS_UPSTREAM, OPT_DNS_LOG, OPT_CLUSTER, OPT_TRUSTED, *OPT_GATEWAY_MODE.values()})
+OPT_CLUSTER = "pybridge.cluster"  # the cluster network's name, the same on every host
+KNOWN_OPTIONS = frozenset(
+    {
+        OPT_BRIDGE_NAME,
+        OPT_MTU,
+        OPT_ICC,
+        OPT_MASQUERADE,
+        OPT_HOST_BINDING_IPV4,
+        OPT_DNS_UPSTREAM,
+        OPT_DNS_LOG,
+        OPT_CLUSTER,
+        OPT_TRUSTED,
+        *OPT_GATEWAY_MODE.values(),
+    }
+)
 _CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 OUR_NAMESPACE = "pybridge."
 
@@ -98,8 +112,10 @@ def parse_upstreams(field: str, text: str) -> tuple[tuple[str, int], ...]:
 
 def parse_cluster_name(field: str, value: str) -> str:
     if not isinstance(value, str) or not _CLUSTER_NAME.fullmatch(value):
-        raise InvalidRequest(f"invalid {field} {value!r}: 1-63 lower-case letters, digits, '_', '.', '-', "
-                             "starting with a letter or digit")
+        raise InvalidRequest(
+            f"invalid {field} {value!r}: 1-63 lower-case letters, digits, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
     return value
 
 
@@ -108,11 +124,15 @@ def check_adoptable_bridge(name: str, prefix: str, docker_bridges: frozenset[str
     docker_gwbridge, br-<id>, or one Docker reports for a network of its own) and names in the
     space of links pybridge makes itself."""
     if is_docker_bridge_name(name) or name in docker_bridges:
-        raise InvalidRequest(f"invalid {OPT_BRIDGE_NAME} {name!r}: it is Docker's bridge; pybridge "
-                             "will not add its addresses or rules to it")
+        raise InvalidRequest(
+            f"invalid {OPT_BRIDGE_NAME} {name!r}: it is Docker's bridge; pybridge "
+            "will not add its addresses or rules to it"
+        )
     if name.startswith(owned_link_prefixes(prefix)):
-        raise InvalidRequest(f"invalid {OPT_BRIDGE_NAME} {name!r}: names starting with "
-                             f"{', '.join(owned_link_prefixes(prefix))} are reserved for the links pybridge makes")
+        raise InvalidRequest(
+            f"invalid {OPT_BRIDGE_NAME} {name!r}: names starting with "
+            f"{', '.join(owned_link_prefixes(prefix))} are reserved for the links pybridge makes"
+        )
 
 
 def gateway_modes(generic: dict[str, str], internal: bool) -> dict[int, str]:
@@ -141,8 +161,10 @@ def parse_trusted_interfaces(value: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(value.split(":"))) if value else ()
     for name in names:
         if not is_valid_ifname(name):
-            raise InvalidRequest(f"invalid {OPT_TRUSTED} {value[:80]!r}: {name[:32]!r} is not an interface name "
-                                 "(1-15 letters, digits, '_', '.' or '-'; names separated by ':')")
+            raise InvalidRequest(
+                f"invalid {OPT_TRUSTED} {value[:80]!r}: {name[:32]!r} is not an interface name "
+                "(1-15 letters, digits, '_', '.' or '-'; names separated by ':')"
+            )
     return names
 
 
@@ -153,7 +175,7 @@ class IpamDataSpec:
     pool: str
     gateway: str = ""
     aux: tuple[tuple[str, str], ...] = ()
-    space: str = ""          # the IPAM's address space: pybridge's IPAM answers with its own
+    space: str = ""  # the IPAM's address space: pybridge's IPAM answers with its own
 
 
 # The address spaces pybridge's IPAM driver reports (GetDefaultAddressSpaces).
@@ -172,7 +194,8 @@ def check_swarm_network(network_id: str, data: list[IpamDataSpec]) -> None:
             "a swarm-scoped pybridge network needs its addresses from pybridge, through a config-only "
             "network: docker network create --config-only --ipam-driver pybridge-plugin:latest --subnet SUBNET "
             "NAME-config; docker network create -d pybridge-plugin:latest --scope swarm --attachable "
-            "--config-from NAME-config NAME")
+            "--config-from NAME-config NAME"
+        )
 
 
 def parse_subnet(entry: IpamDataSpec, version: int) -> Subnet:
@@ -193,9 +216,16 @@ def parse_subnet(entry: IpamDataSpec, version: int) -> Subnet:
     return Subnet(pool=pool, gateway=gateway, aux=tuple(aux))
 
 
-def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool, internal: bool,
-                         ipv4_data: list[IpamDataSpec], ipv6_data: list[IpamDataSpec],
-                         prefix: str) -> Network:
+def network_from_request(
+    network_id: str,
+    generic: dict[str, str],
+    *,
+    ipv6: bool,
+    internal: bool,
+    ipv4_data: list[IpamDataSpec],
+    ipv6_data: list[IpamDataSpec],
+    prefix: str,
+) -> Network:
     """Validate everything about a new network before any side effect."""
     check_swarm_network(network_id, ipv4_data + ipv6_data)
     unknown = sorted(k for k in generic if k.startswith(OUR_NAMESPACE) and k not in KNOWN_OPTIONS)
@@ -203,8 +233,7 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
         raise InvalidRequest(f"unknown option {unknown[0]!r}")
     name = generic.get(OPT_BRIDGE_NAME) or bridge_name(prefix, network_id)
     if not is_valid_ifname(name):
-        raise InvalidRequest(
-            f"invalid {OPT_BRIDGE_NAME} {name!r}: use 1-15 letters, digits, '_', '.' or '-'")
+        raise InvalidRequest(f"invalid {OPT_BRIDGE_NAME} {name!r}: use 1-15 letters, digits, '_', '.' or '-'")
     if generic.get(OPT_BRIDGE_NAME):
         check_adoptable_bridge(name, prefix)
     mtu = parse_mtu(generic[OPT_MTU], ipv6) if generic.get(OPT_MTU) else None
@@ -225,21 +254,32 @@ def network_from_request(network_id: str, generic: dict[str, str], *, ipv6: bool
         if generic.get(OPT_BRIDGE_NAME):
             raise InvalidRequest(f"{OPT_CLUSTER} makes its own bridge: {OPT_BRIDGE_NAME} cannot be given with it")
         if any(d.space not in (LOCAL_SPACE, GLOBAL_SPACE) for d in ipv4_data + ipv6_data):
-            raise InvalidRequest(f"{OPT_CLUSTER} needs pybridge's IPAM, which shares addresses between the "
-                                 "hosts: add --ipam-driver pybridge")
+            raise InvalidRequest(
+                f"{OPT_CLUSTER} needs pybridge's IPAM, which shares addresses between the "
+                "hosts: add --ipam-driver pybridge"
+            )
     subnets = [parse_subnet(e, 4) for e in ipv4_data] + [parse_subnet(e, 6) for e in ipv6_data]
     # dockerd before 28 (no GwAllocCheck) reserves a gateway anyway: it is not used
     subnets = [dataclasses.replace(s, gateway=None) if s.pool.version in isolated else s for s in subnets]
     for i, a in enumerate(subnets):
-        for b in subnets[i + 1:]:
+        for b in subnets[i + 1 :]:
             if a.pool.version == b.pool.version and a.pool.overlaps(b.pool):
                 raise InvalidRequest(f"subnets {a.pool} and {b.pool} of one network overlap")
     return Network(
-        id=network_id, bridge=name, subnets=tuple(subnets), mtu=mtu, internal=internal,
-        ipv6=ipv6, icc=icc, masquerade=masq, host_binding_ipv4=binding,
-        options=tuple(sorted(generic.items())), cluster=cluster,
+        id=network_id,
+        bridge=name,
+        subnets=tuple(subnets),
+        mtu=mtu,
+        internal=internal,
+        ipv6=ipv6,
+        icc=icc,
+        masquerade=masq,
+        host_binding_ipv4=binding,
+        options=tuple(sorted(generic.items())),
+        cluster=cluster,
         routed=frozenset(v for v, mode in modes.items() if mode == "routed"),
-        unprotected=frozenset(v for v, mode in modes.items() if mode == "nat-unprotected"), trusted=trusted,
+        unprotected=frozenset(v for v, mode in modes.items() if mode == "nat-unprotected"),
+        trusted=trusted,
     )
 
 
@@ -262,17 +302,25 @@ def _endpoint_address(network: Network, field: str, value: str, version: int) ->
     return addr
 
 
-def endpoint_from_request(network: Network, endpoint_id: str, *, address: str, address6: str,
-                          mac: str, prefix: str) -> tuple[Endpoint, bool]:
+def endpoint_from_request(
+    network: Network, endpoint_id: str, *, address: str, address6: str, mac: str, prefix: str
+) -> tuple[Endpoint, bool]:
     """Validate a CreateEndpoint request. Returns the endpoint and whether pybridge chose the MAC."""
     found4 = _endpoint_address(network, "Interface.Address", address, 4)
     found6 = _endpoint_address(network, "Interface.AddressIPv6", address6, 6)
-    addr4 = found4 if isinstance(found4, ipaddress.IPv4Interface) else None     # (parsed with their version)
+    addr4 = found4 if isinstance(found4, ipaddress.IPv4Interface) else None  # (parsed with their version)
     addr6 = found6 if isinstance(found6, ipaddress.IPv6Interface) else None
     chosen = not mac
     mac = generate_mac(addr4) if chosen else parse_mac("Interface.MacAddress", mac)
     if network.mac and mac == network.mac.lower():
         raise InvalidRequest(f"invalid Interface.MacAddress {mac}: it is the network's gateway's MAC")
     host, cont = veth_names(prefix, endpoint_id)
-    return Endpoint(id=endpoint_id, network_id=network.id, host_ifname=host, container_ifname=cont,
-                    mac=mac, address4=addr4, address6=addr6), chosen
+    return Endpoint(
+        id=endpoint_id,
+        network_id=network.id,
+        host_ifname=host,
+        container_ifname=cont,
+        mac=mac,
+        address4=addr4,
+        address6=addr6,
+    ), chosen

@@ -22,7 +22,7 @@ class PortRequest:
     proto: str
     container_port: int
     host_ip: str
-    host_port: int       # 0: pick one
+    host_port: int  # 0: pick one
     host_port_end: int
     family: int = 0
 
@@ -31,15 +31,15 @@ class PortRequest:
 class PortBinding:
     proto: str
     container_port: int
-    host_ip: str         # "" means every host address of the family
+    host_ip: str  # "" means every host address of the family
     host_port: int
-    family: int = 0      # 4, 6, or 0 for both (HostIP "" from dockerd)
+    family: int = 0  # 4, 6, or 0 for both (HostIP "" from dockerd)
 
     def applies_to(self, version: int) -> bool:
         return self.family in (0, version)
 
     def __str__(self) -> str:
-        if not self.host_port:           # a routed gateway mode's: the container's own port
+        if not self.host_port:  # a routed gateway mode's: the container's own port
             return f"{self.container_port}/{self.proto} routed (IPv{self.family})"
         host = self.host_ip or ("[::]" if self.family == 6 else "0.0.0.0")
         if ":" in host and not host.startswith("["):
@@ -78,8 +78,9 @@ def parse_portmap(items: list[Any], default_host_ip: str = "") -> list[PortReque
     return out
 
 
-def split_routed(requests: list[PortRequest], families: set[int],
-                 routed: frozenset[int]) -> tuple[list[PortRequest], list[PortBinding]]:
+def split_routed(
+    requests: list[PortRequest], families: set[int], routed: frozenset[int]
+) -> tuple[list[PortRequest], list[PortBinding]]:
     """A routed gateway mode publishes a container's port at its own address, with no host port
     (Docker's rule: the host address only says which family). Returns the requests that still
     need a host port (each for the families left) and the routed ports as bindings (host port 0)."""
@@ -104,7 +105,7 @@ def _clash(a: PortBinding, proto: str, host_ip: str, family: int, port: int) -> 
     return a.proto == proto and a.host_port == port and same_family and same_ip
 
 
-HeldOn = Callable[[str, int], Iterable[PortBinding]]   # (protocol, host port) -> bindings held there
+HeldOn = Callable[[str, int], Iterable[PortBinding]]  # (protocol, host port) -> bindings held there
 
 
 class _Held:
@@ -130,8 +131,9 @@ class _Held:
         return not any(_clash(b, r.proto, r.host_ip, r.family, port) for b in self._by_port.get(key, ()))
 
 
-def assign(requests: Iterable[PortRequest], held: Iterable[PortBinding] | HeldOn,
-           start: dict[str, int] | None = None) -> list[PortBinding]:
+def assign(
+    requests: Iterable[PortRequest], held: Iterable[PortBinding] | HeldOn, start: dict[str, int] | None = None
+) -> list[PortBinding]:
     """Host ports for every request, avoiding the bindings already held (and each other).
 
     `held` is every binding held, or a lookup of those on one port (the state store's index):
@@ -141,7 +143,7 @@ def assign(requests: Iterable[PortRequest], held: Iterable[PortBinding] | HeldOn
     continues from the last port picked in the same range."""
     taken = _Held(held)
     out: list[PortBinding] = []
-    cursor: dict[tuple[Any, ...], int] = {}   # next port to try, per kind of binding and range
+    cursor: dict[tuple[Any, ...], int] = {}  # next port to try, per kind of binding and range
 
     def first_free(r: PortRequest, lo: int, hi: int) -> int | None:
         return next((p for p in range(lo, hi + 1) if taken.free(r, p)), None)

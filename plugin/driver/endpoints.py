@@ -24,20 +24,28 @@ log = logging.getLogger(__name__)
 
 
 class EndpointService:
-    def __init__(self, store: Store, netlink: NetlinkPort, sysctl: SysctlPort, firewall: FirewallWriter,
-                 hooks: NetworkHooks, reaper: ReaperPort, lifecycle: Lifecycle, prefix: str):
+    def __init__(
+        self,
+        store: Store,
+        netlink: NetlinkPort,
+        sysctl: SysctlPort,
+        firewall: FirewallWriter,
+        hooks: NetworkHooks,
+        reaper: ReaperPort,
+        lifecycle: Lifecycle,
+        prefix: str,
+    ):
         self.store = store
         self.netlink = netlink
         self.sysctl = sysctl
         self.firewall = firewall
-        self.hooks = hooks              # cluster mode's steps (LocalOnly: none)
-        self.reaper = reaper            # deferred veth deletion
-        self.lifecycle = lifecycle      # .exposed: our table is damaged (see restore.Doctor)
+        self.hooks = hooks  # cluster mode's steps (LocalOnly: none)
+        self.reaper = reaper  # deferred veth deletion
+        self.lifecycle = lifecycle  # .exposed: our table is damaged (see restore.Doctor)
         self.prefix = prefix
         self.locks = KeyedLocks()
 
-    def create(self, network_id: str, endpoint_id: str, *, address: str, address6: str,
-               mac: str) -> dict:
+    def create(self, network_id: str, endpoint_id: str, *, address: str, address6: str, mac: str) -> dict:
         """The veth pair is made outside the store's lock (under this endpoint's own), so that
         endpoints of any network are made side by side; the record is written after it, in a
         transaction that checks the network is still there, and a failure removes the pair."""
@@ -46,15 +54,17 @@ class EndpointService:
                 network = tx.networks.get(network_id)
                 if network is None:
                     raise NotFound(f"network {network_id[:12]} is not known to pybridge")
-                endpoint, chose_mac = endpoint_from_request(network, endpoint_id, address=address,
-                                                            address6=address6, mac=mac, prefix=self.prefix)
+                endpoint, chose_mac = endpoint_from_request(
+                    network, endpoint_id, address=address, address6=address6, mac=mac, prefix=self.prefix
+                )
                 existing = tx.networks.get_endpoint(endpoint_id)
             if existing is not None:  # a retried call: answer as the first time
                 endpoint = existing
             else:
-                self.netlink.create_veth(endpoint.host_ifname, endpoint.container_ifname,
-                                         network.bridge, network.mtu, endpoint.mac)
-                with self.hooks.changing(network):   # (cluster: published and recorded as one step)
+                self.netlink.create_veth(
+                    endpoint.host_ifname, endpoint.container_ifname, network.bridge, network.mtu, endpoint.mac
+                )
+                with self.hooks.changing(network):  # (cluster: published and recorded as one step)
                     try:
                         self.hooks.endpoint_created(network, endpoint)
                         with self.store.transaction() as tx:
@@ -76,8 +86,7 @@ class EndpointService:
                 raise NotFound(f"endpoint {endpoint_id[:12]} of network {network_id[:12]} is not known to pybridge")
             if endpoint.sandbox_key != sandbox_key:
                 tx.networks.put_endpoint(replace(endpoint, sandbox_key=sandbox_key))
-        resp: dict = {"InterfaceName": {"SrcName": endpoint.container_ifname, "DstPrefix": "eth"},
-                      "StaticRoutes": []}
+        resp: dict = {"InterfaceName": {"SrcName": endpoint.container_ifname, "DstPrefix": "eth"}, "StaticRoutes": []}
         if network.internal:
             resp["DisableGatewayService"] = True
             return resp
@@ -100,18 +109,23 @@ class EndpointService:
             if network.internal:
                 requests = []
             families = {v for v, a in ((4, endpoint.address4), (6, endpoint.address6)) if a is not None}
-            if not ipv6 and endpoint.address6 is not None:     # IPv4 only, "either" included
+            if not ipv6 and endpoint.address6 is not None:  # IPv4 only, "either" included
                 families.discard(6)
                 requests = [replace(r, family=r.family or 4) for r in requests]
             requests = [r for r in requests if r.family == 0 or r.family in families]
             requests, direct = split_routed(requests, families, network.routed)
-            bindings = tuple(assign(requests, lambda proto, port: tx.networks.bindings_on(proto, port, but=endpoint_id),
-                                    self._pick_from(tx, endpoint)))
+            bindings = tuple(
+                assign(
+                    requests,
+                    lambda proto, port: tx.networks.bindings_on(proto, port, but=endpoint_id),
+                    self._pick_from(tx, endpoint),
+                )
+            )
             bindings += tuple(direct)
             if bindings == endpoint.ports:
                 return
-            self._advance(tx, requests, bindings)     # the requests' own bindings come first
-            if bindings and not self.lifecycle.exposed:    # (while our table is damaged: when it is back)
+            self._advance(tx, requests, bindings)  # the requests' own bindings come first
+            if bindings and not self.lifecycle.exposed:  # (while our table is damaged: when it is back)
                 self.sysctl.ensure("1", "net", "ipv4", "conf", network.bridge, "route_localnet")
             updated = replace(endpoint, ports=bindings)
             tx.networks.put_endpoint(updated)
@@ -161,18 +175,22 @@ class EndpointService:
     def delete(self, network_id: str, endpoint_id: str) -> None:
         errors: list[str] = []
         network: Network | None = None
-        with self.hooks.changing(network_id):   # (cluster: withdrawn and forgotten as one step)
+        with self.hooks.changing(network_id):  # (cluster: withdrawn and forgotten as one step)
             with self.store.transaction() as tx:
                 endpoint = tx.networks.get_endpoint(endpoint_id)
-                names = (endpoint.host_ifname, endpoint.container_ifname) if endpoint \
+                names = (
+                    (endpoint.host_ifname, endpoint.container_ifname)
+                    if endpoint
                     else veth_names(self.prefix, endpoint_id)
+                )
                 collect(errors, self.reaper.delete, names)
                 if endpoint is not None:
                     tx.networks.delete_endpoint(endpoint_id)
                     network = tx.networks.get(endpoint.network_id)
                     if network is not None and endpoint.ports:
-                        collect(errors, self.firewall.change, tx, self.firewall.port.change_ports, network,
-                                endpoint, None)
+                        collect(
+                            errors, self.firewall.change, tx, self.firewall.port.change_ports, network, endpoint, None
+                        )
             if network is not None:
                 self.hooks.endpoint_deleted(network, endpoint_id)
         if errors:

@@ -13,7 +13,7 @@ class KeyedLocks:
 
     def __init__(self):
         self._guard = threading.Lock()
-        self._locks: dict[str, list] = {}    # key -> [lock, holders and waiters]
+        self._locks: dict[str, list] = {}  # key -> [lock, holders and waiters]
 
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:

@@ -13,8 +13,13 @@ from dataclasses import replace
 from ..domain.errors import Conflict, CorruptState, InvalidRequest, KernelError, PybridgeError
 from ..domain.model import Network
 from ..domain.naming import bridge_mac, owned_link_prefixes
-from ..domain.options import (OPT_BRIDGE_NAME, IpamDataSpec, check_adoptable_bridge, isolated_families,
-                              network_from_request)
+from ..domain.options import (
+    OPT_BRIDGE_NAME,
+    IpamDataSpec,
+    check_adoptable_bridge,
+    isolated_families,
+    network_from_request,
+)
 from ..kernel.interfaces import NetlinkPort, SysctlPort
 from ..store.db import Store, Tx
 from .firewall import FirewallWriter, collect
@@ -24,16 +29,25 @@ log = logging.getLogger(__name__)
 
 
 class NetworkService:
-    def __init__(self, store: Store, netlink: NetlinkPort, sysctl: SysctlPort, firewall: FirewallWriter,
-                 hooks: NetworkHooks, prefix: str, inventory: InventoryPort, dns: DnsPort | None = None):
+    def __init__(
+        self,
+        store: Store,
+        netlink: NetlinkPort,
+        sysctl: SysctlPort,
+        firewall: FirewallWriter,
+        hooks: NetworkHooks,
+        prefix: str,
+        inventory: InventoryPort,
+        dns: DnsPort | None = None,
+    ):
         self.store = store
         self.netlink = netlink
         self.sysctl = sysctl
         self.firewall = firewall
-        self.hooks = hooks          # cluster mode's steps (LocalOnly: none)
-        self.prefix = prefix        # link-name prefix, e.g. "pb"
+        self.hooks = hooks  # cluster mode's steps (LocalOnly: none)
+        self.prefix = prefix  # link-name prefix, e.g. "pb"
         self.inventory = inventory  # Docker's names of our networks' containers
-        self.dns = dns              # None when the DNS is off
+        self.dns = dns  # None when the DNS is off
 
     @staticmethod
     def capabilities() -> dict:
@@ -47,13 +61,28 @@ class NetworkService:
         isolated = isolated_families(generic, internal)
         return {"SkipIPv4": 4 in isolated, "SkipIPv6": 6 in isolated}
 
-    def create(self, network_id: str, generic: dict[str, str], *, ipv6: bool, internal: bool,
-               ipv4_data: list[IpamDataSpec], ipv6_data: list[IpamDataSpec]) -> None:
-        network = network_from_request(network_id, generic, ipv6=ipv6, internal=internal,
-                                       ipv4_data=ipv4_data, ipv6_data=ipv6_data, prefix=self.prefix)
+    def create(
+        self,
+        network_id: str,
+        generic: dict[str, str],
+        *,
+        ipv6: bool,
+        internal: bool,
+        ipv4_data: list[IpamDataSpec],
+        ipv6_data: list[IpamDataSpec],
+    ) -> None:
+        network = network_from_request(
+            network_id,
+            generic,
+            ipv6=ipv6,
+            internal=internal,
+            ipv4_data=ipv4_data,
+            ipv6_data=ipv6_data,
+            prefix=self.prefix,
+        )
         if network.pools(6) and not self.firewall.port.supports(6):
             raise InvalidRequest("IPv6 networks cannot be filtered where pybridge runs, so none is made")
-        with self.hooks.changing(network):   # (cluster: joined in etcd and recorded here as one step)
+        with self.hooks.changing(network):  # (cluster: joined in etcd and recorded here as one step)
             network = self.hooks.join(network)
             existing = None
             created = touched = False
@@ -64,7 +93,7 @@ class NetworkService:
                         if replace(existing, bridge_owned=True) != replace(network, bridge_owned=True):
                             raise Conflict(f"network {network_id[:12]} exists with other settings")
                         network = existing
-                    if generic.get(OPT_BRIDGE_NAME):   # a custom-named bridge of Docker's is Docker's too
+                    if generic.get(OPT_BRIDGE_NAME):  # a custom-named bridge of Docker's is Docker's too
                         check_adoptable_bridge(network.bridge, self.prefix, tx.meta.docker_bridges())
                     other = tx.networks.by_bridge(network.bridge)
                     if other is not None and other.id != network_id:
@@ -77,8 +106,9 @@ class NetworkService:
                         network = replace(network, bridge_owned=owned)
                     touched = True
                     # the steps of ensure_kernel, with what was made known to the undo
-                    created = self.netlink.ensure_bridge(network.bridge, network.mtu,
-                                                         network.mac or bridge_mac(network.id))
+                    created = self.netlink.ensure_bridge(
+                        network.bridge, network.mtu, network.mac or bridge_mac(network.id)
+                    )
                     self._configure_bridge(network)
                     self.hooks.attach(network)
                     tx.networks.put(network)
@@ -126,7 +156,7 @@ class NetworkService:
             self.sysctl.enable_ipv6(network.bridge)
         self.netlink.ensure_addresses(network.bridge, network.gateways())
         if network.pools(6) and not network.internal:
-            if not self.firewall.port.supports(6):   # fail closed: nothing forwarded unfiltered
+            if not self.firewall.port.supports(6):  # fail closed: nothing forwarded unfiltered
                 raise KernelError(f"IPv6 of network {network.id[:12]} is not forwarded: it cannot be filtered")
             self.sysctl.enable_ipv6_forwarding()
 
@@ -159,7 +189,7 @@ class NetworkService:
     def delete(self, network_id: str) -> None:
         errors: list[str] = []
         network = None
-        with self.hooks.changing(network_id):   # (cluster: leaves the store and etcd as one step)
+        with self.hooks.changing(network_id):  # (cluster: leaves the store and etcd as one step)
             with self.store.transaction() as tx:
                 try:
                     network = tx.networks.get(network_id)
@@ -170,7 +200,7 @@ class NetworkService:
                         return
                     self._teardown(tx, network, errors)
             if network is not None:
-                self.hooks.leave(network)     # outside the store's lock: etcd may be slow
+                self.hooks.leave(network)  # outside the store's lock: etcd may be slow
         if network is not None:
             self.hooks.changed(network)
         self.networks_changed()

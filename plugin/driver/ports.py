@@ -13,13 +13,13 @@ from ..domain.errors import InvalidRequest
 from ..domain.model import ContainerInfo, Endpoint, Network
 from ..store.db import Tx
 
-Peers = dict[str, tuple[str, frozenset[str]]]      # mac -> (host, addresses)
+Peers = dict[str, tuple[str, frozenset[str]]]  # mac -> (host, addresses)
 
 
 class DnsPort(Protocol):
     """The per-network DNS: which networks it serves (reconcile)."""
 
-    host_suffix: str                                # NAME.NETWORK.<this> on the host; "" none
+    host_suffix: str  # NAME.NETWORK.<this> on the host; "" none
 
     def reconcile(self) -> None: ...
     def stop(self) -> None: ...
@@ -91,8 +91,10 @@ class LocalOnly:
 
     def join(self, network: Network) -> Network:
         if network.cluster:
-            raise InvalidRequest(f"{network.cluster!r}: pybridge.cluster needs cluster mode: set the plugin's "
-                                 "PYBRIDGE_CLUSTER_ETCD and PYBRIDGE_CLUSTER_ADDRESS")
+            raise InvalidRequest(
+                f"{network.cluster!r}: pybridge.cluster needs cluster mode: set the plugin's "
+                "PYBRIDGE_CLUSTER_ETCD and PYBRIDGE_CLUSTER_ADDRESS"
+            )
         return network
 
     def attach(self, network: Network) -> None:

@@ -25,7 +25,7 @@ from .ports import ClusterView, DnsPort, Lifecycle, NetworkHooks
 log = logging.getLogger(__name__)
 
 
-LEASE_GRACE = 60.0   # seconds between dockerd's RequestAddress and its CreateEndpoint
+LEASE_GRACE = 60.0  # seconds between dockerd's RequestAddress and its CreateEndpoint
 
 
 def orphan_leases(tx: Tx, grace: float) -> list[tuple[str, int]]:
@@ -65,26 +65,40 @@ class Report:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"networks": self.networks, "endpoints": self.endpoints,
-                "removed_links": self.removed_links, "dropped_endpoints": self.dropped_endpoints,
-                "released_leases": self.released_leases, "unreadable_rows": self.unreadable_rows,
-                "errors": self.errors}
+        return {
+            "networks": self.networks,
+            "endpoints": self.endpoints,
+            "removed_links": self.removed_links,
+            "dropped_endpoints": self.dropped_endpoints,
+            "released_leases": self.released_leases,
+            "unreadable_rows": self.unreadable_rows,
+            "errors": self.errors,
+        }
 
 
 class Reconciler:
-    def __init__(self, store: Store, netlink: NetlinkPort, sysctl: SysctlPort, firewall: FirewallWriter,
-                 networks: NetworkService, bridges: ForeignBridges, lifecycle: Lifecycle, prefix: str,
-                 dns: DnsPort | None = None):
+    def __init__(
+        self,
+        store: Store,
+        netlink: NetlinkPort,
+        sysctl: SysctlPort,
+        firewall: FirewallWriter,
+        networks: NetworkService,
+        bridges: ForeignBridges,
+        lifecycle: Lifecycle,
+        prefix: str,
+        dns: DnsPort | None = None,
+    ):
         self.store = store
         self.netlink = netlink
         self.sysctl = sysctl
         self.firewall = firewall
-        self.networks = networks        # create's steps, run again (ensure_kernel), and its hooks
+        self.networks = networks  # create's steps, run again (ensure_kernel), and its hooks
         self.bridges = bridges
         self.lifecycle = lifecycle
         self.prefix = prefix
         self.dns = dns
-        self.healed: dict[str, int] = {}    # what restore and gc repaired since start, by kind
+        self.healed: dict[str, int] = {}  # what restore and gc repaired since start, by kind
 
     def restore(self, lease_grace: float = LEASE_GRACE) -> Report:
         report, hooks = Report(), self.networks.hooks
@@ -125,7 +139,7 @@ class Reconciler:
                             report.removed_links.append(link.name)
                     except PybridgeError as e:
                         report.errors.append(str(e))
-            foreign = None      # isolation from the bridges known so far holds if this fails
+            foreign = None  # isolation from the bridges known so far holds if this fails
             try:
                 foreign = self.bridges.found(tx)
             except PybridgeError as e:
@@ -136,12 +150,15 @@ class Reconciler:
                 report.errors.append(f"firewall: {e}")
             report.networks, report.endpoints = len(networks), len(endpoints)
         try:
-            hooks.changed(None)     # (cluster: the VXLAN filter as it was, before etcd is read)
+            hooks.changed(None)  # (cluster: the VXLAN filter as it was, before etcd is read)
         except PybridgeError as e:
             report.errors.append(f"firewall: VXLAN filter: {e}")
         self.networks.networks_changed()
-        for kind, items in (("links_removed", report.removed_links), ("leases_released", report.released_leases),
-                            ("endpoints_dropped", report.dropped_endpoints)):
+        for kind, items in (
+            ("links_removed", report.removed_links),
+            ("leases_released", report.released_leases),
+            ("endpoints_dropped", report.dropped_endpoints),
+        ):
             if items:
                 self.healed[kind] = self.healed.get(kind, 0) + len(items)
         log.info("restore: %s", report.as_dict())
@@ -187,17 +204,26 @@ class Reconciler:
 class Doctor:
     """Compares state with the kernel (links, addresses, rules), and heals the firewall."""
 
-    def __init__(self, store: Store, netlink: NetlinkPort, sysctl: SysctlPort, firewall: FirewallWriter,
-                 hooks: NetworkHooks, lifecycle: Lifecycle, prefix: str, cluster: ClusterView | None = None):
+    def __init__(
+        self,
+        store: Store,
+        netlink: NetlinkPort,
+        sysctl: SysctlPort,
+        firewall: FirewallWriter,
+        hooks: NetworkHooks,
+        lifecycle: Lifecycle,
+        prefix: str,
+        cluster: ClusterView | None = None,
+    ):
         self.store = store
         self.netlink = netlink
         self.sysctl = sysctl
         self.firewall = firewall
-        self.hooks = hooks              # the links they put on bridges are ours too
-        self.lifecycle = lifecycle      # .exposed is set here
+        self.hooks = hooks  # the links they put on bridges are ours too
+        self.lifecycle = lifecycle  # .exposed is set here
         self.prefix = prefix
-        self.cluster = cluster          # its refused records are a problem to report
-        self.healed: dict[str, int] = {}    # firewall rewrites after drift, since start
+        self.cluster = cluster  # its refused records are a problem to report
+        self.healed: dict[str, int] = {}  # firewall rewrites after drift, since start
 
     def examine(self, lease_grace: float = LEASE_GRACE) -> dict:
         fw = self.firewall.port
@@ -233,8 +259,10 @@ class Doctor:
         if counted.faults:
             problems.append(f"firewall: {counted.faults} fault(s) since start, the last: {counted.last_fault}")
         if self.cluster is not None and self.cluster.refused:
-            problems.append(f"cluster: {self.cluster.refused} record(s) in etcd are not what pybridge writes "
-                            "and were left out (the log quotes each)")
+            problems.append(
+                f"cluster: {self.cluster.refused} record(s) in etcd are not what pybridge writes "
+                "and were left out (the log quotes each)"
+            )
         return {"networks": len(networks), "endpoints": len(endpoints), "problems": problems}
 
     def heal_firewall(self) -> list[str]:
@@ -265,8 +293,7 @@ class Doctor:
         cluster network: while they are gone, route_localnet is off on our bridges (ports
         published on a loopback address pause) and our VXLAN devices are down."""
         self.lifecycle.exposed = True
-        log.error("our firewall table is damaged: loopback-published ports and cluster VXLAN are off "
-                  "until it is back")
+        log.error("our firewall table is damaged: loopback-published ports and cluster VXLAN are off until it is back")
         for n in networks:
             try:
                 self.sysctl.ensure("0", "net", "ipv4", "conf", n.bridge, "route_localnet")

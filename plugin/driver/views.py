@@ -15,11 +15,12 @@ def _host_address(binding) -> str:
 
 
 class Views:
-    def __init__(self, store: Store, inventory: InventoryPort, dns: DnsPort | None = None,
-                 cluster: ClusterView | None = None):
+    def __init__(
+        self, store: Store, inventory: InventoryPort, dns: DnsPort | None = None, cluster: ClusterView | None = None
+    ):
         self.store = store
         self.inventory = inventory
-        self.dns = dns                  # whether it runs, and its host suffix
+        self.dns = dns  # whether it runs, and its host suffix
         self.cluster_view = cluster
 
     def _learned(self) -> dict:
@@ -32,10 +33,19 @@ class Views:
         count: dict[str, int] = {}
         for e in endpoints:
             count[e.network_id] = count.get(e.network_id, 0) + 1
-        return [{"id": n.id, "name": learned.get(n.id, ("", []))[0], "bridge": n.bridge,
-                 "subnets": [str(p) for p in n.pools()], "gateways": [str(g.ip) for g in n.gateways()],
-                 "internal": n.internal, "dns": self.dns is not None and bool(n.gateways()),
-                 "endpoints": count.get(n.id, 0)} for n in networks]
+        return [
+            {
+                "id": n.id,
+                "name": learned.get(n.id, ("", []))[0],
+                "bridge": n.bridge,
+                "subnets": [str(p) for p in n.pools()],
+                "gateways": [str(g.ip) for g in n.gateways()],
+                "internal": n.internal,
+                "dns": self.dns is not None and bool(n.gateways()),
+                "endpoints": count.get(n.id, 0),
+            }
+            for n in networks
+        ]
 
     def endpoints(self) -> list[dict]:
         learned = self._learned()
@@ -47,14 +57,28 @@ class Views:
             net_name, containers = learned.get(e.network_id, ("", []))
             addresses = {str(a.ip) for a in (e.address4, e.address6) if a is not None}
             owner = next((c for c in containers if {c.ipv4, c.ipv6} & addresses), None)
-            out.append({
-                "id": e.id, "network": e.network_id, "network_name": net_name,
-                "host_domain": host_domain(net_name, suffix) or "",
-                "container": owner.name if owner else "", "container_id": owner.id if owner else "",
-                "ipv4": str(e.address4 or ""), "ipv6": str(e.address6 or ""), "mac": e.mac, "veth": e.host_ifname,
-                "ports": [{"container_port": f"{b.container_port}/{b.proto}", "host": _host_address(b),
-                           "family": b.family} for b in e.ports],
-            })
+            out.append(
+                {
+                    "id": e.id,
+                    "network": e.network_id,
+                    "network_name": net_name,
+                    "host_domain": host_domain(net_name, suffix) or "",
+                    "container": owner.name if owner else "",
+                    "container_id": owner.id if owner else "",
+                    "ipv4": str(e.address4 or ""),
+                    "ipv6": str(e.address6 or ""),
+                    "mac": e.mac,
+                    "veth": e.host_ifname,
+                    "ports": [
+                        {
+                            "container_port": f"{b.container_port}/{b.proto}",
+                            "host": _host_address(b),
+                            "family": b.family,
+                        }
+                        for b in e.ports
+                    ],
+                }
+            )
         return out
 
     def cluster(self) -> dict:
@@ -74,11 +98,27 @@ class Views:
             hosts: dict[str, int] = {}
             for host, _ in remote.values():
                 hosts[host] = hosts.get(host, 0) + 1
-            out.append({"cluster": n.cluster, "name": learned.get(n.id, ("", []))[0], "id": n.id, "vni": n.vni,
-                        "bridge": n.bridge, "subnets": [str(p) for p in n.pools()], "mtu": n.mtu,
-                        "local_endpoints": local[n.id], "remote_endpoints": len(remote),
-                        "remote_hosts": dict(sorted(hosts.items())),
-                        "remote_names": len(cluster.remote_names(n.cluster))})
-        return {"enabled": True, "host": state["host"], "etcd_reachable": state["reachable"],
-                "resyncs": state["resyncs"], "refused_records": state["refused_records"],
-                "clashes": state["clashes"], "networks": out}
+            out.append(
+                {
+                    "cluster": n.cluster,
+                    "name": learned.get(n.id, ("", []))[0],
+                    "id": n.id,
+                    "vni": n.vni,
+                    "bridge": n.bridge,
+                    "subnets": [str(p) for p in n.pools()],
+                    "mtu": n.mtu,
+                    "local_endpoints": local[n.id],
+                    "remote_endpoints": len(remote),
+                    "remote_hosts": dict(sorted(hosts.items())),
+                    "remote_names": len(cluster.remote_names(n.cluster)),
+                }
+            )
+        return {
+            "enabled": True,
+            "host": state["host"],
+            "etcd_reachable": state["reachable"],
+            "resyncs": state["resyncs"],
+            "refused_records": state["refused_records"],
+            "clashes": state["clashes"],
+            "networks": out,
+        }

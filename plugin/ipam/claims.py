@@ -17,7 +17,7 @@ from ..store.db import Store, Tx
 from .allocator import is_usable, pick_address, usable_range
 
 GATEWAY_TYPE = "com.docker.network.gateway"
-ENDPOINT_NAME = "com.docker.network.endpoint.name"     # sent by dockerd 29 and later
+ENDPOINT_NAME = "com.docker.network.endpoint.name"  # sent by dockerd 29 and later
 # After the plugin starts (dockerd starts it, and restarts the containers that restart by
 # themselves), requests that do not name their container prefer the addresses such containers had.
 RESTART_WINDOW = 120.0
@@ -27,10 +27,10 @@ RESTART_WINDOW = 120.0
 class AddressRequest:
     """One RequestAddress: the gateway's, a static address, or any (dynamic)."""
 
-    kind: str                           # "gateway", "static" or "dynamic"
-    wanted: IPAddress | None = None     # a static address (or a gateway the user chose)
-    name: str | None = None             # the container's endpoint name, when dockerd sends it (29+)
-    named: bool = False                 # whether dockerd sent the name option at all
+    kind: str  # "gateway", "static" or "dynamic"
+    wanted: IPAddress | None = None  # a static address (or a gateway the user chose)
+    name: str | None = None  # the container's endpoint name, when dockerd sends it (29+)
+    named: bool = False  # whether dockerd sent the name option at all
 
     @classmethod
     def of(cls, address: str, options: dict[str, str]) -> AddressRequest:
@@ -121,6 +121,7 @@ class LocalClaims:
 
         def taken(start: int) -> Iterable[int]:
             return heapq.merge(tx.leases.taken_from(pool.id, start), tx.containers.owned_from(pool.id, start))
+
         value = pick_address(lo, hi, pool.cursor, taken)
         if value is None:  # only remembered addresses are left: they are not reservations
             value = pick_address(lo, hi, pool.cursor, lambda s: tx.leases.taken_from(pool.id, s))

@@ -34,8 +34,10 @@ def parse_pool_specs(text: str, version: int) -> tuple[PoolSpec, ...]:
             raise ConfigError(f"invalid default pool {item!r}: {base_text!r} is not a network") from None
         size = int(size_text)
         if base.version != version or not base.prefixlen <= size <= base.max_prefixlen - 2:
-            raise ConfigError(f"invalid default pool {item!r}: size must be IPv{version}, "
-                              f"between /{base.prefixlen} and /{base.max_prefixlen - 2}")
+            raise ConfigError(
+                f"invalid default pool {item!r}: size must be IPv{version}, "
+                f"between /{base.prefixlen} and /{base.max_prefixlen - 2}"
+            )
         specs.append(PoolSpec(base, size))
     return tuple(specs)
 
@@ -58,8 +60,9 @@ def find_free_subnet(specs: Sequence[PoolSpec], taken: Sequence[Taken]) -> IPNet
         step = 1 << (spec.base.max_prefixlen - spec.size)
         cand = int(spec.base.network_address)
         end = int(spec.base.broadcast_address)
-        relevant = [t.network for t in taken if t.network.version == spec.base.version
-                    and t.network.overlaps(spec.base)]
+        relevant = [
+            t.network for t in taken if t.network.version == spec.base.version and t.network.overlaps(spec.base)
+        ]
         while cand + step - 1 <= end:
             net = cls((cand, spec.size))
             hit = next((t for t in relevant if t.overlaps(net)), None)

@@ -28,9 +28,15 @@ HostNetworks = Callable[[], Sequence[Taken]]
 
 
 class IpamService:
-    def __init__(self, store: Store, host_networks: HostNetworks,
-                 default_pools: Sequence[PoolSpec], default_pools6: Sequence[PoolSpec],
-                 clock: Callable[[], float] = time.monotonic, claims: AddressClaims | None = None):
+    def __init__(
+        self,
+        store: Store,
+        host_networks: HostNetworks,
+        default_pools: Sequence[PoolSpec],
+        default_pools6: Sequence[PoolSpec],
+        clock: Callable[[], float] = time.monotonic,
+        claims: AddressClaims | None = None,
+    ):
         self._store = store
         self._host_networks = host_networks
         self._defaults = {4: tuple(default_pools), 6: tuple(default_pools6)}
@@ -53,8 +59,9 @@ class IpamService:
         out = []
         for p in pools:
             lo, hi = usable_range(p.subnet, p.ip_range)
-            out.append({"pool": p.id, "subnet": str(p.subnet), "size": max(0, hi - lo + 1),
-                        "used": counts.get(p.id, 0)})
+            out.append(
+                {"pool": p.id, "subnet": str(p.subnet), "size": max(0, hi - lo + 1), "used": counts.get(p.id, 0)}
+            )
         return out
 
     # pools
@@ -80,8 +87,13 @@ class IpamService:
                 hit = first_conflict(subnet, taken)
                 if hit is not None:
                     raise Conflict(f"subnet {subnet} overlaps {hit.reason}")
-            record = PoolRecord(id=f"{subnet}#{secrets.token_hex(4)}", space=space or LOCAL_SPACE,
-                                subnet=subnet, ip_range=ip_range, cursor=-1)
+            record = PoolRecord(
+                id=f"{subnet}#{secrets.token_hex(4)}",
+                space=space or LOCAL_SPACE,
+                subnet=subnet,
+                ip_range=ip_range,
+                cursor=-1,
+            )
             tx.leases.put_pool(record)
         log.info("pool %s reserved", record.id)
         return {"PoolID": record.id, "Pool": str(subnet), "Data": {}}
@@ -101,15 +113,16 @@ class IpamService:
     def release_address(self, pool_id: str, address: str) -> None:
         self._claims.release(pool_id, int(parse_ip_interface("Address", address).ip))
 
-    def remember(self, owners: Iterable[tuple[str, str, str]], existing: Iterable[str] | None = None,
-                 gone: Iterable[str] = ()) -> None:
+    def remember(
+        self, owners: Iterable[tuple[str, str, str]], existing: Iterable[str] | None = None, gone: Iterable[str] = ()
+    ) -> None:
         """What Docker reports (the event watcher, outside every handler): `owners` are
         (container id, container name, address) of running containers that restart by
         themselves; `existing` every container ID there is (when known), `gone` containers
         removed. An address is remembered in the pybridge pool that contains it."""
         owners, gone = list(owners), list(gone)
         if not owners and not gone and existing is None:
-            return                    # most events: nothing to write, no lock to take
+            return  # most events: nothing to write, no lock to take
         with self._store.transaction() as tx:
             pools = tx.leases.pools()
             for cid, name, address in owners:

@@ -26,8 +26,14 @@ class FirewalldAccept:
     """Reads firewalld's chains as handles and comments only (nothing of their rules is
     decoded), and writes our rule by nftrules' JSON commands (run_commands)."""
 
-    def __init__(self, prefix: str, mark: int, run_commands: Callable[[list[dict[str, Any]]], None],
-                 tables: Callable[[], set[tuple[str, str]]], chain_rules: ChainRules):
+    def __init__(
+        self,
+        prefix: str,
+        mark: int,
+        run_commands: Callable[[list[dict[str, Any]]], None],
+        tables: Callable[[], set[tuple[str, str]]],
+        chain_rules: ChainRules,
+    ):
         self.comment = prefix
         self.mark = mark
         self._run = run_commands
@@ -35,8 +41,10 @@ class FirewalldAccept:
         self._chain_rules = chain_rules
 
     def _expr(self) -> list[dict[str, Any]]:
-        return [{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, self.mark]}, "right": self.mark}},
-                {"accept": None}]
+        return [
+            {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, self.mark]}, "right": self.mark}},
+            {"accept": None},
+        ]
 
     def _chains(self) -> dict[str, list[tuple[int, str | None]]]:
         """firewalld's chains of ours to care about -> (handle, comment) of their rules; {} when
@@ -71,14 +79,26 @@ class FirewalldAccept:
             if self._in_place(rules):
                 continue
             cmds += [self._delete(chain, h) for h in self._ours(rules)]
-            cmds.append({"insert": {"rule": {"family": TABLE["family"], "table": TABLE["name"], "chain": chain,
-                                             "expr": self._expr(), "comment": self.comment}}})
+            cmds.append(
+                {
+                    "insert": {
+                        "rule": {
+                            "family": TABLE["family"],
+                            "table": TABLE["name"],
+                            "chain": chain,
+                            "expr": self._expr(),
+                            "comment": self.comment,
+                        }
+                    }
+                }
+            )
         self._run(cmds)
 
     @staticmethod
     def _delete(chain: str, handle: int) -> dict[str, Any]:
-        return {"delete": {"rule": {"family": TABLE["family"], "table": TABLE["name"], "chain": chain,
-                                    "handle": handle}}}
+        return {
+            "delete": {"rule": {"family": TABLE["family"], "table": TABLE["name"], "chain": chain, "handle": handle}}
+        }
 
     def remove(self) -> None:
         cmds = []

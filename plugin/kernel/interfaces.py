@@ -42,6 +42,7 @@ class NetlinkPort(Protocol):
 class FirewallCounters:
     """Changes written to our firewall table since start: how many, how many failed, and the
     seconds they took in all; and the faults in firewall work (KernelFault), the last one named."""
+
     changes: int = 0
     failures: int = 0
     seconds: float = 0.0
@@ -55,11 +56,13 @@ class FirewallPort(Protocol):
     when the table does not hold what they expect (the caller then syncs)."""
 
     def supports(self, version: int) -> bool: ...
-    def sync(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
-             foreign: Iterable[str] | None = None) -> None:
+    def sync(
+        self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (), foreign: Iterable[str] | None = None
+    ) -> None:
         """The whole table from this state; `foreign` replaces the bridges that are not ours
         (None: those it holds already, as set_foreign and sync keep them)."""
         ...
+
     def add_network(self, network: Network) -> None: ...
     def remove_network(self, network: Network, endpoints: Iterable[Endpoint] = ()) -> None: ...
     def change_ports(self, network: Network, before: Endpoint | None, after: Endpoint | None) -> None: ...
@@ -72,6 +75,7 @@ class FirewallPort(Protocol):
     def foreign(self) -> tuple[str, ...]:
         """The bridges that are not ours, as last set (set_foreign or sync)."""
         ...
+
     def watch(self, on_change: Callable[[], None], legacy_every: float = 2.0) -> None: ...
     def remove_all(self) -> None: ...
     def counters(self) -> FirewallCounters: ...
@@ -82,7 +86,7 @@ class HostDnsPort(Protocol):
     which link. `publish` states the whole desired set (bridge -> (server addresses, domain));
     it returns at once and is applied in the background."""
 
-    on_servers: Callable[[], None]      # called (on the adapter's thread) when servers() changes
+    on_servers: Callable[[], None]  # called (on the adapter's thread) when servers() changes
 
     def publish(self, links: dict[str, tuple[tuple[str, ...], str]]) -> None: ...
 

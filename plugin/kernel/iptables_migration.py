@@ -14,14 +14,16 @@ from . import commands
 from .commands import line, safe
 
 TABLES = ("raw", "filter", "nat")
-Saved = dict[str, dict[str, list[tuple[str, ...]]]]   # table -> chain -> rules (tokens after "-A CHAIN")
+Saved = dict[str, dict[str, list[tuple[str, ...]]]]  # table -> chain -> rules (tokens after "-A CHAIN")
 
 
 def chains(prefix: str) -> dict[str, list[str]]:
     """The old adapter's chains per table."""
-    return {"raw": [f"{prefix}-PREROUTING", f"{prefix}-DNS"],
-            "filter": [f"{prefix}-ISOLATE", f"{prefix}-EGRESS", f"{prefix}-FORWARD"],
-            "nat": [f"{prefix}-POSTROUTING", f"{prefix}-DNAT"]}
+    return {
+        "raw": [f"{prefix}-PREROUTING", f"{prefix}-DNS"],
+        "filter": [f"{prefix}-ISOLATE", f"{prefix}-EGRESS", f"{prefix}-FORWARD"],
+        "nat": [f"{prefix}-POSTROUTING", f"{prefix}-DNAT"],
+    }
 
 
 def parse_saved(saved: str) -> Saved:
@@ -53,8 +55,11 @@ def removal_text(prefix: str, tables: Saved) -> str:
         for chain, rules in tables.get(table, {}).items():
             if chain in own:
                 continue
-            lines += [line(("-D", chain, *r)) for r in rules if len(r) >= 2 and r[-2] in ("-j", "-g")
-                      and r[-1] in own and all(commands.is_safe(t) for t in r)]
+            lines += [
+                line(("-D", chain, *r))
+                for r in rules
+                if len(r) >= 2 and r[-2] in ("-j", "-g") and r[-1] in own and all(commands.is_safe(t) for t in r)
+            ]
         lines += [line(("-X", name)) for name in names]
         lines.append("COMMIT")
         out.append("\n".join(lines) + "\n")

@@ -34,8 +34,14 @@ _GONE = (errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH)
 
 
 def _info(msg: Any) -> LinkInfo:
-    return LinkInfo(name=msg.get("ifname"), index=msg["index"], kind=msg.get(("linkinfo", "kind")) or "",
-                    mtu=msg.get("mtu"), master=msg.get("master"), mac=msg.get("address") or "")
+    return LinkInfo(
+        name=msg.get("ifname"),
+        index=msg["index"],
+        kind=msg.get(("linkinfo", "kind")) or "",
+        mtu=msg.get("mtu"),
+        master=msg.get("master"),
+        mac=msg.get("address") or "",
+    )
 
 
 def _lookup(ipr: IPRoute, name: str) -> LinkInfo | None:
@@ -112,8 +118,7 @@ class Netlink:
                 for a in addresses:
                     flags = IFA_F_NODAD if a.version == 6 else 0
                     try:
-                        ipr.addr("add", index=info.index, address=str(a.ip), prefixlen=a.network.prefixlen,
-                                 flags=flags)
+                        ipr.addr("add", index=info.index, address=str(a.ip), prefixlen=a.network.prefixlen, flags=flags)
                     except NetlinkError as e:
                         if e.code != errno.EEXIST:
                             raise
@@ -178,8 +183,14 @@ class Netlink:
                 if br is None:
                     raise KernelError(f"bridge {bridge} does not exist")
                 mtu = mtu or br.mtu
-                spec = dict(ifname=host, kind="veth", mtu=mtu, master=br.index, state="up",
-                            peer={"ifname": peer, "address": mac, "mtu": mtu})
+                spec = dict(
+                    ifname=host,
+                    kind="veth",
+                    mtu=mtu,
+                    master=br.index,
+                    state="up",
+                    peer={"ifname": peer, "address": mac, "mtu": mtu},
+                )
                 try:
                     ipr.link("add", **spec)
                 except NetlinkError as e:
@@ -239,8 +250,9 @@ class Netlink:
         own = set(own)
         try:
             with self._ipr() as ipr:
-                bridges = {m["index"]: m.get("ifname") for m in ipr.get_links()
-                           if m.get(("linkinfo", "kind")) == "bridge"}
+                bridges = {
+                    m["index"]: m.get("ifname") for m in ipr.get_links() if m.get(("linkinfo", "kind")) == "bridge"
+                }
                 uplinks = set()
                 for r in ipr.get_routes(table=None):
                     hops = r.get("multipath") or []
@@ -269,7 +281,7 @@ class Netlink:
         try:
             ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
             sock = socket.socket(fileno=os.dup(ipr.fileno()))
-            sock.setblocking(True)      # the descriptor is shared: pyroute2 made it non-blocking
+            sock.setblocking(True)  # the descriptor is shared: pyroute2 made it non-blocking
         except BaseException:
             ipr.close()
             raise
@@ -282,7 +294,7 @@ class Netlink:
                 except OSError as e:
                     if e.errno != errno.ENOBUFS:
                         raise
-                    on_change()     # events were lost: look again
+                    on_change()  # events were lost: look again
                     continue
                 relevant = False
                 for event in rtevents.events(data):

@@ -47,8 +47,13 @@ SET_TYPES = {name: nftwire.set_type(decl) for name, decl in nftrules.SETS.items(
 
 
 class NftFirewall:
-    def __init__(self, prefix: str, mark: int = nftrules.DEFAULT_MARK, netns: str | None = None,
-                 migrate: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        prefix: str,
+        mark: int = nftrules.DEFAULT_MARK,
+        netns: str | None = None,
+        migrate: Callable[[], None] | None = None,
+    ):
         self.prefix = prefix
         self.table = nftrules.table_name(prefix)
         self.mark = mark
@@ -56,28 +61,37 @@ class NftFirewall:
         self._argv0 = ["ip", "netns", "exec", netns] if netns else []
         self.nft = NftSocket(f"{self.table}-nft", opener=(lambda fn: _in_netns(netns, fn)) if netns else None)
         self.forward = ForwardAccept(prefix, mark, self._argv0, self._contained(self.nft.tables))
-        self.firewalld = FirewalldAccept(prefix, mark, self._contained(self._run),
-                                         self._contained(self.nft.tables), self._contained(self.nft.chain_rules))
-        self._migrate = migrate    # removes the chains an older pybridge kept in iptables
+        self.firewalld = FirewalldAccept(
+            prefix,
+            mark,
+            self._contained(self._run),
+            self._contained(self.nft.tables),
+            self._contained(self.nft.chain_rules),
+        )
+        self._migrate = migrate  # removes the chains an older pybridge kept in iptables
         self._migrated = False
         self._closed = threading.Event()
-        self._monitors: list[socket.socket] = []     # the watch's notification sockets
+        self._monitors: list[socket.socket] = []  # the watch's notification sockets
         self._counters = FirewallCounters()
         self._count_lock = threading.Lock()
-        self._foreign: tuple[str, ...] = ()     # bridges that are not ours, set by set_foreign or sync
-        self._vxlan: nftrules.Elements = {}     # cluster mode's VXLAN filter, set by set_vxlan_members
+        self._foreign: tuple[str, ...] = ()  # bridges that are not ours, set by set_foreign or sync
+        self._vxlan: nftrules.Elements = {}  # cluster mode's VXLAN filter, set by set_vxlan_members
 
     # FirewallPort ------------------------------------------------------------------------
 
     def supports(self, version: int) -> bool:
-        return version in (4, 6)    # one inet table filters both families
+        return version in (4, 6)  # one inet table filters both families
 
-    def sync(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
-             foreign: Iterable[str] | None = None) -> None:
+    def sync(
+        self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (), foreign: Iterable[str] | None = None
+    ) -> None:
         """Replace our whole table in one transaction, and put the static iptables rule in place."""
         bridges = self._foreign if foreign is None else tuple(foreign)
-        self._change(nftrules.full(self.table, self.mark,
-                                   nftrules.merge(nftrules.desired(networks, endpoints, bridges), self._vxlan)))
+        self._change(
+            nftrules.full(
+                self.table, self.mark, nftrules.merge(nftrules.desired(networks, endpoints, bridges), self._vxlan)
+            )
+        )
         self._foreign = bridges
         self._contained(self.forward.ensure)()
         self.firewalld.ensure()
@@ -112,8 +126,9 @@ class NftFirewall:
         self._vxlan = elements
 
     def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = ()) -> list[str]:
-        problems = nftrules.drift(self.mark, nftrules.merge(nftrules.desired(networks, endpoints, self._foreign),
-                                                            self._vxlan), self.listing())
+        problems = nftrules.drift(
+            self.mark, nftrules.merge(nftrules.desired(networks, endpoints, self._foreign), self._vxlan), self.listing()
+        )
         return problems + self._contained(self.forward.problems)() + self.firewalld.problems()
 
     def listing(self) -> nftrules.Listed:
@@ -135,6 +150,7 @@ class NftFirewall:
             for _, attrs in self.nft.dump(kind, family, body):
                 if nftwire.name_of(attrs.get(1)) == self.table:
                     yield attrs
+
         for body in ours(nftwire.GETCHAIN):
             chain = nftwire.decode_chain(body)
             out.chains.setdefault(chain.name, 0)
@@ -198,13 +214,15 @@ class NftFirewall:
             took = time.perf_counter() - started
             with self._count_lock:
                 c = self._counters
-                self._counters = replace(c, changes=c.changes + 1, failures=c.failures + (not ok),
-                                         seconds=c.seconds + took)
+                self._counters = replace(
+                    c, changes=c.changes + 1, failures=c.failures + (not ok), seconds=c.seconds + took
+                )
 
     def _contained(self, fn: Callable[..., T]) -> Callable[..., T]:
         """fn, with a fault in it (an error that is not the kernel's or a tool's answer: a bug of
         ours, a tool killed by a signal) logged, counted as a fault and raised as a KernelError
         that names it, so that the call fails and the process goes on."""
+
         def call(*args: Any, **kwargs: Any) -> T:
             try:
                 return fn(*args, **kwargs)
@@ -214,11 +232,12 @@ class NftFirewall:
                 raise
             except KernelError:
                 raise
-            except Exception as e:      # noqa: BLE001 - containing faults is the point
+            except Exception as e:  # noqa: BLE001 - containing faults is the point
                 log.exception("firewall fault in %s", getattr(fn, "__name__", "firewall work"))
                 what = f"{type(e).__name__}: {e}"[:300]
                 self._fault(what)
                 raise KernelFault(f"firewall fault (see the plugin's log): {what}") from None
+
         return call
 
     def _fault(self, what: str) -> None:
@@ -240,8 +259,9 @@ def _in_netns(netns: str, fn: Callable[[], T]) -> T:
             finally:
                 os.close(fd)
             out.append((True, fn()))
-        except Exception as e:      # handed to the caller's thread
+        except Exception as e:  # handed to the caller's thread
             out.append((False, e))
+
     t = threading.Thread(target=run)
     t.start()
     t.join()
@@ -269,8 +289,11 @@ class Monitor:
             return True
         if change.family == "inet" and change.table == "firewalld":
             return change.kind == "table" or change.chain in ("filter_FORWARD", "filter_INPUT")
-        return change.family in ("ip", "ip6") and change.table == "filter" and \
-            (change.kind == "table" or change.chain == "FORWARD")
+        return (
+            change.family in ("ip", "ip6")
+            and change.table == "filter"
+            and (change.kind == "table" or change.chain == "FORWARD")
+        )
 
     def run(self) -> None:
         if self.fw._closed.is_set():
@@ -278,13 +301,18 @@ class Monitor:
         sock = _in_netns(self.fw.netns, nftevents.open_socket) if self.fw.netns else nftevents.open_socket()
         self.fw._monitors.append(sock)
         try:
-            self.on_change()       # whatever happened while nobody listened
+            self.on_change()  # whatever happened while nobody listened
             touched, due = False, False
             last_legacy = time.monotonic()
             while not self.fw._closed.is_set():
-                legacy = self.legacy_every > 0          # 0: no poll of iptables-legacy (events still heal)
-                timeout = 0.05 if due else min(1.0, max(0.0, self.legacy_every - (time.monotonic() - last_legacy))) \
-                    if legacy else 1.0
+                legacy = self.legacy_every > 0  # 0: no poll of iptables-legacy (events still heal)
+                timeout = (
+                    0.05
+                    if due
+                    else min(1.0, max(0.0, self.legacy_every - (time.monotonic() - last_legacy)))
+                    if legacy
+                    else 1.0
+                )
                 ready, _, _ = select.select([sock], [], [], timeout)
                 if ready:
                     try:
@@ -294,7 +322,7 @@ class Monitor:
                             return
                         if e.errno != errno.ENOBUFS:
                             raise KernelError(f"nftables notifications: {e}") from None
-                        due = True         # notifications were lost: check
+                        due = True  # notifications were lost: check
                         continue
                     if not data:
                         if self.fw._closed.is_set():
@@ -307,7 +335,7 @@ class Monitor:
                         else:
                             touched = touched or self.touches(event)
                     continue
-                if due:            # a burst is over: check once
+                if due:  # a burst is over: check once
                     due = False
                     self.on_change()
                 if legacy and time.monotonic() - last_legacy >= self.legacy_every:

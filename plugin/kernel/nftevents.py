@@ -25,19 +25,33 @@ NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
-NLMSG_HDR = struct.Struct("=IHHII")      # length, type, flags, sequence, port
-NFGENMSG = struct.Struct("=BBH")         # family, version, resource id (big endian)
-NLATTR = struct.Struct("=HH")            # length, type
+NLMSG_HDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+NFGENMSG = struct.Struct("=BBH")  # family, version, resource id (big endian)
+NLATTR = struct.Struct("=HH")  # length, type
 
 # message type (low byte) -> (verb, kind, attribute holding the chain name or 0)
 MESSAGES = {
-    0: ("add", "table", 0), 2: ("delete", "table", 0), 26: ("delete", "table", 0),
-    3: ("add", "chain", 3), 5: ("delete", "chain", 3), 27: ("delete", "chain", 3),
-    6: ("add", "rule", 2), 8: ("delete", "rule", 2), 28: ("delete", "rule", 2),
-    9: ("add", "set", 0), 11: ("delete", "set", 0), 29: ("delete", "set", 0),
-    12: ("add", "element", 0), 14: ("delete", "element", 0), 30: ("delete", "element", 0),
-    18: ("add", "object", 0), 20: ("delete", "object", 0), 31: ("delete", "object", 0),
-    22: ("add", "flowtable", 0), 24: ("delete", "flowtable", 0), 32: ("delete", "flowtable", 0),
+    0: ("add", "table", 0),
+    2: ("delete", "table", 0),
+    26: ("delete", "table", 0),
+    3: ("add", "chain", 3),
+    5: ("delete", "chain", 3),
+    27: ("delete", "chain", 3),
+    6: ("add", "rule", 2),
+    8: ("delete", "rule", 2),
+    28: ("delete", "rule", 2),
+    9: ("add", "set", 0),
+    11: ("delete", "set", 0),
+    29: ("delete", "set", 0),
+    12: ("add", "element", 0),
+    14: ("delete", "element", 0),
+    30: ("delete", "element", 0),
+    18: ("add", "object", 0),
+    20: ("delete", "object", 0),
+    31: ("delete", "object", 0),
+    22: ("add", "flowtable", 0),
+    24: ("delete", "flowtable", 0),
+    32: ("delete", "flowtable", 0),
 }
 NEWGEN = 15
 GEN_PROC_NAME = 3
@@ -46,9 +60,9 @@ FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 
 @dataclass(frozen=True)
 class Change:
-    verb: str        # add | delete
-    kind: str        # table | chain | rule | set | element | object | flowtable
-    family: str      # inet | ip | ip6 | ...
+    verb: str  # add | delete
+    kind: str  # table | chain | rule | set | element | object | flowtable
+    family: str  # inet | ip | ip6 | ...
     table: str
     chain: str = ""  # chain and rule messages
 
@@ -56,6 +70,7 @@ class Change:
 @dataclass(frozen=True)
 class Generation:
     """The end of one transaction, and the name (comm) of the task that committed it."""
+
     process: str
 
 
@@ -65,7 +80,7 @@ def _attributes(data: bytes, start: int, end: int) -> dict[int, bytes]:
         length, kind = NLATTR.unpack_from(data, start)
         if length < NLATTR.size or start + length > end:
             break
-        out.setdefault(kind & 0x3FFF, data[start + NLATTR.size:start + length])
+        out.setdefault(kind & 0x3FFF, data[start + NLATTR.size : start + length])
         start += (length + 3) & ~3
     return out
 
@@ -93,8 +108,15 @@ def parse(data: bytes) -> list[Change | Generation]:
             events.append(Generation(_text(attrs.get(GEN_PROC_NAME))))
         elif kind in MESSAGES:
             verb, what, chain_attr = MESSAGES[kind]
-            events.append(Change(verb, what, FAMILIES.get(family, str(family)), _text(attrs.get(1)),
-                                 _text(attrs.get(chain_attr)) if chain_attr else ""))
+            events.append(
+                Change(
+                    verb,
+                    what,
+                    FAMILIES.get(family, str(family)),
+                    _text(attrs.get(1)),
+                    _text(attrs.get(chain_attr)) if chain_attr else "",
+                )
+            )
     return events
 
 

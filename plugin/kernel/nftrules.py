@@ -72,14 +72,30 @@ SETS: dict[str, dict[str, Any]] = {
     "unprotected4": {"type": "ifname"},
     "unprotected6": {"type": "ifname"},
     "trusted": {"type": ["ifname", "ifname"]},
-    "dns_protos": {"type": "inet_proto"},       # tcp and udp, always (FIXED)
+    "dns_protos": {"type": "inet_proto"},  # tcp and udp, always (FIXED)
     # cluster mode: VXLAN on this port (empty: off), a network's (its VNI, as the 32 bits of the
     # VXLAN header that hold it) only from the hosts that have that network
     "vxlan_ports": {"type": "inet_service"},
-    "vxlan_members4": {"type": {"typeof": {"concat": [{"payload": {"protocol": "ip", "field": "saddr"}},
-                                                      {"payload": {"base": "th", "offset": 96, "len": 32}}]}}},
-    "vxlan_members6": {"type": {"typeof": {"concat": [{"payload": {"protocol": "ip6", "field": "saddr"}},
-                                                      {"payload": {"base": "th", "offset": 96, "len": 32}}]}}},
+    "vxlan_members4": {
+        "type": {
+            "typeof": {
+                "concat": [
+                    {"payload": {"protocol": "ip", "field": "saddr"}},
+                    {"payload": {"base": "th", "offset": 96, "len": 32}},
+                ]
+            }
+        }
+    },
+    "vxlan_members6": {
+        "type": {
+            "typeof": {
+                "concat": [
+                    {"payload": {"protocol": "ip6", "field": "saddr"}},
+                    {"payload": {"base": "th", "offset": 96, "len": 32}},
+                ]
+            }
+        }
+    },
     "published4": {"type": ["ifname", "ipv4_addr", "inet_proto", "inet_service"]},
     "published6": {"type": ["ifname", "ipv6_addr", "inet_proto", "inet_service"]},
 }
@@ -95,11 +111,16 @@ for _v, _addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
 FIXED: dict[str, dict[str, Any]] = {"dns_protos": {"tcp": None, "udp": None}}
 
 # base chains: name -> (type, hook, priority)
-BASE_CHAINS = {"raw": ("filter", "prerouting", -300), "unmark": ("filter", "forward", -2),
-               "forward": ("filter", "forward", -1),
-               "input": ("filter", "input", -1), "out": ("filter", "output", -1),
-               "nat-pre": ("nat", "prerouting", -101), "nat-out": ("nat", "output", -101),
-               "post": ("nat", "postrouting", 100)}
+BASE_CHAINS = {
+    "raw": ("filter", "prerouting", -300),
+    "unmark": ("filter", "forward", -2),
+    "forward": ("filter", "forward", -1),
+    "input": ("filter", "input", -1),
+    "out": ("filter", "output", -1),
+    "nat-pre": ("nat", "prerouting", -101),
+    "nat-out": ("nat", "output", -101),
+    "post": ("nat", "postrouting", 100),
+}
 CHAINS = ("raw", "unmark", "forward", "input", "out", "nat-pre", "nat-out", "post", "allow", "ports")
 
 
@@ -109,6 +130,7 @@ def table_name(prefix: str) -> str:
 
 
 # expressions -------------------------------------------------------------------------------
+
 
 def _meta(key: str) -> dict[str, Any]:
     return {"meta": {"key": key}}
@@ -140,7 +162,7 @@ _ICMP = {4: "icmp", 6: "icmpv6"}
 _IIF, _OIF = _meta("iifname"), _meta("oifname")
 _PAIR = _concat(_IIF, _OIF)
 _LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
-_VNI_FIELD = {"payload": {"base": "th", "offset": 96, "len": 32}}      # VXLAN header: VNI . reserved
+_VNI_FIELD = {"payload": {"base": "th", "offset": 96, "len": 32}}  # VXLAN header: VNI . reserved
 
 
 def fixed_rules(mark: int) -> dict[str, list[list[dict[str, Any]]]]:
@@ -151,49 +173,86 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict[str, Any]]]]:
     # set only by `allow` (another table's chain, tc or BPF may have set it, and the static rule
     # accepts what carries it)
     unmark = [[{"mangle": {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~mark & 0xFFFFFFFF]}}}]]
-    forward = [[_match(_IIF, "@internal"), _match(_PAIR, "@self", "!="), _DROP],     # nothing leaves internal
-               [_match(_OIF, "@internal"), _match(_PAIR, "@self", "!="), _DROP]]     # nor enters, replies neither
+    forward = [
+        [_match(_IIF, "@internal"), _match(_PAIR, "@self", "!="), _DROP],  # nothing leaves internal
+        [_match(_OIF, "@internal"), _match(_PAIR, "@self", "!="), _DROP],
+    ]  # nor enters, replies neither
     for v in (4, 6):
-        forward.append([_CT_DNAT, _match(_concat(_OIF, _payload(_IP[v], "daddr"), _meta("l4proto"),
-                                                 _payload("th", "dport")), f"@published{v}"), allow])
-    forward += [[_match(_PAIR, "@self"), _match(_IIF, "@icc"), allow],             # ICC
-                [_match(_PAIR, "@self"), _DROP]]
-    for v in (4, 6):                                                                # direct routing
-        nf, published = _match(_meta("nfproto"), f"ipv{v}"), _match(_concat(
-            _OIF, _payload(_IP[v], "daddr"), _meta("l4proto"), _payload("th", "dport")), f"@published{v}")
-        forward += [[nf, _match(_OIF, f"@routed{v}"), published, allow],           # routed: published ports,
-                    [nf, _match(_OIF, f"@routed{v}"), _match(_meta("l4proto"), _ICMP[v]), allow],  # and ICMP
-                    [nf, _match(_OIF, f"@unprotected{v}"), _match(_IIF, "@bridges", "!="),
-                     _match(_IIF, "@foreign", "!="), allow],                        # nat-unprotected: any port
-                    [_match(_PAIR, "@trusted"), published, allow]]                  # trusted host interfaces
-    forward += [[_match(_OIF, "@bridges"), _CT_REPLY, allow],                       # into ours: replies only
-                [_match(_OIF, "@bridges"), _DROP],
-                [_match(_IIF, "@bridges"), _CT_REPLY, allow],                       # out of ours
-                [_match(_IIF, "@bridges"), _CT_DNAT, allow],
-                [_match(_IIF, "@bridges"), _match(_OIF, "@foreign"), _DROP],
-                [_match(_IIF, "@bridges"), allow]]
+        forward.append(
+            [
+                _CT_DNAT,
+                _match(
+                    _concat(_OIF, _payload(_IP[v], "daddr"), _meta("l4proto"), _payload("th", "dport")),
+                    f"@published{v}",
+                ),
+                allow,
+            ]
+        )
+    forward += [
+        [_match(_PAIR, "@self"), _match(_IIF, "@icc"), allow],  # ICC
+        [_match(_PAIR, "@self"), _DROP],
+    ]
+    for v in (4, 6):  # direct routing
+        nf, published = (
+            _match(_meta("nfproto"), f"ipv{v}"),
+            _match(
+                _concat(_OIF, _payload(_IP[v], "daddr"), _meta("l4proto"), _payload("th", "dport")), f"@published{v}"
+            ),
+        )
+        forward += [
+            [nf, _match(_OIF, f"@routed{v}"), published, allow],  # routed: published ports,
+            [nf, _match(_OIF, f"@routed{v}"), _match(_meta("l4proto"), _ICMP[v]), allow],  # and ICMP
+            [
+                nf,
+                _match(_OIF, f"@unprotected{v}"),
+                _match(_IIF, "@bridges", "!="),
+                _match(_IIF, "@foreign", "!="),
+                allow,
+            ],  # nat-unprotected: any port
+            [_match(_PAIR, "@trusted"), published, allow],
+        ]  # trusted host interfaces
+    forward += [
+        [_match(_OIF, "@bridges"), _CT_REPLY, allow],  # into ours: replies only
+        [_match(_OIF, "@bridges"), _DROP],
+        [_match(_IIF, "@bridges"), _CT_REPLY, allow],  # out of ours
+        [_match(_IIF, "@bridges"), _CT_DNAT, allow],
+        [_match(_IIF, "@bridges"), _match(_OIF, "@foreign"), _DROP],
+        [_match(_IIF, "@bridges"), allow],
+    ]
     raw = [[_match(_payload("ip", "daddr"), _LOOPBACK), _match(_IIF, "lo", "!="), _DROP]]
     vxlan = [_match(_meta("l4proto"), "udp"), _match(_payload("udp", "dport"), "@vxlan_ports")]
-    raw += [[*vxlan, _match(_IIF, "@bridges"), _DROP],                  # VXLAN from a container
-            [*vxlan, _match(_IIF, "@foreign"), _DROP]]
-    for v in (4, 6):                                                    # a network's, from its hosts only
-        raw.append([*vxlan, _match(_concat(_payload(_IP[v], "saddr"), _VNI_FIELD), f"@vxlan_members{v}", "!="),
-                    _DROP])
+    raw += [
+        [*vxlan, _match(_IIF, "@bridges"), _DROP],  # VXLAN from a container
+        [*vxlan, _match(_IIF, "@foreign"), _DROP],
+    ]
+    for v in (4, 6):  # a network's, from its hosts only
+        raw.append([*vxlan, _match(_concat(_payload(_IP[v], "saddr"), _VNI_FIELD), f"@vxlan_members{v}", "!="), _DROP])
     # a process's socket (raw or not, any user): nft finds no uid on the kernel's VXLAN sockets
     out = [[*vxlan, _match(_meta("skuid"), 0, ">="), _DROP]]
     inbound = []
-    ports, post = [], [[_match(_OIF, "lo"), _RETURN],
-                       [_CT_DNAT, _match(_PAIR, "@self"), _MASQ],
-                       # DNATed back onto the bridge it came from and bridged there (br_netfilter
-                       # bridges it, and postrouting then has no input interface): a container
-                       # reaching a published port of its own network, itself included, through
-                       # a host address. The host's own connections (a local source) are not.
-                       [_CT_DNAT, _match(_meta("iif"), 0), _match(_OIF, "@bridges"),
-                        _match({"fib": {"result": "type", "flags": ["saddr"]}}, "local", "!="), _MASQ],
-                       [_match(_payload("ip", "saddr"), _LOOPBACK), _CT_DNAT, _match(_OIF, "@bridges"), _MASQ],
-                       *([_match(_meta("nfproto"), f"ipv{v}"), _match(_IIF, f"@routed{v}"), _RETURN]
-                         for v in (4, 6)),                                          # routed: no NAT
-                       [_match(_IIF, "@masq"), _match(_PAIR, "@self", "!="), _MASQ]]
+    ports, post = (
+        [],
+        [
+            [_match(_OIF, "lo"), _RETURN],
+            [_CT_DNAT, _match(_PAIR, "@self"), _MASQ],
+            # DNATed back onto the bridge it came from and bridged there (br_netfilter
+            # bridges it, and postrouting then has no input interface): a container
+            # reaching a published port of its own network, itself included, through
+            # a host address. The host's own connections (a local source) are not.
+            [
+                _CT_DNAT,
+                _match(_meta("iif"), 0),
+                _match(_OIF, "@bridges"),
+                _match({"fib": {"result": "type", "flags": ["saddr"]}}, "local", "!="),
+                _MASQ,
+            ],
+            [_match(_payload("ip", "saddr"), _LOOPBACK), _CT_DNAT, _match(_OIF, "@bridges"), _MASQ],
+            *(
+                [_match(_meta("nfproto"), f"ipv{v}"), _match(_IIF, f"@routed{v}"), _RETURN] for v in (4, 6)
+            ),  # routed: no NAT
+            [_match(_IIF, "@masq"), _match(_PAIR, "@self", "!="), _MASQ],
+        ],
+    )
     for v in (4, 6):
         ip = _IP[v]
         dns = [*_DNS_PORT, _match(_payload(ip, "daddr"), f"@gateways{v}"), _match(_IIF, "lo", "!=")]
@@ -202,20 +261,40 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict[str, Any]]]]:
         # the source must be on the bridge it came from: of the network's own subnets
         raw.append([*dns, _match({"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, False), _DROP])
         ports.append([*_DNS_PORT, _match(_payload(ip, "daddr"), f"@gateways{v}"), _RETURN])
-        for where, key in (("at", _concat(_payload(ip, "daddr"), _meta("l4proto"), _payload("th", "dport"))),
-                           ("any", _concat(_meta("l4proto"), _payload("th", "dport")))):
-            ports.append([{"dnat": {"family": ip, "addr": {"map": {"key": key, "data": f"@to{v}_{where}"}},
-                                    "port": {"map": {"key": key, "data": f"@port{v}_{where}"}}}}])
+        for where, key in (
+            ("at", _concat(_payload(ip, "daddr"), _meta("l4proto"), _payload("th", "dport"))),
+            ("any", _concat(_meta("l4proto"), _payload("th", "dport"))),
+        ):
+            ports.append(
+                [
+                    {
+                        "dnat": {
+                            "family": ip,
+                            "addr": {"map": {"key": key, "data": f"@to{v}_{where}"}},
+                            "port": {"map": {"key": key, "data": f"@port{v}_{where}"}},
+                        }
+                    }
+                ]
+            )
     local = [[_match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"), _jump("ports")]]
-    return {"allow": [[{"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), mark]}}}, _ACCEPT]],
-            "raw": raw, "unmark": unmark, "forward": forward, "input": inbound, "out": out, "nat-pre": local,
-            "nat-out": [list(r) for r in local],
-            "ports": ports, "post": post}
+    return {
+        "allow": [[{"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), mark]}}}, _ACCEPT]],
+        "raw": raw,
+        "unmark": unmark,
+        "forward": forward,
+        "input": inbound,
+        "out": out,
+        "nat-pre": local,
+        "nat-out": [list(r) for r in local],
+        "ports": ports,
+        "post": post,
+    }
 
 
 # Values from the state reach nft as JSON strings and numbers, never as text to parse; and still
 # each is checked for what it must be, for nft reads a string starting with '@' or '$' as a
 # reference: names are interface names, addresses are addresses, ports are ports.
+
 
 def _ifname(name: object) -> str:
     if not isinstance(name, str) or not is_valid_ifname(name):
@@ -251,7 +330,7 @@ def _proto(value: object) -> str:
 
 # contents: what changes, as hashable python values --------------------------------------------
 
-Elements = dict[str, dict[Any, Any]]   # set name -> {key: value (None for plain sets)}
+Elements = dict[str, dict[Any, Any]]  # set name -> {key: value (None for plain sets)}
 
 
 def network_elements(n: Network) -> Elements:
@@ -282,7 +361,7 @@ def endpoint_elements(n: Network, e: Endpoint, ports: Iterable[Any] | None = Non
     if n.internal or e.network_id != n.id:
         return out
     br = _ifname(n.bridge)
-    for b in (e.ports if ports is None else ports):
+    for b in e.ports if ports is None else ports:
         proto, cport = _proto(b.proto), _port(b.container_port)
         for v, addr in ((4, e.address4), (6, e.address6)):
             if addr is None or not b.applies_to(v):
@@ -291,10 +370,12 @@ def endpoint_elements(n: Network, e: Endpoint, ports: Iterable[Any] | None = Non
                 continue
             ip = _address(addr.ip, v)
             out.setdefault(f"published{v}", {})[(br, ip, proto, cport)] = None
-            if v in n.routed:           # no host port: the container's port, at its own address
+            if v in n.routed:  # no host port: the container's port, at its own address
                 continue
             host_port = _port(b.host_port)
-            where, key = ("at", (_address(b.host_ip, v), proto, host_port)) if b.host_ip else ("any", (proto, host_port))
+            where, key = (
+                ("at", (_address(b.host_ip, v), proto, host_port)) if b.host_ip else ("any", (proto, host_port))
+            )
             out.setdefault(f"to{v}_{where}", {})[key] = ip
             out.setdefault(f"port{v}_{where}", {})[key] = cport
     return out
@@ -343,6 +424,7 @@ def desired(networks: Iterable[Network], endpoints: Iterable[Endpoint], foreign:
 
 # to JSON -----------------------------------------------------------------------------------
 
+
 def _component(x: Any) -> Any:
     if isinstance(x, str) and "/" in x:
         net = ipaddress.ip_network(x)
@@ -359,8 +441,16 @@ def _elem_json(key: Any, value: Any) -> Any:
 
 
 def element_command(verb: str, table: str, name: str, elems: dict[str, Any]) -> dict[str, Any]:
-    return {verb: {"element": {"family": FAMILY, "table": table, "name": name,
-                               "elem": [_elem_json(k, v) for k, v in elems.items()]}}}
+    return {
+        verb: {
+            "element": {
+                "family": FAMILY,
+                "table": table,
+                "name": name,
+                "elem": [_elem_json(k, v) for k, v in elems.items()],
+            }
+        }
+    }
 
 
 def _set_decl(table: str, name: str) -> dict[str, Any]:
@@ -387,14 +477,21 @@ def _adds(table: str, elements: Elements) -> list[dict[str, Any]]:
 
 
 def _deletes(table: str, elements: Elements) -> list[dict[str, Any]]:
-    return [element_command("delete", table, name, {k: None for k in elems}) for name, elems in
-            sorted(elements.items()) if elems]
+    return [
+        element_command("delete", table, name, {k: None for k in elems})
+        for name, elems in sorted(elements.items())
+        if elems
+    ]
 
 
 def full(table: str, mark: int, elements: Elements) -> list[dict[str, Any]]:
     """Replace the whole table in one transaction (start, healing)."""
     tbl = {"family": FAMILY, "name": table}
-    cmds: list[dict[str, Any]] = [{"add": {"table": dict(tbl)}}, {"delete": {"table": dict(tbl)}}, {"add": {"table": dict(tbl)}}]
+    cmds: list[dict[str, Any]] = [
+        {"add": {"table": dict(tbl)}},
+        {"delete": {"table": dict(tbl)}},
+        {"add": {"table": dict(tbl)}},
+    ]
     cmds += [_set_decl(table, s) for s in SETS]
     cmds += [_chain(table, c) for c in CHAINS]
     for c, rules in fixed_rules(mark).items():
@@ -427,6 +524,7 @@ def set_foreign(table: str, foreign: Iterable[str], own: Iterable[str] = ()) -> 
 
 # from JSON (what `list table` shows) ---------------------------------------------------------
 
+
 def normalize(x: Any) -> Any:
     """One key or value component as nft prints it -> our python value."""
     if isinstance(x, dict) and "concat" in x:
@@ -453,8 +551,8 @@ class Listed:
     """Our table as the kernel holds it."""
 
     exists: bool = False
-    chains: dict[str, int] = field(default_factory=dict)      # chain -> number of rules
-    base: dict[str, tuple[Any, ...]] = field(default_factory=dict)      # base chain -> (type, hook, prio)
+    chains: dict[str, int] = field(default_factory=dict)  # chain -> number of rules
+    base: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # base chain -> (type, hook, prio)
     sets: set[str] = field(default_factory=set)
     elements: Elements = field(default_factory=dict)
 

@@ -29,10 +29,10 @@ from .nftwire import Message
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10         # acks carry the header of the message, not all of it
+NETLINK_CAP_ACK = 10  # acks carry the header of the message, not all of it
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
-NLMSG = struct.Struct("=IHHII")     # length, type, flags, sequence, port
-NFGEN = struct.Struct("=BBH")       # family, version, resource id (big endian)
+NLMSG = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+NFGEN = struct.Struct("=BBH")  # family, version, resource id (big endian)
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x4, 0x300, 0x10
 RECV = 1 << 17
@@ -48,8 +48,8 @@ def set_comm(name: bytes) -> bytes:
     """Name the calling thread (what the kernel's notifications name as the task behind a
     change); the old name."""
     old = ctypes.create_string_buffer(16)
-    _libc().prctl(16, old, 0, 0, 0)                 # PR_GET_NAME
-    _libc().prctl(15, name[:15], 0, 0, 0)            # PR_SET_NAME
+    _libc().prctl(16, old, 0, 0, 0)  # PR_GET_NAME
+    _libc().prctl(15, name[:15], 0, 0, 0)  # PR_SET_NAME
     return old.value
 
 
@@ -170,7 +170,7 @@ class NftSocket:
             try:
                 data = sock.recv(RECV, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                if failures:          # the kernel aborted the batch: what it said is all there is
+                if failures:  # the kernel aborted the batch: what it said is all there is
                     break
                 ready, _, _ = select.select([sock], [], [], REPLY_TIMEOUT)
                 if not ready:
@@ -232,7 +232,7 @@ class NftSocket:
                     raise KernelError(f"nftables: reading the kernel's answer failed: {e}") from None
                 for mtype, mflags, mseq, family_, start, end in _messages(data):
                     if mseq != seq:
-                        continue            # a late answer to an earlier request
+                        continue  # a late answer to an earlier request
                     if mtype == NLMSG_DONE:
                         return out, interrupted
                     if mtype == NLMSG_ERROR:
@@ -246,8 +246,9 @@ class NftSocket:
     # by name only -----------------------------------------------------------------------------
     def tables(self) -> set[tuple[str, str]]:
         """(family, name) of every table in the namespace: names only, nothing of their contents."""
-        return {(nftwire.FAMILY_NAMES.get(f, str(f)), nftwire.name_of(a.get(1)))
-                for f, a in self.dump(nftwire.GETTABLE, 0)}
+        return {
+            (nftwire.FAMILY_NAMES.get(f, str(f)), nftwire.name_of(a.get(1))) for f, a in self.dump(nftwire.GETTABLE, 0)
+        }
 
     def chain_rules(self, family: str, table: str, chain: str) -> list[tuple[int, str | None]] | None:
         """(handle, comment) of each rule of one chain, in order; None when the chain is not there."""

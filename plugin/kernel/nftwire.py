@@ -43,43 +43,70 @@ HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 
 HOOK_NAMES = {v: k for k, v in HOOKS.items()}
 VERDICTS = {"drop": 0, "accept": 1, "return": -5, "jump": -3, "goto": -4}
 SET_MAP = 0x8
-MAX_NEST = 60000            # bytes of elements in one message (a netlink attribute holds < 64 KiB)
+MAX_NEST = 60000  # bytes of elements in one message (a netlink attribute holds < 64 KiB)
 
 # data types: name -> (nftables type id, size in bytes, byte order for the set's user data)
 HOST, BIG = 1, 2
 TYPES: dict[str, tuple[int, int, int]] = {
-    "ifname": (41, 16, HOST), "ipv4_addr": (7, 4, BIG), "ipv6_addr": (8, 16, BIG),
-    "inet_proto": (12, 1, BIG), "inet_service": (13, 2, BIG), "mark": (19, 4, HOST),
-    "nfproto": (2, 1, HOST), "ct_state": (26, 4, HOST), "ct_status": (28, 4, HOST),
-    "fib_addrtype": (38, 4, HOST), "boolean": (39, 1, HOST), "iface_index": (20, 4, HOST),
+    "ifname": (41, 16, HOST),
+    "ipv4_addr": (7, 4, BIG),
+    "ipv6_addr": (8, 16, BIG),
+    "inet_proto": (12, 1, BIG),
+    "inet_service": (13, 2, BIG),
+    "mark": (19, 4, HOST),
+    "nfproto": (2, 1, HOST),
+    "ct_state": (26, 4, HOST),
+    "ct_status": (28, 4, HOST),
+    "fib_addrtype": (38, 4, HOST),
+    "boolean": (39, 1, HOST),
+    "iface_index": (20, 4, HOST),
     "uid": (24, 4, HOST),
-    "raw32": (4, 4, BIG),        # 32 bits of a packet at some offset (nft's integer type)
+    "raw32": (4, 4, BIG),  # 32 bits of a packet at some offset (nft's integer type)
 }
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
 CT_STATE = {"invalid": 1, "established": 2, "related": 4, "new": 8, "untracked": 64}
 CT_STATUS = {"expected": 1, "seen-reply": 2, "assured": 4, "confirmed": 8, "snat": 16, "dnat": 32, "dying": 512}
-FIB_TYPES = {"unspec": 0, "unicast": 1, "local": 2, "broadcast": 3, "anycast": 4, "multicast": 5,
-             "blackhole": 6, "unreachable": 7, "prohibit": 8}
+FIB_TYPES = {
+    "unspec": 0,
+    "unicast": 1,
+    "local": 2,
+    "broadcast": 3,
+    "anycast": 4,
+    "multicast": 5,
+    "blackhole": 6,
+    "unreachable": 7,
+    "prohibit": 8,
+}
 FLAGS = {"ct_state": CT_STATE, "ct_status": CT_STATUS}
 
 # what an expression loads: meta key -> (kernel key, type); payload -> (base, offset, length, type, dependency)
-META = {"mark": (3, "mark"), "iif": (4, "iface_index"), "iifname": (6, "ifname"), "oifname": (7, "ifname"),
-        "skuid": (10, "uid"), "nfproto": (15, "nfproto"), "l4proto": (16, "inet_proto")}
-PAYLOAD = {("ip", "saddr"): (1, 12, 4, "ipv4_addr", ("nfproto", "ipv4")),
-           ("ip", "daddr"): (1, 16, 4, "ipv4_addr", ("nfproto", "ipv4")),
-           ("ip6", "saddr"): (1, 8, 16, "ipv6_addr", ("nfproto", "ipv6")),
-           ("ip6", "daddr"): (1, 24, 16, "ipv6_addr", ("nfproto", "ipv6")),
-           ("th", "sport"): (2, 0, 2, "inet_service", None), ("th", "dport"): (2, 2, 2, "inet_service", None),
-           ("udp", "dport"): (2, 2, 2, "inet_service", ("l4proto", "udp")),
-           ("tcp", "dport"): (2, 2, 2, "inet_service", ("l4proto", "tcp"))}
+META = {
+    "mark": (3, "mark"),
+    "iif": (4, "iface_index"),
+    "iifname": (6, "ifname"),
+    "oifname": (7, "ifname"),
+    "skuid": (10, "uid"),
+    "nfproto": (15, "nfproto"),
+    "l4proto": (16, "inet_proto"),
+}
+PAYLOAD = {
+    ("ip", "saddr"): (1, 12, 4, "ipv4_addr", ("nfproto", "ipv4")),
+    ("ip", "daddr"): (1, 16, 4, "ipv4_addr", ("nfproto", "ipv4")),
+    ("ip6", "saddr"): (1, 8, 16, "ipv6_addr", ("nfproto", "ipv6")),
+    ("ip6", "daddr"): (1, 24, 16, "ipv6_addr", ("nfproto", "ipv6")),
+    ("th", "sport"): (2, 0, 2, "inet_service", None),
+    ("th", "dport"): (2, 2, 2, "inet_service", None),
+    ("udp", "dport"): (2, 2, 2, "inet_service", ("l4proto", "udp")),
+    ("tcp", "dport"): (2, 2, 2, "inet_service", ("l4proto", "tcp")),
+}
 CT_KEYS = {"state": (0, "ct_state"), "status": (2, "ct_status")}
 FIB_RESULTS = {"oif": 1, "type": 3}
 FIB_FLAGS = {"saddr": 1, "daddr": 2, "mark": 4, "iif": 8, "oif": 16}
 FIB_PRESENT = 32
 CMP_OPS = {"==": 0, "!=": 1}
-ORDER_OPS = {"<": 2, "<=": 3, ">": 4, ">=": 5}        # compared in network byte order (nft's byteorder first)
-BASES = {"ll": 0, "nh": 1, "th": 2}                     # raw payload bases
+ORDER_OPS = {"<": 2, "<=": 3, ">": 4, ">=": 5}  # compared in network byte order (nft's byteorder first)
+BASES = {"ll": 0, "nh": 1, "th": 2}  # raw payload bases
 # a typeof set's key, as nft describes it in the set's user data: the payload's protocol
 # description and field ids (nftables' proto_desc_id and header templates), or a raw payload
 TYPEOF_PAYLOAD = {("ip", "saddr"): (12, 11), ("ip6", "saddr"): (13, 8)}
@@ -88,6 +115,7 @@ UDATA_KEYBYTEORDER, UDATA_DATABYTEORDER, UDATA_KEY_TYPEOF = 0, 1, 3
 
 
 # netlink attributes --------------------------------------------------------------------------
+
 
 def attr(kind: int, payload: bytes) -> bytes:
     length = 4 + len(payload)
@@ -115,7 +143,7 @@ def attributes(data: bytes, start: int = 0, end: int | None = None) -> dict[int,
         length, kind = struct.unpack_from("=HH", data, start)
         if length < 4 or start + length > end:
             break
-        out.setdefault(kind & 0x3FFF, data[start + 4:start + length])
+        out.setdefault(kind & 0x3FFF, data[start + 4 : start + length])
         start += (length + 3) & ~3
     return out
 
@@ -127,7 +155,7 @@ def attribute_list(data: bytes) -> list[bytes]:
         length, _ = struct.unpack_from("=HH", data, start)
         if length < 4 or start + length > len(data):
             break
-        out.append(data[start + 4:start + length])
+        out.append(data[start + 4 : start + length])
         start += (length + 3) & ~3
     return out
 
@@ -141,6 +169,7 @@ def number(value: bytes | None) -> int:
 
 
 # values ----------------------------------------------------------------------------------------
+
 
 def _fail(what: str, value: Any) -> KernelError:
     return KernelError(f"nftables: cannot encode {str(value)[:64]!r} as {what}")
@@ -219,6 +248,7 @@ def _padded(size: int) -> int:
 @dataclass(frozen=True)
 class SetType:
     """A set's key (one type, or several concatenated) and, for a map, its data type."""
+
     key: tuple[str, ...]
     data: str | None = None
     # declared with typeof: each key part's expression, ("ip", "saddr") or ("raw", base, offset, length)
@@ -234,7 +264,7 @@ class SetType:
         if len(self.key) == 1:
             return TYPES[self.key[0]][0]
         out = 0
-        for t in self.key:                       # nftables' concatenated type id: 6 bits each
+        for t in self.key:  # nftables' concatenated type id: 6 bits each
             out = (out << 6) | TYPES[t][0]
         return out
 
@@ -266,8 +296,8 @@ class SetType:
         parts, at = [], 0
         for t in self.key:
             size = TYPES[t][1]
-            value = decode(t, raw[at:at + size])
-            if value is None or any(raw[at + size:at + _padded(size)]):
+            value = decode(t, raw[at : at + size])
+            if value is None or any(raw[at + size : at + _padded(size)]):
                 return None
             parts.append(value)
             at += _padded(size)
@@ -276,12 +306,13 @@ class SetType:
 
 # expressions ----------------------------------------------------------------------------------
 
+
 def _expr(name: str, *parts: bytes) -> bytes:
-    return nest(1, attr(1, text(name)), nest(2, *parts))          # NFTA_LIST_ELEM: NAME, DATA
+    return nest(1, attr(1, text(name)), nest(2, *parts))  # NFTA_LIST_ELEM: NAME, DATA
 
 
 def _data(kind: int, value: bytes) -> bytes:
-    return nest(kind, attr(1, value))                                 # NFTA_DATA_VALUE
+    return nest(kind, attr(1, value))  # NFTA_DATA_VALUE
 
 
 def register(offset: int) -> int:
@@ -315,13 +346,15 @@ def cmp(op: int, sreg: int, value: bytes) -> bytes:
 
 
 def byteorder_hton(reg: int, size: int) -> bytes:
-    return _expr("byteorder", attr(1, u32(reg)), attr(2, u32(reg)), attr(3, u32(1)), attr(4, u32(size)),
-                 attr(5, u32(size)))                   # NFT_BYTEORDER_HTON, len, element size
+    return _expr(
+        "byteorder", attr(1, u32(reg)), attr(2, u32(reg)), attr(3, u32(1)), attr(4, u32(size)), attr(5, u32(size))
+    )  # NFT_BYTEORDER_HTON, len, element size
 
 
 def bitwise(reg: int, mask: bytes, xor: bytes) -> bytes:
-    return _expr("bitwise", attr(1, u32(reg)), attr(2, u32(reg)), attr(3, u32(len(mask))),
-                 _data(4, mask), _data(5, xor))
+    return _expr(
+        "bitwise", attr(1, u32(reg)), attr(2, u32(reg)), attr(3, u32(len(mask))), _data(4, mask), _data(5, xor)
+    )
 
 
 def lookup(name: str, sreg: int, dreg: int | None = None, invert: bool = False) -> bytes:
@@ -339,8 +372,9 @@ def verdict(kind: str, chain: str | None = None) -> bytes:
 
 
 def dnat(family: int, addr_reg: int, port_reg: int) -> bytes:
-    return _expr("nat", attr(1, u32(1)), attr(2, u32(family)), attr(3, u32(addr_reg)), attr(5, u32(port_reg)),
-                 attr(7, u32(2)))                        # DNAT; NF_NAT_RANGE_PROTO_SPECIFIED
+    return _expr(
+        "nat", attr(1, u32(1)), attr(2, u32(family)), attr(3, u32(addr_reg)), attr(5, u32(port_reg)), attr(7, u32(2))
+    )  # DNAT; NF_NAT_RANGE_PROTO_SPECIFIED
 
 
 def masquerade() -> bytes:
@@ -364,7 +398,7 @@ class _Rule:
                 raise KernelError(f"nftables: meta {key!r} is not supported")
             code, kind = META[key]
             return kind, TYPES[kind][1], lambda dreg: meta_load(code, dreg)
-        if isinstance(x, dict) and "payload" in x and "base" in x["payload"]:      # raw: @th,96,32
+        if isinstance(x, dict) and "payload" in x and "base" in x["payload"]:  # raw: @th,96,32
             base, offset, length = _typeof_part(x)[1:]
             return "raw32", 4, lambda dreg: payload_load(BASES[base], offset // 8, length // 8, dreg)
         if isinstance(x, dict) and "payload" in x:
@@ -403,7 +437,7 @@ class _Rule:
         kinds, at = [], base
         for item in items:
             kind, size, emit = self.source(item)
-            self.out.append(emit(register(at)))         # type: ignore[operator]
+            self.out.append(emit(register(at)))  # type: ignore[operator]
             kinds.append(kind)
             at += _padded(size) if len(items) > 1 else size
         return kinds, at - base
@@ -413,16 +447,16 @@ class _Rule:
         op, left, right = m.get("op"), m.get("left"), m.get("right")
         self.needs(left)
         if left == {"meta": {"key": "l4proto"}} and op == "==" and isinstance(right, str):
-            self.deps.add(("l4proto", right))          # `udp dport` after it needs no other
+            self.deps.add(("l4proto", right))  # `udp dport` after it needs no other
         if left == {"meta": {"key": "nfproto"}} and op == "==" and isinstance(right, str):
-            self.deps.add(("nfproto", right))          # nor `ip daddr` after `meta nfproto ipv4`
-        if isinstance(left, dict) and "&" in left:                      # (x & mask) op value
+            self.deps.add(("nfproto", right))  # nor `ip daddr` after `meta nfproto ipv4`
+        if isinstance(left, dict) and "&" in left:  # (x & mask) op value
             src, mask = left["&"]
             kinds, size = self.load(src)
             self.out.append(bitwise(1, encode(kinds[0], mask), bytes(size)))
             self.out.append(cmp(self._op(op), 1, encode(kinds[0], right)))
             return
-        if isinstance(right, str) and right.startswith("@"):             # a named set
+        if isinstance(right, str) and right.startswith("@"):  # a named set
             if op not in CMP_OPS:
                 raise KernelError(f"nftables: {op!r} with a set is not supported")
             self.load(left)
@@ -436,11 +470,11 @@ class _Rule:
             return
         kinds, size = self.load(left)
         kind = kinds[0]
-        if op == "in" or (kind in FLAGS and isinstance(right, list)):     # any of these flags
+        if op == "in" or (kind in FLAGS and isinstance(right, list)):  # any of these flags
             mask = encode(kind, right)
             self.out += [bitwise(1, mask, bytes(size)), cmp(1, 1, bytes(size))]
             return
-        if op in ORDER_OPS:         # as nft: a host-order value is turned to network order first
+        if op in ORDER_OPS:  # as nft: a host-order value is turned to network order first
             value = encode(kind, right)
             if TYPES[kind][2] == HOST and size > 1:
                 self.out.append(byteorder_hton(1, size))
@@ -468,7 +502,7 @@ class _Rule:
             flags |= FIB_FLAGS[f]
         if result is None:
             raise KernelError(f"nftables: fib {fib.get('result')!r} is not supported")
-        if fib.get("result") == "oif" and isinstance(right, bool):         # fib ... oif missing/exists
+        if fib.get("result") == "oif" and isinstance(right, bool):  # fib ... oif missing/exists
             # the register holds a u32 0/1, compared whole, as nft up to 1.1.3 writes it (Debian
             # 12's and 13's: they show a one-byte compare, as 1.1.7 writes it, as "missing/8")
             self.out += [fib_load(result, flags | FIB_PRESENT, 1), cmp(self._op(op), 1, struct.pack("=I", int(right)))]
@@ -489,14 +523,16 @@ class _Rule:
             n = net.prefixlen // 8
             self.out += [payload_load(base, offset, n, 1), cmp(self._op(op), 1, net.network_address.packed[:n])]
         else:
-            self.out += [payload_load(base, offset, size, 1),
-                         bitwise(1, net.netmask.packed, bytes(size)),
-                         cmp(self._op(op), 1, net.network_address.packed)]
+            self.out += [
+                payload_load(base, offset, size, 1),
+                bitwise(1, net.netmask.packed, bytes(size)),
+                cmp(self._op(op), 1, net.network_address.packed),
+            ]
 
     def statement(self, s: dict[str, Any]) -> None:
         if not isinstance(s, dict) or len(s) != 1:
             raise KernelError(f"nftables: statement {str(s)[:80]} is not supported")
-        (kind, body), = s.items()
+        ((kind, body),) = s.items()
         if kind == "match":
             self.match(body)
         elif kind in ("accept", "drop", "return"):
@@ -520,14 +556,22 @@ class _Rule:
         if not isinstance(value, dict):
             raise KernelError(f"nftables: mangle {str(body)[:80]} is not supported")
         op = next((o for o in ("|", "&") if o in value), None)
-        if body.get("key") != mark or op is None or len(value) != 1 or value[op][0] != mark \
-                or not isinstance(value[op][1], int) or not 0 <= value[op][1] <= 0xFFFFFFFF:
+        if (
+            body.get("key") != mark
+            or op is None
+            or len(value) != 1
+            or value[op][0] != mark
+            or not isinstance(value[op][1], int)
+            or not 0 <= value[op][1] <= 0xFFFFFFFF
+        ):
             raise KernelError(f"nftables: mangle {str(body)[:80]} is not supported")
         bits = value[op][1]
         mask, xor = (~bits & 0xFFFFFFFF, bits) if op == "|" else (bits, 0)
-        self.out += [meta_load(META["mark"][0], 1),
-                     bitwise(1, encode("mark", mask), encode("mark", xor)),
-                     meta_set(META["mark"][0], 1)]
+        self.out += [
+            meta_load(META["mark"][0], 1),
+            bitwise(1, encode("mark", mask), encode("mark", xor)),
+            meta_set(META["mark"][0], 1),
+        ]
 
     def _dnat(self, body: dict[str, Any]) -> None:
         """dnat to an address and a port, each looked up in a map by the same key."""
@@ -544,10 +588,12 @@ class _Rule:
 
 # commands ---------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Message:
     """One nf_tables message of a batch: its type, flags beyond NLM_F_REQUEST, family, body, and
     what it does (for an error)."""
+
     kind: int
     family: int
     body: bytes
@@ -579,8 +625,14 @@ def _typeof_part(x: Any) -> tuple[Any, ...]:
     p = x.get("payload") if isinstance(x, dict) else None
     if isinstance(p, dict) and (p.get("protocol"), p.get("field")) in TYPEOF_PAYLOAD:
         return (p["protocol"], p["field"])
-    if isinstance(p, dict) and p.get("base") in BASES and (p.get("offset"), p.get("len")) != (None, None) \
-            and isinstance(p.get("offset"), int) and p["offset"] % 8 == 0 and p.get("len") == 32:
+    if (
+        isinstance(p, dict)
+        and p.get("base") in BASES
+        and (p.get("offset"), p.get("len")) != (None, None)
+        and isinstance(p.get("offset"), int)
+        and p["offset"] % 8 == 0
+        and p.get("len") == 32
+    ):
         return ("raw", p["base"], p["offset"], p["len"])
     raise KernelError(f"nftables: typeof {str(x)[:80]} is not supported")
 
@@ -588,6 +640,7 @@ def _typeof_part(x: Any) -> tuple[Any, ...]:
 def typeof_udata(described: tuple[tuple[Any, ...], ...]) -> bytes:
     """A typeof key as nft writes it in the set's user data (NFTNL_UDATA_SET_KEY_TYPEOF): the
     expression's kind and its own description, nested for a concatenation."""
+
     def u(kind: int, value: bytes) -> bytes:
         return bytes([kind, len(value)]) + value
 
@@ -602,6 +655,7 @@ def typeof_udata(described: tuple[tuple[Any, ...], ...]) -> bytes:
             desc, field = TYPEOF_PAYLOAD[d]
             data = u(0, n(desc)) + u(1, n(field))
         return u(0, n(EXPR_PAYLOAD)) + u(1, data)
+
     if len(described) == 1:
         return u(UDATA_KEY_TYPEOF, payload(described[0]))
     parts = b"".join(u(i, payload(d)) for i, d in enumerate(described))
@@ -622,10 +676,10 @@ class Compiler:
         for c in commands:
             if not isinstance(c, dict) or len(c) != 1:
                 raise KernelError(f"nftables: command {str(c)[:80]} is not supported")
-            (verb, body), = c.items()
+            ((verb, body),) = c.items()
             if not isinstance(body, dict) or len(body) != 1:
                 raise KernelError(f"nftables: {verb} {str(body)[:80]} is not supported")
-            (kind, obj), = body.items()
+            ((kind, obj),) = body.items()
             handler = getattr(self, f"_{verb}_{kind}", None)
             if handler is None:
                 raise KernelError(f"nftables: {verb} {kind} is not supported")
@@ -652,8 +706,13 @@ class Compiler:
         udata = bytes([UDATA_KEYBYTEORDER, 4]) + struct.pack("=I", byteorder)
         if st.typeof is not None:
             udata += typeof_udata(st.typeof)
-        body = attr(1, text(table)) + attr(2, text(name)) + attr(3, u32(SET_MAP if is_map else 0)) \
-            + attr(4, u32(st.key_type)) + attr(5, u32(st.key_len))
+        body = (
+            attr(1, text(table))
+            + attr(2, text(name))
+            + attr(3, u32(SET_MAP if is_map else 0))
+            + attr(4, u32(st.key_type))
+            + attr(5, u32(st.key_len))
+        )
         if st.data is not None:
             dtype, dlen, dorder = TYPES[st.data]
             body += attr(6, u32(dtype)) + attr(7, u32(dlen))
@@ -670,8 +729,12 @@ class Compiler:
         body = attr(1, text(table)) + attr(3, text(name))
         if "hook" in obj:
             hook, prio = HOOKS.get(obj["hook"]), obj.get("prio")
-            if hook is None or not isinstance(prio, int) or obj.get("type") not in ("filter", "nat") \
-                    or obj.get("policy", "accept") != "accept":
+            if (
+                hook is None
+                or not isinstance(prio, int)
+                or obj.get("type") not in ("filter", "nat")
+                or obj.get("policy", "accept") != "accept"
+            ):
                 raise KernelError(f"nftables: base chain {name!r} as declared is not supported")
             body += nest(4, attr(1, u32(hook)), attr(2, u32(prio))) + attr(5, u32(1)) + attr(7, text(obj["type"]))
         return [Message(NEWCHAIN, family, body, NLM_F_CREATE, f"add chain {name}")]
@@ -688,7 +751,7 @@ class Compiler:
             raw = text(comment)
             if len(raw) > 128:
                 raise KernelError("nftables: a rule's comment is too long")
-            body += attr(7, bytes([0, len(raw)]) + raw)                 # NFTNL_UDATA_RULE_COMMENT
+            body += attr(7, bytes([0, len(raw)]) + raw)  # NFTNL_UDATA_RULE_COMMENT
         return family, body, chain
 
     def _add_rule(self, obj: dict[str, Any]) -> list[Message]:
@@ -733,14 +796,28 @@ class Compiler:
         size = 0
         for item in items:
             if chunk and size + len(item) > MAX_NEST:
-                out.append(Message(kind, family, head + nest(3, *chunk), NLM_F_CREATE if kind == NEWSETELEM else 0,
-                                   f"{verb} elements of {name}"))
+                out.append(
+                    Message(
+                        kind,
+                        family,
+                        head + nest(3, *chunk),
+                        NLM_F_CREATE if kind == NEWSETELEM else 0,
+                        f"{verb} elements of {name}",
+                    )
+                )
                 chunk, size = [], 0
             chunk.append(item)
             size += len(item)
         if chunk:
-            out.append(Message(kind, family, head + nest(3, *chunk), NLM_F_CREATE if kind == NEWSETELEM else 0,
-                               f"{verb} elements of {name}"))
+            out.append(
+                Message(
+                    kind,
+                    family,
+                    head + nest(3, *chunk),
+                    NLM_F_CREATE if kind == NEWSETELEM else 0,
+                    f"{verb} elements of {name}",
+                )
+            )
         return out
 
     def _add_element(self, obj: dict[str, Any]) -> list[Message]:
@@ -761,10 +838,11 @@ class Compiler:
 
 # reading back ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Chain:
     name: str
-    base: tuple[Any, ...] | None          # (type, hook, priority) of a base chain
+    base: tuple[Any, ...] | None  # (type, hook, priority) of a base chain
 
 
 def decode_chain(body: dict[int, bytes]) -> Chain:
@@ -801,7 +879,7 @@ def rule_comment(body: dict[int, bytes]) -> str | None:
     while at + 2 <= len(udata):
         kind, length = udata[at], udata[at + 1]
         if kind == 0:
-            return name_of(udata[at + 2:at + 2 + length])
+            return name_of(udata[at + 2 : at + 2 + length])
         at += 2 + length
     return None
 

@@ -34,13 +34,13 @@ def use_lean_package() -> bool:
     module = importlib.util.module_from_spec(spec)
     loader = spec.loader
 
-    def __getattr__(name: str) -> object:      # PEP 562: only for names the module lacks
+    def __getattr__(name: str) -> object:  # PEP 562: only for names the module lacks
         if name.startswith("__"):
             raise AttributeError(name)
-        if importlib.util.find_spec(f"{PACKAGE}.{name}") is not None:    # `from pyroute2 import config`
+        if importlib.util.find_spec(f"{PACKAGE}.{name}") is not None:  # `from pyroute2 import config`
             return importlib.import_module(f"{PACKAGE}.{name}")
         del module.__dict__["__getattr__"]
-        loader.exec_module(module)      # the package's own __init__, run in place, as import does
+        loader.exec_module(module)  # the package's own __init__, run in place, as import does
         return getattr(module, name)
 
     module.__dict__["__getattr__"] = __getattr__

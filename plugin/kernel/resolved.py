@@ -26,9 +26,9 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 RESYNC = 30.0
-STUBS = ("127.0.0.53", "127.0.0.54")        # resolved's own listeners, never an upstream
+STUBS = ("127.0.0.53", "127.0.0.54")  # resolved's own listeners, never an upstream
 TIMEOUT = 2.0
-Links = dict[str, tuple[tuple[str, ...], str]]     # bridge -> (DNS server addresses, domain)
+Links = dict[str, tuple[tuple[str, ...], str]]  # bridge -> (DNS server addresses, domain)
 
 
 class ResolvedLinks:
@@ -36,15 +36,15 @@ class ResolvedLinks:
         self.bus_address = bus_address
         self.link_index = link_index
         self._desired: Links = {}
-        self._applied: dict[str, tuple[Any, ...]] = {}       # bridge -> (ifindex, servers, domain) as last told
+        self._applied: dict[str, tuple[Any, ...]] = {}  # bridge -> (ifindex, servers, domain) as last told
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._complained = False
-        self.applied_count = 0                      # links configured since start (tests, metrics)
+        self.applied_count = 0  # links configured since start (tests, metrics)
         self._servers: tuple[str, ...] = ()
         self._servers_wanted = False
-        self.on_servers: Callable[[], None] = lambda: None      # the servers read changed
+        self.on_servers: Callable[[], None] = lambda: None  # the servers read changed
 
     def servers(self) -> tuple[str, ...]:
         """resolved's DNS servers as last read (none before the first read, which this asks for)."""
@@ -77,10 +77,13 @@ class ResolvedLinks:
             self._wake.clear()
             try:
                 self._apply(again=not woken)
-            except Exception as e:   # no bus, no resolved, refused: try again later
+            except Exception as e:  # no bus, no resolved, refused: try again later
                 if not self._complained:
-                    log.info("host name resolution through systemd-resolved unavailable (%s); "
-                             "`pybridge hosts` gives the names to /etc/hosts instead", e)
+                    log.info(
+                        "host name resolution through systemd-resolved unavailable (%s); "
+                        "`pybridge hosts` gives the names to /etc/hosts instead",
+                        e,
+                    )
                     self._complained = True
                 self._applied.clear()
 
@@ -93,6 +96,7 @@ class ResolvedLinks:
         if not os.path.exists(self.bus_address.split("unix:path=", 1)[-1].split(",", 1)[0]):
             raise OSError(f"no D-Bus socket at {self.bus_address}")
         from jeepney.io.blocking import open_dbus_connection
+
         with open_dbus_connection(bus=self.bus_address, auth_timeout=TIMEOUT) as conn:
             for bridge, (servers, domain) in sorted(desired.items()):
                 index = self.link_index(bridge)
@@ -125,11 +129,17 @@ class ResolvedLinks:
         of pybridge's links or addresses, link-local ones (they need a scope) and its stubs."""
         from jeepney import DBusAddress
         from jeepney.wrappers import Properties, unwrap_msg
-        manager = Properties(DBusAddress("/org/freedesktop/resolve1", bus_name="org.freedesktop.resolve1",
-                                         interface="org.freedesktop.resolve1.Manager"))
+
+        manager = Properties(
+            DBusAddress(
+                "/org/freedesktop/resolve1",
+                bus_name="org.freedesktop.resolve1",
+                interface="org.freedesktop.resolve1.Manager",
+            )
+        )
         out: list[str] = []
         for prop in ("DNS", "FallbackDNS"):
-            (signature, entries), = unwrap_msg(conn.send_and_get_reply(manager.get(prop), timeout=TIMEOUT))
+            ((signature, entries),) = unwrap_msg(conn.send_and_get_reply(manager.get(prop), timeout=TIMEOUT))
             if signature != "a(iiay)" or not isinstance(entries, list):
                 continue
             for entry in entries:
@@ -138,8 +148,16 @@ class ResolvedLinks:
                     ip = ipaddress.ip_address(bytes(raw))
                 except (TypeError, ValueError):
                     continue
-                if index in our_links or str(ip) in our_addresses or ip.is_link_local or str(ip) in STUBS \
-                        or ip.is_unspecified or ip.is_multicast or family not in (2, 10) or str(ip) in out:
+                if (
+                    index in our_links
+                    or str(ip) in our_addresses
+                    or ip.is_link_local
+                    or str(ip) in STUBS
+                    or ip.is_unspecified
+                    or ip.is_multicast
+                    or family not in (2, 10)
+                    or str(ip) in out
+                ):
                     continue
                 out.append(str(ip))
             if out:
@@ -150,14 +168,20 @@ class ResolvedLinks:
     def _configure(conn: Any, index: int, servers: tuple[str, ...], domain: str) -> None:
         from jeepney import DBusAddress, new_method_call
         from jeepney.wrappers import unwrap_msg
-        manager = DBusAddress("/org/freedesktop/resolve1", bus_name="org.freedesktop.resolve1",
-                              interface="org.freedesktop.resolve1.Manager")
+
+        manager = DBusAddress(
+            "/org/freedesktop/resolve1",
+            bus_name="org.freedesktop.resolve1",
+            interface="org.freedesktop.resolve1.Manager",
+        )
         addresses = [(2 if a.version == 4 else 10, a.packed) for a in map(ipaddress.ip_address, servers)]
-        calls = [("SetLinkDNS", "ia(iay)", (index, addresses)),
-                 ("SetLinkDomains", "ia(sb)", (index, [(domain, True)])),
-                 ("SetLinkDefaultRoute", "ib", (index, False)),
-                 ("SetLinkLLMNR", "is", (index, "no")),
-                 ("SetLinkMulticastDNS", "is", (index, "no")),
-                 ("SetLinkDNSSEC", "is", (index, "no"))]
+        calls = [
+            ("SetLinkDNS", "ia(iay)", (index, addresses)),
+            ("SetLinkDomains", "ia(sb)", (index, [(domain, True)])),
+            ("SetLinkDefaultRoute", "ib", (index, False)),
+            ("SetLinkLLMNR", "is", (index, "no")),
+            ("SetLinkMulticastDNS", "is", (index, "no")),
+            ("SetLinkDNSSEC", "is", (index, "no")),
+        ]
         for method, signature, body in calls:
             unwrap_msg(conn.send_and_get_reply(new_method_call(manager, method, signature, body), timeout=TIMEOUT))

@@ -14,21 +14,21 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator
 
-NLMSGHDR = struct.Struct("=IHHII")       # length, type, flags, sequence, port
-IFINFOMSG = struct.Struct("=BxHiII")     # family, type, index, flags, change
-RTMSG = struct.Struct("=BBBBBBBBI")      # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-RTATTR = struct.Struct("=HH")            # length, type
+NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+RTATTR = struct.Struct("=HH")  # length, type
 
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE = 16, 17, 24, 25
 IFLA_LINKINFO, IFLA_INFO_KIND = 18, 1
 RTA_GATEWAY, RTA_MULTIPATH, RTA_VIA = 5, 9, 18
-NLA_TYPE_MASK = 0x3FFF                   # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 
 @dataclass(frozen=True)
 class LinkEvent:
     index: int
-    kind: str            # "bridge", "veth", ... ("" when the message does not say)
+    kind: str  # "bridge", "veth", ... ("" when the message does not say)
     removed: bool
 
 

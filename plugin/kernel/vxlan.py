@@ -65,11 +65,23 @@ class Vxlan:
                     raise KernelError(f"no link holds the underlay address {local}")
                 dev = ipr.link_lookup(ifname=under[0])
                 try:
-                    ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local,
-                             vxlan_link=dev[0], vxlan_port=port, vxlan_learning=0, vxlan_proxy=1, mtu=mtu)
+                    ipr.link(
+                        "add",
+                        ifname=name,
+                        kind="vxlan",
+                        vxlan_id=vni,
+                        vxlan_local=local,
+                        vxlan_link=dev[0],
+                        vxlan_port=port,
+                        vxlan_learning=0,
+                        vxlan_proxy=1,
+                        mtu=mtu,
+                    )
                 except NetlinkError as e:
                     if e.code == errno.EEXIST:
-                        raise Conflict(f"VXLAN {vni} (port {port}) already exists on this host under another name") from e
+                        raise Conflict(
+                            f"VXLAN {vni} (port {port}) already exists on this host under another name"
+                        ) from e
                     raise KernelError(f"create VXLAN {name} (VNI {vni}): {e}") from e
                 created = True
             try:
@@ -150,8 +162,10 @@ class Vxlan:
                 except NetlinkError as e:
                     raise KernelError(f"VXLAN {name}: entry {mac} via {host}: {e}") from e
             if refused:
-                raise KernelError(f"VXLAN {name}: {', '.join(refused)} not taken from other hosts: the bridge "
-                                  "has them on a port of its own (its MAC, a container here)")
+                raise KernelError(
+                    f"VXLAN {name}: {', '.join(refused)} not taken from other hosts: the bridge "
+                    "has them on a port of its own (its MAC, a container here)"
+                )
 
     @staticmethod
     def _add_bridge_entry(ipr: IPRoute, index: int, bridge: int, mac: str) -> bool:
@@ -161,8 +175,10 @@ class Vxlan:
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise
-            return any(m.get("NDA_LLADDR") == mac and m["flags"] & NTF_MASTER    # ours already
-                       for m in ipr.fdb("dump", ifindex=index))
+            return any(
+                m.get("NDA_LLADDR") == mac and m["flags"] & NTF_MASTER  # ours already
+                for m in ipr.fdb("dump", ifindex=index)
+            )
         return True
 
     @staticmethod

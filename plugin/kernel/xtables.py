@@ -18,17 +18,31 @@ from typing import Callable
 from ..domain.errors import KernelError
 from . import commands
 from .commands import safe
-TOOLS = {("nft", 4): "iptables-nft", ("nft", 6): "ip6tables-nft",
-         ("legacy", 4): "iptables-legacy", ("legacy", 6): "ip6tables-legacy"}
+
+TOOLS = {
+    ("nft", 4): "iptables-nft",
+    ("nft", 6): "ip6tables-nft",
+    ("legacy", 4): "iptables-legacy",
+    ("legacy", 6): "ip6tables-legacy",
+}
 NAMES_FILE = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 
 
 class ForwardAccept:
-    def __init__(self, prefix: str, mark: int, argv0: list[str],
-                 nft_tables: Callable[[], set[tuple[str, str]]]):
+    def __init__(self, prefix: str, mark: int, argv0: list[str], nft_tables: Callable[[], set[tuple[str, str]]]):
         self.prefix = prefix
-        self.spec = ("-m", "mark", "--mark", f"{mark:#x}/{mark:#x}", "-m", "comment", "--comment", safe(prefix),
-                     "-j", "ACCEPT")
+        self.spec = (
+            "-m",
+            "mark",
+            "--mark",
+            f"{mark:#x}/{mark:#x}",
+            "-m",
+            "comment",
+            "--comment",
+            safe(prefix),
+            "-j",
+            "ACCEPT",
+        )
         self._argv0 = argv0
         self._nft_tables = nft_tables
 

@@ -102,6 +102,9 @@ def ipam_data(body: dict, key: str) -> list[IpamDataSpec]:
         if not pool:
             raise InvalidRequest(f"{key}[{i}].Pool is required")
         aux = tuple(sorted(string_map(entry, "AuxAddresses").items()))
-        out.append(IpamDataSpec(pool=pool, gateway=text(entry, "Gateway"), aux=aux,
-                                space=text(entry, "AddressSpace", max_len=256)))
+        out.append(
+            IpamDataSpec(
+                pool=pool, gateway=text(entry, "Gateway"), aux=aux, space=text(entry, "AddressSpace", max_len=256)
+            )
+        )
     return out

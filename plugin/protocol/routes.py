@@ -23,9 +23,14 @@ def net_capabilities(s, body):
 
 def create_network(s, body):
     options = f.mapping(body, "Options")
-    s.networks.create(f.ident(body, "NetworkID"), f.string_map(options, GENERIC),
-                      ipv6=f.flag(options, ENABLE_IPV6), internal=f.flag(options, INTERNAL),
-                      ipv4_data=f.ipam_data(body, "IPv4Data"), ipv6_data=f.ipam_data(body, "IPv6Data"))
+    s.networks.create(
+        f.ident(body, "NetworkID"),
+        f.string_map(options, GENERIC),
+        ipv6=f.flag(options, ENABLE_IPV6),
+        internal=f.flag(options, INTERNAL),
+        ipv4_data=f.ipam_data(body, "IPv4Data"),
+        ipv6_data=f.ipam_data(body, "IPv6Data"),
+    )
     return {}
 
 
@@ -42,9 +47,13 @@ def delete_network(s, body):
 def create_endpoint(s, body):
     iface = f.mapping(body, "Interface")
     f.mapping(body, "Options")
-    return s.endpoints.create(f.ident(body, "NetworkID"), f.ident(body, "EndpointID"),
-                              address=f.text(iface, "Address"), address6=f.text(iface, "AddressIPv6"),
-                              mac=f.text(iface, "MacAddress"))
+    return s.endpoints.create(
+        f.ident(body, "NetworkID"),
+        f.ident(body, "EndpointID"),
+        address=f.text(iface, "Address"),
+        address6=f.text(iface, "AddressIPv6"),
+        mac=f.text(iface, "MacAddress"),
+    )
 
 
 def delete_endpoint(s, body):
@@ -58,8 +67,7 @@ def endpoint_oper_info(s, body):
 
 def join(s, body):
     f.mapping(body, "Options")
-    return s.endpoints.join(f.ident(body, "NetworkID"), f.ident(body, "EndpointID"),
-                            f.text(body, "SandboxKey"))
+    return s.endpoints.join(f.ident(body, "NetworkID"), f.ident(body, "EndpointID"), f.text(body, "SandboxKey"))
 
 
 def leave(s, body):
@@ -75,8 +83,12 @@ NO_PROXY_6TO4 = "com.docker.network.driver.private.no_proxy_6to4"
 
 def program_external_connectivity(s, body):
     options = f.mapping(body, "Options")
-    s.endpoints.program(f.ident(body, "NetworkID"), f.ident(body, "EndpointID"), f.items(options, PORTMAP),
-                        ipv6=not f.flag(options, NO_PROXY_6TO4))
+    s.endpoints.program(
+        f.ident(body, "NetworkID"),
+        f.ident(body, "EndpointID"),
+        f.items(options, PORTMAP),
+        ipv6=not f.flag(options, NO_PROXY_6TO4),
+    )
     return {}
 
 
@@ -104,8 +116,12 @@ def default_address_spaces(s, body):
 
 def request_pool(s, body):
     f.string_map(body, "Options")
-    return s.ipam.request_pool(f.text(body, "AddressSpace", max_len=256), f.text(body, "Pool", max_len=64),
-                               f.text(body, "SubPool", max_len=64), f.flag(body, "V6"))
+    return s.ipam.request_pool(
+        f.text(body, "AddressSpace", max_len=256),
+        f.text(body, "Pool", max_len=64),
+        f.text(body, "SubPool", max_len=64),
+        f.flag(body, "V6"),
+    )
 
 
 def release_pool(s, body):
@@ -114,8 +130,9 @@ def release_pool(s, body):
 
 
 def request_address(s, body):
-    address = s.ipam.request_address(f.pool_ident(body, "PoolID"), f.text(body, "Address", max_len=64),
-                                     f.string_map(body, "Options"))
+    address = s.ipam.request_address(
+        f.pool_ident(body, "PoolID"), f.text(body, "Address", max_len=64), f.string_map(body, "Options")
+    )
     return {"Address": address, "Data": {}}
 
 

@@ -24,7 +24,7 @@ class _Ring:
 
     def __init__(self):
         self.values = array("d")
-        self.count = 0          # all ever recorded; the newest is at (count - 1) % KEEP
+        self.count = 0  # all ever recorded; the newest is at (count - 1) % KEEP
 
     def add(self, value: float, keep: int) -> None:
         if len(self.values) < keep:
@@ -40,7 +40,7 @@ class CallStats:
         self._lock = threading.Lock()
         self._calls: dict[str, _Ring] = defaultdict(_Ring)
         self._errors: dict[str, int] = defaultdict(int)
-        self.calls = 0          # all calls since start (reset() keeps it): tells activity from idleness
+        self.calls = 0  # all calls since start (reset() keeps it): tells activity from idleness
 
     def record(self, method: str, seconds: float, ok: bool) -> None:
         with self._lock:
@@ -58,7 +58,14 @@ class CallStats:
         with self._lock:
             snap = {m: r.values.tolist() for m, r in self._calls.items()}
             errors = dict(self._errors)
-        return {m: {"count": len(v), "errors": errors.get(m, 0),
-                    "p50_ms": round(percentile(v, 50) * 1000, 3),
-                    "p99_ms": round(percentile(v, 99) * 1000, 3),
-                    "max_ms": round(max(v) * 1000, 3)} for m, v in sorted(snap.items()) if v}
+        return {
+            m: {
+                "count": len(v),
+                "errors": errors.get(m, 0),
+                "p50_ms": round(percentile(v, 50) * 1000, 3),
+                "p99_ms": round(percentile(v, 99) * 1000, 3),
+                "max_ms": round(max(v) * 1000, 3),
+            }
+            for m, v in sorted(snap.items())
+            if v
+        }

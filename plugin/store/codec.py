@@ -58,29 +58,65 @@ def binding_from_json(key: str, endpoint_id: str, text: str) -> PortBinding:
 
 
 def network_to_json(n: Network) -> str:
-    return json.dumps({
-        "bridge": n.bridge, "mtu": n.mtu, "internal": n.internal, "ipv6": n.ipv6, "icc": n.icc,
-        "masquerade": n.masquerade, "host_binding_ipv4": n.host_binding_ipv4,
-        "bridge_owned": n.bridge_owned, "options": dict(n.options),
-        "cluster": n.cluster, "vni": n.vni, "mac": n.mac,
-        "routed": sorted(n.routed), "unprotected": sorted(n.unprotected), "trusted": list(n.trusted),
-        "subnets": [{"pool": str(s.pool), "gateway": str(s.gateway) if s.gateway else "",
-                     "aux": dict((k, str(v)) for k, v in s.aux)} for s in n.subnets],
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "bridge": n.bridge,
+            "mtu": n.mtu,
+            "internal": n.internal,
+            "ipv6": n.ipv6,
+            "icc": n.icc,
+            "masquerade": n.masquerade,
+            "host_binding_ipv4": n.host_binding_ipv4,
+            "bridge_owned": n.bridge_owned,
+            "options": dict(n.options),
+            "cluster": n.cluster,
+            "vni": n.vni,
+            "mac": n.mac,
+            "routed": sorted(n.routed),
+            "unprotected": sorted(n.unprotected),
+            "trusted": list(n.trusted),
+            "subnets": [
+                {
+                    "pool": str(s.pool),
+                    "gateway": str(s.gateway) if s.gateway else "",
+                    "aux": dict((k, str(v)) for k, v in s.aux),
+                }
+                for s in n.subnets
+            ],
+        },
+        sort_keys=True,
+    )
 
 
 def network_from_json(network_id: str, text: str) -> Network:
     d = json.loads(text)
-    subnets = tuple(Subnet(pool=parse_cidr("stored subnet", s["pool"]), gateway=_iface(s["gateway"]),
-                           aux=tuple((k, _aux(v)) for k, v in sorted(s["aux"].items())))
-                    for s in d["subnets"])
-    return Network(id=network_id, bridge=_ifname(d["bridge"]), subnets=subnets, mtu=d["mtu"],
-                   internal=d["internal"], ipv6=d["ipv6"], icc=d["icc"], masquerade=d["masquerade"],
-                   host_binding_ipv4=d["host_binding_ipv4"], bridge_owned=d["bridge_owned"],
-                   options=tuple(sorted(d["options"].items())), cluster=str(d.get("cluster", "")),
-                   vni=int(d.get("vni", 0)), mac=str(d.get("mac", "")),
-                   routed=_families(d.get("routed", [])), unprotected=_families(d.get("unprotected", [])),
-                   trusted=tuple(_ifname(t) for t in d.get("trusted", [])))
+    subnets = tuple(
+        Subnet(
+            pool=parse_cidr("stored subnet", s["pool"]),
+            gateway=_iface(s["gateway"]),
+            aux=tuple((k, _aux(v)) for k, v in sorted(s["aux"].items())),
+        )
+        for s in d["subnets"]
+    )
+    return Network(
+        id=network_id,
+        bridge=_ifname(d["bridge"]),
+        subnets=subnets,
+        mtu=d["mtu"],
+        internal=d["internal"],
+        ipv6=d["ipv6"],
+        icc=d["icc"],
+        masquerade=d["masquerade"],
+        host_binding_ipv4=d["host_binding_ipv4"],
+        bridge_owned=d["bridge_owned"],
+        options=tuple(sorted(d["options"].items())),
+        cluster=str(d.get("cluster", "")),
+        vni=int(d.get("vni", 0)),
+        mac=str(d.get("mac", "")),
+        routed=_families(d.get("routed", [])),
+        unprotected=_families(d.get("unprotected", [])),
+        trusted=tuple(_ifname(t) for t in d.get("trusted", [])),
+    )
 
 
 def _families(value: object) -> frozenset[int]:
@@ -90,19 +126,32 @@ def _families(value: object) -> frozenset[int]:
 
 
 def endpoint_to_json(e: Endpoint) -> str:
-    return json.dumps({
-        "host_ifname": e.host_ifname, "container_ifname": e.container_ifname, "mac": e.mac,
-        "address4": str(e.address4) if e.address4 else "",
-        "address6": str(e.address6) if e.address6 else "",
-        "sandbox_key": e.sandbox_key, "options": dict(e.options),
-        "ports": [[p.proto, p.container_port, p.host_ip, p.host_port, p.family] for p in e.ports],
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "host_ifname": e.host_ifname,
+            "container_ifname": e.container_ifname,
+            "mac": e.mac,
+            "address4": str(e.address4) if e.address4 else "",
+            "address6": str(e.address6) if e.address6 else "",
+            "sandbox_key": e.sandbox_key,
+            "options": dict(e.options),
+            "ports": [[p.proto, p.container_port, p.host_ip, p.host_port, p.family] for p in e.ports],
+        },
+        sort_keys=True,
+    )
 
 
 def endpoint_from_json(endpoint_id: str, network_id: str, text: str) -> Endpoint:
     d = json.loads(text)
-    return Endpoint(id=endpoint_id, network_id=network_id, host_ifname=_ifname(d["host_ifname"]),
-                    container_ifname=_ifname(d["container_ifname"]), mac=d["mac"],
-                    address4=_iface4(d["address4"]), address6=_iface6(d["address6"]),
-                    sandbox_key=d["sandbox_key"], options=tuple(sorted(d["options"].items())),
-                    ports=tuple(_port(p) for p in d.get("ports", [])))
+    return Endpoint(
+        id=endpoint_id,
+        network_id=network_id,
+        host_ifname=_ifname(d["host_ifname"]),
+        container_ifname=_ifname(d["container_ifname"]),
+        mac=d["mac"],
+        address4=_iface4(d["address4"]),
+        address6=_iface6(d["address6"]),
+        sandbox_key=d["sandbox_key"],
+        options=tuple(sorted(d["options"].items())),
+        ports=tuple(_port(p) for p in d.get("ports", [])),
+    )

@@ -34,11 +34,13 @@ class Tx:
 
     def unreadable(self) -> list[str]:
         """Every row that cannot be decoded, named by table and key (for doctor and restore)."""
-        checks: list[tuple[str, str, Callable[..., object]]] = [("networks", "SELECT id, id, doc FROM networks", codec.network_from_json),
-                  ("endpoints", "SELECT id, id, network_id, doc FROM endpoints", codec.endpoint_from_json),
-                  ("pools", "SELECT id, id, space, subnet, ip_range, cursor, cluster FROM pools", pool_row),
-                  ("leases", "SELECT pool_id || ' ' || addr, pool_id, addr FROM leases", lease_row),
-                  ("dns", "SELECT network_id, network_id, name, doc FROM dns", dns_row)]
+        checks: list[tuple[str, str, Callable[..., object]]] = [
+            ("networks", "SELECT id, id, doc FROM networks", codec.network_from_json),
+            ("endpoints", "SELECT id, id, network_id, doc FROM endpoints", codec.endpoint_from_json),
+            ("pools", "SELECT id, id, space, subnet, ip_range, cursor, cluster FROM pools", pool_row),
+            ("leases", "SELECT pool_id || ' ' || addr, pool_id, addr FROM leases", lease_row),
+            ("dns", "SELECT network_id, network_id, name, doc FROM dns", dns_row),
+        ]
         out = []
         for table, query, decode in checks:
             for key, *row in self._c.execute(query).fetchall():
@@ -63,8 +65,7 @@ class Store:
             # before SQLite creates any of them.
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             os.chmod(self.path, 0o600)
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                               timeout=10)
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         try:
@@ -72,7 +73,7 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        for suffix in ("-wal", "-shm") if on_disk else ():   # files left by an older version
+        for suffix in ("-wal", "-shm") if on_disk else ():  # files left by an older version
             side = Path(f"{self.path}{suffix}")
             if side.exists():
                 os.chmod(side, 0o600)

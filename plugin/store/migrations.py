@@ -16,6 +16,7 @@ _BAD_ROW = (*codec.DECODE_ERRORS, PybridgeError)
 # left (user_version 0, tables made with IF NOT EXISTS and columns added when missing): they
 # create only what is not there.
 
+
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
@@ -32,7 +33,9 @@ def _add_column(conn: sqlite3.Connection, table: str, column: str, decl: str) ->
 
 
 def _v1_first_release(conn: sqlite3.Connection) -> None:
-    _script(conn, """
+    _script(
+        conn,
+        """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS networks (id TEXT PRIMARY KEY, bridge TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -44,7 +47,8 @@ CREATE TABLE IF NOT EXISTS pools (
 CREATE TABLE IF NOT EXISTS leases (
     pool_id TEXT NOT NULL, addr TEXT NOT NULL, kind TEXT NOT NULL,
     PRIMARY KEY (pool_id, addr)) WITHOUT ROWID;
-""")
+""",
+    )
 
 
 def _v2_dns_and_lease_times(conn: sqlite3.Connection) -> None:
@@ -53,32 +57,41 @@ def _v2_dns_and_lease_times(conn: sqlite3.Connection) -> None:
 
 
 def _v3_port_index(conn: sqlite3.Connection) -> None:
-    _script(conn, """
+    _script(
+        conn,
+        """
 CREATE TABLE IF NOT EXISTS bindings (
     endpoint_id TEXT NOT NULL, proto TEXT NOT NULL, host_port INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS bindings_by_port ON bindings (proto, host_port);
 CREATE INDEX IF NOT EXISTS bindings_by_endpoint ON bindings (endpoint_id);
-""")
+""",
+    )
     if conn.execute("SELECT 1 FROM meta WHERE key = 'bindings'").fetchone() is None:
-        _fill_bindings(conn)        # state written before the index existed
+        _fill_bindings(conn)  # state written before the index existed
 
 
 def _v4_owners(conn: sqlite3.Connection) -> None:
-    _script(conn, """
+    _script(
+        conn,
+        """
 CREATE TABLE IF NOT EXISTS owners (
     pool_id TEXT NOT NULL, addr TEXT NOT NULL, container TEXT NOT NULL, name TEXT NOT NULL,
     PRIMARY KEY (pool_id, addr)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS owners_by_container ON owners (container);
-""")
+""",
+    )
 
 
 def _v5_waiting_owners(conn: sqlite3.Connection) -> None:
     _add_column(conn, "owners", "waiting", "INTEGER NOT NULL DEFAULT 0")
-    _script(conn, """
+    _script(
+        conn,
+        """
 CREATE INDEX IF NOT EXISTS owners_waiting ON owners (pool_id, waiting, addr);
 CREATE INDEX IF NOT EXISTS owners_waiting_by_name ON owners (pool_id, name, waiting);
 DROP INDEX IF EXISTS owners_by_name;
-""")
+""",
+    )
 
 
 def _v6_cluster_pools(conn: sqlite3.Connection) -> None:
@@ -86,8 +99,13 @@ def _v6_cluster_pools(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
-    (1, _v1_first_release), (2, _v2_dns_and_lease_times), (3, _v3_port_index), (4, _v4_owners),
-    (5, _v5_waiting_owners), (6, _v6_cluster_pools))
+    (1, _v1_first_release),
+    (2, _v2_dns_and_lease_times),
+    (3, _v3_port_index),
+    (4, _v4_owners),
+    (5, _v5_waiting_owners),
+    (6, _v6_cluster_pools),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -96,8 +114,10 @@ def migrate(conn: sqlite3.Connection) -> int:
     had. A database newer than this code is refused (a downgrade would misread it)."""
     have = conn.execute("PRAGMA user_version").fetchone()[0]
     if have > SCHEMA_VERSION:
-        raise CorruptState(f"the state database has schema {have}, newer than this pybridge's {SCHEMA_VERSION}: "
-                           "run the version that wrote it")
+        raise CorruptState(
+            f"the state database has schema {have}, newer than this pybridge's {SCHEMA_VERSION}: "
+            "run the version that wrote it"
+        )
     for version, step in MIGRATIONS:
         if version <= have:
             continue
@@ -120,7 +140,9 @@ def _fill_bindings(conn: sqlite3.Connection) -> None:
         try:
             e = codec.endpoint_from_json(eid, nid, doc)
         except _BAD_ROW:
-            continue      # doctor lists it; it holds no port meanwhile
-        conn.executemany("INSERT INTO bindings (endpoint_id, proto, host_port, doc) VALUES (?, ?, ?, ?)",
-                         [(eid, b.proto, b.host_port, codec.binding_to_json(b)) for b in e.ports])
+            continue  # doctor lists it; it holds no port meanwhile
+        conn.executemany(
+            "INSERT INTO bindings (endpoint_id, proto, host_port, doc) VALUES (?, ?, ?, ?)",
+            [(eid, b.proto, b.host_port, codec.binding_to_json(b)) for b in e.ports],
+        )
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('bindings', '1')")

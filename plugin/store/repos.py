@@ -49,14 +49,21 @@ def lease_row(pool_id: str, addr: str, *rest: Any) -> tuple[Any, ...]:
 
 
 def pool_row(pid: str, space: str, subnet: str, ip_range: str, cursor: str, cluster: str = "") -> PoolRecord:
-    return PoolRecord(id=pid, space=space, subnet=parse_cidr("stored pool", subnet),
-                      ip_range=parse_cidr("stored ip-range", ip_range) if ip_range else None,
-                      cursor=int(cursor, 16) - 1, cluster=cluster)
+    return PoolRecord(
+        id=pid,
+        space=space,
+        subnet=parse_cidr("stored pool", subnet),
+        ip_range=parse_cidr("stored ip-range", ip_range) if ip_range else None,
+        cursor=int(cursor, 16) - 1,
+        cluster=cluster,
+    )
 
 
 def dns_row(network_id: str, name: str, doc: str) -> tuple[str, tuple[str, list[ContainerInfo]]]:
-    return network_id, (name, [ContainerInfo(str(i), str(n), tuple(map(str, a)), str(v4), str(v6))
-                               for i, n, a, v4, v6 in json.loads(doc)])
+    return network_id, (
+        name,
+        [ContainerInfo(str(i), str(n), tuple(map(str, a)), str(v4), str(v6)) for i, n, a, v4, v6 in json.loads(doc)],
+    )
 
 
 class Networks:
@@ -66,8 +73,10 @@ class Networks:
         self._c = conn
 
     def put(self, n: Network) -> None:
-        self._c.execute("INSERT OR REPLACE INTO networks (id, bridge, doc) VALUES (?, ?, ?)",
-                        (n.id, n.bridge, codec.network_to_json(n)))
+        self._c.execute(
+            "INSERT OR REPLACE INTO networks (id, bridge, doc) VALUES (?, ?, ?)",
+            (n.id, n.bridge, codec.network_to_json(n)),
+        )
 
     def get(self, network_id: str) -> Network | None:
         row = self._c.execute("SELECT doc FROM networks WHERE id = ?", (network_id,)).fetchone()
@@ -78,8 +87,9 @@ class Networks:
         return _one("networks", row[0], codec.network_from_json, *row) if row else None
 
     def all(self) -> list[Network]:
-        return _readable(codec.network_from_json,
-                         self._c.execute("SELECT id, doc FROM networks ORDER BY id").fetchall())
+        return _readable(
+            codec.network_from_json, self._c.execute("SELECT id, doc FROM networks ORDER BY id").fetchall()
+        )
 
     def delete(self, network_id: str) -> None:
         self._c.execute("DELETE FROM networks WHERE id = ?", (network_id,))
@@ -87,37 +97,44 @@ class Networks:
     def forget_rows(self, network_id: str) -> None:
         """Remove a network's rows without reading them (its own row may be unreadable); the
         kernel objects left behind carry our prefix and restore/gc collect them."""
-        self._c.execute("DELETE FROM bindings WHERE endpoint_id IN (SELECT id FROM endpoints WHERE network_id = ?)",
-                        (network_id,))
+        self._c.execute(
+            "DELETE FROM bindings WHERE endpoint_id IN (SELECT id FROM endpoints WHERE network_id = ?)", (network_id,)
+        )
         for table, column in (("endpoints", "network_id"), ("dns", "network_id"), ("networks", "id")):
             self._c.execute(f"DELETE FROM {table} WHERE {column} = ?", (network_id,))
 
     def put_endpoint(self, e: Endpoint) -> None:
-        self._c.execute("INSERT OR REPLACE INTO endpoints (id, network_id, doc) VALUES (?, ?, ?)",
-                        (e.id, e.network_id, codec.endpoint_to_json(e)))
+        self._c.execute(
+            "INSERT OR REPLACE INTO endpoints (id, network_id, doc) VALUES (?, ?, ?)",
+            (e.id, e.network_id, codec.endpoint_to_json(e)),
+        )
         self._c.execute("DELETE FROM bindings WHERE endpoint_id = ?", (e.id,))
-        self._c.executemany("INSERT INTO bindings (endpoint_id, proto, host_port, doc) VALUES (?, ?, ?, ?)",
-                            [(e.id, b.proto, b.host_port, codec.binding_to_json(b)) for b in e.ports])
+        self._c.executemany(
+            "INSERT INTO bindings (endpoint_id, proto, host_port, doc) VALUES (?, ?, ?, ?)",
+            [(e.id, b.proto, b.host_port, codec.binding_to_json(b)) for b in e.ports],
+        )
 
     def bindings_on(self, proto: str, host_port: int, but: str = "") -> list[Any]:
         """The published ports held on this host port, by any endpoint but `but` (an index
         lookup: the cost does not grow with the ports published elsewhere)."""
-        rows = self._c.execute("SELECT endpoint_id, doc FROM bindings WHERE proto = ? AND host_port = ?",
-                               (proto, host_port)).fetchall()
-        return _readable(codec.binding_from_json, [(f"{eid}:{proto}/{host_port}", eid, doc)
-                                                   for eid, doc in rows if eid != but])
+        rows = self._c.execute(
+            "SELECT endpoint_id, doc FROM bindings WHERE proto = ? AND host_port = ?", (proto, host_port)
+        ).fetchall()
+        return _readable(
+            codec.binding_from_json, [(f"{eid}:{proto}/{host_port}", eid, doc) for eid, doc in rows if eid != but]
+        )
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
-        row = self._c.execute("SELECT network_id, doc FROM endpoints WHERE id = ?",
-                              (endpoint_id,)).fetchone()
+        row = self._c.execute("SELECT network_id, doc FROM endpoints WHERE id = ?", (endpoint_id,)).fetchone()
         return _one("endpoints", endpoint_id, codec.endpoint_from_json, endpoint_id, *row) if row else None
 
     def endpoints(self, network_id: str | None = None) -> list[Endpoint]:
         if network_id is None:
             rows = self._c.execute("SELECT id, network_id, doc FROM endpoints ORDER BY id").fetchall()
         else:
-            rows = self._c.execute("SELECT id, network_id, doc FROM endpoints WHERE network_id = ? "
-                                   "ORDER BY id", (network_id,)).fetchall()
+            rows = self._c.execute(
+                "SELECT id, network_id, doc FROM endpoints WHERE network_id = ? ORDER BY id", (network_id,)
+            ).fetchall()
         return _readable(codec.endpoint_from_json, rows)
 
     def delete_endpoint(self, endpoint_id: str) -> None:
@@ -132,22 +149,26 @@ class Leases:
         self._c = conn
 
     def put_pool(self, p: PoolRecord) -> None:
-        self._c.execute("INSERT OR REPLACE INTO pools (id, space, subnet, ip_range, cursor, cluster) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (p.id, p.space, str(p.subnet), str(p.ip_range or ""), addr_key(p.cursor + 1), p.cluster))
+        self._c.execute(
+            "INSERT OR REPLACE INTO pools (id, space, subnet, ip_range, cursor, cluster) VALUES (?, ?, ?, ?, ?, ?)",
+            (p.id, p.space, str(p.subnet), str(p.ip_range or ""), addr_key(p.cursor + 1), p.cluster),
+        )
 
     def set_pool_cluster(self, subnet: str, cluster: str) -> None:
         """Mark the pool of this subnet as a cluster network's (its addresses are claimed in etcd)."""
         self._c.execute("UPDATE pools SET cluster = ? WHERE subnet = ?", (cluster, subnet))
 
     def get_pool(self, pool_id: str) -> PoolRecord | None:
-        row = self._c.execute("SELECT id, space, subnet, ip_range, cursor, cluster FROM pools WHERE id = ?",
-                              (pool_id,)).fetchone()
+        row = self._c.execute(
+            "SELECT id, space, subnet, ip_range, cursor, cluster FROM pools WHERE id = ?", (pool_id,)
+        ).fetchone()
         return _one("pools", pool_id, pool_row, *row) if row else None
 
     def pools(self) -> list[PoolRecord]:
-        return _readable(pool_row, self._c.execute(
-            "SELECT id, space, subnet, ip_range, cursor, cluster FROM pools ORDER BY id").fetchall())
+        return _readable(
+            pool_row,
+            self._c.execute("SELECT id, space, subnet, ip_range, cursor, cluster FROM pools ORDER BY id").fetchall(),
+        )
 
     def counts(self) -> dict[str, int]:
         """Leases held in each pool (gateways included)."""
@@ -163,18 +184,23 @@ class Leases:
 
     def add(self, pool_id: str, address: int, kind: str) -> bool:
         """False when the address is already leased."""
-        cur = self._c.execute("INSERT OR IGNORE INTO leases (pool_id, addr, kind, created) VALUES (?, ?, ?, ?)",
-                              (pool_id, addr_key(address), kind, time.time()))
+        cur = self._c.execute(
+            "INSERT OR IGNORE INTO leases (pool_id, addr, kind, created) VALUES (?, ?, ?, ?)",
+            (pool_id, addr_key(address), kind, time.time()),
+        )
         if cur.rowcount == 1:
-            self._c.execute("UPDATE owners SET waiting = 0 WHERE pool_id = ? AND addr = ? AND waiting = 1",
-                            (pool_id, addr_key(address)))
+            self._c.execute(
+                "UPDATE owners SET waiting = 0 WHERE pool_id = ? AND addr = ? AND waiting = 1",
+                (pool_id, addr_key(address)),
+            )
         return cur.rowcount == 1
 
     def delete(self, pool_id: str, address: int) -> bool:
-        cur = self._c.execute("DELETE FROM leases WHERE pool_id = ? AND addr = ?",
-                              (pool_id, addr_key(address)))
-        if cur.rowcount == 1:   # a remembered address now waits for its owner
-            self._c.execute("UPDATE owners SET waiting = 1 WHERE pool_id = ? AND addr = ?", (pool_id, addr_key(address)))
+        cur = self._c.execute("DELETE FROM leases WHERE pool_id = ? AND addr = ?", (pool_id, addr_key(address)))
+        if cur.rowcount == 1:  # a remembered address now waits for its owner
+            self._c.execute(
+                "UPDATE owners SET waiting = 1 WHERE pool_id = ? AND addr = ?", (pool_id, addr_key(address))
+            )
         return cur.rowcount == 1
 
     def taken_from(self, pool_id: str, start: int, batch: int = 8) -> Iterator[int]:
@@ -184,8 +210,10 @@ class Leases:
         first = True
         while True:
             op = ">=" if first else ">"
-            rows = self._c.execute(f"SELECT addr FROM leases WHERE pool_id = ? AND addr {op} ? "
-                                   "ORDER BY addr LIMIT ?", (pool_id, key, batch)).fetchall()
+            rows = self._c.execute(
+                f"SELECT addr FROM leases WHERE pool_id = ? AND addr {op} ? ORDER BY addr LIMIT ?",
+                (pool_id, key, batch),
+            ).fetchall()
             for (a,) in rows:
                 try:
                     yield int(a, 16)
@@ -197,13 +225,18 @@ class Leases:
 
     def ages(self, now: float) -> list[tuple[str, int, str, float]]:
         """(pool, address, kind, age in seconds) of every lease."""
-        return [(p, a, k, now - c) for p, a, k, c in _readable(lease_row, self._c.execute(
-            "SELECT pool_id, addr, kind, created FROM leases").fetchall())]
+        return [
+            (p, a, k, now - c)
+            for p, a, k, c in _readable(
+                lease_row, self._c.execute("SELECT pool_id, addr, kind, created FROM leases").fetchall()
+            )
+        ]
 
     def all(self, pool_id: str | None = None) -> list[tuple[str, int, str]]:
         q = "SELECT pool_id, addr, kind FROM leases"
-        rows = self._c.execute(q + (" WHERE pool_id = ?" if pool_id else "") + " ORDER BY pool_id, addr",
-                               (pool_id,) if pool_id else ()).fetchall()
+        rows = self._c.execute(
+            q + (" WHERE pool_id = ?" if pool_id else "") + " ORDER BY pool_id, addr", (pool_id,) if pool_id else ()
+        ).fetchall()
         return _readable(lease_row, rows)
 
 
@@ -220,19 +253,24 @@ class Containers:
         key = addr_key(address)
         leased = self._c.execute("SELECT 1 FROM leases WHERE pool_id = ? AND addr = ?", (pool_id, key)).fetchone()
         self._c.execute("DELETE FROM owners WHERE pool_id = ? AND container = ?", (pool_id, container))
-        self._c.execute("INSERT OR REPLACE INTO owners (pool_id, addr, container, name, waiting) VALUES (?, ?, ?, ?, ?)",
-                        (pool_id, key, container, name, 0 if leased else 1))
+        self._c.execute(
+            "INSERT OR REPLACE INTO owners (pool_id, addr, container, name, waiting) VALUES (?, ?, ?, ?, ?)",
+            (pool_id, key, container, name, 0 if leased else 1),
+        )
 
     def waiting_address(self, pool_id: str, name: str | None = None) -> int | None:
         """The lowest remembered address of the pool that is not leased now (of the owner called
         `name`, if given): kept as a flag that lease changes update, so that finding one costs
         an index lookup however many addresses are remembered."""
         if name is None:
-            row = self._c.execute("SELECT addr FROM owners WHERE pool_id = ? AND waiting = 1 ORDER BY addr LIMIT 1",
-                                  (pool_id,)).fetchone()
+            row = self._c.execute(
+                "SELECT addr FROM owners WHERE pool_id = ? AND waiting = 1 ORDER BY addr LIMIT 1", (pool_id,)
+            ).fetchone()
         else:
-            row = self._c.execute("SELECT addr FROM owners WHERE pool_id = ? AND name = ? AND waiting = 1 "
-                                  "ORDER BY addr LIMIT 1", (pool_id, name)).fetchone()
+            row = self._c.execute(
+                "SELECT addr FROM owners WHERE pool_id = ? AND name = ? AND waiting = 1 ORDER BY addr LIMIT 1",
+                (pool_id, name),
+            ).fetchone()
         try:
             return int(row[0], 16) if row else None
         except ValueError:
@@ -240,8 +278,9 @@ class Containers:
 
     def owned_from(self, pool_id: str, start: int) -> Iterator[int]:
         """Remembered addresses >= start in ascending order (allocation steps over them)."""
-        for (a,) in self._c.execute("SELECT addr FROM owners WHERE pool_id = ? AND addr >= ? ORDER BY addr",
-                                    (pool_id, addr_key(start))):
+        for (a,) in self._c.execute(
+            "SELECT addr FROM owners WHERE pool_id = ? AND addr >= ? ORDER BY addr", (pool_id, addr_key(start))
+        ):
             try:
                 yield int(a, 16)
             except ValueError:
@@ -255,13 +294,16 @@ class Containers:
             self._c.executemany("DELETE FROM owners WHERE container = ?", [(c,) for c in present - set(keep_only)])
 
     def owners(self) -> list[tuple[str, int, str, str]]:
-        return [(p, int(a, 16), c, n) for p, a, c, n in self._c.execute(
-            "SELECT pool_id, addr, container, name FROM owners ORDER BY pool_id, addr")]
+        return [
+            (p, int(a, 16), c, n)
+            for p, a, c, n in self._c.execute(
+                "SELECT pool_id, addr, container, name FROM owners ORDER BY pool_id, addr"
+            )
+        ]
 
     def put_names(self, network_id: str, name: str, containers: Iterable[ContainerInfo]) -> None:
         doc = json.dumps([[c.id, c.name, list(c.aliases), c.ipv4, c.ipv6] for c in containers])
-        self._c.execute("INSERT OR REPLACE INTO dns (network_id, name, doc) VALUES (?, ?, ?)",
-                        (network_id, name, doc))
+        self._c.execute("INSERT OR REPLACE INTO dns (network_id, name, doc) VALUES (?, ?, ?)", (network_id, name, doc))
 
     def names(self) -> dict[str, Any]:
         rows = self._c.execute("SELECT network_id, name, doc FROM dns").fetchall()
@@ -288,8 +330,10 @@ class Meta:
         return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, int)} if isinstance(d, dict) else {}
 
     def set_port_cursors(self, cursors: dict[str, int]) -> None:
-        self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('port_cursors', ?)",
-                        (json.dumps(cursors, sort_keys=True),))
+        self._c.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('port_cursors', ?)",
+            (json.dumps(cursors, sort_keys=True),),
+        )
 
     def docker_bridges(self) -> frozenset[str]:
         row = self._c.execute("SELECT value FROM meta WHERE key = 'docker_bridges'").fetchone()
@@ -300,8 +344,9 @@ class Meta:
         return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
 
     def set_docker_bridges(self, names: Iterable[str]) -> None:
-        self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('docker_bridges', ?)",
-                        (json.dumps(sorted(names)),))
+        self._c.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('docker_bridges', ?)", (json.dumps(sorted(names)),)
+        )
 
     def vxlan_members(self) -> list[tuple[int, str]]:
         row = self._c.execute("SELECT value FROM meta WHERE key = 'vxlan_members'").fetchone()
@@ -311,11 +356,20 @@ class Meta:
             return []
         if not isinstance(pairs, list):
             return []
-        return [(p[0], p[1]) for p in pairs if isinstance(p, list) and len(p) == 2
-                and isinstance(p[0], int) and not isinstance(p[0], bool) and isinstance(p[1], str)]
+        return [
+            (p[0], p[1])
+            for p in pairs
+            if isinstance(p, list)
+            and len(p) == 2
+            and isinstance(p[0], int)
+            and not isinstance(p[0], bool)
+            and isinstance(p[1], str)
+        ]
 
     def set_vxlan_members(self, members: Iterable[tuple[int, str]]) -> None:
         """Cluster mode: the VXLAN filter's last (VNI, host) pairs, restored at start before etcd
         is read (the filter fails closed: it never opens to everyone)."""
-        self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('vxlan_members', ?)",
-                        (json.dumps(sorted([int(v), str(h)] for v, h in members)),))
+        self._c.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('vxlan_members', ?)",
+            (json.dumps(sorted([int(v), str(h)] for v, h in members)),),
+        )

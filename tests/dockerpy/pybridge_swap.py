@@ -16,11 +16,14 @@ import docker.api.network
 from docker.types import IPAMConfig
 
 DRIVER = os.environ.get("PYBRIDGE_DOCKERPY_DRIVER", "pybridge")
-SWAPPED: dict[str, tuple[str, str]] = {}      # network ID -> (driver, IPAM driver) asked for
+SWAPPED: dict[str, tuple[str, str]] = {}  # network ID -> (driver, IPAM driver) asked for
 
 
 def pytest_configure(config):
-    create, inspect = docker.api.network.NetworkApiMixin.create_network, docker.api.network.NetworkApiMixin.inspect_network
+    create, inspect = (
+        docker.api.network.NetworkApiMixin.create_network,
+        docker.api.network.NetworkApiMixin.inspect_network,
+    )
 
     def create_network(self, name, driver=None, options=None, ipam=None, *args, **kwargs):
         asked = (driver or "bridge", (ipam or {}).get("Driver") or "default")

@@ -9,8 +9,16 @@ import uuid
 
 import pytest
 
-from .dockerenv import (DockerEnv, MANAGED, docker_ready, plugin_enabled, recover_from_engine_deadlock, sh,
-                        snapshot, wait_for)
+from .dockerenv import (
+    DockerEnv,
+    MANAGED,
+    docker_ready,
+    plugin_enabled,
+    recover_from_engine_deadlock,
+    sh,
+    snapshot,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +67,7 @@ def neighbour():
         sh("ip", "-n", ns, "addr", "add", address, "dev", ns_if)
         sh("ip", "-n", ns, "route", "add", f"{gw}/32", "dev", ns_if)
         return ns, ns_if
+
     try:
         yield plug
     finally:

@@ -83,7 +83,7 @@ def free_subnet(prefixlen: int = 24) -> str:
 
 
 def free_subnet6() -> str:
-    return f"fd70:6201:{random.randrange(0x100, 0xfeff):x}::/64"
+    return f"fd70:6201:{random.randrange(0x100, 0xFEFF):x}::/64"
 
 
 def ifaces() -> dict[str, dict]:
@@ -96,8 +96,19 @@ def our_links() -> set[str]:
 
 TABLE = nftrules.table_name(CHAIN_PREFIX)
 # our one static rule in iptables' FORWARD, as iptables -S prints it (args for -D, and the line)
-STATIC = ["FORWARD", "-m", "mark", "--mark", "0x1000000/0x1000000", "-m", "comment", "--comment", CHAIN_PREFIX,
-          "-j", "ACCEPT"]
+STATIC = [
+    "FORWARD",
+    "-m",
+    "mark",
+    "--mark",
+    "0x1000000/0x1000000",
+    "-m",
+    "comment",
+    "--comment",
+    CHAIN_PREFIX,
+    "-j",
+    "ACCEPT",
+]
 STATIC_LINE = "-A " + " ".join(STATIC)
 
 
@@ -132,9 +143,16 @@ def state_rows() -> dict[str, list]:
         return {}
     conn = sqlite3.connect(f"file:{STATE_DB}?mode=ro", uri=True, timeout=10)
     try:
-        return {t: sorted(r[0] for r in conn.execute(f"SELECT {k} FROM {t}"))
-                for t, k in (("networks", "id"), ("endpoints", "id"), ("pools", "subnet"),
-                             ("leases", "pool_id || ' ' || addr"), ("dns", "network_id"))}
+        return {
+            t: sorted(r[0] for r in conn.execute(f"SELECT {k} FROM {t}"))
+            for t, k in (
+                ("networks", "id"),
+                ("endpoints", "id"),
+                ("pools", "subnet"),
+                ("leases", "pool_id || ' ' || addr"),
+                ("dns", "network_id"),
+            )
+        }
     finally:
         conn.close()
 
@@ -155,8 +173,7 @@ class DockerEnv:
     def name(self, kind: str) -> str:
         return f"{self.prefix}-{kind}{next(self._n)}"
 
-    def network(self, *args: str, driver: str = PLUGIN, ipam: str | None = PLUGIN,
-                name: str | None = None) -> str:
+    def network(self, *args: str, driver: str = PLUGIN, ipam: str | None = PLUGIN, name: str | None = None) -> str:
         name = name or self.name("net")
         argv = ["network", "create", "-d", driver]
         if ipam:
@@ -171,8 +188,9 @@ class DockerEnv:
         except CommandFailed as e:
             return False, str(e)
 
-    def run(self, network: str | None, *args: str, name: str | None = None,
-            cmd: tuple[str, ...] = ("sleep", "600")) -> str:
+    def run(
+        self, network: str | None, *args: str, name: str | None = None, cmd: tuple[str, ...] = ("sleep", "600")
+    ) -> str:
         name = name or self.name("c")
         self.containers.append(name)
         # busybox's sleep as PID 1 ignores SIGTERM: without a short stop timeout each stop (and a
@@ -185,15 +203,27 @@ class DockerEnv:
         return name
 
     def run_once(self, network: str, *cmd: str, args: tuple[str, ...] = (), check: bool = True):
-        return sh("docker", "run", "--rm", "--network", network, "--dns", "127.0.0.1", *args,
-                  IMAGE, *cmd, check=check, timeout=60)
+        return sh(
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            network,
+            "--dns",
+            "127.0.0.1",
+            *args,
+            IMAGE,
+            *cmd,
+            check=check,
+            timeout=60,
+        )
 
     def exec(self, container: str, *cmd: str, check: bool = True):
         return sh("docker", "exec", container, *cmd, check=check, timeout=60)
 
     def ip(self, container: str, network: str, v6: bool = False) -> str:
         key = "GlobalIPv6Address" if v6 else "IPAddress"
-        return docker("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{network}\").{key}}}}}", container)
+        return docker("inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{network}").{key}}}}}', container)
 
     def network_id(self, network: str) -> str:
         return docker("network", "inspect", "-f", "{{.Id}}", network)
@@ -205,7 +235,7 @@ class DockerEnv:
             # lose an endpoint count update (moby#42119), and the network then cannot be removed
             # until dockerd restarts
             for i in range(0, len(self.containers), 8):
-                res = sh("docker", "rm", "-f", *self.containers[i:i + 8], check=False)
+                res = sh("docker", "rm", "-f", *self.containers[i : i + 8], check=False)
                 if res.returncode != 0 and "No such container" not in res.stderr:
                     errors.append(res.stderr.strip())
         for net in reversed(self.networks):
@@ -248,7 +278,10 @@ def _alive(pid: str) -> bool:
 
 def restart_dockerd(kill_signal: str = "TERM") -> None:
     """Restart the engine the way it was started (systemd, or a background dockerd)."""
-    if os.path.isdir("/run/systemd/system") and sh("systemctl", "is-active", "docker", check=False).stdout.strip() == "active":
+    if (
+        os.path.isdir("/run/systemd/system")
+        and sh("systemctl", "is-active", "docker", check=False).stdout.strip() == "active"
+    ):
         sh("systemctl", "restart", "docker", timeout=120)
     else:
         pid = sh("pidof", "dockerd").stdout.split()[0]
@@ -269,12 +302,21 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
         # detached (setsid, reparented to init) so that it outlives the test run; an engine in a
         # tree of its own is started by the command that started it (scripts/engine.sh daemon)
         argv = shlex.split(os.environ.get("PYBRIDGE_DOCKERD_COMMAND", "")) or [c.decode() for c in cmdline]
-        start = lambda: sh("sh", "-c", 'setsid "$@" >>/var/log/pybridge-dockerd.log 2>&1 </dev/null &',  # noqa: E731
-                           "sh", *argv)
+
+        def start() -> None:
+            sh("sh", "-c", 'setsid "$@" >>/var/log/pybridge-dockerd.log 2>&1 </dev/null &', "sh", *argv)
+
         logged = os.path.getsize(DOCKERD_LOG) if os.path.exists(DOCKERD_LOG) else 0
         # a bundle containerd failed to delete (.ID) makes the next start of ID fail, and 20.10 panic
-        sh("bash", "-c", '. "$1"; pb_clear_dead_bundles "$2"', "bash",
-           os.path.join(REPO, "scripts", "lib.sh"), exec_root, check=False)
+        sh(
+            "bash",
+            "-c",
+            '. "$1"; pb_clear_dead_bundles "$2"',
+            "bash",
+            os.path.join(REPO, "scripts", "lib.sh"),
+            exec_root,
+            check=False,
+        )
         start()
         if not wait_for(lambda: docker_ready() or _panicked_on_a_plugin_task(logged), 60, 0.5):
             raise RuntimeError("dockerd did not come back")
@@ -285,13 +327,22 @@ def restart_dockerd(kill_signal: str = "TERM") -> None:
             # panics, at every start. The engine is brought back (its orphaned plugin shims and
             # their task state cleared, as scripts/lib.sh does before any start) for the tests
             # after this one; this one fails with what happened.
-            sh("bash", "-c", '. "$1"; pb_clear_stale_plugin_tasks "$2"', "bash",
-               os.path.join(REPO, "scripts", "lib.sh"), exec_root, check=False)
+            sh(
+                "bash",
+                "-c",
+                '. "$1"; pb_clear_stale_plugin_tasks "$2"',
+                "bash",
+                os.path.join(REPO, "scripts", "lib.sh"),
+                exec_root,
+                check=False,
+            )
             start()
             wait_for(docker_ready, 60, 0.5)
-            raise RuntimeError("dockerd panicked at start: a managed plugin's task from before the kill "
-                               "still existed (failed to enable plugin ... already exists); stale plugin "
-                               "tasks killed, dockerd started again")
+            raise RuntimeError(
+                "dockerd panicked at start: a managed plugin's task from before the kill "
+                "still existed (failed to enable plugin ... already exists); stale plugin "
+                "tasks killed, dockerd started again"
+            )
         return
     if not wait_for(docker_ready, 60, 0.5):
         raise RuntimeError("dockerd did not come back")
@@ -342,8 +393,10 @@ def recover_from_engine_deadlock() -> str:
     if "processEndpointDelete" in stacks and "getSvcRecords" in stacks:
         restart_dockerd("KILL")
         wait_plugin_socket(60)
-        return (f"dockerd deadlocked in libnetwork (moby#46661, fixed in 20.10.27): goroutines in "
-                f"{dumps}/{new[-1]}; dockerd restarted")
+        return (
+            f"dockerd deadlocked in libnetwork (moby#46661, fixed in 20.10.27): goroutines in "
+            f"{dumps}/{new[-1]}; dockerd restarted"
+        )
     return f"dockerd stopped answering; goroutines in {dumps}/{new[-1] if new else '(no dump)'}"
 
 
@@ -365,6 +418,7 @@ def free_port(low: int = 20000, high: int = 39000, count: int = 1) -> int:
     """The first of `count` consecutive host ports that no process here listens on (TCP or UDP)
     and no mapping of the test plugin uses: checked, not guessed."""
     import socket
+
     used = sh("ss", "-Htuan").stdout
     ours = "\n".join(our_rules())
 

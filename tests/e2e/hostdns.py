@@ -24,13 +24,18 @@ from ..dbusconf import bus_config
 BUS_DIR = "/run/pybridge-test-dbus"
 BUS = f"{BUS_DIR}/system_bus_socket"
 TOOLS = "/var/lib/pybridge-test-tools"
-CANDIDATES = ("/lib/systemd/systemd-resolved", "/usr/lib/systemd/systemd-resolved",
-              f"{TOOLS}/systemd-resolved/lib/systemd/systemd-resolved",
-              f"{TOOLS}/systemd-resolved/usr/lib/systemd/systemd-resolved")
+CANDIDATES = (
+    "/lib/systemd/systemd-resolved",
+    "/usr/lib/systemd/systemd-resolved",
+    f"{TOOLS}/systemd-resolved/lib/systemd/systemd-resolved",
+    f"{TOOLS}/systemd-resolved/usr/lib/systemd/systemd-resolved",
+)
 UID = 64990
 
-RESOLVED_CONF = "[Resolve]\nDNS=\nFallbackDNS=\nDomains=\nLLMNR=no\nMulticastDNS=no\nDNSSEC=no\nDNSOverTLS=no\n" \
-                "Cache=no\nDNSStubListener=yes\nReadEtcHosts=no\n"
+RESOLVED_CONF = (
+    "[Resolve]\nDNS=\nFallbackDNS=\nDomains=\nLLMNR=no\nMulticastDNS=no\nDNSSEC=no\nDNSOverTLS=no\n"
+    "Cache=no\nDNSStubListener=yes\nReadEtcHosts=no\n"
+)
 
 RUN = """set -e
 mkdir -p /run/systemd
@@ -80,8 +85,12 @@ class Resolver:
         with open(f"{d}/run.sh", "w") as f:
             f.write(RUN.format(uid=UID, bus_dir=BUS_DIR, bus=BUS))
         self.log = open(f"{d}/resolved.log", "w")
-        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", f"{d}/run.sh", d,
-                                      self.binary], stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", f"{d}/run.sh", d, self.binary],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def ready(self) -> bool:
         """resolved holds its name on the bus and its stub answers."""
@@ -91,6 +100,7 @@ class Resolver:
             return False
         from jeepney import DBusAddress, new_method_call
         from jeepney.io.blocking import open_dbus_connection
+
         bus = DBusAddress("/org/freedesktop/DBus", bus_name="org.freedesktop.DBus", interface="org.freedesktop.DBus")
         with open_dbus_connection(bus=f"unix:path={BUS}") as conn:
             names = conn.send_and_get_reply(new_method_call(bus, "ListNames"), timeout=5).body[0]
@@ -98,9 +108,23 @@ class Resolver:
 
     def lookup(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
         """A command run as on the host, its resolver being this resolved's stub."""
-        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                               'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', "sh",
-                               f"{self.dir}/resolv.conf", *argv], capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"',
+                "sh",
+                f"{self.dir}/resolv.conf",
+                *argv,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

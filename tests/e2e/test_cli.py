@@ -24,9 +24,10 @@ def test_ls_ps_and_port_show_networks_containers_and_published_ports(dk):
         res = cli("ls", "--format", "json")
         assert res.returncode == 0, res.stderr
         return next((n for n in json.loads(res.stdout) if n["id"] == nid and n["name"] == net), None)
+
     row = wait_for(listed, 15)
     assert row and row["endpoints"] == 1 and row["bridge"] == f"pt-{nid[:12]}" and row["dns"]
-    assert net in cli("ls").stdout                                     # the table names it too
+    assert net in cli("ls").stdout  # the table names it too
 
     res = cli("ps", net, "--format", "json")
     assert res.returncode == 0, res.stderr
@@ -56,14 +57,19 @@ def test_dns_records_the_query_log_and_following_it(dk):
     assert rows[0] == ["NAME", "TYPE", "VALUE"] and [web, "A", ip] in rows
     assert [web + "." + net, "A", ip] in rows
     gw = gateway_of(dk, net)
-    follower = subprocess.Popen([CLI, "--name", PLUGIN, "dns", net, "--log", "-f"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd="/")
+    follower = subprocess.Popen(
+        [CLI, "--name", PLUGIN, "dns", net, "--log", "-f"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(l.split()) for l in follower.stdout], daemon=True).start()
     try:
         assert lines.get(timeout=15)[:3] == ["TIME", "CLIENT", "NAME"]
         dk.run_once(net, "nslookup", web, gw)
-        line = lines.get(timeout=15)                        # printed while it follows
+        line = lines.get(timeout=15)  # printed while it follows
         assert web in line and "A" in line and "NOERROR" in line, line
     finally:
         follower.terminate()
@@ -71,7 +77,7 @@ def test_dns_records_the_query_log_and_following_it(dk):
     res = cli("dns", net, "--log", "--format", "json")
     logged = json.loads(res.stdout) if res.stdout.startswith("[") else [json.loads(l) for l in res.stdout.splitlines()]
     assert any(e["name"].rstrip(".") == web and e["rcode"] == "NOERROR" for e in logged)
-    assert cli("dns", net, "-f").returncode == 2                        # -f without --log
+    assert cli("dns", net, "-f").returncode == 2  # -f without --log
     assert cli("dns", "no-such-network").returncode == 1
     res = cli("doctor")
     assert res.returncode == 0 and "state and kernel agree" in res.stdout
@@ -85,7 +91,7 @@ def test_hosts_prints_and_applies_names_to_a_hosts_file(dk, tmp_path):
     assert wait_for(lambda: line in cli("hosts").stdout.splitlines(), 15), cli("hosts")
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1\tlocalhost\n")
-    for _ in range(2):                                                   # again: the same file
+    for _ in range(2):  # again: the same file
         res = cli("hosts", "--apply", "--file", str(hosts))
         assert res.returncode == 0, res.stderr
         text = hosts.read_text().splitlines()

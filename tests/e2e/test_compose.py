@@ -14,8 +14,11 @@ import pytest
 from .dockerenv import IMAGE, PLUGIN, ENGINE_TREE, docker, free_port, free_subnet, sh, wait_for
 from .test_ports import SERVER, fetch
 
-PLUGIN_PATHS = ("/usr/libexec/docker/cli-plugins/docker-compose", "/usr/lib/docker/cli-plugins/docker-compose",
-                "/usr/local/lib/docker/cli-plugins/docker-compose")
+PLUGIN_PATHS = (
+    "/usr/libexec/docker/cli-plugins/docker-compose",
+    "/usr/lib/docker/cli-plugins/docker-compose",
+    "/usr/local/lib/docker/cli-plugins/docker-compose",
+)
 
 
 def implementations() -> dict[str, list[str]]:
@@ -70,16 +73,25 @@ def test_compose_up_names_ports_and_down_leaves_nothing(dk, tmp_path, kind):
     port, subnet = free_port(), free_subnet()
     server = "[" + ", ".join(f'"{a}"' for a in SERVER) + "]"
     (tmp_path / "docker-compose.yml").write_text(
-        COMPOSE.format(image=IMAGE, server=server, port=port, driver=PLUGIN, subnet=subnet))
-    run = lambda *a, check=True: sh(*compose, "-p", project, "-f", str(tmp_path / "docker-compose.yml"), *a,  # noqa: E731
-                                    check=check, timeout=180)
+        COMPOSE.format(image=IMAGE, server=server, port=port, driver=PLUGIN, subnet=subnet)
+    )
+
+    def run(*a, check=True):
+        return sh(*compose, "-p", project, "-f", str(tmp_path / "docker-compose.yml"), *a, check=check, timeout=180)
+
     try:
         run("up", "-d")
         net = f"{project}_app"
         assert docker("network", "inspect", "-f", "{{.Driver}} {{.IPAM.Driver}}", net) == f"{PLUGIN} {PLUGIN}"
         assert docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", net) == subnet
-        client = docker("ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
-                        "--filter", "label=com.docker.compose.service=client")
+        client = docker(
+            "ps",
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={project}",
+            "--filter",
+            "label=com.docker.compose.service=client",
+        )
         assert client, "the client service is not running"
         res = sh("docker", "exec", client, "ping", "-c1", "-W3", "web", check=False)
         assert res.returncode == 0, res.stdout + res.stderr

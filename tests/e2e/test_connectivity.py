@@ -33,10 +33,20 @@ class Outside:
     ip6: str = ""
 
     def listen(self, port: int, seconds: float = 8) -> subprocess.Popen:
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-c", LISTENER, self.ip,
-                                 str(port), str(seconds)], stdout=subprocess.PIPE, text=True)
-        sh("ip", "netns", "exec", self.ns, "sh", "-c",
-           f"for i in $(seq 50); do ss -ltn | grep -q ':{port} ' && exit 0; sleep 0.1; done; exit 1")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c", LISTENER, self.ip, str(port), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            self.ns,
+            "sh",
+            "-c",
+            f"for i in $(seq 50); do ss -ltn | grep -q ':{port} ' && exit 0; sleep 0.1; done; exit 1",
+        )
         return proc
 
 
@@ -95,7 +105,7 @@ def test_outbound_traffic_is_masqueraded(dk, outside):
     res = connect(dk, net, outside.ip, 18081)
     out, _ = listener.communicate(timeout=20)
     assert res.returncode == 0, res.stderr
-    assert out.split() == [outside.host_ip]   # the host's address, not the container's
+    assert out.split() == [outside.host_ip]  # the host's address, not the container's
 
 
 def test_masquerade_can_be_turned_off(dk, outside):
@@ -114,9 +124,9 @@ def test_networks_are_isolated_from_each_other_and_from_docker_bridges(dk):
     d = dk.network("--subnet", free_subnet(), driver="bridge", ipam=None)
     ca, cb, cd = dk.run(a), dk.run(b), dk.run(d)
     ia, ib, idk = dk.ip(ca, a), dk.ip(cb, b), dk.ip(cd, d)
-    assert can_ping(dk, ca, dk.ip(dk.run(a), a))          # same network: yes
-    assert not can_ping(dk, ca, ib) and not can_ping(dk, cb, ia)    # pybridge <-> pybridge
-    assert not can_ping(dk, ca, idk) and not can_ping(dk, cd, ia)   # pybridge <-> Docker bridge
+    assert can_ping(dk, ca, dk.ip(dk.run(a), a))  # same network: yes
+    assert not can_ping(dk, ca, ib) and not can_ping(dk, cb, ia)  # pybridge <-> pybridge
+    assert not can_ping(dk, ca, idk) and not can_ping(dk, cd, ia)  # pybridge <-> Docker bridge
 
 
 def test_icc_off_stops_traffic_between_containers_but_not_outbound(dk, outside):
@@ -132,7 +142,7 @@ def test_icc_off_stops_traffic_between_containers_but_not_outbound(dk, outside):
 def test_internal_network_reaches_nothing_outside(dk, outside):
     net = dk.network("--subnet", free_subnet(), "--internal")
     c1, c2 = dk.run(net, "-p", "28999:80"), dk.run(net)
-    assert ("tcp", 28999) not in elements("to4_any")    # nothing published
+    assert ("tcp", 28999) not in elements("to4_any")  # nothing published
     assert can_ping(dk, c1, dk.ip(c2, net))
     assert "default" not in dk.exec(c1, "ip", "route").stdout
     listener = outside.listen(18084, seconds=5)
@@ -143,11 +153,13 @@ def test_internal_network_reaches_nothing_outside(dk, outside):
     assert not can_ping(dk, dk.run(other), dk.ip(c1, net))
 
 
-@pytest.mark.skipif(__import__("os").environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
-                    reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
+@pytest.mark.skipif(
+    __import__("os").environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1", reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1"
+)
 def test_isolation_survives_a_dockerd_restart(dk):
     """dockerd rewrites its chains at start and puts its rules first in FORWARD."""
     from .dockerenv import restart_dockerd, wait_plugin_socket
+
     a = dk.network("--subnet", free_subnet())
     d = dk.network("--subnet", free_subnet(), driver="bridge", ipam=None)
     restart_dockerd()

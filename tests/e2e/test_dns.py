@@ -13,8 +13,7 @@ import dns.rrset
 import dns.reversename
 import pytest
 
-from .dockerenv import (MANAGED, PLUGIN, docker, free_subnet, restart_dockerd, sandbox, sh, wait_for,
-                        wait_plugin_socket)
+from .dockerenv import MANAGED, PLUGIN, docker, free_subnet, restart_dockerd, sandbox, sh, wait_for, wait_plugin_socket
 from .test_connectivity import outside  # noqa: F401  (fixture)
 
 
@@ -126,8 +125,19 @@ def test_container_uses_it_with_dns_gateway(dk):
     net = dk.network("--subnet", free_subnet())
     gw = gateway(dk, net)
     # "gateway" is a name only pybridge's DNS knows: Docker's resolver forwards it to us
-    res = sh("docker", "run", "--rm", "--network", net, "--dns", gw, "pybridge-test-busybox",
-             "nslookup", "gateway", check=False)
+    res = sh(
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        net,
+        "--dns",
+        gw,
+        "pybridge-test-busybox",
+        "nslookup",
+        "gateway",
+        check=False,
+    )
     assert gw in res.stdout, res.stdout + res.stderr
 
 
@@ -149,8 +159,8 @@ def test_forwarding_to_a_per_network_upstream_and_not_from_internal_networks_or_
     assert "NXDOMAIN" in nslookup(dk, c, "nope.pybridge.test", gw)[1]
     assert upstream.queries >= 2
     before = upstream.queries
-    assert query(gw, "ext.pybridge.test").rcode() == dns.rcode.REFUSED          # the host: not forwarded
-    assert addrs(query(gw, c)) == [dk.ip(c, net)]                                 # its names: answered
+    assert query(gw, "ext.pybridge.test").rcode() == dns.rcode.REFUSED  # the host: not forwarded
+    assert addrs(query(gw, c)) == [dk.ip(c, net)]  # its names: answered
     internal = dk.network("--subnet", free_subnet(), "--internal", "-o", opt)
     assert query(gateway(dk, internal), "ext.pybridge.test").rcode() == dns.rcode.REFUSED
     ci = dk.run(internal)
@@ -165,6 +175,7 @@ def test_bad_upstream_option_is_refused(dk):
 
 def test_records_and_query_log_are_visible_from_the_host(dk):
     import json
+
     net = dk.network("--subnet", free_subnet(), "-o", "pybridge.dns.log=true")
     gw = gateway(dk, net)
     c = dk.run(net)
@@ -187,8 +198,9 @@ def test_dns_answers_after_plugin_restart(dk):
     assert wait_for(lambda: resolves(gw, c, [dk.ip(c, net)]), 5)
 
 
-@pytest.mark.skipif(os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
-                    reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
+@pytest.mark.skipif(
+    os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1", reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1"
+)
 @pytest.mark.parametrize("signal", ["TERM", "KILL"])
 def test_dns_answers_after_dockerd_restart(signal, dk):
     net = dk.network("--subnet", free_subnet())
@@ -206,7 +218,7 @@ def test_dns_listens_only_on_gateway_addresses_bound_to_the_bridge(dk):
     gw, bridge = gateway(dk, net), f"pt-{dk.network_id(net)[:12]}"
     listeners = sh("ss", "-H", "-lnup").stdout + sh("ss", "-H", "-lntp").stdout
     ours = [l.split()[3] for l in listeners.splitlines() if l.split()[3].endswith(":53") and "python3" in l]
-    assert ours.count(f"{gw}%{bridge}:53") == 2, ours       # UDP and TCP, each bound to the bridge
+    assert ours.count(f"{gw}%{bridge}:53") == 2, ours  # UDP and TCP, each bound to the bridge
     assert not any(addr.startswith(("0.0.0.0", "*", "[::]")) for addr in ours), ours
 
 
@@ -228,6 +240,7 @@ def ask_from(netns: str, server: str, name: str, tcp: bool = False) -> str:
     """A query made inside a network namespace (a path, e.g. a container's SandboxKey, or an
     `ip netns` name), with the host's Python and dnspython."""
     import sys
+
     enter = ["nsenter", f"--net={netns}"] if netns.startswith("/") else ["ip", "netns", "exec", netns]
     res = sh(*enter, sys.executable, "-c", QUERY, server, name, "tcp" if tcp else "udp", check=False, timeout=30)
     return res.stdout.strip() or res.stderr.strip()
@@ -241,18 +254,19 @@ def test_only_the_networks_own_containers_and_the_host_get_answers(dk, outside):
     gw = gateway(dk, net)
     web, mine = dk.run(net), dk.run(net)
     expected = f"ANSWER {dk.ip(web, net)}"
-    assert wait_for(lambda: resolves(gw, web, [dk.ip(web, net)]), 5)          # from the host
+    assert wait_for(lambda: resolves(gw, web, [dk.ip(web, net)]), 5)  # from the host
     assert ask_from(sandbox(mine), gw, web) == expected
     assert ask_from(sandbox(mine), gw, web, tcp=True) == expected
     for stranger in (dk.run(other), dk.run(docker_net)):
         assert ask_from(sandbox(stranger), gw, web) == "TIMEOUT"
-        assert ask_from(sandbox(stranger), gw, web, tcp=True) == "TIMEOUT"     # dropped, not refused
+        assert ask_from(sandbox(stranger), gw, web, tcp=True) == "TIMEOUT"  # dropped, not refused
     sh("ip", "-n", outside.ns, "route", "add", f"{gw}/32", "via", outside.host_ip)
     assert ask_from(outside.ns, gw, web) == "TIMEOUT"
 
 
 def test_a_neighbour_on_the_bridge_outside_the_subnet_gets_no_answer(dk, neighbour):
     import ipaddress
+
     subnet = ipaddress.ip_network(free_subnet())
     net = dk.network("--subnet", str(subnet))
     gw = gateway(dk, net)

@@ -12,18 +12,37 @@ import pytest
 from plugin.domain.model import Network, Subnet
 from tests.legacy_iptables import IptablesFirewall
 
-from .dockerenv import (NFT, CHAIN_PREFIX, DOCKER_FIREWALL, ENGINE_TREE, MANAGED, STATIC, STATIC_LINE, docker, free_port, free_subnet, restart_dockerd,
-                        sh, wait_for, wait_plugin_socket)
+from .dockerenv import (
+    NFT,
+    CHAIN_PREFIX,
+    DOCKER_FIREWALL,
+    ENGINE_TREE,
+    MANAGED,
+    STATIC,
+    STATIC_LINE,
+    docker,
+    free_port,
+    free_subnet,
+    restart_dockerd,
+    sh,
+    wait_for,
+    wait_plugin_socket,
+)
 from .test_connectivity import outside, reaches_out  # noqa: F401  (fixture)
 from .test_ports import SERVER, fetch_from_ns
 
-NO_RESTART = pytest.mark.skipif(os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
-                                reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
+NO_RESTART = pytest.mark.skipif(
+    os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1", reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1"
+)
 
 
 def old_chains() -> list[str]:
-    return [l for tool in ("iptables-save", "ip6tables-save") for l in sh(tool).stdout.splitlines()
-            if f"{CHAIN_PREFIX}-" in l]
+    return [
+        l
+        for tool in ("iptables-save", "ip6tables-save")
+        for l in sh(tool).stdout.splitlines()
+        if f"{CHAIN_PREFIX}-" in l
+    ]
 
 
 def test_an_upgrade_from_the_iptables_chains_loses_no_network_and_leaves_no_old_rule(dk, outside):
@@ -35,10 +54,17 @@ def test_an_upgrade_from_the_iptables_chains_loses_no_network_and_leaves_no_old_
     assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15)
     # what the previous version kept, written by its own adapter: chains, rules and jumps
     pool = ipaddress.ip_network(subnet)
-    IptablesFirewall(CHAIN_PREFIX).sync([Network(id=dk.network_id(net), bridge=bridge, subnets=(
-        Subnet(pool, ipaddress.ip_interface(f"{pool.network_address + 1}/{pool.prefixlen}")),))])
+    IptablesFirewall(CHAIN_PREFIX).sync(
+        [
+            Network(
+                id=dk.network_id(net),
+                bridge=bridge,
+                subnets=(Subnet(pool, ipaddress.ip_interface(f"{pool.network_address + 1}/{pool.prefixlen}")),),
+            )
+        ]
+    )
     assert any(l.startswith(f":{CHAIN_PREFIX}-FORWARD") for l in old_chains())
-    docker("plugin", "disable", "-f", MANAGED)          # the upgrade: the new version starts
+    docker("plugin", "disable", "-f", MANAGED)  # the upgrade: the new version starts
     docker("plugin", "enable", MANAGED)
     assert wait_plugin_socket()
     assert wait_for(lambda: old_chains() == [], 15), old_chains()
@@ -50,15 +76,20 @@ def _legacy_rules() -> list[str]:
     """Every rule, chain or policy other than ACCEPT in the iptables-legacy tables there are (a
     table, once made, stays registered; empty, it is nobody's)."""
     out = []
-    for tool, names in (("iptables-legacy", "/proc/net/ip_tables_names"),
-                        ("ip6tables-legacy", "/proc/net/ip6_tables_names")):
+    for tool, names in (
+        ("iptables-legacy", "/proc/net/ip_tables_names"),
+        ("ip6tables-legacy", "/proc/net/ip6_tables_names"),
+    ):
         try:
             tables = open(names).read().split()
         except OSError:
             continue
         for table in tables:
-            out += [l for l in sh(tool, "-t", table, "-S").stdout.splitlines() if not l.endswith(" ACCEPT")
-                    or not l.startswith("-P ")]
+            out += [
+                l
+                for l in sh(tool, "-t", table, "-S").stdout.splitlines()
+                if not l.endswith(" ACCEPT") or not l.startswith("-P ")
+            ]
     return out
 
 
@@ -96,7 +127,7 @@ def test_with_dockerd_on_iptables_legacy_traffic_flows_and_the_static_rule_heals
         dk.run(net, "-p", f"{port}:80", cmd=SERVER)
         assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15), "in"
         assert reaches_out(dk, net, outside, port + 1), "out"
-        sh("iptables-legacy", "-D", *STATIC)                # no events from legacy: the periodic check
+        sh("iptables-legacy", "-D", *STATIC)  # no events from legacy: the periodic check
         assert wait_for(lambda: STATIC_LINE in sh("iptables-legacy", "-S", "FORWARD").stdout, 15)
         assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15)
     finally:
@@ -104,8 +135,8 @@ def test_with_dockerd_on_iptables_legacy_traffic_flows_and_the_static_rule_heals
             _choose(n, path)
         restart_dockerd()
         wait_plugin_socket(30)
-        for tool in ("iptables-legacy", "ip6tables-legacy"):    # what dockerd wrote there, which the test made
-            sh(tool, "-P", "FORWARD", "ACCEPT", check=False)    # first: then our plugins have no rule to keep
+        for tool in ("iptables-legacy", "ip6tables-legacy"):  # what dockerd wrote there, which the test made
+            sh(tool, "-P", "FORWARD", "ACCEPT", check=False)  # first: then our plugins have no rule to keep
             for table in ("filter", "nat", "mangle", "raw"):
                 sh(tool, "-t", table, "-F", check=False)
                 sh(tool, "-t", table, "-X", check=False)
@@ -123,10 +154,12 @@ def test_an_administrators_nftables_rules_drop_what_they_drop_and_accept_opens_n
     ip = dk.ip(web, net)
     assert wait_for(lambda: fetch_from_ns(outside.ns, outside.host_ip, port) == "pong", 15), "control"
     table = f"pbt_admin_{uuid.uuid4().hex[:6]}"
-    rules = (f"table inet {table} {{\n  chain forward {{\n"
-             f"    type filter hook forward priority filter - 10; policy accept;\n"
-             f"    ip saddr {outside.ip} ip daddr {ip} tcp dport 80 drop\n"
-             f"    ip daddr {ip} accept\n  }}\n}}\n")
+    rules = (
+        f"table inet {table} {{\n  chain forward {{\n"
+        f"    type filter hook forward priority filter - 10; policy accept;\n"
+        f"    ip saddr {outside.ip} ip daddr {ip} tcp dport 80 drop\n"
+        f"    ip daddr {ip} accept\n  }}\n}}\n"
+    )
     res = subprocess.run([*NFT, "-f", "-"], input=rules, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     try:
@@ -141,4 +174,5 @@ def test_an_administrators_nftables_rules_drop_what_they_drop_and_accept_opens_n
 
 def plugin_problems() -> list[str]:
     from .test_selfheal import plugin
+
     return plugin("GET", "/pybridge/doctor")["problems"]

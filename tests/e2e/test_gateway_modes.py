@@ -16,7 +16,11 @@ from .test_ports import SERVER, fetch_from_ns
 MODE4 = "com.docker.network.bridge.gateway_mode_ipv4"
 MODE6 = "com.docker.network.bridge.gateway_mode_ipv6"
 TRUSTED = "com.docker.network.bridge.trusted_host_interfaces"
-LISTEN_81 = ("sh", "-c", "(while true; do echo other | nc -l -p 81; done) & while true; do echo pong | nc -l -p 80; done")
+LISTEN_81 = (
+    "sh",
+    "-c",
+    "(while true; do echo other | nc -l -p 81; done) & while true; do echo pong | nc -l -p 80; done",
+)
 
 
 def engine_major() -> int:
@@ -60,10 +64,12 @@ def test_routed_opens_published_container_ports_directly_with_no_nat(dk, outside
     assert wait_for(lambda: fetch_from_ns(outside.ns, ip, 80) == "pong", 15), "the published port, at its address"
     assert fetch_from_ns(outside.ns, ip, 81) == "", "an unpublished port stays closed"
     assert fetch_from_ns(outside.ns, outside.host_ip, port) == "", "no host port: nothing is NATed"
-    assert "pong" in dk.run_once(other, "sh", "-c", f"nc -w 3 {ip} 80", check=False).stdout, \
+    assert "pong" in dk.run_once(other, "sh", "-c", f"nc -w 3 {ip} 80", check=False).stdout, (
         "another network reaches it directly"
-    assert ipaddress.ip_address(peer_seen(outside, dk, net, free_port())) in ipaddress.ip_network(subnet), \
+    )
+    assert ipaddress.ip_address(peer_seen(outside, dk, net, free_port())) in ipaddress.ip_network(subnet), (
         "out without masquerade"
+    )
 
 
 def test_nat_unprotected_opens_every_port_from_outside_but_not_from_other_networks(dk, outside):
@@ -110,9 +116,22 @@ def test_gw_priority_picks_the_default_route(dk):
     gw1, gw2 = (str(ipaddress.ip_network(s)[1]) for s in (s1, s2))
     for high, gw in ((second, gw2), (first, gw1)):
         low = first if high == second else second
-        out = sh("docker", "run", "--rm", "--dns", "127.0.0.1", "--network", low,
-                 "--network", f"name={high},gw-priority=10", "pybridge-test-busybox:latest",
-                 "ip", "route", "show", "default").stdout
+        out = sh(
+            "docker",
+            "run",
+            "--rm",
+            "--dns",
+            "127.0.0.1",
+            "--network",
+            low,
+            "--network",
+            f"name={high},gw-priority=10",
+            "pybridge-test-busybox:latest",
+            "ip",
+            "route",
+            "show",
+            "default",
+        ).stdout
         assert f"default via {gw} " in out, (high, out)
 
 

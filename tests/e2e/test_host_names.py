@@ -18,9 +18,10 @@ from .hostdns import Resolver, resolved_binary, stub_taken
 @pytest.fixture
 def resolver():
     binary = resolved_binary()
-    if binary is None:       # scripts/test.sh unpacks it wherever it runs: there, its absence is a failure
+    if binary is None:  # scripts/test.sh unpacks it wherever it runs: there, its absence is a failure
         (pytest.fail if os.environ.get("PYBRIDGE_E2E") == "1" else pytest.skip)(
-            "systemd-resolved is neither on this machine nor unpacked (scripts/test.sh unpacks it)")
+            "systemd-resolved is neither on this machine nor unpacked (scripts/test.sh unpacks it)"
+        )
     if stub_taken():
         pytest.skip("127.0.0.53:53 is taken: the host runs a resolver of its own, which the test must not touch")
     r = Resolver(binary)
@@ -44,12 +45,12 @@ def test_container_names_resolve_and_answer_from_the_host(dk, resolver):
     def resolved():
         res = resolver.lookup("getent", "hosts", name)
         return res.returncode == 0 and res.stdout.split()[0] == ip
+
     assert wait_for(resolved, 30), resolver.lookup("getent", "hosts", name)
     ping = resolver.lookup("busybox", "ping", "-c", "1", "-W", "5", name)
     assert ping.returncode == 0 and ip in ping.stdout, ping
-    res = resolver.lookup("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
-                          f"http://{name}/")
-    assert res.returncode == 0 and res.stdout not in ("", "000"), res      # httpd answered, by name
+    res = resolver.lookup("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", f"http://{name}/")
+    assert res.returncode == 0 and res.stdout not in ("", "000"), res  # httpd answered, by name
     # a name outside the network's domain is not routed to it (and the test resolver has no upstream)
     assert resolver.lookup("getent", "hosts", f"{web}.not-{net}.{SUFFIX}").returncode != 0
     assert resolver.lookup("getent", "hosts", f"{web}.{net}").returncode != 0
@@ -59,8 +60,9 @@ def test_container_names_resolve_and_answer_from_the_host(dk, resolver):
     dk.containers.remove(web)
     sh("docker", "network", "rm", net)
     dk.networks.remove(net)
-    assert wait_for(lambda: resolver.lookup("getent", "hosts", name).returncode != 0, 15), \
+    assert wait_for(lambda: resolver.lookup("getent", "hosts", name).returncode != 0, 15), (
         "the name still resolves after the network is gone"
+    )
 
 
 def test_a_networks_name_takes_over_no_domain_of_the_host_and_the_hosts_queries_stay_home(dk, resolver):
@@ -70,14 +72,16 @@ def test_a_networks_name_takes_over_no_domain_of_the_host_and_the_hosts_queries_
     network, and the network's DNS answers the host from its records, forwarding nothing: the
     creator's server sees no query from the host. Failed before: `anything.NETWORK` reached it."""
     from .test_dns import Upstream
+
     upstream = Upstream()
     try:
         net = dk.network("--subnet", free_subnet(), "-o", f"pybridge.dns.upstream=127.0.0.1:{upstream.port}")
         web = dk.run(net)
         ip = dk.ip(web, net)
         name = f"{web}.{net}.{SUFFIX}"
-        assert wait_for(lambda: resolver.lookup("getent", "hosts", name).stdout.split()[:1] == [ip], 30), \
+        assert wait_for(lambda: resolver.lookup("getent", "hosts", name).stdout.split()[:1] == [ip], 30), (
             resolver.lookup("getent", "hosts", name)
+        )
         before = upstream.queries
         for other in (f"ext.{net}", f"bank.{net}", f"nope.{net}.{SUFFIX}", f"ext.pybridge.test.{net}.{SUFFIX}"):
             res = resolver.lookup("getent", "hosts", other)
@@ -98,18 +102,24 @@ def test_the_plugin_reads_resolveds_own_servers_never_its_stub_nor_its_own_links
 
     from plugin.kernel.resolved import ResolvedLinks
     from .hostdns import BUS
+
     link = "pbtest-up0"
-    sh("ip", "link", "add", link, "type", "bridge")       # (no dummy module on every kernel)
+    sh("ip", "link", "add", link, "type", "bridge")  # (no dummy module on every kernel)
     try:
         sh("ip", "link", "set", link, "up")
         with open(f"/sys/class/net/{link}/ifindex") as f:
             index = int(f.read())
-        manager = DBusAddress("/org/freedesktop/resolve1", bus_name="org.freedesktop.resolve1",
-                              interface="org.freedesktop.resolve1.Manager")
+        manager = DBusAddress(
+            "/org/freedesktop/resolve1",
+            bus_name="org.freedesktop.resolve1",
+            interface="org.freedesktop.resolve1.Manager",
+        )
         with open_dbus_connection(bus=f"unix:path={BUS}") as conn:
             # a loopback server, and no default route for the link: no lookup can leave the machine
-            for method, signature, body in (("SetLinkDefaultRoute", "ib", (index, False)),
-                                            ("SetLinkDNS", "ia(iay)", (index, [(2, bytes([127, 0, 0, 99]))]))):
+            for method, signature, body in (
+                ("SetLinkDefaultRoute", "ib", (index, False)),
+                ("SetLinkDNS", "ia(iay)", (index, [(2, bytes([127, 0, 0, 99]))])),
+            ):
                 unwrap_msg(conn.send_and_get_reply(new_method_call(manager, method, signature, body), timeout=5))
         net = dk.network("--subnet", free_subnet())
         dk.run(net)
@@ -122,9 +132,10 @@ def test_the_plugin_reads_resolveds_own_servers_never_its_stub_nor_its_own_links
                 return int(open(f"/sys/class/net/{name}/ifindex").read())
             except OSError:
                 return None
+
         links = ResolvedLinks(f"unix:path={BUS}", index_of)
         links.publish({bridge: ((gw,), f"{net}.{SUFFIX}")})
-        assert links.servers() == ()                                   # not read yet: none
+        assert links.servers() == ()  # not read yet: none
         assert wait_for(lambda: links.servers() == ("127.0.0.99",), 15), links.servers()
         links.publish({})
     finally:

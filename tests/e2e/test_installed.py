@@ -9,8 +9,10 @@ from .dockerenv import docker, free_subnet, sh
 
 @pytest.mark.parametrize("name", ["pybridge", "pybridge:latest"])
 def test_installed_plugin_serves_short_and_tagged_names(dk, name):
-    if sh("docker", "plugin", "inspect", "-f", "{{.Enabled}}", "pybridge-plugin:latest",
-          check=False).stdout.strip() != "true":
+    if (
+        sh("docker", "plugin", "inspect", "-f", "{{.Enabled}}", "pybridge-plugin:latest", check=False).stdout.strip()
+        != "true"
+    ):
         pytest.skip("pybridge-plugin is not installed")
     net = dk.network("--subnet", free_subnet(), driver=name, ipam=name)
     web = dk.run(net)

@@ -10,8 +10,20 @@ import uuid
 
 import pytest
 
-from .dockerenv import (PLUGIN, STATIC, STATIC_LINE, docker, elements, free_port, free_subnet, gateway_of, sandbox, sh,
-                        static_program, wait_for)
+from .dockerenv import (
+    PLUGIN,
+    STATIC,
+    STATIC_LINE,
+    docker,
+    elements,
+    free_port,
+    free_subnet,
+    gateway_of,
+    sandbox,
+    sh,
+    static_program,
+    wait_for,
+)
 from .test_connectivity import LISTENER, connect, outside  # noqa: F401  (fixture)
 from .test_dns import ask_from
 from .test_ports import SERVER, fetch
@@ -43,11 +55,11 @@ def udp_sink(tmp_path_factory):
 
 def send_udp_from(container: str, ip: str, port: int, payload: str) -> None:
     """One datagram sent from inside a container's network namespace."""
-    code = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-            "s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))")
+    code = (
+        "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))"
+    )
     sh("nsenter", f"--net={sandbox(container)}", sys.executable, "-c", code, ip, str(port), payload)
-
-
 
 
 def bridge(dk, net):
@@ -65,8 +77,9 @@ def test_loopback_is_unreachable_from_a_neighbour_on_a_bridge_with_route_localne
     assert open(f"/proc/sys/net/ipv4/conf/{br}/route_localnet").read().strip() == "1"
     assert wait_for(lambda: fetch("127.0.0.1", published) == "pong", 15), "the host reaches it"
     service = free_port()
-    listener = subprocess.Popen([sys.executable, "-c", LISTENER, "127.0.0.1", str(service), "8"],
-                                stdout=subprocess.PIPE, text=True)
+    listener = subprocess.Popen(
+        [sys.executable, "-c", LISTENER, "127.0.0.1", str(service), "8"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert wait_for(lambda: f"127.0.0.1:{service} " in sh("ss", "-Hltn").stdout, 10)
         gw = gateway_of(dk, net)
@@ -75,8 +88,10 @@ def test_loopback_is_unreachable_from_a_neighbour_on_a_bridge_with_route_localne
         # own lo is down, so it has no local route for 127.0.0.0/8 in the way)
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.conf.{dev}.route_localnet=1")
         sh("ip", "-n", ns, "route", "add", "127.0.0.0/8", "via", gw, "dev", dev)
-        code = ("import socket, sys; s = socket.socket(); s.settimeout(3); "
-                "print(s.connect_ex(('127.0.0.1', int(sys.argv[1]))))")
+        code = (
+            "import socket, sys; s = socket.socket(); s.settimeout(3); "
+            "print(s.connect_ex(('127.0.0.1', int(sys.argv[1]))))"
+        )
         for port in (service, published):
             res = sh("ip", "netns", "exec", ns, sys.executable, "-c", code, str(port), check=False)
             assert res.stdout.strip() not in ("0", ""), f"127.0.0.1:{port} answered a neighbour"
@@ -128,10 +143,14 @@ def user_bridge():
         sh("ip", "-n", ns, "addr", "add", f"{base}.2/24", "dev", ns_if)
         sh("ip", "-n", ns, "link", "set", ns_if, "up")
         sh("ip", "-n", ns, "route", "add", "default", "via", f"{base}.1")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER, f"{base}.2", "80", "120"],
-                                stdout=subprocess.PIPE, text=True)
-        assert wait_for(lambda: f"{base}.2:80 " in sh("ip", "netns", "exec", ns, "ss", "-Hltn").stdout, 10), \
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER, f"{base}.2", "80", "120"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert wait_for(lambda: f"{base}.2:80 " in sh("ip", "netns", "exec", ns, "ss", "-Hltn").stdout, 10), (
             "the VM's listener never came up"
+        )
         yield br, f"{base}.2"
     finally:
         if proc:
@@ -143,6 +162,7 @@ def user_bridge():
 
 def _no_isolation_pending():
     import json
+
     out = sh("curl", "-s", "--unix-socket", f"/run/docker/plugins/{PLUGIN}.sock", "http://x/pybridge/doctor").stdout
     return not any("not isolated yet" in p for p in json.loads(out)["problems"])
 
@@ -151,13 +171,15 @@ def test_no_bridge_that_is_not_ours_is_reachable_unless_a_published_port_leads_t
     """Our networks were kept away from Docker's bridges by the names docker0 and br-+ only: a
     custom-named Docker bridge (or docker_gwbridge) and any other bridge were open."""
     import socket
+
     vm_bridge, vm = user_bridge
-    with socket.socket() as probe:          # control: the VM listens, and the host reaches it
+    with socket.socket() as probe:  # control: the VM listens, and the host reaches it
         probe.settimeout(3)
         assert probe.connect_ex((vm, 80)) == 0, "the VM is not reachable even from the host"
     custom = f"pbtc{uuid.uuid4().hex[:6]}"
-    docker_net = dk.network("--subnet", free_subnet(), "-o", f"com.docker.network.bridge.name={custom}",
-                            driver="bridge", ipam=None)
+    docker_net = dk.network(
+        "--subnet", free_subnet(), "-o", f"com.docker.network.bridge.name={custom}", driver="bridge", ipam=None
+    )
     port = free_port()
     web = dk.run(docker_net, "-p", f"{port}:80", cmd=SERVER)
     web_ip = dk.ip(web, docker_net)
@@ -179,8 +201,13 @@ def test_an_internal_network_sends_nothing_out_not_even_through_its_gateway(dk, 
     internal, normal = dk.network("--subnet", free_subnet(), "--internal"), dk.network("--subnet", free_subnet())
     inside, control = dk.run(internal), dk.run(normal)
     send_udp_from(inside, gateway_of(dk, internal), port, "from-internal")
-    assert wait_for(lambda: (send_udp_from(control, gateway_of(dk, normal), port, "from-normal"),
-                             "from-normal" in docker("logs", sink))[1], 15), "control: a normal network reaches it"
+    assert wait_for(
+        lambda: (
+            send_udp_from(control, gateway_of(dk, normal), port, "from-normal"),
+            "from-normal" in docker("logs", sink),
+        )[1],
+        15,
+    ), "control: a normal network reaches it"
     assert "from-internal" not in docker("logs", sink)
 
 
@@ -194,10 +221,12 @@ def test_a_published_port_53_does_not_capture_a_gateways_dns(dk):
     assert ask_from(sandbox(client), gw, web, tcp=True) == expected
 
 
-@pytest.mark.skipif(os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
-                    reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
+@pytest.mark.skipif(
+    os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1", reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1"
+)
 def test_the_static_rule_stays_after_docker_user_across_a_dockerd_restart(dk):
     from .dockerenv import restart_dockerd, wait_plugin_socket
+
     dk.network("--subnet", free_subnet())
     restart_dockerd()
     assert wait_plugin_socket(30)

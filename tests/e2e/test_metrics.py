@@ -17,8 +17,11 @@ def scrape() -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(METRICS, timeout=10) as resp:
         assert resp.status == 200
         text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def get(samples, name, **labels) -> float:
@@ -37,19 +40,25 @@ def test_a_scrape_shows_networks_endpoints_pools_calls_dns_and_firewall_and_valu
 
     def moved():
         s = scrape()
-        return s if get(s, "pybridge_endpoints", **labels) == 1 and \
-            get(s, "pybridge_dns_queries_total", rcode="NOERROR", **labels) >= 1 else None
-    after = wait_for(moved, 15)        # the network's Docker name comes from the event watcher
+        return (
+            s
+            if get(s, "pybridge_endpoints", **labels) == 1
+            and get(s, "pybridge_dns_queries_total", rcode="NOERROR", **labels) >= 1
+            else None
+        )
+
+    after = wait_for(moved, 15)  # the network's Docker name comes from the event watcher
     assert after, "the network, its endpoint and the DNS answer never showed in the metrics"
     assert get(after, "pybridge_networks") == get(before, "pybridge_networks") + 1
     assert get(after, "pybridge_pool_addresses", subnet=subnet, **labels) == 254
-    assert get(after, "pybridge_pool_addresses_used", subnet=subnet, **labels) >= 2      # gateway + web
+    assert get(after, "pybridge_pool_addresses_used", subnet=subnet, **labels) >= 2  # gateway + web
     for method in ("NetworkDriver.CreateNetwork", "NetworkDriver.CreateEndpoint", "IpamDriver.RequestAddress"):
-        assert get(after, "pybridge_rpc_duration_seconds_count", method=method) > \
-            get(before, "pybridge_rpc_duration_seconds_count", method=method), method
+        assert get(after, "pybridge_rpc_duration_seconds_count", method=method) > get(
+            before, "pybridge_rpc_duration_seconds_count", method=method
+        ), method
     assert get(after, "pybridge_firewall_changes_total") >= get(before, "pybridge_firewall_changes_total") + 2
     assert get(after, "pybridge_firewall_change_duration_seconds_sum") > 0
-    assert get(after, "pybridge_dns_forwarded_total", **labels) == 0    # a name it knows: answered locally
+    assert get(after, "pybridge_dns_forwarded_total", **labels) == 0  # a name it knows: answered locally
 
     # someone deletes our table: the plugin puts it back, and counts it
     healed = get(after, "pybridge_self_heal_total", kind="firewall")
@@ -98,11 +107,11 @@ def test_half_sent_requests_cannot_pile_up_threads_or_memory_in_the_running_plug
                 s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
                 held.append(s)
             except OSError:
-                continue            # closed at once: the limit at work
+                continue  # closed at once: the limit at work
             if len(held) % 100 == 0:
                 assert threads() - base_threads <= 40, threads() - base_threads
         assert threads() - base_threads <= 40, threads() - base_threads
-        assert get(scrape(), "pybridge_networks") >= 0          # answered while they are held
+        assert get(scrape(), "pybridge_networks") >= 0  # answered while they are held
         grown = rss_kb() - base_rss
         print(f"{len(held)} half-sent requests held: +{threads() - base_threads} threads, +{grown} kB")
         assert grown < 20_000, f"the plugin grew {grown} kB"

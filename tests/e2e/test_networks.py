@@ -82,8 +82,20 @@ def test_static_ip_and_its_refusal_when_taken(dk):
     net = dk.network("--subnet", str(subnet))
     c = dk.run(net, "--ip", static)
     assert dk.ip(c, net) == static
-    res = sh("docker", "run", "--rm", "--network", net, "--ip", static, "--dns", "127.0.0.1",
-             "pybridge-test-busybox", "true", check=False)
+    res = sh(
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        net,
+        "--ip",
+        static,
+        "--dns",
+        "127.0.0.1",
+        "pybridge-test-busybox",
+        "true",
+        check=False,
+    )
     assert res.returncode != 0
     assert f"{static} is already in use" in res.stderr
 
@@ -111,15 +123,29 @@ def test_aux_address_stays_reserved_after_gc(dk):
     """Issue 8, item 8: gc released the aux reservation once the lease grace had passed, so the
     address could be handed out twice."""
     import json
+
     subnet = ipaddress.ip_network(free_subnet(29))
     aux = str(subnet.network_address + 2)
     net = dk.network("--subnet", str(subnet), "--aux-address", f"router={aux}")
     sock = f"/run/docker/plugins/{PLUGIN}.sock"
-    report = json.loads(sh("curl", "-s", "-X", "POST", "--unix-socket", sock,
-                           "http://x/pybridge/gc?lease_grace=0").stdout)
+    report = json.loads(
+        sh("curl", "-s", "-X", "POST", "--unix-socket", sock, "http://x/pybridge/gc?lease_grace=0").stdout
+    )
     assert report["errors"] == [] and not any(aux in r for r in report["released_leases"])
-    res = sh("docker", "run", "--rm", "--network", net, "--ip", aux, "--dns", "127.0.0.1",
-             "pybridge-test-busybox", "true", check=False)
+    res = sh(
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        net,
+        "--ip",
+        aux,
+        "--dns",
+        "127.0.0.1",
+        "pybridge-test-busybox",
+        "true",
+        check=False,
+    )
     assert res.returncode != 0 and f"address {aux} is already in use" in res.stderr
 
 
@@ -195,25 +221,38 @@ def test_routes_in_other_tables_count_too(dk):
         sh("ip", "route", "del", "blackhole", str(subnet), "table", "4242", check=False)
 
 
-@pytest.mark.parametrize("option, message", [
-    ("com.docker.network.driver.mtu=abc", "invalid com.docker.network.driver.mtu 'abc'"),
-    ("com.docker.network.driver.mtu=70000", "must be between 68 and 65535"),
-    ("com.docker.network.bridge.name=bad;name", "invalid com.docker.network.bridge.name 'bad;name'"),
-    ("com.docker.network.bridge.name=averyveryverylongname", "invalid com.docker.network.bridge.name"),
-    ("com.docker.network.bridge.enable_icc=maybe", "invalid value 'maybe' for com.docker.network.bridge.enable_icc"),
-    ("pybridge.no.such.option=1", "unknown option 'pybridge.no.such.option'"),
-    # issue 8, item 1: a scope ID carried a newline and rules of the caller's choosing into
-    # ip6tables-restore; host_binding_ipv4 is an IPv4 address and nothing else
-    ("com.docker.network.bridge.host_binding_ipv4=::1%0 -j RETURN\nCOMMIT\n*filter\n-I INPUT 1 -j ACCEPT\nCOMMIT\n",
-     "invalid com.docker.network.bridge.host_binding_ipv4"),
-    ("com.docker.network.bridge.host_binding_ipv4=::1", "expected an IPv4 address"),
-    ("com.docker.network.bridge.name=br0\n", "invalid com.docker.network.bridge.name"),
-    # Docker 28's gateway modes: nat, nat-unprotected, routed and, on internal networks, isolated
-    ("com.docker.network.bridge.gateway_mode_ipv4=isolated", "isolated is only for an --internal network"),
-    ("com.docker.network.bridge.gateway_mode_ipv6=bridged", "invalid com.docker.network.bridge.gateway_mode_ipv6 'bridged'"),
-    ("com.docker.network.bridge.trusted_host_interfaces=eth0:bad;name",
-     "invalid com.docker.network.bridge.trusted_host_interfaces"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("com.docker.network.driver.mtu=abc", "invalid com.docker.network.driver.mtu 'abc'"),
+        ("com.docker.network.driver.mtu=70000", "must be between 68 and 65535"),
+        ("com.docker.network.bridge.name=bad;name", "invalid com.docker.network.bridge.name 'bad;name'"),
+        ("com.docker.network.bridge.name=averyveryverylongname", "invalid com.docker.network.bridge.name"),
+        (
+            "com.docker.network.bridge.enable_icc=maybe",
+            "invalid value 'maybe' for com.docker.network.bridge.enable_icc",
+        ),
+        ("pybridge.no.such.option=1", "unknown option 'pybridge.no.such.option'"),
+        # issue 8, item 1: a scope ID carried a newline and rules of the caller's choosing into
+        # ip6tables-restore; host_binding_ipv4 is an IPv4 address and nothing else
+        (
+            "com.docker.network.bridge.host_binding_ipv4=::1%0 -j RETURN\nCOMMIT\n*filter\n-I INPUT 1 -j ACCEPT\nCOMMIT\n",
+            "invalid com.docker.network.bridge.host_binding_ipv4",
+        ),
+        ("com.docker.network.bridge.host_binding_ipv4=::1", "expected an IPv4 address"),
+        ("com.docker.network.bridge.name=br0\n", "invalid com.docker.network.bridge.name"),
+        # Docker 28's gateway modes: nat, nat-unprotected, routed and, on internal networks, isolated
+        ("com.docker.network.bridge.gateway_mode_ipv4=isolated", "isolated is only for an --internal network"),
+        (
+            "com.docker.network.bridge.gateway_mode_ipv6=bridged",
+            "invalid com.docker.network.bridge.gateway_mode_ipv6 'bridged'",
+        ),
+        (
+            "com.docker.network.bridge.trusted_host_interfaces=eth0:bad;name",
+            "invalid com.docker.network.bridge.trusted_host_interfaces",
+        ),
+    ],
+)
 def test_bad_options_fail_clearly_and_leave_nothing(dk, option, message):
     before = our_rules()
     v6 = ("--ipv6", "--subnet", free_subnet6()) if "host_binding" in option else ()
@@ -224,8 +263,10 @@ def test_bad_options_fail_clearly_and_leave_nothing(dk, option, message):
     # the dk fixture checks that no link, rule, state row, pool or lease is left behind
 
 
-@pytest.mark.parametrize("name, message", [("docker0", "it is Docker's bridge"),
-                                           (f"{IFPREFIX}-taken", "reserved for the links pybridge makes")])
+@pytest.mark.parametrize(
+    "name, message",
+    [("docker0", "it is Docker's bridge"), (f"{IFPREFIX}-taken", "reserved for the links pybridge makes")],
+)
 def test_dockers_bridge_and_our_own_names_cannot_be_taken_over(dk, name, message):
     """Issue 8, item 7: -o com.docker.network.bridge.name=docker0 added our gateway to Docker's
     bridge and dropped its traffic."""
@@ -239,8 +280,9 @@ def test_dockers_bridge_and_our_own_names_cannot_be_taken_over(dk, name, message
 def test_an_isolated_internal_network_has_no_gateway_and_its_containers_still_talk(dk):
     """gateway_mode_ipv4=isolated: no address on the bridge (the host cannot be reached), no
     default route. dockerd 28+ asks GwAllocCheck and reserves no gateway address at all."""
-    net = dk.network("--subnet", free_subnet(), "--internal",
-                     "-o", "com.docker.network.bridge.gateway_mode_ipv4=isolated")
+    net = dk.network(
+        "--subnet", free_subnet(), "--internal", "-o", "com.docker.network.bridge.gateway_mode_ipv4=isolated"
+    )
     a, b = dk.run(net), dk.run(net)
     bridge = f"{IFPREFIX}-{dk.network_id(net)[:12]}"
     assert sh("ip", "-4", "-o", "addr", "show", "dev", bridge).stdout.strip() == ""

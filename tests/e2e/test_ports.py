@@ -23,8 +23,9 @@ def fetch(ip, port, timeout=3.0):
 
 def fetch_from_ns(ns, ip, port):
     code = f"import socket; s=socket.create_connection(('{ip}', {port}), timeout=3); print(s.recv(64).decode().strip())"
-    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=20).stdout.strip()
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True, timeout=20
+    ).stdout.strip()
 
 
 UDP_ECHO_C = r"""
@@ -55,9 +56,11 @@ def udp_echo(tmp_path_factory):
 
 
 def udp_fetch(ip, port, ns=None, timeout=2.0):
-    code = (f"import socket; s=socket.socket(socket.AF_INET6 if ':' in '{ip}' else socket.AF_INET, socket.SOCK_DGRAM);"
-            f"s.settimeout({timeout}); s.sendto(b'ping', ('{ip}', {port})); print(s.recv(64).decode())")
-    argv = ([ "ip", "netns", "exec", ns] if ns else []) + [sys.executable, "-c", code]
+    code = (
+        f"import socket; s=socket.socket(socket.AF_INET6 if ':' in '{ip}' else socket.AF_INET, socket.SOCK_DGRAM);"
+        f"s.settimeout({timeout}); s.sendto(b'ping', ('{ip}', {port})); print(s.recv(64).decode())"
+    )
+    argv = (["ip", "netns", "exec", ns] if ns else []) + [sys.executable, "-c", code]
     return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
 
 
@@ -70,8 +73,9 @@ def _published_rows():
         for p in e["ports"]:
             for address in (e["ipv4"], e["ipv6"]):
                 if address:
-                    rows.append((address.split("/")[0], p["container_port"],
-                                 f"{p['host']}/{p['container_port'].split('/')[1]}"))
+                    rows.append(
+                        (address.split("/")[0], p["container_port"], f"{p['host']}/{p['container_port'].split('/')[1]}")
+                    )
     return rows
 
 
@@ -115,8 +119,20 @@ def test_a_host_port_taken_by_another_mapping_is_refused(dk):
     port = free_port()
     net = dk.network("--subnet", free_subnet())
     dk.run(net, "-p", f"{port}:80", cmd=SERVER)
-    res = sh("docker", "run", "--rm", "--network", net, "--dns", "127.0.0.1", "-p", f"{port}:80",
-             "pybridge-test-busybox", "true", check=False)
+    res = sh(
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        net,
+        "--dns",
+        "127.0.0.1",
+        "-p",
+        f"{port}:80",
+        "pybridge-test-busybox",
+        "true",
+        check=False,
+    )
     assert res.returncode != 0
     assert f"host port 0.0.0.0:{port}/tcp is already published by another container" in res.stderr
 
@@ -154,6 +170,7 @@ def test_specific_host_ip_and_host_binding_option(dk, outside):
 
 def test_ipv6_published_port_answers_from_outside(dk, outside):
     from .dockerenv import free_subnet6
+
     port = free_port()
     net = dk.network("--ipv6", "--subnet", free_subnet(), "--subnet", free_subnet6())
     dk.run(net, "-p", f"{port}:80", cmd=SERVER)
@@ -171,11 +188,13 @@ def test_sctp_mapping_is_programmed_and_withdrawn(dk):
     assert ("sctp", port) not in elements("to4_any") and ("sctp", port) not in elements("port4_any")
 
 
-@pytest.mark.skipif(__import__("os").environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
-                    reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
+@pytest.mark.skipif(
+    __import__("os").environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1", reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1"
+)
 @pytest.mark.parametrize("signal", ["TERM", "KILL"])
 def test_published_ports_survive_a_dockerd_restart(signal, dk, outside):
     from .dockerenv import restart_dockerd, wait_plugin_socket
+
     port = free_port()
     net = dk.network("--subnet", free_subnet())
     dk.run(net, "--restart", "always", "-p", f"{port}:80", cmd=SERVER)
@@ -191,6 +210,7 @@ def test_publish_all_with_a_thousand_exposed_ports(dk):
     host port assignment). All 1,000 get distinct host ports, one of them answers, and the plugin
     serves other calls right after."""
     import time
+
     net = dk.network("--subnet", free_subnet())
     started = time.monotonic()
     web = dk.run(net, "-P", "--expose", "20000-20998", "--expose", "80", cmd=SERVER)
@@ -200,7 +220,7 @@ def test_publish_all_with_a_thousand_exposed_ports(dk):
     assert rows and len(set(rows)) == 1000
     host = next(h for a, port80, h in _published_rows() if a == ip and port80 == "80/tcp")
     assert wait_for(lambda: fetch("127.0.0.1", int(host.split(":")[1].split("/")[0])) == "pong", 15)
-    dk.run(net)   # another container starts normally
+    dk.run(net)  # another container starts normally
 
 
 def test_published_ports_answer_across_drivers_both_ways_and_direct_traffic_stays_blocked(dk, outside):

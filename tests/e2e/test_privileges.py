@@ -49,7 +49,7 @@ def _unix_sockets_under(root: str) -> set[str]:
     """Every unix socket file the plugin's mount namespace shows (its /proc and /sys left out)."""
     found = set()
     for top, dirs, files in os.walk(root, followlinks=False):
-        rel = top[len(root):] or "/"
+        rel = top[len(root) :] or "/"
         if rel.startswith(("/proc", "/sys", "/dev")):
             dirs[:] = []
             continue
@@ -57,7 +57,7 @@ def _unix_sockets_under(root: str) -> set[str]:
             path = os.path.join(top, f)
             try:
                 if stat.S_ISSOCK(os.lstat(path).st_mode):
-                    found.add(path[len(root):])
+                    found.add(path[len(root) :])
             except OSError:
                 continue
     return found
@@ -73,6 +73,7 @@ def test_from_inside_the_plugin_no_socket_of_the_host_but_dockers_and_the_bus_ca
     sockets' directory (where it publishes its own) and its own sockets."""
     import socket
     import subprocess
+
     pids = plugin_pids()
     assert pids
     probe = "/run/pybridge-test-probe.sock"
@@ -82,27 +83,43 @@ def test_from_inside_the_plugin_no_socket_of_the_host_but_dockers_and_the_bus_ca
     server.bind(probe)
     server.listen(1)
     try:
-        candidates = [probe, "/run/containerd/containerd.sock", "/run/docker/containerd/containerd.sock",
-                      "/run/systemd/private", "/run/systemd/notify", "/run/dbus/system_bus_socket"]
-        script = ("import socket, sys\n"
-                  "for p in sys.argv[1:]:\n"
-                  "    for path in (p, '/host' + p):\n"
-                  "        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
-                  "        try:\n"
-                  "            s.connect(path); print('REACHED', path)\n"
-                  "        except OSError as e:\n"
-                  "            print('no', path, e.errno)\n"
-                  "        finally:\n"
-                  "            s.close()\n")
-        res = subprocess.run(["nsenter", "-t", pids[0], "-m", "--", "python3", "-c", script, *candidates],
-                             capture_output=True, text=True, timeout=30, check=False)
+        candidates = [
+            probe,
+            "/run/containerd/containerd.sock",
+            "/run/docker/containerd/containerd.sock",
+            "/run/systemd/private",
+            "/run/systemd/notify",
+            "/run/dbus/system_bus_socket",
+        ]
+        script = (
+            "import socket, sys\n"
+            "for p in sys.argv[1:]:\n"
+            "    for path in (p, '/host' + p):\n"
+            "        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            "        try:\n"
+            "            s.connect(path); print('REACHED', path)\n"
+            "        except OSError as e:\n"
+            "            print('no', path, e.errno)\n"
+            "        finally:\n"
+            "            s.close()\n"
+        )
+        res = subprocess.run(
+            ["nsenter", "-t", pids[0], "-m", "--", "python3", "-c", script, *candidates],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert res.returncode == 0, res.stderr
         reached = [line.split()[1] for line in res.stdout.splitlines() if line.startswith("REACHED")]
         assert reached == [], f"reachable from inside the plugin: {reached}"
         sockets = _unix_sockets_under(f"/proc/{pids[0]}/root")
         allowed = {"/run/pybridge/docker.sock", "/host/run/dbus/system_bus_socket"}
-        others = {s for s in sockets if s not in allowed and not s.startswith(("/host/run-docker-plugins/",
-                                                                                "/run/docker/plugins/"))}
+        others = {
+            s
+            for s in sockets
+            if s not in allowed and not s.startswith(("/host/run-docker-plugins/", "/run/docker/plugins/"))
+        }
         assert not others, f"sockets of the host visible inside the plugin: {sorted(others)}"
     finally:
         server.close()
@@ -114,9 +131,9 @@ def test_the_plugin_holds_only_the_capabilities_it_uses():
     dac_override, setuid, kill, mknod, ...) plus those config.json names. The plugin keeps
     net_admin (links, addresses, nf_tables), net_raw (iptables, SO_BINDTODEVICE) and
     net_bind_service (DNS on port 53), in every process."""
-    want = (1 << 12) | (1 << 13) | (1 << 10)         # net_admin, net_raw, net_bind_service
+    want = (1 << 12) | (1 << 13) | (1 << 10)  # net_admin, net_raw, net_bind_service
     pids = plugin_pids()
-    assert len(pids) >= 2, pids                      # gunicorn's arbiter and its worker
+    assert len(pids) >= 2, pids  # gunicorn's arbiter and its worker
     for pid in pids:
         with open(f"/proc/{pid}/status") as f:
             status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
@@ -129,6 +146,7 @@ def test_the_running_plugins_sockets_are_owner_only():
     """Only root may talk to the plugin: its sockets (the managed plugin's own, and the
     short-name socket it publishes) are 0600."""
     from .dockerenv import PLUGIN
+
     path = f"/run/docker/plugins/{PLUGIN}.sock"
     assert os.path.exists(path), path
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, oct(os.stat(path).st_mode)

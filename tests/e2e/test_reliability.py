@@ -19,8 +19,22 @@ def start_many(dk, networks, count, workers=50):
 
     def start(i):
         net = networks[i % len(networks)]
-        res = sh("docker", "run", "-d", "--name", names[i], "--network", net, "--dns", "127.0.0.1",
-                 IMAGE, "sleep", "600", check=False, timeout=180)
+        res = sh(
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            names[i],
+            "--network",
+            net,
+            "--dns",
+            "127.0.0.1",
+            IMAGE,
+            "sleep",
+            "600",
+            check=False,
+            timeout=180,
+        )
         return names[i], net, res.returncode == 0, res.stderr.strip()
 
     with ThreadPoolExecutor(workers) as pool:
@@ -32,14 +46,26 @@ def addresses(dk, results):
 
 
 def plugin_doctor(lease_grace=60):
-    out = sh("curl", "-s", "--unix-socket", f"/run/docker/plugins/{PLUGIN}.sock",
-             f"http://x/pybridge/doctor?lease_grace={lease_grace}").stdout
+    out = sh(
+        "curl",
+        "-s",
+        "--unix-socket",
+        f"/run/docker/plugins/{PLUGIN}.sock",
+        f"http://x/pybridge/doctor?lease_grace={lease_grace}",
+    ).stdout
     return json.loads(out)["problems"]
 
 
 def plugin_gc(lease_grace=60):
-    out = sh("curl", "-s", "-X", "POST", "--unix-socket", f"/run/docker/plugins/{PLUGIN}.sock",
-             f"http://x/pybridge/gc?lease_grace={lease_grace}").stdout
+    out = sh(
+        "curl",
+        "-s",
+        "-X",
+        "POST",
+        "--unix-socket",
+        f"/run/docker/plugins/{PLUGIN}.sock",
+        f"http://x/pybridge/gc?lease_grace={lease_grace}",
+    ).stdout
     return json.loads(out)
 
 
@@ -101,11 +127,11 @@ def plugin_pids():
 def test_plugin_killed_while_containers_start(dk, victim):
     nets = [dk.network("--subnet", free_subnet()) for _ in range(2)]
     pids = plugin_pids()
-    assert len(pids) >= 2, pids   # the gunicorn master and its worker
+    assert len(pids) >= 2, pids  # the gunicorn master and its worker
 
     def kill_soon():
         time.sleep(1.0)
-        for pid in (pids if victim == "tree" else pids[1:]):
+        for pid in pids if victim == "tree" else pids[1:]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

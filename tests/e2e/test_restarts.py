@@ -7,8 +7,19 @@ import os
 
 import pytest
 
-from .dockerenv import (MANAGED, PLUGIN, STATE_DB, docker, free_subnet, free_subnet6, ifaces, restart_dockerd, sh,
-                        wait_for, wait_plugin_socket)
+from .dockerenv import (
+    MANAGED,
+    PLUGIN,
+    STATE_DB,
+    docker,
+    free_subnet,
+    free_subnet6,
+    ifaces,
+    restart_dockerd,
+    sh,
+    wait_for,
+    wait_plugin_socket,
+)
 
 
 def ping(dk, network, target):
@@ -48,8 +59,9 @@ def test_plugin_restore_recreates_a_deleted_bridge(dk):
     assert ping(dk, net, web).returncode == 0
 
 
-@pytest.mark.skipif(os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
-                    reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
+@pytest.mark.skipif(
+    os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1", reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1"
+)
 @pytest.mark.parametrize("signal", ["TERM", "KILL"])
 def test_dockerd_restart_keeps_networks_and_restart_always_containers(dk, signal):
     net = dk.network("--subnet", free_subnet())
@@ -65,6 +77,7 @@ def test_dockerd_restart_keeps_networks_and_restart_always_containers(dk, signal
 def remembered() -> set[str]:
     """The containers whose addresses the plugin remembers (owners rows)."""
     import sqlite3
+
     db = sqlite3.connect(f"file:{STATE_DB}?mode=ro", uri=True)
     try:
         return {c for (c,) in db.execute("SELECT container FROM owners")}
@@ -72,8 +85,9 @@ def remembered() -> set[str]:
         db.close()
 
 
-@pytest.mark.skipif(os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1",
-                    reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1")
+@pytest.mark.skipif(
+    os.environ.get("PYBRIDGE_TEST_NO_DOCKERD_RESTART") == "1", reason="PYBRIDGE_TEST_NO_DOCKERD_RESTART=1"
+)
 @pytest.mark.parametrize("signal", ["TERM", "KILL"])
 def test_containers_that_restart_keep_their_addresses_across_dockerd_restarts(dk, signal):
     """Issue 10, item 4. Before: 10.x.x.2/.3 came back as .4/.5. dockerd before 29 does not say
@@ -82,7 +96,7 @@ def test_containers_that_restart_keep_their_addresses_across_dockerd_restarts(dk
     shared = dk.network("--subnet", free_subnet())
     alone = dk.network("--subnet", free_subnet(), "--ipv6", "--subnet", free_subnet6())
     a, b = dk.run(shared, "--restart", "always"), dk.run(shared, "--restart", "always")
-    plain = dk.run(shared)                                   # no policy: stays down, forgotten
+    plain = dk.run(shared)  # no policy: stays down, forgotten
     # (not unless-stopped: dockerd 28.5 does not start those again after SIGKILL, built-in driver too)
     d = dk.run(alone, "--restart", "on-failure")
     ids = {docker("inspect", "-f", "{{.Id}}", c) for c in (a, b, d)}
@@ -95,7 +109,7 @@ def test_containers_that_restart_keep_their_addresses_across_dockerd_restarts(dk
     assert wait_for(lambda: all(map(running, (a, b, d))), 60)
     assert (dk.ip(d, alone), dk.ip(d, alone, v6=True)) == (d4, d6)
     assert {dk.ip(a, shared), dk.ip(b, shared)} == {before[a], before[b]}
-    if int(docker("version", "-f", "{{.Server.Version}}").split(".")[0]) >= 29:     # names the container
+    if int(docker("version", "-f", "{{.Server.Version}}").split(".")[0]) >= 29:  # names the container
         assert (dk.ip(a, shared), dk.ip(b, shared)) == (before[a], before[b])
     assert not running(plain)
     new = dk.run(shared)
@@ -107,6 +121,7 @@ def test_a_malformed_state_row_does_not_keep_the_plugin_from_starting(dk):
     """Issue 8, item 11: one unreadable row made restore raise, and the plugin never came up."""
     import json
     import sqlite3
+
     good, bad = dk.network("--subnet", free_subnet()), dk.network("--subnet", free_subnet())
     bad_id = dk.network_id(bad)
     docker("plugin", "disable", "-f", MANAGED)
@@ -122,7 +137,7 @@ def test_a_malformed_state_row_does_not_keep_the_plugin_from_starting(dk):
     sock = f"/run/docker/plugins/{PLUGIN}.sock"
     doctor = lambda: json.loads(sh("curl", "-s", "--unix-socket", sock, "http://x/pybridge/doctor").stdout)  # noqa: E731
     assert any(f"networks row {bad_id[:12]}" in p and "unreadable" in p for p in doctor()["problems"])
-    docker("network", "rm", bad)            # dockerd can still remove it
+    docker("network", "rm", bad)  # dockerd can still remove it
     dk.networks.remove(bad)
     sh("curl", "-s", "-X", "POST", "--unix-socket", sock, "http://x/pybridge/gc")
     assert not any(bad_id[:12] in p for p in doctor()["problems"])

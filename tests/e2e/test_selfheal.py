@@ -9,9 +9,10 @@ from .dockerenv import NFT, PLUGIN, STATIC, TABLE, docker, free_port, free_subne
 from .test_connectivity import outside, reaches_out  # noqa: F401  (fixture)
 
 
-
 def plugin(method, path):
-    out = sh("curl", "-s", "-X", method, "--unix-socket", f"/run/docker/plugins/{PLUGIN}.sock", f"http://x{path}").stdout
+    out = sh(
+        "curl", "-s", "-X", method, "--unix-socket", f"/run/docker/plugins/{PLUGIN}.sock", f"http://x{path}"
+    ).stdout
     return json.loads(out)
 
 
@@ -28,19 +29,24 @@ def test_damage_from_outside_is_healed_and_traffic_flows_again(dk, outside):
     bridge = f"pt-{dk.network_id(net)[:12]}"
     port = free_port()
     assert reaches_out(dk, net, outside, port), "control: out it goes"
-    for damage in ([*NFT, "flush", "chain", "inet", TABLE, "forward"],                  # a flush
-                   [*NFT, "delete", "table", "inet", TABLE],                            # the table gone
-                   [*NFT, "delete", "element", "inet", TABLE, "bridges", f'{{ "{bridge}" }}'],  # one element
-                   ["iptables", "-D", *STATIC]):                                         # the static rule
+    for damage in (
+        [*NFT, "flush", "chain", "inet", TABLE, "forward"],  # a flush
+        [*NFT, "delete", "table", "inet", TABLE],  # the table gone
+        [*NFT, "delete", "element", "inet", TABLE, "bridges", f'{{ "{bridge}" }}'],  # one element
+        ["iptables", "-D", *STATIC],
+    ):  # the static rule
         if damage[0] == "iptables" and sh("iptables", "-C", *STATIC, check=False).returncode != 0:
             # no iptables filter table needs it (Docker 29 in nftables mode): none was written
-            assert "FORWARD" not in sh("iptables", "-S", check=False).stdout or \
-                "-P FORWARD ACCEPT" in sh("iptables", "-S", "FORWARD").stdout
+            assert (
+                "FORWARD" not in sh("iptables", "-S", check=False).stdout
+                or "-P FORWARD ACCEPT" in sh("iptables", "-S", "FORWARD").stdout
+            )
             continue
         before = table_handle()
         sh(*damage)
-        assert wait_for(lambda: table_handle() not in (None, before)
-                        and plugin("GET", "/pybridge/doctor")["problems"] == [], 10), f"not healed after {damage}"
+        assert wait_for(
+            lambda: table_handle() not in (None, before) and plugin("GET", "/pybridge/doctor")["problems"] == [], 10
+        ), f"not healed after {damage}"
         assert reaches_out(dk, net, outside, port), f"no traffic after healing {damage}"
 
 
@@ -54,8 +60,9 @@ def test_a_deleted_table_comes_back_with_loopback_published_ports(dk):
     assert wait_for(lambda: open(key).read().strip() == "1", 10)
     before = table_handle()
     sh(*NFT, "delete", "table", "inet", TABLE)
-    assert wait_for(lambda: table_handle() not in (None, before)
-                    and plugin("GET", "/pybridge/doctor")["problems"] == [], 10)
+    assert wait_for(
+        lambda: table_handle() not in (None, before) and plugin("GET", "/pybridge/doctor")["problems"] == [], 10
+    )
     assert wait_for(lambda: open(key).read().strip() == "1", 10), "route_localnet did not come back"
 
 
@@ -67,7 +74,7 @@ def test_changes_that_are_not_damage_to_us_never_start_a_check(dk):
     c = dk.run(net, "-p", f"{free_port()}:80")
     ours = dk.run("bridge", "-p", f"{free_port()}:80")
     docker("rm", "-f", c, ours)
-    time.sleep(1)     # the monitor's debounce is 50 ms: a check would have run by now
+    time.sleep(1)  # the monitor's debounce is 50 ms: a check would have run by now
     assert table_handle() == before
     assert plugin("GET", "/pybridge/doctor")["problems"] == []
 
@@ -83,4 +90,3 @@ def test_doctor_reports_a_difference_and_gc_repairs_it(dk):
     assert report["errors"] == []
     assert plugin("GET", "/pybridge/doctor")["problems"] == []
     assert addr in sh("ip", "-4", "-o", "addr", "show", "dev", bridge).stdout
-

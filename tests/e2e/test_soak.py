@@ -23,8 +23,8 @@ def test_randomized_soak_leaves_nothing_behind(dk):
     rng = random.Random(seed)
     ops = int(os.environ.get("PYBRIDGE_SOAK_OPS", "80"))
     nets: list[str] = []
-    members: dict[str, set[str]] = {}        # container -> networks
-    first: dict[str, str] = {}               # container -> the network it was started on
+    members: dict[str, set[str]] = {}  # container -> networks
+    first: dict[str, str] = {}  # container -> the network it was started on
     removed: set[str] = set()
     counts: dict[str, int] = {}
     for _ in range(ops):
@@ -40,7 +40,7 @@ def test_randomized_soak_leaves_nothing_behind(dk):
                 c = dk.run(net, *extra)
                 members[c], first[c] = {net}, net
             except AssertionError as e:
-                assert "already published" in str(e), e   # a random host port may collide
+                assert "already published" in str(e), e  # a random host port may collide
         elif choice == "connect" and members:
             c = rng.choice(sorted(members))
             free = [n for n in nets if n not in members[c]]
@@ -50,10 +50,12 @@ def test_randomized_soak_leaves_nothing_behind(dk):
                 if res.returncode == 0:
                     members[c].add(net)
                 else:
-                    assert first[c] in removed and "could not find a network matching network mode" in res.stderr, \
+                    assert first[c] in removed and "could not find a network matching network mode" in res.stderr, (
                         res.stderr
-                    counts["connect refused: first network removed"] = counts.get(
-                        "connect refused: first network removed", 0) + 1
+                    )
+                    counts["connect refused: first network removed"] = (
+                        counts.get("connect refused: first network removed", 0) + 1
+                    )
         elif choice == "disconnect" and members:
             c = rng.choice(sorted(members))
             if len(members[c]) > 1:

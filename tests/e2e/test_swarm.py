@@ -27,12 +27,23 @@ def swarm(dk):
         for s in made["services"]:
             sh("docker", "service", "rm", s, check=False)
         for s in made["services"]:
-            wait_for(lambda: sh("docker", "ps", "-aq", "--filter", f"label=com.docker.swarm.service.name={s}").stdout.strip() == "", 60)
+            wait_for(
+                lambda: (
+                    sh("docker", "ps", "-aq", "--filter", f"label=com.docker.swarm.service.name={s}").stdout.strip()
+                    == ""
+                ),
+                60,
+            )
         if made["containers"]:
             sh("docker", "rm", "-f", *made["containers"], check=False)
         for n in reversed(made["networks"]):
-            wait_for(lambda: sh("docker", "network", "rm", n, check=False).returncode == 0
-                     or "not found" in sh("docker", "network", "inspect", n, check=False).stderr, 60)
+            wait_for(
+                lambda: (
+                    sh("docker", "network", "rm", n, check=False).returncode == 0
+                    or "not found" in sh("docker", "network", "inspect", n, check=False).stderr
+                ),
+                60,
+            )
         sh("docker", "swarm", "leave", "--force", check=False)
         if not had_gwbridge:
             wait_for(lambda: sh("docker", "network", "rm", "docker_gwbridge", check=False).returncode == 0, 30)
@@ -47,23 +58,59 @@ def test_swarm_services_on_a_pybridge_network_made_from_a_config_only_network(dk
     swarm["networks"].append(config)
     docker("network", "create", "-d", MANAGED, "--scope", "swarm", "--attachable", "--config-from", config, net)
     swarm["networks"].append(net)
-    docker("service", "create", "--detach", "--name", svc, "--replicas", "2", "--endpoint-mode", "dnsrr",
-           "--network", net, "--dns", gateway, IMAGE, "sleep", "600")
+    docker(
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        svc,
+        "--replicas",
+        "2",
+        "--endpoint-mode",
+        "dnsrr",
+        "--network",
+        net,
+        "--dns",
+        gateway,
+        IMAGE,
+        "sleep",
+        "600",
+    )
     swarm["services"].append(svc)
     tasks = lambda: sh("docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={svc}").stdout.split()  # noqa: E731
     assert wait_for(lambda: len(tasks()) == 2, 90), sh("docker", "service", "ps", "--no-trunc", svc).stdout
     one, two = tasks()
-    addresses = {json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", t))[net]["IPAddress"]
-                 for t in (one, two)}
+    addresses = {
+        json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", t))[net]["IPAddress"]
+        for t in (one, two)
+    }
     assert all(ipaddress.ip_address(a) in ipaddress.ip_network(subnet) for a in addresses), addresses
     # the service's name answers with both tasks (round robin), from a task and from `docker run`
     looked = sh("docker", "exec", one, "nslookup", svc, gateway).stdout
     assert all(a in looked for a in addresses), looked
-    assert wait_for(lambda: sh("docker", "exec", one, "ping", "-c1", "-W2", f"tasks.{svc}", check=False).returncode == 0, 10)
+    assert wait_for(
+        lambda: sh("docker", "exec", one, "ping", "-c1", "-W2", f"tasks.{svc}", check=False).returncode == 0, 10
+    )
     runner = f"{tag}-run"
     swarm["containers"].append(runner)
-    res = sh("docker", "run", "--rm", "--name", runner, "--network", net, "--dns", gateway, IMAGE,
-             "ping", "-c1", "-W2", svc, check=False, timeout=60)
+    res = sh(
+        "docker",
+        "run",
+        "--rm",
+        "--name",
+        runner,
+        "--network",
+        net,
+        "--dns",
+        gateway,
+        IMAGE,
+        "ping",
+        "-c1",
+        "-W2",
+        svc,
+        check=False,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -74,8 +121,24 @@ def test_a_swarm_network_without_config_from_is_refused_saying_what_to_do(dk, sw
     net, svc = dk.name("sw"), dk.name("svc")
     docker("network", "create", "-d", MANAGED, "--scope", "swarm", "--attachable", "--subnet", free_subnet(), net)
     swarm["networks"].append(net)
-    docker("service", "create", "--detach", "--name", svc, "--replicas", "1", "--endpoint-mode", "dnsrr",
-           "--network", net, "--dns", "127.0.0.1", IMAGE, "sleep", "600")
+    docker(
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        svc,
+        "--replicas",
+        "1",
+        "--endpoint-mode",
+        "dnsrr",
+        "--network",
+        net,
+        "--dns",
+        "127.0.0.1",
+        IMAGE,
+        "sleep",
+        "600",
+    )
     swarm["services"].append(svc)
     errors = lambda: sh("docker", "service", "ps", "--no-trunc", "--format", "{{.Error}}", svc).stdout  # noqa: E731
     assert wait_for(lambda: "--config-from" in errors(), 90), errors()

@@ -14,8 +14,10 @@ PLUGIN = f"{NAME}-plugin:latest"
 PREFIX = "pu"
 TREE = os.environ.get("PYBRIDGE_ENGINE_TREE", "")
 STATE = f"{TREE}/var/lib/{NAME}"
-SETTINGS = (f"PYBRIDGE_IFPREFIX={PREFIX} PYBRIDGE_METRICS=off PYBRIDGE_DNS_UPSTREAM= "
-            "PYBRIDGE_DEFAULT_POOLS=10.206.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:fe00::/40:64")
+SETTINGS = (
+    f"PYBRIDGE_IFPREFIX={PREFIX} PYBRIDGE_METRICS=off PYBRIDGE_DNS_UPSTREAM= "
+    "PYBRIDGE_DEFAULT_POOLS=10.206.0.0/16:24 PYBRIDGE_DEFAULT_POOLS6=fd70:6201:fe00::/40:64"
+)
 
 
 def script(*args: str):
@@ -23,7 +25,9 @@ def script(*args: str):
 
 
 def links() -> set[str]:
-    return {name for name in os.listdir("/sys/class/net") if name.startswith((f"{PREFIX}-", f"{PREFIX}h", f"{PREFIX}c"))}
+    return {
+        name for name in os.listdir("/sys/class/net") if name.startswith((f"{PREFIX}-", f"{PREFIX}h", f"{PREFIX}c"))
+    }
 
 
 def test_uninstall_refuses_while_in_use_then_removes_everything_it_made(dk):
@@ -35,8 +39,22 @@ def test_uninstall_refuses_while_in_use_then_removes_everything_it_made(dk):
         assert res.returncode == 0, res.stderr
         net, ctr = f"pbt-uninst-{os.getpid()}", f"pbt-uninst-c-{os.getpid()}"
         sh("docker", "network", "create", "-d", NAME, "--ipam-driver", NAME, "--subnet", free_subnet(), net)
-        sh("docker", "run", "-d", "--name", ctr, "--network", net, "--dns", "127.0.0.1", "--stop-timeout", "1",
-           IMAGE, "sleep", "600")
+        sh(
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            ctr,
+            "--network",
+            net,
+            "--dns",
+            "127.0.0.1",
+            "--stop-timeout",
+            "1",
+            IMAGE,
+            "sleep",
+            "600",
+        )
         assert links(), "the network's bridge and the container's veth"
 
         res = script("uninstall.sh", NAME)
@@ -45,7 +63,7 @@ def test_uninstall_refuses_while_in_use_then_removes_everything_it_made(dk):
 
         sh("docker", "rm", "-f", ctr)
         sh("docker", "network", "rm", net)
-        sh("ip", "link", "add", f"{PREFIX}-stale", "type", "bridge")     # a link of ours the state does not know
+        sh("ip", "link", "add", f"{PREFIX}-stale", "type", "bridge")  # a link of ours the state does not know
         assert sh(*NFT, "list", "table", "inet", NAME, check=False).returncode == 0
         assert "PBUNINST" in sh("iptables", "-S", "FORWARD").stdout
         res = script("uninstall.sh", NAME)
@@ -58,10 +76,11 @@ def test_uninstall_refuses_while_in_use_then_removes_everything_it_made(dk):
         assert not os.path.exists(f"/run/docker/plugins/{NAME}:latest.sock")
         assert os.path.exists(f"{STATE}/state.db"), "the state is kept unless asked"
         assert os.path.exists("/usr/local/bin/pybridge"), "other instances still use the host command"
-        assert sh("docker", "plugin", "ls", "--format", "{{.Name}} {{.Enabled}}").stdout.split("\n") == \
-            [o for o in others], "the other plugins are as they were"
+        assert sh("docker", "plugin", "ls", "--format", "{{.Name}} {{.Enabled}}").stdout.split("\n") == [
+            o for o in others
+        ], "the other plugins are as they were"
 
-        res = script("uninstall.sh", NAME, "--delete-state")           # again: nothing left but the state
+        res = script("uninstall.sh", NAME, "--delete-state")  # again: nothing left but the state
         assert res.returncode == 0, res.stderr
         assert not os.path.exists(STATE)
     finally:

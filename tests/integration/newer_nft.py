@@ -24,8 +24,11 @@ def _version(root: str) -> tuple[int, ...]:
 
 @functools.cache
 def newer_nft_root() -> str | None:
-    candidates = [os.environ.get("PYBRIDGE_NEWER_NFT_ROOT", ""), "/var/lib/pybridge-engines/sid",
-                  *sorted(glob.glob("/var/lib/docker/plugins/*/rootfs"))]
+    candidates = [
+        os.environ.get("PYBRIDGE_NEWER_NFT_ROOT", ""),
+        "/var/lib/pybridge-engines/sid",
+        *sorted(glob.glob("/var/lib/docker/plugins/*/rootfs")),
+    ]
     for root in filter(None, candidates):
         if _version(root) >= (1, 1):
             return root
@@ -44,5 +47,10 @@ def require_newer_nft() -> str:
 
 def nft_in(netns: str, *argv: str, text: str | None = None) -> subprocess.CompletedProcess:
     """The newer nft, in a network namespace."""
-    return subprocess.run(["ip", "netns", "exec", netns, "chroot", require_newer_nft(), "nft", *argv],
-                          input=text, capture_output=True, text=True, check=False)
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "chroot", require_newer_nft(), "nft", *argv],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )

@@ -9,8 +9,16 @@ import threading
 import pytest
 
 from plugin.cluster.etcd import EtcdKV
-from plugin.cluster.interfaces import (Absent, ClusterUnavailable, Delete, DeleteUnder, LeaseExpired, NoneUnder, Put,
-                                       ValueIs)
+from plugin.cluster.interfaces import (
+    Absent,
+    ClusterUnavailable,
+    Delete,
+    DeleteUnder,
+    LeaseExpired,
+    NoneUnder,
+    Put,
+    ValueIs,
+)
 from plugin.kernel.vxlan import Vxlan
 from tests.etcdserver import EtcdServer
 from tests.waiting import wait_for
@@ -28,7 +36,7 @@ def etcd():
 
 
 def test_transactions_leases_and_watch_behave_as_etcd_says(etcd):
-    kv = EtcdKV([("http", "127.0.0.1", 1), ("http", "127.0.0.1", etcd.client_port)])   # the first is dead
+    kv = EtcdKV([("http", "127.0.0.1", 1), ("http", "127.0.0.1", etcd.client_port)])  # the first is dead
     lease = kv.grant(5)
     assert kv.keepalive(lease)
     assert kv.txn([Absent("/t/a")], [Put("/t/a", b"1", lease)])
@@ -45,9 +53,9 @@ def test_transactions_leases_and_watch_behave_as_etcd_says(etcd):
     kv.txn([], [DeleteUnder("/w/")])
     assert wait_for(lambda: len(events) == 4, timeout=10), events
     assert [(e.key, e.value) for e in events] == [("/w/x", b"1"), ("/w/y", b"2"), ("/w/x", None), ("/w/y", None)]
-    kv.revoke(lease)                                   # keys of a revoked (or expired) lease go
+    kv.revoke(lease)  # keys of a revoked (or expired) lease go
     assert kv.get("/t/a") is None and not kv.keepalive(lease)
-    with pytest.raises(LeaseExpired):                  # and a put under it is refused, whole
+    with pytest.raises(LeaseExpired):  # and a put under it is refused, whole
         kv.txn([], [Put("/t/z", b"1"), Put("/t/y", b"2", lease)])
     assert kv.get("/t/z") is None
     stop.set()
@@ -63,16 +71,17 @@ def test_a_watch_resumes_across_a_restart_of_etcd_without_losing_events(etcd):
 
     def follow():
         while not stop.is_set():
-            try:       # a watcher resumes after the last event it got
+            try:  # a watcher resumes after the last event it got
                 kv.watch("/w/", events[-1].revision + 1 if events else revision + 1, events.extend, stop)
             except ClusterUnavailable:
                 stop.wait(0.2)
+
     t = threading.Thread(target=follow, daemon=True)
     t.start()
     kv.txn([], [Put("/w/1", b"a")])
     assert wait_for(lambda: len(events) == 1, timeout=10)
     etcd.stop()
-    etcd.start()                                       # same data directory
+    etcd.start()  # same data directory
     kv.txn([], [Put("/w/2", b"b")])
     assert wait_for(lambda: [e.key for e in events] == ["/w/1", "/w/2"], timeout=20), events
     stop.set()
@@ -86,7 +95,7 @@ def test_vxlan_device_and_entries(netns):
     vx = Vxlan(netns)
     assert vx.underlay("10.206.1.1") == ("pbul0", 1500) and vx.underlay("10.206.1.9") is None
     assert vx.ensure_vxlan("ptx4096", 4096, "10.206.1.1", 4789, 1450, "pt-br")
-    assert not vx.ensure_vxlan("ptx4096", 4096, "10.206.1.1", 4789, 1450, "pt-br")     # ensure: once
+    assert not vx.ensure_vxlan("ptx4096", 4096, "10.206.1.1", 4789, 1450, "pt-br")  # ensure: once
     detail = run(netns, "ip", "-d", "link", "show", "ptx4096")
     assert "vxlan id 4096" in detail and "nolearning" in detail and "proxy" in detail and "mtu 1450" in detail
     assert "master pt-br" in detail
@@ -98,7 +107,7 @@ def test_vxlan_device_and_entries(netns):
     # on the bridge: static, forwarded to the port ("permanent" there would mean a local address)
     assert "02:42:0a:cd:00:05 master pt-br static" in fdb
     assert "10.205.0.5 lladdr 02:42:0a:cd:00:05 PERMANENT" in run(netns, "ip", "neigh", "show", "dev", "ptx4096")
-    moved = {"02:42:0a:cd:00:05": ("10.206.1.3", frozenset({"10.205.0.5"}))}     # the host changed
+    moved = {"02:42:0a:cd:00:05": ("10.206.1.3", frozenset({"10.205.0.5"}))}  # the host changed
     vx.set_peers("ptx4096", "pt-br", moved)
     assert vx.peers("ptx4096") == moved
     vx.set_peers("ptx4096", "pt-br", {})
@@ -123,9 +132,11 @@ def test_remote_entries_never_replace_the_bridges_own_or_a_local_containers(netn
     run(netns, "bridge", "fdb", "add", "02:00:00:00:19:03", "dev", "pt-c1", "master", "static")  # a local container
     vx = Vxlan(netns)
     vx.ensure_vxlan("ptx4096", 4096, "10.206.1.1", 4789, 1450, "pt-br")
-    peers = {"02:42:0a:cd:00:01": ("10.206.1.2", frozenset({"10.205.0.1"})),      # the gateway's
-             "02:00:00:00:19:03": ("10.206.1.2", frozenset({"10.205.0.3"})),      # the local container's
-             "02:00:00:00:19:09": ("10.206.1.2", frozenset({"10.205.0.9"}))}
+    peers = {
+        "02:42:0a:cd:00:01": ("10.206.1.2", frozenset({"10.205.0.1"})),  # the gateway's
+        "02:00:00:00:19:03": ("10.206.1.2", frozenset({"10.205.0.3"})),  # the local container's
+        "02:00:00:00:19:09": ("10.206.1.2", frozenset({"10.205.0.9"})),
+    }
     with pytest.raises(Exception, match="02:42:0a:cd:00:01, 02:00:00:00:19:03 not taken from other hosts"):
         vx.set_peers("ptx4096", "pt-br", peers)
     assert vx.peers("ptx4096") == {"02:00:00:00:19:09": peers["02:00:00:00:19:09"]}
@@ -133,4 +144,4 @@ def test_remote_entries_never_replace_the_bridges_own_or_a_local_containers(netn
     assert "02:42:0a:cd:00:01 dev pt-br" in fdb and "02:42:0a:cd:00:01 dev ptx4096" not in fdb, fdb
     assert "02:00:00:00:19:03 dev pt-c1 master pt-br static" in fdb, fdb
     assert "02:00:00:00:19:09 dev ptx4096 master pt-br static" in fdb, fdb
-    vx.set_peers("ptx4096", "pt-br", {"02:00:00:00:19:09": peers["02:00:00:00:19:09"]})   # again: nothing to do
+    vx.set_peers("ptx4096", "pt-br", {"02:00:00:00:19:09": peers["02:00:00:00:19:09"]})  # again: nothing to do

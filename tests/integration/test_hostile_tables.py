@@ -64,12 +64,13 @@ def newer_nft(netns, text):
 
 @pytest.fixture
 def hostile(netns):
-    version = subprocess.run(["chroot", require_newer_nft(), "nft", "--version"], capture_output=True,
-                             text=True, check=False).stdout
+    version = subprocess.run(
+        ["chroot", require_newer_nft(), "nft", "--version"], capture_output=True, text=True, check=False
+    ).stdout
     res = newer_nft(netns, HOSTILE)
     assert res.returncode == 0, res.stderr
     flow = newer_nft(netns, FLOWTABLE)
-    if flow.returncode != 0:           # this machine's kernel has no flowtables (CONFIG_NF_FLOW_TABLE)
+    if flow.returncode != 0:  # this machine's kernel has no flowtables (CONFIG_NF_FLOW_TABLE)
         print(f"flowtable not loaded: {flow.stderr.strip()}")
     print(f"hostile tables loaded by {version.strip()}")
     return netns
@@ -92,7 +93,7 @@ def test_we_keep_programming_reading_and_watching_our_table_next_to_them(hostile
         calls = []
         threading.Thread(target=fw.watch, args=(lambda: calls.append(1),), daemon=True).start()
         assert wait_for(lambda: len(calls) == 1, 10)
-        assert newer_nft(netns, "delete table ip pbhostile").returncode == 0     # (the host's nft would crash)
+        assert newer_nft(netns, "delete table ip pbhostile").returncode == 0  # (the host's nft would crash)
         assert newer_nft(netns, HOSTILE).returncode == 0
         time.sleep(0.5)
         assert len(calls) == 1, "their changes are not damage to us"
@@ -114,6 +115,7 @@ def test_a_fault_in_firewall_work_fails_the_call_not_the_process(netns, monkeypa
 
         def broken(body):
             raise IndexError("injected decoder bug")
+
         with monkeypatch.context() as m:
             m.setattr(nftwire, "decode_chain", broken)
             with pytest.raises(KernelFault, match="injected decoder bug"):

@@ -39,7 +39,7 @@ def test_bridge_addresses_and_veth(netns):
     nl.create_veth("pth1", "ptc1", "pt-br1", None, "02:42:0a:c8:09:03")  # leftovers are replaced
     assert links(netns)["ptc1"]["address"] == "02:42:0a:c8:09:03"
     assert "UP" in links(netns)["pth1"]["flags"]
-    assert nl.set_link_up("pth1", False) is True and "UP" not in links(netns)["pth1"]["flags"]   # off the wire
+    assert nl.set_link_up("pth1", False) is True and "UP" not in links(netns)["pth1"]["flags"]  # off the wire
     assert nl.set_link_up("pt-gone", False) is False
     routes = {t.network for t in nl.host_networks()}
     assert ipaddress.ip_network("10.200.9.0/24") in routes
@@ -68,13 +68,17 @@ def test_the_migration_removes_every_chain_and_jump_an_old_version_left_and_noth
     """plugin/kernel/iptables_migration.py against what the old adapter (tests/legacy_iptables)
     writes, with a rule of someone else's in the same chains."""
     from plugin.kernel.iptables_migration import OldIptablesChains
-    net = Network(id="a" * 64, bridge="pt-br1", subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")),
-                                                          Subnet(ipaddress.ip_network("fd70:6201:9::/64"))))
+
+    net = Network(
+        id="a" * 64,
+        bridge="pt-br1",
+        subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")), Subnet(ipaddress.ip_network("fd70:6201:9::/64"))),
+    )
     IptablesFirewall("PBTI", netns=netns).sync([net])
     run(netns, "iptables", "-A", "FORWARD", "-i", "other0", "-j", "ACCEPT")
     assert "PBTI-" in saved(netns) and "PBTI-" in saved(netns, "ip6tables-save")
     OldIptablesChains("PBTI", netns=netns).remove_all()
-    OldIptablesChains("PBTI", netns=netns).remove_all()            # again: nothing to do
+    OldIptablesChains("PBTI", netns=netns).remove_all()  # again: nothing to do
     assert "PBTI" not in saved(netns) and "PBTI" not in saved(netns, "ip6tables-save")
     assert "-A FORWARD -i other0 -j ACCEPT" in saved(netns)
 
@@ -82,10 +86,14 @@ def test_the_migration_removes_every_chain_and_jump_an_old_version_left_and_noth
 # The tests below are of the old adapter itself (tests/legacy_iptables): what the upgrade
 # tests rely on it to write.
 
+
 def test_firewall_sync_is_whole_chain_and_idempotent(netns):
     fw = IptablesFirewall("PBTI", netns=netns)
-    net = Network(id="a" * 64, bridge="pt-br1", subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")),
-                                                          Subnet(ipaddress.ip_network("fd70:6201:9::/64"))))
+    net = Network(
+        id="a" * 64,
+        bridge="pt-br1",
+        subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")), Subnet(ipaddress.ip_network("fd70:6201:9::/64"))),
+    )
     fw.sync([net])
     fw.sync([net])
     v4 = saved(netns)
@@ -113,8 +121,9 @@ def test_firewall_sync_is_whole_chain_and_idempotent(netns):
 
 
 def chain(netns, name, table="filter"):
-    return [l for l in saved(netns).split(f"*{table}")[1].split("COMMIT")[0].splitlines()
-            if l.startswith(f"-A {name} ")]
+    return [
+        l for l in saved(netns).split(f"*{table}")[1].split("COMMIT")[0].splitlines() if l.startswith(f"-A {name} ")
+    ]
 
 
 def test_firewall_jumps_from_docker_user_when_dockerd_made_it(netns):
@@ -140,25 +149,33 @@ def test_administrators_docker_user_rules_stay_first_and_order_is_repaired(netns
     run(netns, "iptables", "-I", "FORWARD", "1", "-j", "PBTI-FORWARD")
     run(netns, "iptables", "-I", "FORWARD", "1", "-j", "DOCKER-USER")
     run(netns, "iptables", "-A", "FORWARD", "-o", "docker0", "-j", "ACCEPT")
-    run(netns, "iptables", "-I", "FORWARD", "1", "-j", "PBTI-FORWARD")          # ahead of DOCKER-USER
-    run(netns, "iptables", "-I", "DOCKER-USER", "1", "-j", "PBTI-FORWARD")      # the old layout
-    run(netns, "iptables", "-I", "DOCKER-USER", "1", "-s", "203.0.113.9", "-j", "DROP")   # an admin's rule
+    run(netns, "iptables", "-I", "FORWARD", "1", "-j", "PBTI-FORWARD")  # ahead of DOCKER-USER
+    run(netns, "iptables", "-I", "DOCKER-USER", "1", "-j", "PBTI-FORWARD")  # the old layout
+    run(netns, "iptables", "-I", "DOCKER-USER", "1", "-s", "203.0.113.9", "-j", "DROP")  # an admin's rule
     fw = IptablesFirewall("PBTI", netns=netns)
     net = Network(id="a" * 64, bridge="pt-br1", subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")),))
     assert any("misplaced" in p or "duplicate" in p for p in fw.drift([net]))
     assert any("stale jump -A DOCKER-USER -j PBTI-FORWARD" in p for p in fw.drift([net]))
     fw.sync([net])
-    assert chain(netns, "DOCKER-USER") == ["-A DOCKER-USER -s 203.0.113.9/32 -j DROP",
-                                           "-A DOCKER-USER -j PBTI-ISOLATE", "-A DOCKER-USER -j RETURN"]
-    assert chain(netns, "FORWARD") == ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j PBTI-FORWARD",
-                                       "-A FORWARD -o docker0 -j ACCEPT"]
+    assert chain(netns, "DOCKER-USER") == [
+        "-A DOCKER-USER -s 203.0.113.9/32 -j DROP",
+        "-A DOCKER-USER -j PBTI-ISOLATE",
+        "-A DOCKER-USER -j RETURN",
+    ]
+    assert chain(netns, "FORWARD") == [
+        "-A FORWARD -j DOCKER-USER",
+        "-A FORWARD -j PBTI-FORWARD",
+        "-A FORWARD -o docker0 -j ACCEPT",
+    ]
     assert fw.drift([net]) == []
     # an administrator inserts another rule later; a sync (a heal, a restart) keeps it first
     run(netns, "iptables", "-I", "DOCKER-USER", "1", "-o", "pt-br1", "-j", "DROP")
     run(netns, "iptables", "-D", "FORWARD", "-j", "PBTI-FORWARD")
     fw.sync([net])
-    assert chain(netns, "DOCKER-USER")[:2] == ["-A DOCKER-USER -o pt-br1 -j DROP",
-                                               "-A DOCKER-USER -s 203.0.113.9/32 -j DROP"]
+    assert chain(netns, "DOCKER-USER")[:2] == [
+        "-A DOCKER-USER -o pt-br1 -j DROP",
+        "-A DOCKER-USER -s 203.0.113.9/32 -j DROP",
+    ]
     assert chain(netns, "FORWARD")[:2] == ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j PBTI-FORWARD"]
     # our DOCKER-USER chain only ever drops: the ACCEPTs are all in the chain jumped to after it
     assert not any("ACCEPT" in r for r in chain(netns, "PBTI-ISOLATE") + chain(netns, "PBTI-EGRESS"))
@@ -168,8 +185,11 @@ def test_administrators_docker_user_rules_stay_first_and_order_is_repaired(netns
 
 def test_loopback_guard_and_gateway_dns_rules_in_raw(netns):
     fw = IptablesFirewall("PBTI", netns=netns)
-    net = Network(id="a" * 64, bridge="pt-br1", subnets=(
-        Subnet(ipaddress.ip_network("10.200.9.0/24"), ipaddress.ip_interface("10.200.9.1/24")),))
+    net = Network(
+        id="a" * 64,
+        bridge="pt-br1",
+        subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24"), ipaddress.ip_interface("10.200.9.1/24")),),
+    )
     fw.sync([net])
     raw = chain(netns, "PBTI-PREROUTING", "raw") + chain(netns, "PBTI-DNS", "raw")
     assert "-A PBTI-PREROUTING -d 127.0.0.0/8 ! -i lo -j DROP" in raw
@@ -207,13 +227,24 @@ def test_delete_by_index_spares_a_link_recreated_under_the_same_name(netns):
 def test_drift_is_empty_after_sync_and_names_outside_changes(netns):
     from plugin.domain.model import Endpoint
     from plugin.domain.ports import PortBinding
+
     run(netns, "iptables", "-N", "DOCKER-USER")
     fw = IptablesFirewall("PBTI", netns=netns)
-    net = Network(id="a" * 64, bridge="pt-br1", subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")),
-                                                          Subnet(ipaddress.ip_network("fd70:6201:9::/64"))))
-    ep = Endpoint(id="e" * 64, network_id=net.id, host_ifname="pth1", container_ifname="ptc1", mac="02:00:00:00:00:09",
-                  address4=ipaddress.ip_interface("10.200.9.2/24"), address6=ipaddress.ip_interface("fd70:6201:9::2/64"),
-                  ports=(PortBinding("tcp", 80, "", 8080), PortBinding("udp", 53, "127.0.0.1", 5353, 4)))
+    net = Network(
+        id="a" * 64,
+        bridge="pt-br1",
+        subnets=(Subnet(ipaddress.ip_network("10.200.9.0/24")), Subnet(ipaddress.ip_network("fd70:6201:9::/64"))),
+    )
+    ep = Endpoint(
+        id="e" * 64,
+        network_id=net.id,
+        host_ifname="pth1",
+        container_ifname="ptc1",
+        mac="02:00:00:00:00:09",
+        address4=ipaddress.ip_interface("10.200.9.2/24"),
+        address6=ipaddress.ip_interface("fd70:6201:9::2/64"),
+        ports=(PortBinding("tcp", 80, "", 8080), PortBinding("udp", 53, "127.0.0.1", 5353, 4)),
+    )
     fw.sync([net], [ep])
     assert fw.drift([net], [ep]) == []
     run(netns, "iptables", "-F", "PBTI-FORWARD")
@@ -221,7 +252,7 @@ def test_drift_is_empty_after_sync_and_names_outside_changes(netns):
     run(netns, "ip6tables", "-D", "FORWARD", "-j", "PBTI-FORWARD")
     run(netns, "iptables", "-I", "FORWARD", "1", "-j", "DOCKER-USER")
     run(netns, "iptables", "-D", "FORWARD", "-j", "PBTI-FORWARD")
-    run(netns, "iptables", "-I", "FORWARD", "1", "-j", "PBTI-FORWARD")      # moved ahead of DOCKER-USER
+    run(netns, "iptables", "-I", "FORWARD", "1", "-j", "PBTI-FORWARD")  # moved ahead of DOCKER-USER
     problems = fw.drift([net], [ep])
     assert any("IPv4: chain PBTI-FORWARD (filter) has 0 rules" in p for p in problems)
     assert any("IPv4: missing jump -A PREROUTING" in p for p in problems)
@@ -235,6 +266,7 @@ def test_drift_is_empty_after_sync_and_names_outside_changes(netns):
 def test_watch_links_reports_bridges_and_gateway_routes_only(netns):
     import threading
     import time
+
     nl = Netlink(netns)
     calls = []
     threading.Thread(target=nl.watch_links, args=(lambda: calls.append(time.monotonic()),), daemon=True).start()
@@ -252,7 +284,7 @@ def test_watch_links_reports_bridges_and_gateway_routes_only(netns):
             assert len(calls) == before, f"a call after {action.__doc__}"
 
     deadline = time.monotonic() + 10
-    while not calls and time.monotonic() < deadline:      # the catch-up call once subscribed
+    while not calls and time.monotonic() < deadline:  # the catch-up call once subscribed
         time.sleep(0.02)
     assert calls
 

@@ -19,12 +19,25 @@ from ..waiting import wait_for
 from .conftest import run
 
 STATIC = "-A FORWARD -m mark --mark 0x1000000/0x1000000 -m comment --comment PBTI -j ACCEPT"
-NET = Network(id="a" * 64, bridge="pt-br1", ipv6=True, subnets=(
-    Subnet(ipaddress.ip_network("10.200.9.0/24"), ipaddress.ip_interface("10.200.9.1/24")),
-    Subnet(ipaddress.ip_network("fd70:6201:9::/64"), ipaddress.ip_interface("fd70:6201:9::1/64"))))
-EP = Endpoint(id="e" * 64, network_id=NET.id, host_ifname="pth1", container_ifname="ptc1", mac="02:00:00:00:00:09",
-              address4=ipaddress.ip_interface("10.200.9.2/24"), address6=ipaddress.ip_interface("fd70:6201:9::2/64"),
-              ports=(PortBinding("tcp", 80, "", 8080), PortBinding("udp", 53, "127.0.0.1", 5353, 4)))
+NET = Network(
+    id="a" * 64,
+    bridge="pt-br1",
+    ipv6=True,
+    subnets=(
+        Subnet(ipaddress.ip_network("10.200.9.0/24"), ipaddress.ip_interface("10.200.9.1/24")),
+        Subnet(ipaddress.ip_network("fd70:6201:9::/64"), ipaddress.ip_interface("fd70:6201:9::1/64")),
+    ),
+)
+EP = Endpoint(
+    id="e" * 64,
+    network_id=NET.id,
+    host_ifname="pth1",
+    container_ifname="ptc1",
+    mac="02:00:00:00:00:09",
+    address4=ipaddress.ip_interface("10.200.9.2/24"),
+    address6=ipaddress.ip_interface("fd70:6201:9::2/64"),
+    ports=(PortBinding("tcp", 80, "", 8080), PortBinding("udp", 53, "127.0.0.1", 5353, 4)),
+)
 BARE = Endpoint(**{**EP.__dict__, "ports": ()})
 
 
@@ -43,7 +56,7 @@ def test_changes_by_elements_keep_the_table_equal_to_the_state(fw, netns):
     fw.sync([], [], [])
     assert fw.drift([], []) == []
     fw.add_network(NET)
-    fw.add_network(NET)                                   # a retry doubles nothing
+    fw.add_network(NET)  # a retry doubles nothing
     assert fw.drift([NET], [BARE]) == []
     fw.change_ports(NET, BARE, EP)
     assert fw.drift([NET], [EP]) == []
@@ -52,7 +65,7 @@ def test_changes_by_elements_keep_the_table_equal_to_the_state(fw, netns):
     assert fw.drift([NET], [BARE]) == []
     fw.set_foreign(["docker0", "virbr0", "pt-br1"], ["pt-br1"])
     assert fw.drift([NET], [BARE]) == []
-    with pytest.raises(KernelError):                      # withdrawn twice: the caller then syncs
+    with pytest.raises(KernelError):  # withdrawn twice: the caller then syncs
         fw.change_ports(NET, EP, BARE)
     fw.remove_network(NET)
     assert fw.drift([], []) == []
@@ -75,7 +88,7 @@ def test_drift_names_each_element_and_chain_that_differs(fw, netns):
 
 def test_the_static_rule_sits_after_docker_user_once_and_only_where_a_filter_table_is(fw, netns):
     fw.sync([], [], [])
-    assert "filter" not in run(netns, "nft", "list", "tables")      # no iptables here: nothing written
+    assert "filter" not in run(netns, "nft", "list", "tables")  # no iptables here: nothing written
     run(netns, "iptables-nft", "-N", "DOCKER-USER")
     run(netns, "iptables-nft", "-A", "FORWARD", "-i", "other0", "-j", "ACCEPT")
     run(netns, "iptables-nft", "-I", "FORWARD", "1", "-j", "DOCKER-USER")
@@ -83,8 +96,8 @@ def test_the_static_rule_sits_after_docker_user_once_and_only_where_a_filter_tab
     fw.sync([], [], [])
     assert forward(netns)[:3] == ["-A FORWARD -j DOCKER-USER", STATIC, "-A FORWARD -i other0 -j ACCEPT"]
     run(netns, "iptables-nft", "-D", "FORWARD", "-j", "DOCKER-USER")
-    run(netns, "iptables-nft", "-A", "FORWARD", "-j", "DOCKER-USER")    # moved below ours
-    run(netns, "iptables-nft", "-A", "FORWARD", *STATIC.split()[2:])    # and ours doubled
+    run(netns, "iptables-nft", "-A", "FORWARD", "-j", "DOCKER-USER")  # moved below ours
+    run(netns, "iptables-nft", "-A", "FORWARD", *STATIC.split()[2:])  # and ours doubled
     assert fw.drift([], []) == ["static rule in iptables-nft FORWARD is misplaced or doubled"]
     fw.sync([], [], [])
     rules = forward(netns)
@@ -104,7 +117,7 @@ def test_the_static_rule_goes_from_a_forward_that_no_longer_needs_it(fw, netns):
     assert fw.drift([], []) == ["static rule in iptables-nft FORWARD is no longer needed"]
     fw.sync([], [], [])
     assert forward(netns) == [] and fw.drift([], []) == []
-    run(netns, "iptables-nft", "-P", "FORWARD", "DROP")         # and back when it is needed again
+    run(netns, "iptables-nft", "-P", "FORWARD", "DROP")  # and back when it is needed again
     assert fw.drift([], []) == ["static rule in iptables-nft FORWARD is missing"]
     fw.sync([], [], [])
     assert forward(netns) == [STATIC]
@@ -116,7 +129,7 @@ def test_the_monitor_reports_others_damage_and_ignores_our_changes_and_theirs_el
     threading.Thread(target=fw.watch, args=(lambda: calls.append(time.monotonic()),), daemon=True).start()
     assert wait_for(lambda: len(calls) == 1, 10), "a check when the monitor starts"
     time.sleep(0.3)
-    fw.change_ports(NET, BARE, EP)                            # ours
+    fw.change_ports(NET, BARE, EP)  # ours
     fw.change_ports(NET, EP, BARE)
     run(netns, "nft", "add", "table", "inet", "someone_else")  # theirs, elsewhere
     run(netns, "nft", "add", "chain", "inet", "someone_else", "c")
@@ -125,7 +138,7 @@ def test_the_monitor_reports_others_damage_and_ignores_our_changes_and_theirs_el
     assert len(calls) == 1, "no check for changes that are not damage to us"
     run(netns, "nft", "delete", "element", "inet", "pbti", "self", '{ "pt-br1" . "pt-br1" }')
     assert wait_for(lambda: len(calls) == 2, 5), "damage to our table is reported"
-    run(netns, "iptables-nft", "-N", "DOCKER-USER")                # the filter table appears
+    run(netns, "iptables-nft", "-N", "DOCKER-USER")  # the filter table appears
     assert wait_for(lambda: len(calls) == 3, 5), "a new filter table is reported (it needs our rule)"
     run(netns, "nft", "delete", "table", "inet", "someone_else")
 
@@ -134,10 +147,15 @@ def test_the_kernels_notifications_parse_into_the_changes_made(netns):
     """What nftevents reads from the real kernel: each object of a transaction, then the
     generation naming the process (nft) that committed it."""
     from plugin.kernel import nftevents
+
     sock = nft._in_netns(netns, nftevents.open_socket)
     try:
-        subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], check=True,
-                       input="add table inet pbev\nadd chain inet pbev c\nadd rule inet pbev c accept\n", text=True)
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "nft", "-f", "-"],
+            check=True,
+            input="add table inet pbev\nadd chain inet pbev c\nadd rule inet pbev c accept\n",
+            text=True,
+        )
         run(netns, "nft", "delete", "table", "inet", "pbev")
         events, deadline = [], time.monotonic() + 5
         while len([e for e in events if isinstance(e, nftevents.Generation)]) < 2 and time.monotonic() < deadline:
@@ -146,8 +164,10 @@ def test_the_kernels_notifications_parse_into_the_changes_made(netns):
     finally:
         sock.close()
     changes = [e for e in events if isinstance(e, nftevents.Change)]
-    assert changes[:3] == [nftevents.Change("add", "table", "inet", "pbev"),
-                           nftevents.Change("add", "chain", "inet", "pbev", "c"),
-                           nftevents.Change("add", "rule", "inet", "pbev", "c")]
+    assert changes[:3] == [
+        nftevents.Change("add", "table", "inet", "pbev"),
+        nftevents.Change("add", "chain", "inet", "pbev", "c"),
+        nftevents.Change("add", "rule", "inet", "pbev", "c"),
+    ]
     assert nftevents.Change("delete", "table", "inet", "pbev") in changes[3:]
     assert [e.process for e in events if isinstance(e, nftevents.Generation)] == ["nft", "nft"]

@@ -23,7 +23,7 @@ from plugin.kernel.nft import NftFirewall
 from ..dbusconf import bus_config
 from ..waiting import wait_for
 
-TOOLS = "/var/lib/pybridge-test-tools/firewalld"        # scripts/test.sh unpacks firewalld there
+TOOLS = "/var/lib/pybridge-test-tools/firewalld"  # scripts/test.sh unpacks firewalld there
 
 
 def firewalld_command() -> tuple[list[str], list[str], dict] | None:
@@ -34,8 +34,11 @@ def firewalld_command() -> tuple[list[str], list[str], dict] | None:
     if not os.path.isfile(f"{TOOLS}/usr/sbin/firewalld") or not shutil.which("dbus-daemon"):
         return None
     env = {"PYTHONPATH": f"{TOOLS}/usr/lib/python3/dist-packages"}
-    return (["/usr/bin/python3", f"{TOOLS}/usr/sbin/firewalld", "--default-config", f"{TOOLS}/usr/lib/firewalld"],
-            ["/usr/bin/python3", f"{TOOLS}/usr/bin/firewall-cmd"], env)
+    return (
+        ["/usr/bin/python3", f"{TOOLS}/usr/sbin/firewalld", "--default-config", f"{TOOLS}/usr/lib/firewalld"],
+        ["/usr/bin/python3", f"{TOOLS}/usr/bin/firewall-cmd"],
+        env,
+    )
 
 
 SERVER = r"""
@@ -79,8 +82,11 @@ class World:
         self.net1 = self._bridge("pt-m1", "10.200.50")
         self.net2 = self._bridge("pt-m2", "10.200.51")
         self.ip = {}
-        for c, br, prefix, last in (("c1", "pt-m1", "10.200.50", 2), ("c2", "pt-m1", "10.200.50", 3),
-                                    ("c3", "pt-m2", "10.200.51", 2)):
+        for c, br, prefix, last in (
+            ("c1", "pt-m1", "10.200.50", 2),
+            ("c2", "pt-m1", "10.200.50", 3),
+            ("c3", "pt-m2", "10.200.51", 2),
+        ):
             ns_run(h, "ip", "link", "add", f"v{c}", "type", "veth", "peer", "name", "eth0", "netns", self.names[c])
             ns_run(h, "ip", "link", "set", f"v{c}", "master", br, "up")
             ns_run(self.names[c], "ip", "addr", "add", f"{prefix}.{last}/24", "dev", "eth0")
@@ -92,9 +98,15 @@ class World:
         ns_run(h, "ip", "link", "set", "up0", "up")
         ns_run(self.o, "ip", "addr", "add", "203.0.113.2/30", "dev", "eth0")
         ns_run(self.o, "ip", "link", "set", "eth0", "up")
-        self.ep = Endpoint(id="e" * 64, network_id=self.net1.id, host_ifname="vc1", container_ifname="eth0",
-                           mac="02:00:00:00:00:01", address4=ipaddress.ip_interface(f"{self.ip['c1']}/24"),
-                           ports=(PortBinding("tcp", 80, "", 8080),))
+        self.ep = Endpoint(
+            id="e" * 64,
+            network_id=self.net1.id,
+            host_ifname="vc1",
+            container_ifname="eth0",
+            mac="02:00:00:00:00:01",
+            address4=ipaddress.ip_interface(f"{self.ip['c1']}/24"),
+            ports=(PortBinding("tcp", 80, "", 8080),),
+        )
         self.fw = NftFirewall("PBTT", netns=h)
 
     h = property(lambda self: self.names["h"])
@@ -104,12 +116,17 @@ class World:
         ns_run(self.h, "ip", "link", "add", name, "type", "bridge")
         ns_run(self.h, "ip", "addr", "add", f"{prefix}.1/24", "dev", name)
         ns_run(self.h, "ip", "link", "set", name, "up")
-        return Network(id=name.ljust(64, "0"), bridge=name, subnets=(Subnet(
-            ipaddress.ip_network(f"{prefix}.0/24"), ipaddress.ip_interface(f"{prefix}.1/24")),))
+        return Network(
+            id=name.ljust(64, "0"),
+            bridge=name,
+            subnets=(Subnet(ipaddress.ip_network(f"{prefix}.0/24"), ipaddress.ip_interface(f"{prefix}.1/24")),),
+        )
 
     def serve(self, who, port):
         ns = self.names[who]
-        self.servers.append(subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, str(port), "60"]))
+        self.servers.append(
+            subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, str(port), "60"])
+        )
         assert wait_for(lambda: f":{port} " in ns_run(ns, "ss", "-ltn").stdout, 10)
 
     def ask(self, who, ip, port) -> str:
@@ -125,15 +142,26 @@ class World:
         with open(self.bus_conf, "w") as f:
             f.write(bus_config(self.bus))
         self.env = {**os.environ, **extra, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={self.bus}"}
-        if extra:              # the unpacked one: a system configuration of this run's own
+        if extra:  # the unpacked one: a system configuration of this run's own
             self.etc = f"/tmp/{self.h}-firewalld"
             shutil.copytree(f"{TOOLS}/etc/firewalld", self.etc)
             daemon = daemon + ["--system-config", self.etc]
-        self.daemons = [subprocess.Popen(["dbus-daemon", f"--config-file={self.bus_conf}", "--nofork", "--nopidfile"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        self.daemons = [
+            subprocess.Popen(
+                ["dbus-daemon", f"--config-file={self.bus_conf}", "--nofork", "--nopidfile"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        ]
         assert wait_for(lambda: os.path.exists(self.bus), 10)
-        self.daemons.append(subprocess.Popen(["ip", "netns", "exec", self.h, *daemon, "--nofork", "--nopid"],
-                                             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.daemons.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", self.h, *daemon, "--nofork", "--nopid"],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         assert wait_for(lambda: self.firewall_cmd("--state").stdout.strip() == "running", 30)
 
     def firewall_cmd(self, *args):
@@ -158,7 +186,7 @@ class World:
 
 
 @pytest.fixture
-def world(netns):          # netns: the integration tests' root check
+def world(netns):  # netns: the integration tests' root check
     w = World()
     yield w
     w.close()
@@ -179,7 +207,7 @@ def test_traffic_with_each_owner_of_the_rest_of_the_firewall(world, backend):
     w = world
     w.serve("c1", 80)
     w.serve("o", 9000)
-    if backend != "none":      # what dockerd does: FORWARD's policy DROP
+    if backend != "none":  # what dockerd does: FORWARD's policy DROP
         ns_run(w.h, backend, "-N", "DOCKER-USER")
         ns_run(w.h, backend, "-A", "FORWARD", "-j", "DOCKER-USER")
         ns_run(w.h, backend, "-P", "FORWARD", "DROP")
@@ -187,8 +215,19 @@ def test_traffic_with_each_owner_of_the_rest_of_the_firewall(world, backend):
     assert w.fw.drift([w.net1, w.net2], [w.ep]) == []
     expect_everything_our_firewall_promises(w)
     if backend != "none":
-        rule = ["FORWARD", "-m", "mark", "--mark", "0x1000000/0x1000000", "-m", "comment", "--comment", "PBTT",
-                "-j", "ACCEPT"]
+        rule = [
+            "FORWARD",
+            "-m",
+            "mark",
+            "--mark",
+            "0x1000000/0x1000000",
+            "-m",
+            "comment",
+            "--comment",
+            "PBTT",
+            "-j",
+            "ACCEPT",
+        ]
         assert ns_run(w.h, backend, "-S", "FORWARD").stdout.splitlines()[2] == "-A " + " ".join(rule)
         ns_run(w.h, backend, "-D", *rule)
         assert w.ask("c1", "203.0.113.2", 9000) == "-", "without the static rule, FORWARD's policy drops it"
@@ -211,8 +250,9 @@ def test_traffic_with_firewalld_and_after_its_reload(world):
     w = world
     w.serve("c1", 80)
     w.serve("o", 9000)
-    gateway_dns = subprocess.Popen(["ip", "netns", "exec", w.h, sys.executable, "-c",
-                                    SERVER.replace('"0.0.0.0"', '"10.200.50.1"'), "53", "60"])
+    gateway_dns = subprocess.Popen(
+        ["ip", "netns", "exec", w.h, sys.executable, "-c", SERVER.replace('"0.0.0.0"', '"10.200.50.1"'), "53", "60"]
+    )
     w.servers.append(gateway_dns)
     w.firewalld()
     assert w.ask("c1", "203.0.113.2", 9000) == "-", "control: firewalld rejects what no zone allows"
@@ -227,15 +267,17 @@ def test_traffic_with_firewalld_and_after_its_reload(world):
         heals.append(time.monotonic())
         if w.fw.drift([w.net1, w.net2], [w.ep]):
             w.fw.sync([w.net1, w.net2], [w.ep])
+
     threading.Thread(target=w.fw.watch, args=(heal,), daemon=True).start()
     assert wait_for(lambda: len(heals) == 1, 10)
     probes, stop = [], threading.Event()
 
-    def probe():             # traffic all along the reload: the longest outage is what it costs
+    def probe():  # traffic all along the reload: the longest outage is what it costs
         while not stop.is_set():
             began = time.monotonic()
             ok = w.ask("c1", "203.0.113.2", 9000) == "203.0.113.1"
             probes.append((time.monotonic(), ok, time.monotonic() - began))
+
     prober = threading.Thread(target=probe, daemon=True)
     prober.start()
     called = time.monotonic()
@@ -251,9 +293,11 @@ def test_traffic_with_firewalld_and_after_its_reload(world):
             start = t
         elif ok and start is not None:
             outage, start = max(outage, t - start), None
-    print(f"firewall-cmd --reload took {returned - called:.2f} s; {len(probes)} connections during it, "
-          f"longest run of failures {outage:.2f} s, slowest connection {slowest:.2f} s (a SYN lost to the "
-          f"reload is sent again after 1 s); checks started by events: {len(heals) - 1}")
+    print(
+        f"firewall-cmd --reload took {returned - called:.2f} s; {len(probes)} connections during it, "
+        f"longest run of failures {outage:.2f} s, slowest connection {slowest:.2f} s (a SYN lost to the "
+        f"reload is sent again after 1 s); checks started by events: {len(heals) - 1}"
+    )
     assert len(heals) >= 2, "the reload was seen"
     assert w.ask("c1", "10.200.50.1", 53) == w.ip["c1"]
 
@@ -346,7 +390,7 @@ def test_a_mark_another_table_set_before_ours_opens_nothing(world):
     ns_run(w.h, "ip", "link", "set", "dk-m3", "up")
     c4 = f"{w.h}c4"
     subprocess.run(["ip", "netns", "add", c4], check=True)
-    w.names["c4"] = c4                              # removed with the world
+    w.names["c4"] = c4  # removed with the world
     ns_run(c4, "ip", "link", "set", "lo", "up")
     ns_run(w.h, "ip", "link", "add", "vc4", "type", "veth", "peer", "name", "eth0", "netns", c4)
     ns_run(w.h, "ip", "link", "set", "vc4", "master", "dk-m3", "up")
@@ -363,14 +407,29 @@ def test_a_mark_another_table_set_before_ours_opens_nothing(world):
     w.fw.sync([w.net1, w.net2], [w.ep])
     assert w.ask("o", "10.200.52.2", 80) == "-", "FORWARD's policy drops it"
     ns_run(w.h, "nft", "add", "table", "inet", "pbttother")
-    ns_run(w.h, "nft", "add", "chain", "inet", "pbttother", "markall",
-           "{ type filter hook forward priority -300; }")
-    ns_run(w.h, "nft", "add", "rule", "inet", "pbttother", "markall", "meta", "mark", "set", "meta", "mark", "or",
-           "0x01000000", "counter")
+    ns_run(w.h, "nft", "add", "chain", "inet", "pbttother", "markall", "{ type filter hook forward priority -300; }")
+    ns_run(
+        w.h,
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "pbttother",
+        "markall",
+        "meta",
+        "mark",
+        "set",
+        "meta",
+        "mark",
+        "or",
+        "0x01000000",
+        "counter",
+    )
     assert w.ask("o", "10.200.52.2", 80) == "-", "another table's mark opened FORWARD through our static rule"
-    assert "packets 0 " not in ns_run(w.h, "nft", "list", "chain", "inet", "pbttother", "markall").stdout, \
+    assert "packets 0 " not in ns_run(w.h, "nft", "list", "chain", "inet", "pbttother", "markall").stdout, (
         "the other table's rule never marked anything: the test proves nothing"
-    expect_everything_our_firewall_promises(w)      # what we allow still goes through
+    )
+    expect_everything_our_firewall_promises(w)  # what we allow still goes through
 
 
 def test_two_instances_on_one_host_share_the_mark_bit_and_neither_clears_the_others(world):
@@ -384,7 +443,7 @@ def test_two_instances_on_one_host_share_the_mark_bit_and_neither_clears_the_oth
     ns_run(w.h, "iptables-nft", "-N", "DOCKER-USER")
     ns_run(w.h, "iptables-nft", "-A", "FORWARD", "-j", "DOCKER-USER")
     ns_run(w.h, "iptables-nft", "-P", "FORWARD", "DROP")
-    other = NftFirewall("PBTTOTHER", netns=w.h)         # another instance, with the default mark too
+    other = NftFirewall("PBTTOTHER", netns=w.h)  # another instance, with the default mark too
     try:
         other.sync([w.net2], [])
         w.fw.sync([w.net1], [w.ep])

@@ -77,8 +77,13 @@ def cluster():
             sh("ip", "-n", n["u"], "link", "set", f"to{h}", "master", "u0", "up")
             sh("ip", "-n", n[h], "addr", "add", f"{UNDERLAY[h]}/24", "dev", "eth0")
             sh("ip", "-n", n[h], "link", "set", "eth0", "up")
-        net = Network(id="d" * 64, bridge=BRIDGE, cluster="web", vni=VNI, subnets=(
-            Subnet(ipaddress.ip_network("10.250.7.0/24"), ipaddress.ip_interface(f"{GATEWAY}/24")),))
+        net = Network(
+            id="d" * 64,
+            bridge=BRIDGE,
+            cluster="web",
+            vni=VNI,
+            subnets=(Subnet(ipaddress.ip_network("10.250.7.0/24"), ipaddress.ip_interface(f"{GATEWAY}/24")),),
+        )
         for h in ("A", "B"):
             sh("ip", "-n", n[h], "link", "add", BRIDGE, "type", "bridge")
             sh("ip", "-n", n[h], "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
@@ -95,8 +100,25 @@ def cluster():
             fws[h] = fw
             fw.sync([net], [], [])
         # C: a VXLAN device of the other network, no pybridge
-        sh("ip", "-n", n["C"], "link", "add", VXDEV, "type", "vxlan", "id", str(OTHER_VNI), "local", UNDERLAY["C"],
-           "dev", "eth0", "dstport", str(PORT), "nolearning")
+        sh(
+            "ip",
+            "-n",
+            n["C"],
+            "link",
+            "add",
+            VXDEV,
+            "type",
+            "vxlan",
+            "id",
+            str(OTHER_VNI),
+            "local",
+            UNDERLAY["C"],
+            "dev",
+            "eth0",
+            "dstport",
+            str(PORT),
+            "nolearning",
+        )
         for h, other in (("A", "B"), ("B", "A")):
             peer_mac = mac_of(n[f"c{other}"], "eth0")
             Vxlan(netns=n[h]).set_peers(VXDEV, BRIDGE, {peer_mac: (UNDERLAY[other], frozenset({OVERLAY[other]}))})
@@ -113,8 +135,9 @@ def cluster():
 
 def reaching_cB(n, send) -> set[str]:
     """The tags that arrive at cB's port 7777 while `send()` runs."""
-    listener = subprocess.Popen(["ip", "netns", "exec", n["cB"], sys.executable, "-c", LISTENER, "2.5"],
-                                stdout=subprocess.PIPE, text=True)
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", n["cB"], sys.executable, "-c", LISTENER, "2.5"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
         send()
@@ -125,13 +148,31 @@ def reaching_cB(n, send) -> set[str]:
 
 
 def craft(n, where: str, mode: str, src: str, vni: int, tag: str, smac: str = "02:00:00:00:00:09") -> str:
-    return ns(n[where], sys.executable, "-c", CRAFT, mode, src, UNDERLAY["B"], str(vni), mac_of(n["cB"], "eth0"),
-              smac, OVERLAY["B"], f"udp:7777:{tag}", check=False).stdout.strip()
+    return ns(
+        n[where],
+        sys.executable,
+        "-c",
+        CRAFT,
+        mode,
+        src,
+        UNDERLAY["B"],
+        str(vni),
+        mac_of(n["cB"], "eth0"),
+        smac,
+        OVERLAY["B"],
+        f"udp:7777:{tag}",
+        check=False,
+    ).stdout.strip()
 
 
 def plain(n, tag: str) -> None:
-    ns(n["cA"], sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
-       f"[s.sendto(b'{tag}', ('{OVERLAY['B']}', 7777)) for _ in range(3)]")
+    ns(
+        n["cA"],
+        sys.executable,
+        "-c",
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+        f"[s.sendto(b'{tag}', ('{OVERLAY['B']}', 7777)) for _ in range(3)]",
+    )
 
 
 def test_only_the_kernels_vxlan_of_a_member_reaches_a_container(cluster):
@@ -143,13 +184,23 @@ def test_only_the_kernels_vxlan_of_a_member_reaches_a_container(cluster):
     # before issue 19, A forwarded it (C is a peer of A) and B took it (C is a peer of B)
     sent = []
     assert reaching_cB(n, lambda: sent.append(craft(n, "cA", "raw", UNDERLAY["C"], VNI, "fromcontainer"))) == set()
-    assert sent == ["sent"]              # the fault really happened: the raw socket sent it
+    assert sent == ["sent"]  # the fault really happened: the raw socket sent it
 
     # a process on A: a plain socket (from A's own address, which B trusts) and a raw one
     results = []
-    assert reaching_cB(n, lambda: results.extend([craft(n, "A", "udp", UNDERLAY["A"], VNI, "processudp"),
-                                                  craft(n, "A", "raw", UNDERLAY["A"], VNI, "processraw")])) == set()
-    assert [r.split()[0] for r in results] == ["refused", "refused"]     # dropped on A, as it is sent
+    assert (
+        reaching_cB(
+            n,
+            lambda: results.extend(
+                [
+                    craft(n, "A", "udp", UNDERLAY["A"], VNI, "processudp"),
+                    craft(n, "A", "raw", UNDERLAY["A"], VNI, "processraw"),
+                ]
+            ),
+        )
+        == set()
+    )
+    assert [r.split()[0] for r in results] == ["refused", "refused"]  # dropped on A, as it is sent
 
     # C is a member of the other network only: its VXLAN for this one is dropped by B ...
     assert reaching_cB(n, lambda: craft(n, "C", "raw", UNDERLAY["C"], VNI, "othernet")) == set()
@@ -167,20 +218,25 @@ def test_bridge_learns_nothing_over_vxlan(cluster):
     n, fws = cluster
     fws["B"].set_vxlan_members(PORT, [(VNI, UNDERLAY["A"]), (VNI, UNDERLAY["C"])])
     victim = mac_of(n["cB"], "eth0")
-    ns(n["cB"], sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
-       f"s.sendto(b'x', ('{GATEWAY}', 9))")               # the bridge learns cB on its own port
+    ns(
+        n["cB"],
+        sys.executable,
+        "-c",
+        f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);s.sendto(b'x', ('{GATEWAY}', 9))",
+    )  # the bridge learns cB on its own port
     seen = []
 
     def inject() -> None:
         craft(n, "C", "raw", UNDERLAY["C"], VNI, "spoofed", smac=victim)
-        seen.append(ns(n["B"], "bridge", "fdb", "show", "br", BRIDGE).stdout)     # at once: cB's own
+        seen.append(ns(n["B"], "bridge", "fdb", "show", "br", BRIDGE).stdout)  # at once: cB's own
         # traffic (IPv6 neighbour discovery) would move a learned entry back soon
+
     got = reaching_cB(n, inject)
     fdb = seen[0]
     on_vxlan = [line for line in fdb.splitlines() if line.startswith(victim) and f"dev {VXDEV}" in line]
-    assert on_vxlan == [], fdb          # (with learning on, cB's MAC moved there and cB was cut off)
+    assert on_vxlan == [], fdb  # (with learning on, cB's MAC moved there and cB was cut off)
     assert any(line.startswith(victim) and "dev pbtx-h" in line for line in fdb.splitlines()), fdb
-    assert got == {"spoofed"}           # the frame itself was delivered: the injection happened
+    assert got == {"spoofed"}  # the frame itself was delivered: the injection happened
     learning = ns(n["B"], "ip", "-d", "link", "show", VXDEV).stdout
     assert "learning off" in learning.split("bridge_slave", 1)[1], learning
 
@@ -188,8 +244,13 @@ def test_bridge_learns_nothing_over_vxlan(cluster):
 def test_unsafe_members_are_refused_and_nothing_is_written(cluster):
     n, fws = cluster
     before = ns(n["B"], "nft", "list", "set", "inet", fws["B"].table, "vxlan_members4").stdout
-    for bad in ([(VNI, "10.206.241.2; drop")], [(1 << 24, UNDERLAY["A"])], [("5001", UNDERLAY["A"])],
-                [(VNI, "fe80::1%eth0")], [UNDERLAY["A"]]):
+    for bad in (
+        [(VNI, "10.206.241.2; drop")],
+        [(1 << 24, UNDERLAY["A"])],
+        [("5001", UNDERLAY["A"])],
+        [(VNI, "fe80::1%eth0")],
+        [UNDERLAY["A"]],
+    ):
         with pytest.raises(Exception, match="unsafe"):
             fws["B"].set_vxlan_members(PORT, bad)
     assert ns(n["B"], "nft", "list", "set", "inet", fws["B"].table, "vxlan_members4").stdout == before

@@ -28,7 +28,7 @@ class IptablesFirewall:
         self._argv0 = ["ip", "netns", "exec", netns] if netns else []
         self._lock = threading.Lock()
         self._tools = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
-        self._applied: dict[tuple[int, str], str] = {}   # (family, table) -> text this process last wrote
+        self._applied: dict[tuple[int, str], str] = {}  # (family, table) -> text this process last wrote
 
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
         return commands.run(self._argv0 + argv, stdin, name=argv[0])
@@ -44,8 +44,13 @@ class IptablesFirewall:
         save, _ = self._tools[version]
         return self._run([save]) if self._available(version) else ""
 
-    def sync(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
-             foreign: Iterable[str] = (), check_jumps: bool = True) -> None:
+    def sync(
+        self,
+        networks: Iterable[Network],
+        endpoints: Iterable[Endpoint] = (),
+        foreign: Iterable[str] = (),
+        check_jumps: bool = True,
+    ) -> None:
         """Make our chains hold exactly the rules for these networks, the ports their endpoints
         publish and the bridges that are not ours, in both families.
 
@@ -74,8 +79,9 @@ class IptablesFirewall:
                 self._run([self._tools[version][1], "--noflush", "-w"], text)
                 self._applied.update({(version, t): plain[t] for t in write})
 
-    def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (),
-              foreign: Iterable[str] = ()) -> list[str]:
+    def drift(
+        self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = (), foreign: Iterable[str] = ()
+    ) -> list[str]:
         """Differences between our chains and jumps in the kernel and the rules for this state."""
         networks, endpoints, foreign = list(networks), list(endpoints), list(foreign)
         problems = []
@@ -99,5 +105,7 @@ class IptablesFirewall:
                     continue
                 for table in rules.TABLES:
                     self._applied.pop((version, table), None)
-                self._run([self._tools[version][1], "--noflush", "-w"],
-                          rules.removal_text(self.prefix, rules.parse_saved(saved)))
+                self._run(
+                    [self._tools[version][1], "--noflush", "-w"],
+                    rules.removal_text(self.prefix, rules.parse_saved(saved)),
+                )

@@ -30,10 +30,16 @@ from plugin.domain.model import Endpoint, Network
 from plugin.domain.naming import is_valid_ifname
 from plugin.kernel.commands import _SAFE_TOKEN, line, safe
 from plugin.kernel.iptables_migration import TABLES, Saved, chains
-from plugin.kernel.iptables_migration import parse_saved as parse_saved, removal_text as removal_text  # the adapter uses them
+from plugin.kernel.iptables_migration import (
+    parse_saved as parse_saved,
+    removal_text as removal_text,
+)  # the adapter uses them
 
-BUILTINS = {"raw": ("PREROUTING", "OUTPUT"), "filter": ("INPUT", "FORWARD", "OUTPUT"),
-            "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
+BUILTINS = {
+    "raw": ("PREROUTING", "OUTPUT"),
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+}
 DNS_PORT = 53
 
 Rule = tuple  # the tokens of one rule: ("-A", chain, ...)
@@ -82,12 +88,14 @@ DOCKER_USER = "DOCKER-USER"
 
 def jumps(prefix: str) -> list[Jump]:
     """Our jumps. The one from DOCKER-USER is wanted only where that chain exists."""
-    return [Jump("raw", "PREROUTING", f"{prefix}-PREROUTING"),
-            Jump("filter", DOCKER_USER, f"{prefix}-ISOLATE", before=("-j", "RETURN")),
-            Jump("filter", "FORWARD", f"{prefix}-FORWARD", after=("-j", DOCKER_USER)),
-            Jump("nat", "POSTROUTING", f"{prefix}-POSTROUTING"),
-            Jump("nat", "PREROUTING", f"{prefix}-DNAT", LOCAL),
-            Jump("nat", "OUTPUT", f"{prefix}-DNAT", LOCAL)]
+    return [
+        Jump("raw", "PREROUTING", f"{prefix}-PREROUTING"),
+        Jump("filter", DOCKER_USER, f"{prefix}-ISOLATE", before=("-j", "RETURN")),
+        Jump("filter", "FORWARD", f"{prefix}-FORWARD", after=("-j", DOCKER_USER)),
+        Jump("nat", "POSTROUTING", f"{prefix}-POSTROUTING"),
+        Jump("nat", "PREROUTING", f"{prefix}-DNAT", LOCAL),
+        Jump("nat", "OUTPUT", f"{prefix}-DNAT", LOCAL),
+    ]
 
 
 def _published(n: Network, endpoints: Iterable[Endpoint], version: int):
@@ -104,8 +112,26 @@ def _published(n: Network, endpoints: Iterable[Endpoint], version: int):
 
 
 def _to_port(chain: str, n: Network, ip, b, verdict: str) -> Rule:
-    return ("-A", chain, "-d", _host(ip, 4 if ip.version == 4 else 6), "-o", n.bridge, "-p", b.proto,
-            "-m", b.proto, "--dport", b.container_port, "-m", "conntrack", "--ctstate", "DNAT", "-j", verdict)
+    return (
+        "-A",
+        chain,
+        "-d",
+        _host(ip, 4 if ip.version == 4 else 6),
+        "-o",
+        n.bridge,
+        "-p",
+        b.proto,
+        "-m",
+        b.proto,
+        "--dport",
+        b.container_port,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "DNAT",
+        "-j",
+        verdict,
+    )
 
 
 def _isolate_rules(prefix: str, networks: list[Network], published: dict, foreign: list[str]) -> list[Rule]:
@@ -117,8 +143,10 @@ def _isolate_rules(prefix: str, networks: list[Network], published: dict, foreig
     rules: list[Rule] = []
     for n in networks:
         if n.internal:
-            rules += [("-A", iso, "-i", n.bridge, "!", "-o", n.bridge, "-j", "DROP"),
-                      ("-A", iso, "-o", n.bridge, "!", "-i", n.bridge, "-j", "DROP")]
+            rules += [
+                ("-A", iso, "-i", n.bridge, "!", "-o", n.bridge, "-j", "DROP"),
+                ("-A", iso, "-o", n.bridge, "!", "-i", n.bridge, "-j", "DROP"),
+            ]
     if networks:
         rules.append(("-A", iso, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"))
     for n in networks:
@@ -141,8 +169,9 @@ def _forward_rules(prefix: str, networks: list[Network], published: dict) -> lis
     rules: list[Rule] = [("-A", fwd, "-j", f"{prefix}-ISOLATE")] if networks else []
     for n in networks:
         if not n.internal:
-            rules.append(("-A", fwd, "-o", n.bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
-                          "-j", "ACCEPT"))
+            rules.append(
+                ("-A", fwd, "-o", n.bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+            )
         rules += [_to_port(fwd, n, ip, b, "ACCEPT") for ip, b in published[n.id]]
         if n.icc:
             rules.append(("-A", fwd, "-i", n.bridge, "-o", n.bridge, "-j", "ACCEPT"))
@@ -168,10 +197,41 @@ def _port_rules(post: str, dnat: str, n: Network, published, version: int) -> li
     for ip, b in published:
         dst = ("-d", _host(b.host_ip, version)) if b.host_ip else ()
         to = f"{ip}:{b.container_port}" if version == 4 else f"[{ip}]:{b.container_port}"
-        rules.append(("-A", dnat, *dst, "-p", b.proto, "-m", b.proto, "--dport", b.host_port,
-                      "-j", "DNAT", "--to-destination", to))
-        rules.append(("-A", post, "-s", _host(ip, version), "-d", _host(ip, version), "-p", b.proto,
-                      "-m", b.proto, "--dport", b.container_port, "-j", "MASQUERADE"))
+        rules.append(
+            (
+                "-A",
+                dnat,
+                *dst,
+                "-p",
+                b.proto,
+                "-m",
+                b.proto,
+                "--dport",
+                b.host_port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                to,
+            )
+        )
+        rules.append(
+            (
+                "-A",
+                post,
+                "-s",
+                _host(ip, version),
+                "-d",
+                _host(ip, version),
+                "-p",
+                b.proto,
+                "-m",
+                b.proto,
+                "--dport",
+                b.container_port,
+                "-j",
+                "MASQUERADE",
+            )
+        )
     if published and version == 4:
         rules.append(("-A", post, "-s", "127.0.0.0/8", "-o", n.bridge, "-j", "MASQUERADE"))
     return rules
@@ -186,8 +246,10 @@ def _gateway_dns_rules(prefix: str, networks: list[Network], version: int) -> tu
     for n in networks:
         for gw in (g for g in n.gateways() if g.version == version):
             g = _host(gw.ip, version)
-            nat += [("-A", dnat, "-d", g, "-p", proto, "-m", proto, "--dport", DNS_PORT, "-j", "RETURN")
-                    for proto in ("udp", "tcp")]
+            nat += [
+                ("-A", dnat, "-d", g, "-p", proto, "-m", proto, "--dport", DNS_PORT, "-j", "RETURN")
+                for proto in ("udp", "tcp")
+            ]
             raw.append(("-A", dns, "-d", g, "-i", "lo", "-j", "RETURN"))
             raw += [("-A", dns, "-s", pool, "-d", g, "-i", n.bridge, "-j", "RETURN") for pool in n.pools(version)]
             raw.append(("-A", dns, "-d", g, "-j", "DROP"))
@@ -196,8 +258,13 @@ def _gateway_dns_rules(prefix: str, networks: list[Network], version: int) -> tu
     return raw, nat
 
 
-def render(prefix: str, networks: Iterable[Network], version: int, endpoints: Iterable[Endpoint] = (),
-           foreign: Iterable[str] = ()) -> dict[str, list[Rule]]:
+def render(
+    prefix: str,
+    networks: Iterable[Network],
+    version: int,
+    endpoints: Iterable[Endpoint] = (),
+    foreign: Iterable[str] = (),
+) -> dict[str, list[Rule]]:
     """{table: [rules as token tuples]} for our chains in one address family. `foreign` names
     the bridges on the host that are not ours (those that carry no route through a gateway)."""
     post, dnat = f"{prefix}-POSTROUTING", f"{prefix}-DNAT"
@@ -242,8 +309,12 @@ def jump_fixes(prefix: str, tables: Saved) -> tuple[dict[str, list[Rule]], list[
             if chain in own:
                 continue
             for r in list(rules):
-                stale = len(r) >= 2 and r[-2] in ("-j", "-g") and r[-1].startswith(f"{prefix}-") \
+                stale = (
+                    len(r) >= 2
+                    and r[-2] in ("-j", "-g")
+                    and r[-1].startswith(f"{prefix}-")
                     and (table, chain, r) not in wanted_at
+                )
                 if stale and all(_SAFE_TOKEN.fullmatch(t) for t in r):
                     fixes[table].append(("-D", chain, *r))
                     rules.remove(r)
@@ -253,8 +324,9 @@ def jump_fixes(prefix: str, tables: Saved) -> tuple[dict[str, list[Rule]], list[
         at = [i for i, r in enumerate(rules) if r == j.spec()]
         if len(at) == 1 and j.placed(rules, at[0]):
             continue
-        problems.append(f"{'missing' if not at else 'misplaced' if len(at) == 1 else 'duplicate'} "
-                        f"jump {j.rule()} ({j.table})")
+        problems.append(
+            f"{'missing' if not at else 'misplaced' if len(at) == 1 else 'duplicate'} jump {j.rule()} ({j.table})"
+        )
         fixes[j.table] += [("-D", j.builtin, *j.spec()) for _ in at]
         rules[:] = [r for r in rules if r != j.spec()]
         fix = j.insertion(rules)

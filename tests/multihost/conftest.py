@@ -28,34 +28,58 @@ class Host:
         self.address = f"{UNDERLAY}.{n}"
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        p = subprocess.run(["docker", "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,
-                           timeout=timeout)
+        p = subprocess.run(
+            ["docker", "-H", f"unix://{self.sock}", *args], capture_output=True, text=True, timeout=timeout
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"host {self.n}: docker {' '.join(args)}: {p.stderr.strip()}")
         return p
 
     def run(self, name: str, network: str, *command: str, extra: tuple[str, ...] = ()) -> str:
         """A detached test container; its address on `network`."""
-        self.docker("run", "-d", "--name", name, "--network", network, "--dns", "127.0.0.1",
-                    "--stop-timeout", "1", *extra, IMAGE, *command)
+        self.docker(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--dns",
+            "127.0.0.1",
+            "--stop-timeout",
+            "1",
+            *extra,
+            IMAGE,
+            *command,
+        )
         return self.ip(name, network)
 
     def ip(self, container: str, network: str) -> str:
-        return self.docker("inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % network,
-                           container).stdout.strip()
+        return self.docker(
+            "inspect", "-f", '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % network, container
+        ).stdout.strip()
 
     def exec(self, container: str, *command: str, check: bool = False, timeout: float = 60):
         return self.docker("exec", container, *command, check=check, timeout=timeout)
 
     def ns(self, *argv: str, check: bool = True) -> str:
-        return subprocess.run(["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True,
-                              check=check).stdout
+        return subprocess.run(
+            ["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True, check=check
+        ).stdout
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         """The host command, against this host's plugin."""
-        return subprocess.run([str(ROOT / "scripts" / "pybridge"), "--socket",
-                               str(self.base / f"h{self.n}" / "run" / "docker" / "plugins" / "pybridge.sock"), *args],
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [
+                str(ROOT / "scripts" / "pybridge"),
+                "--socket",
+                str(self.base / f"h{self.n}" / "run" / "docker" / "plugins" / "pybridge.sock"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def remove_containers(self, prefix: str) -> None:
         """One at a time: dockerd 20.10 removing many containers of one network at once can lose
@@ -76,13 +100,23 @@ class Cluster:
         self.hosts = [Host(base, int(n)) for n in (base / "hosts").read_text().split()]
 
     def tool(self, *args: str) -> None:
-        subprocess.run([str(SCRIPT), *args], check=True, capture_output=True, text=True, timeout=180,
-                       env={**os.environ, "PYBRIDGE_MULTIHOST_DIR": str(self.base)})
+        subprocess.run(
+            [str(SCRIPT), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "PYBRIDGE_MULTIHOST_DIR": str(self.base)},
+        )
 
     def etcdctl(self, *args: str) -> str:
-        return subprocess.run(["ip", "netns", "exec", "pbmh-ul", "etcdctl", "--endpoints", ETCD, *args],
-                              capture_output=True, text=True, check=True,
-                              env={**os.environ, "ETCDCTL_API": "3"}).stdout
+        return subprocess.run(
+            ["ip", "netns", "exec", "pbmh-ul", "etcdctl", "--endpoints", ETCD, *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "ETCDCTL_API": "3"},
+        ).stdout
 
 
 @pytest.fixture(scope="session")
@@ -107,16 +141,36 @@ def net(cluster):
         name = name or f"pbmh-{tag}-{len(made)}"
         subnet = subnet or f"10.205.{next(subnets)}.0/24"
         for h in hosts or cluster.hosts:
-            h.docker("network", "create", "-d", "pybridge", "--ipam-driver", "pybridge", "--subnet", subnet,
-                     *(("--internal",) if internal else ()), "-o", f"pybridge.cluster={name}", name)
+            h.docker(
+                "network",
+                "create",
+                "-d",
+                "pybridge",
+                "--ipam-driver",
+                "pybridge",
+                "--subnet",
+                subnet,
+                *(("--internal",) if internal else ()),
+                "-o",
+                f"pybridge.cluster={name}",
+                name,
+            )
             made.append((h, name))
         return name
+
     yield make
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(cluster.hosts)) as pool:
         list(pool.map(lambda h: h.remove_containers(f"pbmh-{tag}"), cluster.hosts))
     for h, name in reversed(made):
-        wait_for(lambda: "has active endpoints" not in h.docker("network", "rm", name, check=False).stderr,
-                 timeout=60, interval=1)
+        wait_for(
+            lambda: "has active endpoints" not in h.docker("network", "rm", name, check=False).stderr,
+            timeout=60,
+            interval=1,
+        )
     # the cluster's record goes with the last host that had the network
-    assert wait_for(lambda: not any(name in cluster.etcdctl("get", "--prefix", "--keys-only", "/pybridge/v1/net/")
-                                    for _, name in made), timeout=10), "a cluster network's record was left in etcd"
+    assert wait_for(
+        lambda: (
+            not any(name in cluster.etcdctl("get", "--prefix", "--keys-only", "/pybridge/v1/net/") for _, name in made)
+        ),
+        timeout=10,
+    ), "a cluster network's record was left in etcd"

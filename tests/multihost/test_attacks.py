@@ -17,8 +17,11 @@ from tests.waiting import wait_for
 
 def icmp_in_echos(host, container: str) -> int:
     """The container's count of ICMP echo requests received (/proc/net/snmp)."""
-    lines = [line.split() for line in host.exec(container, "cat", "/proc/net/snmp", check=True).stdout.splitlines()
-             if line.startswith("Icmp:")]
+    lines = [
+        line.split()
+        for line in host.exec(container, "cat", "/proc/net/snmp", check=True).stdout.splitlines()
+        if line.startswith("Icmp:")
+    ]
     return int(dict(zip(lines[0], lines[1]))["InEchos"])
 
 
@@ -31,8 +34,9 @@ def in_container(host, container: str, *argv: str) -> str:
     """A command of the host's in the container's network namespace: the packets it sends leave
     from the container, as a process of the container's with CAP_NET_RAW would send them."""
     pid = host.docker("inspect", "-f", "{{.State.Pid}}", container).stdout.strip()
-    return subprocess.run(["nsenter", "-t", pid, "-n", *argv], capture_output=True, text=True, check=False,
-                          timeout=30).stdout.strip()
+    return subprocess.run(
+        ["nsenter", "-t", pid, "-n", *argv], capture_output=True, text=True, check=False, timeout=30
+    ).stdout.strip()
 
 
 def test_no_container_or_process_on_a_host_puts_frames_on_another_hosts_internal_network(cluster, net):
@@ -47,29 +51,47 @@ def test_no_container_or_process_on_a_host_puts_frames_on_another_hosts_internal
     victim = f"{internal}-victim"
     victim_ip = h2.run(victim, internal, "sleep", "600")
     victim_mac = mac(h2, victim, internal)
-    h3.run(f"{internal}-c3", internal, "sleep", "600")      # host 3 has the network: a member
-    assert wait_for(lambda: h3.address in h2.ns("nft", "list", "set", "inet", "pybridge", "vxlan_members4"),
-                    timeout=15), "host 2 never let host 3 in"
+    h3.run(f"{internal}-c3", internal, "sleep", "600")  # host 3 has the network: a member
+    assert wait_for(
+        lambda: h3.address in h2.ns("nft", "list", "set", "inet", "pybridge", "vxlan_members4"), timeout=15
+    ), "host 2 never let host 3 in"
     vni = json.loads(cluster.etcdctl("get", f"/pybridge/v1/net/{internal}", "--print-value-only"))["vni"]
     local = f"pbmh-local-{uuid.uuid4().hex[:6]}"
     h1.docker("network", "create", "-d", "pybridge", "--ipam-driver", "pybridge", "--subnet", "10.204.77.0/24", local)
     try:
         h1.run(f"{outer}-a1", outer, "sleep", "600")
-        h1.docker("run", "-d", "--name", f"{outer}-a2", "--network", local, "--dns", "127.0.0.1",
-                  "--stop-timeout", "1", "pybridge-test-busybox:latest", "sleep", "600")
+        h1.docker(
+            "run",
+            "-d",
+            "--name",
+            f"{outer}-a2",
+            "--network",
+            local,
+            "--dns",
+            "127.0.0.1",
+            "--stop-timeout",
+            "1",
+            "pybridge-test-busybox:latest",
+            "sleep",
+            "600",
+        )
         args = [str(vni), victim_mac, "02:00:00:00:00:09", victim_ip, "icmp"]
         before = icmp_in_echos(h2, victim)
         for attacker in (f"{outer}-a1", f"{outer}-a2"):
             sent = in_container(h1, attacker, sys.executable, "-c", CRAFT, "raw", h3.address, h2.address, *args)
-            assert sent == "sent", sent                      # the fault really happened
+            assert sent == "sent", sent  # the fault really happened
         sent = h1.ns(sys.executable, "-c", CRAFT, "udp", h1.address, h2.address, *args, check=False).strip()
-        assert sent.startswith("refused"), sent              # refused on host 1, as it is sent
+        assert sent.startswith("refused"), sent  # refused on host 1, as it is sent
         # control: the same frame from the underlay's own namespace, with host 3's address
-        sent = subprocess.run(["ip", "netns", "exec", "pbmh-ul", sys.executable, "-c", CRAFT, "raw", h3.address,
-                               h2.address, *args], capture_output=True, text=True, check=False).stdout.strip()
+        sent = subprocess.run(
+            ["ip", "netns", "exec", "pbmh-ul", sys.executable, "-c", CRAFT, "raw", h3.address, h2.address, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
         assert sent == "sent", sent
         assert wait_for(lambda: icmp_in_echos(h2, victim) >= before + 3, timeout=10), "the control did not arrive"
-        assert icmp_in_echos(h2, victim) == before + 3      # the control's three, and nothing of host 1's
+        assert icmp_in_echos(h2, victim) == before + 3  # the control's three, and nothing of host 1's
     finally:
         h1.remove_containers(f"{outer}-a")
         h1.docker("network", "rm", local, check=False)
@@ -78,19 +100,32 @@ def test_no_container_or_process_on_a_host_puts_frames_on_another_hosts_internal
 def started_with_mac(host, container: str, network: str, mac_address: str) -> tuple[int, str]:
     """`docker run` with a MAC of our choosing through the Engine API (20.10's CLI refuses
     --mac-address with --network): the start's HTTP status and answer."""
+
     def call(method: str, path: str, body: dict | None = None) -> tuple[int, str]:
         conn = http.client.HTTPConnection("localhost", timeout=60)
         conn.sock = socket.socket(socket.AF_UNIX)
         conn.sock.connect(str(host.sock))
-        conn.request(method, f"/v1.41{path}", json.dumps(body) if body is not None else None,
-                     {"Content-Type": "application/json"})
+        conn.request(
+            method,
+            f"/v1.41{path}",
+            json.dumps(body) if body is not None else None,
+            {"Content-Type": "application/json"},
+        )
         r = conn.getresponse()
         answer = r.read().decode(errors="replace")
         conn.close()
         return r.status, answer
-    status, answer = call("POST", f"/containers/create?name={container}", {
-        "Image": "pybridge-test-busybox:latest", "Cmd": ["sleep", "600"], "MacAddress": mac_address,
-        "HostConfig": {"NetworkMode": network, "Dns": ["127.0.0.1"]}})
+
+    status, answer = call(
+        "POST",
+        f"/containers/create?name={container}",
+        {
+            "Image": "pybridge-test-busybox:latest",
+            "Cmd": ["sleep", "600"],
+            "MacAddress": mac_address,
+            "HostConfig": {"NetworkMode": network, "Dns": ["127.0.0.1"]},
+        },
+    )
     assert status == 201, answer
     return call("POST", f"/containers/{container}/start")
 
@@ -122,13 +157,15 @@ def test_a_restart_always_container_keeps_its_cluster_address_across_an_engine_r
     _, h2, _ = cluster.hosts
     name = net()
     ip = h2.run(f"{name}-keep", name, "sleep", "600", extra=("--restart", "always"))
-    h2.run(f"{name}-after", name, "sleep", "600")               # the cursor moves past it
+    h2.run(f"{name}-after", name, "sleep", "600")  # the cursor moves past it
     remembered = f"/pybridge/v1/addr/{name}/{int(ipaddress.ip_address(ip)):032x}"
     assert cluster.etcdctl("get", remembered, "--print-value-only").strip()
     cluster.tool("kill", "2")
     cluster.tool("start", "2")
-    assert wait_for(lambda: h2.docker("inspect", "-f", "{{.State.Running}}", f"{name}-keep",
-                                      check=False).stdout.strip() == "true", timeout=90), "it did not come back"
+    assert wait_for(
+        lambda: h2.docker("inspect", "-f", "{{.State.Running}}", f"{name}-keep", check=False).stdout.strip() == "true",
+        timeout=90,
+    ), "it did not come back"
     assert wait_for(lambda: h2.ip(f"{name}-keep", name) != "", timeout=30)
     assert h2.ip(f"{name}-keep", name) == ip
 
@@ -145,10 +182,14 @@ def test_a_record_written_by_hand_in_etcd_diverts_nothing(cluster, net):
     assert wait_for(lambda: victim_mac in h3.fdb_macs(), timeout=15)
     stranger = "10.206.255.99"
     base = ".".join(victim_ip.split(".")[:3])
-    cluster.etcdctl("put", f"/pybridge/v1/ep/{name}/{stranger}/{'f1' * 32}",
-                    json.dumps({"mac": victim_mac, "ipv4": f"{base}.201"}))
-    cluster.etcdctl("put", f"/pybridge/v1/ep/{name}/{stranger}/{'f2' * 32}",
-                    json.dumps({"mac": "02:00:00:00:19:92", "ipv4": f"{base}.202"}))
+    cluster.etcdctl(
+        "put", f"/pybridge/v1/ep/{name}/{stranger}/{'f1' * 32}", json.dumps({"mac": victim_mac, "ipv4": f"{base}.201"})
+    )
+    cluster.etcdctl(
+        "put",
+        f"/pybridge/v1/ep/{name}/{stranger}/{'f2' * 32}",
+        json.dumps({"mac": "02:00:00:00:19:92", "ipv4": f"{base}.202"}),
+    )
     # a later change makes every host act on what it read (a new container on host 1)
     h1.run(f"{name}-later", name, "sleep", "600")
     assert wait_for(lambda: len(h3.fdb_macs()) >= 2, timeout=15)

@@ -36,8 +36,7 @@ def test_containers_on_three_hosts_reach_each_other_by_address_port_and_name(clu
         assert wait_for(lambda: resolves(h1, f"{name}-client", container, gateway) == ip, timeout=10)
         assert resolves(h1, f"{name}-client", f"{container}.{name}", gateway) == ip
     # the gateway is the same address and MAC on every host, answered locally
-    macs = {h.ns("ip", "-br", "link", "show", "type", "bridge").split()[2]
-            for h in cluster.hosts}
+    macs = {h.ns("ip", "-br", "link", "show", "type", "bridge").split()[2] for h in cluster.hosts}
     assert len(macs) == 1
     # MTU: the underlay's 1500 less VXLAN's 50, inside the container too
     assert "mtu 1450" in h1.exec(f"{name}-client", "ip", "link", "show", "eth0").stdout
@@ -66,12 +65,13 @@ def test_twenty_concurrent_starts_on_each_of_three_hosts_get_sixty_addresses(clu
 
     def start(host, i):
         return host.run(f"{name}-c{host.n}-{i}", name, "sleep", "600")
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=60) as pool:
         futures = [pool.submit(start, h, i) for h in cluster.hosts for i in range(20)]
         addresses = [f.result() for f in futures]
     assert len(addresses) == 60 and len(set(addresses)) == 60, sorted(addresses)
     held = cluster.etcdctl("get", "--prefix", "--keys-only", f"/pybridge/v1/addr/{name}/").split()
-    assert len(held) == 61                                       # and the gateway
+    assert len(held) == 61  # and the gateway
 
 
 def test_without_etcd_running_containers_talk_new_cluster_starts_fail_clearly_local_ones_work(cluster, net):
@@ -83,12 +83,26 @@ def test_without_etcd_running_containers_talk_new_cluster_starts_fail_clearly_lo
     try:
         ping = h1.exec(f"{name}-a", "ping", "-c", "2", "-W", "3", ip_b)
         assert ping.returncode == 0, ping.stdout
-        failed = h1.docker("run", "-d", "--name", f"{name}-new", "--network", name, "--dns", "127.0.0.1",
-                           "pybridge-test-busybox:latest", "sleep", "600", check=False)
+        failed = h1.docker(
+            "run",
+            "-d",
+            "--name",
+            f"{name}-new",
+            "--network",
+            name,
+            "--dns",
+            "127.0.0.1",
+            "pybridge-test-busybox:latest",
+            "sleep",
+            "600",
+            check=False,
+        )
         assert failed.returncode != 0 and "cluster store is unreachable" in failed.stderr, failed.stderr
         h1.docker("rm", "-f", f"{name}-new", check=False)
         local = f"{name}-local"
-        h1.docker("network", "create", "-d", "pybridge", "--ipam-driver", "pybridge", "--subnet", "10.204.9.0/24", local)
+        h1.docker(
+            "network", "create", "-d", "pybridge", "--ipam-driver", "pybridge", "--subnet", "10.204.9.0/24", local
+        )
         try:
             h1.run(f"{name}-l", local, "sleep", "600")
         finally:
@@ -99,15 +113,28 @@ def test_without_etcd_running_containers_talk_new_cluster_starts_fail_clearly_lo
     # etcd back: starts work again, and the new container is known on the other host
     ip_new = wait_for(lambda: _try_run(h1, f"{name}-new2", name), timeout=30)
     assert ip_new
-    assert wait_for(lambda: h2.exec(f"{name}-b", "ping", "-c", "1", "-W", "2", ip_new).returncode == 0, timeout=15), \
-        (f"host 2 cannot reach {ip_new} on host 1; host 1: {h1.cli('cluster', '--format', 'json').stdout}; "
-         f"host 2: {h2.cli('cluster', '--format', 'json').stdout}; host 2's entries: {sorted(h2.fdb_macs())}; "
-         f"etcd: {cluster.etcdctl('get', '--prefix', '--keys-only', '/pybridge/v1/ep/')}")
+    assert wait_for(lambda: h2.exec(f"{name}-b", "ping", "-c", "1", "-W", "2", ip_new).returncode == 0, timeout=15), (
+        f"host 2 cannot reach {ip_new} on host 1; host 1: {h1.cli('cluster', '--format', 'json').stdout}; "
+        f"host 2: {h2.cli('cluster', '--format', 'json').stdout}; host 2's entries: {sorted(h2.fdb_macs())}; "
+        f"etcd: {cluster.etcdctl('get', '--prefix', '--keys-only', '/pybridge/v1/ep/')}"
+    )
 
 
 def _try_run(host, container, network) -> str:
-    p = host.docker("run", "-d", "--name", container, "--network", network, "--dns", "127.0.0.1",
-                    "pybridge-test-busybox:latest", "sleep", "600", check=False)
+    p = host.docker(
+        "run",
+        "-d",
+        "--name",
+        container,
+        "--network",
+        network,
+        "--dns",
+        "127.0.0.1",
+        "pybridge-test-busybox:latest",
+        "sleep",
+        "600",
+        check=False,
+    )
     if p.returncode != 0:
         host.docker("rm", "-f", container, check=False)
         return ""
@@ -141,7 +168,7 @@ def test_a_plugin_restarted_while_etcd_is_away_keeps_its_containers_talking(clus
     try:
         h1.docker("plugin", "disable", "-f", "pybridge-plugin:latest")
         h1.docker("plugin", "enable", "--timeout", "30", "pybridge-plugin:latest")
-        assert wait_for(lambda: h1.cli("cluster").returncode == 1, timeout=20)    # up, and etcd unreachable
+        assert wait_for(lambda: h1.cli("cluster").returncode == 1, timeout=20)  # up, and etcd unreachable
         ping = h1.exec(f"{name}-a", "ping", "-c", "3", "-W", "3", ip_b)
         assert ping.returncode == 0, ping.stdout
     finally:
@@ -170,14 +197,15 @@ def test_a_host_cut_off_longer_than_the_grace_is_forgotten_and_claims_its_contai
     name = net()
     h1.run(f"{name}-a", name, "sleep", "600")
     ip3 = h3.run(f"{name}-c", name, "sleep", "600")
-    mac3 = h3.docker("inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").MacAddress}}" % name,
-                     f"{name}-c").stdout.strip()
+    mac3 = h3.docker(
+        "inspect", "-f", '{{(index .NetworkSettings.Networks "%s").MacAddress}}' % name, f"{name}-c"
+    ).stdout.strip()
     assert wait_for(lambda: mac3 in h1.fdb_macs(), timeout=10)
     key = f"/pybridge/v1/addr/{name}/{int(ipaddress.ip_address(ip3)):032x}"
     h3.ns("ip", "route", "add", "prohibit", "10.206.255.254/32")
     try:
         assert wait_for(lambda: mac3 not in h1.fdb_macs(), timeout=40), "host 1 kept a dead host's entry"
-        assert cluster.etcdctl("get", key) == ""                  # its address is free again
+        assert cluster.etcdctl("get", key) == ""  # its address is free again
     finally:
         h3.ns("ip", "route", "del", "prohibit", "10.206.255.254/32")
     assert wait_for(lambda: mac3 in h1.fdb_macs(), timeout=30), "host 3's container was not claimed back"
@@ -194,10 +222,12 @@ def test_a_killed_host_is_forgotten_after_the_grace_and_takes_part_again_when_it
     h1.run(f"{name}-a", name, "sleep", "600")
     gateway = str(ipaddress.ip_network(f"{h1.ip(f'{name}-a', name)}/24", strict=False).network_address + 1)
     ip3 = h3.run(f"{name}-c", name, "sleep", "600")
-    mac3 = h3.docker("inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").MacAddress}}" % name,
-                     f"{name}-c").stdout.strip()
-    assert wait_for(lambda: mac3 in h1.fdb_macs() and resolves(h1, f"{name}-a", f"{name}-c", gateway) == ip3,
-                    timeout=15)
+    mac3 = h3.docker(
+        "inspect", "-f", '{{(index .NetworkSettings.Networks "%s").MacAddress}}' % name, f"{name}-c"
+    ).stdout.strip()
+    assert wait_for(
+        lambda: mac3 in h1.fdb_macs() and resolves(h1, f"{name}-a", f"{name}-c", gateway) == ip3, timeout=15
+    )
     key = f"/pybridge/v1/addr/{name}/{int(ipaddress.ip_address(ip3)):032x}"
     cluster.tool("kill", "3")
     try:
@@ -207,8 +237,13 @@ def test_a_killed_host_is_forgotten_after_the_grace_and_takes_part_again_when_it
         assert h3.address not in cluster.etcdctl("get", "--prefix", "--keys-only", f"/pybridge/v1/member/{name}/")
     finally:
         cluster.tool("start", "3")
-    assert wait_for(lambda: h3.docker("plugin", "inspect", "-f", "{{.Enabled}}", "pybridge-plugin:latest",
-                                      check=False).stdout.strip() == "true", timeout=60)
+    assert wait_for(
+        lambda: (
+            h3.docker("plugin", "inspect", "-f", "{{.Enabled}}", "pybridge-plugin:latest", check=False).stdout.strip()
+            == "true"
+        ),
+        timeout=60,
+    )
     h3.docker("rm", "-f", f"{name}-c", check=False)
     ip_new = wait_for(lambda: _try_run(h3, f"{name}-d", name), timeout=60)
     assert ip_new, "host 3 could not start a container on the cluster network again"

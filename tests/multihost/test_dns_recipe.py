@@ -35,8 +35,10 @@ def test_a_container_on_another_host_is_found_by_name_with_the_readmes_recipe(cl
     gateway = ".".join(ip.split(".")[:3]) + ".1"
 
     def ping(*dns: str) -> subprocess.CompletedProcess:
-        return h2.docker("run", "--rm", "--network", name, *dns, IMAGE, "ping", "-c1", "-W3", f"{name}-api",
-                         check=False)
+        return h2.docker(
+            "run", "--rm", "--network", name, *dns, IMAGE, "ping", "-c1", "-W3", f"{name}-api", check=False
+        )
+
     # without the recipe (and no lookup leaves the machine: 127.0.0.1 as the external server)
     without = ping("--dns", "127.0.0.1")
     assert without.returncode != 0 and "bad address" in without.stdout + without.stderr, without
@@ -50,9 +52,16 @@ def test_a_container_on_another_host_is_found_by_name_with_the_readmes_recipe(cl
     project = f"pbmh{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "DOCKER_HOST": f"unix://{h2.sock}"}
     try:
-        run = subprocess.run([compose, "-f", str(path), "-p", project, "run", "--rm", "client"], env=env,
-                             capture_output=True, text=True, timeout=120, check=False)
+        run = subprocess.run(
+            [compose, "-f", str(path), "-p", project, "run", "--rm", "client"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert run.returncode == 0, run.stdout + run.stderr
     finally:
-        subprocess.run([compose, "-f", str(path), "-p", project, "down"], env=env, capture_output=True,
-                       timeout=120, check=False)
+        subprocess.run(
+            [compose, "-f", str(path), "-p", project, "down"], env=env, capture_output=True, timeout=120, check=False
+        )

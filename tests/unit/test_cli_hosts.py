@@ -20,8 +20,11 @@ def test_only_parsed_addresses_and_plain_names_reach_the_hosts_file():
 
     def entries(e, suffix="pybridge.internal"):
         return module._host_entries({"host_domain": "app.pybridge.internal", **e}, suffix)
-    assert list(entries({"container": "web", "ipv4": "10.0.0.2/24", "ipv6": "fd00::2/64"})) \
-        == [("10.0.0.2", "web.app.pybridge.internal"), ("fd00::2", "web.app.pybridge.internal")]
+
+    assert list(entries({"container": "web", "ipv4": "10.0.0.2/24", "ipv6": "fd00::2/64"})) == [
+        ("10.0.0.2", "web.app.pybridge.internal"),
+        ("fd00::2", "web.app.pybridge.internal"),
+    ]
     for bad in ("web\n6.6.6.6 bank.example", "web app", "web#x", "", "-web"):
         assert list(entries({"container": bad, "ipv4": "10.0.0.2/24"})) == [], bad
     assert list(entries({"container": "web", "ipv4": "10.0.0.2\n", "ipv6": None})) == []
@@ -32,10 +35,22 @@ def test_no_name_outside_the_suffix_reaches_the_hosts_file():
     metadata.google.internal. Names are under the suffix now, and the command checks it: what
     the plugin answers is not trusted."""
     entries = cli()._host_entries
-    for domain in ("google.internal", "com", "internal", "pybridge.internal", "x.pybridge.internal.evil.com",
-                   "a..pybridge.internal", ""):
-        assert list(entries({"container": "metadata", "host_domain": domain, "ipv4": "10.0.0.2/24"},
-                            "pybridge.internal")) == [], domain
-    assert list(entries({"container": "metadata", "host_domain": "google.internal.pybridge.internal",
-                         "ipv4": "10.0.0.2/24"}, "pybridge.internal")) == \
-        [("10.0.0.2", "metadata.google.internal.pybridge.internal")]
+    for domain in (
+        "google.internal",
+        "com",
+        "internal",
+        "pybridge.internal",
+        "x.pybridge.internal.evil.com",
+        "a..pybridge.internal",
+        "",
+    ):
+        assert (
+            list(entries({"container": "metadata", "host_domain": domain, "ipv4": "10.0.0.2/24"}, "pybridge.internal"))
+            == []
+        ), domain
+    assert list(
+        entries(
+            {"container": "metadata", "host_domain": "google.internal.pybridge.internal", "ipv4": "10.0.0.2/24"},
+            "pybridge.internal",
+        )
+    ) == [("10.0.0.2", "metadata.google.internal.pybridge.internal")]

@@ -28,6 +28,7 @@ SUBNET = "10.205.0.0/24"
 def wait_until(predicate, what: str, timeout: float = 10) -> None:
     assert wait_for(predicate, timeout=timeout, interval=0.02), f"waited {timeout} s for: {what}"
 
+
 GATEWAY = "10.205.0.1/24"
 
 
@@ -35,15 +36,25 @@ def make_host(tmp_path, kv, n: int, clustered: bool = True):
     address = f"10.206.255.{n}"
     env = {"PYBRIDGE_NAME": "pbtest", "PYBRIDGE_IFPREFIX": "pt", "PYBRIDGE_DEFAULT_POOLS": "10.207.0.0/16:24"}
     if clustered:
-        env |= {"PYBRIDGE_CLUSTER_ETCD": "http://10.206.255.254:2379", "PYBRIDGE_CLUSTER_ADDRESS": address,
-                "PYBRIDGE_CLUSTER_GRACE": "5"}
+        env |= {
+            "PYBRIDGE_CLUSTER_ETCD": "http://10.206.255.254:2379",
+            "PYBRIDGE_CLUSTER_ADDRESS": address,
+            "PYBRIDGE_CLUSTER_GRACE": "5",
+        }
     d = tmp_path / f"h{n}"
     d.mkdir()
     settings = load_settings(env, state_dir=str(d), dns=False)
     nl = FakeNetlink()
-    services = build_services(settings, netlink=nl, firewall=FakeFirewall(), sysctl=FakeSysctl(),
-                              store=Store(d / "state.db").open(), synchronous_teardown=True, kv=kv,
-                              overlay=FakeOverlay(nl, {address: ("eth1", 1500)}))
+    services = build_services(
+        settings,
+        netlink=nl,
+        firewall=FakeFirewall(),
+        sysctl=FakeSysctl(),
+        store=Store(d / "state.db").open(),
+        synchronous_teardown=True,
+        kv=kv,
+        overlay=FakeOverlay(nl, {address: ("eth1", 1500)}),
+    )
     services.address = address
     return services
 
@@ -59,7 +70,7 @@ def hosts(tmp_path, kv):
     yield made
     for h in made:
         if h.cluster is not None:
-            h.cluster.stop()        # its threads use the store: they end before it closes
+            h.cluster.stop()  # its threads use the store: they end before it closes
         h.store.close()
 
 
@@ -70,12 +81,19 @@ def nid(n: int) -> str:
 def create_cluster_net(h, network_id, subnet=SUBNET, gateway=GATEWAY, name="web", **generic):
     """What dockerd does for docker network create -d pybridge --ipam-driver pybridge --subnet ..."""
     pool = h.ipam.request_pool(LOCAL_SPACE, subnet, "", False)
-    gw = h.ipam.request_address(pool["PoolID"], gateway.split("/")[0],
-                                {"RequestAddressType": "com.docker.network.gateway"})
+    gw = h.ipam.request_address(
+        pool["PoolID"], gateway.split("/")[0], {"RequestAddressType": "com.docker.network.gateway"}
+    )
     try:
-        h.networks.create(network_id, {"pybridge.cluster": name, **generic}, ipv6=False, internal=False,
-                          ipv4_data=[IpamDataSpec(pool=subnet, gateway=gw, space=LOCAL_SPACE)], ipv6_data=[])
-    except Exception:          # dockerd gives back what it reserved for a network that failed
+        h.networks.create(
+            network_id,
+            {"pybridge.cluster": name, **generic},
+            ipv6=False,
+            internal=False,
+            ipv4_data=[IpamDataSpec(pool=subnet, gateway=gw, space=LOCAL_SPACE)],
+            ipv6_data=[],
+        )
+    except Exception:  # dockerd gives back what it reserved for a network that failed
         h.ipam.release_address(pool["PoolID"], gw)
         h.ipam.release_pool(pool["PoolID"])
         raise
@@ -84,22 +102,34 @@ def create_cluster_net(h, network_id, subnet=SUBNET, gateway=GATEWAY, name="web"
 
 def test_records_refuse_what_pybridge_does_not_write():
     key = r.ep_key("web", "10.206.255.1", "ab" * 32)
-    for bad in (b"{not json", b"[]", b'{"mac": "01:00:5e:00:00:01", "ipv4": "10.0.0.1"}',
-                b'{"mac": "02:42:0a:00:00:02", "ipv4": "10.0.0.1; rm -rf /"}', b'{"mac": "02:42:0a:00:00:02"}',
-                b'{"mac": "02:42:0a:00:00:02", "ipv4": "fd00::1"}'):
+    for bad in (
+        b"{not json",
+        b"[]",
+        b'{"mac": "01:00:5e:00:00:01", "ipv4": "10.0.0.1"}',
+        b'{"mac": "02:42:0a:00:00:02", "ipv4": "10.0.0.1; rm -rf /"}',
+        b'{"mac": "02:42:0a:00:00:02"}',
+        b'{"mac": "02:42:0a:00:00:02", "ipv4": "fd00::1"}',
+    ):
         with pytest.raises(r.InvalidRecord):
             r.parse_endpoint(key, bad)
     assert r.parse_endpoint(key, b'{"mac": "02:42:0a:00:00:02", "ipv4": "10.0.0.2"}').ipv4 == "10.0.0.2"
-    for bad in (b'{"subnets": [["10.0.0.0/24", "10.1.0.1"]], "vni": 4096, "mac": "02:42:0a:00:00:01", "mtu": 1450}',
-                b'{"subnets": [["10.0.0.0/24", ""]], "vni": 1, "mac": "02:42:0a:00:00:01", "mtu": 1450}',
-                b'{"subnets": [["10.0.0.0/24", ""]], "vni": 4096, "mac": "zz", "mtu": 1450}',
-                b'{"subnets": "x", "vni": 4096, "mac": "02:42:0a:00:00:01", "mtu": 1450}'):
+    for bad in (
+        b'{"subnets": [["10.0.0.0/24", "10.1.0.1"]], "vni": 4096, "mac": "02:42:0a:00:00:01", "mtu": 1450}',
+        b'{"subnets": [["10.0.0.0/24", ""]], "vni": 1, "mac": "02:42:0a:00:00:01", "mtu": 1450}',
+        b'{"subnets": [["10.0.0.0/24", ""]], "vni": 4096, "mac": "zz", "mtu": 1450}',
+        b'{"subnets": "x", "vni": 4096, "mac": "02:42:0a:00:00:01", "mtu": 1450}',
+    ):
         with pytest.raises(r.InvalidRecord):
             r.parse_net(r.net_key("web"), bad)
     with pytest.raises(r.InvalidRecord):
         r.parse_name(r.name_key("web", "10.206.255.1", "ab"), "ab", b'{"name": "a b"}')
-    for key in ("/pybridge/v1/ep/web/not-an-ip/abcd", "/pybridge/v1/ep/Web/10.0.0.1/abcd",
-                "/pybridge/v1/ep/web/10.0.0.1/xyz", "/pybridge/v1/ep/web/10.0.0.1/ab/cd", "/other/ep/web/10.0.0.1/ab"):
+    for key in (
+        "/pybridge/v1/ep/web/not-an-ip/abcd",
+        "/pybridge/v1/ep/Web/10.0.0.1/abcd",
+        "/pybridge/v1/ep/web/10.0.0.1/xyz",
+        "/pybridge/v1/ep/web/10.0.0.1/ab/cd",
+        "/other/ep/web/10.0.0.1/ab",
+    ):
         assert r.split_key(key) is None, key
 
 
@@ -112,7 +142,7 @@ def test_one_record_per_cluster_network_with_the_same_vni_and_gateway_mac_everyw
     with b.store.reading() as tx:
         nb = tx.networks.get(nid(2))
     assert na.vni == nb.vni >= r.VNI_FIRST and na.mac == nb.mac == "02:42:0a:cd:00:01"
-    assert na.mtu == nb.mtu == 1450                       # 1500 of the underlay, minus VXLAN's 50
+    assert na.mtu == nb.mtu == 1450  # 1500 of the underlay, minus VXLAN's 50
     vx = f"pt{'x'}{na.vni}"
     assert a.netlink.devices[vx].master == na.bridge and b.netlink.devices[vx].master == nb.bridge
     assert a.netlink.devices[na.bridge].mac == b.netlink.devices[nb.bridge].mac == na.mac
@@ -145,9 +175,14 @@ def test_cluster_option_needs_cluster_mode_and_pybridge_ipam(tmp_path, kv):
     assert plain.netlink.devices == {}
     h = make_host(tmp_path, kv, 8)
     with pytest.raises(InvalidRequest, match="needs pybridge's IPAM"):
-        h.networks.create(nid(2), {"pybridge.cluster": "web"}, ipv6=False, internal=False,
-                          ipv4_data=[IpamDataSpec(pool="10.205.9.0/24", gateway="10.205.9.1/24", space="default")],
-                          ipv6_data=[])
+        h.networks.create(
+            nid(2),
+            {"pybridge.cluster": "web"},
+            ipv6=False,
+            internal=False,
+            ipv4_data=[IpamDataSpec(pool="10.205.9.0/24", gateway="10.205.9.1/24", space="default")],
+            ipv6_data=[],
+        )
     for bad in ("Web", "-x", "a" * 64, "a/b", "a b"):
         with pytest.raises(InvalidRequest, match="pybridge.cluster"):
             create_cluster_net(h, nid(3), name=bad)
@@ -166,6 +201,7 @@ def test_concurrent_allocation_on_three_hosts_never_hands_out_an_address_twice(h
             a = h.ipam.request_address(pool, "", {})
             with lock:
                 got.append(a)
+
     threads = [threading.Thread(target=start, args=(h, p)) for h, p in zip(hosts, pools) for _ in range(2)]
     for t in threads:
         t.start()
@@ -173,7 +209,7 @@ def test_concurrent_allocation_on_three_hosts_never_hands_out_an_address_twice(h
         t.join()
     assert len(got) == 120 and len(set(got)) == 120 and "10.205.0.1/24" not in got
     held, _ = kv.range(r.addr_prefix("web"))
-    assert len(held) == 121          # and the gateway, everyone's
+    assert len(held) == 121  # and the gateway, everyone's
 
 
 def test_a_host_with_a_stale_view_still_gets_only_free_addresses(hosts, kv, monkeypatch):
@@ -183,8 +219,9 @@ def test_a_host_with_a_stale_view_still_gets_only_free_addresses(hosts, kv, monk
     pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
     mine = {a.ipam.request_address(pa, "", {}) for _ in range(5)}
     real_range = kv.range
-    monkeypatch.setattr(b.cluster.kv, "range",
-                        lambda prefix: ({}, 0) if prefix == r.addr_prefix("web") else real_range(prefix))
+    monkeypatch.setattr(
+        b.cluster.kv, "range", lambda prefix: ({}, 0) if prefix == r.addr_prefix("web") else real_range(prefix)
+    )
     theirs = {b.ipam.request_address(pb, "", {}) for _ in range(5)}
     assert not mine & theirs and "10.205.0.1/24" not in theirs
 
@@ -214,10 +251,10 @@ def test_endpoints_reach_the_other_hosts_vxlan_and_go_with_the_host(hosts, kv):
     wait_until(lambda: b.overlay.peers(vx) == {}, what="B forgets it when it is deleted")
     a.endpoints.create(nid(1), "e2" * 32, address=addr, address6="", mac="")
     wait_until(lambda: mac in b.overlay.peers(vx), what="B learns it again")
-    kv.expire(a.cluster._lease)                 # A died: its lease runs out after the grace
+    kv.expire(a.cluster._lease)  # A died: its lease runs out after the grace
     wait_until(lambda: b.overlay.peers(vx) == {}, what="B drops a dead host's containers")
     held, _ = kv.range(r.addr_prefix("web"))
-    assert r.addr_key("web", int(ipaddress.ip_address(ip))) not in held     # its address is free again
+    assert r.addr_key("web", int(ipaddress.ip_address(ip))) not in held  # its address is free again
 
 
 def test_names_of_other_hosts_are_answered_by_the_local_dns(hosts):
@@ -229,7 +266,7 @@ def test_names_of_other_hosts_are_answered_by_the_local_dns(hosts):
     from plugin.dns.answer import answer
     from plugin.dns.service import DnsService
 
-    class Snapshots:                       # DnsServer as the service drives it, without sockets
+    class Snapshots:  # DnsServer as the service drives it, without sockets
         def __init__(self):
             self.snapshots, self.specs = {}, {}
 
@@ -257,8 +294,9 @@ def test_names_of_other_hosts_are_answered_by_the_local_dns(hosts):
         reply = answer(snap, dns.message.make_query(name, "A").to_wire(), ttl=10, forward=False)
         msg = dns.message.from_wire(reply.reply)
         return msg.rcode(), sorted(r.to_text() for rr in msg.answer for r in rr)
+
     c = ContainerInfo("c1" * 32, "web1", ("www",), "10.205.0.9", "")
-    assert a.cluster.claim("web", int(ipaddress.ip_address("10.205.0.9")), "static")   # A holds it
+    assert a.cluster.claim("web", int(ipaddress.ip_address("10.205.0.9")), "static")  # A holds it
     a.cluster.publish_names("web", [c])
     wait_until(lambda: asked("web1") == (dns.rcode.NOERROR, ["10.205.0.9"]), what="B's DNS answers A's name")
     assert asked("www") == (dns.rcode.NOERROR, ["10.205.0.9"])
@@ -275,7 +313,7 @@ def test_without_etcd_cluster_starts_fail_clearly_and_local_networks_go_on(hosts
         a.ipam.request_address(pool, "", {})
     assert a.ipam.request_address(local, "", {}) == "10.204.0.1/24"
     with a.store.reading() as tx:
-        assert [l for l in tx.leases.all(pool) if l[2] != "gateway"] == []     # nothing half-made
+        assert [l for l in tx.leases.all(pool) if l[2] != "gateway"] == []  # nothing half-made
 
 
 def test_what_etcd_lost_is_written_again_and_releases_made_meanwhile_land(hosts, kv):
@@ -284,9 +322,9 @@ def test_what_etcd_lost_is_written_again_and_releases_made_meanwhile_land(hosts,
     one, two = a.ipam.request_address(pool, "", {}), a.ipam.request_address(pool, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=one, address6="", mac="")
     kv.down = True
-    a.ipam.release_address(pool, two)             # etcd away: released here, there later
+    a.ipam.release_address(pool, two)  # etcd away: released here, there later
     kv.down = False
-    kv.data.clear()                               # etcd lost everything (a member restored empty)
+    kv.data.clear()  # etcd lost everything (a member restored empty)
     kv.leases.clear()
     stop = threading.Event()
     t = threading.Thread(target=a.cluster.run_session, args=(stop,), daemon=True)
@@ -294,9 +332,12 @@ def test_what_etcd_lost_is_written_again_and_releases_made_meanwhile_land(hosts,
     try:
         wait_until(lambda: a.cluster.resyncs >= 1, what="a resync")
         keys = set(kv.data)
-        assert {r.net_key("web"), r.member_key("web", a.address),
-                r.addr_key("web", int(ipaddress.ip_interface(one).ip)),
-                r.ep_key("web", a.address, "e1" * 32)} <= keys
+        assert {
+            r.net_key("web"),
+            r.member_key("web", a.address),
+            r.addr_key("web", int(ipaddress.ip_interface(one).ip)),
+            r.ep_key("web", a.address, "e1" * 32),
+        } <= keys
         assert r.addr_key("web", int(ipaddress.ip_interface(two).ip)) not in keys
     finally:
         stop.set()
@@ -311,7 +352,7 @@ def test_the_record_goes_with_the_last_host(hosts, kv):
     assert kv.get(r.net_key("web")) is not None and a.netlink.devices == {}
     b.networks.delete(nid(2))
     assert kv.data == {}
-    a.networks.delete(nid(1))                      # twice: nothing to do
+    a.networks.delete(nid(1))  # twice: nothing to do
 
 
 def test_restore_keeps_the_vxlan_device_and_gc_removes_a_stray_one(hosts):
@@ -319,7 +360,7 @@ def test_restore_keeps_the_vxlan_device_and_gc_removes_a_stray_one(hosts):
     create_cluster_net(a, nid(1))
     with a.store.reading() as tx:
         vx = f"ptx{tx.networks.get(nid(1)).vni}"
-    a.netlink.devices.clear()                   # a reboot
+    a.netlink.devices.clear()  # a reboot
     a.reconciler.restore()
     assert a.netlink.devices[vx].kind == "vxlan"
     a.overlay.ensure_vxlan("ptx9999", 9999, a.address, 4789, 1450, a.netlink.links()[0].name)
@@ -327,10 +368,9 @@ def test_restore_keeps_the_vxlan_device_and_gc_removes_a_stray_one(hosts):
     assert "ptx9999" in report.removed_links and vx not in report.removed_links
 
 
-
-
 def test_the_cluster_view_and_metrics_show_remote_containers_and_etcd_reachability(hosts, kv, tmp_path):
     from prometheus_client import generate_latest
+
     a, b, _ = hosts
     pa = create_cluster_net(a, nid(1))
     create_cluster_net(b, nid(2))
@@ -362,7 +402,7 @@ def test_a_call_that_finds_the_lease_expired_takes_a_new_one_and_the_rest_is_wri
     assert a.cluster._lease not in (0, old) and second != first
     held, _ = kv.range(r.addr_prefix("web"))
     assert r.addr_key("web", int(ipaddress.ip_interface(second).ip)) in held
-    assert r.addr_key("web", int(ipaddress.ip_interface(first).ip)) not in held    # until the resync
+    assert r.addr_key("web", int(ipaddress.ip_interface(first).ip)) not in held  # until the resync
     a.cluster.resync()
     held, _ = kv.range(r.addr_prefix("web"))
     assert r.addr_key("web", int(ipaddress.ip_interface(first).ip)) in held
@@ -374,10 +414,10 @@ def test_an_allocation_is_one_transaction_and_hosts_start_apart(hosts, kv):
     at a place of its own, so hosts starting at once do not collide."""
     a, b, _ = hosts
     pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
-    a.ipam.request_address(pa, "", {})                     # the first one reads the network's keys
+    a.ipam.request_address(pa, "", {})  # the first one reads the network's keys
     before = kv.txns
     firsts = {a.ipam.request_address(pa, "", {}) for _ in range(10)}
-    assert kv.txns - before == 10                          # then: one transaction each
+    assert kv.txns - before == 10  # then: one transaction each
     theirs = {b.ipam.request_address(pb, "", {}) for _ in range(10)}
     assert not firsts & theirs
     assert abs(int(ipaddress.ip_interface(min(firsts)).ip) - int(ipaddress.ip_interface(min(theirs)).ip)) > 10
@@ -385,11 +425,12 @@ def test_an_allocation_is_one_transaction_and_hosts_start_apart(hosts, kv):
 
 def test_the_address_book_never_hands_one_candidate_to_two_threads():
     from plugin.cluster.addresses import AddressBook, home
+
     book = AddressBook()
     book.load("web", {11, 12})
     got = [book.reserve("web", 10, 15, 9) for _ in range(4)]
     assert got == [10, 13, 14, 15] and book.reserve("web", 10, 15, 9) is None
-    book.settle("web", 13, taken=False)                    # etcd did not answer: free again
+    book.settle("web", 13, taken=False)  # etcd did not answer: free again
     assert book.reserve("web", 10, 15, 9) == 13
     book.freed("web", 11)
     assert book.reserve("web", 10, 15, 10) == 11
@@ -402,12 +443,12 @@ def test_a_failure_after_the_cluster_record_leaves_nothing_here_or_in_etcd(hosts
     a.netlink.fail_on.add(step)
     with pytest.raises(Exception, match="injected failure"):
         create_cluster_net(a, nid(1))
-    assert step in a.netlink.calls                      # the fault really fired
+    assert step in a.netlink.calls  # the fault really fired
     assert a.netlink.devices == {} and kv.data == {}
     with a.store.reading() as tx:
         assert tx.networks.all() == [] and tx.leases.pools() == []
     a.netlink.fail_on.clear()
-    create_cluster_net(a, nid(1))                            # and it can be made afterwards
+    create_cluster_net(a, nid(1))  # and it can be made afterwards
 
 
 def test_publishing_names_never_waits_for_etcd(hosts, kv, monkeypatch):
@@ -422,9 +463,11 @@ def test_publishing_names_never_waits_for_etcd(hosts, kv, monkeypatch):
     def hanging_range(prefix):
         assert answering.wait(30), "etcd never came back"
         return real_range(prefix)
+
     monkeypatch.setattr(kv, "range", hanging_range)
-    caller = threading.Thread(target=a.cluster.publish_names,
-                              args=("web", [ContainerInfo("c1" * 32, "web1", (), "10.205.0.9", "")]))
+    caller = threading.Thread(
+        target=a.cluster.publish_names, args=("web", [ContainerInfo("c1" * 32, "web1", (), "10.205.0.9", "")])
+    )
     caller.start()
     caller.join(10)
     assert not caller.is_alive(), "publish_names waited for etcd"
@@ -441,6 +484,7 @@ def test_deleting_a_cluster_network_while_etcd_hangs_holds_up_no_local_network(h
     def hanging_txn(*args):
         assert answering.wait(30), "etcd never came back"
         return real_txn(*args)
+
     monkeypatch.setattr(kv, "txn", hanging_txn)
     deleting = threading.Thread(target=a.networks.delete, args=(nid(1),))
     deleting.start()
@@ -464,7 +508,7 @@ def test_a_restart_keeps_the_remote_entries_until_etcd_is_read_and_then_drops_th
     stale = {"02:42:0a:cd:00:63": ("10.206.255.9", frozenset({"10.205.0.99"}))}
     a.overlay.set_peers(vx, f"pt-{nid(1)[:12]}", stale)
     kv.down = True
-    a.reconciler.restore()                               # the plugin starting again, etcd away
+    a.reconciler.restore()  # the plugin starting again, etcd away
     assert a.overlay.peers(vx) == stale
     kv.down = False
     a.cluster.start()
@@ -482,18 +526,18 @@ def test_the_firewall_takes_a_networks_vxlan_only_from_hosts_with_containers_on_
         web, db = tx.networks.get(nid(2)).vni, tx.networks.get(nid(3)).vni
     assert web != db
     fw = b.firewall
-    assert fw.elements("vxlan_ports") == {4789: None} and fw.elements("vxlan_members4") == {}   # alone: nobody
+    assert fw.elements("vxlan_ports") == {4789: None} and fw.elements("vxlan_members4") == {}  # alone: nobody
     b.cluster.start()
     addr = a.ipam.request_address(pa, "", {})
     a.endpoints.create(nid(1), "e1" * 32, address=addr, address6="", mac="")
     wait_until(lambda: fw.elements("vxlan_members4") == {(a.address, web << 8): None}, what="A let in for web")
     assert fw.drift(*_state(b)) == []
-    assert b.doctor.examine(lease_grace=0)["problems"] == []        # the VXLAN device is claimed, too
+    assert b.doctor.examine(lease_grace=0)["problems"] == []  # the VXLAN device is claimed, too
     kv.expire(a.cluster._lease)
     wait_until(lambda: fw.elements("vxlan_members4") == {}, what="A shut out once gone")
     b.networks.delete(nid(2))
     b.networks.delete(nid(3))
-    assert fw.elements("vxlan_ports") == {}                                 # no cluster network: no filter
+    assert fw.elements("vxlan_ports") == {}  # no cluster network: no filter
 
 
 def _state(h):
@@ -517,12 +561,12 @@ def test_an_address_leased_here_but_lost_from_etcd_is_not_handed_out_twice(hosts
     pool = create_cluster_net(a, nid(1))
     first = a.ipam.request_address(pool, "", {})
     key = r.addr_key("web", int(ipaddress.ip_interface(first).ip))
-    kv.txn([], [Delete(key)])                                                            # etcd lost it
+    kv.txn([], [Delete(key)])  # etcd lost it
     a.cluster._book.freed("web", int(ipaddress.ip_interface(first).ip))
     with a.store.transaction() as tx:
-        tx.leases.set_cursor(pool, int(ipaddress.ip_interface(first).ip) - 1)                   # walk onto it again
+        tx.leases.set_cursor(pool, int(ipaddress.ip_interface(first).ip) - 1)  # walk onto it again
     second = a.ipam.request_address(pool, "", {})
-    assert second != first and kv.get(key) is not None                                   # and it is claimed back
+    assert second != first and kv.get(key) is not None  # and it is claimed back
 
 
 def test_a_hostile_key_reaches_an_error_message_only_quoted():
@@ -542,15 +586,17 @@ def test_a_mac_is_claimed_on_the_network_like_an_address(hosts, kv):
     assert kv.get(r.mac_key("web", mac)) is not None
     addr_b = b.ipam.request_address(pb, "", {})
     devices_before = set(b.netlink.devices)
-    with pytest.raises(Conflict, match=f"MAC {mac} is in use on cluster network web by a container on host {a.address}"):
+    with pytest.raises(
+        Conflict, match=f"MAC {mac} is in use on cluster network web by a container on host {a.address}"
+    ):
         b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac=mac)
     held, _ = kv.range(r.ep_prefix("web", b.address))
-    assert held == {}                                               # nothing half-made: no record,
-    assert set(b.netlink.devices) == devices_before                     # and no veth
+    assert held == {}  # nothing half-made: no record,
+    assert set(b.netlink.devices) == devices_before  # and no veth
     assert r.parse_mac_claim(r.mac_key("web", mac), kv.get(r.mac_key("web", mac))).host == a.address
     a.endpoints.delete(nid(1), "e1" * 32)
     assert kv.get(r.mac_key("web", mac)) is None
-    b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac=mac)     # free now
+    b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac=mac)  # free now
     # what etcd lost is claimed again by the resync, and a host's leaving releases its MACs
     kv.txn([], [Delete(r.mac_key("web", mac))])
     b.cluster.resync()
@@ -567,8 +613,9 @@ def test_the_gateways_mac_is_refused_for_a_container(hosts):
     with a.store.reading() as tx:
         gateway_mac = tx.networks.get(nid(1)).mac
     with pytest.raises(InvalidRequest, match="it is the network's gateway's MAC"):
-        a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="",
-                           mac=gateway_mac.upper())
+        a.endpoints.create(
+            nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="", mac=gateway_mac.upper()
+        )
 
 
 def test_a_remote_record_never_takes_over_the_gateway_or_a_local_container(hosts, kv):
@@ -580,48 +627,77 @@ def test_a_remote_record_never_takes_over_the_gateway_or_a_local_container(hosts
     with b.store.reading() as tx:
         net_b = tx.networks.get(nid(2))
     vx = f"ptx{net_b.vni}"
-    b.endpoints.create(nid(2), "e2" * 32, address=b.ipam.request_address(pb, "", {}), address6="",
-                       mac="02:00:00:00:19:03")
+    b.endpoints.create(
+        nid(2), "e2" * 32, address=b.ipam.request_address(pb, "", {}), address6="", mac="02:00:00:00:19:03"
+    )
     b.cluster.start()
     lease = a.cluster._session()
-    records = {"e7" * 32: (net_b.mac, "10.205.0.77"), "e8" * 32: ("02:00:00:00:19:03", "10.205.0.78"),
-               "e9" * 32: ("02:00:00:00:19:09", "10.205.0.79")}
-    for _, ip in records.values():                                      # A holds the addresses
+    records = {
+        "e7" * 32: (net_b.mac, "10.205.0.77"),
+        "e8" * 32: ("02:00:00:00:19:03", "10.205.0.78"),
+        "e9" * 32: ("02:00:00:00:19:09", "10.205.0.79"),
+    }
+    for _, ip in records.values():  # A holds the addresses
         assert a.cluster.claim("web", int(ipaddress.ip_address(ip)), "static")
-    kv.txn([], [Put(r.ep_key("web", a.address, eid), r.EndpointRecord(m, ip, "").to_json().encode(), lease)
-                for eid, (m, ip) in records.items()])
+    kv.txn(
+        [],
+        [
+            Put(r.ep_key("web", a.address, eid), r.EndpointRecord(m, ip, "").to_json().encode(), lease)
+            for eid, (m, ip) in records.items()
+        ],
+    )
     wait_until(lambda: "02:00:00:00:19:09" in b.overlay.peers(vx), what="B programs A's real container")
-    assert set(b.overlay.peers(vx)) == {"02:00:00:00:19:09"}       # not the gateway's, not its own
+    assert set(b.overlay.peers(vx)) == {"02:00:00:00:19:09"}  # not the gateway's, not its own
 
 
 def test_values_from_etcd_go_through_the_strict_parsers(hosts, kv):
     """Issue 19, item 3 (parsers): a scope ID, a host that is not one unicast address, a VNI key
     spelled with a Unicode digit: refused or left out, counted, and no create fails for them."""
-    assert r.split_key("/pybridge/v1/ep/web/fd00::0001/abcd") is None        # a key: only as pybridge writes it
-    for host in ("fe80::1%x", "127.0.0.1", "224.0.0.1", "255.255.255.255", "0.0.0.0", "::", "fe80::1",
-                 "10.0.0.1 ", "１0.0.0.1"):
+    assert r.split_key("/pybridge/v1/ep/web/fd00::0001/abcd") is None  # a key: only as pybridge writes it
+    for host in (
+        "fe80::1%x",
+        "127.0.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "0.0.0.0",
+        "::",
+        "fe80::1",
+        "10.0.0.1 ",
+        "１0.0.0.1",
+    ):
         assert r.split_key(f"/pybridge/v1/ep/web/{host}/abcd") is None, host
         with pytest.raises(r.InvalidRecord):
             r.parse_addr(r.addr_key("web", 5), json.dumps({"host": host, "kind": "dynamic"}).encode())
     with pytest.raises(r.InvalidRecord):
         r.parse_endpoint(r.ep_key("web", "10.206.255.1", "ab"), b'{"mac": "02:42:0a:00:00:02", "ipv6": "fd00::2%eth0"}')
     with pytest.raises(r.InvalidRecord):
-        r.parse_net(r.net_key("web"), b'{"subnets": [["10.0.0.5/24", ""]], "vni": 4096, "mac": "02:42:0a:00:00:01", "mtu": 1450}')
+        r.parse_net(
+            r.net_key("web"),
+            b'{"subnets": [["10.0.0.5/24", ""]], "vni": 4096, "mac": "02:42:0a:00:00:01", "mtu": 1450}',
+        )
     assert r.parse_vni_key("/pybridge/v1/vni/\u00b2") is None and r.parse_vni_key("/pybridge/v1/vni/4096") == 4096
     a, b, _ = hosts
-    kv.txn([], [Put(r.PREFIX + "vni/\u00b2", b"x"),                                    # a Unicode digit
-                Put(r.ep_key("web", "10.206.255.1", "ab").replace("10.206.255.1", "fe80::1%x"),
-                    b'{"mac": "02:42:0a:00:00:09", "ipv4": "10.205.0.9"}'),
-                Put(r.ep_key("web", "10.206.255.9", "cd"), b'{"mac": "02:42:0a:00:00:09", "ipv4": "10.205.0.9%x"}')])
-    create_cluster_net(a, nid(1))                                                    # no ValueError
+    kv.txn(
+        [],
+        [
+            Put(r.PREFIX + "vni/\u00b2", b"x"),  # a Unicode digit
+            Put(
+                r.ep_key("web", "10.206.255.1", "ab").replace("10.206.255.1", "fe80::1%x"),
+                b'{"mac": "02:42:0a:00:00:09", "ipv4": "10.205.0.9"}',
+            ),
+            Put(r.ep_key("web", "10.206.255.9", "cd"), b'{"mac": "02:42:0a:00:00:09", "ipv4": "10.205.0.9%x"}'),
+        ],
+    )
+    create_cluster_net(a, nid(1))  # no ValueError
     b.cluster.start()
     create_cluster_net(b, nid(2))
     wait_until(lambda: b.cluster.watch.refused >= 2, what="the hostile records counted")
     with b.store.reading() as tx:
         vx = f"ptx{tx.networks.get(nid(2)).vni}"
     assert b.overlay.peers(vx) == {}
-    assert any("record(s) in etcd are not what pybridge writes" in p
-               for p in b.doctor.examine(lease_grace=0)["problems"])
+    assert any(
+        "record(s) in etcd are not what pybridge writes" in p for p in b.doctor.examine(lease_grace=0)["problems"]
+    )
     assert b.views.cluster()["refused_records"] >= 2
 
 
@@ -632,9 +708,9 @@ def test_a_container_that_restarts_gets_its_cluster_address_back(hosts, kv):
     a, b, _ = hosts
     pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
     first = a.ipam.request_address(pa, "", {ENDPOINT_NAME: "web1"})
-    a.ipam.request_address(pa, "", {ENDPOINT_NAME: "other"})          # the cursor moves past it
+    a.ipam.request_address(pa, "", {ENDPOINT_NAME: "other"})  # the cursor moves past it
     a.ipam.remember([("c1" * 32, "web1", first.split("/")[0])])
-    a.ipam.release_address(pa, first.split("/")[0])                   # dockerd stops it
+    a.ipam.release_address(pa, first.split("/")[0])  # dockerd stops it
     assert a.ipam.request_address(pa, "", {ENDPOINT_NAME: "web1"}) == first
     # taken by another host meanwhile: a free one then, and no error
     a.ipam.release_address(pa, first.split("/")[0])
@@ -651,8 +727,8 @@ def test_a_new_container_on_a_cluster_network_steps_over_remembered_addresses(ho
     pa = create_cluster_net(a, nid(1))
     first = a.ipam.request_address(pa, "", {ENDPOINT_NAME: "web1"}).split("/")[0]
     a.ipam.remember([("c1" * 32, "web1", first)])
-    a.ipam.release_address(pa, first)                                 # dockerd stops it
-    with a.store.transaction() as tx:                                  # the walk starts just before it
+    a.ipam.release_address(pa, first)  # dockerd stops it
+    with a.store.transaction() as tx:  # the walk starts just before it
         pool = tx.leases.get_pool(pa)
         tx.leases.set_cursor(pa, int(ipaddress.ip_address(first)) - 1)
         assert pool is not None and pool.cluster
@@ -665,13 +741,19 @@ def create_cluster_net_with_aux(h, network_id, aux: tuple[tuple[str, str], ...],
     """dockerd's order: the pool, the gateway, each --aux-address (a plain RequestAddress), then
     CreateNetwork with them in IPv4Data."""
     pool = h.ipam.request_pool(LOCAL_SPACE, SUBNET, "", False)
-    gw = h.ipam.request_address(pool["PoolID"], GATEWAY.split("/")[0],
-                                {"RequestAddressType": "com.docker.network.gateway"})
+    gw = h.ipam.request_address(
+        pool["PoolID"], GATEWAY.split("/")[0], {"RequestAddressType": "com.docker.network.gateway"}
+    )
     held = [h.ipam.request_address(pool["PoolID"], ip, {}) for _, ip in aux]
     try:
-        h.networks.create(network_id, {"pybridge.cluster": name}, ipv6=False, internal=False,
-                          ipv4_data=[IpamDataSpec(pool=SUBNET, gateway=gw, space=LOCAL_SPACE,
-                                                  aux=tuple((k, ip) for k, ip in aux))], ipv6_data=[])
+        h.networks.create(
+            network_id,
+            {"pybridge.cluster": name},
+            ipv6=False,
+            internal=False,
+            ipv4_data=[IpamDataSpec(pool=SUBNET, gateway=gw, space=LOCAL_SPACE, aux=tuple((k, ip) for k, ip in aux))],
+            ipv6_data=[],
+        )
     except Exception:
         for a in held:
             h.ipam.release_address(pool["PoolID"], a.split("/")[0])
@@ -689,9 +771,9 @@ def test_aux_addresses_are_reserved_cluster_wide_and_compared_like_subnets(hosts
     assert held is not None and r.parse_addr("k", held) == r.AddrRecord("", "aux")
     pb = create_cluster_net_with_aux(b, nid(2), (("router", "10.205.0.250"),))
     with pytest.raises(Conflict, match="already in use"):
-        b.ipam.request_address(pb, "10.205.0.250", {})        # docker run --ip on host B
+        b.ipam.request_address(pb, "10.205.0.250", {})  # docker run --ip on host B
     with pytest.raises(Conflict, match="has aux addresses 10.205.0.250: create it here with the same --aux-address"):
-        create_cluster_net(c, nid(3))                            # without it: refused, like another subnet
+        create_cluster_net(c, nid(3))  # without it: refused, like another subnet
     # a resync does not take the aux address for this host, and etcd losing it gets it back
     kv.txn([], [Delete(r.addr_key("web", int(ipaddress.ip_address("10.205.0.250"))))])
     kv.txn([], [Delete(r.net_key("web"))])
@@ -716,14 +798,17 @@ def test_a_record_counts_only_from_a_live_member_holding_its_addresses(hosts, kv
         r.ep_key("web", "10.206.255.9", "f1" * 32): b'{"mac": "02:00:00:00:19:01", "ipv4": "10.205.0.91"}',
         r.ep_key("web", "10.206.255.9", "f2" * 32): b'{"mac": "02:00:00:00:19:92", "ipv4": "10.205.0.92"}',
         # a live member (A) naming an address it does not hold
-        r.ep_key("web", a.address, "f3" * 32): b'{"mac": "02:00:00:00:19:93", "ipv4": "10.205.0.93"}'}
+        r.ep_key("web", a.address, "f3" * 32): b'{"mac": "02:00:00:00:19:93", "ipv4": "10.205.0.93"}',
+    }
     kv.txn([], [Put(k, v) for k, v in forged.items()])
     kv.txn([], [Put(r.name_key("web", "10.206.255.9", "f1"), b'{"name": "db", "ipv4": "10.205.0.91"}')])
     addr_b = b.ipam.request_address(pb, "", {})
-    b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac="")     # B's view moves on
+    b.endpoints.create(nid(2), "e2" * 32, address=addr_b, address6="", mac="")  # B's view moves on
     wait_until(lambda: b.firewall.elements("vxlan_members4") != {}, what="B's filter written")
-    wait_until(lambda: ("10.206.255.9", "f2" * 32) in b.cluster.watch._view.endpoints.get("web", {}),
-               what="B's watch read the forged records")
+    wait_until(
+        lambda: ("10.206.255.9", "f2" * 32) in b.cluster.watch._view.endpoints.get("web", {}),
+        what="B's watch read the forged records",
+    )
     assert b.overlay.peers(vx) == {"02:00:00:00:19:01": (a.address, frozenset({addr.split("/")[0]}))}
     assert all(host == a.address for host, _ in b.firewall.elements("vxlan_members4"))
     assert b.cluster.remote_names("web") == []
@@ -744,19 +829,33 @@ def test_the_vxlan_filter_fails_closed_across_a_restart_while_etcd_is_away(hosts
     b.cluster.start()
     a.endpoints.create(nid(1), "e1" * 32, address=a.ipam.request_address(pa, "", {}), address6="", mac="")
     wait_until(lambda: b.firewall.elements("vxlan_members4") == {(a.address, vni << 8): None}, what="A let in")
-    b.cluster.stop()                 # (its threads end before the store closes)
+    b.cluster.stop()  # (its threads end before the store closes)
     b.store.close()
     kv.down = True
     # B's plugin starts again, on the same state, with a firewall that has nothing of ours yet
-    settings = load_settings({"PYBRIDGE_NAME": "pbtest", "PYBRIDGE_IFPREFIX": "pt",
-                              "PYBRIDGE_DEFAULT_POOLS": "10.207.0.0/16:24",
-                              "PYBRIDGE_CLUSTER_ETCD": "http://10.206.255.254:2379",
-                              "PYBRIDGE_CLUSTER_ADDRESS": b.address, "PYBRIDGE_CLUSTER_GRACE": "5"},
-                             state_dir=str(tmp_path / "h2"), dns=False)
+    settings = load_settings(
+        {
+            "PYBRIDGE_NAME": "pbtest",
+            "PYBRIDGE_IFPREFIX": "pt",
+            "PYBRIDGE_DEFAULT_POOLS": "10.207.0.0/16:24",
+            "PYBRIDGE_CLUSTER_ETCD": "http://10.206.255.254:2379",
+            "PYBRIDGE_CLUSTER_ADDRESS": b.address,
+            "PYBRIDGE_CLUSTER_GRACE": "5",
+        },
+        state_dir=str(tmp_path / "h2"),
+        dns=False,
+    )
     firewall, nl = FakeFirewall(), FakeNetlink()
-    again = build_services(settings, netlink=nl, firewall=firewall, sysctl=FakeSysctl(),
-                           store=Store(tmp_path / "h2" / "state.db").open(), synchronous_teardown=True, kv=kv,
-                           overlay=FakeOverlay(nl, {b.address: ("eth1", 1500)}))
+    again = build_services(
+        settings,
+        netlink=nl,
+        firewall=firewall,
+        sysctl=FakeSysctl(),
+        store=Store(tmp_path / "h2" / "state.db").open(),
+        synchronous_teardown=True,
+        kv=kv,
+        overlay=FakeOverlay(nl, {b.address: ("eth1", 1500)}),
+    )
     try:
         again.reconciler.restore()
         assert firewall.elements("vxlan_ports") == {4789: None}
@@ -775,15 +874,15 @@ def test_a_local_address_another_host_took_meanwhile_takes_the_container_off_the
     with a.store.reading() as tx:
         veth = tx.networks.get_endpoint("e1" * 32).host_ifname
     assert a.netlink.devices[veth].up
-    kv.expire(a.cluster._lease)                              # A cut off past the grace
+    kv.expire(a.cluster._lease)  # A cut off past the grace
     ip = addr.split("/")[0]
-    assert b.ipam.request_address(pb, ip, {}) == addr            # B takes the address meanwhile
-    a.cluster._lease_gone(a.cluster._lease)              # A is back: its session sees the
-    a.cluster.resync()                                        # lease gone and writes its keys again
-    assert not a.netlink.devices[veth].up                     # off the wire
+    assert b.ipam.request_address(pb, ip, {}) == addr  # B takes the address meanwhile
+    a.cluster._lease_gone(a.cluster._lease)  # A is back: its session sees the
+    a.cluster.resync()  # lease gone and writes its keys again
+    assert not a.netlink.devices[veth].up  # off the wire
     assert a.views.cluster()["clashes"] == {"web": [ip]}
     held = r.parse_addr("k", kv.get(r.addr_key("web", int(ipaddress.ip_address(ip)))))
-    assert held.host == b.address                                 # and B keeps it
+    assert held.host == b.address  # and B keeps it
 
 
 @pytest.mark.parametrize("what", ["start", "stop"])
@@ -816,7 +915,7 @@ def test_a_container_started_or_stopped_while_a_resync_runs_leaves_etcd_as_the_h
         held = snapshot()
         worker = threading.Thread(target=change, daemon=True)
         worker.start()
-        worker.join(1.0)        # before the fix it ran to its end here, inside the resync
+        worker.join(1.0)  # before the fix it ran to its end here, inside the resync
         state["worker"] = worker
         return held
 
@@ -840,6 +939,7 @@ def test_while_our_table_is_gone_the_vxlan_device_is_down_and_comes_back_up_with
     off containers); while it cannot be rewritten, the network's VXLAN device is down instead."""
     from plugin.domain.errors import KernelError
     from plugin.domain.naming import vxlan_name
+
     a = hosts[0]
     create_cluster_net(a, nid(1))
     with a.store.reading() as tx:

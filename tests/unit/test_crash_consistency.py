@@ -17,19 +17,25 @@ from plugin.wiring import build_services
 from ..fakes import Faults, FakeFirewall, FakeLink, FakeNetlink, FakeSysctl
 
 NID, EID = "ab" * 32, "cd" * 32
-PORTS = [{"Proto": 6, "Port": 80, "HostPort": 8080, "HostPortEnd": 8080},
-         {"Proto": 17, "Port": 53, "HostPort": 5353, "HostPortEnd": 5353}]
+PORTS = [
+    {"Proto": 6, "Port": 80, "HostPort": 8080, "HostPortEnd": 8080},
+    {"Proto": 17, "Port": 53, "HostPort": 5353, "HostPortEnd": 5353},
+]
 V4 = [IpamDataSpec("10.200.1.0/24", "10.200.1.1/24")]
 V6 = [IpamDataSpec("fd70:6201:1::/64", "fd70:6201:1::1/64")]
 
 
 def make(tmp_path):
     faults = Faults()
-    settings = load_settings({"PYBRIDGE_NAME": "pbtest", "PYBRIDGE_IFPREFIX": "pt"},
-                             state_dir=str(tmp_path), dns=False)
-    s = build_services(settings, netlink=FakeNetlink(faults=faults), firewall=FakeFirewall(faults=faults),
-                       sysctl=FakeSysctl(faults=faults), store=Store(tmp_path / "s.db").open(),
-                       synchronous_teardown=True)
+    settings = load_settings({"PYBRIDGE_NAME": "pbtest", "PYBRIDGE_IFPREFIX": "pt"}, state_dir=str(tmp_path), dns=False)
+    s = build_services(
+        settings,
+        netlink=FakeNetlink(faults=faults),
+        firewall=FakeFirewall(faults=faults),
+        sysctl=FakeSysctl(faults=faults),
+        store=Store(tmp_path / "s.db").open(),
+        synchronous_teardown=True,
+    )
     return s, faults
 
 
@@ -50,8 +56,9 @@ def users_bridge(s):
 
 
 def adopt_bridge(s):
-    s.networks.create(NID, {"com.docker.network.bridge.name": "userbr"}, ipv6=False, internal=False,
-                      ipv4_data=V4, ipv6_data=[])
+    s.networks.create(
+        NID, {"com.docker.network.bridge.name": "userbr"}, ipv6=False, internal=False, ipv4_data=V4, ipv6_data=[]
+    )
 
 
 # (name, operation, the operations that set the stage for it)
@@ -62,8 +69,11 @@ OPERATIONS = [
     ("revoke ports", lambda s: s.endpoints.revoke(NID, EID), [create_network, create_endpoint, publish]),
     ("leave with ports", lambda s: s.endpoints.leave(NID, EID), [create_network, create_endpoint, publish]),
     ("delete endpoint", lambda s: s.endpoints.delete(NID, EID), [create_network, create_endpoint]),
-    ("delete endpoint with ports still published", lambda s: s.endpoints.delete(NID, EID),
-     [create_network, create_endpoint, publish]),
+    (
+        "delete endpoint with ports still published",
+        lambda s: s.endpoints.delete(NID, EID),
+        [create_network, create_endpoint, publish],
+    ),
     ("delete network", lambda s: s.networks.delete(NID), [create_network]),
     ("delete network with an endpoint", lambda s: s.networks.delete(NID), [create_network, create_endpoint, publish]),
     ("restore", lambda s: s.reconciler.restore(), [create_network, create_endpoint, publish]),
@@ -81,7 +91,7 @@ def world(s):
 
 def occurrences(steps: list[str]) -> list[tuple[str, int]]:
     """Each step with the number of its call: ['a', 'b', 'a'] -> [('a', 1), ('b', 1), ('a', 2)]."""
-    return [(name, steps[:i + 1].count(name)) for i, name in enumerate(steps)]
+    return [(name, steps[: i + 1].count(name)) for i, name in enumerate(steps)]
 
 
 @pytest.mark.parametrize("name, op, stage", OPERATIONS, ids=[o[0] for o in OPERATIONS])
@@ -110,7 +120,7 @@ def test_every_step_failing_leaves_before_or_after_and_restart_converges(tmp_pat
             pass
         assert faults.fired == 1, f"{name}: the failure injected at {step} (call {nth}) never fired"
         faults.arm(None)
-        s.reconciler.restore()       # what a plugin restart runs
+        s.reconciler.restore()  # what a plugin restart runs
         assert world(s) in (before, after), f"{name}, {step} (call {nth}) failing: the world is neither"
         s.reconciler.restore()
         assert world(s) in (before, after), f"{name}, {step} (call {nth}) failing: restore does not converge"

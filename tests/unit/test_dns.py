@@ -19,8 +19,14 @@ from plugin.dns.server import DnsServer, NetSpec
 
 from ..waiting import wait_for
 
-SNAP = build("app", [ContainerInfo("a" * 64, "web", ("www",), "10.0.0.2", "fd70::2"),
-                     ContainerInfo("b" * 64, "web2", ("www",), "10.0.0.3")], ["10.0.0.1"])
+SNAP = build(
+    "app",
+    [
+        ContainerInfo("a" * 64, "web", ("www",), "10.0.0.2", "fd70::2"),
+        ContainerInfo("b" * 64, "web2", ("www",), "10.0.0.3"),
+    ],
+    ["10.0.0.1"],
+)
 
 
 def ask(name, rdtype="A", snap=SNAP, forward=False):
@@ -73,7 +79,7 @@ def test_any_bytes_never_raise(data):
 def test_mutated_queries_never_raise(pos, junk, name):
     wire = bytearray(dns.message.make_query(name, "A", use_edns=True).to_wire())
     pos %= len(wire)
-    wire[pos:pos + len(junk)] = junk
+    wire[pos : pos + len(junk)] = junk
     answer(SNAP, bytes(wire), ttl=10, forward=True)
 
 
@@ -118,9 +124,9 @@ def test_server_survives_garbage_truncated_tcp_and_floods(server):
     for _ in range(500):  # a flood
         udp.sendto(dns.message.make_query("web", "A").to_wire(), ("127.0.0.1", port))
     tcp = socket.create_connection(("127.0.0.1", port), timeout=2)
-    tcp.sendall(struct.pack(">H", 300) + b"\x00" * 20)   # promises 300 bytes, sends 20
+    tcp.sendall(struct.pack(">H", 300) + b"\x00" * 20)  # promises 300 bytes, sends 20
     slow = socket.create_connection(("127.0.0.1", port), timeout=2)
-    slow.sendall(b"\xff")                                   # half a length prefix
+    slow.sendall(b"\xff")  # half a length prefix
     # answered again once the flood is through, however loaded the machine is (a wait, not a
     # deadline: a busy 2-core machine once needed more than the 2 s this test used to allow)
     assert wait_for(lambda: _answered(port, "web") == ["10.0.0.2"], 60)
@@ -144,25 +150,40 @@ def test_reload_swaps_snapshots_without_dropping_queries(server):
 # forward loops, or reaches another network's DNS through the host); a query from the host (its
 # source is a gateway of the network) is never forwarded to the network's upstream.
 
-HOSTED = build("app", [ContainerInfo("a" * 64, "web", ("www",), "10.0.0.2", "fd70::2")], ["10.0.0.1"],
-               host_domain="app.pybridge.internal")
+HOSTED = build(
+    "app",
+    [ContainerInfo("a" * 64, "web", ("www",), "10.0.0.2", "fd70::2")],
+    ["10.0.0.1"],
+    host_domain="app.pybridge.internal",
+)
 
 
 def ask_hosted(name, rdtype="A", *, from_host=False):
-    d = answer(HOSTED, dns.message.make_query(name, rdtype).to_wire(), ttl=10, forward=True,
-               host_suffix="pybridge.internal", from_host=from_host)
+    d = answer(
+        HOSTED,
+        dns.message.make_query(name, rdtype).to_wire(),
+        ttl=10,
+        forward=True,
+        host_suffix="pybridge.internal",
+        from_host=from_host,
+    )
     return d, (dns.message.from_wire(d.reply) if d.reply else None)
 
 
 def test_names_under_the_host_suffix_are_answered_here_or_not_found_and_never_forwarded():
     assert addrs(ask_hosted("web.app.pybridge.internal")[1]) == ["10.0.0.2"]
     assert addrs(ask_hosted("WWW.App.Pybridge.Internal.", "AAAA")[1]) == ["fd70::2"]
-    assert addrs(ask_hosted("web.app")[1]) == ["10.0.0.2"]              # the container's short forms stay
-    for name in ("nope.app.pybridge.internal", "web.other.pybridge.internal", "pybridge.internal",
-                 "web.pybridge.internal", "x.y.app.pybridge.internal"):
+    assert addrs(ask_hosted("web.app")[1]) == ["10.0.0.2"]  # the container's short forms stay
+    for name in (
+        "nope.app.pybridge.internal",
+        "web.other.pybridge.internal",
+        "pybridge.internal",
+        "web.pybridge.internal",
+        "x.y.app.pybridge.internal",
+    ):
         d, msg = ask_hosted(name)
         assert d.forward is None and msg.rcode() == dns.rcode.NXDOMAIN, name
-    assert ask_hosted("example.com")[0].forward is not None            # anything else: forwarded as before
+    assert ask_hosted("example.com")[0].forward is not None  # anything else: forwarded as before
 
 
 def test_a_query_from_the_host_is_never_forwarded():
@@ -175,20 +196,31 @@ def test_the_server_takes_a_query_from_a_gateway_address_for_the_hosts():
     """resolved asks the network's DNS from the host, whose source address on the bridge is the
     gateway: the server does not forward it to the network's upstream."""
     import asyncio
+
     upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     upstream.bind(("127.0.0.1", 0))
     upstream.setblocking(False)
     srv = DnsServer(port=free_port(), ttl=10)
     try:
-        srv.configure({"n": NetSpec("app", ("127.0.0.1",), bridge="lo", subnets=("127.0.0.0/8",),
-                                    upstreams=(("127.0.0.1", upstream.getsockname()[1]),), forward=True,
-                                    host_suffix="pybridge.internal")})
+        srv.configure(
+            {
+                "n": NetSpec(
+                    "app",
+                    ("127.0.0.1",),
+                    bridge="lo",
+                    subnets=("127.0.0.0/8",),
+                    upstreams=(("127.0.0.1", upstream.getsockname()[1]),),
+                    forward=True,
+                    host_suffix="pybridge.internal",
+                )
+            }
+        )
         srv.set_snapshot("n", SNAP)
         wire = dns.message.make_query("example.com", "A").to_wire()
         reply = asyncio.run(srv.resolve("n", wire, "127.0.0.1", tcp=False))
         assert dns.message.from_wire(reply).rcode() == dns.rcode.REFUSED
         with pytest.raises(BlockingIOError):
-            upstream.recv(512)                                           # nothing reached the upstream
+            upstream.recv(512)  # nothing reached the upstream
         assert srv.counters()["n"]["forwarded"] == 0
     finally:
         srv.stop()

@@ -125,8 +125,9 @@ def test_udp_replies_never_exceed_the_clients_limit_and_tcp_gets_everything(big_
         q = dns.message.make_query("big.pybridge.test", "A", use_edns=0, payload=1232)
         raw = _raw_udp(srv.port, q.to_wire(), source="127.0.0.2")
         assert len(raw) <= 1232 and dns.message.from_wire(raw).flags & dns.flags.TC
-        whole = dns.query.tcp(dns.message.make_query("big.pybridge.test", "A"), "127.0.0.1",
-                              port=srv.port, timeout=5, source="127.0.0.2")
+        whole = dns.query.tcp(
+            dns.message.make_query("big.pybridge.test", "A"), "127.0.0.1", port=srv.port, timeout=5, source="127.0.0.2"
+        )
         assert len(addrs(whole)) == 300 and not whole.flags & dns.flags.TC
         assert big_upstream.tcp_queries == 1, "only the TCP client's question went to the upstream over TCP"
     finally:
@@ -162,8 +163,7 @@ def test_queries_from_outside_the_networks_subnets_are_dropped_silently():
         with pytest.raises(dns.exception.Timeout):
             udp(srv, "web", source="127.0.1.9", timeout=1.0)
         with pytest.raises((ConnectionError, EOFError, dns.exception.Timeout, OSError)):
-            dns.query.tcp(dns.message.make_query("web", "A"), "127.0.0.1", port=srv.port,
-                          source="127.0.1.9", timeout=2)
+            dns.query.tcp(dns.message.make_query("web", "A"), "127.0.0.1", port=srv.port, source="127.0.1.9", timeout=2)
         assert srv.stats()["refused_sources"] >= 2
     finally:
         srv.stop()
@@ -182,7 +182,7 @@ def _pipeline(port, source, count=4000):
     try:
         for _ in range(count):
             s.send(frame)
-    except (BlockingIOError, ConnectionError):   # full, or already refused by the server
+    except (BlockingIOError, ConnectionError):  # full, or already refused by the server
         pass
     return s
 
@@ -199,8 +199,9 @@ def test_tcp_clients_that_never_read_are_cut_off_and_cannot_shut_tcp_dns_off(ser
     hogs += [_pipeline(server.port, f"127.0.{i // 250 + 3}.{i % 250 + 1}", count=1) for i in range(150)]
     try:
         # another client is still served over TCP while 153 connections are held open
-        ok = dns.query.tcp(dns.message.make_query("web", "A"), "127.0.0.1", port=server.port,
-                           source="127.0.9.9", timeout=5)
+        ok = dns.query.tcp(
+            dns.message.make_query("web", "A"), "127.0.0.1", port=server.port, source="127.0.9.9", timeout=5
+        )
         assert addrs(ok) == ["10.0.0.2"]
         stats = server.stats()
         assert stats["tcp_connections"] <= stats["tcp_limit_per_listener"]
@@ -216,8 +217,9 @@ def test_one_client_cannot_hold_every_tcp_connection(server):
     hogs = [_pipeline(server.port, "127.0.0.2", count=1) for _ in range(40)]
     try:
         assert wait_for(lambda: server.stats()["tcp_connections"] <= server.stats()["tcp_limit_per_client"], 10)
-        ok = dns.query.tcp(dns.message.make_query("web", "A"), "127.0.0.1", port=server.port,
-                           source="127.0.0.3", timeout=5)
+        ok = dns.query.tcp(
+            dns.message.make_query("web", "A"), "127.0.0.1", port=server.port, source="127.0.0.3", timeout=5
+        )
         assert addrs(ok) == ["10.0.0.2"]
     finally:
         for h in hogs:
@@ -227,7 +229,7 @@ def test_one_client_cannot_hold_every_tcp_connection(server):
 def test_udp_work_waiting_for_the_loop_is_bounded(server):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.4", 0))
-    for i in range(20000):     # distinct names: nothing is cached, everything needs the loop
+    for i in range(20000):  # distinct names: nothing is cached, everything needs the loop
         s.sendto(dns.message.make_query(f"n{i}.example", "A").to_wire(), ("127.0.0.1", server.port))
     s.close()
     stats = server.stats()
@@ -244,6 +246,7 @@ def _answers(srv):
 
 def test_names_differing_only_in_case_share_one_cached_answer(server, monkeypatch):
     import plugin.dns.answer as answer_module
+
     renders = {"n": 0}
     real = answer_module.render
 
@@ -258,7 +261,7 @@ def test_names_differing_only_in_case_share_one_cached_answer(server, monkeypatc
         q = dns.message.make_query(name, "A", use_edns=0, payload=4096)
         raw = _raw_udp(server.port, q.to_wire())
         reply = dns.message.from_wire(raw)
-        assert raw[12:12 + len(name) + 2] == q.to_wire()[12:12 + len(name) + 2], "the question keeps its case"
+        assert raw[12 : 12 + len(name) + 2] == q.to_wire()[12 : 12 + len(name) + 2], "the question keeps its case"
         assert reply.id == q.id and len(addrs(reply)) == 60
         seen_orders.add(tuple(r.to_text() for rr in reply.answer for r in rr)[0])
     assert renders["n"] <= 20, f"{renders['n']} answers rendered for one question in 1,000 spellings"

@@ -79,7 +79,7 @@ def test_an_event_stream_is_read_line_by_line_as_it_arrives_and_its_end_raises(d
             resp.raise_for_status()
             for line in resp.iter_lines():
                 seen.append(json.loads(line)["n"])
-                srv.sent.set()          # the server sends the next event only now
+                srv.sent.set()  # the server sends the next event only now
     assert seen == [0, 1, 2]
 
 

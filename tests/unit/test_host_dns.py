@@ -37,7 +37,7 @@ def test_named_networks_are_published_with_their_gateway_and_name(client, fake_s
     assert host.current == {}, "no Docker name learned yet: nothing to route"
     svc.inventory.learned({NID: ("app", {})}, {NID})
     assert host.current == {f"pt-{NID[:12]}": (("10.200.1.1",), "app.pybridge.internal")}
-    svc.inventory.learned({NID: ("my_net", {})}, {NID})                 # Docker allows it; DNS does not
+    svc.inventory.learned({NID: ("my_net", {})}, {NID})  # Docker allows it; DNS does not
     assert host.current == {}
     svc.inventory.learned({NID: ("App.Prod", {})}, {NID})
     assert host.current == {f"pt-{NID[:12]}": (("10.200.1.1",), "app.prod.pybridge.internal")}
@@ -56,6 +56,7 @@ def test_routing_domains():
 # resolved's routing domain for every .com lookup of the host). Names now live under a suffix of
 # pybridge's own, which is refused when it is special-use, a single label or a public suffix.
 
+
 def test_a_networks_name_is_registered_only_under_pybridges_own_suffix(client, fake_services):
     host = FakeHostDns()
     svc = DnsService(fake_services.store, StubServer(), default_upstream="", host=host)
@@ -70,13 +71,35 @@ def test_the_host_suffix_refuses_special_use_names_single_labels_and_public_suff
     from publicsuffixlist import PublicSuffixList
 
     from plugin.domain.naming import DEFAULT_HOST_SUFFIX, parse_host_suffix
+
     psl = PublicSuffixList()
     assert not psl.is_public(DEFAULT_HOST_SUFFIX) and not psl.is_public("x." + DEFAULT_HOST_SUFFIX)
     assert parse_host_suffix(DEFAULT_HOST_SUFFIX, psl.is_public) == "pybridge.internal"
     assert parse_host_suffix("Containers.Corp.Acme-Inc.com.", psl.is_public) == "containers.corp.acme-inc.com"
-    for bad in ("com", "internal", "local", "pb.local", "in-addr.arpa", "x.ip6.arpa", "home.arpa", "localhost",
-                "a.localhost", "x.test", "example.com", "a.example.org", "x.onion", "co.uk", "github.io",
-                "blogspot.com", "compute.amazonaws.com", "a..b", "-x.com", "x_y.com", "", "a" * 64 + ".com"):
+    for bad in (
+        "com",
+        "internal",
+        "local",
+        "pb.local",
+        "in-addr.arpa",
+        "x.ip6.arpa",
+        "home.arpa",
+        "localhost",
+        "a.localhost",
+        "x.test",
+        "example.com",
+        "a.example.org",
+        "x.onion",
+        "co.uk",
+        "github.io",
+        "blogspot.com",
+        "compute.amazonaws.com",
+        "a..b",
+        "-x.com",
+        "x_y.com",
+        "",
+        "a" * 64 + ".com",
+    ):
         with pytest.raises(ValueError, match="PYBRIDGE_HOST_DNS_SUFFIX"):
             parse_host_suffix(bad, psl.is_public)
 
@@ -84,9 +107,12 @@ def test_the_host_suffix_refuses_special_use_names_single_labels_and_public_suff
 def test_the_suffix_setting_is_checked_when_the_plugin_starts(tmp_path):
     from plugin.config import load_settings
     from plugin.domain.errors import ConfigError
+
     assert load_settings({}, state_dir=str(tmp_path)).host_dns_suffix == "pybridge.internal"
-    assert load_settings({"PYBRIDGE_HOST_DNS_SUFFIX": "ctr.acme-inc.com"},
-                         state_dir=str(tmp_path)).host_dns_suffix == "ctr.acme-inc.com"
+    assert (
+        load_settings({"PYBRIDGE_HOST_DNS_SUFFIX": "ctr.acme-inc.com"}, state_dir=str(tmp_path)).host_dns_suffix
+        == "ctr.acme-inc.com"
+    )
     assert load_settings({"PYBRIDGE_HOST_DNS_SUFFIX": "off"}, state_dir=str(tmp_path)).host_dns_suffix == ""
     with pytest.raises(ConfigError, match="PYBRIDGE_HOST_DNS_SUFFIX.*co.uk"):
         load_settings({"PYBRIDGE_HOST_DNS_SUFFIX": "co.uk"}, state_dir=str(tmp_path))
@@ -103,12 +129,15 @@ def test_no_host_registration_when_the_suffix_is_off(client, fake_services):
 
 def test_upstreams_never_the_stub_but_resolveds_own_servers_without_our_bridges(tmp_path):
     from plugin.dns.service import host_resolvers
+
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n")
-    assert host_resolvers(str(conf)) == ()                                  # the stub alone: nothing
-    assert host_resolvers(str(conf), lambda: ("198.51.100.7", "2001:db8::53")) == \
-        (("198.51.100.7", 53), ("2001:db8::53", 53))
+    assert host_resolvers(str(conf)) == ()  # the stub alone: nothing
+    assert host_resolvers(str(conf), lambda: ("198.51.100.7", "2001:db8::53")) == (
+        ("198.51.100.7", 53),
+        ("2001:db8::53", 53),
+    )
     conf.write_text("nameserver 198.51.100.9\nnameserver 127.0.0.54\n")
     assert host_resolvers(str(conf), lambda: ("198.51.100.7",)) == (("198.51.100.9", 53), ("198.51.100.7", 53))
-    conf.write_text("nameserver 198.51.100.9\nnameserver 127.0.0.1\n")    # not resolved's: kept as it is
+    conf.write_text("nameserver 198.51.100.9\nnameserver 127.0.0.1\n")  # not resolved's: kept as it is
     assert host_resolvers(str(conf), lambda: ("198.51.100.7",)) == (("198.51.100.9", 53), ("127.0.0.1", 53))

@@ -26,20 +26,35 @@ from plugin.driver.ports import ClusterView, DnsPort, LocalOnly, NetworkHooks, R
 from plugin.driver.reaper import Reaper
 from tests.fakes import FakeFirewall, FakeHostDns, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl
 
-PAIRS = [(NetlinkPort, Netlink), (NetlinkPort, FakeNetlink), (FirewallPort, NftFirewall),
-         (FirewallPort, FakeFirewall), (SysctlPort, Sysctl), (SysctlPort, FakeSysctl),
-         (HostDnsPort, ResolvedLinks), (HostDnsPort, FakeHostDns), (OverlayPort, Vxlan), (OverlayPort, FakeOverlay),
-         (ClusterKVPort, EtcdKV), (ClusterKVPort, FakeKV),
-         # the services beside the driver, as the driver sees them (plugin/driver/ports.py)
-         (DnsPort, DnsService), (ClusterView, ClusterService), (ReaperPort, Reaper),
-         (NetworkHooks, ClusterNetworks), (NetworkHooks, LocalOnly),
-         # IPAM's claim strategies, one per pool
-         (AddressClaims, LocalClaims), (AddressClaims, EtcdClaims)]
+PAIRS = [
+    (NetlinkPort, Netlink),
+    (NetlinkPort, FakeNetlink),
+    (FirewallPort, NftFirewall),
+    (FirewallPort, FakeFirewall),
+    (SysctlPort, Sysctl),
+    (SysctlPort, FakeSysctl),
+    (HostDnsPort, ResolvedLinks),
+    (HostDnsPort, FakeHostDns),
+    (OverlayPort, Vxlan),
+    (OverlayPort, FakeOverlay),
+    (ClusterKVPort, EtcdKV),
+    (ClusterKVPort, FakeKV),
+    # the services beside the driver, as the driver sees them (plugin/driver/ports.py)
+    (DnsPort, DnsService),
+    (ClusterView, ClusterService),
+    (ReaperPort, Reaper),
+    (NetworkHooks, ClusterNetworks),
+    (NetworkHooks, LocalOnly),
+    # IPAM's claim strategies, one per pool
+    (AddressClaims, LocalClaims),
+    (AddressClaims, EtcdClaims),
+]
 
 
 def _methods(protocol) -> dict[str, inspect.Signature]:
-    return {name: inspect.signature(fn) for name, fn in vars(protocol).items()
-            if callable(fn) and not name.startswith("_")}
+    return {
+        name: inspect.signature(fn) for name, fn in vars(protocol).items() if callable(fn) and not name.startswith("_")
+    }
 
 
 def _shape(sig: inspect.Signature) -> list[tuple[str, str, bool]]:
@@ -53,8 +68,9 @@ def test_implements_every_method_with_the_same_parameters(protocol, impl):
     assert methods, protocol
     for name, sig in methods.items():
         assert callable(getattr(impl, name, None)), f"{impl.__name__} lacks {protocol.__name__}.{name}"
-        assert _shape(inspect.signature(getattr(impl, name))) == _shape(sig), \
+        assert _shape(inspect.signature(getattr(impl, name))) == _shape(sig), (
             f"{impl.__name__}.{name}{inspect.signature(getattr(impl, name))} differs from {protocol.__name__}.{name}{sig}"
+        )
 
 
 @pytest.mark.parametrize("protocol,impl", [(ClusterView, ClusterService)], ids=lambda x: x.__name__)
@@ -67,5 +83,6 @@ def test_implements_every_property(protocol, impl):
 def test_a_missing_method_is_caught():
     class Partial:
         def get(self, *parts): ...
+
     with pytest.raises(AssertionError):
         test_implements_every_method_with_the_same_parameters(SysctlPort, Partial)

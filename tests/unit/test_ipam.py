@@ -65,8 +65,10 @@ def test_find_free_subnet_never_overlaps_anything_taken(third_octets):
 
 
 def test_usable_range_excludes_network_broadcast_and_v6_anycast():
-    assert usable_range(ipaddress.ip_network("10.0.0.0/30")) == (int(ipaddress.ip_address("10.0.0.1")),
-                                                                  int(ipaddress.ip_address("10.0.0.2")))
+    assert usable_range(ipaddress.ip_network("10.0.0.0/30")) == (
+        int(ipaddress.ip_address("10.0.0.1")),
+        int(ipaddress.ip_address("10.0.0.2")),
+    )
     lo, _ = usable_range(ipaddress.ip_network("fd70::/64"))
     assert lo == int(ipaddress.ip_address("fd70::1"))
 
@@ -74,6 +76,7 @@ def test_usable_range_excludes_network_broadcast_and_v6_anycast():
 @pytest.mark.parametrize("text", ["10.0.0.0/8", "10.0.0.0/8:33", "bogus:24", "fd00::/48:24"])
 def test_bad_pool_specs_are_config_errors(text):
     from plugin.domain.errors import ConfigError
+
     with pytest.raises(ConfigError):
         parse_pool_specs(text, 4)
 
@@ -82,8 +85,9 @@ def test_bad_pool_specs_are_config_errors(text):
 def ipam(tmp_path):
     store = Store(tmp_path / "s.db").open()
     routes = [Taken(ipaddress.ip_network("10.207.0.0/24"), "host route 10.207.0.0/24 (dev eth9)")]
-    yield IpamService(store, lambda: routes, parse_pool_specs("10.207.0.0/16:24", 4),
-                      parse_pool_specs("fd70:6201:ff00::/40:64", 6))
+    yield IpamService(
+        store, lambda: routes, parse_pool_specs("10.207.0.0/16:24", 4), parse_pool_specs("fd70:6201:ff00::/40:64", 6)
+    )
     store.close()
 
 
@@ -172,8 +176,13 @@ class Clock:
 def restarts(tmp_path):
     store = Store(tmp_path / "r.db").open()
     clock = Clock()
-    service = IpamService(store, lambda: [], parse_pool_specs("10.207.0.0/16:24", 4),
-                          parse_pool_specs("fd70:6201:ff00::/40:64", 6), clock=clock)
+    service = IpamService(
+        store,
+        lambda: [],
+        parse_pool_specs("10.207.0.0/16:24", 4),
+        parse_pool_specs("fd70:6201:ff00::/40:64", 6),
+        clock=clock,
+    )
     yield service, store, clock
     store.close()
 
@@ -186,7 +195,7 @@ def _pool(service, subnet="10.200.0.0/24"):
 
 def test_a_named_container_gets_its_address_back_and_others_step_over_it(restarts):
     service, store, clock = restarts
-    clock.now += 3600                       # long after the start: only names count
+    clock.now += 3600  # long after the start: only names count
     pid = _pool(service)
     web = service.request_address(pid, "", {NAME: "web"})
     db = service.request_address(pid, "", {NAME: "db"})
@@ -217,7 +226,7 @@ def test_without_names_restarts_after_the_plugin_starts_get_the_waiting_addresse
     assert fresh.request_address(pid, "", {}) == "10.200.0.5/24"
     clock.now += 3600
     service.release_address(pid, "10.200.0.4")
-    assert fresh.request_address(pid, "", {}) == "10.200.0.6/24"    # later: names only
+    assert fresh.request_address(pid, "", {}) == "10.200.0.6/24"  # later: names only
 
 
 def test_a_waiting_address_that_someone_took_is_never_handed_out_twice(restarts):
@@ -226,7 +235,7 @@ def test_a_waiting_address_that_someone_took_is_never_handed_out_twice(restarts)
     service.request_address(pid, "", {})
     service.remember([("a" * 64, "web", "10.200.0.2")])
     service.release_address(pid, "10.200.0.2")
-    assert service.request_address(pid, "10.200.0.2", {}) == "10.200.0.2/24"    # --ip took it
+    assert service.request_address(pid, "10.200.0.2", {}) == "10.200.0.2/24"  # --ip took it
     assert service.request_address(pid, "", {NAME: "web"}) == "10.200.0.3/24"
     assert service.request_address(pid, "", {}) == "10.200.0.4/24"
 
@@ -234,7 +243,7 @@ def test_a_waiting_address_that_someone_took_is_never_handed_out_twice(restarts)
 def test_remembered_addresses_are_not_reservations_when_the_pool_is_full(restarts):
     service, store, clock = restarts
     clock.now += 3600
-    pid = _pool(service, "10.200.0.0/29")           # .1 gateway, .2-.6 usable
+    pid = _pool(service, "10.200.0.0/29")  # .1 gateway, .2-.6 usable
     for i in range(2, 7):
         service.request_address(pid, "", {NAME: f"c{i}"})
     service.remember([(f"{i:064x}", f"c{i}", f"10.200.0.{i}") for i in range(2, 7)])
@@ -250,16 +259,25 @@ def test_owners_are_forgotten_when_removed_renamed_gone_or_the_pool_goes(restart
     service, store, clock = restarts
     pid = _pool(service)
     six = service.request_pool("", "fd70:6201:ff00:1::/64", "", True)["PoolID"]
-    service.remember([("a" * 64, "web", "10.200.0.7"), ("a" * 64, "web", "fd70:6201:ff00:1::7"),
-                      ("b" * 64, "db", "10.200.0.8"), ("c" * 64, "x", "10.99.0.1"), ("d" * 64, "y", "bogus")])
+    service.remember(
+        [
+            ("a" * 64, "web", "10.200.0.7"),
+            ("a" * 64, "web", "fd70:6201:ff00:1::7"),
+            ("b" * 64, "db", "10.200.0.8"),
+            ("c" * 64, "x", "10.99.0.1"),
+            ("d" * 64, "y", "bogus"),
+        ]
+    )
     with store.reading() as tx:
         assert [(p, n) for p, _, _, n in tx.containers.owners()] == [(pid, "web"), (pid, "db"), (six, "web")]
-    service.remember([("a" * 64, "www", "10.200.0.9")])          # renamed, and moved
+    service.remember([("a" * 64, "www", "10.200.0.9")])  # renamed, and moved
     service.remember([], gone=["b" * 64])
     with store.reading() as tx:
-        assert sorted((str(ipaddress.ip_address(a)), n) for _, a, _, n in tx.containers.owners()) == \
-            [("10.200.0.9", "www"), ("fd70:6201:ff00:1::7", "web")]
-    service.remember([], existing=["e" * 64])                    # a resync: 'a' is no more
+        assert sorted((str(ipaddress.ip_address(a)), n) for _, a, _, n in tx.containers.owners()) == [
+            ("10.200.0.9", "www"),
+            ("fd70:6201:ff00:1::7", "web"),
+        ]
+    service.remember([], existing=["e" * 64])  # a resync: 'a' is no more
     service.remember([("e" * 64, "e", "10.200.0.10")])
     service.release_pool(six)
     service.release_pool(pid)
@@ -268,8 +286,9 @@ def test_owners_are_forgotten_when_removed_renamed_gone_or_the_pool_goes(restart
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["req", "named", "rel", "remember", "restart"]),
-                          st.integers(0, 5)), max_size=50))
+@given(
+    st.lists(st.tuples(st.sampled_from(["req", "named", "rel", "remember", "restart"]), st.integers(0, 5)), max_size=50)
+)
 def test_no_sequence_hands_one_address_to_two_holders(tmp_path_factory, ops):
     store = Store(tmp_path_factory.mktemp("p") / "s.db").open()
     clock = Clock()
@@ -293,5 +312,7 @@ def test_no_sequence_hands_one_address_to_two_holders(tmp_path_factory, ops):
             clock.now += 3600 if i % 2 else 0
             service = IpamService(store, lambda: [], (), (), clock=clock)
     with store.reading() as tx:
-        assert sorted(f"{ipaddress.ip_address(a)}/29" for p, a, k in tx.leases.all(pid) if k == "dynamic") == sorted(held)
+        assert sorted(f"{ipaddress.ip_address(a)}/29" for p, a, k in tx.leases.all(pid) if k == "dynamic") == sorted(
+            held
+        )
     store.close()

@@ -27,13 +27,14 @@ def test_the_checker_finds_an_upward_edge_and_a_cycle(tmp_path):
     layers = _layers()
     shutil.copytree(ROOT / "plugin", tmp_path / "plugin", ignore=shutil.ignore_patterns("__pycache__"))
     with open(tmp_path / "plugin" / "store" / "codec.py", "a") as f:
-        f.write("\nfrom ..driver import networks  # noqa\n")            # store would import the driver
+        f.write("\nfrom ..driver import networks  # noqa\n")  # store would import the driver
     with open(tmp_path / "plugin" / "domain" / "naming.py", "a") as f:
         f.write("\nfrom . import model  # noqa\n")
     with open(tmp_path / "plugin" / "domain" / "model.py", "a") as f:
-        f.write("\nfrom . import naming  # noqa\n")                     # a cycle inside a package
+        f.write("\nfrom . import naming  # noqa\n")  # a cycle inside a package
     found = layers.problems(str(tmp_path))
     assert any(p.startswith("plugin.store.codec -> plugin.driver.networks: up the layers") for p in found), found
-    assert any(p.startswith("cycle:") and "plugin.domain.model" in p and "plugin.domain.naming" in p
-               for p in found), found
+    assert any(p.startswith("cycle:") and "plugin.domain.model" in p and "plugin.domain.naming" in p for p in found), (
+        found
+    )
     assert os.path.exists(tmp_path / "plugin" / "wiring.py")

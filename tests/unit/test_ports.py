@@ -13,15 +13,33 @@ def pm(**kw):
 
 
 def test_parse_protocols_host_ip_and_ranges():
-    reqs = parse_portmap([pm(), pm(Proto=17, Port=53, HostPort=0, HostPortEnd=0),
-                          pm(Proto=132, HostIP="127.0.0.1", HostPort=9000, HostPortEnd=9005)])
+    reqs = parse_portmap(
+        [
+            pm(),
+            pm(Proto=17, Port=53, HostPort=0, HostPortEnd=0),
+            pm(Proto=132, HostIP="127.0.0.1", HostPort=9000, HostPortEnd=9005),
+        ]
+    )
     assert [(r.proto, r.container_port, r.host_ip, r.host_port, r.host_port_end) for r in reqs] == [
-        ("tcp", 80, "", 8080, 8080), ("udp", 53, "", 0, 0), ("sctp", 80, "127.0.0.1", 9000, 9005)]
+        ("tcp", 80, "", 8080, 8080),
+        ("udp", 53, "", 0, 0),
+        ("sctp", 80, "127.0.0.1", 9000, 9005),
+    ]
     assert parse_portmap([pm()], default_host_ip="10.0.0.5")[0].host_ip == "10.0.0.5"
 
 
-@pytest.mark.parametrize("item", [pm(Proto=1), pm(Port=0), pm(HostPort=70000), pm(HostIP="nope"),
-                                  pm(HostPort="80"), "x", pm(HostPort=90, HostPortEnd=80)])
+@pytest.mark.parametrize(
+    "item",
+    [
+        pm(Proto=1),
+        pm(Port=0),
+        pm(HostPort=70000),
+        pm(HostIP="nope"),
+        pm(HostPort="80"),
+        "x",
+        pm(HostPort=90, HostPortEnd=80),
+    ],
+)
 def test_bad_portmap_entries_are_refused(item):
     with pytest.raises(InvalidRequest):
         parse_portmap([item])
@@ -45,7 +63,7 @@ def test_families_are_separate_namespaces_for_host_ports():
     with pytest.raises(Conflict, match=r"\[::\]:8080/tcp"):
         assign(parse_portmap([pm(HostIP="::")]), [v6])
     with pytest.raises(Conflict):
-        assign(parse_portmap([pm()]), [v6])   # "" means both families
+        assign(parse_portmap([pm()]), [v6])  # "" means both families
 
 
 def test_specific_host_ips_do_not_clash_with_each_other():
@@ -60,6 +78,7 @@ def test_host_port_assignment_is_linear(monkeypatch):
     rescanned the range and compared every candidate with every binding). The work is counted,
     not timed: at most a few comparisons per request and per binding already held."""
     import plugin.domain.ports as ports
+
     n, held_n = 1000, 2000
     budget = 4 * (n + held_n)
     calls = {"n": 0}
@@ -83,6 +102,7 @@ def test_host_port_assignment_is_linear(monkeypatch):
 
 def test_split_routed_keeps_host_ports_only_for_the_nat_families():
     from plugin.domain.ports import split_routed
+
     both = PortRequest("tcp", 80, "", 8080, 8080, 0)
     v6 = PortRequest("tcp", 443, "", 8443, 8443, 6)
     assert split_routed([both, v6], {4, 6}, frozenset()) == ([both, v6], [])

@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -29,7 +30,9 @@ print(json.dumps({{"lean": is_lean(), "modules": n}}))
 
 def test_the_adapters_load_without_the_package_init_and_with_far_fewer_modules():
     full = run(PROBE.format(setup=""))
-    lean = run(PROBE.format(setup="from plugin.kernel.pyroute2_lean import use_lean_package; assert use_lean_package()"))
+    lean = run(
+        PROBE.format(setup="from plugin.kernel.pyroute2_lean import use_lean_package; assert use_lean_package()")
+    )
     assert not full["lean"] and lean["lean"]
     assert lean["modules"] < full["modules"] * 0.8, (lean, full)
 
@@ -47,8 +50,13 @@ import pyroute2
 print(json.dumps({"still_lean": still_lean, "lean_after": is_lean(), "same": IPRoute is direct,
                   "version": pyroute2.__version__, "config": config.__name__}))
 """)
-    assert got == {"still_lean": True, "lean_after": False, "same": True,
-                   "version": got["version"], "config": "pyroute2.config"}
+    assert got == {
+        "still_lean": True,
+        "lean_after": False,
+        "same": True,
+        "version": got["version"],
+        "config": "pyroute2.config",
+    }
     assert got["version"][0].isdigit()
 
 

@@ -21,8 +21,9 @@ def test_no_shell_is_ever_invoked_and_commands_are_argument_lists():
             for kw in call.keywords:
                 assert not (kw.arg == "shell" and ast.unparse(kw.value) != "False"), f"{path}: shell=True"
             if name in ("subprocess.run", "subprocess.Popen", "subprocess.check_output"):
-                assert call.args and not isinstance(call.args[0], (ast.Constant, ast.JoinedStr)), \
+                assert call.args and not isinstance(call.args[0], (ast.Constant, ast.JoinedStr)), (
                     f"{path}:{call.lineno}: a command must be an argument list"
+                )
 
 
 def test_sockets_are_owner_only(tmp_path):
@@ -34,6 +35,7 @@ def test_sockets_are_owner_only(tmp_path):
 
     from plugin.config import load_settings
     from plugin.server import PluginServer, _secure_sockets
+
     path = str(tmp_path / "p.sock")
     s = socket.socket(socket.AF_UNIX)
     s.bind(path)
@@ -44,6 +46,7 @@ def test_sockets_are_owner_only(tmp_path):
 
     class Arbiter:
         LISTENERS = [Listener()]
+
     try:
         _secure_sockets(Arbiter())
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -64,6 +67,7 @@ def test_the_netlink_event_decoder_never_raises_on_any_bytes():
         list(rtevents.events(data))
 
     check()
+
     # a well-formed RTM_NEWLINK of a bridge, and one of a veth
     def link(kind: bytes, index: int) -> bytes:
         info = rtevents.RTATTR.pack(4 + len(kind) + 1, rtevents.IFLA_INFO_KIND) + kind + b"\0"
@@ -71,5 +75,8 @@ def test_the_netlink_event_decoder_never_raises_on_any_bytes():
         attr = rtevents.RTATTR.pack(4 + len(info), rtevents.IFLA_LINKINFO | 0x8000) + info
         body = rtevents.IFINFOMSG.pack(0, 1, index, 0, 0) + attr
         return rtevents.NLMSGHDR.pack(16 + len(body), rtevents.RTM_NEWLINK, 0, 0, 0) + body
+
     assert list(rtevents.events(link(b"bridge", 7) + link(b"veth", 8))) == [
-        rtevents.LinkEvent(7, "bridge", False), rtevents.LinkEvent(8, "veth", False)]
+        rtevents.LinkEvent(7, "bridge", False),
+        rtevents.LinkEvent(8, "veth", False),
+    ]

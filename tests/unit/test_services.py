@@ -16,8 +16,14 @@ EID = "cd" * 32
 
 def create(services, nid=NID, subnet="10.200.1.0/24", generic=None, **kw):
     gw = str(ipaddress.ip_network(subnet).network_address + 1) + "/" + subnet.split("/")[1]
-    services.networks.create(nid, generic or {}, ipv6=kw.get("ipv6", False), internal=kw.get("internal", False),
-                             ipv4_data=[IpamDataSpec(pool=subnet, gateway=gw)], ipv6_data=kw.get("v6", []))
+    services.networks.create(
+        nid,
+        generic or {},
+        ipv6=kw.get("ipv6", False),
+        internal=kw.get("internal", False),
+        ipv4_data=[IpamDataSpec(pool=subnet, gateway=gw)],
+        ipv6_data=kw.get("v6", []),
+    )
 
 
 def state(services):
@@ -32,9 +38,15 @@ def test_create_network_makes_bridge_address_rules_and_record(fake_services):
     assert br.kind == "bridge" and br.up and br.addresses == {"10.200.1.1/24"}
     assert br.mac.startswith("02:")
     br = f"pt-{NID[:12]}"
-    assert set(fw.all_rules()) == {f"bridges: {br}", f"self: {br} . {br}", f"icc: {br}",
-                                   f"masq: {br}", "gateways4: 10.200.1.1", f"dns_ok4: {br} . 10.200.1.1"}
-    assert fw.syncs == 0 and fw.changes == 1       # elements added, nothing rewritten
+    assert set(fw.all_rules()) == {
+        f"bridges: {br}",
+        f"self: {br} . {br}",
+        f"icc: {br}",
+        f"masq: {br}",
+        "gateways4: 10.200.1.1",
+        f"dns_ok4: {br} . 10.200.1.1",
+    }
+    assert fw.syncs == 0 and fw.changes == 1  # elements added, nothing rewritten
     assert [n.id for n in state(fake_services)[0]] == [NID]
 
 
@@ -58,8 +70,9 @@ def test_invalid_input_is_refused_before_any_side_effect(fake_services):
     with pytest.raises(InvalidRequest, match="mtu"):
         create(fake_services, generic={"com.docker.network.driver.mtu": "9x"})
     with pytest.raises(InvalidRequest, match="gateway 10.9.9.9 is outside subnet 10.200.1.0/24"):
-        fake_services.networks.create(NID, {}, ipv6=False, internal=False,
-                                      ipv4_data=[IpamDataSpec("10.200.1.0/24", "10.9.9.9/24")], ipv6_data=[])
+        fake_services.networks.create(
+            NID, {}, ipv6=False, internal=False, ipv4_data=[IpamDataSpec("10.200.1.0/24", "10.9.9.9/24")], ipv6_data=[]
+        )
     assert nl.calls == [] and nl.devices == {}
 
 
@@ -83,8 +96,9 @@ def test_a_users_own_bridge_is_used_but_never_deleted(fake_services):
 def test_two_networks_cannot_share_a_bridge_name(fake_services):
     create(fake_services, generic={"com.docker.network.bridge.name": "shared"})
     with pytest.raises(Conflict, match="bridge shared is already used by network"):
-        create(fake_services, nid="ef" * 32, subnet="10.200.2.0/24",
-               generic={"com.docker.network.bridge.name": "shared"})
+        create(
+            fake_services, nid="ef" * 32, subnet="10.200.2.0/24", generic={"com.docker.network.bridge.name": "shared"}
+        )
     assert fake_services.netlink.devices["shared"].addresses == {"10.200.1.1/24"}
 
 
@@ -135,11 +149,11 @@ def test_restore_recreates_bridges_and_removes_orphans_it_owns(fake_services):
     create(fake_services)
     fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     nl = fake_services.netlink
-    nl.devices.pop(f"pt-{NID[:12]}")                     # bridge lost (e.g. a reboot)
-    nl.devices["pt-000000000000"] = FakeLink("pt-000000000000", "bridge")   # ours, no record
-    nl.devices["pthdeadbeef0000"] = FakeLink("pthdeadbeef0000", "veth")     # ours, no record
-    nl.devices["docker0"] = FakeLink("docker0", "bridge")                   # not ours
-    fake_services.firewall.kernel = None   # our table deleted
+    nl.devices.pop(f"pt-{NID[:12]}")  # bridge lost (e.g. a reboot)
+    nl.devices["pt-000000000000"] = FakeLink("pt-000000000000", "bridge")  # ours, no record
+    nl.devices["pthdeadbeef0000"] = FakeLink("pthdeadbeef0000", "veth")  # ours, no record
+    nl.devices["docker0"] = FakeLink("docker0", "bridge")  # not ours
+    fake_services.firewall.kernel = None  # our table deleted
     report = fake_services.reconciler.restore()
     assert report.errors == []
     assert sorted(report.removed_links) == ["pt-000000000000", "pthdeadbeef0000"]
@@ -154,8 +168,8 @@ def test_internal_and_icc_off_render_drop_rules(fake_services):
     create(fake_services, internal=True, generic={"com.docker.network.bridge.enable_icc": "false"})
     fw = fake_services.firewall
     br = f"pt-{NID[:12]}"
-    assert fw.elements("internal") == {br: None}       # nothing in or out, not even replies
-    assert fw.elements("icc") == {}                    # nor between its own containers
+    assert fw.elements("internal") == {br: None}  # nothing in or out, not even replies
+    assert fw.elements("icc") == {}  # nor between its own containers
     assert fw.elements("masq") == {}
 
 
@@ -169,19 +183,24 @@ def test_an_isolated_internal_network_puts_no_gateway_on_its_bridge_even_if_one_
     join = fake_services.endpoints.join(NID, EID, "/var/run/docker/netns/x")
     assert not join.get("Gateway")
     with pytest.raises(InvalidRequest, match="only for an --internal network"):
-        create(fake_services, nid="b" * 64, subnet="10.200.2.0/24",
-               generic={"com.docker.network.bridge.gateway_mode_ipv4": "isolated"})
-    assert f"pt-{'b' * 12}" not in fake_services.netlink.devices       # refused before any side effect
+        create(
+            fake_services,
+            nid="b" * 64,
+            subnet="10.200.2.0/24",
+            generic={"com.docker.network.bridge.gateway_mode_ipv4": "isolated"},
+        )
+    assert f"pt-{'b' * 12}" not in fake_services.netlink.devices  # refused before any side effect
 
 
 def test_deferred_veth_deletion_happens_in_the_background(fake_services):
     from plugin.driver.reaper import Reaper
+
     create(fake_services)
     nl = fake_services.netlink
     fake_services.reaper = Reaper(nl, synchronous=False)
     fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     fake_services.endpoints.delete(NID, EID)
-    assert state(fake_services)[1] == []          # forgotten at once
+    assert state(fake_services)[1] == []  # forgotten at once
     fake_services.reaper.drain()
     assert f"pth{EID[:12]}" not in nl.devices and f"ptc{EID[:12]}" not in nl.devices
 
@@ -199,9 +218,9 @@ def test_a_dual_stack_endpoint_that_is_not_the_ipv6_gateway_publishes_ipv4_only(
     eps.program(NID, EID, portmap, ipv6=False)
     rules = set(fw.all_rules())
     assert any(r.startswith("to4_any:") for r in rules) and not any(r.startswith("to6_any:") for r in rules)
-    eps.program(NID, EID, portmap, ipv6=False)         # again, unchanged: nothing to do
+    eps.program(NID, EID, portmap, ipv6=False)  # again, unchanged: nothing to do
     assert set(fw.all_rules()) == rules
-    eps.program(NID, EID, portmap)                     # the IPv6 gateway again
+    eps.program(NID, EID, portmap)  # the IPv6 gateway again
     assert set(fw.all_rules()) == both
 
 
@@ -211,11 +230,14 @@ def test_published_ports_are_rendered_and_restored_from_state(fake_services):
     eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
     fw, sysctl = fake_services.firewall, fake_services.sysctl
-    dnat = ["to4_any: tcp . 8080 : 10.200.1.2", "port4_any: tcp . 8080 : 80",
-            f"published4: pt-{NID[:12]} . 10.200.1.2 . tcp . 80"]
+    dnat = [
+        "to4_any: tcp . 8080 : 10.200.1.2",
+        "port4_any: tcp . 8080 : 80",
+        f"published4: pt-{NID[:12]} . 10.200.1.2 . tcp . 80",
+    ]
     assert set(dnat) <= set(fw.all_rules())
     sysctl.values.clear()
-    fw.kernel = None   # our table deleted
+    fw.kernel = None  # our table deleted
     fake_services.reconciler.restore()
     assert set(dnat) <= set(fw.all_rules())
     assert sysctl.values[("net", "ipv4", "conf", f"pt-{NID[:12]}", "route_localnet")] == "1"
@@ -233,7 +255,7 @@ def test_programming_again_without_ports_withdraws_the_earlier_ones(fake_service
     changes = fw.changes
     eps.program(NID, EID, [])
     assert fw.elements("to4_any") == {} and fw.elements("published4") == {}
-    assert fw.changes == changes + 1 and fw.syncs == 0     # elements withdrawn, nothing rewritten
+    assert fw.changes == changes + 1 and fw.syncs == 0  # elements withdrawn, nothing rewritten
 
 
 def test_doctor_reports_differences_and_gc_repairs_them(fake_services):
@@ -242,7 +264,7 @@ def test_doctor_reports_differences_and_gc_repairs_them(fake_services):
     assert fake_services.doctor.examine()["problems"] == []
     nl.devices[f"pt-{NID[:12]}"].addresses.clear()
     nl.devices["pthorphan00000"] = FakeLink("pthorphan00000", "veth")
-    fake_services.firewall.kernel = None   # our table deleted
+    fake_services.firewall.kernel = None  # our table deleted
     problems = fake_services.doctor.examine()["problems"]
     assert any("lacks address 10.200.1.1/24" in p for p in problems)
     assert any("pthorphan00000" in p for p in problems)
@@ -259,8 +281,8 @@ def test_leases_without_an_endpoint_are_reported_and_released_after_a_grace(fake
     create(fake_services)
     used = ipam.request_address(pool["PoolID"], "", {})
     fake_services.endpoints.create(NID, EID, address=used, address6="", mac="")
-    leaked = ipam.request_address(pool["PoolID"], "", {})   # its ReleaseAddress never arrived
-    assert fake_services.doctor.examine()["problems"] == []           # young: may be in flight
+    leaked = ipam.request_address(pool["PoolID"], "", {})  # its ReleaseAddress never arrived
+    assert fake_services.doctor.examine()["problems"] == []  # young: may be in flight
     problems = fake_services.doctor.examine(lease_grace=0)["problems"]
     assert problems == [f"lease {leaked.split('/')[0]} in pool {pool['PoolID']} has no endpoint"]
     report = fake_services.reconciler.restore(lease_grace=0)
@@ -268,12 +290,21 @@ def test_leases_without_an_endpoint_are_reported_and_released_after_a_grace(fake
     with fake_services.store.reading() as tx:
         held = {a for _, a, _ in tx.leases.all(pool["PoolID"])}
     import ipaddress
+
     assert held == {int(ipaddress.ip_interface(gw).ip), int(ipaddress.ip_interface(used).ip)}
 
 
-@pytest.mark.parametrize("name, why", [
-    ("docker0", "Docker's"), ("docker_gwbridge", "Docker's"), ("br-0123456789ab", "Docker's"),
-    ("pt-mine", "reserved"), ("pth0123456789a", "reserved"), ("ptc0123456789a", "reserved")])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("docker0", "Docker's"),
+        ("docker_gwbridge", "Docker's"),
+        ("br-0123456789ab", "Docker's"),
+        ("pt-mine", "reserved"),
+        ("pth0123456789a", "reserved"),
+        ("ptc0123456789a", "reserved"),
+    ],
+)
 def test_dockers_bridges_and_our_reserved_names_cannot_be_taken_over(fake_services, name, why):
     """Issue 8, item 7: adding our gateway to docker0 and dropping its traffic, or naming a bridge
     like one of our veths, is refused before anything is touched."""
@@ -288,8 +319,12 @@ def test_dockers_bridges_and_our_reserved_names_cannot_be_taken_over(fake_servic
 def test_any_other_existing_bridge_can_still_be_adopted(fake_services):
     for i, name in enumerate(["br-lan", "lxdbr0x", "virbr7"]):
         fake_services.netlink.devices[name] = FakeLink(name, "bridge")
-        create(fake_services, nid=f"{i:02x}" * 32, subnet=f"10.200.{i + 1}.0/24",
-               generic={"com.docker.network.bridge.name": name})
+        create(
+            fake_services,
+            nid=f"{i:02x}" * 32,
+            subnet=f"10.200.{i + 1}.0/24",
+            generic={"com.docker.network.bridge.name": name},
+        )
     assert len(state(fake_services)[0]) == 3
 
 
@@ -300,8 +335,14 @@ def test_aux_address_reservations_stay_for_the_networks_life(fake_services):
     pool = ipam.request_pool("", "10.200.1.0/24", "", False)["PoolID"]
     gw = ipam.request_address(pool, "", {"RequestAddressType": "com.docker.network.gateway"})
     aux = ipam.request_address(pool, "10.200.1.5", {})
-    fake_services.networks.create(NID, {}, ipv6=False, internal=False, ipv6_data=[], ipv4_data=[
-        IpamDataSpec(pool="10.200.1.0/24", gateway=gw, aux=(("router", aux),))])
+    fake_services.networks.create(
+        NID,
+        {},
+        ipv6=False,
+        internal=False,
+        ipv6_data=[],
+        ipv4_data=[IpamDataSpec(pool="10.200.1.0/24", gateway=gw, aux=(("router", aux),))],
+    )
     assert fake_services.doctor.examine(lease_grace=0)["problems"] == []
     report = fake_services.reconciler.restore(lease_grace=0)
     assert report.released_leases == []
@@ -314,6 +355,7 @@ def test_aux_address_reservations_stay_for_the_networks_life(fake_services):
 def test_malformed_state_rows_are_skipped_and_reported_not_fatal(fake_services, tmp_path):
     """Issue 8, item 11: one unreadable row made restore raise, so the plugin never started."""
     import sqlite3
+
     good, bad = NID, "ef" * 32
     create(fake_services)
     create(fake_services, nid=bad, subnet="10.200.2.0/24")
@@ -326,7 +368,7 @@ def test_malformed_state_rows_are_skipped_and_reported_not_fatal(fake_services, 
     db.execute("INSERT INTO dns VALUES (?, 'app', 'garbage')", (good,))
     db.close()
     nl = fake_services.netlink
-    nl.devices.clear()                                   # a reboot: the kernel forgot everything
+    nl.devices.clear()  # a reboot: the kernel forgot everything
     report = fake_services.reconciler.restore()
     assert f"pt-{good[:12]}" in nl.devices and f"pt-{bad[:12]}" not in nl.devices
     assert (report.networks, report.endpoints, report.errors) == (1, 1, [])
@@ -350,7 +392,7 @@ def test_ipv6_fails_closed_without_ip6tables(fake_services):
         create(fake_services, ipv6=True, v6=v6)
     assert ("net", "ipv6", "conf", "all", "forwarding") not in sysctl.values
     assert fake_services.netlink.calls == [] and state(fake_services) == ([], [])
-    create(fake_services)                   # IPv4-only networks are fine
+    create(fake_services)  # IPv4-only networks are fine
     fw.families = (4, 6)
     create(fake_services, nid="ef" * 32, subnet="10.200.2.0/24", ipv6=True, v6=v6)
     assert sysctl.values[("net", "ipv6", "conf", "all", "forwarding")] == "1"
@@ -368,10 +410,11 @@ def test_a_custom_named_bridge_docker_reports_cannot_be_adopted(fake_services):
 def test_restore_still_writes_the_firewall_when_listing_bridges_fails(fake_services):
     create(fake_services)
     fw = fake_services.firewall
-    fw.kernel = None   # our table deleted
+    fw.kernel = None  # our table deleted
 
     def broken(own):
         raise KernelError("list bridges and routes: injected")
+
     fake_services.netlink.foreign_bridges = broken
     report = fake_services.reconciler.restore()
     assert any(e.startswith("bridges: ") for e in report.errors)
@@ -382,6 +425,7 @@ def test_endpoints_are_made_side_by_side_not_one_after_another(fake_services):
     """Issue 9, item 5: the veth pair of one endpoint was made under the store's lock, so every
     other call waited for it. Both calls must now be inside the kernel step at once."""
     import threading
+
     create(fake_services)
     nl = fake_services.netlink
     both_inside = threading.Barrier(2, timeout=5)
@@ -390,16 +434,20 @@ def test_endpoints_are_made_side_by_side_not_one_after_another(fake_services):
     def meeting(*args, **kw):
         both_inside.wait()
         return real(*args, **kw)
+
     nl.create_veth = meeting
     errors = []
 
     def make(eid, address):
         try:
             fake_services.endpoints.create(NID, eid, address=address, address6="", mac="")
-        except Exception as e:   # noqa: BLE001  (a broken barrier says the calls ran one by one)
+        except Exception as e:  # noqa: BLE001  (a broken barrier says the calls ran one by one)
             errors.append(e)
-    threads = [threading.Thread(target=make, args=(eid, addr)) for eid, addr in
-               ((EID, "10.200.1.2/24"), ("ef" * 32, "10.200.1.3/24"))]
+
+    threads = [
+        threading.Thread(target=make, args=(eid, addr))
+        for eid, addr in ((EID, "10.200.1.2/24"), ("ef" * 32, "10.200.1.3/24"))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -415,7 +463,8 @@ def test_a_network_removed_while_its_endpoint_is_made_leaves_nothing(fake_servic
 
     def and_meanwhile(*args, **kw):
         real(*args, **kw)
-        fake_services.networks.delete(NID)      # dockerd would not; a crash-restart race could
+        fake_services.networks.delete(NID)  # dockerd would not; a crash-restart race could
+
     nl.create_veth = and_meanwhile
     with pytest.raises(NotFound, match="went away"):
         fake_services.endpoints.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
@@ -427,13 +476,14 @@ def test_doctor_names_each_element_that_differs_and_healing_puts_it_back(fake_se
     eps, fw = fake_services.endpoints, fake_services.firewall
     eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
     eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
-    del fw.kernel["sets"]["to4_any"][("tcp", 8080)]                    # someone deleted one element
-    fw.kernel["sets"]["foreign"]["stray0"] = None                       # and added another
+    del fw.kernel["sets"]["to4_any"][("tcp", 8080)]  # someone deleted one element
+    fw.kernel["sets"]["foreign"]["stray0"] = None  # and added another
     problems = fake_services.doctor.examine()["problems"]
     assert "firewall: to4_any: element tcp . 8080 : 10.200.1.2 is missing" in problems
     assert "firewall: foreign: element stray0 is not in the state" in problems
-    assert sorted(fake_services.doctor.heal_firewall()) == sorted(p.removeprefix("firewall: ") for p in problems
-                                                                  if p.startswith("firewall: "))
+    assert sorted(fake_services.doctor.heal_firewall()) == sorted(
+        p.removeprefix("firewall: ") for p in problems if p.startswith("firewall: ")
+    )
     assert fake_services.doctor.examine()["problems"] == []
 
 
@@ -442,6 +492,7 @@ def test_publishing_looks_up_only_the_ports_it_asks_for(fake_services, monkeypat
     held (46 ms with 10,000 published, 2 ms with none); it now asks the store's index about the
     ports it considers, and never lists the endpoints."""
     from plugin.store.repos import Networks
+
     create(fake_services, subnet="10.200.0.0/16")
     eps = fake_services.endpoints
     for k in range(3):
@@ -452,6 +503,7 @@ def test_publishing_looks_up_only_the_ports_it_asks_for(fake_services, monkeypat
 
     def refused(*a, **kw):
         raise AssertionError("Program listed every endpoint")
+
     monkeypatch.setattr(Networks, "endpoints", refused)
     with pytest.raises(Conflict, match="20001"):
         eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostPort": 20001}])
@@ -461,7 +513,9 @@ def test_publishing_looks_up_only_the_ports_it_asks_for(fake_services, monkeypat
     assert [b.host_port for b in state_endpoint(fake_services, EID).ports] == first, "programmed again: the same"
     eps.create(NID, "ef" * 32, address="10.200.1.3/16", address6="", mac="")
     eps.program(NID, "ef" * 32, [{"Proto": 6, "Port": 80, "HostPort": 0}])
-    assert state_endpoint(fake_services, "ef" * 32).ports[0].host_port == first[0] + 1, "the next one, not a probe from 49153"
+    assert state_endpoint(fake_services, "ef" * 32).ports[0].host_port == first[0] + 1, (
+        "the next one, not a probe from 49153"
+    )
 
 
 def state_endpoint(services, eid):
@@ -473,9 +527,16 @@ def test_the_published_port_index_follows_the_endpoints_and_is_built_for_older_s
     from plugin.domain.ports import PortBinding
     from plugin.store.db import Store
     from plugin.domain.model import Endpoint
+
     store = Store(tmp_path / "s.db").open()
-    ep = Endpoint(id="e" * 64, network_id=NID, host_ifname="pth1", container_ifname="ptc1", mac="02:00:00:00:00:01",
-                  ports=(PortBinding("tcp", 80, "", 8080), PortBinding("udp", 53, "127.0.0.1", 5353, 4)))
+    ep = Endpoint(
+        id="e" * 64,
+        network_id=NID,
+        host_ifname="pth1",
+        container_ifname="ptc1",
+        mac="02:00:00:00:00:01",
+        ports=(PortBinding("tcp", 80, "", 8080), PortBinding("udp", 53, "127.0.0.1", 5353, 4)),
+    )
     with store.transaction() as tx:
         tx.networks.put_endpoint(ep)
         assert tx.networks.bindings_on("tcp", 8080) == [PortBinding("tcp", 80, "", 8080)]
@@ -483,10 +544,10 @@ def test_the_published_port_index_follows_the_endpoints_and_is_built_for_older_s
         tx.networks.put_endpoint(Endpoint(**{**ep.__dict__, "ports": ()}))
         assert tx.networks.bindings_on("tcp", 8080) == []
         tx.networks.put_endpoint(ep)
-    with store.transaction() as tx:       # what a version before the index left: no rows in it
+    with store.transaction() as tx:  # what a version before the index left: no rows in it
         tx._c.execute("DELETE FROM bindings")
         tx._c.execute("DELETE FROM meta WHERE key = 'bindings'")
-        tx._c.execute("PRAGMA user_version = 2")          # the schema before the index
+        tx._c.execute("PRAGMA user_version = 2")  # the schema before the index
     store.close()
     store = Store(tmp_path / "s.db").open()
     with store.transaction() as tx:
@@ -515,18 +576,20 @@ def test_a_routed_family_publishes_the_container_port_at_its_address_with_no_hos
     assert fw.elements("published6") == {(bridge, "fd70:6201:ff00:1::2", "tcp", 80): None}
     other = "ef" * 32
     eps.create(NID, other, address="10.200.1.3/24", address6="fd70:6201:ff00:1::3/64", mac="")
-    with pytest.raises(Conflict):                      # IPv4's host port 8080 is taken
+    with pytest.raises(Conflict):  # IPv4's host port 8080 is taken
         eps.program(NID, other, portmap)
     eps.program(NID, other, [{"Proto": 6, "Port": 80, "HostIP": "::", "HostPort": 8080, "HostPortEnd": 8080}])
     assert (bridge, "fd70:6201:ff00:1::3", "tcp", 80) in fw.elements("published6"), "IPv6 only: no host port"
     with fake_services.store.reading() as tx:
         assert [str(b) for b in tx.networks.get_endpoint(other).ports] == ["80/tcp routed (IPv6)"]
-        assert tx.networks.get(NID).routed == frozenset({6})    # and the state keeps the mode
+        assert tx.networks.get(NID).routed == frozenset({6})  # and the state keeps the mode
 
 
 def test_nat_unprotected_and_trusted_host_interfaces_are_elements_of_their_sets(fake_services):
-    create(fake_services, generic={MODE4: "nat-unprotected",
-                                   "com.docker.network.bridge.trusted_host_interfaces": "eth3:vxlan.1"})
+    create(
+        fake_services,
+        generic={MODE4: "nat-unprotected", "com.docker.network.bridge.trusted_host_interfaces": "eth3:vxlan.1"},
+    )
     fw, bridge = fake_services.firewall, f"pt-{NID[:12]}"
     assert fw.elements("unprotected4") == {bridge: None} and fw.elements("routed4") == {}
     assert fw.elements("trusted") == {("eth3", bridge): None, ("vxlan.1", bridge): None}
@@ -534,14 +597,17 @@ def test_nat_unprotected_and_trusted_host_interfaces_are_elements_of_their_sets(
     assert fw.elements("unprotected4") == {} and fw.elements("trusted") == {}
 
 
-@pytest.mark.parametrize("generic, message", [
-    ({MODE4: "route"}, "expected one of nat, nat-unprotected, routed, isolated"),
-    ({MODE6: "isolated"}, "only for an --internal network"),
-    ({"com.docker.network.bridge.trusted_host_interfaces": "eth0:"}, "'' is not an interface name"),
-    ({"com.docker.network.bridge.trusted_host_interfaces": "eth0 eth1"}, "'eth0 eth1' is not an interface name"),
-    ({"com.docker.network.bridge.trusted_host_interfaces": "@bridges"}, "'@bridges' is not an interface name"),
-    ({"com.docker.network.bridge.trusted_host_interfaces": "a" * 16}, "is not an interface name"),
-])
+@pytest.mark.parametrize(
+    "generic, message",
+    [
+        ({MODE4: "route"}, "expected one of nat, nat-unprotected, routed, isolated"),
+        ({MODE6: "isolated"}, "only for an --internal network"),
+        ({"com.docker.network.bridge.trusted_host_interfaces": "eth0:"}, "'' is not an interface name"),
+        ({"com.docker.network.bridge.trusted_host_interfaces": "eth0 eth1"}, "'eth0 eth1' is not an interface name"),
+        ({"com.docker.network.bridge.trusted_host_interfaces": "@bridges"}, "'@bridges' is not an interface name"),
+        ({"com.docker.network.bridge.trusted_host_interfaces": "a" * 16}, "is not an interface name"),
+    ],
+)
 def test_bad_gateway_modes_and_trusted_interfaces_are_refused_with_nothing_made(fake_services, generic, message):
     with pytest.raises(InvalidRequest, match=message):
         create(fake_services, generic=generic)
@@ -549,6 +615,7 @@ def test_bad_gateway_modes_and_trusted_interfaces_are_refused_with_nothing_made(
 
 
 # Issue 20, item 4: fail closed while our table is gone.
+
 
 def test_while_our_table_cannot_be_rewritten_loopback_ports_are_withheld_and_come_back_with_it(fake_services):
     """The raw chain drops 127.0.0.0/8 arriving from anything but lo; route_localnet on a bridge
@@ -561,16 +628,16 @@ def test_while_our_table_cannot_be_rewritten_loopback_ports_are_withheld_and_com
     fw, sysctl, doctor = fake_services.firewall, fake_services.sysctl, fake_services.doctor
     key = ("net", "ipv4", "conf", f"pt-{NID[:12]}", "route_localnet")
     assert sysctl.values[key] == "1"
-    fw.kernel = None                    # nft flush ruleset
-    fw.fail = True                      # and the rewrite fails (the injected fault)
+    fw.kernel = None  # nft flush ruleset
+    fw.fail = True  # and the rewrite fails (the injected fault)
     with pytest.raises(KernelError, match="injected firewall failure"):
         doctor.heal_firewall()
     assert sysctl.values[key] == "0"
     assert fake_services.lifecycle.exposed
     eps.create(NID, "ef" * 32, address="10.200.1.3/24", address6="", mac="")
-    with pytest.raises(KernelError):                          # a change needs the table: it fails,
+    with pytest.raises(KernelError):  # a change needs the table: it fails,
         eps.program(NID, "ef" * 32, [{"Proto": 6, "Port": 81, "HostIP": "", "HostPort": 8081, "HostPortEnd": 8081}])
-    assert sysctl.values[key] == "0"                          # and turns nothing on
+    assert sysctl.values[key] == "0"  # and turns nothing on
     fw.fail = False
     doctor.heal_firewall()
     assert fw.drift(*state(fake_services)) == []
@@ -601,21 +668,32 @@ def test_healing_from_events_runs_whatever_the_legacy_poll_setting(tmp_path, mon
 
     from ..fakes import FakeFirewall, FakeNetlink, FakeSysctl
     from ..waiting import wait_for
-    settings = load_settings({"PYBRIDGE_NAME": "pbtest", "PYBRIDGE_IFPREFIX": "pt", "PYBRIDGE_FIREWALL_CHECK": "0",
-                              "PYBRIDGE_METRICS": "off", "PYBRIDGE_DOCKER_SOCKET": str(tmp_path / "none.sock")},
-                             state_dir=str(tmp_path), dns=False)
+
+    settings = load_settings(
+        {
+            "PYBRIDGE_NAME": "pbtest",
+            "PYBRIDGE_IFPREFIX": "pt",
+            "PYBRIDGE_FIREWALL_CHECK": "0",
+            "PYBRIDGE_METRICS": "off",
+            "PYBRIDGE_DOCKER_SOCKET": str(tmp_path / "none.sock"),
+        },
+        state_dir=str(tmp_path),
+        dns=False,
+    )
     fw = FakeFirewall()
     watched = []
     done = threading.Event()
 
     def watch(on_change, legacy_every=2.0):
         watched.append(legacy_every)
-        on_change()                     # the monitor's first check: the table is healed
+        on_change()  # the monitor's first check: the table is healed
         done.wait(10)
+
     monkeypatch.setattr(fw, "watch", watch)
     store = Store(tmp_path / "state.db").open()
-    services = build_services(settings, netlink=FakeNetlink(), firewall=fw, sysctl=FakeSysctl(), store=store,
-                              synchronous_teardown=True)
+    services = build_services(
+        settings, netlink=FakeNetlink(), firewall=fw, sysctl=FakeSysctl(), store=store, synchronous_teardown=True
+    )
     monkeypatch.setattr(services.reconciler.bridges, "start", lambda: None)
     create(services)
     fw.kernel = None

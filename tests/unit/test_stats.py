@@ -10,4 +10,4 @@ def test_keeps_the_newest_latencies_and_counts_every_call_and_error():
     assert s.summary() == {"m": {"count": 3, "errors": 2, "p50_ms": 3.0, "p99_ms": 4.0, "max_ms": 4.0}}
     assert s.calls == 5
     s.reset()
-    assert s.summary() == {} and s.calls == 5        # reset clears the figures, not the activity count
+    assert s.summary() == {} and s.calls == 5  # reset clears the figures, not the activity count

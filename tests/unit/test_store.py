@@ -21,7 +21,7 @@ def test_leases_from_before_lease_times_are_migrated(tmp_path):
     store = Store(path).open()
     with store.reading() as tx:
         assert tx.leases.all() == [("p", 0xAA, "dynamic")]
-        assert tx.leases.ages(1000.0)[0][3] == 1000.0   # unknown creation time: counts as old
+        assert tx.leases.ages(1000.0)[0][3] == 1000.0  # unknown creation time: counts as old
     with store.transaction() as tx:
         assert tx.leases.add("p", 0xAB, "dynamic")
     store.close()
@@ -40,7 +40,7 @@ def test_database_wal_and_shm_files_are_owner_only(tmp_path):
             assert stat.S_IMODE(p.stat().st_mode) == 0o600, p.name
         assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
         store.close()
-        (tmp_path / "state" / "state.db").chmod(0o644)     # an old install's file
+        (tmp_path / "state" / "state.db").chmod(0o644)  # an old install's file
         Store(tmp_path / "state" / "state.db").open().close()
         assert stat.S_IMODE((tmp_path / "state" / "state.db").stat().st_mode) == 0o600
     finally:
@@ -50,9 +50,12 @@ def test_database_wal_and_shm_files_are_owner_only(tmp_path):
 def test_an_owners_table_without_the_waiting_flag_gets_it(tmp_path):
     """An earlier build of this version made owners without `waiting`; opening adds it."""
     import sqlite3
+
     db = sqlite3.connect(tmp_path / "state.db")
-    db.execute("CREATE TABLE owners (pool_id TEXT NOT NULL, addr TEXT NOT NULL, container TEXT NOT NULL, "
-               "name TEXT NOT NULL, PRIMARY KEY (pool_id, addr)) WITHOUT ROWID")
+    db.execute(
+        "CREATE TABLE owners (pool_id TEXT NOT NULL, addr TEXT NOT NULL, container TEXT NOT NULL, "
+        "name TEXT NOT NULL, PRIMARY KEY (pool_id, addr)) WITHOUT ROWID"
+    )
     db.execute("INSERT INTO owners VALUES ('p', ?, 'c', 'web')", (f"{10:032x}",))
     db.commit()
     db.close()

@@ -46,7 +46,7 @@ def test_each_released_schema_migrates_to_the_current_one_and_keeps_its_rows(tmp
             assert endpoint is not None and str(endpoint.address4) == "10.200.7.2/24"
             assert tx.leases.get_pool(POOL) is not None and tx.leases.get_pool(POOL).cluster == ""
             assert {kind for _, _, kind in tx.leases.all(POOL)} == {"gateway", "dynamic"}
-            if endpoint.ports:      # the index is built for state written before it existed
+            if endpoint.ports:  # the index is built for state written before it existed
                 assert tx.networks.bindings_on("tcp", 8080) == [PortBinding("tcp", 80, "", 8080)]
         version = store._open_conn().execute("PRAGMA user_version").fetchone()[0]
         assert version == SCHEMA_VERSION
@@ -56,7 +56,7 @@ def test_each_released_schema_migrates_to_the_current_one_and_keeps_its_rows(tmp
     Store(fresh).open().close()
     assert _schema(db) == _schema(fresh), "a migrated database differs from a new one"
     before = db.read_bytes()
-    Store(db).open().close()                     # again: nothing to do
+    Store(db).open().close()  # again: nothing to do
     assert _schema(db) == _schema(fresh) and len(db.read_bytes()) == len(before)
 
 

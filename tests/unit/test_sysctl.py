@@ -16,8 +16,15 @@ def read(tmp_path, path):
 
 
 def test_ipv6_forwarding_keeps_router_advertisements(tmp_path):
-    s = make(tmp_path, {"net/ipv6/conf/all/forwarding": "0", "net/ipv6/conf/eth0/accept_ra": "1",
-                        "net/ipv6/conf/eth1/accept_ra": "0", "net/ipv6/conf/default/accept_ra": "1"})
+    s = make(
+        tmp_path,
+        {
+            "net/ipv6/conf/all/forwarding": "0",
+            "net/ipv6/conf/eth0/accept_ra": "1",
+            "net/ipv6/conf/eth1/accept_ra": "0",
+            "net/ipv6/conf/default/accept_ra": "1",
+        },
+    )
     s.enable_ipv6_forwarding()
     assert read(tmp_path, "net/ipv6/conf/all/forwarding") == "1"
     assert read(tmp_path, "net/ipv6/conf/eth0/accept_ra") == "2"
@@ -31,11 +38,13 @@ def test_ensure_writes_only_when_different(tmp_path, monkeypatch):
     import builtins
 
     from plugin.kernel import sysctl as module
+
     opened = []
 
     def recording_open(path, mode="r", *args, **kwargs):
         opened.append((str(path), mode))
         return builtins.open(path, mode, *args, **kwargs)
+
     monkeypatch.setattr(module, "open", recording_open, raising=False)
     s = make(tmp_path, {"net/ipv4/ip_forward": "1"})
     f = tmp_path / "net/ipv4/ip_forward"

@@ -25,17 +25,41 @@ class FakeDocker:
         if path.startswith("/containers/json"):
             return _Json([{"Id": "a" * 64}])
         if path.startswith("/containers/"):
-            return _Json({"Id": "a" * 64, "Name": "/web", "State": {"Running": True}, "NetworkSettings": {
-                "Networks": {"app": {"NetworkID": "n1", "IPAddress": "10.200.1.2", "Aliases": []}}}})
+            return _Json(
+                {
+                    "Id": "a" * 64,
+                    "Name": "/web",
+                    "State": {"Running": True},
+                    "NetworkSettings": {
+                        "Networks": {"app": {"NetworkID": "n1", "IPAddress": "10.200.1.2", "Aliases": []}}
+                    },
+                }
+            )
         if path.startswith("/networks"):
-            return _Json([{"Name": "bridge", "Id": "1" * 64, "Driver": "bridge",
-                           "Options": {"com.docker.network.bridge.name": "docker0"}},
-                          {"Name": "app2", "Id": "0123456789abcdef" * 4, "Driver": "bridge", "Options": {}},
-                          {"Name": "custom", "Id": "2" * 64, "Driver": "bridge",
-                           "Options": {"com.docker.network.bridge.name": "mycustom"}},
-                          {"Name": "weird", "Id": "3" * 64, "Driver": "bridge",
-                           "Options": {"com.docker.network.bridge.name": "bad name\n"}},
-                          {"Name": "ours", "Id": "4" * 64, "Driver": "pybridge", "Options": {}}])
+            return _Json(
+                [
+                    {
+                        "Name": "bridge",
+                        "Id": "1" * 64,
+                        "Driver": "bridge",
+                        "Options": {"com.docker.network.bridge.name": "docker0"},
+                    },
+                    {"Name": "app2", "Id": "0123456789abcdef" * 4, "Driver": "bridge", "Options": {}},
+                    {
+                        "Name": "custom",
+                        "Id": "2" * 64,
+                        "Driver": "bridge",
+                        "Options": {"com.docker.network.bridge.name": "mycustom"},
+                    },
+                    {
+                        "Name": "weird",
+                        "Id": "3" * 64,
+                        "Driver": "bridge",
+                        "Options": {"com.docker.network.bridge.name": "bad name\n"},
+                    },
+                    {"Name": "ours", "Id": "4" * 64, "Driver": "pybridge", "Options": {}},
+                ]
+            )
         raise AssertionError(path)
 
 
@@ -65,6 +89,7 @@ class _Stream:
 
     def iter_lines(self):
         import json
+
         for e in self.events:
             yield json.dumps(e).encode()
         raise ConnectionError("the event stream dropped")
@@ -122,11 +147,23 @@ def test_a_stream_that_proved_itself_is_retried_at_once_when_it_drops(clock):
 
 
 def test_events_that_cannot_change_names_cause_no_inspect(clock):
-    noise = [{"Type": "container", "Action": a, "Actor": {"ID": "a" * 64}}
-             for a in ("exec_create: sh -c check", "exec_start: sh -c check", "exec_die",
-                       "health_status: healthy", "top", "attach", "resize", "commit")]
-    useful = [{"Type": "container", "Action": "start", "Actor": {"ID": "a" * 64}},
-              {"Type": "network", "Action": "connect", "Actor": {"ID": "n1", "Attributes": {"container": "a" * 64}}}]
+    noise = [
+        {"Type": "container", "Action": a, "Actor": {"ID": "a" * 64}}
+        for a in (
+            "exec_create: sh -c check",
+            "exec_start: sh -c check",
+            "exec_die",
+            "health_status: healthy",
+            "top",
+            "attach",
+            "resize",
+            "commit",
+        )
+    ]
+    useful = [
+        {"Type": "container", "Action": "start", "Actor": {"ID": "a" * 64}},
+        {"Type": "network", "Action": "connect", "Actor": {"ID": "n1", "Attributes": {"container": "a" * 64}}},
+    ]
     docker = FakeDocker(clock, events=noise * 50 + useful)
     changes = []
     w = DockerWatcher("/x/docker.sock", lambda state, changed: changes.append(set(changed)))
@@ -151,24 +188,33 @@ def test_containers_of_reads_restart_policies_and_swarm_service_names():
     """Issue 10: a container that restarts by itself is marked (the IPAM gives its address back);
     a swarm task answers to its service's name and tasks.<service> (DNS round robin)."""
     from plugin.docker.watcher import containers_of
-    inspect = {"Id": "a" * 64, "Name": "/svc.1.xyz", "State": {"Running": True},
-               "HostConfig": {"RestartPolicy": {"Name": "always"}},
-               "Config": {"Labels": {"com.docker.swarm.service.name": "svc"}},
-               "NetworkSettings": {"Networks": {"sw": {"NetworkID": "s1ri11csg9exlsvtpkyh4z3ha",
-                                                       "IPAddress": "10.200.1.3", "Aliases": None}}}}
-    (name, entry), = containers_of(inspect).values()
+
+    inspect = {
+        "Id": "a" * 64,
+        "Name": "/svc.1.xyz",
+        "State": {"Running": True},
+        "HostConfig": {"RestartPolicy": {"Name": "always"}},
+        "Config": {"Labels": {"com.docker.swarm.service.name": "svc"}},
+        "NetworkSettings": {
+            "Networks": {"sw": {"NetworkID": "s1ri11csg9exlsvtpkyh4z3ha", "IPAddress": "10.200.1.3", "Aliases": None}}
+        },
+    }
+    ((name, entry),) = containers_of(inspect).values()
     assert entry.restarts and entry.aliases == ("svc", "tasks.svc") and entry.name == "svc.1.xyz"
     inspect["HostConfig"]["RestartPolicy"]["Name"] = "no"
     inspect["Config"]["Labels"] = {"com.docker.swarm.service.name": ["not", "text"]}
-    (name, entry), = containers_of(inspect).values()
+    ((name, entry),) = containers_of(inspect).values()
     assert not entry.restarts and entry.aliases == ()
 
 
 def test_the_watcher_reports_every_container_at_resync_and_removals_as_they_happen(clock, monkeypatch):
     seen = []
     fake = FakeDocker(clock, events=[{"Type": "container", "Action": "destroy", "Actor": {"ID": "b" * 64}}])
-    w = DockerWatcher("/run/docker.sock", lambda state, changed: None,
-                      on_containers=lambda state, changed, existing, gone: seen.append((set(changed), existing, gone)))
+    w = DockerWatcher(
+        "/run/docker.sock",
+        lambda state, changed: None,
+        on_containers=lambda state, changed, existing, gone: seen.append((set(changed), existing, gone)),
+    )
     monkeypatch.setattr(w, "_session", lambda: fake)
     session = w._session()
     w._resync(session)
