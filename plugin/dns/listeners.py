@@ -22,8 +22,12 @@ import socket
 import struct
 import threading
 from collections import Counter
+from typing import TYPE_CHECKING, Iterable
 
 from .cache import splice
+
+if TYPE_CHECKING:
+    from .server import DnsServer
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ class SourceFilter:
     """Whether a client address lies inside the network's subnets. The hot path asks once per
     packet, so answers are remembered (a bounded memo)."""
 
-    def __init__(self, subnets):
+    def __init__(self, subnets: Iterable[str]):
         self._nets = [ipaddress.ip_network(s) for s in subnets]
         self.seen: dict[str, bool] = {}  # read inline by the UDP hot loop; cleared, never replaced
         self.refused = 0
@@ -109,7 +113,9 @@ class UdpListener:
     GIL is released in recvfrom/sendto); everything else waits in the bounded backlog for the
     event loop."""
 
-    def __init__(self, server, nid: str, address: str, device: str, allows: SourceFilter, log_queries: bool = False):
+    def __init__(
+        self, server: DnsServer, nid: str, address: str, device: str, allows: SourceFilter, log_queries: bool = False
+    ):
         self.server, self.nid, self.allows = server, nid, allows
         self.log_queries = log_queries  # logged queries skip the cache (the loop logs them)
         self.backlog = Backlog(UDP_BACKLOG)
@@ -122,6 +128,8 @@ class UdpListener:
         # The hot loop: locals bound once, no calls but the cache lookup for a cached answer.
         server, nid, allows, backlog = self.server, self.nid, self.allows, self.backlog
         sock, loop, seen, cached = self.sock, server.loop, self.allows.seen, self.cached
+        if loop is None:  # listeners are made by the running server, inside its loop
+            raise RuntimeError("the DNS server's event loop is not running")
         recvfrom, sendto, find = sock.recvfrom, sock.sendto, bytes.find
         while True:
             try:
@@ -148,16 +156,16 @@ class UdpListener:
                             cached[body[1] & 15] += 1
                             continue
                     qend = find(data, b"\0", 12) + 1  # as cache.question_end(), inline
-                    entry = cache.entries.get(data[2:12] + data[12:qend].lower() + data[qend:]) if qend > 13 else None
-                    if entry is not None:  # asked before, spelled otherwise
-                        turn = entry.turn % len(entry.bodies)
-                        body = entry.bodies[turn]
+                    hit = cache.entries.get(data[2:12] + data[12:qend].lower() + data[qend:]) if qend > 13 else None
+                    if hit is not None:  # asked before, spelled otherwise
+                        turn = hit.turn % len(hit.bodies)
+                        body = hit.bodies[turn]
                         if body is not None:
-                            entry.turn = turn + 1
+                            hit.turn = turn + 1
                             reply = splice(data, body, qend)
                             sendto(reply, addr)
                             cached[body[1] & 15] += 1
-                            cache.spell(data, entry, turn, reply[2:])
+                            cache.spell(data, hit, turn, reply[2:])
                             continue
                 if backlog.try_add():
                     loop.call_soon_threadsafe(self._slow, data, addr)
@@ -208,7 +216,7 @@ class _Conn:
 class TcpListener:
     """TCP on one gateway address, inside the event loop."""
 
-    def __init__(self, server, nid: str, address: str, device: str, allows: SourceFilter):
+    def __init__(self, server: DnsServer, nid: str, address: str, device: str, allows: SourceFilter):
         self.server, self.nid, self.address, self.device, self.allows = server, nid, address, device, allows
         self.conns: dict[int, _Conn] = {}  # in order of arrival
         self.per_client: Counter = Counter()

@@ -139,7 +139,7 @@ class DnsServer:
             "udp_backlog_max": max((u.backlog.peak for u in udp), default=0),
             "udp_backlog_dropped": sum(u.backlog.dropped for u in udp),
             "udp_backlog_limit": UDP_BACKLOG,
-            "refused_sources": sum(n.allows.refused for n in nets if n.allows),
+            "refused_sources": sum(n.allows.refused for n in nets),
             "cache_entries": {nid: len(c.entries) for nid, c in self.caches.items()},
         }
 

@@ -15,21 +15,23 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from typing import Iterable
 
 from ..domain.errors import PybridgeError
+from ..kernel.interfaces import NetlinkPort
 
 log = logging.getLogger(__name__)
 
 
 class Reaper:
-    def __init__(self, netlink, synchronous: bool = False):
+    def __init__(self, netlink: NetlinkPort, synchronous: bool = False):
         self._netlink = netlink
         self._synchronous = synchronous
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
-    def delete(self, names) -> None:
+    def delete(self, names: Iterable[str]) -> None:
         """Schedule the deletion of these links."""
         for name in names:
             if self._synchronous:
