@@ -17,6 +17,18 @@ DEFAULT_POOLS = "172.16.0.0/12:24,192.168.0.0/16:24"
 DEFAULT_POOLS6 = "fd42:7079:6272::/48:64"
 DEFAULT_METRICS = "127.0.0.1:9474"
 DEFAULT_HOST_DNS = "unix:path=/host/run/dbus/system_bus_socket"  # the host's /run, mounted there
+ETCD_TLS_DIR = "/etc/pybridge/etcd-tls"  # config.json's read-only mount etcd-tls (a host directory)
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """etcd over TLS: the CA that signs etcd's certificates (the public bundle is never used
+    then), and this host's client certificate and key. Paths only: the files are read by the
+    TLS library when it connects, and their contents are never logged."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,7 @@ class Settings:
     cluster_etcd: tuple[tuple[str, str, int], ...] = ()  # etcd endpoints (scheme, host, port); () = no cluster
     cluster_address: str = ""  # this host's underlay address: VXLAN source, and its name in the cluster
     cluster_grace: int = 30  # seconds after which a silent host's addresses, entries, names go
+    cluster_tls: EtcdTls | None = None  # etcd's CA and this host's client certificate; None: none
     vxlan_port: int = 4789
 
     @property
@@ -132,7 +145,43 @@ def _cluster(env) -> dict:
         raise ConfigError(f"invalid PYBRIDGE_CLUSTER_ADDRESS {address!r}: an IP address of this host") from None
     if ip.is_loopback or ip.is_multicast or ip.is_unspecified:
         raise ConfigError(f"invalid PYBRIDGE_CLUSTER_ADDRESS {address!r}: the address other hosts reach this one at")
-    return dict(values, cluster_etcd=parse_endpoints(etcd), cluster_address=str(ip))
+    endpoints = parse_endpoints(etcd)
+    return dict(values, cluster_etcd=endpoints, cluster_address=str(ip), cluster_tls=_etcd_tls(env, endpoints))
+
+
+def _etcd_tls(env: Mapping[str, str], endpoints: tuple[tuple[str, str, int], ...]) -> EtcdTls | None:
+    """PYBRIDGE_CLUSTER_ETCD_CA, _CERT and _KEY: file names in the etcd-tls mount (or absolute
+    paths). The key must be its owner's alone (mode 0600 or stricter); every endpoint must be
+    https (a certificate is not sent, nor etcd checked, over plain HTTP)."""
+    names = {k: env.get(f"PYBRIDGE_CLUSTER_ETCD_{k.upper()}", "") for k in ("ca", "cert", "key")}
+    if not any(names.values()):
+        return None
+    if bool(names["cert"]) != bool(names["key"]):
+        raise ConfigError(
+            "PYBRIDGE_CLUSTER_ETCD_CERT and PYBRIDGE_CLUSTER_ETCD_KEY go together: the client certificate and its key"
+        )
+    plain = [f"{s}://{h}:{p}" for s, h, p in endpoints if s != "https"]
+    if plain:
+        raise ConfigError(f"PYBRIDGE_CLUSTER_ETCD_CA/_CERT/_KEY need https:// endpoints; {', '.join(plain)} is not")
+    paths = {k: _tls_file(f"PYBRIDGE_CLUSTER_ETCD_{k.upper()}", v) if v else "" for k, v in names.items()}
+    if paths["key"]:
+        mode = os.stat(paths["key"]).st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(
+                f"PYBRIDGE_CLUSTER_ETCD_KEY {paths['key']}: mode {mode:04o} lets others read the "
+                "private key; chmod 600 it"
+            )
+    return EtcdTls(**paths)
+
+
+def _tls_file(key: str, name: str) -> str:
+    """A file of the etcd-tls mount by name, or an absolute path; it must be a regular file."""
+    if not name.startswith("/") and (not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", name) or name.startswith(".")):
+        raise ConfigError(f"invalid {key} {name[:64]!r}: a file name in {ETCD_TLS_DIR} or an absolute path")
+    path = name if name.startswith("/") else os.path.join(ETCD_TLS_DIR, name)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{key}: {path} is not a file (the etcd-tls mount holds {ETCD_TLS_DIR})")
+    return path
 
 
 def parse_endpoints(text: str) -> tuple[tuple[str, str, int], ...]:

@@ -198,7 +198,7 @@ def build_services(
         if kv is None:
             from .cluster.etcd import EtcdKV
 
-            kv = EtcdKV(settings.cluster_etcd)
+            kv = EtcdKV(settings.cluster_etcd, tls=settings.cluster_tls)
         if overlay is None:
             from .kernel.vxlan import Vxlan
 

@@ -26,6 +26,9 @@ pb_ensure_docker_engine
 
 state_dir=/var/lib/$name
 mkdir -p -m 0700 "${PYBRIDGE_ENGINE_TREE:-}$state_dir"    # as the engine sees it (scripts/engine.sh)
+# cluster mode's etcd CA, client certificate and key go here (the etcd-tls mount, read-only for
+# the plugin); the directory must exist whenever the plugin starts, empty or not
+mkdir -p -m 0700 "${PYBRIDGE_ENGINE_TREE:-}/etc/pybridge/etcd-tls"
 want=$(pb_source_hash "$root")
 have=$(pb_installed_hash "$plugin")
 if [ "$want" != "$have" ]; then

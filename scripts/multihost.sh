@@ -26,7 +26,12 @@ PB_SCRIPT=multihost
 base=${PYBRIDGE_MULTIHOST_DIR:-/var/lib/pybridge-multihost}
 ul=pbmh-ul                 # the underlay's namespace (bridge ul0, etcd's members)
 net=10.206.255
-etcd_endpoints=http://$net.254:2379,http://$net.254:2479,http://$net.254:2579
+# etcd serves its clients over TLS and admits only certificates of the rig's CA (client-cert
+# auth); PYBRIDGE_MULTIHOST_TLS=0 for plain HTTP. The CA, etcd's certificate and one client
+# certificate per host (and "admin", for etcdctl) are made in $base/tls at `up`.
+tls=${PYBRIDGE_MULTIHOST_TLS:-1}
+scheme=http; [ "$tls" = 1 ] && scheme=https
+etcd_endpoints=$scheme://$net.254:2379,$scheme://$net.254:2479,$scheme://$net.254:2579
 grace=${PYBRIDGE_MULTIHOST_GRACE:-20}    # long enough that a restart of all of etcd under load expires no lease
 image=pybridge-test-busybox:latest
 plugin=pybridge-plugin:latest
@@ -56,8 +61,9 @@ etcd_member() {
       local peers="" i
       for i in 1 2 3; do peers="$peers${peers:+,}m$i=http://$net.254:$((2280 + 100 * i))"; done
       setsid ip netns exec "$ul" etcd --name "m$m" --data-dir "$base/etcd$m/data" \
-        --listen-client-urls "http://$net.254:$((2279 + 100 * m))" \
-        --advertise-client-urls "http://$net.254:$((2279 + 100 * m))" \
+        --listen-client-urls "$scheme://$net.254:$((2279 + 100 * m))" \
+        --advertise-client-urls "$scheme://$net.254:$((2279 + 100 * m))" \
+        $(etcd_tls_flags) \
         --listen-peer-urls "http://$net.254:$((2280 + 100 * m))" \
         --initial-advertise-peer-urls "http://$net.254:$((2280 + 100 * m))" \
         --initial-cluster "$peers" --initial-cluster-state new --log-level warn --logger zap \
@@ -74,9 +80,21 @@ etcd_member() {
   esac
 }
 
+etcd_tls_flags() {
+  [ "$tls" = 1 ] || return 0
+  echo "--cert-file $base/tls/etcd.pem --key-file $base/tls/etcd-key.pem --trusted-ca-file $base/tls/pbtest-ca.pem" \
+    "--client-cert-auth"
+}
+
+ctl() {
+  # etcdctl on the underlay, as the rig's admin client
+  local auth=()
+  [ "$tls" = 1 ] && auth=(--cacert "$base/tls/pbtest-ca.pem" --cert "$base/tls/admin.pem" --key "$base/tls/admin-key.pem")
+  ip netns exec "$ul" env ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" "${auth[@]}" "$@"
+}
+
 etcd_healthy() {
-  ip netns exec "$ul" env ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" --command-timeout=2s \
-    endpoint health >/dev/null 2>&1
+  ctl --command-timeout=2s endpoint health >/dev/null 2>&1
 }
 
 etcd_ctl() {
@@ -85,8 +103,7 @@ etcd_ctl() {
   for m in $members; do etcd_member "$m" "$1"; done
   if [ "$1" = start ]; then
     for i in $(seq 1 150); do
-      ip netns exec "$ul" env ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" --command-timeout=2s \
-        endpoint status >/dev/null 2>&1 && etcd_healthy && return 0
+      ctl --command-timeout=2s endpoint status >/dev/null 2>&1 && etcd_healthy && return 0
       sleep 0.2
     done
     pb_log "etcd did not become healthy: $base/etcd*/etcd.log"; return 1
@@ -134,8 +151,15 @@ make_host() {
   start_host "$h"
   hdocker "$h" load -q -i "$base/image.tar" >/dev/null
   hdocker "$h" plugin create "$plugin" "$base/plugin" >/dev/null
-  mkdir -p "$base/h$h/no-bus"
+  mkdir -p "$base/h$h/no-bus" "$base/h$h/etcd-tls"
+  local tls_set=()
+  if [ "$tls" = 1 ]; then     # this host's certificate and key alone, and the CA
+    install -m 0644 "$base/tls/pbtest-ca.pem" "$base/tls/h$h.pem" "$base/h$h/etcd-tls/"
+    install -m 0600 "$base/tls/h$h-key.pem" "$base/h$h/etcd-tls/"
+    tls_set=(PYBRIDGE_CLUSTER_ETCD_CA=pbtest-ca.pem "PYBRIDGE_CLUSTER_ETCD_CERT=h$h.pem" "PYBRIDGE_CLUSTER_ETCD_KEY=h$h-key.pem")
+  fi
   hdocker "$h" plugin set "$plugin" "state.source=$base/h$h/state" "system-bus.source=$base/h$h/no-bus" \
+    "etcd-tls.source=$base/h$h/etcd-tls" "${tls_set[@]}" \
     PYBRIDGE_NAME=pybridge \
     "PYBRIDGE_CLUSTER_ETCD=$etcd_endpoints" "PYBRIDGE_CLUSTER_ADDRESS=$net.$h" "PYBRIDGE_CLUSTER_GRACE=$grace" \
     PYBRIDGE_DNS_UPSTREAM= PYBRIDGE_METRICS=off PYBRIDGE_HOST_DNS=off
@@ -153,6 +177,9 @@ up() {
   docker save -o "$base/image.tar" "$image"
   "$root/scripts/build-plugin.sh" --dir "$base/plugin" pybridge-multihost
   underlay_up
+  if [ "$tls" = 1 ]; then
+    (cd "$root" && python3 -m tests.certificates "$base/tls" "$net.254" admin $(seq -f 'h%g' 1 "$n"))
+  fi
   etcd_ctl start
   seq 1 "$n" >"$base/hosts"
   for h in $(hosts); do make_host "$h"; done

@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 import time
 
+from tests.certificates import Certificates
+
 
 class EtcdServer:
     def __init__(
@@ -19,14 +21,18 @@ class EtcdServer:
         peer_port: int = 23800,
         netns: str | None = None,
         name: str = "pbtest",
+        tls: "Certificates | None" = None,
     ):
+        """`tls`: serve clients over TLS with these certificates, and accept only clients with a
+        certificate the CA signed (--client-cert-auth)."""
         self.host, self.client_port, self.peer_port, self.netns, self.name = host, client_port, peer_port, netns, name
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="pybridge-etcd-")
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     def start(self) -> "EtcdServer":
         peer = f"http://{self.host}:{self.peer_port}"
@@ -53,6 +59,16 @@ class EtcdServer:
             "--logger",
             "zap",
         ]
+        if self.tls is not None:
+            argv += [
+                "--cert-file",
+                self.tls.server_cert,
+                "--key-file",
+                self.tls.server_key,
+                "--trusted-ca-file",
+                self.tls.ca,
+                "--client-cert-auth",
+            ]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
@@ -69,6 +85,8 @@ class EtcdServer:
     def ready(self) -> bool:
         try:
             argv = ["curl", "-s", "-m", "1", f"{self.url}/health"]
+            if self.tls is not None:
+                argv[1:1] = ["--cacert", self.tls.ca, "--cert", self.tls.client_cert, "--key", self.tls.client_key]
             if self.netns:
                 argv = ["ip", "netns", "exec", self.netns, *argv]
             out = subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout

@@ -12,6 +12,7 @@ import base64
 import functools
 import json
 import logging
+import re
 import threading
 from typing import Any, Callable, Sequence
 
@@ -20,6 +21,7 @@ from etcd3gw import Etcd3Client
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.lease import Lease
 
+from ..config import EtcdTls
 from .interfaces import (
     Absent,
     ClusterUnavailable,
@@ -71,10 +73,40 @@ def _grpc_code(e: Exception) -> int | None:
     return code if isinstance(code, int) else None
 
 
+def _failure(e: Exception) -> str:
+    """What a failed connection says, for the log and the error: its kind, and for TLS the
+    reason OpenSSL gives (a certificate refused, none sent), never more of its text."""
+    text = f"{e} {getattr(e, 'detail_text', '') or ''}"  # (etcd3gw keeps requests' text there)
+    reason = re.search(r"\[SSL: ([A-Z0-9_]+)\]|alert ([a-z ]+) \(|(CERTIFICATE_[A-Z_]+|certificate required)", text)
+    kind = "SSLError" if "SSLError" in text else type(e).__name__
+    if "SSLEOFError" in text or "EOF occurred in violation of protocol" in text:
+        return f"{kind} (etcd ended the handshake: it accepts no client certificate, or not this one)"
+    return kind + (f" ({next(g for g in reason.groups() if g)})" if reason else "")
+
+
+def _session(tls: EtcdTls | None) -> requests.Session:
+    """A session that takes nothing from the environment: requests would let
+    REQUESTS_CA_BUNDLE override the CA given here, and send etcd's traffic to an HTTP(S)_PROXY."""
+    session = requests.Session()
+    session.trust_env = False
+    if tls is not None and tls.ca:
+        session.verify = tls.ca
+    if tls is not None and tls.cert and tls.key:
+        session.cert = (tls.cert, tls.key)
+    return session
+
+
 class EtcdKV:
-    def __init__(self, endpoints: Sequence[tuple[str, str, int]], timeout: float = REQUEST_TIMEOUT):
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, str, int]],
+        timeout: float = REQUEST_TIMEOUT,
+        tls: EtcdTls | None = None,
+    ):
+        """`tls`: etcd's CA (then the only one trusted) and this host's client certificate."""
         self._clients = [
-            Etcd3Client(host=h, port=p, protocol=s, timeout=timeout, api_path="/v3/") for s, h, p in endpoints
+            Etcd3Client(host=h, port=p, protocol=s, timeout=timeout, api_path="/v3/", session=_session(tls))
+            for s, h, p in endpoints
         ]
         self._current = 0
         self._lock = threading.Lock()
@@ -94,7 +126,7 @@ class EtcdKV:
                 etcd_errors.ConnectionTimeoutError,
                 requests.RequestException,
             ) as e:
-                errors.append(f"{client.base_url}: {type(e).__name__}")
+                errors.append(f"{client.base_url}: {_failure(e)}")
                 continue
             except etcd_errors.Etcd3Exception as e:
                 if _grpc_code(e) == GRPC_NOT_FOUND and what == "transaction":

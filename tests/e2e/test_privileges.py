@@ -150,3 +150,22 @@ def test_the_running_plugins_sockets_are_owner_only():
     path = f"/run/docker/plugins/{PLUGIN}.sock"
     assert os.path.exists(path), path
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, oct(os.stat(path).st_mode)
+
+
+def test_the_etcd_tls_directory_is_mounted_read_only(engine):
+    """Issue 22, item 2: etcd's CA and this host's client certificate and key come from a host
+    directory the plugin can read and never change."""
+    pids = plugin_pids()
+    assert pids
+    tls = [m for m in _mounts(pids[0]) if m[4] == "/etc/pybridge/etcd-tls"]
+    assert tls and "ro" in tls[0][5].split(","), tls
+    probe = f"/proc/{pids[0]}/root/etc/pybridge/etcd-tls/pybridge-write-probe"
+    try:
+        open(probe, "w").close()
+        written = True
+    except OSError:
+        written = False
+    finally:
+        if os.path.exists(probe):
+            os.unlink(probe)
+    assert not written, "the plugin's etcd-tls directory is writable"

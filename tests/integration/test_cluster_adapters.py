@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from plugin.cluster.etcd import EtcdKV
+from plugin.config import EtcdTls
 from plugin.cluster.interfaces import (
     Absent,
     ClusterUnavailable,
@@ -20,6 +21,7 @@ from plugin.cluster.interfaces import (
     ValueIs,
 )
 from plugin.kernel.vxlan import Vxlan
+from tests.certificates import Certificates
 from tests.etcdserver import EtcdServer
 from tests.waiting import wait_for
 
@@ -145,3 +147,38 @@ def test_remote_entries_never_replace_the_bridges_own_or_a_local_containers(netn
     assert "02:00:00:00:19:03 dev pt-c1 master pt-br static" in fdb, fdb
     assert "02:00:00:00:19:09 dev ptx4096 master pt-br static" in fdb, fdb
     vx.set_peers("ptx4096", "pt-br", {"02:00:00:00:19:09": peers["02:00:00:00:19:09"]})  # again: nothing to do
+
+
+# Issue 22, item 2: etcd over TLS with client certificates, against a real etcd serving TLS with
+# --client-cert-auth. The server is checked against the CA given (never the public bundle), and
+# only a client with a certificate that CA signed gets in.
+
+
+@pytest.fixture
+def tls_etcd(tmp_path):
+    if shutil.which("etcd") is None or shutil.which("openssl") is None:
+        pytest.fail("etcd and openssl are needed: apt-get install etcd-server openssl (scripts/test.sh does)")
+    certs = Certificates.make(str(tmp_path / "tls"))
+    server = EtcdServer(client_port=23791, peer_port=23801, tls=certs).start()
+    yield server, certs
+    server.remove()
+
+
+def test_etcd_over_tls_admits_only_a_client_with_a_certificate_of_its_ca(tls_etcd):
+    server, c = tls_etcd
+    endpoint = [("https", "127.0.0.1", server.client_port)]
+    kv = EtcdKV(endpoint, tls=EtcdTls(ca=c.ca, cert=c.client_cert, key=c.client_key))
+    assert kv.txn([Absent("/pybridge/tls")], [Put("/pybridge/tls", b"yes")])
+    assert kv.get("/pybridge/tls") == b"yes"
+    refused = {
+        "no client certificate": EtcdTls(ca=c.ca),
+        "a stranger's certificate": EtcdTls(ca=c.ca, cert=c.stranger_cert, key=c.stranger_key),
+        "etcd checked against another CA": EtcdTls(ca=c.stranger_ca, cert=c.client_cert, key=c.client_key),
+        "etcd checked against the public bundle": EtcdTls(cert=c.client_cert, key=c.client_key),
+    }
+    for what, tls in refused.items():
+        with pytest.raises(ClusterUnavailable, match="etcd unreachable.*SSLError") as e:
+            EtcdKV(endpoint, tls=tls).get("/pybridge/tls")
+        assert "BEGIN" not in str(e.value) and c.directory not in str(e.value), what  # no key, no path
+    with pytest.raises(ClusterUnavailable, match="etcd unreachable"):  # and plain HTTP is not served
+        EtcdKV([("http", "127.0.0.1", server.client_port)]).get("/pybridge/tls")

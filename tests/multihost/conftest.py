@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "multihost.sh"
 IMAGE = "pybridge-test-busybox:latest"
 UNDERLAY = "10.206.255"
-ETCD = ",".join(f"http://{UNDERLAY}.254:{port}" for port in (2379, 2479, 2579))
+ETCD_PORTS = (2379, 2479, 2579)
 
 
 class Host:
@@ -109,9 +109,19 @@ class Cluster:
             env={**os.environ, "PYBRIDGE_MULTIHOST_DIR": str(self.base)},
         )
 
+    @property
+    def tls(self) -> Path | None:
+        """The rig's certificates, when etcd serves TLS with client-cert auth (the default)."""
+        return self.base / "tls" if (self.base / "tls").is_dir() else None
+
     def etcdctl(self, *args: str) -> str:
+        """etcdctl as the rig's admin client."""
+        tls = self.tls
+        scheme = "https" if tls else "http"
+        endpoints = ",".join(f"{scheme}://{UNDERLAY}.254:{port}" for port in ETCD_PORTS)
+        auth = [f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/admin.pem", f"--key={tls}/admin-key.pem"] if tls else []
         return subprocess.run(
-            ["ip", "netns", "exec", "pbmh-ul", "etcdctl", "--endpoints", ETCD, *args],
+            ["ip", "netns", "exec", "pbmh-ul", "etcdctl", "--endpoints", endpoints, *auth, *args],
             capture_output=True,
             text=True,
             check=True,

@@ -219,3 +219,64 @@ def test_a_cut_off_hosts_container_whose_address_was_taken_leaves_the_network(cl
     assert ip3 in h3.cli("cluster").stdout
     assert h3.exec(f"{name}-c", "cat", "/sys/class/net/eth0/operstate", check=True).stdout.strip() != "up"
     assert f'"host": "{h1.address}"' in cluster.etcdctl("get", key, "--print-value-only").replace('":"', '": "')
+
+
+def test_etcd_admits_no_client_without_a_certificate_of_the_clusters_ca(cluster):
+    """Issue 22, item 2: the rig's etcd serves TLS with client-cert auth, and the hosts' plugins
+    reach it with their own certificates (the other tests run on it). A neighbour on the
+    underlay without one, or with a certificate of another CA, gets nothing; plain HTTP neither."""
+    tls = cluster.tls
+    assert tls is not None, "the rig runs etcd without TLS (PYBRIDGE_MULTIHOST_TLS=0)"
+    url = "https://10.206.255.254:2379"
+
+    def etcdctl(*auth: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                "pbmh-ul",
+                "etcdctl",
+                "--endpoints",
+                url,
+                "--dial-timeout=2s",
+                "--command-timeout=3s",
+                *auth,
+                "get",
+                "--prefix",
+                "--keys-only",
+                "/pybridge/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
+
+    own = etcdctl(f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/admin.pem", f"--key={tls}/admin-key.pem")
+    assert own.returncode == 0 and "/pybridge/v1/" in own.stdout, own.stderr  # the probe can succeed
+    for auth in (
+        [f"--cacert={tls}/pbtest-ca.pem"],
+        [f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/stranger.pem", f"--key={tls}/stranger-key.pem"],
+    ):
+        refused = etcdctl(*auth)
+        assert refused.returncode != 0 and "/pybridge/" not in refused.stdout, auth
+    plain = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            "pbmh-ul",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            "http://10.206.255.254:2379/v3/kv/range",
+            "-d",
+            '{"key": "Lw=="}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert '"kvs"' not in plain.stdout and '"header"' not in plain.stdout, plain.stdout

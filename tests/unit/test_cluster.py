@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import threading
 
 import pytest
@@ -954,3 +955,40 @@ def test_while_our_table_is_gone_the_vxlan_device_is_down_and_comes_back_up_with
     fw.fail = False
     a.doctor.heal_firewall()
     assert dev.up and not a.lifecycle.exposed
+
+
+def test_etcd_tls_settings_are_checked_before_anything_starts(tmp_path):
+    """Issue 22, item 2: the CA, client certificate and key are files (of the etcd-tls mount, or
+    absolute paths); the key is its owner's alone; TLS needs https endpoints; a certificate
+    comes with its key. Each refusal names the setting."""
+    from plugin.config import EtcdTls
+    from plugin.domain.errors import ConfigError
+
+    ca, cert, key = (tmp_path / n for n in ("ca.pem", "host.pem", "host-key.pem"))
+    for f in (ca, cert, key):
+        f.write_text("not read here\n")
+    key.chmod(0o600)
+    base = {"PYBRIDGE_CLUSTER_ETCD": "https://10.206.255.254:2379", "PYBRIDGE_CLUSTER_ADDRESS": "10.206.255.1"}
+    tls = {
+        "PYBRIDGE_CLUSTER_ETCD_CA": str(ca),
+        "PYBRIDGE_CLUSTER_ETCD_CERT": str(cert),
+        "PYBRIDGE_CLUSTER_ETCD_KEY": str(key),
+    }
+    assert load_settings(base | tls, state_dir=str(tmp_path)).cluster_tls == EtcdTls(str(ca), str(cert), str(key))
+    assert load_settings(base, state_dir=str(tmp_path)).cluster_tls is None
+    refused = {
+        "mode 0644 lets others read": ({}, lambda: key.chmod(0o644)),
+        "need https:// endpoints": ({"PYBRIDGE_CLUSTER_ETCD": "http://10.206.255.254:2379"}, None),
+        "go together": ({"PYBRIDGE_CLUSTER_ETCD_KEY": ""}, None),
+        "PYBRIDGE_CLUSTER_ETCD_CA: /nonexistent/ca.pem is not a file": (
+            {"PYBRIDGE_CLUSTER_ETCD_CA": "/nonexistent/ca.pem"},
+            None,
+        ),
+        "invalid PYBRIDGE_CLUSTER_ETCD_CERT '../host.pem'": ({"PYBRIDGE_CLUSTER_ETCD_CERT": "../host.pem"}, None),
+    }
+    for message, (change, before) in refused.items():
+        key.chmod(0o600)
+        if before is not None:
+            before()
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_settings(base | tls | change, state_dir=str(tmp_path))
