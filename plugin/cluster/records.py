@@ -4,15 +4,25 @@ Pure. Everything read back from etcd is hostile (another host, an older version,
 etcdctl may have written it): `parse_*` turn bytes into records or raise InvalidRecord naming
 the key, and a watcher skips what does not parse.
 
-Layout, under PREFIX = /pybridge/v1/:
-  net/CLUSTERNET             NetRecord: subnets, gateways, VNI, gateway MAC, MTU (no lease)
-  vni/VNI                    CLUSTERNET, so that a VNI is claimed once (no lease)
-  member/CLUSTERNET/HOST     this host has the network (host lease)
-  addr/CLUSTERNET/ADDRHEX    AddrRecord: who holds an address (host lease; gateway: none)
-  mac/CLUSTERNET/MACHEX      MacClaim: the host and endpoint that hold a MAC (host lease)
-  ep/CLUSTERNET/HOST/EPID    EndpointRecord: MAC and addresses of a container there (host lease)
-  name/CLUSTERNET/HOST/CID   NameRecord: a container's name, aliases, addresses (host lease)
-HOST is the host's underlay address, which is unique in a cluster by definition.
+Layout, under PREFIX = /pybridge/v2/. What a host says about itself is under a prefix of its
+own, host/HOST/, which etcd's access control lets only that host write (one etcd user and role
+per host: `pybridge cluster etcd-access HOST` prints them); the rest are claims, which every host
+may create (create-only by compare-and-swap) and which each name their holder:
+
+  host/HOST/member/CLUSTERNET      this host has the network (host lease)
+  host/HOST/ep/CLUSTERNET/EPID     EndpointRecord: MAC and addresses of a container there (host lease)
+  host/HOST/name/CLUSTERNET/CID    NameRecord: a container's name, aliases, addresses (host lease)
+  net/CLUSTERNET                   NetRecord: subnets, gateways, VNI, gateway MAC, MTU (no lease)
+  vni/VNI                          CLUSTERNET, so that a VNI is claimed once (no lease)
+  members/CLUSTERNET/HOST          the network's hosts, so that the last to leave removes its
+                                   record atomically (host lease; membership itself is the
+                                   host's member key, which no other host can write)
+  addr/CLUSTERNET/ADDRHEX          AddrRecord: who holds an address (host lease; gateway: none)
+  mac/CLUSTERNET/MACHEX            MacClaim: the host and endpoint that hold a MAC (host lease)
+
+HOST is the host's underlay address, which is unique in a cluster by definition. Version 1 put
+member/, ep/ and name/ keys under a prefix per network; its keys are not read (all hosts of a
+cluster upgrade together; the old keys go with the old hosts' leases).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from ..domain.addresses import parse_cidr, parse_ip
 from ..domain.errors import InvalidRequest, PybridgeError
 from ..domain.model import ContainerInfo, Endpoint
 
-PREFIX = "/pybridge/v1/"
+PREFIX = "/pybridge/v2/"
 VNI_FIRST, VNI_LAST = 4096, (1 << 24) - 1  # below 4096: left to the user's own VXLANs
 # A cluster network's name: what -o pybridge.cluster= gives, the same on every host.
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
@@ -54,12 +64,22 @@ def vni_key(vni: int) -> str:
     return f"{PREFIX}vni/{vni}"
 
 
-def member_prefix(name: str) -> str:
-    return f"{PREFIX}member/{name}/"
+def host_prefix(host: str) -> str:
+    """Everything host HOST says about itself (and nothing else)."""
+    return f"{PREFIX}host/{host}/"
 
 
 def member_key(name: str, host: str) -> str:
-    return member_prefix(name) + host
+    return f"{host_prefix(host)}member/{name}"
+
+
+def members_prefix(name: str) -> str:
+    """The index of network NAME's hosts (a claim, for the last host's atomic leave)."""
+    return f"{PREFIX}members/{name}/"
+
+
+def members_key(name: str, host: str) -> str:
+    return members_prefix(name) + host
 
 
 def addr_prefix(name: str) -> str:
@@ -78,16 +98,16 @@ def mac_key(name: str, mac: str) -> str:
     return mac_prefix(name) + mac.replace(":", "")
 
 
-def ep_prefix(name: str = "", host: str = "") -> str:
-    return f"{PREFIX}ep/" + (f"{name}/" if name else "") + (f"{host}/" if host else "")
+def ep_prefix(name: str, host: str) -> str:
+    return f"{host_prefix(host)}ep/{name}/"
 
 
 def ep_key(name: str, host: str, endpoint_id: str) -> str:
     return ep_prefix(name, host) + endpoint_id
 
 
-def name_prefix(name: str = "", host: str = "") -> str:
-    return f"{PREFIX}name/" + (f"{name}/" if name else "") + (f"{host}/" if host else "")
+def name_prefix(name: str, host: str) -> str:
+    return f"{host_prefix(host)}name/{name}/"
 
 
 def name_key(name: str, host: str, container_id: str) -> str:
@@ -106,17 +126,31 @@ def split_addr_key(key: str, network: str | None = None) -> tuple[str, int] | No
     return parts[0], int(parts[1], 16)
 
 
-def split_member_key(key: str) -> tuple[str, str] | None:
-    """(network, host) of a member/ key, or None."""
-    if not key.startswith(PREFIX + "member/"):
-        return None
-    parts = key[len(PREFIX) + 7 :].split("/")
-    if len(parts) != 2 or not _NAME_RE.fullmatch(parts[0]):
-        return None
+def _host_of(key: str, host: str) -> str | None:
+    """The host of a host/HOST/ key, if written as pybridge writes it (and nothing else)."""
     try:
-        return (parts[0], parts[1]) if host_address(key, parts[1]) == parts[1] else None
+        return host if host_address(key, host) == host else None
     except InvalidRecord:
         return None
+
+
+def split_member_key(key: str) -> tuple[str, str] | None:
+    """(network, host) of a host/HOST/member/NETWORK key, or None."""
+    if not key.startswith(PREFIX + "host/"):
+        return None
+    parts = key[len(PREFIX) + 5 :].split("/")
+    if len(parts) != 3 or parts[1] != "member" or not _NAME_RE.fullmatch(parts[2]):
+        return None
+    host = _host_of(key, parts[0])
+    return (parts[2], host) if host is not None else None
+
+
+def owner_of(key: str) -> str | None:
+    """The host whose prefix holds `key` (a host/HOST/... key), or None."""
+    if not key.startswith(PREFIX + "host/"):
+        return None
+    parts = key[len(PREFIX) + 5 :].split("/")
+    return _host_of(key, parts[0]) if len(parts) >= 2 else None
 
 
 @dataclass(frozen=True)
@@ -128,19 +162,15 @@ class KeyParts:
 
 
 def split_key(key: str) -> KeyParts | None:
-    """An ep/ or name/ key in its parts, or None for any other key (or a malformed one)."""
-    if not key.startswith(PREFIX):
+    """A host/HOST/ep/ or host/HOST/name/ key in its parts, or None for any other key (or a
+    malformed one). The host is the prefix's: a record is about the host that wrote it."""
+    if not key.startswith(PREFIX + "host/"):
         return None
-    parts = key[len(PREFIX) :].split("/")
-    if len(parts) != 4 or parts[0] not in ("ep", "name"):
+    parts = key[len(PREFIX) + 5 :].split("/")
+    if len(parts) != 4 or parts[1] not in ("ep", "name"):
         return None
-    kind, network, host, item = parts
-    if not _NAME_RE.fullmatch(network) or not _HEX_ID.fullmatch(item):
-        return None
-    try:
-        if host_address(key, host) != host:  # written as pybridge writes it, and nothing else
-            return None
-    except InvalidRecord:
+    host, kind, network, item = parts
+    if not _NAME_RE.fullmatch(network) or not _HEX_ID.fullmatch(item) or _host_of(key, host) is None:
         return None
     return KeyParts(kind, network, host, item)
 

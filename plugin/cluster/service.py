@@ -63,6 +63,13 @@ def _put_one(key: str, value: bytes, lease: int) -> list[Operation]:
     return [Put(key, value, lease)]
 
 
+def _network_of(key: str, host: str) -> str:
+    """The network of one of this host's own keys (host/HOST/member/NET, .../ep/NET/..,
+    .../name/NET/..), or "" for a key it does not recognise (stale then, and deleted)."""
+    parts = key[len(r.host_prefix(host)) :].split("/")
+    return parts[1] if len(parts) >= 2 and parts[0] in ("member", "ep", "name") else ""
+
+
 class TurnGate:
     """Changes and the resync take turns. A change (a plugin call that writes this host's keys
     in etcd and its state store: both, as one step) runs side by side with other changes; the
@@ -187,7 +194,7 @@ class ClusterService:
         recorded as a member. Conflict when the record says otherwise."""
         try:
             record = self._ensure_record(name, subnets, mtu, tuple(sorted(aux)))
-            self._leased([], lambda lease: [Put(r.member_key(name, self.host), b"{}", lease)])
+            self._leased([], functools.partial(self._membership, name))
         except ClusterUnavailable as e:
             raise self._fail(f"cluster network {name}", e) from e
         return record
@@ -243,12 +250,19 @@ class ClusterService:
                 return record
         raise Conflict(f"cluster network {name}: its record changed under us too often, try again")
 
+    def _membership(self, name: str, lease: int) -> list[Operation]:
+        """This host's member key (its own, which no other host can write) and its entry in the
+        network's index of hosts (what the last host's leave checks)."""
+        return [Put(r.member_key(name, self.host), b"{}", lease), Put(r.members_key(name, self.host), b"{}", lease)]
+
     def leave_network(self, name: str) -> None:
-        """This host no longer has the network: its keys go; the record goes with the last host."""
+        """This host no longer has the network: its keys go; the record and the network's claims
+        go with the last host (other hosts' own keys are theirs: they went when they left)."""
         try:
             held, _ = self.kv.range(r.addr_prefix(name))
             ops: list[Operation] = [
                 Delete(r.member_key(name, self.host)),
+                Delete(r.members_key(name, self.host)),
                 DeleteUnder(r.ep_prefix(name, self.host)),
                 DeleteUnder(r.name_prefix(name, self.host)),
             ]
@@ -260,13 +274,11 @@ class ClusterService:
                 return
             vni = r.parse_net(r.net_key(name), raw).vni
             if self.kv.txn(
-                [NoneUnder(r.member_prefix(name)), ValueIs(r.net_key(name), raw)],
+                [NoneUnder(r.members_prefix(name)), ValueIs(r.net_key(name), raw)],
                 [
                     Delete(r.net_key(name)),
                     Delete(r.vni_key(vni)),
                     DeleteUnder(r.addr_prefix(name)),
-                    DeleteUnder(r.ep_prefix(name)),
-                    DeleteUnder(r.name_prefix(name)),
                     DeleteUnder(r.mac_prefix(name)),
                 ],
             ):
@@ -481,18 +493,13 @@ class ClusterService:
             for n in networks:
                 self._resync_network(n, lease)
             # what this host published for networks it no longer has
-            for prefix in (r.PREFIX + "member/", r.PREFIX + "ep/", r.PREFIX + "name/"):
-                keys, _ = self.kv.range(prefix)
-                stale = [
-                    k for k in keys if self._host_of(k) == self.host and k[len(prefix) :].split("/")[0] not in mine
-                ]
-                if stale:
-                    self.kv.txn([], [Delete(k) for k in stale])
+            own, _ = self.kv.range(r.host_prefix(self.host))
+            index, _ = self.kv.range(r.PREFIX + "members/")
+            stale = [k for k in own if _network_of(k, self.host) not in mine]
+            stale += [k for k in index if k.rsplit("/", 1)[-1] == self.host and k.split("/")[-2] not in mine]
+            if stale:
+                self.kv.txn([], [Delete(k) for k in stale])
         self.resyncs += 1
-
-    def _host_of(self, key: str) -> str:
-        parts = key[len(r.PREFIX) :].split("/")
-        return parts[2] if len(parts) >= 3 else ""
 
     def _resync_network(self, n: LocalNetwork, lease: int) -> None:
         key = r.net_key(n.name)
@@ -504,7 +511,7 @@ class ClusterService:
             raw = self.kv.get(key)
             if raw is not None and r.parse_net(key, raw) != n.record:
                 log.error("cluster network %s: etcd's record differs from this host's (VNI or subnets)", n.name)
-        self.kv.txn([], [Put(r.member_key(n.name, self.host), b"{}", lease)])
+        self.kv.txn([], self._membership(n.name, lease))
         aux = r.AddrRecord("", "aux").to_json().encode()
         for a in n.record.aux:  # the network's, for every host
             k = r.addr_key(n.name, int(ipaddress.ip_address(a)))

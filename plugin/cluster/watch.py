@@ -43,9 +43,9 @@ class ClusterWatch:
         self.on_endpoints: Callable[[str, Peers], None] = lambda n, p: None
         self.on_names: Callable[[str, list[ContainerInfo]], None] = lambda n, c: None
         self.on_loaded: Callable[[], None] = lambda: None
-        self.refused = 0  # keys and values under ep/ and name/ that are not pybridge's
-        # what makes a record count: its host is a live member of the network (its member/ key,
-        # under the host's lease, is there) and holds the record's addresses in addr/
+        self.refused = 0  # keys and values under host/ that are not pybridge's
+        # what makes a record count: its host is a live member of the network (its member key,
+        # under its own prefix and lease, is there) and holds the record's addresses in addr/
         self._members: dict[str, set[str]] = {}
         self._holders: dict[str, dict[int, str]] = {}
         # False until the first full read: until then the view is empty, not "nobody there",
@@ -56,14 +56,12 @@ class ClusterWatch:
         """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
         while not stop.is_set():
             try:
-                members, rev3 = self.kv.range(r.PREFIX + "member/")
+                own, rev1 = self.kv.range(r.PREFIX + "host/")  # every host's member, ep and name keys
                 addrs, rev0 = self.kv.range(r.PREFIX + "addr/")
-                eps, rev1 = self.kv.range(r.PREFIX + "ep/")
-                names, rev2 = self.kv.range(r.PREFIX + "name/")
                 taken: dict[str, set[int]] = {}
                 with self._lock:
                     self._members, self._holders = {}, {}
-                    for key in members:
+                    for key in own:
                         self._member(key, b"{}")
                     for key, value in addrs.items():
                         parts = r.split_addr_key(key)
@@ -71,15 +69,14 @@ class ClusterWatch:
                             taken.setdefault(parts[0], set()).add(parts[1])
                             self._holder(key, value)
                 self.book.replace_all(taken)
-                changed = self._replace({**eps, **names})
-                rev1 = min(rev1, rev3)
+                changed = self._replace({k: v for k, v in own.items() if r.split_member_key(k) is None})
                 self.loaded = True
                 try:
                     self.on_loaded()
                 except Exception:
                     log.exception("cluster watch: programming every cluster network")
                 self._notify(changed)
-                self.kv.watch(r.PREFIX, min(rev0, rev1, rev2) + 1, self._events, stop)
+                self.kv.watch(r.PREFIX, min(rev0, rev1) + 1, self._events, stop)
             except WatchCompacted as e:
                 log.info("cluster watch: %s; reading everything again", e)
             except ClusterUnavailable:
@@ -97,7 +94,7 @@ class ClusterWatch:
                     (self.book.freed if ev.value is None else self.book.taken)(*address)
                     changed |= self._holder(ev.key, ev.value)
                     continue
-                if ev.key.startswith(r.PREFIX + "member/"):
+                if r.split_member_key(ev.key) is not None:
                     changed |= self._member(ev.key, ev.value)
                     continue
                 changed |= self._apply(ev.key, ev.value)
@@ -146,7 +143,7 @@ class ClusterWatch:
     def _apply(self, key: str, value: bytes | None) -> set[tuple[str, str]]:
         parts = r.split_key(key)
         if parts is None:
-            if key.startswith((r.PREFIX + "ep/", r.PREFIX + "name/")) and value is not None:
+            if key.startswith(r.PREFIX + "host/") and value is not None:
                 self.refused += 1
                 log.warning("cluster: ignoring etcd key %r: not a key pybridge writes", key[:200])
             return set()

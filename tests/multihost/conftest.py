@@ -180,7 +180,7 @@ def net(cluster):
     # the cluster's record goes with the last host that had the network
     assert wait_for(
         lambda: (
-            not any(name in cluster.etcdctl("get", "--prefix", "--keys-only", "/pybridge/v1/net/") for _, name in made)
+            not any(name in cluster.etcdctl("get", "--prefix", "--keys-only", "/pybridge/v2/net/") for _, name in made)
         ),
         timeout=10,
     ), "a cluster network's record was left in etcd"

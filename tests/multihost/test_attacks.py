@@ -55,7 +55,7 @@ def test_no_container_or_process_on_a_host_puts_frames_on_another_hosts_internal
     assert wait_for(
         lambda: h3.address in h2.ns("nft", "list", "set", "inet", "pybridge", "vxlan_members4"), timeout=15
     ), "host 2 never let host 3 in"
-    vni = json.loads(cluster.etcdctl("get", f"/pybridge/v1/net/{internal}", "--print-value-only"))["vni"]
+    vni = json.loads(cluster.etcdctl("get", f"/pybridge/v2/net/{internal}", "--print-value-only"))["vni"]
     local = f"pbmh-local-{uuid.uuid4().hex[:6]}"
     h1.docker("network", "create", "-d", "pybridge", "--ipam-driver", "pybridge", "--subnet", "10.204.77.0/24", local)
     try:
@@ -158,7 +158,7 @@ def test_a_restart_always_container_keeps_its_cluster_address_across_an_engine_r
     name = net()
     ip = h2.run(f"{name}-keep", name, "sleep", "600", extra=("--restart", "always"))
     h2.run(f"{name}-after", name, "sleep", "600")  # the cursor moves past it
-    remembered = f"/pybridge/v1/addr/{name}/{int(ipaddress.ip_address(ip)):032x}"
+    remembered = f"/pybridge/v2/addr/{name}/{int(ipaddress.ip_address(ip)):032x}"
     assert cluster.etcdctl("get", remembered, "--print-value-only").strip()
     cluster.tool("kill", "2")
     cluster.tool("start", "2")
@@ -183,11 +183,13 @@ def test_a_record_written_by_hand_in_etcd_diverts_nothing(cluster, net):
     stranger = "10.206.255.99"
     base = ".".join(victim_ip.split(".")[:3])
     cluster.etcdctl(
-        "put", f"/pybridge/v1/ep/{name}/{stranger}/{'f1' * 32}", json.dumps({"mac": victim_mac, "ipv4": f"{base}.201"})
+        "put",
+        f"/pybridge/v2/host/{stranger}/ep/{name}/{'f1' * 32}",
+        json.dumps({"mac": victim_mac, "ipv4": f"{base}.201"}),
     )
     cluster.etcdctl(
         "put",
-        f"/pybridge/v1/ep/{name}/{stranger}/{'f2' * 32}",
+        f"/pybridge/v2/host/{stranger}/ep/{name}/{'f2' * 32}",
         json.dumps({"mac": "02:00:00:00:19:92", "ipv4": f"{base}.202"}),
     )
     # a later change makes every host act on what it read (a new container on host 1)
@@ -208,7 +210,7 @@ def test_a_cut_off_hosts_container_whose_address_was_taken_leaves_the_network(cl
     h1, _, h3 = cluster.hosts
     name = net()
     ip3 = h3.run(f"{name}-c", name, "sleep", "600")
-    key = f"/pybridge/v1/addr/{name}/{int(ipaddress.ip_address(ip3)):032x}"
+    key = f"/pybridge/v2/addr/{name}/{int(ipaddress.ip_address(ip3)):032x}"
     h3.ns("ip", "route", "add", "prohibit", "10.206.255.254/32")
     try:
         assert wait_for(lambda: cluster.etcdctl("get", key) == "", timeout=40), "the address never came free"
@@ -254,7 +256,7 @@ def test_etcd_admits_no_client_without_a_certificate_of_the_clusters_ca(cluster)
         )
 
     own = etcdctl(f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/admin.pem", f"--key={tls}/admin-key.pem")
-    assert own.returncode == 0 and "/pybridge/v1/" in own.stdout, own.stderr  # the probe can succeed
+    assert own.returncode == 0 and "/pybridge/v2/" in own.stdout, own.stderr  # the probe can succeed
     for auth in (
         [f"--cacert={tls}/pbtest-ca.pem"],
         [f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/stranger.pem", f"--key={tls}/stranger-key.pem"],

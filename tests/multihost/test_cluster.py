@@ -70,7 +70,7 @@ def test_twenty_concurrent_starts_on_each_of_three_hosts_get_sixty_addresses(clu
         futures = [pool.submit(start, h, i) for h in cluster.hosts for i in range(20)]
         addresses = [f.result() for f in futures]
     assert len(addresses) == 60 and len(set(addresses)) == 60, sorted(addresses)
-    held = cluster.etcdctl("get", "--prefix", "--keys-only", f"/pybridge/v1/addr/{name}/").split()
+    held = cluster.etcdctl("get", "--prefix", "--keys-only", f"/pybridge/v2/addr/{name}/").split()
     assert len(held) == 61  # and the gateway
 
 
@@ -116,7 +116,7 @@ def test_without_etcd_running_containers_talk_new_cluster_starts_fail_clearly_lo
     assert wait_for(lambda: h2.exec(f"{name}-b", "ping", "-c", "1", "-W", "2", ip_new).returncode == 0, timeout=15), (
         f"host 2 cannot reach {ip_new} on host 1; host 1: {h1.cli('cluster', '--format', 'json').stdout}; "
         f"host 2: {h2.cli('cluster', '--format', 'json').stdout}; host 2's entries: {sorted(h2.fdb_macs())}; "
-        f"etcd: {cluster.etcdctl('get', '--prefix', '--keys-only', '/pybridge/v1/ep/')}"
+        f"etcd: {cluster.etcdctl('get', '--prefix', '--keys-only', '/pybridge/v2/host/')}"
     )
 
 
@@ -152,10 +152,10 @@ def test_one_member_of_etcd_down_changes_nothing_and_its_restart_loses_nothing(c
         assert wait_for(lambda: h1.exec(f"{name}-a", "ping", "-c", "1", "-W", "2", ip_b).returncode == 0, timeout=15)
     finally:
         cluster.tool("etcd", "start", "1")
-    before = cluster.etcdctl("get", "--prefix", "/pybridge/v1/")
+    before = cluster.etcdctl("get", "--prefix", "/pybridge/v2/")
     cluster.tool("etcd", "stop", "2")
     cluster.tool("etcd", "start", "2")
-    assert cluster.etcdctl("get", "--prefix", "/pybridge/v1/") == before
+    assert cluster.etcdctl("get", "--prefix", "/pybridge/v2/") == before
 
 
 def test_a_plugin_restarted_while_etcd_is_away_keeps_its_containers_talking(cluster, net):
@@ -181,10 +181,10 @@ def test_a_restart_of_etcd_loses_nothing(cluster, net):
     name = net()
     h1.run(f"{name}-a", name, "sleep", "600")
     h2.run(f"{name}-b", name, "sleep", "600")
-    before = cluster.etcdctl("get", "--prefix", "/pybridge/v1/")
+    before = cluster.etcdctl("get", "--prefix", "/pybridge/v2/")
     cluster.tool("etcd", "stop")
     cluster.tool("etcd", "start")
-    assert cluster.etcdctl("get", "--prefix", "/pybridge/v1/") == before
+    assert cluster.etcdctl("get", "--prefix", "/pybridge/v2/") == before
     ip_c = h2.run(f"{name}-c", name, "sleep", "600")
     assert wait_for(lambda: h1.exec(f"{name}-a", "ping", "-c", "1", "-W", "2", ip_c).returncode == 0, timeout=15)
 
@@ -201,7 +201,7 @@ def test_a_host_cut_off_longer_than_the_grace_is_forgotten_and_claims_its_contai
         "inspect", "-f", '{{(index .NetworkSettings.Networks "%s").MacAddress}}' % name, f"{name}-c"
     ).stdout.strip()
     assert wait_for(lambda: mac3 in h1.fdb_macs(), timeout=10)
-    key = f"/pybridge/v1/addr/{name}/{int(ipaddress.ip_address(ip3)):032x}"
+    key = f"/pybridge/v2/addr/{name}/{int(ipaddress.ip_address(ip3)):032x}"
     h3.ns("ip", "route", "add", "prohibit", "10.206.255.254/32")
     try:
         assert wait_for(lambda: mac3 not in h1.fdb_macs(), timeout=40), "host 1 kept a dead host's entry"
@@ -228,13 +228,14 @@ def test_a_killed_host_is_forgotten_after_the_grace_and_takes_part_again_when_it
     assert wait_for(
         lambda: mac3 in h1.fdb_macs() and resolves(h1, f"{name}-a", f"{name}-c", gateway) == ip3, timeout=15
     )
-    key = f"/pybridge/v1/addr/{name}/{int(ipaddress.ip_address(ip3)):032x}"
+    key = f"/pybridge/v2/addr/{name}/{int(ipaddress.ip_address(ip3)):032x}"
     cluster.tool("kill", "3")
     try:
         assert wait_for(lambda: mac3 not in h1.fdb_macs(), timeout=40), "host 1 kept a dead host's entry"
         assert wait_for(lambda: resolves(h1, f"{name}-a", f"{name}-c", gateway) == "", timeout=10)
         assert cluster.etcdctl("get", key) == ""
-        assert h3.address not in cluster.etcdctl("get", "--prefix", "--keys-only", f"/pybridge/v1/member/{name}/")
+        assert h3.address not in cluster.etcdctl("get", "--prefix", "--keys-only", f"/pybridge/v2/members/{name}/")
+        assert cluster.etcdctl("get", f"/pybridge/v2/host/{h3.address}/member/{name}") == ""
     finally:
         cluster.tool("start", "3")
     assert wait_for(

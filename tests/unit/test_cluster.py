@@ -125,10 +125,12 @@ def test_records_refuse_what_pybridge_does_not_write():
     with pytest.raises(r.InvalidRecord):
         r.parse_name(r.name_key("web", "10.206.255.1", "ab"), "ab", b'{"name": "a b"}')
     for key in (
-        "/pybridge/v1/ep/web/not-an-ip/abcd",
-        "/pybridge/v1/ep/Web/10.0.0.1/abcd",
-        "/pybridge/v1/ep/web/10.0.0.1/xyz",
-        "/pybridge/v1/ep/web/10.0.0.1/ab/cd",
+        "/pybridge/v2/host/not-an-ip/ep/web/abcd",
+        "/pybridge/v2/host/10.0.0.1/ep/Web/abcd",
+        "/pybridge/v2/host/10.0.0.1/ep/web/xyz",
+        "/pybridge/v2/host/10.0.0.1/ep/web/ab/cd",
+        "/pybridge/v2/host/10.0.0.1/other/web/abcd",
+        "/pybridge/v1/ep/web/10.0.0.1/abcd",  # version 1's layout is not read
         "/other/ep/web/10.0.0.1/ab",
     ):
         assert r.split_key(key) is None, key
@@ -147,8 +149,11 @@ def test_one_record_per_cluster_network_with_the_same_vni_and_gateway_mac_everyw
     vx = f"pt{'x'}{na.vni}"
     assert a.netlink.devices[vx].master == na.bridge and b.netlink.devices[vx].master == nb.bridge
     assert a.netlink.devices[na.bridge].mac == b.netlink.devices[nb.bridge].mac == na.mac
-    members, _ = kv.range(r.member_prefix("web"))
-    assert set(members) == {r.member_key("web", a.address), r.member_key("web", b.address)}
+    index, _ = kv.range(r.members_prefix("web"))
+    assert set(index) == {r.members_key("web", a.address), r.members_key("web", b.address)}
+    # each host's membership is under its own prefix (which only it may write)
+    assert set(kv.range(r.host_prefix(a.address))[0]) == {r.member_key("web", a.address)}
+    assert set(kv.range(r.host_prefix(b.address))[0]) == {r.member_key("web", b.address)}
 
 
 def test_another_subnet_under_the_same_name_is_refused_and_leaves_nothing(hosts, kv):
@@ -473,7 +478,7 @@ def test_publishing_names_never_waits_for_etcd(hosts, kv, monkeypatch):
     caller.join(10)
     assert not caller.is_alive(), "publish_names waited for etcd"
     answering.set()
-    wait_until(lambda: real_range(r.name_prefix("web"))[0], what="the names written once etcd answers")
+    wait_until(lambda: real_range(r.name_prefix("web", a.address))[0], what="the names written once etcd answers")
 
 
 def test_deleting_a_cluster_network_while_etcd_hangs_holds_up_no_local_network(hosts, kv, monkeypatch):
@@ -654,7 +659,7 @@ def test_a_remote_record_never_takes_over_the_gateway_or_a_local_container(hosts
 def test_values_from_etcd_go_through_the_strict_parsers(hosts, kv):
     """Issue 19, item 3 (parsers): a scope ID, a host that is not one unicast address, a VNI key
     spelled with a Unicode digit: refused or left out, counted, and no create fails for them."""
-    assert r.split_key("/pybridge/v1/ep/web/fd00::0001/abcd") is None  # a key: only as pybridge writes it
+    assert r.split_key("/pybridge/v2/host/fd00::0001/ep/web/abcd") is None  # a key: only as pybridge writes it
     for host in (
         "fe80::1%x",
         "127.0.0.1",
@@ -666,7 +671,7 @@ def test_values_from_etcd_go_through_the_strict_parsers(hosts, kv):
         "10.0.0.1 ",
         "１0.0.0.1",
     ):
-        assert r.split_key(f"/pybridge/v1/ep/web/{host}/abcd") is None, host
+        assert r.split_key(f"/pybridge/v2/host/{host}/ep/web/abcd") is None, host
         with pytest.raises(r.InvalidRecord):
             r.parse_addr(r.addr_key("web", 5), json.dumps({"host": host, "kind": "dynamic"}).encode())
     with pytest.raises(r.InvalidRecord):
@@ -676,7 +681,7 @@ def test_values_from_etcd_go_through_the_strict_parsers(hosts, kv):
             r.net_key("web"),
             b'{"subnets": [["10.0.0.5/24", ""]], "vni": 4096, "mac": "02:42:0a:00:00:01", "mtu": 1450}',
         )
-    assert r.parse_vni_key("/pybridge/v1/vni/\u00b2") is None and r.parse_vni_key("/pybridge/v1/vni/4096") == 4096
+    assert r.parse_vni_key("/pybridge/v2/vni/\u00b2") is None and r.parse_vni_key("/pybridge/v2/vni/4096") == 4096
     a, b, _ = hosts
     kv.txn(
         [],
