@@ -110,6 +110,18 @@ def create_app(services) -> Flask:
     def cluster_view():
         return _reply(services.views.cluster())
 
+    @app.get("/pybridge/cluster/etcd-access/<host>")
+    def etcd_access(host):
+        """The etcdctl commands that give cluster host HOST its etcd user and role."""
+        from .cluster.records import etcd_access
+        from .config import etcd_user
+
+        try:
+            commands = etcd_access(host, etcd_user(host))
+        except PybridgeError as e:
+            return _reply({"Err": str(e)}, 400)
+        return _reply({"user": etcd_user(host), "commands": commands})
+
     @app.get("/pybridge/doctor")
     def doctor():
         return _reply(services.doctor.examine(grace()))

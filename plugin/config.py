@@ -32,6 +32,16 @@ class EtcdTls:
 
 
 @dataclass(frozen=True)
+class EtcdLogin:
+    """This host's etcd user, and the file with its password (read when the cluster starts,
+    never logged). With a login, etcd must have authentication on: a role per host lets each
+    write only its own prefix (`pybridge cluster etcd-access HOST` prints them)."""
+
+    user: str
+    password_file: str
+
+
+@dataclass(frozen=True)
 class Settings:
     name: str = "pybridge"
     ifprefix: str = "pb"
@@ -58,6 +68,7 @@ class Settings:
     cluster_address: str = ""  # this host's underlay address: VXLAN source, and its name in the cluster
     cluster_grace: int = 30  # seconds after which a silent host's addresses, entries, names go
     cluster_tls: EtcdTls | None = None  # etcd's CA and this host's client certificate; None: none
+    cluster_login: EtcdLogin | None = None  # this host's etcd user and password file; None: none
     vxlan_port: int = 4789
 
     @property
@@ -146,7 +157,42 @@ def _cluster(env) -> dict:
     if ip.is_loopback or ip.is_multicast or ip.is_unspecified:
         raise ConfigError(f"invalid PYBRIDGE_CLUSTER_ADDRESS {address!r}: the address other hosts reach this one at")
     endpoints = parse_endpoints(etcd)
-    return dict(values, cluster_etcd=endpoints, cluster_address=str(ip), cluster_tls=_etcd_tls(env, endpoints))
+    return dict(
+        values,
+        cluster_etcd=endpoints,
+        cluster_address=str(ip),
+        cluster_tls=_etcd_tls(env, endpoints),
+        cluster_login=_etcd_login(env, str(ip)),
+    )
+
+
+def _etcd_login(env: Mapping[str, str], address: str) -> EtcdLogin | None:
+    """PYBRIDGE_CLUSTER_ETCD_PASSWORD: a file (in the etcd-tls mount) with this host's etcd
+    password, mode 0600; PYBRIDGE_CLUSTER_ETCD_USER: its user (default pybridge-ADDRESS)."""
+    user, password = env.get("PYBRIDGE_CLUSTER_ETCD_USER", ""), env.get("PYBRIDGE_CLUSTER_ETCD_PASSWORD", "")
+    if not password:
+        if user:
+            raise ConfigError(
+                "PYBRIDGE_CLUSTER_ETCD_USER needs PYBRIDGE_CLUSTER_ETCD_PASSWORD (a file with its password)"
+            )
+        return None
+    user = user or etcd_user(address)
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", user):
+        raise ConfigError(f"invalid PYBRIDGE_CLUSTER_ETCD_USER {user[:64]!r}: letters, digits, '.', '_', ':', '-'")
+    path = _tls_file("PYBRIDGE_CLUSTER_ETCD_PASSWORD", password)
+    _owner_only("PYBRIDGE_CLUSTER_ETCD_PASSWORD", path, "the password")
+    return EtcdLogin(user, path)
+
+
+def etcd_user(address: str) -> str:
+    """The etcd user (and role) of the cluster host with this underlay address."""
+    return f"pybridge-{address}"
+
+
+def _owner_only(key: str, path: str, what: str) -> None:
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(f"{key} {path}: mode {mode:04o} lets others read {what}; chmod 600 it")
 
 
 def _etcd_tls(env: Mapping[str, str], endpoints: tuple[tuple[str, str, int], ...]) -> EtcdTls | None:
@@ -165,12 +211,7 @@ def _etcd_tls(env: Mapping[str, str], endpoints: tuple[tuple[str, str, int], ...
         raise ConfigError(f"PYBRIDGE_CLUSTER_ETCD_CA/_CERT/_KEY need https:// endpoints; {', '.join(plain)} is not")
     paths = {k: _tls_file(f"PYBRIDGE_CLUSTER_ETCD_{k.upper()}", v) if v else "" for k, v in names.items()}
     if paths["key"]:
-        mode = os.stat(paths["key"]).st_mode & 0o777
-        if mode & 0o077:
-            raise ConfigError(
-                f"PYBRIDGE_CLUSTER_ETCD_KEY {paths['key']}: mode {mode:04o} lets others read the "
-                "private key; chmod 600 it"
-            )
+        _owner_only("PYBRIDGE_CLUSTER_ETCD_KEY", paths["key"], "the private key")
     return EtcdTls(**paths)
 
 

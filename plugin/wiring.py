@@ -198,7 +198,11 @@ def build_services(
         if kv is None:
             from .cluster.etcd import EtcdKV
 
-            kv = EtcdKV(settings.cluster_etcd, tls=settings.cluster_tls)
+            login = None
+            if settings.cluster_login is not None:  # the password is read here, and kept by the adapter only
+                with open(settings.cluster_login.password_file) as f:
+                    login = (settings.cluster_login.user, f.read().strip())
+            kv = EtcdKV(settings.cluster_etcd, tls=settings.cluster_tls, login=login)
         if overlay is None:
             from .kernel.vxlan import Vxlan
 

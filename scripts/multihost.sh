@@ -30,6 +30,9 @@ net=10.206.255
 # auth); PYBRIDGE_MULTIHOST_TLS=0 for plain HTTP. The CA, etcd's certificate and one client
 # certificate per host (and "admin", for etcdctl) are made in $base/tls at `up`.
 tls=${PYBRIDGE_MULTIHOST_TLS:-1}
+# etcd's authentication on, with a user and role per host as `pybridge cluster --etcd-access`
+# prints them (each host may write only its own prefix and the claims); PYBRIDGE_MULTIHOST_AUTH=0 off
+auth=${PYBRIDGE_MULTIHOST_AUTH:-1}
 scheme=http; [ "$tls" = 1 ] && scheme=https
 etcd_endpoints=$scheme://$net.254:2379,$scheme://$net.254:2479,$scheme://$net.254:2579
 grace=${PYBRIDGE_MULTIHOST_GRACE:-20}    # long enough that a restart of all of etcd under load expires no lease
@@ -87,10 +90,32 @@ etcd_tls_flags() {
 }
 
 ctl() {
-  # etcdctl on the underlay, as the rig's admin client
-  local auth=()
-  [ "$tls" = 1 ] && auth=(--cacert "$base/tls/pbtest-ca.pem" --cert "$base/tls/admin.pem" --key "$base/tls/admin-key.pem")
-  ip netns exec "$ul" env ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" "${auth[@]}" "$@"
+  # etcdctl on the underlay, as the rig's admin client (etcd's root user once authentication is on)
+  local flags=()
+  [ "$tls" = 1 ] && flags=(--cacert "$base/tls/pbtest-ca.pem" --cert "$base/tls/admin.pem" --key "$base/tls/admin-key.pem")
+  [ -f "$base/root.password" ] && flags+=(--user "root:$(cat "$base/root.password")")
+  ip netns exec "$ul" env ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" "${flags[@]}" "$@"
+}
+
+etcd_auth_up() {
+  # root, then a user and role per host (the plugin's own command text), then authentication on
+  local h pw
+  ctl user add root --interactive=false "--new-user-password=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n' | tee "$base/root.password.new")" >/dev/null
+  for h in $(seq 1 "$1"); do
+    pw=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    mkdir -p "$base/h$h/etcd-tls"
+    (umask 077; printf '%s\n' "$pw" >"$base/h$h/etcd-tls/etcd.password")
+    (cd "$root" && python3 -c 'import sys, shlex
+from plugin.cluster.records import etcd_access
+from plugin.config import etcd_user
+for c in etcd_access(sys.argv[1], etcd_user(sys.argv[1])):
+    print(shlex.join(c))' "$net.$h") | while IFS= read -r line; do
+      eval "set -- $line"
+      ctl "${@//\$PASSWORD/$pw}" >/dev/null
+    done
+  done
+  ctl auth enable >/dev/null
+  mv "$base/root.password.new" "$base/root.password"
 }
 
 etcd_healthy() {
@@ -158,6 +183,7 @@ make_host() {
     install -m 0600 "$base/tls/h$h-key.pem" "$base/h$h/etcd-tls/"
     tls_set=(PYBRIDGE_CLUSTER_ETCD_CA=pbtest-ca.pem "PYBRIDGE_CLUSTER_ETCD_CERT=h$h.pem" "PYBRIDGE_CLUSTER_ETCD_KEY=h$h-key.pem")
   fi
+  [ -f "$base/h$h/etcd-tls/etcd.password" ] && tls_set+=(PYBRIDGE_CLUSTER_ETCD_PASSWORD=etcd.password)
   hdocker "$h" plugin set "$plugin" "state.source=$base/h$h/state" "system-bus.source=$base/h$h/no-bus" \
     "etcd-tls.source=$base/h$h/etcd-tls" "${tls_set[@]}" \
     PYBRIDGE_NAME=pybridge \
@@ -181,6 +207,7 @@ up() {
     (cd "$root" && python3 -m tests.certificates "$base/tls" "$net.254" admin $(seq -f 'h%g' 1 "$n"))
   fi
   etcd_ctl start
+  [ "$auth" = 1 ] && etcd_auth_up "$n"
   seq 1 "$n" >"$base/hosts"
   for h in $(hosts); do make_host "$h"; done
   pb_log "up: $n hosts (scripts/multihost.sh docker H ...), etcd at $etcd_endpoints"

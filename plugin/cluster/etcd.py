@@ -39,6 +39,14 @@ from .interfaces import (
 
 log = logging.getLogger(__name__)
 
+# what etcd answers when a token is no longer good (expired, or made by a restarted member)
+TOKEN_REFUSED = ("invalid auth token", "user name is empty", "auth: revision in header is old")
+
+
+class AuthOff(ClusterUnavailable):
+    """etcd has authentication off while this host is set up with a user: refused."""
+
+
 REQUEST_TIMEOUT = 2.0  # a plugin call that needs etcd fails within a few seconds
 GRPC_NOT_FOUND = 5  # the gateway's error code for "requested lease not found"
 WATCH_IDLE = 10.0  # an idle watch stream is re-made this often (liveness, lossless)
@@ -102,8 +110,11 @@ class EtcdKV:
         endpoints: Sequence[tuple[str, str, int]],
         timeout: float = REQUEST_TIMEOUT,
         tls: EtcdTls | None = None,
+        login: tuple[str, str] | None = None,
     ):
-        """`tls`: etcd's CA (then the only one trusted) and this host's client certificate."""
+        """`tls`: etcd's CA (then the only one trusted) and this host's client certificate.
+        `login`: this host's etcd user and password; etcd must have authentication on then."""
+        self._login = login
         self._clients = [
             Etcd3Client(host=h, port=p, protocol=s, timeout=timeout, api_path="/v3/", session=_session(tls))
             for s, h, p in endpoints
@@ -120,7 +131,7 @@ class EtcdKV:
             index = (first + i) % len(self._clients)
             client = self._clients[index]
             try:
-                result = fn(client)
+                result = self._authenticated(client, fn)
             except (
                 etcd_errors.ConnectionFailedError,
                 etcd_errors.ConnectionTimeoutError,
@@ -140,6 +151,50 @@ class EtcdKV:
                 log.info("etcd: using %s", client.base_url)
             return result
         raise ClusterUnavailable(f"etcd unreachable ({what}): " + "; ".join(errors))
+
+    def _authenticated(self, client: Etcd3Client, fn: Callable[[Etcd3Client], Any]) -> Any:
+        """fn with this host's token (a token is per etcd member: each client gets its own);
+        once more with a new token when etcd no longer takes the one it had."""
+        if self._login is None:
+            return fn(client)
+        if "Authorization" not in client.session.headers:
+            self._authenticate(client)
+        try:
+            return fn(client)
+        except etcd_errors.Etcd3Exception as e:
+            if not any(s in (e.detail_text or str(e)) for s in TOKEN_REFUSED):
+                raise
+        self._authenticate(client)
+        return fn(client)
+
+    def _authenticate(self, client: Etcd3Client) -> None:
+        assert self._login is not None
+        user, password = self._login
+        client.session.headers.pop("Authorization", None)
+        try:
+            resp = client.session.post(
+                client.get_url("/auth/authenticate"), json={"name": user, "password": password}, timeout=client.timeout
+            )
+        except requests.RequestException as e:
+            raise etcd_errors.ConnectionFailedError(str(e)) from e
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = {}
+        token = answer.get("token") if isinstance(answer, dict) else None
+        if resp.status_code == 200 and isinstance(token, str) and token:
+            client.session.headers["Authorization"] = token
+            return
+        message = (
+            str(answer.get("message") or answer.get("error") or resp.reason)[:160] if isinstance(answer, dict) else ""
+        )
+        if "authentication is not enabled" in message:
+            raise AuthOff(
+                f"etcd at {client.base_url} has authentication off, and this host has an etcd user "
+                f"({user}): cluster mode does not start, since any etcd client could then write any host's "
+                "records (etcdctl auth enable; see the README's multi-host section)"
+            )
+        raise ClusterUnavailable(f"etcd at {client.base_url} refused user {user}: {message}")
 
     def _post(self, what: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         answer = self._call(what, lambda c: c.post(c.get_url(path), json=body))
@@ -252,12 +307,17 @@ class EtcdKV:
         try:
             if resp.status_code != 200:
                 raise etcd_errors.Etcd3Exception(resp.text[:200], resp.reason)
+            first = True
             for line in resp.iter_lines(chunk_size=None):  # type: ignore[call-overload]  # None: as data comes
                 if stop.is_set():
                     break
                 if not line.strip():
                     continue
-                result = json.loads(line).get("result") or {}
+                message = json.loads(line)
+                if first and isinstance(message.get("error"), dict):  # (a token refused, a permission)
+                    raise etcd_errors.Etcd3Exception(json.dumps(message["error"])[:200], "watch refused")
+                first = False
+                result = message.get("result") or {}
                 if int(result.get("compact_revision", 0) or 0) > 0:
                     raise WatchCompacted(f"etcd compacted past revision {revision}")
                 events = []

@@ -354,3 +354,25 @@ def gateway_mac(gateway4: str, vni: int) -> str:
         tail = ipaddress.IPv4Address(gateway4).packed
         return ":".join(f"{b:02x}" for b in (0x02, 0x42, *tail))
     return ":".join(f"{b:02x}" for b in (0x02, 0x43, 0, *vni.to_bytes(3, "big")))
+
+
+# access control: what each host may write
+CLAIMS = ("net/", "vni/", "members/", "addr/", "mac/")
+
+
+def etcd_access(host: str, user: str) -> list[list[str]]:
+    """The etcdctl commands (arguments after `etcdctl` and its connection flags) that give cluster
+    host HOST its etcd user `user` and a role of the same name: read everything of pybridge's,
+    write its own prefix and the claims (which every host creates, and none may overwrite: each
+    holds its claimer). The password comes from $PASSWORD (set it from the host's password file)."""
+    if host_id(parse_ip("host", host)) != host:
+        raise InvalidRequest(f"invalid host {host[:64]!r}: its underlay address, as pybridge writes it")
+    grants = [["role", "grant-permission", user, "--prefix=true", "read", PREFIX]]
+    grants += [["role", "grant-permission", user, "--prefix=true", "readwrite", p] for p in (host_prefix(host),)]
+    grants += [["role", "grant-permission", user, "--prefix=true", "readwrite", PREFIX + c] for c in CLAIMS]
+    return [
+        ["role", "add", user],
+        *grants,
+        ["user", "add", user, "--interactive=false", "--new-user-password=$PASSWORD"],
+        ["user", "grant-role", user, user],
+    ]

@@ -3,13 +3,18 @@ etcd-server), Vxlan against a throwaway network namespace."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import threading
+import uuid
 
 import pytest
 
-from plugin.cluster.etcd import EtcdKV
-from plugin.config import EtcdTls
+from plugin.cluster import records as r
+from plugin.cluster.etcd import AuthOff, EtcdKV
+from plugin.cluster.records import etcd_access
+from plugin.config import EtcdTls, etcd_user
 from plugin.cluster.interfaces import (
     Absent,
     ClusterUnavailable,
@@ -182,3 +187,67 @@ def test_etcd_over_tls_admits_only_a_client_with_a_certificate_of_its_ca(tls_etc
         assert "BEGIN" not in str(e.value) and c.directory not in str(e.value), what  # no key, no path
     with pytest.raises(ClusterUnavailable, match="etcd unreachable"):  # and plain HTTP is not served
         EtcdKV([("http", "127.0.0.1", server.client_port)]).get("/pybridge/tls")
+
+
+# Issue 22, item 1: etcd's access control, a user and role per host as `pybridge cluster
+# --etcd-access HOST` prints them, against a real etcd with authentication on.
+
+A_HOST, B_HOST = "10.206.255.1", "10.206.255.2"
+
+
+def _etcdctl(url: str, *args: str, user: str = "") -> str:
+    argv = ["etcdctl", "--endpoints", url, *([f"--user={user}"] if user else []), *args]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"})
+    assert p.returncode == 0, f"etcdctl {' '.join(args)}: {p.stderr}"
+    return p.stdout
+
+
+@pytest.fixture
+def auth_etcd():
+    if shutil.which("etcd") is None or shutil.which("etcdctl") is None:
+        pytest.fail("etcd and etcdctl are needed: apt-get install etcd-server etcd-client (scripts/test.sh does)")
+    server = EtcdServer(client_port=23793, peer_port=23803).start()
+    passwords = {A_HOST: "a-" + uuid.uuid4().hex, B_HOST: "b-" + uuid.uuid4().hex}
+    _etcdctl(server.url, "user", "add", "root", "--interactive=false", "--new-user-password=rootpw")
+    for host, password in passwords.items():
+        for command in etcd_access(host, etcd_user(host)):
+            _etcdctl(server.url, *(c.replace("$PASSWORD", password) for c in command))
+    _etcdctl(server.url, "auth", "enable")
+    yield server, passwords
+    server.remove()
+
+
+def test_with_etcd_auth_a_host_writes_only_its_own_prefix_and_the_claims(auth_etcd):
+    server, passwords = auth_etcd
+    endpoint = [("http", "127.0.0.1", server.client_port)]
+    a = EtcdKV(endpoint, login=(etcd_user(A_HOST), passwords[A_HOST]))
+    lease = a.grant(30)
+    assert a.txn([], [Put(r.member_key("web", A_HOST), b"{}", lease), Put(r.members_key("web", A_HOST), b"{}", lease)])
+    assert a.txn(
+        [Absent(r.addr_key("web", 5))],
+        [Put(r.addr_key("web", 5), r.AddrRecord(A_HOST, "dynamic").to_json().encode(), lease)],
+    )
+    # B's own prefix: A may read it, never write it (so A cannot say anything in B's name)
+    _etcdctl(server.url, "put", r.member_key("web", B_HOST), "{}", user=f"{etcd_user(B_HOST)}:{passwords[B_HOST]}")
+    assert a.get(r.member_key("web", B_HOST)) == b"{}"
+    for key in (r.member_key("web", B_HOST), r.ep_key("web", B_HOST, "ab" * 32), "/elsewhere/key"):
+        with pytest.raises(ClusterUnavailable, match="permission denied"):
+            a.txn([], [Put(key, b"{}")])
+    with pytest.raises(ClusterUnavailable, match="permission denied"):
+        a.txn([], [DeleteUnder(r.host_prefix(B_HOST))])
+    assert a.get(r.member_key("web", B_HOST)) == b"{}"
+    # a token etcd no longer takes is replaced (a restarted member forgets its tokens)
+    a._clients[0].session.headers["Authorization"] = "stale.token"
+    assert a.get(r.member_key("web", A_HOST)) == b"{}"
+    # no user, or a wrong password: nothing
+    with pytest.raises(ClusterUnavailable, match="user name is empty"):
+        EtcdKV(endpoint).get(r.member_key("web", A_HOST))
+    with pytest.raises(ClusterUnavailable, match=f"refused user {etcd_user(A_HOST)}"):
+        EtcdKV(endpoint, login=(etcd_user(A_HOST), "wrong")).get(r.member_key("web", A_HOST))
+
+
+def test_a_host_with_an_etcd_user_refuses_an_etcd_with_authentication_off(etcd):
+    kv = EtcdKV([("http", "127.0.0.1", etcd.client_port)], login=(etcd_user(A_HOST), "secret"))
+    with pytest.raises(AuthOff, match="has authentication off.*cluster mode does not start"):
+        kv.get(r.member_key("web", A_HOST))
+    assert EtcdKV([("http", "127.0.0.1", etcd.client_port)]).get(r.member_key("web", A_HOST)) is None  # (it answers)

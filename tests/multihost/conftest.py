@@ -109,6 +109,11 @@ class Cluster:
             env={**os.environ, "PYBRIDGE_MULTIHOST_DIR": str(self.base)},
         )
 
+    def root_user(self) -> list[str]:
+        """etcdctl's flag for etcd's root user, when the rig turned authentication on."""
+        path = self.base / "root.password"
+        return [f"--user=root:{path.read_text().strip()}"] if path.exists() else []
+
     @property
     def tls(self) -> Path | None:
         """The rig's certificates, when etcd serves TLS with client-cert auth (the default)."""
@@ -120,6 +125,7 @@ class Cluster:
         scheme = "https" if tls else "http"
         endpoints = ",".join(f"{scheme}://{UNDERLAY}.254:{port}" for port in ETCD_PORTS)
         auth = [f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/admin.pem", f"--key={tls}/admin-key.pem"] if tls else []
+        auth += self.root_user()
         return subprocess.run(
             ["ip", "netns", "exec", "pbmh-ul", "etcdctl", "--endpoints", endpoints, *auth, *args],
             capture_output=True,

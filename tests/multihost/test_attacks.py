@@ -255,7 +255,9 @@ def test_etcd_admits_no_client_without_a_certificate_of_the_clusters_ca(cluster)
             env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
         )
 
-    own = etcdctl(f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/admin.pem", f"--key={tls}/admin-key.pem")
+    own = etcdctl(
+        f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/admin.pem", f"--key={tls}/admin-key.pem", *cluster.root_user()
+    )
     assert own.returncode == 0 and "/pybridge/v2/" in own.stdout, own.stderr  # the probe can succeed
     for auth in (
         [f"--cacert={tls}/pbtest-ca.pem"],
@@ -282,3 +284,46 @@ def test_etcd_admits_no_client_without_a_certificate_of_the_clusters_ca(cluster)
         timeout=30,
     )
     assert '"kvs"' not in plain.stdout and '"header"' not in plain.stdout, plain.stdout
+
+
+def test_a_hosts_etcd_user_cannot_write_what_another_host_says(cluster):
+    """Issue 22, item 1: with host 1's own etcd credentials (its certificate and its user, as its
+    plugin has them), host 2's prefix is read-only: host 1 cannot say anything in host 2's name."""
+    password = cluster.base / "h1" / "etcd-tls" / "etcd.password"
+    assert password.exists(), "the rig runs etcd without authentication (PYBRIDGE_MULTIHOST_AUTH=0)"
+    tls = cluster.tls
+    h1, h2 = cluster.hosts[0], cluster.hosts[1]
+    flags = [f"--user=pybridge-{h1.address}:{password.read_text().strip()}"]
+    if tls is not None:
+        flags += [f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/h1.pem", f"--key={tls}/h1-key.pem"]
+    scheme = "https" if tls is not None else "http"
+
+    def put(key: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                "pbmh-ul",
+                "etcdctl",
+                "--endpoints",
+                f"{scheme}://10.206.255.254:2379",
+                "--command-timeout=5s",
+                *flags,
+                "put",
+                key,
+                "{}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
+
+    own = f"/pybridge/v2/host/{h1.address}/member/pbprobe"  # (a network no host has)
+    assert put(own).returncode == 0, "host 1 cannot write its own prefix"  # the probe can succeed
+    cluster.etcdctl("del", own)
+    for key in (f"/pybridge/v2/host/{h2.address}/member/web", f"/pybridge/v2/host/{h2.address}/ep/web/{'f1' * 32}"):
+        refused = put(key)
+        assert refused.returncode != 0 and "permission denied" in refused.stderr, (key, refused.stderr)
+        assert cluster.etcdctl("get", key) == ""

@@ -354,3 +354,20 @@ def test_uninstall_removes_links_and_firewall_and_nothing_comes_back(client, fak
     )
     assert status == 500 and body["Err"] == "pybridge is being uninstalled"
     assert fw.kernel is None and netlink.devices == {}
+
+
+def test_the_etcd_access_of_a_cluster_host_is_its_own_prefix_and_the_claims(client):
+    """Issue 22, item 1: `pybridge cluster --etcd-access HOST` prints these commands; the
+    integration tests run them against a real etcd with authentication on."""
+    resp = client.get("/pybridge/cluster/etcd-access/10.0.0.11")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["user"] == "pybridge-10.0.0.11"
+    writes = {c[-1] for c in body["commands"] if c[:2] == ["role", "grant-permission"] and c[-2] == "readwrite"}
+    assert writes == {"/pybridge/v2/host/10.0.0.11/"} | {
+        f"/pybridge/v2/{p}" for p in ("net/", "vni/", "members/", "addr/", "mac/")
+    }
+    reads = [c for c in body["commands"] if c[:2] == ["role", "grant-permission"] and c[-2] == "read"]
+    assert [c[-1] for c in reads] == ["/pybridge/v2/"]
+    for bad in ("10.0.0.011", "fe80::1%25eth0", "host1", "10.0.0.1%0a"):
+        assert client.get(f"/pybridge/cluster/etcd-access/{bad}").status_code in (400, 404), bad
