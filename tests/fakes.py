@@ -425,6 +425,10 @@ class FakeKV:
         self._next_lease = 1000
         self._cond = threading.Condition()
 
+    def as_user(self, writable: tuple[str, ...]) -> FakeKVUser:
+        """This etcd as a user whose role writes only under these prefixes."""
+        return FakeKVUser(self, writable)
+
     def _check(self):
         if self.down:
             raise self._unavailable("etcd unreachable (fake down)")
@@ -512,6 +516,47 @@ class FakeKV:
                 revision = self.revision + 1
             on_events(events)
         return revision
+
+
+class FakeKVUser:
+    """FakeKV as one etcd user with a role sees it (etcd's access control): reads everything,
+    writes only under `writable` prefixes; a transaction with any other write is refused whole,
+    with etcd's message, as EtcdKV reports it. Everything else is the FakeKV's."""
+
+    def __init__(self, kv: FakeKV, writable: tuple[str, ...]):
+        self._kv, self.writable = kv, writable
+        self.refused = 0
+
+    def __getattr__(self, name):  # what tests reach beyond the port: data, expire, down...
+        return getattr(self._kv, name)
+
+    def grant(self, ttl):
+        return self._kv.grant(ttl)
+
+    def keepalive(self, lease):
+        return self._kv.keepalive(lease)
+
+    def revoke(self, lease):
+        return self._kv.revoke(lease)
+
+    def get(self, key):
+        return self._kv.get(key)
+
+    def range(self, prefix):
+        return self._kv.range(prefix)
+
+    def watch(self, prefix, start_revision, on_events, stop):
+        return self._kv.watch(prefix, start_revision, on_events, stop)
+
+    def txn(self, conditions, operations):
+        from plugin.cluster.interfaces import ClusterUnavailable, DeleteUnder
+
+        for o in operations:
+            key = o.prefix if isinstance(o, DeleteUnder) else o.key
+            if not key.startswith(self.writable):
+                self.refused += 1
+                raise ClusterUnavailable(f"etcd transaction at fake failed: etcdserver: permission denied ({key})")
+        return self._kv.txn(conditions, operations)
 
 
 class FakeOverlay:

@@ -360,6 +360,11 @@ def gateway_mac(gateway4: str, vni: int) -> str:
 CLAIMS = ("net/", "vni/", "members/", "addr/", "mac/")
 
 
+def writable(host: str) -> tuple[str, ...]:
+    """The prefixes cluster host HOST writes: its own, and the claims."""
+    return (host_prefix(host), *(PREFIX + c for c in CLAIMS))
+
+
 def etcd_access(host: str, user: str) -> list[list[str]]:
     """The etcdctl commands (arguments after `etcdctl` and its connection flags) that give cluster
     host HOST its etcd user `user` and a role of the same name: read everything of pybridge's,
@@ -368,8 +373,7 @@ def etcd_access(host: str, user: str) -> list[list[str]]:
     if host_id(parse_ip("host", host)) != host:
         raise InvalidRequest(f"invalid host {host[:64]!r}: its underlay address, as pybridge writes it")
     grants = [["role", "grant-permission", user, "--prefix=true", "read", PREFIX]]
-    grants += [["role", "grant-permission", user, "--prefix=true", "readwrite", p] for p in (host_prefix(host),)]
-    grants += [["role", "grant-permission", user, "--prefix=true", "readwrite", PREFIX + c] for c in CLAIMS]
+    grants += [["role", "grant-permission", user, "--prefix=true", "readwrite", p] for p in writable(host)]
     return [
         ["role", "add", user],
         *grants,

@@ -53,7 +53,7 @@ def make_host(tmp_path, kv, n: int, clustered: bool = True):
         sysctl=FakeSysctl(),
         store=Store(d / "state.db").open(),
         synchronous_teardown=True,
-        kv=kv,
+        kv=kv.as_user(r.writable(address)) if clustered else kv,
         overlay=FakeOverlay(nl, {address: ("eth1", 1500)}),
     )
     services.address = address
@@ -73,6 +73,9 @@ def hosts(tmp_path, kv):
         if h.cluster is not None:
             h.cluster.stop()  # its threads use the store: they end before it closes
         h.store.close()
+    # each host is an etcd user that may write only its own prefix and the claims: no plugin
+    # write went anywhere else, in any test
+    assert [h.cluster.kv.refused for h in made if h.cluster is not None] == [0] * len(made)
 
 
 def nid(n: int) -> str:
@@ -154,6 +157,15 @@ def test_one_record_per_cluster_network_with_the_same_vni_and_gateway_mac_everyw
     # each host's membership is under its own prefix (which only it may write)
     assert set(kv.range(r.host_prefix(a.address))[0]) == {r.member_key("web", a.address)}
     assert set(kv.range(r.host_prefix(b.address))[0]) == {r.member_key("web", b.address)}
+    # every host here is an etcd user whose role writes its own prefix and the claims alone (as
+    # `pybridge cluster --etcd-access` sets up): nothing the plugins wrote went elsewhere
+    assert a.cluster.kv.refused == b.cluster.kv.refused == 0  # (every test's teardown checks it too)
+    as_a = kv.as_user(r.writable(a.address))
+    with pytest.raises(ClusterUnavailable, match="permission denied"):
+        as_a.txn([], [Put(r.member_key("web", b.address), b"{}")])
+    with pytest.raises(ClusterUnavailable, match="permission denied"):
+        as_a.txn([], [Delete(r.member_key("web", b.address))])
+    assert kv.get(r.member_key("web", b.address)) == b"{}"
 
 
 def test_another_subnet_under_the_same_name_is_refused_and_leaves_nothing(hosts, kv):

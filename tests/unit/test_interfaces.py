@@ -24,7 +24,7 @@ from plugin.cluster.networks import ClusterNetworks
 from plugin.ipam.claims import AddressClaims, LocalClaims
 from plugin.driver.ports import ClusterView, DnsPort, LocalOnly, NetworkHooks, ReaperPort
 from plugin.driver.reaper import Reaper
-from tests.fakes import FakeFirewall, FakeHostDns, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl
+from tests.fakes import FakeFirewall, FakeHostDns, FakeKV, FakeKVUser, FakeNetlink, FakeOverlay, FakeSysctl
 
 PAIRS = [
     (NetlinkPort, Netlink),
@@ -39,6 +39,7 @@ PAIRS = [
     (OverlayPort, FakeOverlay),
     (ClusterKVPort, EtcdKV),
     (ClusterKVPort, FakeKV),
+    (ClusterKVPort, FakeKVUser),
     # the services beside the driver, as the driver sees them (plugin/driver/ports.py)
     (DnsPort, DnsService),
     (ClusterView, ClusterService),
