@@ -35,7 +35,7 @@ class EtcdTls:
 class EtcdLogin:
     """This host's etcd user, and the file with its password (read when the cluster starts,
     never logged). With a login, etcd must have authentication on: a role per host lets each
-    write only its own prefix (`pybridge cluster etcd-access HOST` prints them)."""
+    write only its own prefix (`pybridge cluster --etcd-access HOST` prints them)."""
 
     user: str
     password_file: str

@@ -6,7 +6,7 @@ the key, and a watcher skips what does not parse.
 
 Layout, under PREFIX = /pybridge/v2/. What a host says about itself is under a prefix of its
 own, host/HOST/, which etcd's access control lets only that host write (one etcd user and role
-per host: `pybridge cluster etcd-access HOST` prints them); the rest are claims, which every host
+per host: `pybridge cluster --etcd-access HOST` prints them); the rest are claims, which every host
 may create (create-only by compare-and-swap) and which each name their holder:
 
   host/HOST/member/CLUSTERNET      this host has the network (host lease)
