@@ -1009,3 +1009,27 @@ def test_etcd_tls_settings_are_checked_before_anything_starts(tmp_path):
             before()
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_settings(base | tls | change, state_dir=str(tmp_path))
+
+
+def test_etcd_login_settings(tmp_path):
+    """Issue 22, item 1: the password is a file (0600) in the etcd-tls mount or at an absolute
+    path; the user defaults to pybridge-ADDRESS, as --etcd-access names it."""
+    from plugin.config import EtcdLogin
+    from plugin.domain.errors import ConfigError
+
+    password = tmp_path / "etcd.password"
+    password.write_text("secret\n")
+    password.chmod(0o600)
+    base = {"PYBRIDGE_CLUSTER_ETCD": "http://10.206.255.254:2379", "PYBRIDGE_CLUSTER_ADDRESS": "10.206.255.1"}
+    login = load_settings(base | {"PYBRIDGE_CLUSTER_ETCD_PASSWORD": str(password)}, state_dir=str(tmp_path))
+    assert login.cluster_login == EtcdLogin("pybridge-10.206.255.1", str(password))
+    named = base | {"PYBRIDGE_CLUSTER_ETCD_PASSWORD": str(password), "PYBRIDGE_CLUSTER_ETCD_USER": "web-host-1"}
+    assert load_settings(named, state_dir=str(tmp_path)).cluster_login == EtcdLogin("web-host-1", str(password))
+    assert load_settings(base, state_dir=str(tmp_path)).cluster_login is None
+    with pytest.raises(ConfigError, match="PYBRIDGE_CLUSTER_ETCD_USER needs PYBRIDGE_CLUSTER_ETCD_PASSWORD"):
+        load_settings(base | {"PYBRIDGE_CLUSTER_ETCD_USER": "web-host-1"}, state_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="invalid PYBRIDGE_CLUSTER_ETCD_USER"):
+        load_settings(named | {"PYBRIDGE_CLUSTER_ETCD_USER": "a b"}, state_dir=str(tmp_path))
+    password.chmod(0o640)
+    with pytest.raises(ConfigError, match="mode 0640 lets others read the password"):
+        load_settings(base | {"PYBRIDGE_CLUSTER_ETCD_PASSWORD": str(password)}, state_dir=str(tmp_path))
