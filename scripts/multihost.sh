@@ -114,6 +114,8 @@ for c in etcd_access(sys.argv[1], etcd_user(sys.argv[1])):
       ctl "${@//\$PASSWORD/$pw}" >/dev/null
     done
   done
+  ctl role add root >/dev/null 2>&1 || true      # (etcd 3.4: the root user needs the root role)
+  ctl user grant-role root root >/dev/null 2>&1 || true
   ctl auth enable >/dev/null
   mv "$base/root.password.new" "$base/root.password"
 }

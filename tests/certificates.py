@@ -42,13 +42,16 @@ def _ca(directory: str, name: str) -> tuple[str, str]:
     return cert, key
 
 
-def _signed(directory: str, name: str, ca: tuple[str, str], ext: str) -> tuple[str, str]:
+def _signed(directory: str, name: str, ca: tuple[str, str], ext: str, cn: bool = True) -> tuple[str, str]:
+    """A certificate of `name` signed by `ca`; cn=False: no common name (O and OU only), as
+    etcd's HTTP gateway requires of a client when authentication is on."""
     key = _key(os.path.join(directory, f"{name}-key.pem"))
     csr, cert = os.path.join(directory, f"{name}.csr"), os.path.join(directory, f"{name}.pem")
     extfile = os.path.join(directory, f"{name}.ext")
     with open(extfile, "w") as f:
         f.write(ext + "\n")
-    _openssl("req", "-new", "-key", key, "-out", csr, "-subj", f"/CN={name}")
+    subject = f"/CN={name}" if cn else f"/O=pybridge/OU={name}"
+    _openssl("req", "-new", "-key", key, "-out", csr, "-subj", subject)
     _openssl(
         "x509",
         "-req",
@@ -93,9 +96,9 @@ class Certificates:
         server = _signed(
             directory, "etcd", ca, f"subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth,clientAuth"
         )
-        own = _signed(directory, client, ca, "extendedKeyUsage=clientAuth")
+        own = _signed(directory, client, ca, "extendedKeyUsage=clientAuth", cn=False)
         for name in others:
-            _signed(directory, name, ca, "extendedKeyUsage=clientAuth")
+            _signed(directory, name, ca, "extendedKeyUsage=clientAuth", cn=False)
         stranger_ca = _ca(directory, "stranger-ca")
         stranger = _signed(directory, "stranger", stranger_ca, "extendedKeyUsage=clientAuth")
         return cls(directory, ca[0], server[0], server[1], own[0], own[1], stranger_ca[0], stranger[0], stranger[1])

@@ -185,9 +185,16 @@ class EtcdKV:
         if resp.status_code == 200 and isinstance(token, str) and token:
             client.session.headers["Authorization"] = token
             return
-        message = (
-            str(answer.get("message") or answer.get("error") or resp.reason)[:160] if isinstance(answer, dict) else ""
-        )
+        if isinstance(answer, dict) and (answer.get("message") or answer.get("error")):
+            message = str(answer.get("message") or answer.get("error"))[:160]
+        else:
+            message = (resp.text.strip() or str(resp.reason))[:160]
+        if "CommonName" in message:
+            raise ClusterUnavailable(
+                f"etcd at {client.base_url} refuses this host's client certificate through its HTTP gateway "
+                "while authentication is on, because it has a common name: issue it without one (subject O=, "
+                "OU= only); the password gives the host its etcd user"
+            )
         if "authentication is not enabled" in message:
             raise AuthOff(
                 f"etcd at {client.base_url} has authentication off, and this host has an etcd user "

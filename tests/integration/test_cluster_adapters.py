@@ -251,3 +251,26 @@ def test_a_host_with_an_etcd_user_refuses_an_etcd_with_authentication_off(etcd):
     with pytest.raises(AuthOff, match="has authentication off.*cluster mode does not start"):
         kv.get(r.member_key("web", A_HOST))
     assert EtcdKV([("http", "127.0.0.1", etcd.client_port)]).get(r.member_key("web", A_HOST)) is None  # (it answers)
+
+
+def test_tls_and_authentication_together_need_client_certificates_without_a_common_name(tmp_path):
+    """etcd's HTTP gateway, with authentication on, refuses a client certificate that has a
+    common name (it would not use it as the user): the host's certificate carries none, and one
+    that does is refused with a message that says so."""
+    certs = Certificates.make(str(tmp_path / "tls"))
+    server = EtcdServer(client_port=23794, peer_port=23804, tls=certs).start()
+    try:
+        tls_flags = [f"--cacert={certs.ca}", f"--cert={certs.client_cert}", f"--key={certs.client_key}"]
+        _etcdctl(server.url, *tls_flags, "user", "add", "root", "--interactive=false", "--new-user-password=rootpw")
+        for command in etcd_access(A_HOST, etcd_user(A_HOST)):
+            _etcdctl(server.url, *tls_flags, *(c.replace("$PASSWORD", "pw-a") for c in command))
+        _etcdctl(server.url, *tls_flags, "auth", "enable")
+        endpoint = [("https", "127.0.0.1", server.client_port)]
+        login = (etcd_user(A_HOST), "pw-a")
+        a = EtcdKV(endpoint, tls=EtcdTls(ca=certs.ca, cert=certs.client_cert, key=certs.client_key), login=login)
+        assert a.txn([], [Put(r.member_key("web", A_HOST), b"{}")])
+        named = EtcdKV(endpoint, tls=EtcdTls(ca=certs.ca, cert=certs.server_cert, key=certs.server_key), login=login)
+        with pytest.raises(ClusterUnavailable, match="because it has a common name: issue it without one"):
+            named.get(r.member_key("web", A_HOST))
+    finally:
+        server.remove()
