@@ -19,6 +19,19 @@ def test_the_plugin_sees_only_net_sysctls_of_the_host(engine):
     assert host_sys == ["/host/proc/sys/net"], host_sys
 
 
+def _writable_by(pid: str, directory: str) -> bool:
+    """Whether a file can be made in `directory` as the plugin process `pid` sees it."""
+    probe = f"/proc/{pid}/root{directory}/pybridge-write-probe"
+    try:
+        open(probe, "w").close()
+        return True
+    except OSError:
+        return False
+    finally:
+        if os.path.exists(probe):
+            os.unlink(probe)
+
+
 def _mounts(pid: str) -> list[list[str]]:
     return [m.split() for m in open(f"/proc/{pid}/mountinfo").read().splitlines()]
 
@@ -33,16 +46,7 @@ def test_of_the_hosts_run_only_the_system_bus_is_mounted_and_read_only(engine):
     assert not [m for m in mounts if m[4] == "/host/run"], "the host's whole /run is mounted"
     bus = [m for m in mounts if m[4] == "/host/run/dbus"]
     assert bus and "ro" in bus[0][5].split(","), bus
-    probe = f"/proc/{pids[0]}/root/host/run/dbus/pybridge-write-probe"
-    try:
-        open(probe, "w").close()
-        written = True
-    except OSError:
-        written = False
-    finally:
-        if os.path.exists(probe):
-            os.unlink(probe)
-    assert not written, "the plugin's /host/run/dbus is writable"
+    assert not _writable_by(pids[0], "/host/run/dbus"), "the plugin's /host/run/dbus is writable"
 
 
 def _unix_sockets_under(root: str) -> set[str]:
@@ -159,13 +163,4 @@ def test_the_etcd_tls_directory_is_mounted_read_only(engine):
     assert pids
     tls = [m for m in _mounts(pids[0]) if m[4] == "/etc/pybridge/etcd-tls"]
     assert tls and "ro" in tls[0][5].split(","), tls
-    probe = f"/proc/{pids[0]}/root/etc/pybridge/etcd-tls/pybridge-write-probe"
-    try:
-        open(probe, "w").close()
-        written = True
-    except OSError:
-        written = False
-    finally:
-        if os.path.exists(probe):
-            os.unlink(probe)
-    assert not written, "the plugin's etcd-tls directory is writable"
+    assert not _writable_by(pids[0], "/etc/pybridge/etcd-tls"), "the plugin's etcd-tls directory is writable"

@@ -119,6 +119,29 @@ class Cluster:
         """The rig's certificates, when etcd serves TLS with client-cert auth (the default)."""
         return self.base / "tls" if (self.base / "tls").is_dir() else None
 
+    def etcdctl_as(self, *args: str, endpoint: str = "") -> subprocess.CompletedProcess:
+        """etcdctl on the underlay with only these flags and arguments (as any client there
+        could run it); `endpoint`: the first etcd member's, TLS or not as the rig runs it."""
+        url = endpoint or f"{'https' if self.tls else 'http'}://{UNDERLAY}.254:{ETCD_PORTS[0]}"
+        return subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                "pbmh-ul",
+                "etcdctl",
+                "--endpoints",
+                url,
+                "--dial-timeout=2s",
+                "--command-timeout=5s",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
+
     def etcdctl(self, *args: str) -> str:
         """etcdctl as the rig's admin client."""
         tls = self.tls

@@ -232,28 +232,7 @@ def test_etcd_admits_no_client_without_a_certificate_of_the_clusters_ca(cluster)
     url = "https://10.206.255.254:2379"
 
     def etcdctl(*auth: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                "pbmh-ul",
-                "etcdctl",
-                "--endpoints",
-                url,
-                "--dial-timeout=2s",
-                "--command-timeout=3s",
-                *auth,
-                "get",
-                "--prefix",
-                "--keys-only",
-                "/pybridge/",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
-        )
+        return cluster.etcdctl_as(*auth, "get", "--prefix", "--keys-only", "/pybridge/", endpoint=url)
 
     own = etcdctl(
         f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/admin.pem", f"--key={tls}/admin-key.pem", *cluster.root_user()
@@ -296,29 +275,9 @@ def test_a_hosts_etcd_user_cannot_write_what_another_host_says(cluster):
     flags = [f"--user=pybridge-{h1.address}:{password.read_text().strip()}"]
     if tls is not None:
         flags += [f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/h1.pem", f"--key={tls}/h1-key.pem"]
-    scheme = "https" if tls is not None else "http"
 
     def put(key: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                "pbmh-ul",
-                "etcdctl",
-                "--endpoints",
-                f"{scheme}://10.206.255.254:2379",
-                "--command-timeout=5s",
-                *flags,
-                "put",
-                key,
-                "{}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
-        )
+        return cluster.etcdctl_as(*flags, "put", key, "{}")
 
     own = f"/pybridge/v2/host/{h1.address}/member/pbprobe"  # (a network no host has)
     assert put(own).returncode == 0, "host 1 cannot write its own prefix"  # the probe can succeed
