@@ -81,6 +81,12 @@ def _grpc_code(e: Exception) -> int | None:
     return code if isinstance(code, int) else None
 
 
+def _said(text: str, limit: int) -> str:
+    """What etcd (or anything on the way) answered, for an error or a log line: at most `limit`
+    characters, with no control character (a line break would forge a log line)."""
+    return re.sub(r"[\x00-\x1f\x7f]", "?", text[:limit])
+
+
 def _failure(e: Exception) -> str:
     """What a failed connection says, for the log and the error: its kind, and for TLS the
     reason OpenSSL gives (a certificate refused, none sent), never more of its text."""
@@ -143,7 +149,7 @@ class EtcdKV:
                 if _grpc_code(e) == GRPC_NOT_FOUND and what == "transaction":
                     raise LeaseExpired(f"etcd at {client.base_url}: the lease of this host expired") from e
                 raise ClusterUnavailable(
-                    f"etcd {what} at {client.base_url} failed: {(e.detail_text or str(e))[:200]}"
+                    f"etcd {what} at {client.base_url} failed: {_said(e.detail_text or str(e), 200)}"
                 ) from e
             if index != first:
                 with self._lock:
@@ -186,9 +192,9 @@ class EtcdKV:
             client.session.headers["Authorization"] = token
             return
         if isinstance(answer, dict) and (answer.get("message") or answer.get("error")):
-            message = str(answer.get("message") or answer.get("error"))[:160]
+            message = _said(str(answer.get("message") or answer.get("error")), 160)
         else:
-            message = (resp.text.strip() or str(resp.reason))[:160]
+            message = _said(resp.text.strip() or str(resp.reason), 160)
         if "CommonName" in message:
             raise ClusterUnavailable(
                 f"etcd at {client.base_url} refuses this host's client certificate through its HTTP gateway "

@@ -1033,3 +1033,12 @@ def test_etcd_login_settings(tmp_path):
     password.chmod(0o640)
     with pytest.raises(ConfigError, match="mode 0640 lets others read the password"):
         load_settings(base | {"PYBRIDGE_CLUSTER_ETCD_PASSWORD": str(password)}, state_dir=str(tmp_path))
+
+
+def test_what_etcd_answers_cannot_forge_a_log_line():
+    """etcd's answers (or a proxy's on the way) reach errors and the log: bounded, and without a
+    control character (a line break would start a log line of its own)."""
+    from plugin.cluster.etcd import _said
+
+    said = _said("permission denied\n2026-12-04 ERROR forged\x1b[31m" + "x" * 500, 160)
+    assert len(said) == 160 and "\n" not in said and "\x1b" not in said and said.startswith("permission denied?")
