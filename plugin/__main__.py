@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         from .wiring import build_services
 
         setup_logging(settings.log_level)
-        report = build_services(settings).reconciler.restore()
+        services = build_services(settings)
+        services.underlay_up()
+        report = services.reconciler.restore()
         print(json.dumps(report.as_dict(), indent=2))
         return 1 if report.errors else 0
     except PybridgeError as e:

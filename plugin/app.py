@@ -122,6 +122,19 @@ def create_app(services) -> Flask:
             return _reply({"Err": str(e)}, 400)
         return _reply({"user": etcd_user(host), "commands": commands})
 
+    @app.post("/pybridge/cluster/rotate-key")
+    def rotate_key():
+        """A new WireGuard key pair for this host (cluster mode with PYBRIDGE_CLUSTER_ENCRYPT)."""
+        if services.tunnel is None:
+            return _reply(
+                {"Err": "no WireGuard here: cluster mode with PYBRIDGE_CLUSTER_ENCRYPT=wireguard is off"}, 400
+            )
+        try:
+            return _reply({"public_key": services.tunnel.rotate()})
+        except (PybridgeError, OSError) as e:
+            log.warning("rotate-key failed: %s", e)
+            return _reply({"Err": f"rotate-key: {e}"}, 500)
+
     @app.get("/pybridge/doctor")
     def doctor():
         return _reply(services.doctor.examine(grace()))

@@ -70,6 +70,9 @@ class Settings:
     cluster_tls: EtcdTls | None = None  # etcd's CA and this host's client certificate; None: none
     cluster_login: EtcdLogin | None = None  # this host's etcd user and password file; None: none
     vxlan_port: int = 4789
+    cluster_encrypt: str = "none"  # "wireguard": VXLAN between hosts through WireGuard
+    cluster_wg_port: int = 51820  # WireGuard's UDP port on the underlay
+    cluster_wg_subnet: str = "10.254.0.0/16"  # the hosts' tunnel addresses (the underlay's host bits in it)
 
     @property
     def clustered(self) -> bool:
@@ -159,10 +162,30 @@ def _cluster(env) -> dict:
     endpoints = parse_endpoints(etcd)
     return dict(
         values,
+        **_encrypt(env),
         cluster_etcd=endpoints,
         cluster_address=str(ip),
         cluster_tls=_etcd_tls(env, endpoints),
         cluster_login=_etcd_login(env, str(ip)),
+    )
+
+
+def _encrypt(env: Mapping[str, str]) -> dict:
+    """PYBRIDGE_CLUSTER_ENCRYPT=wireguard (or none), its port and tunnel subnet."""
+    encrypt = env.get("PYBRIDGE_CLUSTER_ENCRYPT", "") or "none"
+    if encrypt not in ("none", "wireguard"):
+        raise ConfigError(f"invalid PYBRIDGE_CLUSTER_ENCRYPT {encrypt[:64]!r}: none or wireguard")
+    raw = env.get("PYBRIDGE_CLUSTER_WG_SUBNET", "") or "10.254.0.0/16"
+    try:
+        subnet = ipaddress.ip_network(raw, strict=True)
+    except ValueError:
+        raise ConfigError(f"invalid PYBRIDGE_CLUSTER_WG_SUBNET {raw[:64]!r}: a subnet such as 10.254.0.0/16") from None
+    if subnet.num_addresses < 4 or subnet.is_loopback or subnet.is_multicast or subnet.is_link_local:
+        raise ConfigError(f"invalid PYBRIDGE_CLUSTER_WG_SUBNET {raw[:64]!r}: a unicast subnet with room for hosts")
+    return dict(
+        cluster_encrypt=encrypt,
+        cluster_wg_port=_int(env, "PYBRIDGE_CLUSTER_WG_PORT", 51820, 1, 65535),
+        cluster_wg_subnet=str(subnet),
     )
 
 

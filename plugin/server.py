@@ -71,6 +71,7 @@ class PluginServer(BaseApplication):
 
         setup_logging(self.settings.log_level)
         services = build_services(self.settings)
+        services.underlay_up()
         try:
             report = services.reconciler.restore()
             if report.errors:

@@ -21,11 +21,12 @@ from .driver.restore import Doctor, Reconciler
 from .driver.views import Views
 from .ipam.claims import AddressClaims, LocalClaims, Returning
 from .ipam.service import IpamService
-from .kernel.interfaces import FirewallPort, NetlinkPort, OverlayPort, SysctlPort
+from .kernel.interfaces import FirewallPort, NetlinkPort, OverlayPort, SysctlPort, TunnelPort
 from .store.db import Store
 
 if TYPE_CHECKING:
     from .cluster.service import ClusterService
+    from .cluster.tunnel import Encrypted
     from .dns.service import DnsService
     from .docker.watcher import DockerWatcher
 
@@ -60,6 +61,23 @@ class Services:
     metrics: MetricsPort | None = None  # plugin.metrics.Metrics, made by enable_metrics()
     cluster: ClusterService | None = None  # in cluster mode
     overlay: OverlayPort | None = None  # the VXLAN adapter, in cluster mode
+    tunnel: Encrypted | None = None  # the WireGuard underlay, in cluster mode with PYBRIDGE_CLUSTER_ENCRYPT
+
+    def underlay_up(self) -> None:
+        """Before the restore: the WireGuard device that cluster networks' VXLAN runs over. Should
+        it fail, cluster networks fail to attach (VXLAN never falls back to clear text)."""
+        if self.tunnel is None or self.overlay is None:
+            return
+        under = self.overlay.underlay(self.settings.cluster_address)
+        if under is None:
+            logging.getLogger(__name__).error(
+                "cluster: no link holds the underlay address %s: no WireGuard device", self.settings.cluster_address
+            )
+            return
+        try:
+            self.tunnel.up(under[1])
+        except Exception as e:
+            logging.getLogger(__name__).error("cluster: WireGuard could not come up, cluster networks stay down: %s", e)
 
     def enable_metrics(self):
         """The Prometheus registry the HTTP layer feeds; served by start_background when the
@@ -145,6 +163,7 @@ def build_services(
     dns=None,
     kv=None,
     overlay=None,
+    wireguard: TunnelPort | None = None,
 ) -> Services:
     if netlink is None:
         from .kernel.netlink import Netlink
@@ -190,6 +209,7 @@ def build_services(
     returning = Returning()
     claims: AddressClaims = LocalClaims(store, returning)
     cluster = None
+    tunnel = None
     if settings.clustered:
         from .cluster.claims import EtcdClaims
         from .cluster.networks import ClusterNetworks
@@ -208,6 +228,28 @@ def build_services(
 
             overlay = Vxlan()
         cluster = ClusterService(kv, settings.cluster_address, settings.cluster_grace)
+        if settings.cluster_encrypt == "wireguard":
+            import ipaddress
+
+            from .cluster.tunnel import Encrypted
+            from .domain.naming import tunnel_name
+
+            if wireguard is None:
+                from .kernel.wireguard import WireGuard
+
+                wireguard = WireGuard()
+            tunnel = Encrypted(
+                wireguard,
+                cluster,
+                store,
+                tunnel_name(settings.ifprefix),
+                ipaddress.ip_network(settings.cluster_wg_subnet),
+                settings.cluster_wg_port,
+                os.path.join(settings.state_dir, "wireguard.key"),
+                settings.cluster_address,
+            )
+            cluster.watch.on_tunnels = tunnel.members_changed
+            cluster.describe_tunnel = tunnel.snapshot
         on_cluster = ClusterNetworks(
             cluster,
             overlay,
@@ -218,6 +260,7 @@ def build_services(
             settings.cluster_address,
             settings.vxlan_port,
             inventory.names,
+            tunnel,
         )
         on_cluster.listen()
         inventory.subscribe(on_cluster.names_changed)
@@ -248,4 +291,5 @@ def build_services(
         dns=dns,
         cluster=cluster,
         overlay=overlay,
+        tunnel=tunnel,
     )

@@ -287,9 +287,9 @@ class FakeFirewall:
         self._change(nftrules.set_foreign(self.table, bridges, own))
         self._foreign = bridges
 
-    def set_vxlan_members(self, port, members):
+    def set_vxlan_members(self, port, members, tunnel=""):
         self.changes += 1
-        elements = nftrules.vxlan_elements(port, members)
+        elements = nftrules.vxlan_elements(port, members, tunnel)
         self._change(nftrules.set_vxlan(self.table, elements))
         self._vxlan = elements
 
@@ -599,3 +599,84 @@ class FakeOverlay:
         if name not in self.netlink.devices or bridge not in self.netlink.devices:
             raise KernelError(f"VXLAN {name} or its bridge {bridge} is missing")
         self.entries[name] = {mac: (host, frozenset(ips)) for mac, (host, ips) in peers.items()}
+
+
+class FakeWireGuard:
+    """TunnelPort over a FakeOverlay: the device is a link in its FakeNetlink and its address an
+    underlay the overlay knows (so VXLAN finds it, as the kernel would); the key file must be
+    there and 0600, keys and peers are checked as the real adapter checks them, and peers exist
+    only on a device that exists. A public key is a digest of its private key."""
+
+    def __init__(self, overlay: FakeOverlay):
+        self.overlay = overlay
+        self.netlink = overlay.netlink
+        self.devices: dict[str, dict] = {}  # name -> {"key": private, "port", "address", "peers"}
+
+    def make_key(self, path):
+        import base64
+        import os as _os
+
+        fd = _os.open(path, _os.O_WRONLY | _os.O_CREAT | _os.O_TRUNC, 0o600)
+        with _os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(_os.urandom(32)).decode() + "\n")
+
+    def public_key(self, path):
+        import base64
+        import hashlib
+
+        from plugin.kernel.interfaces import check_key
+
+        with open(path) as f:
+            private = check_key(f.read().strip(), f"private key in {path}")
+        return base64.b64encode(hashlib.sha256(private.encode()).digest()).decode()
+
+    def _private(self, key_file):
+        import os as _os
+
+        from plugin.kernel.interfaces import check_key
+
+        if _os.stat(key_file).st_mode & 0o077:
+            raise KernelError(f"{key_file}: a private key others may read")
+        with open(key_file) as f:
+            return check_key(f.read().strip(), "private key")
+
+    def ensure(self, name, key_file, port, address, mtu):
+        self.netlink._step("ensure_wireguard")
+        link = self.netlink.devices.get(name)
+        if link is not None and link.kind != "wireguard":
+            raise KernelError(f"a link named {name} exists and is not WireGuard")
+        if link is None:
+            link = self.netlink.devices[name] = FakeLink(name, "wireguard", mtu)
+            self.devices[name] = {"peers": {}}
+        ip = address.split("/")[0]
+        self.devices[name].update(key=self._private(key_file), port=int(port), address=address)
+        link.mtu, link.up = mtu, True
+        self.overlay.underlays[ip] = (name, mtu)
+        return "kernel"
+
+    def set_key(self, name, key_file):
+        if name not in self.netlink.devices:
+            raise KernelError(f"no WireGuard device {name}")
+        self.devices[name]["key"] = self._private(key_file)
+
+    def peers(self, name):
+        if name not in self.netlink.devices:
+            raise KernelError(f"no WireGuard device {name}")
+        return dict(self.devices[name]["peers"])
+
+    def set_peers(self, name, peers):
+        if name not in self.netlink.devices:
+            raise KernelError(f"no WireGuard device {name}")
+        checked = {k: p.check() for k, p in peers.items()}
+        allowed = [p.allowed for p in checked.values()]
+        assert len(allowed) == len(set(allowed)), "one tunnel address on two peers"
+        self.devices[name]["peers"] = checked
+
+    def delete(self, name):
+        link = self.netlink.devices.pop(name, None)
+        self.devices.pop(name, None)
+        if link is not None:
+            self.overlay.underlays = {a: u for a, u in self.overlay.underlays.items() if u[0] != name}
+
+    def exists(self, name):
+        return name in self.netlink.devices

@@ -29,6 +29,7 @@ from ..kernel.interfaces import NetlinkPort, OverlayPort
 from ..store.db import Store
 from .records import EndpointRecord, NetRecord
 from .service import ClusterService, LocalNetwork
+from .tunnel import Plain, UnderlayPath
 from .watch import Peers
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ClusterNetworks:
         underlay: str,
         vxlan_port: int,
         local_names: Callable[[str], list[ContainerInfo]] = lambda network_id: [],
+        path: UnderlayPath | None = None,
     ):
         self.cluster = cluster
         self.overlay = overlay
@@ -55,7 +57,8 @@ class ClusterNetworks:
         self.store = store
         self.firewall = firewall
         self.prefix = prefix
-        self.underlay = underlay  # this host's underlay address (VXLAN source)
+        self.underlay = underlay  # this host's underlay address
+        self.path: UnderlayPath = path or Plain(underlay)  # VXLAN's addresses: the underlay's, or WireGuard's
         self.vxlan_port = vxlan_port
         self.local_names = local_names  # Docker's names of this host's containers, by network id
         self._vxlan_filter: tuple[Any, ...] = (0, ())  # what the firewall was last told
@@ -98,12 +101,13 @@ class ClusterNetworks:
         under = self.overlay.underlay(self.underlay)
         if under is None:
             raise KernelError(f"no link of this host holds the underlay address {self.underlay}")
-        overhead = VXLAN_OVERHEAD[6 if ":" in self.underlay else 4]
-        ceiling = under[1] - overhead
+        overhead = VXLAN_OVERHEAD[6 if ":" in self.path.local else 4]
+        ceiling = under[1] - overhead - self.path.overhead
         if network.mtu is not None and network.mtu > ceiling:
+            tunnel = f" and WireGuard {self.path.overhead}" if self.path.overhead else ""
             raise InvalidRequest(
                 f"MTU {network.mtu} does not fit the underlay: {under[0]} has MTU {under[1]}, "
-                f"VXLAN takes {overhead}, so at most {ceiling}"
+                f"VXLAN takes {overhead}{tunnel}, so at most {ceiling}"
             )
         subnets = [(str(s.pool), str(s.gateway.ip) if s.gateway else "") for s in network.subnets]
         aux = tuple(str(a.ip) for s in network.subnets for _, a in s.aux)
@@ -127,7 +131,7 @@ class ClusterNetworks:
             return
         name = vxlan_name(self.prefix, network.vni)
         self.overlay.ensure_vxlan(
-            name, network.vni, self.underlay, self.vxlan_port, network.mtu or 1500, network.bridge
+            name, network.vni, self.path.local, self.vxlan_port, network.mtu or 1500, network.bridge
         )
         if self.cluster.loaded:
             self.overlay.set_peers(
@@ -235,7 +239,7 @@ class ClusterNetworks:
                 ", ".join(f"{m} (host {peers[m][0]})" for m in clash),
                 "the gateway's or a container's",
             )
-        return {m: p for m, p in peers.items() if m not in local}
+        return {m: (self.path.remote(host), ips) for m, (host, ips) in peers.items() if m not in local}
 
     def _filter_vxlan(self) -> None:
         """A cluster network's VXLAN (its VNI) is taken only from the hosts that have containers
@@ -249,8 +253,8 @@ class ClusterNetworks:
             else:  # etcd not read yet: the last members known, never everyone
                 vnis = {n.vni for n in networks}
                 members = sorted(m for m in tx.meta.vxlan_members() if m[0] in vnis)
-            want = (self.vxlan_port if networks else 0, tuple(members))
+            want = (self.vxlan_port if networks else 0, tuple((vni, self.path.remote(h)) for vni, h in members))
             if want != self._vxlan_filter:
-                self.firewall.change(tx, self.firewall.port.set_vxlan_members, *want)
+                self.firewall.change(tx, self.firewall.port.set_vxlan_members, *want, self.path.link)
                 tx.meta.set_vxlan_members(members)
                 self._vxlan_filter = want

@@ -12,6 +12,8 @@ may create (create-only by compare-and-swap) and which each name their holder:
   host/HOST/member/CLUSTERNET      this host has the network (host lease)
   host/HOST/ep/CLUSTERNET/EPID     EndpointRecord: MAC and addresses of a container there (host lease)
   host/HOST/name/CLUSTERNET/CID    NameRecord: a container's name, aliases, addresses (host lease)
+  host/HOST/tunnel                 TunnelRecord: its WireGuard public key and port (host lease;
+                                   PYBRIDGE_CLUSTER_ENCRYPT=wireguard), reached at HOST itself
   net/CLUSTERNET                   NetRecord: subnets, gateways, VNI, gateway MAC, MTU (no lease)
   vni/VNI                          CLUSTERNET, so that a VNI is claimed once (no lease)
   members/CLUSTERNET/HOST          the network's hosts, so that the last to leave removes its
@@ -45,6 +47,7 @@ _HEX_ID = re.compile(r"[0-9a-f]{1,64}")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _DNS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
 _VNI_KEY = re.compile(r"[0-9]{1,8}")
+_WG_KEY = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")  # 32 bytes in base64
 
 
 class InvalidRecord(PybridgeError):
@@ -112,6 +115,20 @@ def name_prefix(name: str, host: str) -> str:
 
 def name_key(name: str, host: str, container_id: str) -> str:
     return name_prefix(name, host) + container_id
+
+
+def tunnel_key(host: str) -> str:
+    return f"{host_prefix(host)}tunnel"
+
+
+def split_tunnel_key(key: str) -> str | None:
+    """The host of a host/HOST/tunnel key, or None."""
+    if not key.startswith(PREFIX + "host/"):
+        return None
+    parts = key[len(PREFIX) + 5 :].split("/")
+    if len(parts) != 2 or parts[1] != "tunnel":
+        return None
+    return _host_of(key, parts[0])
 
 
 def split_addr_key(key: str, network: str | None = None) -> tuple[str, int] | None:
@@ -226,6 +243,18 @@ class EndpointRecord:
             str(endpoint.address4.ip) if endpoint.address4 else "",
             str(endpoint.address6.ip) if endpoint.address6 else "",
         )
+
+
+@dataclass(frozen=True)
+class TunnelRecord:
+    """A host's WireGuard public key and the UDP port it listens on; its endpoint is the host's
+    own underlay address (the key's prefix), so a record can only speak for its writer."""
+
+    key: str
+    port: int
+
+    def to_json(self) -> str:
+        return json.dumps({"key": self.key, "port": self.port}, sort_keys=True)
 
 
 def _load(key: str, value: bytes) -> dict[str, Any]:
@@ -345,6 +374,16 @@ def parse_name(key: str, container_id: str, value: bytes) -> ContainerInfo:
         raise InvalidRecord(f"etcd key {key[:100]!r}: aliases malformed")
     ipv4, ipv6 = _address(key, d.get("ipv4", ""), 4), _address(key, d.get("ipv6", ""), 6)
     return ContainerInfo(container_id, name, tuple(aliases), ipv4, ipv6)
+
+
+def parse_tunnel(key: str, value: bytes) -> TunnelRecord:
+    d = _load(key, value)
+    public, port = d.get("key"), d.get("port")
+    if not isinstance(public, str) or not _WG_KEY.fullmatch(public):
+        raise InvalidRecord(f"etcd key {key[:100]!r}: WireGuard key {str(public)[:60]!r} malformed")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise InvalidRecord(f"etcd key {key[:100]!r}: port {str(port)[:20]!r} out of range")
+    return TunnelRecord(public, port)
 
 
 def gateway_mac(gateway4: str, vni: int) -> str:

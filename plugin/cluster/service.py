@@ -143,6 +143,8 @@ class ClusterService:
         self.clashes: dict[str, set[int]] = {}
         self.on_clash: Callable[[str, int], None] = lambda name, address: None
         self._turns = TurnGate()
+        self.tunnel: r.TunnelRecord | None = None  # this host's WireGuard key and port, for the others
+        self.describe_tunnel: Callable[[], dict[str, Any]] = lambda: {"encrypt": "none"}
 
     def changing(self) -> ContextManager[None]:
         """Held by a plugin call around its etcd write and the state store's record of it (see
@@ -359,6 +361,18 @@ class ClusterService:
             )
             self._dirty.set()
 
+    # --- the encrypted underlay
+    def publish_tunnel(self, record: r.TunnelRecord) -> None:
+        """This host's WireGuard public key and port, under its prefix and lease (so it goes when
+        the host does). Written again by the resync when etcd does not answer now."""
+        self.tunnel = record
+        key, value = r.tunnel_key(self.host), record.to_json().encode()
+        try:
+            self._leased([], lambda lease: [Put(key, value, lease)])
+        except (ClusterUnavailable, LeaseExpired) as e:
+            log.warning("cluster: WireGuard key published later (%s)", e)
+            self._dirty.set()
+
     # --- endpoints and names
     def publish_endpoint(self, name: str, endpoint_id: str, record: r.EndpointRecord) -> None:
         """The endpoint's record, and its MAC claimed on the network in the same transaction
@@ -495,7 +509,10 @@ class ClusterService:
             # what this host published for networks it no longer has
             own, _ = self.kv.range(r.host_prefix(self.host))
             index, _ = self.kv.range(r.PREFIX + "members/")
-            stale = [k for k in own if _network_of(k, self.host) not in mine]
+            tunnel = r.tunnel_key(self.host)
+            if self.tunnel is not None:  # (again under the lease of now)
+                self.kv.txn([], [Put(tunnel, self.tunnel.to_json().encode(), lease)])
+            stale = [k for k in own if _network_of(k, self.host) not in mine and not (k == tunnel and self.tunnel)]
             stale += [k for k in index if k.rsplit("/", 1)[-1] == self.host and k.split("/")[-2] not in mine]
             if stale:
                 self.kv.txn([], [Delete(k) for k in stale])
@@ -629,5 +646,6 @@ class ClusterService:
             "reachable": self.reachable,
             "resyncs": self.resyncs,
             "refused_records": self.watch.refused,
+            "tunnel": self.describe_tunnel(),
             "clashes": {n: sorted(str(ipaddress.ip_address(a)) for a in s) for n, s in self.clashes.items() if s},
         }

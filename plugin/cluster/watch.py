@@ -43,6 +43,8 @@ class ClusterWatch:
         self.on_endpoints: Callable[[str, Peers], None] = lambda n, p: None
         self.on_names: Callable[[str, list[ContainerInfo]], None] = lambda n, c: None
         self.on_loaded: Callable[[], None] = lambda: None
+        self.on_tunnels: Callable[[dict[str, r.TunnelRecord]], None] = lambda t: None
+        self._tunnels: dict[str, r.TunnelRecord] = {}  # host -> its WireGuard record (live hosts)
         self.refused = 0  # keys and values under host/ that are not pybridge's
         # what makes a record count: its host is a live member of the network (its member key,
         # under its own prefix and lease, is there) and holds the record's addresses in addr/
@@ -135,12 +137,24 @@ class ClusterWatch:
     def _replace(self, data: dict[str, bytes]) -> set[tuple[str, str]]:
         with self._lock:
             changed = {("ep", n) for n in self._view.endpoints} | {("name", n) for n in self._view.names}
+            changed.add(("tunnel", ""))
             self._view = RemoteView()
+            self._tunnels = {}
             for key, value in data.items():
                 changed |= self._apply(key, value)
             return changed
 
     def _apply(self, key: str, value: bytes | None) -> set[tuple[str, str]]:
+        host = r.split_tunnel_key(key)
+        if host is not None:
+            self._tunnels.pop(host, None)
+            if value is not None:
+                try:
+                    self._tunnels[host] = r.parse_tunnel(key, value)
+                except r.InvalidRecord as e:
+                    self.refused += 1
+                    log.warning("cluster: ignoring %s", e)
+            return {("tunnel", "")}
         parts = r.split_key(key)
         if parts is None:
             if key.startswith(r.PREFIX + "host/") and value is not None:
@@ -189,7 +203,11 @@ class ClusterWatch:
     def _notify(self, changed: set[tuple[str, str]]) -> None:
         for kind, network in sorted(changed):
             try:
-                if kind == "ep":
+                if kind == "tunnel":
+                    with self._lock:
+                        tunnels = dict(self._tunnels)
+                    self.on_tunnels(tunnels)
+                elif kind == "ep":
                     self.on_endpoints(network, self.peers(network))
                 else:
                     self.on_names(network, self.names(network))

@@ -29,6 +29,12 @@ def vxlan_name(prefix: str, vni: int) -> str:
     return f"{prefix}x{vni}"
 
 
+def tunnel_name(prefix: str) -> str:
+    """The WireGuard device cluster mode's VXLAN runs over (PYBRIDGE_CLUSTER_ENCRYPT): one per
+    host, kept across restarts (no owned prefix: gc never takes it for a stray link)."""
+    return f"{prefix}wg0"
+
+
 def is_valid_ifname(name: str) -> bool:
     """Names the kernel accepts and that are safe on any command line: 1-15 characters of
     letters, digits, '_', '.', '-', starting with a letter or digit (so never an option)."""

@@ -117,6 +117,7 @@ class Views:
             "enabled": True,
             "host": state["host"],
             "etcd_reachable": state["reachable"],
+            "underlay": state.get("tunnel", {"encrypt": "none"}),
             "resyncs": state["resyncs"],
             "refused_records": state["refused_records"],
             "clashes": state["clashes"],

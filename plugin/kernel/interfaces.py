@@ -4,9 +4,13 @@ checks that every method is there with the same parameters."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
+from ..domain.errors import KernelError
 from ..domain.model import Endpoint, IPInterface, Network, Taken
 
 
@@ -67,7 +71,7 @@ class FirewallPort(Protocol):
     def remove_network(self, network: Network, endpoints: Iterable[Endpoint] = ()) -> None: ...
     def change_ports(self, network: Network, before: Endpoint | None, after: Endpoint | None) -> None: ...
     def set_foreign(self, foreign: Iterable[str], own: Iterable[str] = ()) -> None: ...
-    def set_vxlan_members(self, port: int, members: Iterable[tuple[int, str]]) -> None: ...
+    def set_vxlan_members(self, port: int, members: Iterable[tuple[int, str]], tunnel: str = "") -> None: ...
     def drift(self, networks: Iterable[Network], endpoints: Iterable[Endpoint] = ()) -> list[str]:
         """Differences between the table and this state (with the foreign bridges it holds)."""
         ...
@@ -113,3 +117,48 @@ class OverlayPort(Protocol):
     def ensure_vxlan(self, name: str, vni: int, local: str, port: int, mtu: int, bridge: str) -> bool: ...
     def peers(self, name: str) -> dict[str, tuple[str, frozenset[str]]]: ...
     def set_peers(self, name: str, bridge: str, peers: dict[str, tuple[str, frozenset[str]]]) -> None: ...
+
+
+def check_key(key: str, what: str = "WireGuard key") -> str:
+    """A WireGuard key as `wg` prints it (32 bytes, base64), or KernelError naming it."""
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raw = b""
+    if len(raw) != 32 or base64.b64encode(raw).decode() != key:
+        raise KernelError(f"invalid {what} {key[:64]!r}: 32 bytes in base64")
+    return key
+
+
+@dataclass(frozen=True)
+class TunnelPeer:
+    """One peer of the device: its public key, where to reach it, the one address it may send
+    from inside the tunnel (its tunnel address)."""
+
+    key: str
+    endpoint: str  # its underlay address
+    port: int
+    allowed: str  # its tunnel address
+
+    def check(self) -> TunnelPeer:
+        check_key(self.key, "peer key")
+        ipaddress.ip_address(self.endpoint)
+        ipaddress.ip_address(self.allowed)
+        if not 0 < self.port < 65536:
+            raise KernelError(f"invalid WireGuard port {self.port!r} of peer {self.endpoint}")
+        return self
+
+
+class TunnelPort(Protocol):
+    """Cluster mode's encrypted underlay: the host's WireGuard device (plugin.kernel.wireguard)
+    and its peers (public key -> TunnelPeer: the underlay address and port to reach it at, and
+    the one tunnel address it may send from)."""
+
+    def make_key(self, path: str) -> None: ...
+    def public_key(self, path: str) -> str: ...
+    def ensure(self, name: str, key_file: str, port: int, address: str, mtu: int) -> str: ...
+    def set_key(self, name: str, key_file: str) -> None: ...
+    def peers(self, name: str) -> dict[str, TunnelPeer]: ...
+    def set_peers(self, name: str, peers: dict[str, TunnelPeer]) -> None: ...
+    def delete(self, name: str) -> None: ...
+    def exists(self, name: str) -> bool: ...

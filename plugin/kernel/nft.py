@@ -117,11 +117,11 @@ class NftFirewall:
     def foreign(self) -> tuple[str, ...]:
         return self._foreign
 
-    def set_vxlan_members(self, port: int, members: Iterable[tuple[int, str]]) -> None:
+    def set_vxlan_members(self, port: int, members: Iterable[tuple[int, str]], tunnel: str = "") -> None:
         """Cluster mode: VXLAN on `port` of network VNI only from the hosts named with it in
         `members` ((VNI, underlay address) pairs), never from a container or a process of this
         host (port 0: no filter). Kept, and put back by every sync."""
-        elements = nftrules.vxlan_elements(port, members)
+        elements = nftrules.vxlan_elements(port, members, tunnel)
         self._change(nftrules.set_vxlan(self.table, elements))
         self._vxlan = elements
 

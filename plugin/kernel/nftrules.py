@@ -96,6 +96,11 @@ SETS: dict[str, dict[str, Any]] = {
             }
         }
     },
+    # an encrypted underlay (WireGuard): VXLAN from a member's tunnel address only through the
+    # tunnel's device (vxlan_tunnel_links), never from the underlay with that source forged
+    "vxlan_tunnel_src4": {"type": "ipv4_addr"},
+    "vxlan_tunnel_src6": {"type": "ipv6_addr"},
+    "vxlan_tunnel_links": {"type": "ifname"},
     "published4": {"type": ["ifname", "ipv4_addr", "inet_proto", "inet_service"]},
     "published6": {"type": ["ifname", "ipv6_addr", "inet_proto", "inet_service"]},
 }
@@ -227,6 +232,15 @@ def fixed_rules(mark: int) -> dict[str, list[list[dict[str, Any]]]]:
     ]
     for v in (4, 6):  # a network's, from its hosts only
         raw.append([*vxlan, _match(_concat(_payload(_IP[v], "saddr"), _VNI_FIELD), f"@vxlan_members{v}", "!="), _DROP])
+        # over WireGuard: a member's tunnel address counts only through the tunnel
+        raw.append(
+            [
+                *vxlan,
+                _match(_payload(_IP[v], "saddr"), f"@vxlan_tunnel_src{v}"),
+                _match(_IIF, "@vxlan_tunnel_links", "!="),
+                _DROP,
+            ]
+        )
     # a process's socket (raw or not, any user): nft finds no uid on the kernel's VXLAN sockets
     out = [[*vxlan, _match(_meta("skuid"), 0, ">="), _DROP]]
     inbound = []
@@ -386,16 +400,32 @@ def foreign_elements(foreign: Iterable[str], own: Iterable[str] = ()) -> Element
     return {"foreign": {f: None for f in foreign if f not in mine and is_valid_ifname(f)}}
 
 
-def vxlan_elements(port: int, members: Iterable[tuple[int, str]]) -> Elements:
+def vxlan_elements(port: int, members: Iterable[tuple[int, str]], tunnel: str = "") -> Elements:
     """Cluster mode: the VXLAN port, and (VNI, underlay address) of each network's other hosts:
-    a VNI is the upper 24 bits of the 32 after the VXLAN flags (the lower 8 are reserved, 0)."""
-    out: Elements = {"vxlan_ports": {_port(port): None} if port else {}, "vxlan_members4": {}, "vxlan_members6": {}}
+    a VNI is the upper 24 bits of the 32 after the VXLAN flags (the lower 8 are reserved, 0).
+    `tunnel`: the WireGuard device VXLAN runs over (the members' addresses are tunnel addresses
+    then, and count only when they arrive through it)."""
+    out: Elements = {
+        "vxlan_ports": {_port(port): None} if port else {},
+        "vxlan_members4": {},
+        "vxlan_members6": {},
+        "vxlan_tunnel_src4": {},
+        "vxlan_tunnel_src6": {},
+        "vxlan_tunnel_links": {},
+    }
+    if tunnel:
+        if not is_valid_ifname(tunnel):
+            raise KernelError(f"refusing to write an unsafe tunnel device {tunnel[:64]!r} into the firewall")
+        out["vxlan_tunnel_links"][tunnel] = None
     for member in members:
         vni, host = member if isinstance(member, tuple) and len(member) == 2 else (None, None)
         if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni < 1 << 24:
             raise KernelError(f"refusing to write an unsafe VXLAN member {str(member)[:64]!r} into the firewall")
         ip = _address(host)
-        out[f"vxlan_members{ipaddress.ip_address(ip).version}"][(ip, vni << 8)] = None
+        version = ipaddress.ip_address(ip).version
+        out[f"vxlan_members{version}"][(ip, vni << 8)] = None
+        if tunnel:
+            out[f"vxlan_tunnel_src{version}"][ip] = None
     return out
 
 

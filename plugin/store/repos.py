@@ -366,6 +366,33 @@ class Meta:
             and isinstance(p[1], str)
         ]
 
+    def tunnel_peers(self) -> dict[str, tuple[str, int]]:
+        """Cluster mode over WireGuard: the peers last programmed (host -> (public key, port)),
+        for a start while etcd is away (checked again before use: a state file is input too)."""
+        row = self._c.execute("SELECT value FROM meta WHERE key = 'tunnel_peers'").fetchone()
+        try:
+            d = json.loads(row[0]) if row else {}
+        except ValueError:
+            return {}
+        if not isinstance(d, dict):
+            return {}
+        return {
+            h: (v[0], v[1])
+            for h, v in d.items()
+            if isinstance(h, str)
+            and isinstance(v, list)
+            and len(v) == 2
+            and isinstance(v[0], str)
+            and isinstance(v[1], int)
+            and not isinstance(v[1], bool)
+        }
+
+    def set_tunnel_peers(self, peers: dict[str, tuple[str, int]]) -> None:
+        self._c.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('tunnel_peers', ?)",
+            (json.dumps({h: [k, int(p)] for h, (k, p) in peers.items()}, sort_keys=True),),
+        )
+
     def set_vxlan_members(self, members: Iterable[tuple[int, str]]) -> None:
         """Cluster mode: the VXLAN filter's last (VNI, host) pairs, restored at start before etcd
         is read (the filter fails closed: it never opens to everyone)."""

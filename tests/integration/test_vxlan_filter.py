@@ -254,3 +254,21 @@ def test_unsafe_members_are_refused_and_nothing_is_written(cluster):
         with pytest.raises(Exception, match="unsafe"):
             fws["B"].set_vxlan_members(PORT, bad)
     assert ns(n["B"], "nft", "list", "set", "inet", fws["B"].table, "vxlan_members4").stdout == before
+
+
+def test_over_wireguard_a_tunnel_source_counts_only_through_the_tunnel(cluster):
+    """PYBRIDGE_CLUSTER_ENCRYPT=wireguard: members are tunnel addresses, and VXLAN from one of
+    them arriving anywhere but the tunnel's device (a forged source on the underlay) is dropped.
+    The same forged frame is taken without the tunnel rule: the injection itself is good."""
+    n, fws = cluster
+    forged = "10.254.0.3"  # C's frame claims a member's tunnel address as its source
+    fws["B"].set_vxlan_members(PORT, [(VNI, forged)])
+    assert reaching_cB(n, lambda: craft(n, "C", "raw", forged, VNI, "untunnelled")) == {"untunnelled"}
+    fws["B"].set_vxlan_members(PORT, [(VNI, forged)], "pbtx-wg0")
+    sent = []
+    assert reaching_cB(n, lambda: sent.append(craft(n, "C", "raw", forged, VNI, "forged"))) == set()
+    assert sent == ["sent"]
+    # and the underlay addresses are no members any more: A's own kernel VXLAN is dropped too
+    assert reaching_cB(n, lambda: plain(n, "clear")) == set()
+    links = ns(n["B"], "nft", "list", "set", "inet", fws["B"].table, "vxlan_tunnel_links").stdout
+    assert '"pbtx-wg0"' in links, links

@@ -15,8 +15,10 @@ from plugin.kernel.resolved import ResolvedLinks
 from plugin.kernel.sysctl import Sysctl
 from plugin.cluster.etcd import EtcdKV
 from plugin.cluster.interfaces import ClusterKVPort
-from plugin.kernel.interfaces import OverlayPort
+from plugin.kernel.interfaces import OverlayPort, TunnelPort
 from plugin.kernel.vxlan import Vxlan
+from plugin.kernel.wireguard import WireGuard
+from plugin.cluster.tunnel import Encrypted, Plain, UnderlayPath
 from plugin.cluster.service import ClusterService
 from plugin.dns.service import DnsService
 from plugin.cluster.claims import EtcdClaims
@@ -24,7 +26,16 @@ from plugin.cluster.networks import ClusterNetworks
 from plugin.ipam.claims import AddressClaims, LocalClaims
 from plugin.driver.ports import ClusterView, DnsPort, LocalOnly, NetworkHooks, ReaperPort
 from plugin.driver.reaper import Reaper
-from tests.fakes import FakeFirewall, FakeHostDns, FakeKV, FakeKVUser, FakeNetlink, FakeOverlay, FakeSysctl
+from tests.fakes import (
+    FakeFirewall,
+    FakeHostDns,
+    FakeKV,
+    FakeKVUser,
+    FakeNetlink,
+    FakeOverlay,
+    FakeSysctl,
+    FakeWireGuard,
+)
 
 PAIRS = [
     (NetlinkPort, Netlink),
@@ -37,6 +48,10 @@ PAIRS = [
     (HostDnsPort, FakeHostDns),
     (OverlayPort, Vxlan),
     (OverlayPort, FakeOverlay),
+    (TunnelPort, WireGuard),
+    (TunnelPort, FakeWireGuard),
+    (UnderlayPath, Plain),
+    (UnderlayPath, Encrypted),
     (ClusterKVPort, EtcdKV),
     (ClusterKVPort, FakeKV),
     (ClusterKVPort, FakeKVUser),
