@@ -4,6 +4,14 @@
 set -euo pipefail
 image=${1:-pybridge-test-busybox:latest}
 docker image inspect "$image" >/dev/null 2>&1 && exit 0
+# Debian's busybox (dynamic, on many machines already) would make an image whose every command
+# fails with "no such file or directory": the static one replaces it
+if ldd /bin/busybox >/dev/null 2>&1; then
+  PB_SCRIPT=make-test-image
+  . "$(dirname "$0")/lib.sh"
+  pb_apt_install busybox-static
+  ldd /bin/busybox >/dev/null 2>&1 && { echo "make-test-image: /bin/busybox is not static" >&2; exit 1; }
+fi
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir/bin" "$dir/etc" "$dir/tmp" "$dir/root"
