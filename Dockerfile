@@ -7,8 +7,11 @@ ARG BASE=python:3.13-slim
 FROM ${BASE}
 # iptables for the one static rule and the old chains' removal; nftables (nft) for an operator
 # inside the plugin only: the plugin itself speaks nf_tables netlink (plugin/kernel/nftwire.py).
-RUN if ! command -v iptables-restore >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then \
-      apt-get update && apt-get install -y --no-install-recommends iptables nftables && \
+# wg (wireguard-tools) configures cluster mode's WireGuard device; wireguard-go carries it where
+# the kernel has no WireGuard (PYBRIDGE_CLUSTER_ENCRYPT=wireguard).
+RUN if ! command -v iptables-restore >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1 \
+       || ! command -v wg >/dev/null 2>&1 || ! command -v wireguard-go >/dev/null 2>&1; then \
+      apt-get update && apt-get install -y --no-install-recommends iptables nftables wireguard-tools wireguard-go && \
       rm -rf /var/lib/apt/lists/*; \
     fi
 COPY requirements.lock /tmp/requirements.lock
@@ -32,7 +35,8 @@ RUN python3 -m pip install --no-cache-dir --no-index --no-deps --find-links /tmp
       /usr/lib/*-linux-gnu/gconv && \
     python3 -c 'import flask, gunicorn, pyroute2, dns, prometheus_client, requests_unixsocket, jeepney, etcd3gw, sqlite3, publicsuffixlist' && \
     setpriv --version >/dev/null && \
-    nft --version >/dev/null && iptables --version >/dev/null
+    nft --version >/dev/null && iptables --version >/dev/null && wg --version >/dev/null && \
+    command -v wireguard-go >/dev/null
 COPY plugin /opt/pybridge/plugin
 ENV PYTHONPATH=/opt/pybridge PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 # bytecode compiled once here: the plugin writes none at run time (the rootfs stays as built)

@@ -16,7 +16,7 @@ if [ "${1:-}" = --dir ]; then keep=$2; shift 2; fi
 name=${1:-pybridge}
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build"
-base=${PYBRIDGE_BASE_IMAGE:-pybridge-base:trixie-nft}
+base=${PYBRIDGE_BASE_IMAGE:-pybridge-base:trixie-nft-wg}
 export DOCKER_BUILDKIT=0
 
 PB_SCRIPT=build-plugin
@@ -25,13 +25,13 @@ log() { pb_log "$@"; }
 
 ensure_base_image() {
   docker image inspect "$base" >/dev/null 2>&1 && return 0
-  if [ "$base" != "pybridge-base:trixie-nft" ]; then
+  if [ "$base" != "pybridge-base:trixie-nft-wg" ]; then
     log "pulling $base"; docker pull "$base"; return 0
   fi
   command -v debootstrap >/dev/null || { log "debootstrap missing: apt-get install -y debootstrap"; exit 1; }
   local dir; dir=$(mktemp -d /var/tmp/pybridge-base.XXXXXX)
   log "making a local Debian base image with debootstrap (about a minute)"
-  debootstrap --variant=minbase --include=python3,python3-pip,iptables,nftables trixie "$dir" >"$build/debootstrap.log" 2>&1 \
+  debootstrap --variant=minbase --include=python3,python3-pip,iptables,nftables,wireguard-tools,wireguard-go trixie "$dir" >"$build/debootstrap.log" 2>&1 \
     || { log "debootstrap failed, see $build/debootstrap.log"; rm -rf "$dir"; exit 1; }
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
   tar -C "$dir" -c . | docker import - "$base" >/dev/null

@@ -143,7 +143,7 @@ start() {
   # Keep the host's test images: the second engine has an empty store and no registry.
   if pb_docker_ready; then
     local images=() i
-    for i in pybridge-base:trixie-nft pybridge-test-busybox:latest; do
+    for i in pybridge-base:trixie-nft-wg pybridge-test-busybox:latest; do
       docker image inspect "$i" >/dev/null 2>&1 && images+=("$i")
     done
     [ ${#images[@]} -gt 0 ] && docker save -o "$base_dir/images.tar" "${images[@]}"

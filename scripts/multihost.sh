@@ -15,7 +15,7 @@
 #   scripts/multihost.sh daemon H      (internal) namespace set-up, exec dockerd
 #
 # Addresses: underlay 10.206.255.0/24 (host H is .H; etcd's three members .254, client ports 2379,
-# 2479, 2579), VXLAN on UDP 4789. The plugin
+# 2479, 2579), VXLAN on UDP 4789, WireGuard on UDP 51820 with tunnel addresses 10.254.255.H. The plugin
 # is built from this tree (scripts/build-plugin.sh --dir) and needs the host's engine for that.
 set -euo pipefail
 
@@ -33,6 +33,9 @@ tls=${PYBRIDGE_MULTIHOST_TLS:-1}
 # etcd's authentication on, with a user and role per host as `pybridge cluster --etcd-access`
 # prints them (each host may write only its own prefix and the claims); PYBRIDGE_MULTIHOST_AUTH=0 off
 auth=${PYBRIDGE_MULTIHOST_AUTH:-1}
+# VXLAN between the hosts through WireGuard (wireguard-go in the plugin: this kernel has no
+# WireGuard); PYBRIDGE_MULTIHOST_ENCRYPT=none for VXLAN in clear
+encrypt=${PYBRIDGE_MULTIHOST_ENCRYPT:-wireguard}
 scheme=http; [ "$tls" = 1 ] && scheme=https
 etcd_endpoints=$scheme://$net.254:2379,$scheme://$net.254:2479,$scheme://$net.254:2579
 grace=${PYBRIDGE_MULTIHOST_GRACE:-20}    # long enough that a restart of all of etcd under load expires no lease
@@ -190,7 +193,7 @@ make_host() {
     "etcd-tls.source=$base/h$h/etcd-tls" "${tls_set[@]}" \
     PYBRIDGE_NAME=pybridge \
     "PYBRIDGE_CLUSTER_ETCD=$etcd_endpoints" "PYBRIDGE_CLUSTER_ADDRESS=$net.$h" "PYBRIDGE_CLUSTER_GRACE=$grace" \
-    PYBRIDGE_DNS_UPSTREAM= PYBRIDGE_METRICS=off PYBRIDGE_HOST_DNS=off
+    "PYBRIDGE_CLUSTER_ENCRYPT=$encrypt" PYBRIDGE_DNS_UPSTREAM= PYBRIDGE_METRICS=off PYBRIDGE_HOST_DNS=off
   hdocker "$h" plugin enable --timeout 30 "$plugin" >/dev/null
 }
 
@@ -211,6 +214,7 @@ up() {
   etcd_ctl start
   [ "$auth" = 1 ] && etcd_auth_up "$n"
   seq 1 "$n" >"$base/hosts"
+  echo "$encrypt" >"$base/encrypt"
   for h in $(hosts); do make_host "$h"; done
   pb_log "up: $n hosts (scripts/multihost.sh docker H ...), etcd at $etcd_endpoints"
 }

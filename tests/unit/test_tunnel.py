@@ -119,11 +119,13 @@ def test_every_host_peers_with_exactly_the_live_members_and_vxlan_runs_over_the_
     for h in hosts:
         h.cluster.start()
     wait_until(
-        lambda: peers_of(a)
-        == {
-            b.address: (public(b), 51820, "10.254.255.2"),
-            c.address: (public(c), 51820, "10.254.255.3"),
-        },
+        lambda: (
+            peers_of(a)
+            == {
+                b.address: (public(b), 51820, "10.254.255.2"),
+                c.address: (public(c), 51820, "10.254.255.3"),
+            }
+        ),
         what="A peers with B and C",
     )
     pa = create_cluster_net(a, nid(1))
