@@ -156,6 +156,9 @@ class ClusterService:
         with self._lock:
             if not self._lease:
                 self._lease = self.kv.grant(self.grace)
+                # a new lease holds none of this host's keys yet: whoever took it (the session,
+                # or a first write such as the WireGuard key's at start), the resync writes them
+                self._dirty.set()
             return self._lease
 
     def _lease_gone(self, lease: int) -> None:

@@ -236,3 +236,22 @@ def test_the_firewall_elements_of_a_tunnel_are_checked():
 
     with pytest.raises(KernelError):
         nftrules.vxlan_elements(4789, [(4096, "10.254.0.2")], "wg0; drop")
+
+
+def test_a_restarted_host_writes_all_it_holds_though_its_first_write_was_the_key(tmp_path, kv, hosts):
+    """The WireGuard record is written at start, before the session's first round: the lease it
+    takes is new, so the resync still writes the host's memberships and endpoints under it (a
+    host killed and started again was otherwise left without its member keys)."""
+    a = hosts[0]
+    create_cluster_net(a, nid(1))
+    stop(a)
+    kv.expire(a.cluster._lease)  # it was gone longer than the grace
+    assert r.member_key("web", a.address) not in kv.data
+    again = make_host(tmp_path, kv, 1)
+    try:
+        again.underlay_up()  # takes the new lease
+        again.reconciler.restore()
+        again.cluster.start()
+        wait_until(lambda: r.member_key("web", a.address) in kv.data, what="membership written again")
+    finally:
+        stop(again)
