@@ -60,10 +60,13 @@ class Vxlan:
                 if kind != "vxlan" or have != vni:
                     raise Conflict(f"a link named {name} exists and is not VXLAN {vni}")
             else:
-                under = self.underlay(local)
-                if under is None:
+                # the local address must be there (VXLAN never starts without its path, e.g. a
+                # WireGuard device that did not come up), but the device is not bound to the link
+                # that holds it: bound, the kernel deletes it, and its entries, with that link (a
+                # userspace WireGuard's TUN device goes with its process), and nothing here needs
+                # the binding (no multicast: every destination is a static entry)
+                if self.underlay(local) is None:
                     raise KernelError(f"no link holds the underlay address {local}")
-                dev = ipr.link_lookup(ifname=under[0])
                 try:
                     ipr.link(
                         "add",
@@ -71,7 +74,6 @@ class Vxlan:
                         kind="vxlan",
                         vxlan_id=vni,
                         vxlan_local=local,
-                        vxlan_link=dev[0],
                         vxlan_port=port,
                         vxlan_learning=0,
                         vxlan_proxy=1,
