@@ -26,6 +26,10 @@ class Host:
         self.sock = base / f"h{n}" / "run" / "docker.sock"
         self.netns = f"pbmh-h{n}"
         self.address = f"{UNDERLAY}.{n}"
+        encrypt = base / "encrypt"
+        self.encrypted = encrypt.exists() and encrypt.read_text().strip() == "wireguard"
+        # VXLAN's source on this host: its tunnel address over WireGuard, else its underlay's
+        self.vxlan_address = f"10.254.255.{n}" if self.encrypted else self.address
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         p = subprocess.run(
@@ -98,6 +102,7 @@ class Cluster:
     def __init__(self, base: Path):
         self.base = base
         self.hosts = [Host(base, int(n)) for n in (base / "hosts").read_text().split()]
+        self.encrypted = self.hosts[0].encrypted  # VXLAN through WireGuard
 
     def tool(self, *args: str) -> None:
         subprocess.run(

@@ -14,54 +14,16 @@ import uuid
 
 import pytest
 
+from tests.multihost.capture import Capture
 from tests.multihost.test_attacks import icmp_in_echos, mac
 from tests.vxlancraft import SCRIPT as CRAFT
 from tests.waiting import wait_for
-
-# Counts what an interface carries for a while: frames, UDP destination ports, and how many frames
-# hold the marker anywhere in their bytes (an AF_PACKET socket sees every frame whole).
-CAPTURE = r"""
-import json, socket, struct, sys, time
-iface, seconds, marker = sys.argv[1], float(sys.argv[2]), sys.argv[3].encode()
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
-s.bind((iface, 0)); s.settimeout(0.2)
-print("ready", flush=True)
-frames, ports, marked, end = 0, {}, 0, time.time() + seconds
-while time.time() < end:
-    try:
-        f = s.recv(65535)
-    except socket.timeout:
-        continue
-    frames += 1
-    marked += marker in f
-    if f[12:14] == b"\x08\x00" and f[23] == 17:
-        ihl = (f[14] & 15) * 4
-        port = struct.unpack("!H", f[14 + ihl + 2:14 + ihl + 4])[0]
-        ports[port] = ports.get(port, 0) + 1
-print(json.dumps({"frames": frames, "ports": ports, "marked": marked}))
-"""
 
 
 @pytest.fixture(autouse=True)
 def wireguard(cluster):
     if (cluster.base / "encrypt").read_text().strip() != "wireguard":
         pytest.skip("the rig runs VXLAN in clear (PYBRIDGE_MULTIHOST_ENCRYPT=none)")
-
-
-class Capture:
-    def __init__(self, netns: str, iface: str, seconds: float, marker: str = "-"):
-        self.p = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-c", CAPTURE, iface, str(seconds), marker],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.p.stdout is not None and self.p.stdout.readline().strip() == "ready"
-
-    def result(self) -> dict:
-        out = self.p.communicate(timeout=60)[0]
-        got = json.loads(out)
-        got["ports"] = {int(k): v for k, v in got["ports"].items()}
-        return got
 
 
 def tunnel_of(host) -> dict:
@@ -92,7 +54,7 @@ def test_nothing_of_the_payload_crosses_the_underlay_in_clear(cluster, net):
     ip = h2.run(f"{name}-web", name, "sh", "-c", f"mkdir -p /www && echo {marker} > /www/m && httpd -f -p 8080 -h /www")
     h1.run(f"{name}-client", name, "sleep", "600")
     assert wait_for(lambda: h1.exec(f"{name}-client", "ping", "-c", "1", "-W", "2", ip).returncode == 0, timeout=20)
-    capture = Capture("pbmh-ul", "ul0", 6, marker)
+    capture = Capture("pbmh-ul", "pbmh2", 6, marker)  # host 2's port on the underlay's bridge
     got = ""
     for _ in range(5):  # the marker crosses both ways: in the request's path and in the answer
         got += h1.exec(f"{name}-client", "sh", "-c", f"echo 'GET /m HTTP/1.0' | nc -w 3 {ip} 8080").stdout
@@ -137,43 +99,64 @@ def test_hand_made_vxlan_from_the_underlay_is_not_delivered(cluster, net):
     assert icmp_in_echos(h2, victim) == before + 2  # the tunnel's two, none of the crafted
 
 
+STREAM_IN = r"""
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7001)); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); data = b""
+while True:
+    b = c.recv(4096)
+    if not b: break
+    data += b
+print(data.decode(), flush=True)
+"""
+STREAM_OUT = r"""
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 7001), timeout=60)
+for i in range(60):
+    c.sendall(b"line%d\n" % i); time.sleep(0.1)
+c.close(); print("done")
+"""
+
+
+def in_netns_of(host, container: str) -> list[str]:
+    pid = host.docker("inspect", "-f", "{{.State.Pid}}", container).stdout.strip()
+    return ["nsenter", "-t", pid, "-n", sys.executable, "-c"]
+
+
 def test_a_key_rotation_keeps_an_established_connection(cluster, net):
+    """Both ends rotate their keys in the middle of a TCP stream (one line every 0.1 s for 6 s):
+    every line arrives, in order, over the new keys."""
     h1, h2, _ = cluster.hosts
     name = net()
-    ip = h2.run(f"{name}-sink", name, "sh", "-c", "nc -l -p 7001 > /tmp/stream; sleep 600")
+    ip = h2.run(f"{name}-sink", name, "sleep", "600")
     h1.run(f"{name}-src", name, "sleep", "600")
     assert wait_for(lambda: h1.exec(f"{name}-src", "ping", "-c", "1", "-W", "2", ip).returncode == 0, timeout=20)
-    old = {h.n: tunnel_of(h2)["peers"][h.address] for h in (h1,)}
-    sender = subprocess.Popen(
-        [
-            "docker",
-            "-H",
-            f"unix://{h1.sock}",
-            "exec",
-            f"{name}-src",
-            "sh",
-            "-c",
-            f"i=0; while [ $i -lt 40 ]; do echo line$i; i=$((i+1)); sleep 0.2; done | nc {ip} 7001",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(2)
-    for h in (h1, h2):
-        rotated = h.cli("cluster", "rotate-key")
-        assert rotated.returncode == 0, rotated.stderr
-    assert wait_for(lambda: tunnel_of(h2)["peers"].get(h1.address) not in (None, old), timeout=10)
-    _, err = sender.communicate(timeout=60)
-    assert sender.returncode == 0, err
-    lines = h2.exec(f"{name}-sink", "cat", "/tmp/stream", check=True).stdout.split()
-    assert lines == [f"line{i}" for i in range(40)]  # every line, in order, over the new keys
+    old = tunnel_of(h2)["peers"][h1.address]
+    sink = subprocess.Popen([*in_netns_of(h2, f"{name}-sink"), STREAM_IN], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        source = subprocess.Popen(
+            [*in_netns_of(h1, f"{name}-src"), STREAM_OUT, ip], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(2)
+        for h in (h1, h2):
+            rotated = h.cli("cluster", "rotate-key")
+            assert rotated.returncode == 0, rotated.stderr
+        assert wait_for(lambda: tunnel_of(h2)["peers"].get(h1.address) not in (None, old), timeout=10)
+        out, err = source.communicate(timeout=90)
+        assert out.strip() == "done", err
+        lines = sink.communicate(timeout=30)[0].split()
+    finally:
+        sink.kill()
+    assert lines == [f"line{i}" for i in range(60)]  # every line, in order, over the new keys
 
 
-def test_a_host_whose_etcd_user_is_removed_loses_its_peering_within_the_grace(cluster, net):
-    """The operator takes host 3 out of the cluster by deleting its etcd user: it can no longer
-    renew its lease, its records expire within the grace, and the others drop it as a peer
-    (a container of host 1 no longer reaches one of host 3's). Its user back, it comes back."""
+def test_a_host_removed_from_etcd_loses_its_peering(cluster, net):
+    """The operator takes host 3 out of the cluster: its etcd user deleted, its lease revoked.
+    Its records go with the lease, the others drop it as a peer at once (a container of host 1
+    no longer reaches one of host 3's), and it cannot write them again. Its user back, it comes
+    back (a new lease, everything written again)."""
     h1, _, h3 = cluster.hosts
     if not (cluster.base / "root.password").exists():
         pytest.skip("etcd's authentication is off on this rig")
@@ -183,7 +166,10 @@ def test_a_host_whose_etcd_user_is_removed_loses_its_peering_within_the_grace(cl
     assert wait_for(lambda: h1.exec(f"{name}-c1", "ping", "-c", "1", "-W", "2", ip3).returncode == 0, timeout=20)
     user = f"pybridge-{h3.address}"
     grace = 20
+    # the README's removal: its user, and its lease (etcd renews a lease for anyone who asks)
+    record = json.loads(cluster.etcdctl("get", f"/pybridge/v2/host/{h3.address}/tunnel", "--write-out=json"))["kvs"][0]
     cluster.etcdctl("user", "delete", user)
+    cluster.etcdctl("lease", "revoke", format(record["lease"], "x"))
     try:
         assert wait_for(lambda: h3.address not in tunnel_of(h1)["peers"], timeout=grace + 10), tunnel_of(h1)
         assert h1.exec(f"{name}-c1", "ping", "-c", "2", "-W", "2", ip3).returncode != 0
