@@ -2,9 +2,11 @@
 """Multi-host figures of issue 12, on the hosts of scripts/multihost.sh (run `scripts/multihost.sh
 bench`, which makes them, runs this and removes them):
 
-- TCP throughput and round-trip time between containers on two hosts (through VXLAN), against the
-  same between the two hosts themselves over the same underlay (no VXLAN), and between two
-  containers on one host; all measured with the same small Python programs, interleaved.
+- TCP throughput and round-trip time between containers on two hosts (through VXLAN, and
+  WireGuard when the rig runs it), against the same between the two hosts themselves over the
+  same underlay (no VXLAN), and between two containers on one host; all measured with the same
+  small Python programs, interleaved. `scripts/multihost.sh bench` runs it on a cluster in clear
+  and then on one over WireGuard, and prints the two side by side (--save, --compare).
 - Address allocation in cluster mode: the plugin's own latency of IpamDriver.RequestAddress during
   3 x 20 concurrent starts on one cluster network (etcd local), against a local network.
 - How long after `docker run` returns on one host its name is answered on another.
@@ -125,7 +127,7 @@ def paths(name: str) -> dict:
     }
 
 
-def bench_traffic(name: str, rounds: int, seconds: float, trips: int) -> None:
+def bench_traffic(name: str, rounds: int, seconds: float, trips: int) -> dict:
     ways = paths(name)
     gbit: dict[str, list[float]] = {k: [] for k in ways}
     rtt: dict[str, list[float]] = {k: [] for k in ways}
@@ -142,6 +144,30 @@ def bench_traffic(name: str, rounds: int, seconds: float, trips: int) -> None:
             f"RTT {r:6.1f} us ({r / statistics.median(rtt[base]):.2f}x)"
         )
     print("  bar: containers on two hosts >= 0.80x the underlay's throughput, <= 1.5x its round trip")
+    print("       (over WireGuard: >= 0.60x, <= 2x)")
+    cross = "containers on two hosts (VXLAN)"
+    return {
+        "gbit": statistics.median(gbit[cross]),
+        "rtt_us": statistics.median(rtt[cross]),
+        "underlay_gbit": statistics.median(gbit[base]),
+        "underlay_rtt_us": statistics.median(rtt[base]),
+    }
+
+
+def compare(files: list[str]) -> None:
+    """The figures of several runs (--save), side by side: each against the underlay measured in
+    the same run, and each against the first."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    first = runs[0]
+    print("cross-host TCP between containers, side by side:")
+    for r in runs:
+        print(
+            f"  {r['label']:10s} {r['gbit']:6.2f} Gbit/s ({r['gbit'] / r['underlay_gbit']:.2f}x the underlay, "
+            f"{r['gbit'] / first['gbit']:.2f}x {first['label']})   RTT {r['rtt_us']:6.1f} us "
+            f"({r['rtt_us'] / r['underlay_rtt_us']:.2f}x the underlay, {r['rtt_us'] / first['rtt_us']:.2f}x "
+            f"{first['label']})   name on another host after {r.get('name_ms', float('nan')):.0f} ms (median)"
+        )
+    print("  bar over WireGuard: >= 0.60x the underlay's throughput, <= 2x its round trip; a name < 1 s")
 
 
 class _Unix(http.client.HTTPConnection):
@@ -292,7 +318,7 @@ def bench_ipam_calls(calls: int, threads: int) -> None:
         )
 
 
-def bench_names(name: str, rounds: int) -> None:
+def bench_names(name: str, rounds: int) -> float:
     gateway = (
         ".".join(
             docker(
@@ -342,6 +368,7 @@ def bench_names(name: str, rounds: int) -> None:
         f"Names: answered on host 1 after docker run returned on host 2: median {statistics.median(delays):.3f} s, "
         f"max {max(delays):.3f} s over {rounds} (includes one docker exec, ~50 ms); bar: within 1 s"
     )
+    return statistics.median(delays) * 1000
 
 
 def main() -> int:
@@ -351,7 +378,14 @@ def main() -> int:
     ap.add_argument("--trips", type=int, default=2000)
     ap.add_argument("--per-host", type=int, default=20)
     ap.add_argument("--ipam-only", action="store_true", help="only the allocation through the plugin's socket")
+    ap.add_argument("--save", metavar="FILE", help="write the cross-host figures to FILE (JSON)")
+    ap.add_argument("--label", default="", help="what this run is, in --save's figures")
+    ap.add_argument("--traffic-only", action="store_true", help="only throughput, round trip and names")
+    ap.add_argument("--compare", nargs="+", metavar="FILE", help="instead: print saved runs side by side")
     args = ap.parse_args()
+    if args.compare:
+        compare(args.compare)
+        return 0
     if not (BASE / "hosts").exists():
         raise SystemExit("no hosts: run scripts/multihost.sh bench (or up first)")
     tag = uuid.uuid4().hex[:6]
@@ -391,12 +425,15 @@ def main() -> int:
                 "3600",
             )
         if not args.ipam_only:
-            bench_traffic(name, args.rounds, args.seconds, args.trips)
-            bench_names(name, 10)
-        bench_ipam_calls(200, 1)
-        bench_ipam_calls(200, 8)
-        if not args.ipam_only:
-            bench_allocation(name, local, args.per_host)
+            figures = bench_traffic(name, args.rounds, args.seconds, args.trips)
+            figures["name_ms"] = bench_names(name, 10)
+            if args.save:
+                Path(args.save).write_text(json.dumps({"label": args.label, **figures}))
+        if not args.traffic_only:
+            bench_ipam_calls(200, 1)
+            bench_ipam_calls(200, 8)
+            if not args.ipam_only:
+                bench_allocation(name, local, args.per_host)
     finally:
 
         def clear(h: int) -> None:
