@@ -7,7 +7,8 @@
 #   scripts/multihost.sh up [N]        make the underlay, etcd and N hosts (default 3)
 #   scripts/multihost.sh down          remove all of it (idempotent)
 #   scripts/multihost.sh test [ARGS]   up, pytest tests/multihost ARGS, down (even on failure)
-#   scripts/multihost.sh bench [ARGS]  up, scripts/bench_multihost.py ARGS, down
+#   scripts/multihost.sh bench [ARGS]  up, scripts/bench_multihost.py ARGS, down: in clear, then over
+#                                      WireGuard, then the two side by side
 #   scripts/multihost.sh docker H ...  the docker CLI against host H (1..N)
 #   scripts/multihost.sh kill H        kill host H at once (dockerd, containerd, plugin, containers)
 #   scripts/multihost.sh start H       start host H's dockerd again (after kill)
@@ -200,7 +201,7 @@ make_host() {
 up() {
   local n=${1:-3} h
   [ "$(id -u)" = 0 ] || { pb_log "run as root"; exit 1; }
-  pb_apt_install etcd-server etcd-client curl
+  pb_apt_install etcd-server etcd-client curl debootstrap
   down
   mkdir -p "$base"
   pb_docker_ready || { pb_log "the host's engine must run (it builds the plugin and the image)"; exit 1; }
@@ -266,10 +267,20 @@ case ${1:-} in
     up
     PYBRIDGE_MULTIHOST="$base" python3 -m pytest "$root/tests/multihost" "$@" ;;
   bench)
+    # a cluster in clear, then one over WireGuard (PYBRIDGE_MULTIHOST_BENCH_MODES), each measured
+    # against the same underlay, then both side by side
     shift
     trap down EXIT
-    up
-    PYBRIDGE_MULTIHOST="$base" python3 "$root/scripts/bench_multihost.py" "$@" ;;
+    saved=()
+    for encrypt in ${PYBRIDGE_MULTIHOST_BENCH_MODES:-none wireguard}; do
+      pb_log "bench: VXLAN ${encrypt/none/in clear}"
+      up
+      PYBRIDGE_MULTIHOST="$base" python3 "$root/scripts/bench_multihost.py" --label "$encrypt" \
+        --save "/tmp/pybridge-bench-$encrypt.json" "$@"
+      saved+=("/tmp/pybridge-bench-$encrypt.json")
+      down
+    done
+    python3 "$root/scripts/bench_multihost.py" --compare "${saved[@]}" ;;
   docker) shift; hdocker "$@" ;;
   kill) kill_host "$2" ;;
   start) start_host "$2" ;;
