@@ -1,11 +1,14 @@
 """What crosses an interface of the rig, seen from inside its namespace: frames, UDP ports, and
-frames that hold a marker (an AF_PACKET socket sees every frame whole)."""
+frames that hold a marker (an AF_PACKET socket sees every frame whole); and hand-made VXLAN
+sent by a neighbour on the underlay."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+from tests.vxlancraft import SCRIPT as CRAFT
 
 # Counts what an interface carries for a while: frames, UDP destination ports, and how many frames
 # hold the marker anywhere in their bytes (an AF_PACKET socket sees every frame whole).
@@ -45,3 +48,14 @@ class Capture:
         got = json.loads(out)
         got["ports"] = {int(k): v for k, v in got["ports"].items()}
         return got
+
+
+def from_the_underlay(source: str, destination: str, *args: str) -> str:
+    """tests.vxlancraft's frame, sent from the underlay's own namespace with this outer source
+    address (a neighbour there can forge any): "sent", or why not."""
+    return subprocess.run(
+        ["ip", "netns", "exec", "pbmh-ul", sys.executable, "-c", CRAFT, "raw", source, destination, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()

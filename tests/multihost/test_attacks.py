@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 
-from tests.multihost.capture import Capture
+from tests.multihost.capture import Capture, from_the_underlay
 from tests.vxlancraft import SCRIPT as CRAFT
 from tests.waiting import wait_for
 
@@ -88,12 +88,7 @@ def test_no_container_or_process_on_a_host_puts_frames_on_another_hosts_internal
         assert sent.startswith("refused"), sent  # refused on host 1, as it is sent
         # control: the same frame from the underlay's own namespace, with host 3's address
         capture = Capture(h2.netns, "eth0", 2)
-        sent = subprocess.run(
-            ["ip", "netns", "exec", "pbmh-ul", sys.executable, "-c", CRAFT, "raw", h3.vxlan_address, h2.address, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
+        sent = from_the_underlay(h3.vxlan_address, h2.address, *args)
         assert sent == "sent", sent
         seen = capture.result()
         assert seen["ports"].get(4789, 0) >= 3, seen  # the control reached host 2

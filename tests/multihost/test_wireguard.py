@@ -14,9 +14,8 @@ import uuid
 
 import pytest
 
-from tests.multihost.capture import Capture
+from tests.multihost.capture import Capture, from_the_underlay
 from tests.multihost.test_attacks import icmp_in_echos, mac
-from tests.vxlancraft import SCRIPT as CRAFT
 from tests.waiting import wait_for
 
 
@@ -83,12 +82,7 @@ def test_hand_made_vxlan_from_the_underlay_is_not_delivered(cluster, net):
     before = icmp_in_echos(h2, victim)
     capture = Capture(h2.netns, "eth0", 3)
     for source in ("10.206.255.254", h3.address, "10.254.255.3"):
-        sent = subprocess.run(
-            ["ip", "netns", "exec", "pbmh-ul", sys.executable, "-c", CRAFT, "raw", source, h2.address, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
+        sent = from_the_underlay(source, h2.address, *args)
         assert sent == "sent", sent
     seen = capture.result()
     assert seen["ports"].get(4789, 0) >= 9, seen  # all nine arrived at host 2
