@@ -255,3 +255,24 @@ def test_a_restarted_host_writes_all_it_holds_though_its_first_write_was_the_key
         wait_until(lambda: r.member_key("web", a.address) in kv.data, what="membership written again")
     finally:
         stop(again)
+
+
+def test_rotate_key_over_the_plugins_socket(hosts, tmp_path, kv):
+    from plugin.app import create_app
+    from tests.unit.test_cluster import make_host as make_clear_host
+
+    a = hosts[0]
+    client = create_app(a).test_client()
+    old = public(a)
+    got = client.post("/pybridge/cluster/rotate-key")
+    assert got.status_code == 200 and got.get_json()["public_key"] == public(a) != old
+    view = client.get("/pybridge/cluster").get_json()["underlay"]
+    assert view["encrypt"] == "wireguard" and view["address"] == "10.254.255.1"
+    assert set(view["peers"]) <= {"10.206.255.2", "10.206.255.3"}
+    (tmp_path / "clear").mkdir()
+    clear = make_clear_host(tmp_path / "clear", kv, 9)  # cluster mode in clear: nothing to rotate
+    try:
+        refused = create_app(clear).test_client().post("/pybridge/cluster/rotate-key")
+        assert refused.status_code == 400 and "PYBRIDGE_CLUSTER_ENCRYPT" in refused.get_json()["Err"]
+    finally:
+        clear.store.close()
