@@ -134,7 +134,11 @@ class ClusterService:
         self.reachable = False
         self.resyncs = 0
         self.local: Callable[[], list[LocalNetwork]] = lambda: []
-        self._names_wanted: dict[str, list[ContainerInfo]] = {}  # network -> this host's names, to write
+        # network -> this host's names as last reported (or, before any report, as the resync
+        # found them); the names thread is their one writer, and writes what is latest when it
+        # writes, so that a resync that read older names never puts them back over newer ones
+        self._names: dict[str, list[ContainerInfo]] = {}
+        self._names_pending: set[str] = set()
         self._names_lock = threading.Lock()
         self._names_due = threading.Event()
         self._dirty = threading.Event()
@@ -263,6 +267,9 @@ class ClusterService:
     def leave_network(self, name: str) -> None:
         """This host no longer has the network: its keys go; the record and the network's claims
         go with the last host (other hosts' own keys are theirs: they went when they left)."""
+        with self._names_lock:
+            self._names.pop(name, None)
+            self._names_pending.discard(name)
         try:
             held, _ = self.kv.range(r.addr_prefix(name))
             ops: list[Operation] = [
@@ -436,24 +443,39 @@ class ClusterService:
         Returns at once: a thread of its own writes them, so that an etcd that does not answer
         never holds up the DNS of local networks."""
         with self._names_lock:
-            self._names_wanted[name] = list(containers)
+            self._names[name] = list(containers)
+            self._names_pending.add(name)
+        self._names_due.set()
+
+    def _names_again(self, networks: Iterable[LocalNetwork]) -> None:
+        """The resync's part: the names of these networks are written again (by the names
+        thread), as last reported, or as the resync read them where none was reported yet."""
+        with self._names_lock:
+            for n in networks:
+                self._names.setdefault(n.name, list(n.names))
+                self._names_pending.add(n.name)
         self._names_due.set()
 
     def run_names(self, stop: threading.Event) -> None:
         while not stop.is_set():
             self._names_due.wait(1.0)
             self._names_due.clear()
-            with self._names_lock:
-                wanted, self._names_wanted = self._names_wanted, {}
-            for name, containers in wanted.items():
-                try:
-                    self._put_names(name, containers)
-                except (ClusterUnavailable, LeaseExpired) as e:
-                    log.warning("names of cluster network %s: published later (%s)", name, e)
-                    self._dirty.set()  # the resync writes them from the DNS's state
-                except Exception:
-                    log.exception("names of cluster network %s", name)
-                    self._dirty.set()
+            self.write_names()
+
+    def write_names(self) -> None:
+        """One pass of the names thread: the networks whose names are due, as they are now."""
+        with self._names_lock:
+            due, self._names_pending = self._names_pending, set()
+            wanted = {name: list(self._names[name]) for name in due if name in self._names}
+        for name, containers in wanted.items():
+            try:
+                self._put_names(name, containers)
+            except (ClusterUnavailable, LeaseExpired) as e:
+                log.warning("names of cluster network %s: published later (%s)", name, e)
+                self._dirty.set()  # the resync has them written again
+            except Exception:
+                log.exception("names of cluster network %s", name)
+                self._dirty.set()
 
     def _put_names(self, name: str, containers: list[ContainerInfo]) -> None:
         prefix = r.name_prefix(name, self.host)
@@ -509,6 +531,7 @@ class ClusterService:
             mine = {n.name for n in networks}
             for n in networks:
                 self._resync_network(n, lease)
+            self._names_again(networks)
             # what this host published for networks it no longer has
             own, _ = self.kv.range(r.host_prefix(self.host))
             index, _ = self.kv.range(r.PREFIX + "members/")
@@ -570,7 +593,6 @@ class ClusterService:
         ops += [Delete(k) for k in stale]
         if ops:
             self.kv.txn([], ops)
-        self._put_names(n.name, list(n.names))
 
     def _clash(self, name: str, address: int) -> None:
         """Another host holds an address a container here has (this host was cut off past the

@@ -275,6 +275,32 @@ def test_endpoints_reach_the_other_hosts_vxlan_and_go_with_the_host(hosts, kv):
     assert r.addr_key("web", int(ipaddress.ip_address(ip))) not in held  # its address is free again
 
 
+def test_a_resync_never_puts_older_names_back_over_newer_ones(hosts, kv):
+    """The resync reads this host's names from its inventory; a report newer than that read (here,
+    names the inventory of this test never had) must survive it. It used not to: a resync under
+    a new lease wrote the names it had read, erasing those just published (the DNS test below
+    failed under load for that)."""
+    a = hosts[0]
+    create_cluster_net(a, nid(1))
+    c = ContainerInfo("c1" * 32, "web1", ("www",), "10.205.0.9", "")
+    key = r.name_key("web", a.address, c.id)
+    a.cluster.publish_names("web", [c])
+    a.cluster.write_names()  # what the names thread does, here in step
+    assert kv.get(key) is not None
+    assert [n.names for n in a.cluster.local()] == [()]  # what the resync reads is older
+    a.cluster.resync()
+    a.cluster.write_names()
+    assert kv.get(key) is not None, "the resync put back the names it read over newer ones"
+    a.cluster.publish_names("web", [])  # a newer report still wins
+    a.cluster.write_names()
+    assert kv.get(key) is None
+    a.cluster.leave_network("web")  # and nothing is written for a network left
+    a.cluster.publish_names("web", [c])
+    a.cluster.leave_network("web")
+    a.cluster.write_names()
+    assert kv.range(r.name_prefix("web", a.address))[0] == {}
+
+
 def test_names_of_other_hosts_are_answered_by_the_local_dns(hosts):
     """B's DNS answers a query for a container of A, by its name and alias, from the snapshot
     it serves (it used to check only that a callback was called), and stops when A drops it."""
