@@ -421,7 +421,8 @@ class FakeKV:
         self.leases: dict[int, int] = {}  # lease -> ttl
         self.revision = 1
         self.down = False
-        self.log: list = []  # (revision, key, value or None)
+        self.log: list = []  # (revision, key, value or None, create revision or 0)
+        self.created: dict[str, int] = {}  # key -> the revision that created it
         self._next_lease = 1000
         self._cond = threading.Condition()
 
@@ -456,7 +457,8 @@ class FakeKV:
                 self.revision += 1
                 for k in gone:
                     del self.data[k]
-                    self.log.append((self.revision, k, None))
+                    self.created.pop(k, None)
+                    self.log.append((self.revision, k, None, 0))
                 self._cond.notify_all()
 
     def get(self, key):
@@ -468,6 +470,13 @@ class FakeKV:
         self._check()
         with self._cond:
             return {k: v for k, (v, _, _) in self.data.items() if k.startswith(prefix)}, self.revision
+
+    def range_created(self, prefix):
+        self._check()
+        with self._cond:
+            return {
+                k: (v, self.created[k]) for k, (v, _, _) in self.data.items() if k.startswith(prefix)
+            }, self.revision
 
     def txn(self, conditions, operations):
         from plugin.cluster.interfaces import Absent, Delete, NoneUnder, Put, ValueIs
@@ -491,14 +500,16 @@ class FakeKV:
             self.revision += 1
             for o in operations:
                 if isinstance(o, Put):
+                    self.created.setdefault(o.key, self.revision)
                     self.data[o.key] = (o.value, o.lease, self.revision)
-                    self.log.append((self.revision, o.key, o.value))
+                    self.log.append((self.revision, o.key, o.value, self.created[o.key]))
                 else:
                     for k in [
                         k for k in self.data if (k == o.key if isinstance(o, Delete) else k.startswith(o.prefix))
                     ]:
                         del self.data[k]
-                        self.log.append((self.revision, k, None))
+                        self.created.pop(k, None)
+                        self.log.append((self.revision, k, None, 0))
             self._cond.notify_all()
             return True
 
@@ -509,7 +520,7 @@ class FakeKV:
         while not stop.is_set():
             self._check()
             with self._cond:
-                events = [Event(k, v, r) for r, k, v in self.log if r >= revision and k.startswith(prefix)]
+                events = [Event(k, v, r, c) for r, k, v, c in self.log if r >= revision and k.startswith(prefix)]
                 if not events:
                     self._cond.wait(0.05)
                     continue
@@ -544,6 +555,9 @@ class FakeKVUser:
 
     def range(self, prefix):
         return self._kv.range(prefix)
+
+    def range_created(self, prefix):
+        return self._kv.range_created(prefix)
 
     def watch(self, prefix, start_revision, on_events, stop):
         return self._kv.watch(prefix, start_revision, on_events, stop)

@@ -236,11 +236,15 @@ class EtcdKV:
         return _unb64(kvs[0].get("value", "")) if kvs else None
 
     def range(self, prefix: str) -> tuple[dict[str, bytes], int]:
+        found, revision = self.range_created(prefix)
+        return {k: v for k, (v, _) in found.items()}, revision
+
+    def range_created(self, prefix: str) -> tuple[dict[str, tuple[bytes, int]], int]:
         r = self._post("range", "/kv/range", {"key": _b64(prefix), "range_end": _range_end(prefix)})
         out = {}
         for kv in r.get("kvs") or []:
             try:
-                out[_unb64(kv["key"]).decode()] = _unb64(kv.get("value", ""))
+                out[_unb64(kv["key"]).decode()] = (_unb64(kv.get("value", "")), int(kv.get("create_revision", 0) or 0))
             except (KeyError, UnicodeDecodeError, ValueError):
                 continue
         return out, int(r.get("header", {}).get("revision", 0))
@@ -340,7 +344,10 @@ class EtcdKV:
                     deleted = ev.get("type") == "DELETE"
                     events.append(
                         Event(
-                            key, None if deleted else _unb64(kv.get("value", "")), int(kv.get("mod_revision", 0) or 0)
+                            key,
+                            None if deleted else _unb64(kv.get("value", "")),
+                            int(kv.get("mod_revision", 0) or 0),
+                            0 if deleted else int(kv.get("create_revision", 0) or 0),
                         )
                     )
                 if events:

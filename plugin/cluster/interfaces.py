@@ -70,6 +70,7 @@ class Event:
     key: str
     value: bytes | None  # None: deleted (or expired with its lease)
     revision: int
+    created: int = 0  # the revision that created the key (0 for a delete)
 
 
 class ClusterKVPort(Protocol):
@@ -82,6 +83,11 @@ class ClusterKVPort(Protocol):
     def revoke(self, lease: int) -> None: ...
     def get(self, key: str) -> bytes | None: ...
     def range(self, prefix: str) -> tuple[dict[str, bytes], int]: ...
+    def range_created(self, prefix: str) -> tuple[dict[str, tuple[bytes, int]], int]:
+        """As range, each value with the revision that created its key (which no client can
+        forge: it orders who wrote first)."""
+        ...
+
     def txn(self, conditions: Sequence[Condition], operations: Sequence[Operation]) -> bool: ...
     def watch(
         self, prefix: str, start_revision: int, on_events: Callable[[list[Event]], None], stop: threading.Event

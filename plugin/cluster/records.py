@@ -12,6 +12,9 @@ may create (create-only by compare-and-swap) and which each name their holder:
   host/HOST/member/CLUSTERNET      this host has the network (host lease)
   host/HOST/ep/CLUSTERNET/EPID     EndpointRecord: MAC and addresses of a container there (host lease)
   host/HOST/name/CLUSTERNET/CID    NameRecord: a container's name, aliases, addresses (host lease)
+  host/HOST/addr/CLUSTERNET/ADDRHEX  the host's own list of the addresses it claims (host lease):
+                                   who holds an address is the host that listed it first
+                                   (etcd's create revision), whatever addr/ says now
   host/HOST/tunnel                 TunnelRecord: its WireGuard public key and port (host lease;
                                    PYBRIDGE_CLUSTER_ENCRYPT=wireguard), reached at HOST itself
   net/CLUSTERNET                   NetRecord: subnets, gateways, VNI, gateway MAC, MTU (no lease)
@@ -115,6 +118,28 @@ def name_prefix(name: str, host: str) -> str:
 
 def name_key(name: str, host: str, container_id: str) -> str:
     return name_prefix(name, host) + container_id
+
+
+def listing_prefix(name: str, host: str) -> str:
+    """Host HOST's own list of the addresses it claims on network NAME."""
+    return f"{host_prefix(host)}addr/{name}/"
+
+
+def listing_key(name: str, host: str, address: int) -> str:
+    return f"{listing_prefix(name, host)}{address:032x}"
+
+
+def split_listing_key(key: str) -> tuple[str, str, int] | None:
+    """(host, network, address) of a host/HOST/addr/NET/ADDRHEX key, or None."""
+    if not key.startswith(PREFIX + "host/"):
+        return None
+    parts = key[len(PREFIX) + 5 :].split("/")
+    if len(parts) != 4 or parts[1] != "addr" or not _NAME_RE.fullmatch(parts[2]):
+        return None
+    if not re.fullmatch(r"[0-9a-f]{32}", parts[3]):
+        return None
+    host = _host_of(key, parts[0])
+    return (host, parts[2], int(parts[3], 16)) if host is not None else None
 
 
 def tunnel_key(host: str) -> str:

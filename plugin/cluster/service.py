@@ -59,15 +59,25 @@ class LocalNetwork:
     names: tuple[ContainerInfo, ...] = ()
 
 
-def _put_one(key: str, value: bytes, lease: int) -> list[Operation]:
-    return [Put(key, value, lease)]
+def _claim_ops(name: str, host: str, address: int, value: bytes, lease: int) -> list[Operation]:
+    """An address's claim (addr/, which every host may write) and the holder's own listing of
+    it (under its prefix, which only it may write: what the other hosts believe)."""
+    return [Put(r.addr_key(name, address), value, lease), Put(r.listing_key(name, host, address), b"{}", lease)]
+
+
+def _holder_in(key: str, value: bytes) -> str:
+    try:
+        return r.parse_addr(key, value).host or "nobody"
+    except r.InvalidRecord:
+        return "a record pybridge does not write"
 
 
 def _network_of(key: str, host: str) -> str:
     """The network of one of this host's own keys (host/HOST/member/NET, .../ep/NET/..,
-    .../name/NET/..), or "" for a key it does not recognise (stale then, and deleted)."""
+    .../name/NET/.., .../addr/NET/..), or "" for a key it does not recognise (stale then, and
+    deleted)."""
     parts = key[len(r.host_prefix(host)) :].split("/")
-    return parts[1] if len(parts) >= 2 and parts[0] in ("member", "ep", "name") else ""
+    return parts[1] if len(parts) >= 2 and parts[0] in ("member", "ep", "name", "addr") else ""
 
 
 class TurnGate:
@@ -277,6 +287,7 @@ class ClusterService:
                 Delete(r.members_key(name, self.host)),
                 DeleteUnder(r.ep_prefix(name, self.host)),
                 DeleteUnder(r.name_prefix(name, self.host)),
+                DeleteUnder(r.listing_prefix(name, self.host)),
             ]
             ops += [Delete(k) for k, v in held.items() if self._mine(k, v)]
             ops += [Delete(k) for k in self._my_macs(name)]
@@ -300,6 +311,17 @@ class ClusterService:
             self._dirty.set()
 
     # --- addresses
+    def _listings(self) -> dict[str, dict[int, dict[str, int]]]:
+        """network -> address -> host -> the revision that created its listing, for every
+        host's listings (read from etcd: what the resync decides on)."""
+        found, _ = self.kv.range_created(r.PREFIX + "host/")
+        out: dict[str, dict[int, dict[str, int]]] = {}
+        for key, (_, created) in found.items():
+            parts = r.split_listing_key(key)
+            if parts is not None:
+                out.setdefault(parts[1], {}).setdefault(parts[2], {})[parts[0]] = created
+        return out
+
     def _mine(self, key: str, value: bytes) -> bool:
         try:
             return r.parse_addr(key, value).host == self.host
@@ -311,18 +333,40 @@ class ClusterService:
         key = r.addr_key(name, address)
         try:
             value = r.AddrRecord(self.host, kind).to_json().encode()
-            if self._leased([Absent(key)], lambda lease: [Put(key, value, lease)]):
+            if self._take(name, address, value):
                 return True
             held = self.kv.get(key)
         except ClusterUnavailable as e:
             raise self._fail(f"address {ipaddress.ip_address(address)} of cluster network {name}", e) from e
-        return held is not None and self._mine(key, held)
+        if self.watch.holder(name, address) == self.host:
+            return True  # (its claim in addr/ was deleted and made anew by another host: it holds it all the same)
+        return held is not None and self._mine(key, held) and self.watch.holder(name, address) in (None, self.host)
+
+    def _take(self, name: str, address: int, value: bytes) -> bool:
+        """Claim a free address: its claim in addr/ and this host's listing of it, in one
+        transaction. Given back at once when another host listed it before (its claim was
+        deleted under it: it holds the address all the same, and the others know it)."""
+        key = r.addr_key(name, address)
+        if not self._leased([Absent(key)], functools.partial(_claim_ops, name, self.host, address, value)):
+            return False
+        holder = self.watch.holder(name, address)
+        if holder in (None, self.host):
+            return True
+        log.warning(
+            "cluster network %s: address %s had no claim in etcd but %s lists it: left to that host",
+            name,
+            ipaddress.ip_address(address),
+            holder,
+        )
+        self.kv.txn([ValueIs(key, value)], [Delete(key), Delete(r.listing_key(name, self.host, address))])
+        return False
 
     def _load_taken(self, name: str) -> None:
         """What etcd holds of the network's addresses, into the book (the watch keeps it current
         afterwards; this is for a network it has not delivered yet, or a book gone stale)."""
         held, _ = self.kv.range(r.addr_prefix(name))
-        self._book.load(name, [parts[1] for parts in map(lambda k: r.split_addr_key(k, name), held) if parts])
+        claimed = [parts[1] for parts in map(lambda k: r.split_addr_key(k, name), held) if parts]
+        self._book.load(name, [*claimed, *self.watch.listed(name)])
 
     def allocate(self, name: str, lo: int, hi: int, cursor: int, avoid: Collection[int] = ()) -> int:
         """A free address in [lo, hi] after cursor (or after this host's home in the subnet, for
@@ -343,10 +387,10 @@ class ClusterService:
                     self._load_taken(name)  # the book may hold addresses freed since
                     reloaded = True
                     continue
-                key, won = r.addr_key(name, value), False
+                won = False
                 try:
                     record = r.AddrRecord(self.host, "dynamic").to_json().encode()
-                    won = self._leased([Absent(key)], functools.partial(_put_one, key, record))
+                    won = self._take(name, value, record)
                     self._book.settle(name, value, taken=True)
                 except BaseException:
                     self._book.settle(name, value, taken=False)
@@ -363,8 +407,10 @@ class ClusterService:
         try:
             held = self.kv.get(key)
             if held is not None and self._mine(key, held):
-                if self.kv.txn([ValueIs(key, held)], [Delete(key)]):
+                if self.kv.txn([ValueIs(key, held)], [Delete(key), Delete(r.listing_key(name, self.host, address))]):
                     self._book.freed(name, address)
+            else:  # (taken over by another host's claim: this host's listing goes all the same)
+                self.kv.txn([], [Delete(r.listing_key(name, self.host, address))])
         except ClusterUnavailable as e:
             log.warning(
                 "address %s of cluster network %s: released in etcd later (%s)", ipaddress.ip_address(address), name, e
@@ -529,8 +575,9 @@ class ClusterService:
         with self._turns.alone():
             networks = self.local()
             mine = {n.name for n in networks}
+            listings = self._listings()
             for n in networks:
-                self._resync_network(n, lease)
+                self._resync_network(n, lease, listings.get(n.name, {}))
             self._names_again(networks)
             # what this host published for networks it no longer has
             own, _ = self.kv.range(r.host_prefix(self.host))
@@ -544,7 +591,7 @@ class ClusterService:
                 self.kv.txn([], [Delete(k) for k in stale])
         self.resyncs += 1
 
-    def _resync_network(self, n: LocalNetwork, lease: int) -> None:
+    def _resync_network(self, n: LocalNetwork, lease: int, listings: dict[int, dict[str, int]]) -> None:
         key = r.net_key(n.name)
         record_ops: list[Operation] = [
             Put(key, n.record.to_json().encode()),
@@ -563,15 +610,37 @@ class ClusterService:
         held, _ = self.kv.range(r.addr_prefix(n.name))
         wanted = {r.addr_key(n.name, a): kind for a, kind in n.addresses}
         for k, kind in wanted.items():
-            if k in held and self._mine(k, held[k]):
+            address = int(k.rsplit("/", 1)[-1], 16)
+            listed = listings.get(address, {})
+            own, others = listed.get(self.host), [c for h, c in listed.items() if h != self.host]
+            listing = r.listing_key(n.name, self.host, address)
+            if others and (own is None or min(others) < own):
+                self._clash(n.name, address)  # another host listed it first (this host was cut off)
+            elif k in held and self._mine(k, held[k]):
                 value = held[k]
-                if not self.kv.txn([ValueIs(k, value)], [Put(k, value, lease)]):
+                if not self.kv.txn([ValueIs(k, value)], [Put(k, value, lease), Put(listing, b"{}", lease)]):
                     log.error("cluster network %s: address key %s changed while re-claimed", n.name, k)
-            elif k not in held and self.claim(n.name, int(k.rsplit("/", 1)[-1], 16), kind):
+            elif k in held and own is not None:
+                # its claim in addr/ was deleted and made anew by another host; this host listed
+                # the address first, so it holds it for every host all the same
+                log.warning(
+                    "cluster network %s: the claim of %s, a container's here, was made anew by %s: "
+                    "ignored, this host listed the address first",
+                    n.name,
+                    ipaddress.ip_address(address),
+                    _holder_in(k, held[k]),
+                )
+                self.kv.txn([], [Put(listing, b"{}", lease)])
+            elif k not in held and self.claim(n.name, address, kind):
                 pass
             else:
-                self._clash(n.name, int(k.rsplit("/", 1)[-1], 16))
+                self._clash(n.name, address)
         stale = [k for k, v in held.items() if k not in wanted and self._mine(k, v)]
+        stale += [
+            r.listing_key(n.name, self.host, a)
+            for a, hosts in listings.items()
+            if self.host in hosts and r.addr_key(n.name, a) not in wanted
+        ]
         eps, _ = self.kv.range(r.ep_prefix(n.name, self.host))
         want_eps = {r.ep_key(n.name, self.host, eid): rec.to_json().encode() for eid, rec in n.endpoints}
         stale += [k for k in eps if k not in want_eps]

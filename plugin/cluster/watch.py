@@ -1,8 +1,11 @@
 """ClusterWatch: what the other hosts of the cluster published, followed from etcd.
 
 One watch of the whole prefix: endpoints (ep/) and names (name/) of the other hosts become the
-remote view, handed to the data plane and the DNS network by network as they change; addresses
-(addr/) keep the AddressBook current. After a break, everything is read again and the view
+remote view, handed to the data plane and the DNS network by network as they change. Who holds
+an address is the host that listed it first under its own prefix (host/HOST/addr/, ordered by
+etcd's create revision, which no client sets): the claims in addr/, which every host may write,
+only keep the AddressBook current, so a host that deletes another's claim and makes its own
+gains nothing. After a break, everything is read again and the view
 replaced (a key deleted meanwhile disappears then). Values are parsed as hostile: what does not
 parse is logged and left out.
 """
@@ -47,9 +50,11 @@ class ClusterWatch:
         self._tunnels: dict[str, r.TunnelRecord] = {}  # host -> its WireGuard record (live hosts)
         self.refused = 0  # keys and values under host/ that are not pybridge's
         # what makes a record count: its host is a live member of the network (its member key,
-        # under its own prefix and lease, is there) and holds the record's addresses in addr/
+        # under its own prefix and lease, is there) and holds the record's addresses: of the
+        # hosts that list an address under their own prefix, it listed it first
         self._members: dict[str, set[str]] = {}
-        self._holders: dict[str, dict[int, str]] = {}
+        self._listings: dict[str, dict[int, dict[str, int]]] = {}  # network -> address -> host -> created
+        self._claimed: dict[str, set[int]] = {}  # network -> addresses with a claim in addr/
         # False until the first full read: until then the view is empty, not "nobody there",
         # and the data plane keeps what it has (a plugin restarted while etcd is away)
         self.loaded = False
@@ -58,20 +63,26 @@ class ClusterWatch:
         """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
         while not stop.is_set():
             try:
-                own, rev1 = self.kv.range(r.PREFIX + "host/")  # every host's member, ep and name keys
+                own, rev1 = self.kv.range_created(r.PREFIX + "host/")  # every host's own keys
                 addrs, rev0 = self.kv.range(r.PREFIX + "addr/")
-                taken: dict[str, set[int]] = {}
                 with self._lock:
-                    self._members, self._holders = {}, {}
-                    for key in own:
+                    self._members, self._listings, self._claimed = {}, {}, {}
+                    for key, (_, created) in own.items():
                         self._member(key, b"{}")
-                    for key, value in addrs.items():
-                        parts = r.split_addr_key(key)
-                        if parts is not None:
-                            taken.setdefault(parts[0], set()).add(parts[1])
-                            self._holder(key, value)
+                        self._listing(key, b"{}", created, book=False)
+                    for key in addrs:
+                        self._claim(key, b"{}", book=False)
+                    taken = {n: set(a) for n, a in self._claimed.items()}
+                    for n, listed in self._listings.items():
+                        taken.setdefault(n, set()).update(listed)
                 self.book.replace_all(taken)
-                changed = self._replace({k: v for k, v in own.items() if r.split_member_key(k) is None})
+                changed = self._replace(
+                    {
+                        k: v
+                        for k, (v, _) in own.items()
+                        if r.split_member_key(k) is None and r.split_listing_key(k) is None
+                    }
+                )
                 self.loaded = True
                 try:
                     self.on_loaded()
@@ -91,10 +102,11 @@ class ClusterWatch:
         changed: set[tuple[str, str]] = set()
         with self._lock:
             for ev in events:
-                address = r.split_addr_key(ev.key)
-                if address is not None:
-                    (self.book.freed if ev.value is None else self.book.taken)(*address)
-                    changed |= self._holder(ev.key, ev.value)
+                if r.split_addr_key(ev.key) is not None:
+                    self._claim(ev.key, ev.value)
+                    continue
+                if r.split_listing_key(ev.key) is not None:
+                    changed |= self._listing(ev.key, ev.value, ev.created)
                     continue
                 if r.split_member_key(ev.key) is not None:
                     changed |= self._member(ev.key, ev.value)
@@ -111,28 +123,61 @@ class ClusterWatch:
         (hosts.discard if value is None else hosts.add)(host)
         return {("ep", network), ("name", network)}
 
-    def _holder(self, key: str, value: bytes | None) -> set[tuple[str, str]]:
+    def _claim(self, key: str, value: bytes | None, book: bool = True) -> None:
         parts = r.split_addr_key(key)
         if parts is None:
-            return set()
+            return
         network, address = parts
-        holders = self._holders.setdefault(network, {})
-        holders.pop(address, None)
-        if value is not None:
-            try:
-                host = r.parse_addr(key, value).host
-            except r.InvalidRecord:
-                host = ""
-            if host:
-                holders[address] = host
+        claimed = self._claimed.setdefault(network, set())
+        (claimed.discard if value is None else claimed.add)(address)
+        if book:
+            self._book_sync(network, address)
+
+    def _listing(self, key: str, value: bytes | None, created: int, book: bool = True) -> set[tuple[str, str]]:
+        parts = r.split_listing_key(key)
+        if parts is None:
+            return set()
+        host, network, address = parts
+        listed = self._listings.setdefault(network, {})
+        hosts = listed.setdefault(address, {})
+        if value is None:
+            hosts.pop(host, None)
+            if not hosts:
+                del listed[address]
+        else:
+            hosts[host] = created
+        if book:
+            self._book_sync(network, address)
         return {("ep", network), ("name", network)}
+
+    def _book_sync(self, network: str, address: int) -> None:
+        """An address is taken while it has a claim in addr/ or any host lists it."""
+        if address in self._claimed.get(network, ()) or address in self._listings.get(network, {}):
+            self.book.taken(network, address)
+        else:
+            self.book.freed(network, address)
+
+    def _holder(self, network: str, address: int) -> str | None:
+        hosts = self._listings.get(network, {}).get(address)
+        if not hosts:
+            return None
+        return min(hosts.items(), key=lambda hc: (hc[1], hc[0]))[0]
+
+    def holder(self, network: str, address: int) -> str | None:
+        """The host that listed the address first (None: no host lists it)."""
+        with self._lock:
+            return self._holder(network, address)
+
+    def listed(self, network: str) -> set[int]:
+        """The addresses any host lists on the network."""
+        with self._lock:
+            return set(self._listings.get(network, {}))
 
     def _counts(self, network: str, host: str, addresses: tuple[str, ...]) -> bool:
         """Whether a record of `host` counts: a live member, holding each of its addresses."""
         if host not in self._members.get(network, ()):
             return False
-        holders = self._holders.get(network, {})
-        return all(holders.get(int(ipaddress.ip_address(a))) == host for a in addresses if a)
+        return all(self._holder(network, int(ipaddress.ip_address(a))) == host for a in addresses if a)
 
     def _replace(self, data: dict[str, bytes]) -> set[tuple[str, str]]:
         with self._lock:

@@ -1070,3 +1070,60 @@ def test_what_etcd_answers_cannot_forge_a_log_line():
 
     said = _said("permission denied\n2026-12-04 ERROR forged\x1b[31m" + "x" * 500, 160)
     assert len(said) == 160 and "\n" not in said and "\x1b" not in said and said.startswith("permission denied?")
+
+
+def test_a_host_that_deletes_anothers_claim_and_makes_its_own_gains_nothing(hosts, kv):
+    """Issue 22: every host may write addr/ (etcd's roles cannot say "create only"), so host C,
+    with its own credentials, deletes A's claim of A's container's address and makes its own,
+    with a listing and an endpoint record under its own prefix. A listed the address first, and
+    only C can list under C's prefix, only A under A's: B still counts A's container and not
+    C's; A's resync keeps its container on the network; B cannot claim the address either."""
+    a, b, c = hosts
+    pa = create_cluster_net(a, nid(1))
+    create_cluster_net(b, nid(2))
+    create_cluster_net(c, nid(3))
+    with b.store.reading() as tx:
+        vx = f"ptx{tx.networks.get(nid(2)).vni}"
+    cidr = a.ipam.request_address(pa, "", {})
+    ip = cidr.split("/")[0]
+    n = int(ipaddress.ip_address(ip))
+    a.endpoints.create(nid(1), "e1" * 32, address=cidr, address6="", mac="02:00:00:00:22:01")
+    for h in hosts:
+        h.cluster.start()
+    wait_until(lambda: set(b.overlay.peers(vx)) == {"02:00:00:00:22:01"}, what="B programs A's container")
+    assert b.cluster.watch.holder("web", n) == a.address
+
+    key = r.addr_key("web", n)
+    lease = c.cluster._session()
+    assert c.cluster.kv.txn([], [Delete(key)])  # what C's etcd user may do
+    assert c.cluster.kv.txn(
+        [],
+        [
+            Put(key, r.AddrRecord(c.address, "static").to_json().encode(), lease),
+            Put(r.listing_key("web", c.address, n), b"{}", lease),
+            Put(
+                r.ep_key("web", c.address, "e3" * 32),
+                r.EndpointRecord("02:00:00:00:22:03", ip, "").to_json().encode(),
+                lease,
+            ),
+        ],
+    )
+    assert r.parse_addr(key, kv.get(key)).host == c.address  # the attack landed in etcd
+    wait_until(
+        lambda: (c.address, "e3" * 32) in b.cluster.watch._view.endpoints.get("web", {}), what="B reads C's record"
+    )
+    wait_until(lambda: b.cluster.watch.listed("web") == {n}, what="B reads C's listing")
+    assert b.cluster.watch.holder("web", n) == a.address
+    assert set(b.overlay.peers(vx)) == {"02:00:00:00:22:01"}, "C's record took over A's container's address"
+    assert not b.cluster.claim("web", n, "static")
+
+    a.cluster.resync()
+    assert a.cluster.clashes == {}, "A took its own container off the network"
+    assert kv.get(r.listing_key("web", a.address, n)) is not None
+    assert set(b.overlay.peers(vx)) == {"02:00:00:00:22:01"}
+
+    # A's container goes: its listing with it, and C's claim is C's (B counts C's record then)
+    a.endpoints.delete(nid(1), "e1" * 32)
+    a.ipam.release_address(pa, ip)
+    assert kv.get(r.listing_key("web", a.address, n)) is None
+    wait_until(lambda: set(b.overlay.peers(vx)) == {"02:00:00:00:22:03"}, what="B counts the address as C's then")
