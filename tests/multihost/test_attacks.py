@@ -32,6 +32,17 @@ def mac(host, container: str, network: str) -> str:
     return host.docker("inspect", "-f", template, container).stdout.strip()
 
 
+def credentials_of(cluster, n: int) -> list[str]:
+    """etcdctl flags with host n's own etcd credentials, as its plugin has them."""
+    password = cluster.base / f"h{n}" / "etcd-tls" / "etcd.password"
+    assert password.exists(), "the rig runs etcd without authentication (PYBRIDGE_MULTIHOST_AUTH=0)"
+    flags = [f"--user=pybridge-{cluster.hosts[n - 1].address}:{password.read_text().strip()}"]
+    if cluster.tls is not None:
+        t = cluster.tls
+        flags += [f"--cacert={t}/pbtest-ca.pem", f"--cert={t}/h{n}.pem", f"--key={t}/h{n}-key.pem"]
+    return flags
+
+
 def in_container(host, container: str, *argv: str) -> str:
     """A command of the host's in the container's network namespace: the packets it sends leave
     from the container, as a process of the container's with CAP_NET_RAW would send them."""
@@ -274,13 +285,8 @@ def test_etcd_admits_no_client_without_a_certificate_of_the_clusters_ca(cluster)
 def test_a_hosts_etcd_user_cannot_write_what_another_host_says(cluster):
     """Issue 22, item 1: with host 1's own etcd credentials (its certificate and its user, as its
     plugin has them), host 2's prefix is read-only: host 1 cannot say anything in host 2's name."""
-    password = cluster.base / "h1" / "etcd-tls" / "etcd.password"
-    assert password.exists(), "the rig runs etcd without authentication (PYBRIDGE_MULTIHOST_AUTH=0)"
-    tls = cluster.tls
     h1, h2 = cluster.hosts[0], cluster.hosts[1]
-    flags = [f"--user=pybridge-{h1.address}:{password.read_text().strip()}"]
-    if tls is not None:
-        flags += [f"--cacert={tls}/pbtest-ca.pem", f"--cert={tls}/h1.pem", f"--key={tls}/h1-key.pem"]
+    flags = credentials_of(cluster, 1)
 
     def put(key: str) -> subprocess.CompletedProcess:
         return cluster.etcdctl_as(*flags, "put", key, "{}")
@@ -292,3 +298,43 @@ def test_a_hosts_etcd_user_cannot_write_what_another_host_says(cluster):
         refused = put(key)
         assert refused.returncode != 0 and "permission denied" in refused.stderr, (key, refused.stderr)
         assert cluster.etcdctl("get", key) == ""
+
+
+def test_a_host_that_deletes_anothers_claim_and_makes_its_own_diverts_nothing(cluster, net):
+    """Issue 22: with host 3's own etcd credentials, delete the claim of host 2's container's
+    address (every host may write addr/) and make it host 3's, listed under host 3's prefix,
+    with an endpoint record of a MAC of its own. Host 2 listed the address first: host 1 keeps
+    reaching host 2's container and programs nothing of host 3's record. (Host 2's resync, which
+    keeps its container on the network, is tests/unit/test_cluster.py's.)"""
+    h1, h2, h3 = cluster.hosts
+    name = net()
+    victim_ip = h2.run(f"{name}-victim", name, "sleep", "600")
+    victim_mac = mac(h2, f"{name}-victim", name)
+    h1.run(f"{name}-client", name, "sleep", "600")
+    assert wait_for(lambda: victim_mac in h1.fdb_macs(), timeout=15)
+    hexed = f"{int(ipaddress.ip_address(victim_ip)):032x}"
+    claim = f"/pybridge/v2/addr/{name}/{hexed}"
+    listing = f"/pybridge/v2/host/{h3.address}/addr/{name}/{hexed}"
+    record = f"/pybridge/v2/host/{h3.address}/ep/{name}/{'f3' * 32}"
+    flags = credentials_of(cluster, 3)
+    try:
+        assert cluster.etcdctl_as(*flags, "del", claim).returncode == 0
+        for key, value in (
+            (claim, {"host": h3.address, "kind": "static"}),
+            (listing, {}),
+            (record, {"mac": "02:00:00:00:22:03", "ipv4": victim_ip}),
+        ):
+            done = cluster.etcdctl_as(*flags, "put", key, json.dumps(value))
+            assert done.returncode == 0, (key, done.stderr)
+        assert h3.address in cluster.etcdctl("get", claim, "--print-value-only")  # the attack landed
+        # a later change, after the attack in etcd's order: when host 1 has it, it has read all
+        later = h3.run(f"{name}-later", name, "sleep", "600")
+        later_mac = mac(h3, f"{name}-later", name)
+        assert later and wait_for(lambda: later_mac in h1.fdb_macs(), timeout=15)
+        fdb = h1.fdb_macs()
+        assert victim_mac in fdb and "02:00:00:00:22:03" not in fdb, fdb
+        ping = h1.exec(f"{name}-client", "ping", "-c", "2", "-W", "3", victim_ip)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    finally:
+        for key in (record, listing):
+            cluster.etcdctl("del", key)
