@@ -181,39 +181,28 @@ class Encrypted:
 
     def _program(self, records: dict[str, TunnelRecord], save: bool) -> None:
         with self._lock:
+            others = {h: rec for h, rec in sorted(records.items()) if h != self.underlay}
+            by_address: dict[str, list[str]] = {}
+            by_key: dict[str, list[str]] = {}
+            for host, rec in others.items():
+                by_address.setdefault(self.remote(host), []).append(host)
+                by_key.setdefault(rec.key, []).append(host)
             ignored: dict[str, str] = {}
-            owners: dict[str, list[str]] = {}
-            for host in sorted(records):
-                if host == self.underlay:
-                    continue
+            peers: dict[str, TunnelPeer] = {}
+            hosts: dict[str, str] = {}
+            for host, rec in others.items():
                 address = self.remote(host)
                 if address == self._local:
                     ignored[host] = f"its tunnel address {address} is this host's"
-                elif records[host].key == self.public:
+                elif rec.key == self.public:
                     ignored[host] = "it published this host's public key"
+                elif len(by_key[rec.key]) > 1:  # a copied public key: whose it is cannot be told
+                    ignored[host] = f"its public key is also that of {', '.join(by_key[rec.key])}"
+                elif len(by_address[address]) > 1:  # none of them can be told apart
+                    ignored[host] = f"its tunnel address {address} is also that of {', '.join(by_address[address])}"
                 else:
-                    owners.setdefault(address, []).append(host)
-            keys: dict[str, list[str]] = {}
-            for holders in owners.values():
-                for host in holders:
-                    keys.setdefault(records[host].key, []).append(host)
-            for holders in keys.values():
-                if len(holders) > 1:  # a copied public key: whose it is cannot be told
-                    for host in holders:
-                        ignored[host] = f"its public key is also that of {', '.join(holders)}"
-            peers: dict[str, TunnelPeer] = {}
-            hosts: dict[str, str] = {}
-            for address, holders in owners.items():
-                holders = [h for h in holders if h not in ignored] if len(holders) == 1 else holders
-                if len(holders) > 1:  # none of them could be told apart: no one's peer
-                    for host in holders:
-                        ignored[host] = f"its tunnel address {address} is also that of {', '.join(holders)}"
-                    continue
-                if not holders:
-                    continue
-                rec = records[holders[0]]
-                peers[rec.key] = TunnelPeer(rec.key, holders[0], rec.port, address)
-                hosts[holders[0]] = rec.key
+                    peers[rec.key] = TunnelPeer(rec.key, host, rec.port, address)
+                    hosts[host] = rec.key
             for host, why in ignored.items():
                 if self.ignored.get(host) != why:
                     log.error("cluster: host %s is not a WireGuard peer: %s", host, why)

@@ -156,6 +156,27 @@ def test_an_mtu_above_what_wireguard_leaves_is_refused(hosts):
         create_cluster_net(hosts[0], nid(1), **{"com.docker.network.driver.mtu": "1450"})
 
 
+def test_hosts_whose_tunnel_addresses_clash_are_no_ones_peers(hosts, kv):
+    """Tunnel addresses are the underlay address's host bits in the WireGuard subnet: two hosts
+    that map to one (10.205.255.2 and B's 10.206.255.2) cannot be told apart, so neither is a
+    peer; one that maps to this host's own is ignored. Written as etcd's root could."""
+    a, b, c = hosts
+    for h in (a, b):
+        h.cluster.start()
+    wait_until(lambda: b.address in peers_of(a), what="A peers with B")
+
+    def record(n: int) -> bytes:
+        return r.TunnelRecord(base64.b64encode(bytes([n]) * 32).decode(), 51820).to_json().encode()
+
+    kv.txn([], [Put(r.tunnel_key("10.205.255.2"), record(7)), Put(r.tunnel_key("10.204.255.1"), record(8))])
+    wait_until(lambda: len(a.tunnel.snapshot()["ignored"]) == 3, what="three hosts left out")
+    ignored = a.tunnel.snapshot()["ignored"]
+    assert ignored["10.204.255.1"] == "its tunnel address 10.254.255.1 is this host's"
+    for host in (b.address, "10.205.255.2"):
+        assert ignored[host] == "its tunnel address 10.254.255.2 is also that of 10.205.255.2, 10.206.255.2"
+    assert set(peers_of(a)) == {c.address}  # the one that clashes with nobody
+
+
 def test_records_that_would_mislead_the_peering_are_left_out(hosts, kv):
     """Another host's public key copied, this host's own key, a malformed key: none becomes a
     peer, and the host they would have hurt keeps its peering with the rest."""
