@@ -1,7 +1,10 @@
-"""Links and addresses through netlink (pyroute2). Small, idempotent operations.
+"""Links and addresses through netlink. Small, idempotent operations.
 
-Each operation opens its own IPRoute socket (about 1 ms) and closes it, so the adapter is safe
-to call from any thread. Errors are matched by errno, never by message text.
+What a container's start and end need (a link by name, a veth on a bridge, deleting a link,
+up and down) goes through rtnl.py's requests on a socket of our own, about four times faster
+than pyroute2's generic messages; the rest (dumps of links, routes, addresses; bridges) through
+pyroute2. Each thread has its own socket of each, opened once, so the adapter is safe to call
+from any thread. Errors are matched by errno, never by message text.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..domain.model import IPInterface, Taken
 from ..domain.naming import is_valid_ifname
 from . import rtevents
 from .interfaces import LinkInfo
+from .rtnl import Rtnl, RtnlError
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +83,26 @@ class Netlink:
             ipr.close()
             raise
 
+    @contextmanager
+    def _rtnl(self) -> Iterator[Rtnl]:
+        """This thread's socket for the frequent requests (rtnl.py); closed and reopened next
+        time after anything but the kernel's refusal of a request."""
+        rt = getattr(self._local, "rtnl", None)
+        if rt is None:
+            rt = Rtnl(self.netns)
+            self._local.rtnl = rt
+        try:
+            yield rt
+        except RtnlError:
+            raise
+        except OSError:  # (the socket itself failed, or timed out)
+            self._local.rtnl = None
+            rt.close()
+            raise
+
     def link(self, name: str) -> LinkInfo | None:
-        with self._ipr() as ipr:
-            return _lookup(ipr, name)
+        with self._rtnl() as rt:
+            return rt.link(name)
 
     def links(self) -> list[LinkInfo]:
         with self._ipr() as ipr:
@@ -148,28 +169,28 @@ class Netlink:
 
     def delete_link(self, name: str) -> bool:
         """Delete a link by name. False when it was already gone."""
-        with self._ipr() as ipr:
-            info = _lookup(ipr, name)
+        with self._rtnl() as rt:
+            info = rt.link(name)
             if info is None:
                 return False
             try:
-                ipr.link("del", index=info.index)
-            except NetlinkError as e:
-                if e.code in _GONE:
+                rt.delete(info.index)
+            except RtnlError as e:
+                if e.errno in _GONE:
                     return False
                 raise KernelError(f"delete link {name}: {e}") from e
             return True
 
     def set_link_up(self, name: str, up: bool) -> bool:
         """Bring a link up or down. False when it is gone."""
-        with self._ipr() as ipr:
-            info = _lookup(ipr, name)
+        with self._rtnl() as rt:
+            info = rt.link(name)
             if info is None:
                 return False
             try:
-                ipr.link("set", index=info.index, state="up" if up else "down")
-            except NetlinkError as e:
-                if e.code in _GONE:
+                rt.set_up(info.index, up)
+            except RtnlError as e:
+                if e.errno in _GONE:
                     return False
                 raise KernelError(f"set link {name} {'up' if up else 'down'}: {e}") from e
             return True
@@ -178,50 +199,42 @@ class Netlink:
         """A veth pair with the host end up on the bridge and the peer (for the container)
         carrying the endpoint's MAC. Leftovers of an earlier attempt are replaced."""
         try:
-            with self._ipr() as ipr:
-                br = _lookup(ipr, bridge)
+            with self._rtnl() as rt:
+                br = rt.link(bridge)
                 if br is None:
                     raise KernelError(f"bridge {bridge} does not exist")
                 mtu = mtu or br.mtu
-                spec = dict(
-                    ifname=host,
-                    kind="veth",
-                    mtu=mtu,
-                    master=br.index,
-                    state="up",
-                    peer={"ifname": peer, "address": mac, "mtu": mtu},
-                )
                 try:
-                    ipr.link("add", **spec)
-                except NetlinkError as e:
-                    if e.code != errno.EEXIST:
+                    rt.add_veth(host, peer, br.index, mtu, mac)
+                except RtnlError as e:
+                    if e.errno != errno.EEXIST:
                         raise
                     for name in (host, peer):
-                        old = _lookup(ipr, name)
+                        old = rt.link(name)
                         if old is not None:
-                            ipr.link("del", index=old.index)
-                    ipr.link("add", **spec)
+                            rt.delete(old.index)
+                    rt.add_veth(host, peer, br.index, mtu, mac)
                 # hairpin: a container reaching its own published port through a host address
                 # is DNATed back to itself, and the bridge must send that out the port it came in
-                created = _lookup(ipr, host)
+                created = rt.link(host)
                 if created is None:
                     raise KernelError(f"veth {host} vanished as it was made")
-                ipr.brport("set", index=created.index, mode=1)
-        except NetlinkError as e:
+                rt.hairpin(created.index)
+        except (RtnlError, ValueError) as e:
             self.delete_link(host)
             raise KernelError(f"create veth {host}<->{peer} on {bridge}: {e}") from e
 
     def delete_link_by_index(self, index: int, name: str) -> bool:
         """Delete the link with this index only if it still has this name (indexes are not
         reused soon, so a link re-created under the same name is never hit)."""
-        with self._ipr() as ipr:
+        with self._rtnl() as rt:
             try:
-                msg = ipr.get_links(index)[0]
-                if msg.get("ifname") != name:
+                info = rt.link_by_index(index)
+                if info is None or info.name != name:
                     return False
-                ipr.link("del", index=index)
-            except NetlinkError as e:
-                if e.code in _GONE:
+                rt.delete(index)
+            except RtnlError as e:
+                if e.errno in _GONE:
                     return False
                 raise KernelError(f"delete link {name}: {e}") from e
             return True

@@ -14,15 +14,12 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator
 
-NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
-IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+from .rtnl import IFINFOMSG, IFLA_LINKINFO, NLMSGHDR, align, attributes, info_kind
+
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-RTATTR = struct.Struct("=HH")  # length, type
 
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE = 16, 17, 24, 25
-IFLA_LINKINFO, IFLA_INFO_KIND = 18, 1
 RTA_GATEWAY, RTA_MULTIPATH, RTA_VIA = 5, 9, 18
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 
 @dataclass(frozen=True)
@@ -37,26 +34,10 @@ class GatewayRouteEvent:
     """A default route, or a route through a gateway, was added or removed."""
 
 
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def _attributes(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(type, payload start, payload end) of each attribute in data[start:end]."""
-    while start + RTATTR.size <= end:
-        length, kind = RTATTR.unpack_from(data, start)
-        if length < RTATTR.size or start + length > end:
-            return
-        yield kind & NLA_TYPE_MASK, start + RTATTR.size, start + length
-        start += _align(length)
-
-
 def _link_kind(data: bytes, start: int, end: int) -> str:
-    for kind, a, b in _attributes(data, start, end):
+    for kind, a, b in attributes(data, start, end):
         if kind == IFLA_LINKINFO:
-            for inner, c, d in _attributes(data, a, b):
-                if inner == IFLA_INFO_KIND:
-                    return data[c:d].split(b"\0", 1)[0].decode("ascii", "replace")
+            return info_kind(data, a, b)
     return ""
 
 
@@ -74,7 +55,7 @@ def events(data: bytes) -> Iterator[LinkEvent | GatewayRouteEvent]:
             yield LinkEvent(index, _link_kind(data, body + IFINFOMSG.size, end), mtype == RTM_DELLINK)
         elif mtype in (RTM_NEWROUTE, RTM_DELROUTE) and body + RTMSG.size <= end:
             dst_len = RTMSG.unpack_from(data, body)[1]
-            kinds = {k for k, _, _ in _attributes(data, body + RTMSG.size, end)}
+            kinds = {k for k, _, _ in attributes(data, body + RTMSG.size, end)}
             if dst_len == 0 or kinds & {RTA_GATEWAY, RTA_MULTIPATH, RTA_VIA}:
                 yield GatewayRouteEvent()
-        offset += _align(length)
+        offset += align(length)

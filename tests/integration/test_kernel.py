@@ -35,6 +35,17 @@ def test_bridge_addresses_and_veth(netns):
     assert ls["pt-br1"]["mtu"] == 1400 and ls["pt-br1"]["address"] == "02:aa:bb:cc:dd:ee"
     assert ls["pth1"]["master"] == "pt-br1" and ls["pth1"]["mtu"] == 1400
     assert ls["ptc1"]["address"] == "02:42:0a:c8:09:02"
+    assert ls["pth1"]["linkinfo"]["info_slave_data"]["hairpin"] is True
+    info = nl.link("pth1")  # (rtnl.py's reading of a link, against ip's)
+    assert (info.name, info.index, info.kind, info.mtu, info.mac) == (
+        "pth1",
+        ls["pth1"]["ifindex"],
+        "veth",
+        1400,
+        ls["pth1"]["address"],
+    )
+    assert info.master == ls["pt-br1"]["ifindex"] and nl.link("pt-br1").master is None
+    assert nl.link("pt-none") is None and nl.link("x" * 16) is None and nl.link("a/b") is None
     assert ls["pt-br1"]["address"] == "02:aa:bb:cc:dd:ee"  # a port does not change the bridge MAC
     nl.create_veth("pth1", "ptc1", "pt-br1", None, "02:42:0a:c8:09:03")  # leftovers are replaced
     assert links(netns)["ptc1"]["address"] == "02:42:0a:c8:09:03"
