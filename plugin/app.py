@@ -49,10 +49,13 @@ def _view(services, stats: CallStats, method: str, handler):
     def view():
         started = time.perf_counter()
         ok = False
+        endpoint = ""
         try:
             if services.lifecycle.retired:
                 raise PybridgeError("pybridge is being uninstalled")
-            response = _reply(handler(services, _body()))
+            body = _body()
+            endpoint = body.get("EndpointID", "") if isinstance(body.get("EndpointID"), str) else ""
+            response = _reply(handler(services, body))
             ok = True
             return response
         except HTTPException:
@@ -65,7 +68,7 @@ def _view(services, stats: CallStats, method: str, handler):
             return _reply({"Err": f"{method}: internal error in pybridge (see the plugin log)"}, 500)
         finally:
             took = time.perf_counter() - started
-            stats.record(method, took, ok)
+            stats.record(method, took, ok, endpoint[:64])
             if services.metrics is not None:
                 services.metrics.observe_call(method, took, ok)
 

@@ -9,6 +9,10 @@ from array import array
 from collections import defaultdict
 
 KEEP = 5000
+# the plugin's work for one container's endpoint, all its calls summed (CreateEndpoint to
+# DeleteEndpoint: the calls that name the endpoint), as one pseudo-method
+PER_CONTAINER = "(per container) endpoint calls summed"
+OPEN_MAX = 20000  # endpoints being summed at once (more: the oldest sum is dropped)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -40,19 +44,27 @@ class CallStats:
         self._lock = threading.Lock()
         self._calls: dict[str, _Ring] = defaultdict(_Ring)
         self._errors: dict[str, int] = defaultdict(int)
+        self._open: dict[str, float] = {}  # endpoint -> seconds so far
         self.calls = 0  # all calls since start (reset() keeps it): tells activity from idleness
 
-    def record(self, method: str, seconds: float, ok: bool) -> None:
+    def record(self, method: str, seconds: float, ok: bool, endpoint: str = "") -> None:
         with self._lock:
             self.calls += 1
             self._calls[method].add(seconds, self._keep)
             if not ok:
                 self._errors[method] += 1
+            if endpoint:
+                self._open[endpoint] = self._open.get(endpoint, 0.0) + seconds
+                if method == "NetworkDriver.DeleteEndpoint":
+                    self._calls[PER_CONTAINER].add(self._open.pop(endpoint), self._keep)
+                elif len(self._open) > OPEN_MAX:
+                    del self._open[next(iter(self._open))]
 
     def reset(self) -> None:
         with self._lock:
             self._calls.clear()
             self._errors.clear()
+            self._open.clear()
 
     def summary(self) -> dict:
         with self._lock:
