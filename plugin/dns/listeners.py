@@ -25,6 +25,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Iterable
 
 from .cache import splice
+from .mmsg import DatagramBatch
 
 if TYPE_CHECKING:
     from .server import DnsServer
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 UDP_BACKLOG = 512  # queries waiting for the event loop, per listener
+BATCH = 32  # queries taken, and cached answers sent, per system call
 TCP_PER_LISTENER = 64
 TCP_PER_CLIENT = 8
 TCP_IDLE = 10.0  # seconds a connection may wait for its next query (or its rest)
@@ -109,9 +111,9 @@ class Backlog:
 
 
 class UdpListener:
-    """A blocking UDP socket on its own thread: answers found in the cache go straight back (the
-    GIL is released in recvfrom/sendto); everything else waits in the bounded backlog for the
-    event loop."""
+    """A blocking UDP socket on its own thread: answers found in the cache go straight back, a
+    batch of them per system call (the GIL is released in the calls); everything else waits in
+    the bounded backlog for the event loop."""
 
     def __init__(
         self, server: DnsServer, nid: str, address: str, device: str, allows: SourceFilter, log_queries: bool = False
@@ -126,51 +128,62 @@ class UdpListener:
 
     def _run(self) -> None:
         # The hot loop: locals bound once, no calls but the cache lookup for a cached answer.
+        # Queries come in batches and the cache's answers go back in one call (mmsg.py).
         server, nid, allows, backlog = self.server, self.nid, self.allows, self.backlog
-        sock, loop, seen, cached = self.sock, server.loop, self.allows.seen, self.cached
+        loop, seen, cached = server.loop, self.allows.seen, self.cached
         if loop is None:  # listeners are made by the running server, inside its loop
             raise RuntimeError("the DNS server's event loop is not running")
-        recvfrom, sendto, find = sock.recvfrom, sock.sendto, bytes.find
+        batch = DatagramBatch(self.sock, BATCH, 4096)
+        receive, data_of, source_of, reply, flush = batch.receive, batch.data, batch.source, batch.reply, batch.flush
+        find = bytes.find
         while True:
             try:
-                data, addr = recvfrom(4096)
+                n = receive()
             except OSError:
                 if self._closed:
                     return
                 continue
-            if addr is None or self._closed:  # shutdown() wakes recvfrom with nothing
+            if self._closed:  # shutdown() wakes the receive
                 return
-            if not (seen.get(addr[0]) or allows(addr[0])):
-                continue  # not from this network: no answer at all
+            for i in range(n):
+                source = source_of(i)
+                if not (seen.get(source) or allows(source)):
+                    continue  # not from this network: no answer at all
+                data = data_of(i)
+                try:
+                    cache = server.caches.get(nid)
+                    if cache is not None and not self.log_queries:
+                        spelled = cache.exact.get(data[2:])  # asked before, spelled this way
+                        if spelled is not None:
+                            entry = spelled.entry
+                            turn = entry.turn % len(spelled.bodies)
+                            body = spelled.bodies[turn]
+                            if body is not None:
+                                entry.turn = turn + 1
+                                reply(i, data[:2] + body)
+                                cached[body[1] & 15] += 1
+                                continue
+                        qend = find(data, b"\0", 12) + 1  # as cache.question_end(), inline
+                        key = data[2:12] + data[12:qend].lower() + data[qend:] if qend > 13 else None
+                        hit = cache.entries.get(key) if key is not None else None
+                        if hit is not None:  # asked before, spelled otherwise
+                            turn = hit.turn % len(hit.bodies)
+                            body = hit.bodies[turn]
+                            if body is not None:
+                                hit.turn = turn + 1
+                                answer = splice(data, body, qend)
+                                reply(i, answer)
+                                cached[body[1] & 15] += 1
+                                cache.spell(data, hit, turn, answer[2:])
+                                continue
+                    if backlog.try_add():
+                        loop.call_soon_threadsafe(self._slow, data, batch.peer(i))
+                except Exception:
+                    log.exception("DNS query from %s", source)
             try:
-                cache = server.caches.get(nid)
-                if cache is not None and not self.log_queries:
-                    spelled = cache.exact.get(data[2:])  # asked before, spelled this way
-                    if spelled is not None:
-                        entry = spelled.entry
-                        turn = entry.turn % len(spelled.bodies)
-                        body = spelled.bodies[turn]
-                        if body is not None:
-                            entry.turn = turn + 1
-                            sendto(data[:2] + body, addr)
-                            cached[body[1] & 15] += 1
-                            continue
-                    qend = find(data, b"\0", 12) + 1  # as cache.question_end(), inline
-                    hit = cache.entries.get(data[2:12] + data[12:qend].lower() + data[qend:]) if qend > 13 else None
-                    if hit is not None:  # asked before, spelled otherwise
-                        turn = hit.turn % len(hit.bodies)
-                        body = hit.bodies[turn]
-                        if body is not None:
-                            hit.turn = turn + 1
-                            reply = splice(data, body, qend)
-                            sendto(reply, addr)
-                            cached[body[1] & 15] += 1
-                            cache.spell(data, hit, turn, reply[2:])
-                            continue
-                if backlog.try_add():
-                    loop.call_soon_threadsafe(self._slow, data, addr)
+                flush()
             except Exception:
-                log.exception("DNS query from %s", addr[0])
+                log.exception("DNS replies on %s", self.sock.getsockname()[0])
 
     def _slow(self, data: bytes, addr) -> None:
         asyncio.get_running_loop().create_task(self._reply(data, addr))

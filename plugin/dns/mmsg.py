@@ -1,0 +1,155 @@
+"""Many datagrams per system call on one UDP socket: recvmmsg(2) and sendmmsg(2) through ctypes.
+
+Why: under load, the DNS listener's thread spent most of its time in one recvfrom and one
+sendto per query, each a system call and a release and retake of the GIL. A batch takes up to
+`count` queries in one call (blocking for the first only, MSG_WAITFORONE) and sends every reply
+answered from the cache in one more. Python's socket module has no binding for these calls;
+ctypes is in the standard library, and ctypes calls release the GIL as recvfrom does.
+
+The buffers are made once: `count` slots of `size` bytes, each with room for the sender's
+address. A reply goes back to the address of the slot its query came in (nothing is copied
+or decoded for it); `peer()` decodes an address only for the queries that leave the hot path.
+Not thread-safe: one batch belongs to one listener thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import socket
+import sys
+from typing import Callable
+
+MSG_WAITFORONE = 0x10000
+SOCKADDR_SIZE = 28  # sockaddr_in6, the larger of the two
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.POINTER(_Iovec)),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _calls() -> tuple[Callable[..., int], Callable[..., int]]:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    recv, send = _libc.recvmmsg, _libc.sendmmsg
+    recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    recv.restype = send.restype = ctypes.c_int
+    return recv, send
+
+
+def available() -> bool:
+    """Whether this libc has the calls (glibc and musl do)."""
+    try:
+        _calls()
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+class DatagramBatch:
+    def __init__(self, sock: socket.socket, count: int = 32, size: int = 4096):
+        self.sock, self.count, self.size = sock, count, size
+        self._recvmmsg, self._sendmmsg = _calls()
+        self._bufs = (ctypes.c_char * (size * count))()
+        self._names = (ctypes.c_char * (SOCKADDR_SIZE * count))()
+        self._in_iov = (_Iovec * count)()
+        self._in = (_Mmsghdr * count)()
+        self._out_iov = (_Iovec * count)()
+        self._out = (_Mmsghdr * count)()
+        self._held: list[bytes] = []  # the replies queued, alive until sent
+        self._slots: list[int] = []
+        buf, names = ctypes.addressof(self._bufs), ctypes.addressof(self._names)
+        for i in range(count):
+            self._in_iov[i].base, self._in_iov[i].len = buf + i * size, size
+            self._in[i].hdr.name = names + i * SOCKADDR_SIZE
+            self._in[i].hdr.iov = ctypes.pointer(self._in_iov[i])
+            self._in[i].hdr.iovlen = 1
+            self._out[i].hdr.iov = ctypes.pointer(self._out_iov[i])
+            self._out[i].hdr.iovlen = 1
+        self._buf, self._name = buf, names
+        self._in_at, self._out_at = ctypes.addressof(self._in), ctypes.addressof(self._out)
+
+    def receive(self) -> int:
+        """Wait for one datagram or more; how many were taken (at most `count`). OSError as
+        recvfrom raises it."""
+        for i in range(self.count):
+            self._in[i].hdr.namelen = SOCKADDR_SIZE
+            self._in[i].hdr.flags = 0
+        n = self._recvmmsg(self.sock.fileno(), self._in_at, self.count, MSG_WAITFORONE, None)
+        if n < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return n
+
+    def data(self, i: int) -> bytes:
+        return ctypes.string_at(self._buf + i * self.size, self._in[i].len)
+
+    def truncated(self, i: int) -> bool:
+        return bool(self._in[i].hdr.flags & socket.MSG_TRUNC)
+
+    def source(self, i: int) -> str:
+        """The sender's address, as text."""
+        raw = ctypes.string_at(self._name + i * SOCKADDR_SIZE, self._in[i].hdr.namelen)
+        family = int.from_bytes(raw[:2], sys.byteorder)
+        if family == socket.AF_INET:
+            return socket.inet_ntop(socket.AF_INET, raw[4:8])
+        if family == socket.AF_INET6:
+            return socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        return ""
+
+    def peer(self, i: int) -> tuple:
+        """The sender as sendto takes it: (address, port) or, for IPv6, with flow and scope."""
+        raw = ctypes.string_at(self._name + i * SOCKADDR_SIZE, self._in[i].hdr.namelen)
+        address, port = self.source(i), int.from_bytes(raw[2:4], "big")
+        if int.from_bytes(raw[:2], sys.byteorder) == socket.AF_INET6 and len(raw) >= 28:
+            return (address, port, int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder))
+        return (address, port)
+
+    def reply(self, i: int, payload: bytes) -> None:
+        """Queue a reply to the sender of datagram i (sent by flush, before the next receive)."""
+        k = len(self._held)
+        self._held.append(payload)
+        self._slots.append(i)
+        out = self._out[k].hdr
+        out.name = self._in[i].hdr.name
+        out.namelen = self._in[i].hdr.namelen
+        self._out_iov[k].base = ctypes.cast(ctypes.c_char_p(payload), ctypes.c_void_p).value
+        self._out_iov[k].len = len(payload)
+
+    def flush(self) -> int:
+        """Send the queued replies; how many went. One that the kernel refuses is skipped (as
+        a failed sendto would be)."""
+        total, start, queued = 0, 0, len(self._held)
+        fd = self.sock.fileno()
+        while start < queued:
+            n = self._sendmmsg(fd, self._out_at + start * ctypes.sizeof(_Mmsghdr), queued - start, 0)
+            if n <= 0:
+                start += 1  # that one failed: the rest still go
+                continue
+            total += n
+            start += n
+        self._held.clear()
+        self._slots.clear()
+        return total

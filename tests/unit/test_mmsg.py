@@ -1,0 +1,60 @@
+"""recvmmsg/sendmmsg through ctypes (plugin/dns/mmsg.py), on loopback sockets of the test's own."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from plugin.dns.mmsg import DatagramBatch
+
+
+@pytest.mark.parametrize("family, address", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_a_batch_takes_what_is_queued_and_answers_each_sender(family, address):
+    server, clients = socket.socket(family, socket.SOCK_DGRAM), []
+    try:
+        server.bind((address, 0))
+        batch = DatagramBatch(server, count=8, size=64)
+        for k in range(5):
+            c = socket.socket(family, socket.SOCK_DGRAM)
+            clients.append(c)
+            c.bind((address, 0))
+            c.settimeout(5)
+            c.sendto(b"q%d" % k + (b"x" * 100 if k == 4 else b""), server.getsockname())
+        got = 0
+        while got < 5:  # (loopback delivers at once; a second receive takes any straggler)
+            n = batch.receive()
+            for i in range(n):
+                data = batch.data(i)
+                k = int(data[1:2])
+                assert batch.source(i) == address
+                assert batch.peer(i)[:2] == clients[k].getsockname()[:2]
+                assert batch.truncated(i) == (k == 4) and len(data) == (64 if k == 4 else 2)
+                batch.reply(i, b"r" + data[:2])
+            assert batch.flush() == n
+            got += n
+        for k, c in enumerate(clients):
+            assert c.recvfrom(100)[0] == b"rq%d" % k
+    finally:
+        for s in (server, *clients):
+            s.close()
+
+
+def test_shutdown_wakes_a_waiting_receive():
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    batch, woke = DatagramBatch(server), threading.Event()
+
+    def wait():
+        batch.receive()
+        woke.set()
+
+    t = threading.Thread(target=wait, daemon=True)
+    t.start()
+    try:
+        server.shutdown(socket.SHUT_RDWR)
+    except OSError:  # (ENOTCONN on UDP; the receivers are woken all the same)
+        pass
+    assert woke.wait(5), "the receive went on waiting"
+    server.close()
