@@ -29,11 +29,16 @@ class _Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
+class _OutIovec(ctypes.Structure):
+    # base as c_char_p: a reply (bytes) is assigned as is, the structure keeping it alive
+    _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
+
+
 class _Msghdr(ctypes.Structure):
     _fields_ = [
         ("name", ctypes.c_void_p),
         ("namelen", ctypes.c_uint32),
-        ("iov", ctypes.POINTER(_Iovec)),
+        ("iov", ctypes.c_void_p),
         ("iovlen", ctypes.c_size_t),
         ("control", ctypes.c_void_p),
         ("controllen", ctypes.c_size_t),
@@ -76,31 +81,38 @@ class DatagramBatch:
         self._names = (ctypes.c_char * (SOCKADDR_SIZE * count))()
         self._in_iov = (_Iovec * count)()
         self._in = (_Mmsghdr * count)()
-        self._out_iov = (_Iovec * count)()
+        self._out_iov = (_OutIovec * count)()
         self._out = (_Mmsghdr * count)()
-        self._held: list[bytes] = []  # the replies queued, alive until sent
-        self._slots: list[int] = []
+        self._queued = 0
+        self._moved: list[int] = []
+        self._filled = count  # slots the last receive filled (their headers are reset)
+        self._sources: dict[bytes, str] = {}  # a sender's raw address -> as text
         buf, names = ctypes.addressof(self._bufs), ctypes.addressof(self._names)
         for i in range(count):
             self._in_iov[i].base, self._in_iov[i].len = buf + i * size, size
             self._in[i].hdr.name = names + i * SOCKADDR_SIZE
-            self._in[i].hdr.iov = ctypes.pointer(self._in_iov[i])
+            self._in[i].hdr.iov = ctypes.addressof(self._in_iov[i])
             self._in[i].hdr.iovlen = 1
-            self._out[i].hdr.iov = ctypes.pointer(self._out_iov[i])
+            self._out[i].hdr.iov = ctypes.addressof(self._out_iov[i])
             self._out[i].hdr.iovlen = 1
+            self._out[i].hdr.name = self._in[i].hdr.name  # (reply k usually answers query k)
         self._buf, self._name = buf, names
         self._in_at, self._out_at = ctypes.addressof(self._in), ctypes.addressof(self._out)
 
     def receive(self) -> int:
         """Wait for one datagram or more; how many were taken (at most `count`). OSError as
         recvfrom raises it."""
-        for i in range(self.count):
-            self._in[i].hdr.namelen = SOCKADDR_SIZE
-            self._in[i].hdr.flags = 0
+        slots = self._in
+        for i in range(self._filled):
+            hdr = slots[i].hdr
+            hdr.namelen = SOCKADDR_SIZE
+            hdr.flags = 0
         n = self._recvmmsg(self.sock.fileno(), self._in_at, self.count, MSG_WAITFORONE, None)
         if n < 0:
             e = ctypes.get_errno()
+            self._filled = 0
             raise OSError(e, os.strerror(e))
+        self._filled = n
         return n
 
     def data(self, i: int) -> bytes:
@@ -111,7 +123,17 @@ class DatagramBatch:
 
     def source(self, i: int) -> str:
         """The sender's address, as text."""
-        raw = ctypes.string_at(self._name + i * SOCKADDR_SIZE, self._in[i].hdr.namelen)
+        at = i * SOCKADDR_SIZE
+        raw: bytes = self._names[at : at + 24]  # type: ignore[assignment]  # (a c_char array's slice is bytes)
+        text = self._sources.get(raw)
+        if text is None:
+            if len(self._sources) > 4096:
+                self._sources.clear()
+            text = self._sources[raw] = self._decode(raw)
+        return text
+
+    @staticmethod
+    def _decode(raw: bytes) -> str:
         family = int.from_bytes(raw[:2], sys.byteorder)
         if family == socket.AF_INET:
             return socket.inet_ntop(socket.AF_INET, raw[4:8])
@@ -129,19 +151,21 @@ class DatagramBatch:
 
     def reply(self, i: int, payload: bytes) -> None:
         """Queue a reply to the sender of datagram i (sent by flush, before the next receive)."""
-        k = len(self._held)
-        self._held.append(payload)
-        self._slots.append(i)
-        out = self._out[k].hdr
-        out.name = self._in[i].hdr.name
-        out.namelen = self._in[i].hdr.namelen
-        self._out_iov[k].base = ctypes.cast(ctypes.c_char_p(payload), ctypes.c_void_p).value
-        self._out_iov[k].len = len(payload)
+        k = self._queued
+        self._queued = k + 1
+        out, query = self._out[k].hdr, self._in[i].hdr
+        if k != i:  # (a query before it got no reply here: the header points elsewhere until flush)
+            out.name = query.name
+            self._moved.append(k)
+        out.namelen = query.namelen
+        iov = self._out_iov[k]
+        iov.base = payload
+        iov.len = len(payload)
 
     def flush(self) -> int:
         """Send the queued replies; how many went. One that the kernel refuses is skipped (as
         a failed sendto would be)."""
-        total, start, queued = 0, 0, len(self._held)
+        total, start, queued = 0, 0, self._queued
         fd = self.sock.fileno()
         while start < queued:
             n = self._sendmmsg(fd, self._out_at + start * ctypes.sizeof(_Mmsghdr), queued - start, 0)
@@ -150,6 +174,8 @@ class DatagramBatch:
                 continue
             total += n
             start += n
-        self._held.clear()
-        self._slots.clear()
+        for k in self._moved:
+            self._out[k].hdr.name = self._in[k].hdr.name
+        self._moved.clear()
+        self._queued = 0
         return total

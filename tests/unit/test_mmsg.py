@@ -22,20 +22,28 @@ def test_a_batch_takes_what_is_queued_and_answers_each_sender(family, address):
             c.bind((address, 0))
             c.settimeout(5)
             c.sendto(b"q%d" % k + (b"x" * 100 if k == 4 else b""), server.getsockname())
-        got = 0
-        while got < 5:  # (loopback delivers at once; a second receive takes any straggler)
-            n = batch.receive()
-            for i in range(n):
-                data = batch.data(i)
-                k = int(data[1:2])
-                assert batch.source(i) == address
-                assert batch.peer(i)[:2] == clients[k].getsockname()[:2]
-                assert batch.truncated(i) == (k == 4) and len(data) == (64 if k == 4 else 2)
-                batch.reply(i, b"r" + data[:2])
-            assert batch.flush() == n
-            got += n
-        for k, c in enumerate(clients):
-            assert c.recvfrom(100)[0] == b"rq%d" % k
+        for silent in (2, None):  # a query left unanswered (the replies after it move up), then none
+            got = 0
+            while got < 5:  # (loopback delivers at once; a second receive takes any straggler)
+                n = batch.receive()
+                answered = 0
+                for i in range(n):
+                    data = batch.data(i)
+                    k = int(data[1:2])
+                    assert batch.source(i) == address
+                    assert batch.peer(i)[:2] == clients[k].getsockname()[:2]
+                    assert batch.truncated(i) == (k == 4) and len(data) == (64 if k == 4 else 2)
+                    if k != silent:
+                        batch.reply(i, b"r" + data[:2])
+                        answered += 1
+                assert batch.flush() == answered
+                got += n
+            for k, c in enumerate(clients):
+                if k != silent:
+                    assert c.recvfrom(100)[0] == b"rq%d" % k
+                    c.sendto(b"q%d" % k + (b"x" * 100 if k == 4 else b""), server.getsockname())
+            if silent is not None:
+                clients[silent].sendto(b"q%d" % silent, server.getsockname())
     finally:
         for s in (server, *clients):
             s.close()
