@@ -32,6 +32,16 @@ def mac(host, container: str, network: str) -> str:
     return host.docker("inspect", "-f", template, container).stdout.strip()
 
 
+def victim_and_client(victim, client, name: str) -> tuple[str, str]:
+    """A container `NAME-victim` on one host and `NAME-client` on another, the client's host
+    programmed with the victim: the victim's address and MAC."""
+    ip = victim.run(f"{name}-victim", name, "sleep", "600")
+    victim_mac = mac(victim, f"{name}-victim", name)
+    client.run(f"{name}-client", name, "sleep", "600")
+    assert wait_for(lambda: victim_mac in client.fdb_macs(), timeout=15)
+    return ip, victim_mac
+
+
 def credentials_of(cluster, n: int) -> list[str]:
     """etcdctl flags with host n's own etcd credentials, as its plugin has them."""
     password = cluster.base / f"h{n}" / "etcd-tls" / "etcd.password"
@@ -193,10 +203,7 @@ def test_a_record_written_by_hand_in_etcd_diverts_nothing(cluster, net):
     stranger is not let through the VXLAN filter, and the victim's traffic keeps flowing."""
     h1, h2, h3 = cluster.hosts
     name = net()
-    victim_ip = h2.run(f"{name}-victim", name, "sleep", "600")
-    victim_mac = mac(h2, f"{name}-victim", name)
-    h3.run(f"{name}-client", name, "sleep", "600")
-    assert wait_for(lambda: victim_mac in h3.fdb_macs(), timeout=15)
+    victim_ip, victim_mac = victim_and_client(h2, h3, name)
     stranger = "10.206.255.99"
     base = ".".join(victim_ip.split(".")[:3])
     cluster.etcdctl(
@@ -308,10 +315,7 @@ def test_a_host_that_deletes_anothers_claim_and_makes_its_own_diverts_nothing(cl
     keeps its container on the network, is tests/unit/test_cluster.py's.)"""
     h1, h2, h3 = cluster.hosts
     name = net()
-    victim_ip = h2.run(f"{name}-victim", name, "sleep", "600")
-    victim_mac = mac(h2, f"{name}-victim", name)
-    h1.run(f"{name}-client", name, "sleep", "600")
-    assert wait_for(lambda: victim_mac in h1.fdb_macs(), timeout=15)
+    victim_ip, victim_mac = victim_and_client(h2, h1, name)
     hexed = f"{int(ipaddress.ip_address(victim_ip)):032x}"
     claim = f"/pybridge/v2/addr/{name}/{hexed}"
     listing = f"/pybridge/v2/host/{h3.address}/addr/{name}/{hexed}"
