@@ -133,7 +133,7 @@ class UdpListener:
         loop, seen, cached = server.loop, self.allows.seen, self.cached
         if loop is None:  # listeners are made by the running server, inside its loop
             raise RuntimeError("the DNS server's event loop is not running")
-        batch = DatagramBatch(self.sock, BATCH, 4096)
+        batch = DatagramBatch(self.sock, BATCH)
         receive, data_of, source_of, reply, flush = batch.receive, batch.data, batch.source, batch.reply, batch.flush
         find = bytes.find
         while True:

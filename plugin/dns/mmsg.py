@@ -6,8 +6,11 @@ sendto per query, each a system call and a release and retake of the GIL. A batc
 answered from the cache in one more. Python's socket module has no binding for these calls;
 ctypes is in the standard library, and ctypes calls release the GIL as recvfrom does.
 
-The buffers are made once: `count` slots of `size` bytes, each with room for the sender's
-address. A reply goes back to the address of the slot its query came in (nothing is copied
+The buffers: `count` slots of `size` bytes, each with room for the sender's address; a few
+at first, doubled (up to `most`) while batches come full, so that the hundreds of listeners of
+a host with hundreds of networks hold kilobytes, not megabytes. 1,232 bytes a slot: the UDP
+size DNS agreed on (DNS flag day 2020); a longer query is cut there, as recvfrom(4096) cut it at
+4,096 before. A reply goes back to the address of the slot its query came in (nothing is copied
 or decoded for it); `peer()` decodes an address only for the queries that leave the hot path.
 Not thread-safe: one batch belongs to one listener thread.
 """
@@ -74,19 +77,27 @@ def available() -> bool:
 
 
 class DatagramBatch:
-    def __init__(self, sock: socket.socket, count: int = 32, size: int = 4096):
-        self.sock, self.count, self.size = sock, count, size
+    def __init__(self, sock: socket.socket, most: int = 32, size: int = 1232, start: int = 2):
+        self.sock, self.size, self.most = sock, size, most
         self._recvmmsg, self._sendmmsg = _calls()
+        self._queued = 0
+        self._moved: list[int] = []
+        self._sources: dict[bytes, str] = {}  # a sender's raw address -> as text
+        self._slots(min(start, most))
+
+    def _slots(self, count: int) -> None:
+        """(Re)make the buffers for `count` datagrams: a listener that is seldom asked keeps a
+        few (a host may have hundreds of networks, each with its listener)."""
+        size = self.size
+        self.count = count
         self._bufs = (ctypes.c_char * (size * count))()
         self._names = (ctypes.c_char * (SOCKADDR_SIZE * count))()
         self._in_iov = (_Iovec * count)()
         self._in = (_Mmsghdr * count)()
         self._out_iov = (_OutIovec * count)()
         self._out = (_Mmsghdr * count)()
-        self._queued = 0
-        self._moved: list[int] = []
         self._filled = count  # slots the last receive filled (their headers are reset)
-        self._sources: dict[bytes, str] = {}  # a sender's raw address -> as text
+        self._full = False  # the last receive filled every slot
         buf, names = ctypes.addressof(self._bufs), ctypes.addressof(self._names)
         for i in range(count):
             self._in_iov[i].base, self._in_iov[i].len = buf + i * size, size
@@ -101,7 +112,10 @@ class DatagramBatch:
 
     def receive(self) -> int:
         """Wait for one datagram or more; how many were taken (at most `count`). OSError as
-        recvfrom raises it."""
+        recvfrom raises it. A batch that came full doubles the slots (up to `most`) for the
+        next: the replies to this one are sent by then."""
+        if self._full and self.count < self.most and not self._queued:
+            self._slots(min(self.count * 2, self.most))
         slots = self._in
         for i in range(self._filled):
             hdr = slots[i].hdr
@@ -110,9 +124,10 @@ class DatagramBatch:
         n = self._recvmmsg(self.sock.fileno(), self._in_at, self.count, MSG_WAITFORONE, None)
         if n < 0:
             e = ctypes.get_errno()
-            self._filled = 0
+            self._filled, self._full = 0, False
             raise OSError(e, os.strerror(e))
         self._filled = n
+        self._full = n == self.count
         return n
 
     def data(self, i: int) -> bytes:

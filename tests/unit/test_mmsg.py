@@ -15,7 +15,7 @@ def test_a_batch_takes_what_is_queued_and_answers_each_sender(family, address):
     server, clients = socket.socket(family, socket.SOCK_DGRAM), []
     try:
         server.bind((address, 0))
-        batch = DatagramBatch(server, count=8, size=64)
+        batch = DatagramBatch(server, most=8, size=64)
         for k in range(5):
             c = socket.socket(family, socket.SOCK_DGRAM)
             clients.append(c)
@@ -66,3 +66,28 @@ def test_shutdown_wakes_a_waiting_receive():
         pass
     assert woke.wait(5), "the receive went on waiting"
     server.close()
+
+
+def test_a_batch_grows_while_batches_come_full_and_no_further():
+    server, client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server.bind(("127.0.0.1", 0))
+        client.bind(("127.0.0.1", 0))
+        batch = DatagramBatch(server, most=8, start=2)
+        assert batch.count == 2
+        sizes = []
+        for _ in range(4):
+            for k in range(10):
+                client.sendto(b"q%d" % k, server.getsockname())
+            taken = 0
+            while taken < 10:
+                n = batch.receive()
+                sizes.append(batch.count)
+                for i in range(n):
+                    batch.reply(i, b"r")
+                batch.flush()
+                taken += n
+        assert sizes[0] == 2 and max(sizes) == 8 and batch.count == 8
+    finally:
+        server.close()
+        client.close()
