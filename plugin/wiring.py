@@ -99,6 +99,9 @@ class Services:
         self.reconciler.bridges.start()
         if self.cluster is not None:
             self.cluster.start()
+        threading.Thread(
+            target=self.inventory.run_saver, args=(threading.Event(),), name="pybridge-inventory-saver", daemon=True
+        ).start()
         if not os.path.exists(self.settings.docker_socket):
             return
         from .docker.watcher import DockerWatcher
