@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""How far cluster mode scales: N simulated hosts running pybridge's real cluster code (records,
+watch, allocation, resync, as build_services wires them) with fake kernel adapters, against a
+real three-member etcd on loopback that this script starts and removes.
+
+    scripts/simulate_cluster.py [--hosts 10 50 100] [--containers 50] [--grace 5]
+
+For each N it reports:
+- at rest: etcd requests and bytes per second (leases kept alive, watches idle);
+- churn: every host starts its containers at once (RequestAddress + CreateEndpoint, as dockerd
+  calls them): claim-to-programmed time on every other host (p50/p99), etcd requests and bytes
+  per second meanwhile, CPU and memory per host;
+- a host's death (its lease left to expire) and return: how long until every other host has
+  dropped its containers, and has them again.
+
+All hosts share this process, and this machine's two cores: CPU per host is what the watch and
+allocation cost a host (the sum over hosts, divided); times at large N include waiting for the
+other simulated hosts' CPU, so they are upper bounds of what real hosts would see.
+Only loopback is used: etcd listens on 127.0.0.1, the hosts' "underlay addresses" are names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CLIENT_PORTS = (23791, 23792, 23793)
+PEER_PORTS = (23801, 23802, 23803)
+SUBNET = "10.240.0.0/16"
+GATEWAY = "10.240.0.1"
+
+
+def start_etcd(base: Path) -> list[subprocess.Popen]:
+    cluster = ",".join(f"sim{i}=http://127.0.0.1:{p}" for i, p in enumerate(PEER_PORTS))
+    procs = []
+    for i, (c, p) in enumerate(zip(CLIENT_PORTS, PEER_PORTS)):
+        d = base / f"etcd{i}"
+        log = open(base / f"etcd{i}.log", "w")
+        procs.append(
+            subprocess.Popen(
+                [
+                    "etcd",
+                    "--name",
+                    f"sim{i}",
+                    "--data-dir",
+                    str(d),
+                    "--listen-client-urls",
+                    f"http://127.0.0.1:{c}",
+                    "--advertise-client-urls",
+                    f"http://127.0.0.1:{c}",
+                    "--listen-peer-urls",
+                    f"http://127.0.0.1:{p}",
+                    "--initial-advertise-peer-urls",
+                    f"http://127.0.0.1:{p}",
+                    "--initial-cluster",
+                    cluster,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "pybridge-sim",
+                    "--quota-backend-bytes",
+                    str(4 << 30),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(_healthy(c) for c in CLIENT_PORTS):
+            return procs
+        time.sleep(0.2)
+    stop_etcd(procs)
+    raise SystemExit("simulate: etcd did not come up (see its logs in " + str(base) + ")")
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            return b'"true"' in r.read()
+    except OSError:
+        return False
+
+
+def stop_etcd(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def etcd_counters() -> tuple[float, float]:
+    """(requests handled, bytes received + sent) over the three members, as etcd counts them."""
+    requests = volume = 0.0
+    for port in CLIENT_PORTS:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        for line in text.splitlines():
+            if line.startswith("grpc_server_handled_total"):
+                requests += float(line.rsplit(" ", 1)[1])
+            elif re.match(r"etcd_network_client_grpc_(received|sent)_bytes_total", line):
+                volume += float(line.rsplit(" ", 1)[1])
+    return requests, volume
+
+
+def wipe() -> None:
+    subprocess.run(
+        ["etcdctl", "--endpoints", f"127.0.0.1:{CLIENT_PORTS[0]}", "del", "--prefix", "/pybridge/"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
+
+
+class SimHost:
+    """One host: pybridge's services over fakes, with a real etcd client."""
+
+    def __init__(self, base: Path, n: int, grace: int):
+        from plugin.cluster.etcd import EtcdKV
+        from plugin.config import load_settings
+        from plugin.store.db import Store
+        from plugin.wiring import build_services
+        from tests.fakes import FakeFirewall, FakeNetlink, FakeOverlay, FakeSysctl
+
+        self.address = f"10.230.{n // 250}.{n % 250 + 1}"
+        port = CLIENT_PORTS[n % len(CLIENT_PORTS)]
+        env = {
+            "PYBRIDGE_NAME": "pbsim",
+            "PYBRIDGE_IFPREFIX": "ps",
+            "PYBRIDGE_CLUSTER_ETCD": f"http://127.0.0.1:{port}",
+            "PYBRIDGE_CLUSTER_ADDRESS": self.address,
+            "PYBRIDGE_CLUSTER_GRACE": str(grace),
+        }
+        d = base / f"h{n}"
+        d.mkdir()
+        settings = load_settings(env, state_dir=str(d), dns=False)
+        nl = FakeNetlink()
+        self.services = build_services(
+            settings,
+            netlink=nl,
+            firewall=FakeFirewall(),
+            sysctl=FakeSysctl(),
+            store=Store(d / "state.db").open(),
+            synchronous_teardown=True,
+            kv=EtcdKV([("http", "127.0.0.1", port)]),
+            overlay=FakeOverlay(nl, {self.address: ("eth1", 1500)}),
+        )
+        self.seen: dict[str, float] = {}  # MAC of another host's container -> first programmed
+        self.gone: dict[str, float] = {}
+        self.flaps = 0
+        cluster = self.services.cluster
+        assert cluster is not None
+        self.cluster = cluster
+        programme = cluster.on_endpoints
+
+        def recorded(name, peers) -> None:
+            now = time.time()
+            for mac in peers:
+                self.seen.setdefault(mac, now)
+                self.gone.pop(mac, None)
+            for mac in set(self.seen) - set(peers):
+                if mac not in self.gone:
+                    self.gone[mac] = now
+                    self.flaps += 1
+            programme(name, peers)
+
+        cluster.on_endpoints = recorded
+        self.pool = ""
+        self.network_id = f"{n + 1:064x}"
+
+    def create_network(self) -> None:
+        from plugin.domain.options import LOCAL_SPACE, IpamDataSpec
+
+        ipam = self.services.ipam
+        pool = ipam.request_pool(LOCAL_SPACE, SUBNET, "", False)
+        gw = ipam.request_address(pool["PoolID"], GATEWAY, {"RequestAddressType": "com.docker.network.gateway"})
+        self.services.networks.create(
+            self.network_id,
+            {"pybridge.cluster": "sim"},
+            ipv6=False,
+            internal=False,
+            ipv4_data=[IpamDataSpec(pool=SUBNET, gateway=gw, space=LOCAL_SPACE)],
+            ipv6_data=[],
+        )
+        self.pool = pool["PoolID"]
+
+    def start_container(self, k: int, host_index: int) -> tuple[str, float]:
+        """What dockerd asks for a container: an address, then the endpoint. (MAC, when claimed)"""
+        mac = f"02:5e:{host_index >> 8 & 255:02x}:{host_index & 255:02x}:{k >> 8 & 255:02x}:{k & 255:02x}"
+        claimed = time.time()
+        address = self.services.ipam.request_address(self.pool, "", {})
+        self.services.endpoints.create(
+            self.network_id, f"{host_index:032x}{k:032x}", address=address, address6="", mac=mac
+        )
+        return mac, claimed
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def simulate(base: Path, n_hosts: int, containers: int, grace: int) -> dict:
+    wipe()
+    rss0 = rss_mb()
+    (base / f"n{n_hosts}").mkdir()
+    hosts = [SimHost(base / f"n{n_hosts}", i, grace) for i in range(n_hosts)]
+    for h in hosts:
+        h.create_network()
+    for h in hosts:
+        h.cluster.start()
+    assert wait_until(lambda: all(h.cluster.watch.loaded for h in hosts), 60), "watches did not load"
+    time.sleep(2)
+    # at rest
+    r0, b0, t0 = *etcd_counters(), time.monotonic()
+    time.sleep(10)
+    r1, b1, t1 = *etcd_counters(), time.monotonic()
+    rest = ((r1 - r0) / (t1 - t0), (b1 - b0) / (t1 - t0))
+    # churn: every host starts its containers, all hosts at once
+    created: dict[str, tuple[int, float]] = {}
+    cpu0, c0, v0, s0 = cpu_seconds(), *etcd_counters(), time.monotonic()
+    lock = threading.Lock()
+
+    def one_host(i: int) -> None:
+        for k in range(containers):
+            mac, when = hosts[i].start_container(k, i)
+            with lock:
+                created[mac] = (i, when)
+
+    with ThreadPoolExecutor(max_workers=min(32, n_hosts)) as pool:
+        list(pool.map(one_host, range(n_hosts)))
+    everyone = n_hosts * containers
+    converged = wait_until(
+        lambda: all(len(h.seen) >= everyone - containers for h in hosts), timeout=max(60, everyone / 50)
+    )
+    s1 = time.monotonic()
+    cpu1, c1, v1 = cpu_seconds(), *etcd_counters()
+    delays = [
+        h.seen[mac] - when
+        for j, h in enumerate(hosts)
+        for mac, (i, when) in created.items()
+        if i != j and mac in h.seen
+    ]
+    churn = {
+        "seconds": s1 - s0,
+        "converged": converged,
+        "p50_ms": percentile(delays, 50) * 1000,
+        "p99_ms": percentile(delays, 99) * 1000,
+        "requests_per_s": (c1 - c0) / (s1 - s0),
+        "bytes_per_s": (v1 - v0) / (s1 - s0),
+        "cpu_ms_per_host": (cpu1 - cpu0) * 1000 / n_hosts,
+        "rss_mb_per_host": (rss_mb() - rss0) / n_hosts,
+        "flaps": sum(h.flaps for h in hosts),  # a container dropped by a host, though alive
+    }
+    # a host dies (its lease is left to expire), then comes back
+    victim = hosts[-1]
+    macs = {mac for mac, (i, _) in created.items() if i == n_hosts - 1}
+    others = hosts[:-1]
+    for h in hosts:
+        h.gone.clear()
+    died, dv0 = time.time(), etcd_counters()
+    victim.cluster.stop()  # (its lease is not revoked: it expires after the grace)
+    dropped = wait_until(lambda: all(macs <= set(h.gone) for h in others), timeout=grace * 4 + 30)
+    drop_s = max((h.gone[m] for h in others for m in macs if m in h.gone), default=float("nan")) - died
+    for h in others:
+        for m in macs:
+            h.seen.pop(m, None)
+            h.gone.pop(m, None)
+    back = time.time()
+    victim.cluster.start()
+    returned = wait_until(lambda: all(macs <= set(h.seen) for h in others), timeout=60)
+    back_s = max((h.seen[m] for h in others for m in macs if m in h.seen), default=float("nan")) - back
+    dv1 = etcd_counters()
+    for h in hosts:
+        h.cluster.stop()
+        h.services.store.close()
+    return {
+        "rest": rest,
+        "churn": churn,
+        "death": {"dropped": dropped, "drop_s": drop_s, "returned": returned, "back_s": back_s},
+        "death_requests": dv1[0] - dv0[0],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hosts", type=int, nargs="+", default=[10, 50, 100])
+    ap.add_argument("--containers", type=int, default=50, help="containers per host")
+    ap.add_argument("--grace", type=int, default=5, help="PYBRIDGE_CLUSTER_GRACE of the hosts (s)")
+    args = ap.parse_args()
+    if not shutil.which("etcd"):
+        raise SystemExit("simulate: etcd is not installed (apt-get install etcd-server etcd-client)")
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    base = Path(tempfile.mkdtemp(prefix="pybridge-sim-"))
+    procs = start_etcd(base)
+    try:
+        print(
+            f"cluster simulation: real etcd (3 members, loopback), {args.containers} containers per host, "
+            f"grace {args.grace} s; all hosts in one process on {os.cpu_count()} cores"
+        )
+        print(
+            f"  {'hosts':>5s} {'rest req/s':>10s} {'rest KB/s':>9s} | {'churn s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} "
+            f"{'req/s':>7s} {'KB/s':>8s} {'CPU ms/host':>11s} {'MB/host':>7s} | {'drop s':>6s} {'back s':>6s} {'flaps':>5s}"
+        )
+        for n in args.hosts:
+            r = simulate(base, n, args.containers, args.grace)
+            c, d = r["churn"], r["death"]
+            print(
+                f"  {n:5d} {r['rest'][0]:10.1f} {r['rest'][1] / 1024:9.1f} | {c['seconds']:7.1f} {c['p50_ms']:8.1f} "
+                f"{c['p99_ms']:8.1f} {c['requests_per_s']:7.0f} {c['bytes_per_s'] / 1024:8.0f} "
+                f"{c['cpu_ms_per_host']:11.0f} {c['rss_mb_per_host']:7.2f} | {d['drop_s']:6.1f} {d['back_s']:6.1f} {c['flaps']:5d}"
+                + ("" if c["converged"] and d["dropped"] and d["returned"] else "  (did not converge)"),
+                flush=True,
+            )
+    finally:
+        stop_etcd(procs)
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
