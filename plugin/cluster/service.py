@@ -686,6 +686,7 @@ class ClusterService:
             for fn, name in (
                 (self.run_session, "pybridge-cluster"),
                 (self.watch.run, "pybridge-cluster-watch"),
+                (self.watch.run_notifier, "pybridge-cluster-notify"),
                 (self.run_names, "pybridge-cluster-names"),
             )
         ]

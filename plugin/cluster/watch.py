@@ -26,6 +26,7 @@ from .interfaces import ClusterKVPort, ClusterUnavailable, Event, WatchCompacted
 log = logging.getLogger(__name__)
 
 Peers = dict[str, tuple[str, frozenset[str]]]  # mac -> (host, addresses)
+COALESCE = 0.02  # seconds: changes that come together are told together
 
 
 @dataclass
@@ -58,6 +59,13 @@ class ClusterWatch:
         # False until the first full read: until then the view is empty, not "nobody there",
         # and the data plane keeps what it has (a plugin restarted while etcd is away)
         self.loaded = False
+        # what changed, told by the notifier thread (run_notifier): a container on another host
+        # is some five keys, each an event, and telling the data plane costs the whole network's
+        # peers; told once per COALESCE seconds at most, a host's work for the others' churn no
+        # longer grows with their number squared (scripts/simulate_cluster.py)
+        self._pending: set[tuple[str, str]] = set()
+        self._due = threading.Event()
+        self.notified = 0  # reports made (the simulator and tests read it)
 
     def run(self, stop: threading.Event) -> None:
         """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
@@ -246,6 +254,25 @@ class ClusterWatch:
             ]
 
     def _notify(self, changed: set[tuple[str, str]]) -> None:
+        if changed:
+            with self._lock:
+                self._pending |= changed
+            self._due.set()
+
+    def run_notifier(self, stop: threading.Event, coalesce: float = COALESCE) -> None:
+        """Tell the data plane and the DNS what changed: what came within `coalesce` seconds
+        of the first change, at once."""
+        while not stop.is_set():
+            if not self._due.wait(1.0):
+                continue
+            stop.wait(coalesce)
+            self._due.clear()
+            with self._lock:
+                changed, self._pending = self._pending, set()
+            self._tell(changed)
+
+    def _tell(self, changed: set[tuple[str, str]]) -> None:
+        self.notified += 1
         for kind, network in sorted(changed):
             try:
                 if kind == "tunnel":

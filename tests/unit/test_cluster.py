@@ -1127,3 +1127,30 @@ def test_a_host_that_deletes_anothers_claim_and_makes_its_own_gains_nothing(host
     a.ipam.release_address(pa, ip)
     assert kv.get(r.listing_key("web", a.address, n)) is None
     wait_until(lambda: set(b.overlay.peers(vx)) == {"02:00:00:00:22:03"}, what="B counts the address as C's then")
+
+
+def test_changes_that_come_together_are_told_to_the_data_plane_together(kv):
+    """Issue 23, item 8 (the simulator found it): each key of another host's container told the
+    data plane at once, and telling it costs the whole network's peers, so a host's work grew
+    with the cluster's churn squared. The watch now tells what came within a short window once."""
+    from plugin.cluster.addresses import AddressBook
+    from plugin.cluster.watch import ClusterWatch
+
+    watch = ClusterWatch(kv, "10.206.255.1", AddressBook())
+    told: list[str] = []
+    watch.on_endpoints = lambda network, peers: told.append(network)
+    stop = threading.Event()
+    notifier = threading.Thread(target=watch.run_notifier, args=(stop, 0.2), daemon=True)
+    notifier.start()
+    try:
+        for _ in range(100):  # a hundred changes of one network, as fast as they come
+            watch._notify({("ep", "web")})
+        watch._notify({("ep", "db")})
+        wait_until(lambda: "db" in told, what="the changes told")
+        assert 2 <= len(told) <= 4, told  # each network once (a second window at most)
+        assert set(told) == {"web", "db"}
+        watch._notify({("ep", "web")})  # a change after: told again
+        wait_until(lambda: len([t for t in told if t == "web"]) >= 2, what="a later change told")
+    finally:
+        stop.set()
+        notifier.join(5)
