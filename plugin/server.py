@@ -87,14 +87,17 @@ class PluginServer(BaseApplication):
             queries = sum(sum(c["answered"].values()) for c in dns.server.counters().values()) if dns else 0
             return stats.calls + queries
 
-        threading.Thread(target=_trim_when_idle, args=(activity,), name="pybridge-trim", daemon=True).start()
+        threading.Thread(
+            target=_trim_when_idle, args=(activity, services.store.shrink), name="pybridge-trim", daemon=True
+        ).start()
         return app
 
 
-def _trim_when_idle(activity, every: float = 5.0) -> None:
-    """After a burst of plugin calls or DNS queries, once they stop: collect garbage and hand
-    the freed heap back to the system (glibc keeps it otherwise, and the plugin's memory at rest
-    would be its peak). Never during a burst, and not at all while nothing happens."""
+def _trim_when_idle(activity, shrink=lambda: None, every: float = 5.0) -> None:
+    """After a burst of plugin calls or DNS queries, once they stop: collect garbage, let the
+    state store drop its page cache (`shrink`), and hand the freed heap back to the system
+    (glibc keeps it otherwise, and the plugin's memory at rest would be its peak). Never during
+    a burst, and not at all while nothing happens."""
     import ctypes
     import gc
 
@@ -108,6 +111,10 @@ def _trim_when_idle(activity, every: float = 5.0) -> None:
         now = activity()
         if now == seen and now != trimmed:  # calls came, and none for a while
             gc.collect()
+            try:
+                shrink()
+            except Exception:
+                log.exception("shrinking the state store's cache")
             trim(0)
             trimmed = now
         seen = now

@@ -93,6 +93,13 @@ class Store:
             raise RuntimeError("the state store is closed")
         return self._conn
 
+    def shrink(self) -> None:
+        """Give back the memory SQLite holds for this connection (its page cache, up to 2 MB,
+        filled by a burst of calls): at rest, after one."""
+        with self._lock:
+            if self._conn is not None and not self._conn.in_transaction:
+                self._conn.execute("PRAGMA shrink_memory")
+
     @property
     def lock(self) -> threading.RLock:
         return self._lock

@@ -38,5 +38,19 @@ def test_trims_once_after_each_burst_and_never_during_one(monkeypatch):
             raise KeyboardInterrupt from None  # ends the loop
 
     with pytest.raises(KeyboardInterrupt):
-        server._trim_when_idle(activity)
-    assert trims == ["gc", "gc"]
+        server._trim_when_idle(activity, lambda: trims.append("store"))
+    assert trims == ["gc", "store", "gc", "store"]
+
+
+def test_the_store_gives_back_its_page_cache_and_keeps_its_data(tmp_path):
+    from plugin.store.db import Store
+
+    store = Store(tmp_path / "state.db").open()
+    try:
+        with store.transaction() as tx:
+            tx.meta.set_vxlan_members([(4096, "10.0.0.2")])
+        store.shrink()
+        with store.reading() as tx:
+            assert tx.meta.vxlan_members() == [(4096, "10.0.0.2")]
+    finally:
+        store.close()
