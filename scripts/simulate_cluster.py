@@ -310,8 +310,9 @@ def simulate(base: Path, n_hosts: int, containers: int, grace: int) -> dict:
     returned = wait_until(lambda: all(macs <= set(h.seen) for h in others), timeout=60)
     back_s = max((h.seen[m] for h in others for m in macs if m in h.seen), default=float("nan")) - back
     dv1 = etcd_counters()
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:  # (each waits for its threads)
+        list(pool.map(lambda h: h.cluster.stop(), hosts))
     for h in hosts:
-        h.cluster.stop()
         h.services.store.close()
     return {
         "rest": rest,
@@ -333,8 +334,9 @@ def main() -> int:
 
     logging.basicConfig(level=logging.ERROR)
     base = Path(tempfile.mkdtemp(prefix="pybridge-sim-"))
-    procs = start_etcd(base)
+    procs: list[subprocess.Popen] = []
     try:
+        procs = start_etcd(base)
         print(
             f"cluster simulation: real etcd (3 members, loopback), {args.containers} containers per host, "
             f"grace {args.grace} s; all hosts in one process on {os.cpu_count()} cores"
