@@ -134,10 +134,7 @@ class SimHost:
 
     def __init__(self, base: Path, n: int, grace: int):
         from plugin.cluster.etcd import EtcdKV
-        from plugin.config import load_settings
-        from plugin.store.db import Store
-        from plugin.wiring import build_services
-        from tests.fakes import FakeFirewall, FakeNetlink, FakeOverlay, FakeSysctl
+        from tests.fakes import host_over_fakes
 
         self.address = f"10.230.{n // 250}.{n % 250 + 1}"
         port = CLIENT_PORTS[n % len(CLIENT_PORTS)]
@@ -150,18 +147,7 @@ class SimHost:
         }
         d = base / f"h{n}"
         d.mkdir()
-        settings = load_settings(env, state_dir=str(d), dns=False)
-        nl = FakeNetlink()
-        self.services = build_services(
-            settings,
-            netlink=nl,
-            firewall=FakeFirewall(),
-            sysctl=FakeSysctl(),
-            store=Store(d / "state.db").open(),
-            synchronous_teardown=True,
-            kv=EtcdKV([("http", "127.0.0.1", port)]),
-            overlay=FakeOverlay(nl, {self.address: ("eth1", 1500)}),
-        )
+        self.services = host_over_fakes(env, d, EtcdKV([("http", "127.0.0.1", port)]), self.address)
         self.seen: dict[str, float] = {}  # MAC of another host's container -> first programmed
         self.gone: dict[str, float] = {}
         self.flaps = 0

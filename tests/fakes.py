@@ -694,3 +694,29 @@ class FakeWireGuard:
 
     def exists(self, name):
         return name in self.netlink.devices
+
+
+def host_over_fakes(env: dict, directory, kv, address: str, wireguard: bool = False):
+    """pybridge's services for one cluster host (`env` its settings, `directory` its state), its
+    kernel faked and `kv` its etcd: the cluster tests' and the simulator's host."""
+    from pathlib import Path
+
+    from plugin.config import load_settings
+    from plugin.store.db import Store
+    from plugin.wiring import build_services
+
+    directory = Path(directory)
+    settings = load_settings(env, state_dir=str(directory), dns=False)
+    nl = FakeNetlink()
+    overlay = FakeOverlay(nl, {address: ("eth1", 1500)})
+    return build_services(
+        settings,
+        netlink=nl,
+        firewall=FakeFirewall(),
+        sysctl=FakeSysctl(),
+        store=Store(directory / "state.db").open(),
+        synchronous_teardown=True,
+        kv=kv,
+        overlay=overlay,
+        **({"wireguard": FakeWireGuard(overlay)} if wireguard else {}),
+    )

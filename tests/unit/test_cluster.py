@@ -20,7 +20,7 @@ from plugin.domain.options import LOCAL_SPACE, IpamDataSpec
 from plugin.ipam.claims import ENDPOINT_NAME
 from plugin.store.db import Store
 from plugin.wiring import build_services
-from tests.fakes import FakeFirewall, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl
+from tests.fakes import FakeFirewall, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl, host_over_fakes
 from tests.waiting import wait_for
 
 SUBNET = "10.205.0.0/24"
@@ -44,18 +44,7 @@ def make_host(tmp_path, kv, n: int, clustered: bool = True):
         }
     d = tmp_path / f"h{n}"
     d.mkdir()
-    settings = load_settings(env, state_dir=str(d), dns=False)
-    nl = FakeNetlink()
-    services = build_services(
-        settings,
-        netlink=nl,
-        firewall=FakeFirewall(),
-        sysctl=FakeSysctl(),
-        store=Store(d / "state.db").open(),
-        synchronous_teardown=True,
-        kv=kv.as_user(r.writable(address)) if clustered else kv,
-        overlay=FakeOverlay(nl, {address: ("eth1", 1500)}),
-    )
+    services = host_over_fakes(env, d, kv.as_user(r.writable(address)) if clustered else kv, address)
     services.address = address
     return services
 

@@ -18,9 +18,7 @@ from plugin.cluster.tunnel import tunnel_address
 from plugin.config import load_settings
 from plugin.domain.errors import ConfigError, InvalidRequest
 from plugin.kernel import nftrules
-from plugin.store.db import Store
-from plugin.wiring import build_services
-from tests.fakes import FakeFirewall, FakeKV, FakeNetlink, FakeOverlay, FakeSysctl, FakeWireGuard
+from tests.fakes import FakeKV, host_over_fakes
 from tests.unit.test_cluster import create_cluster_net, nid, wait_until
 
 DEVICE = "ptwg0"
@@ -40,20 +38,7 @@ def make_host(tmp_path, kv, n: int, **extra):
     }
     d = tmp_path / f"h{n}"
     d.mkdir(exist_ok=True)
-    settings = load_settings(env, state_dir=str(d), dns=False)
-    nl = FakeNetlink()
-    overlay = FakeOverlay(nl, {address: ("eth1", 1500)})
-    services = build_services(
-        settings,
-        netlink=nl,
-        firewall=FakeFirewall(),
-        sysctl=FakeSysctl(),
-        store=Store(d / "state.db").open(),
-        synchronous_teardown=True,
-        kv=kv.as_user(r.writable(address)),
-        overlay=overlay,
-        wireguard=FakeWireGuard(overlay),
-    )
+    services = host_over_fakes(env, d, kv.as_user(r.writable(address)), address, wireguard=True)
     services.address = address
     services.dir = d
     return services
