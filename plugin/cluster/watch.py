@@ -65,7 +65,6 @@ class ClusterWatch:
         # longer grows with their number squared (scripts/simulate_cluster.py)
         self._pending: set[tuple[str, str]] = set()
         self._due = threading.Event()
-        self.notified = 0  # reports made (the simulator and tests read it)
 
     def run(self, stop: threading.Event) -> None:
         """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
@@ -272,7 +271,6 @@ class ClusterWatch:
             self._tell(changed)
 
     def _tell(self, changed: set[tuple[str, str]]) -> None:
-        self.notified += 1
         for kind, network in sorted(changed):
             try:
                 if kind == "tunnel":
