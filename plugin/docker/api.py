@@ -20,7 +20,11 @@ MAX_LINE = 1 << 20  # one event, one JSON document: refused beyond this
 
 
 class DockerApiError(OSError):
-    pass
+    """dockerd did not answer, or answered with an HTTP error (`status`, else None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class _Connection(http.client.HTTPConnection):
@@ -57,7 +61,7 @@ class Response:
     def raise_for_status(self) -> None:
         if self.status_code >= 400:
             self.close()
-            raise DockerApiError(f"GET {self.path}: HTTP {self.status_code}")
+            raise DockerApiError(f"GET {self.path}: HTTP {self.status_code}", self.status_code)
 
     def json(self):
         try:

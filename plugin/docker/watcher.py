@@ -22,6 +22,7 @@ from typing import Callable
 from urllib.parse import quote
 
 from ..domain.addresses import parse_ip
+from .api import DockerApiError
 from ..domain.errors import InvalidRequest
 from ..domain.model import ContainerInfo
 from ..domain.naming import is_valid_ifname
@@ -222,9 +223,18 @@ class DockerWatcher:
         if not cid:
             return
         try:
-            now = containers_of(self._get(session, f"/containers/{cid}/json"))
+            info = self._get(session, f"/containers/{cid}/json")
+        except DockerApiError as e:
+            if e.status != 404:
+                # dockerd too busy to answer in time (a thousand starts at once): the container
+                # is not gone. The stream starts again, with a full resync, rather than drop its
+                # names until its next event
+                raise
+            info = None  # gone
+        try:
+            now = containers_of(info) if info is not None else {}
         except Exception:
-            now = {}  # gone
+            now = {}  # what does not parse names nothing
         state = {nid: (name, dict(members)) for nid, (name, members) in self.state.items()}
         changed = set()
         for nid, (_name, members) in state.items():

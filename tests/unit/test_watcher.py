@@ -221,3 +221,33 @@ def test_the_watcher_reports_every_container_at_resync_and_removals_as_they_happ
     w._event(session, {"Type": "container", "Action": "destroy", "Actor": {"ID": "b" * 64}})
     assert seen[0] == ({"n1"}, frozenset({"a" * 64}), frozenset())
     assert seen[1][2] == frozenset({"b" * 64}) and seen[1][1] is None
+
+
+def test_a_container_dockerd_is_too_busy_to_describe_is_not_taken_for_gone(clock):
+    """At a thousand starts at once dockerd answered an inspect after the watcher's timeout, and
+    the watcher dropped that running container's names until its next event. A timeout now ends
+    the stream (which starts again with a full resync); only a 404 means gone."""
+    from plugin.docker.api import DockerApiError
+
+    class Busy(FakeDocker):
+        answer: DockerApiError | None = None
+
+        def get(self, url, **kw):
+            if "/containers/" + "a" * 64 in url and self.answer is not None:
+                self.gets.append(url)
+                raise self.answer
+            return super().get(url, **kw)
+
+    docker = Busy(clock)
+    w = DockerWatcher("/x/docker.sock", lambda state, changed: None)
+    w._resync(docker)
+    assert "a" * 64 in w.state["n1"][1]
+    start = {"Type": "container", "Action": "start", "Actor": {"ID": "a" * 64}}
+    docker.answer = DockerApiError("GET /containers/a/json: timed out")
+    with pytest.raises(DockerApiError):
+        w._event(docker, start)
+    assert docker.gets[-1].endswith("/json"), "the inspect was asked, and failed"
+    assert "a" * 64 in w.state["n1"][1], "a container dockerd did not describe in time is still there"
+    docker.answer = DockerApiError("GET /containers/a/json: HTTP 404", 404)
+    w._event(docker, {"Type": "container", "Action": "destroy", "Actor": {"ID": "a" * 64}})
+    assert "a" * 64 not in w.state["n1"][1], "a 404 is a container gone"
