@@ -65,6 +65,16 @@ class ClusterWatch:
         # longer grows with their number squared (scripts/simulate_cluster.py)
         self._pending: set[tuple[str, str]] = set()
         self._due = threading.Event()
+        # the records that count, kept as each key changes (peers() was the whole network's
+        # records checked again on every change: at 50 hosts x 50 containers, most of a host's
+        # work for the others' churn). Per network: a record's addresses as numbers, the records
+        # with each address, the records that count (mac, addresses), per MAC the records that
+        # count with it, and the peers: per MAC the last record in (host, id) order
+        self._addrs: dict[str, dict[tuple[str, str], tuple[int, ...]]] = {}
+        self._with_addr: dict[str, dict[int, set[tuple[str, str]]]] = {}
+        self._counted: dict[str, dict[tuple[str, str], tuple[str, frozenset[str]]]] = {}
+        self._by_mac: dict[str, dict[str, set[tuple[str, str]]]] = {}
+        self._peers: dict[str, Peers] = {}
 
     def run(self, stop: threading.Event) -> None:
         """Follow what other hosts publish; on every change, tell the data plane and the DNS."""
@@ -74,8 +84,8 @@ class ClusterWatch:
                 addrs, rev0 = self.kv.range(r.PREFIX + "addr/")
                 with self._lock:
                     self._members, self._listings, self._claimed = {}, {}, {}
-                    for key, (_, created) in own.items():
-                        self._member(key, b"{}")
+                    for key, (_, created) in own.items():  # (counted once the records are read)
+                        self._member(key, b"{}", recount=False)
                         self._listing(key, b"{}", created, book=False)
                     for key in addrs:
                         self._claim(key, b"{}", book=False)
@@ -121,13 +131,15 @@ class ClusterWatch:
                 changed |= self._apply(ev.key, ev.value)
         self._notify(changed)
 
-    def _member(self, key: str, value: bytes | None) -> set[tuple[str, str]]:
+    def _member(self, key: str, value: bytes | None, recount: bool = True) -> set[tuple[str, str]]:
         parts = r.split_member_key(key)
         if parts is None:
             return set()
         network, host = parts
         hosts = self._members.setdefault(network, set())
         (hosts.discard if value is None else hosts.add)(host)
+        if recount:
+            self._recount(network, [k for k in self._view.endpoints.get(network, {}) if k[0] == host])
         return {("ep", network), ("name", network)}
 
     def _claim(self, key: str, value: bytes | None, book: bool = True) -> None:
@@ -153,8 +165,9 @@ class ClusterWatch:
                 del listed[address]
         else:
             hosts[host] = created
-        if book:
+        if book:  # (not while everything is read again: counted once the records are)
             self._book_sync(network, address)
+            self._recount(network, list(self._with_addr.get(network, {}).get(address, ())))
         return {("ep", network), ("name", network)}
 
     def _book_sync(self, network: str, address: int) -> None:
@@ -192,6 +205,7 @@ class ClusterWatch:
             changed.add(("tunnel", ""))
             self._view = RemoteView()
             self._tunnels = {}
+            self._addrs, self._with_addr, self._counted, self._by_mac, self._peers = {}, {}, {}, {}, {}
             for key, value in data.items():
                 changed |= self._apply(key, value)
             return changed
@@ -229,20 +243,72 @@ class ClusterWatch:
                 self.refused += 1
                 log.warning("cluster: ignoring %s", e)
                 entries.pop(item, None)
+        if parts.kind == "ep":
+            self._index(parts.network, item, entries.get(item))
+            self._recount(parts.network, [item])
         return {(parts.kind, parts.network)}
 
+    def _index(self, network: str, item: tuple[str, str], rec: r.EndpointRecord | None) -> None:
+        """The record's addresses, as numbers, and the record under each of them."""
+        addrs = self._addrs.setdefault(network, {})
+        with_addr = self._with_addr.setdefault(network, {})
+        for a in addrs.pop(item, ()):
+            holders = with_addr.get(a)
+            if holders is not None:
+                holders.discard(item)
+                if not holders:
+                    del with_addr[a]
+        if rec is not None:
+            numbers = tuple(int(ipaddress.ip_address(a)) for a in (rec.ipv4, rec.ipv6) if a)
+            addrs[item] = numbers
+            for a in numbers:
+                with_addr.setdefault(a, set()).add(item)
+
+    def _recount(self, network: str, items: list[tuple[str, str]]) -> None:
+        """Whether each of these records counts now, and the peers of the MACs that changed."""
+        if not items:
+            return
+        records = self._view.endpoints.get(network, {})
+        addrs = self._addrs.get(network, {})
+        members = self._members.get(network, ())
+        counted = self._counted.setdefault(network, {})
+        by_mac = self._by_mac.setdefault(network, {})
+        touched: set[str] = set()
+        for item in items:
+            rec = records.get(item)
+            host = item[0]
+            counts = (
+                rec is not None
+                and host in members
+                and all(self._holder(network, a) == host for a in addrs.get(item, ()))
+            )
+            new = (rec.mac, frozenset(a for a in (rec.ipv4, rec.ipv6) if a)) if counts and rec is not None else None
+            old = counted.get(item)
+            if old == new:
+                continue
+            if old is not None:
+                by_mac[old[0]].discard(item)
+                touched.add(old[0])
+                del counted[item]
+            if new is not None:
+                counted[item] = new
+                by_mac.setdefault(new[0], set()).add(item)
+                touched.add(new[0])
+        peers = self._peers.setdefault(network, {})
+        for mac in touched:
+            holders = by_mac.get(mac)
+            if holders:
+                winner = max(holders)
+                peers[mac] = (winner[0], counted[winner][1])
+            else:
+                by_mac.pop(mac, None)
+                peers.pop(mac, None)
+
     def peers(self, name: str) -> Peers:
-        """mac -> (host, addresses) of the other hosts' containers on the network."""
+        """mac -> (host, addresses) of the other hosts' containers on the network (those of a
+        live member holding their addresses; of two with one MAC, the last in (host, id) order)."""
         with self._lock:
-            entries = {
-                k: rec
-                for k, rec in self._view.endpoints.get(name, {}).items()
-                if self._counts(name, k[0], (rec.ipv4, rec.ipv6))
-            }
-        out: Peers = {}
-        for (host, _eid), rec in sorted(entries.items()):
-            out[rec.mac] = (host, frozenset(a for a in (rec.ipv4, rec.ipv6) if a))
-        return out
+            return dict(self._peers.get(name, {}))
 
     def names(self, name: str) -> list[ContainerInfo]:
         with self._lock:

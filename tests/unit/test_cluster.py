@@ -1143,3 +1143,99 @@ def test_changes_that_come_together_are_told_to_the_data_plane_together(kv):
     finally:
         stop.set()
         notifier.join(5)
+
+
+_HOSTS = ("10.206.255.1", "10.206.255.2", "10.206.255.3")  # the first is the watching host
+_ADDRS = tuple(int(ipaddress.ip_address(f"10.205.0.{i}")) for i in range(2, 6))
+
+
+def _watch_op():
+    from hypothesis import strategies as st
+
+    host, addr = st.sampled_from(_HOSTS), st.sampled_from(_ADDRS)
+    ep = st.tuples(
+        st.just("ep"),
+        host,
+        st.sampled_from(("e1", "e2", "e3")),
+        st.sampled_from(("02:00:00:00:00:01", "02:00:00:00:00:02", "03:00:00:00:00:01", None)),
+        st.one_of(addr, st.none()),
+    )
+    return st.one_of(
+        ep,
+        ep,
+        ep,
+        st.tuples(st.just("listing"), host, addr, st.booleans()),
+        st.tuples(st.just("member"), host, st.booleans()),
+    )
+
+
+def _reference_peers(watch, name):
+    """The peers as the watch computed them before it kept them (every record checked again)."""
+    entries = {
+        k: rec
+        for k, rec in watch._view.endpoints.get(name, {}).items()
+        if watch._counts(name, k[0], (rec.ipv4, rec.ipv6))
+    }
+    out = {}
+    for (host, _eid), rec in sorted(entries.items()):
+        out[rec.mac] = (host, frozenset(a for a in (rec.ipv4, rec.ipv6) if a))
+    return out
+
+
+def test_the_peers_kept_as_keys_change_are_the_peers_computed_from_scratch():
+    """Issue 23, item 8: the watch keeps the records that count as each key changes, rather
+    than check the whole network's records on every change. After any sequence of members
+    coming and going, listings (who holds an address: first listed), endpoint records (MACs two
+    records share, hostile values, deletes), it answers what checking everything answers."""
+    from hypothesis import given, settings, strategies as st
+
+    from plugin.cluster.addresses import AddressBook
+    from plugin.cluster.interfaces import Event
+    from plugin.cluster.watch import ClusterWatch
+
+    # each example starts with the three hosts members and each address listed by one of them
+    # (so that records count and clash often), then changes anything
+    setup = st.lists(st.sampled_from(_HOSTS), min_size=len(_ADDRS), max_size=len(_ADDRS))
+    seen = {"counted": 0, "shared": 0}  # (the cases were exercised: records counted, MACs shared)
+
+    from hypothesis import example
+
+    # (two other hosts' records with one MAC, each counting: the later host's is the peer)
+    shared_mac = [
+        ("ep", _HOSTS[1], "e1", "02:00:00:00:00:01", _ADDRS[1]),
+        ("ep", _HOSTS[2], "e2", "02:00:00:00:00:01", _ADDRS[2]),
+    ]
+
+    @settings(max_examples=300, deadline=None)
+    @given(setup, st.lists(_watch_op(), min_size=10, max_size=60))
+    @example(
+        list(_HOSTS[:1] + _HOSTS[1:] + _HOSTS[:1]), shared_mac + shared_mac[:1] + [("ep", _HOSTS[2], "e2", None, None)]
+    )
+    def run(holders, ops):
+        watch = ClusterWatch(FakeKV(), _HOSTS[0], AddressBook())
+        revision = 0
+        first = [("member", h, True) for h in _HOSTS] + [("listing", h, a, True) for h, a in zip(holders, _ADDRS)]
+        for op in first + ops:
+            revision += 1
+            if op[0] == "member":
+                _, host, present = op
+                key, value = r.member_key("web", host), b"{}" if present else None
+            elif op[0] == "listing":
+                _, host, address, present = op
+                key, value = r.listing_key("web", host, address), b"{}" if present else None
+            else:
+                _, host, eid, mac, address = op
+                key = r.ep_key("web", host, eid * 32)
+                if mac is None:
+                    value = None
+                else:  # (a multicast MAC, or no address: refused as hostile)
+                    ip = str(ipaddress.ip_address(address)) if address else ""
+                    value = json.dumps({"mac": mac, "ipv4": ip, "ipv6": ""}).encode()
+            watch._events([Event(key, value, revision, revision if value is not None else 0)])
+            assert watch.peers("web") == _reference_peers(watch, "web")
+            seen["counted"] += len(watch.peers("web"))
+            seen["shared"] += sum(len(k) > 1 for k in watch._by_mac.get("web", {}).values())
+        assert not any(h == _HOSTS[0] for h, _ in watch.peers("web").values()), "never the watching host's own"
+
+    run()
+    assert seen["counted"] > 100 and seen["shared"] > 0, seen
