@@ -26,7 +26,7 @@ from ..domain.model import ContainerInfo, Endpoint, Network
 from ..domain.naming import vxlan_name
 from ..driver.firewall import FirewallWriter
 from ..kernel.interfaces import NetlinkPort, OverlayPort
-from ..store.db import Store
+from ..store.db import Store, Tx
 from .records import EndpointRecord, NetRecord
 from .service import ClusterService, LocalNetwork
 from .tunnel import Plain, UnderlayPath
@@ -243,18 +243,28 @@ class ClusterNetworks:
 
     def _filter_vxlan(self) -> None:
         """A cluster network's VXLAN (its VNI) is taken only from the hosts that have containers
-        on it (the firewall drops the rest: anyone else could put frames on our bridges)."""
+        on it (the firewall drops the rest: anyone else could put frames on our bridges). Looked
+        at under a read (the watch asks after every change of the others' containers, and the
+        members seldom change); written in a transaction only when they did."""
+        with self.store.reading() as tx:
+            if self._vxlan_members(tx)[0] == self._vxlan_filter:
+                return
         with self.store.transaction() as tx:
-            networks = [n for n in tx.networks.all() if n.cluster]
-            if self.cluster.loaded:
-                members = sorted(
-                    {(n.vni, host) for n in networks for host, _ in self.cluster.remote_peers(n.cluster).values()}
-                )
-            else:  # etcd not read yet: the last members known, never everyone
-                vnis = {n.vni for n in networks}
-                members = sorted(m for m in tx.meta.vxlan_members() if m[0] in vnis)
-            want = (self.vxlan_port if networks else 0, tuple((vni, self.path.remote(h)) for vni, h in members))
+            want, members = self._vxlan_members(tx)
             if want != self._vxlan_filter:
                 self.firewall.change(tx, self.firewall.port.set_vxlan_members, *want, self.path.link)
                 tx.meta.set_vxlan_members(members)
                 self._vxlan_filter = want
+
+    def _vxlan_members(self, tx: Tx) -> tuple[tuple[Any, ...], list[tuple[int, str]]]:
+        """What the firewall should be told: (port, ((vni, remote address), ...)), and the
+        members (vni, host) to remember."""
+        networks = [n for n in tx.networks.all() if n.cluster]
+        if self.cluster.loaded:
+            members = sorted(
+                {(n.vni, host) for n in networks for host, _ in self.cluster.remote_peers(n.cluster).values()}
+            )
+        else:  # etcd not read yet: the last members known, never everyone
+            vnis = {n.vni for n in networks}
+            members = sorted(m for m in tx.meta.vxlan_members() if m[0] in vnis)
+        return (self.vxlan_port if networks else 0, tuple((vni, self.path.remote(h)) for vni, h in members)), members

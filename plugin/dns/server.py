@@ -108,7 +108,12 @@ class DnsServer:
         asyncio.run_coroutine_threadsafe(self._reconcile(keyed), loop).result(timeout=10)
 
     def set_snapshot(self, network_id: str, snapshot: Snapshot) -> None:
+        """The network's names from now on. Its ready answers go, unless the names are the same
+        (Docker's events that change none of them, a restart of the watcher: on a network of a
+        thousand containers every answer would be rendered again)."""
         with self._lock:
+            if self._snapshots.get(network_id) == snapshot:
+                return
             self._snapshots = {**self._snapshots, network_id: snapshot}
             self.caches = {**self.caches, network_id: AnswerCache()}
 
