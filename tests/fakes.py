@@ -56,6 +56,7 @@ class FakeLink:
     addresses: set = field(default_factory=set)
     up: bool = False
     uplink: bool = False  # a bridge with a route through a gateway (the host's way out)
+    hairpin: bool = False
 
 
 class FakeNetlink:
@@ -149,6 +150,13 @@ class FakeNetlink:
         mtu = mtu or self.devices[bridge].mtu
         self.devices[host] = FakeLink(host, "veth", mtu, master=bridge, peer=peer, up=True)
         self.devices[peer] = FakeLink(peer, "veth", mtu, peer=host, mac=mac)
+
+    def set_hairpin(self, name):
+        self._step("set_hairpin")
+        link = self.devices.get(name)
+        if link is None or link.master is None:
+            raise KernelError(f"hairpin on {name}: no such bridge port")
+        link.hairpin = True
 
     def foreign_bridges(self, own):
         own = set(own)

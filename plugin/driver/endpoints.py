@@ -130,6 +130,8 @@ class EndpointService:
             updated = replace(endpoint, ports=bindings)
             tx.networks.put_endpoint(updated)
             self.firewall.change(tx, self.firewall.port.change_ports, network, endpoint, updated)
+        if bindings:  # (a failure fails the start: dockerd revokes, and the ports go)
+            self.netlink.set_hairpin(endpoint.host_ifname)
         log.info("endpoint %s publishes %s", endpoint_id[:12], ", ".join(map(str, bindings)))
 
     @staticmethod

@@ -214,15 +214,24 @@ class Netlink:
                         if old is not None:
                             rt.delete(old.index)
                     rt.add_veth(host, peer, br.index, mtu, mac)
-                # hairpin: a container reaching its own published port through a host address
-                # is DNATed back to itself, and the bridge must send that out the port it came in
-                created = rt.link(host)
-                if created is None:
-                    raise KernelError(f"veth {host} vanished as it was made")
-                rt.hairpin(created.index)
         except (RtnlError, ValueError) as e:
             self.delete_link(host)
             raise KernelError(f"create veth {host}<->{peer} on {bridge}: {e}") from e
+
+    def set_hairpin(self, name: str) -> None:
+        """The bridge port's hairpin mode: a container reaching its own published port through
+        a host address is DNATed back to itself, and the bridge must send that out the port it
+        came in. Not part of create_veth: the first request after a veth joins a bridge of a
+        thousand ports waits ~2 ms for the kernel's work on it (tests/e2e, scripts/bench.py
+        --scale), and only a container with published ports needs it."""
+        try:
+            with self._rtnl() as rt:
+                link = rt.link(name)
+                if link is None:
+                    raise KernelError(f"hairpin on {name}: no such link")
+                rt.hairpin(link.index)
+        except (RtnlError, ValueError) as e:
+            raise KernelError(f"hairpin on {name}: {e}") from e
 
     def delete_link_by_index(self, index: int, name: str) -> bool:
         """Delete the link with this index only if it still has this name (indexes are not

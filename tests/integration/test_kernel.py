@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from plugin.domain.errors import Conflict
+from plugin.domain.errors import Conflict, KernelError
 from plugin.domain.model import Network, Subnet
 from tests.legacy_iptables import IptablesFirewall
 from plugin.kernel.netlink import Netlink
@@ -35,7 +35,11 @@ def test_bridge_addresses_and_veth(netns):
     assert ls["pt-br1"]["mtu"] == 1400 and ls["pt-br1"]["address"] == "02:aa:bb:cc:dd:ee"
     assert ls["pth1"]["master"] == "pt-br1" and ls["pth1"]["mtu"] == 1400
     assert ls["ptc1"]["address"] == "02:42:0a:c8:09:02"
-    assert ls["pth1"]["linkinfo"]["info_slave_data"]["hairpin"] is True
+    assert ls["pth1"]["linkinfo"]["info_slave_data"]["hairpin"] is False  # (only with published ports)
+    nl.set_hairpin("pth1")
+    assert links(netns)["pth1"]["linkinfo"]["info_slave_data"]["hairpin"] is True
+    with pytest.raises(KernelError, match="no such link"):
+        nl.set_hairpin("pthnone")
     info = nl.link("pth1")  # (rtnl.py's reading of a link, against ip's)
     assert (info.name, info.index, info.kind, info.mtu, info.mac) == (
         "pth1",

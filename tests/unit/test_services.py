@@ -245,6 +245,20 @@ def test_published_ports_are_rendered_and_restored_from_state(fake_services):
     assert not set(dnat) & set(fw.all_rules())
 
 
+def test_the_bridge_port_is_in_hairpin_mode_once_the_container_publishes_a_port(fake_services):
+    """A container reaching its own published port through a host address comes back through
+    its own bridge port. The hairpin is set when ports are published, not in CreateEndpoint: at
+    a thousand containers the first request after a veth joins the bridge waits for the kernel."""
+    create(fake_services)
+    eps, nl = fake_services.endpoints, fake_services.netlink
+    eps.create(NID, EID, address="10.200.1.2/24", address6="", mac="")
+    host = nl.devices[next(n for n, d in nl.devices.items() if d.kind == "veth" and d.master)]
+    eps.program(NID, EID, [])
+    assert host.hairpin is False, "no published port: no hairpin"
+    eps.program(NID, EID, [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}])
+    assert host.hairpin is True
+
+
 def test_programming_again_without_ports_withdraws_the_earlier_ones(fake_services):
     create(fake_services)
     eps = fake_services.endpoints
