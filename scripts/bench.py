@@ -17,6 +17,7 @@ import os
 import shutil
 import ipaddress
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -669,6 +670,237 @@ def per_container_p99(stats: dict) -> str:
     )
 
 
+def free_block(prefixlen: int, within: str = "10.204.0.0/16") -> str:
+    """A subnet of that size in `within` that no route on this machine overlaps."""
+    routes = json.loads(sh("ip", "-j", "route", "show", "table", "all"))
+    taken = [
+        ipaddress.ip_network(r["dst"], strict=False)
+        for r in routes
+        if r.get("dst") and r["dst"] != "default" and ":" not in r["dst"]
+    ]
+    for net in ipaddress.ip_network(within).subnets(new_prefix=prefixlen):
+        if not any(net.overlaps(t) for t in taken):
+            return str(net)
+    raise SystemExit(f"no free /{prefixlen} in {within}")
+
+
+def host_state(driver: str) -> dict:
+    """What a test network can leave behind: links, firewall rules (counters stripped), and the
+    plugin's own networks, endpoints and the doctor's problems."""
+    rules = []
+    for argv in (("nft", "list", "ruleset"), ("iptables-save",), ("ip6tables-save",)):
+        if shutil.which(argv[0]):
+            text = subprocess.run(argv, capture_output=True, text=True).stdout
+            text = re.sub(r"counter packets \d+ bytes \d+", "counter", text)
+            rules += [f"{argv[0]}: {line.strip()}" for line in text.splitlines() if not line.startswith("#")]
+    doctor = plugin_call(driver, "get", "/pybridge/doctor")
+    return {
+        "links": sorted(link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show"))),
+        "rules": sorted(rules),
+        "networks": len(plugin_call(driver, "get", "/pybridge/networks")["networks"]),
+        "endpoints": len(plugin_call(driver, "get", "/pybridge/endpoints")["endpoints"]),
+        "problems": doctor.get("problems", []),
+    }
+
+
+def state_left(before: dict, after: dict) -> list[str]:
+    out = []
+    for key in ("links", "rules"):
+        extra = sorted(set(after[key]) - set(before[key]))
+        if extra:
+            out.append(f"{len(extra)} {key} more than before, e.g. {extra[:3]}")
+    for key in ("networks", "endpoints"):
+        if after[key] != before[key]:
+            out.append(f"plugin {key}: {before[key]} before, {after[key]} after")
+    if after["problems"]:
+        out.append(f"doctor: {after['problems'][:3]}")
+    return out
+
+
+def settled(driver: str, before: dict, seconds: float = 60.0) -> tuple[list[str], float]:
+    """What is left compared with `before`, once the plugin's deferred veth deletions ran (or
+    `seconds` passed), and how long that took."""
+    started = time.monotonic()
+    while True:
+        left = state_left(before, host_state(driver))
+        if not left or time.monotonic() - started > seconds:
+            return left, time.monotonic() - started
+        time.sleep(0.5)
+
+
+def start_detached(names_networks: list[tuple[str, str]], parallel: int = 6) -> None:
+    """`docker run -d` of a sleeping container per (name, network), `parallel` at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item):
+        name, net = item
+        sh("docker", "run", "-d", "--name", name, "--network", net, "--dns", "127.0.0.1", IMAGE, "sleep", "36000")
+
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(one, names_networks))
+
+
+def remove_containers(names: list[str], chunk: int = 100) -> None:
+    for i in range(0, len(names), chunk):
+        subprocess.run(["docker", "rm", "-f", *names[i : i + chunk]], capture_output=True)
+
+
+def probe_starts(driver: str, network: str, runs: int) -> tuple[float, dict]:
+    """Median `docker run --rm` on `network` over `runs` runs, and the plugin's figures for them."""
+    plugin_call(driver, "post", "/pybridge/stats/reset")
+    times = [timed_run(network) for _ in range(runs)]
+    return statistics.median(times), plugin_call(driver, "get", "/pybridge/stats")
+
+
+def dns_names_qps(client: str, server: str, names: list[str], seconds: float = 3.0) -> float:
+    """dnsperf q/s from inside `client` for A queries cycling over `names` (median of 2)."""
+    import tempfile
+
+    pid = sh("docker", "inspect", "-f", "{{.State.Pid}}", client)
+    with tempfile.NamedTemporaryFile("w", suffix=".queries", delete=False) as f:
+        f.write("".join(f"{n} A\n" for n in names) * max(1, 100 // len(names)))
+    try:
+        runs = []
+        for _ in range(2):
+            out = subprocess.run(
+                ["nsenter", "-t", pid, "-n", "dnsperf", "-s", server, "-d", f.name, "-l", str(seconds)]
+                + ["-c", "2", "-T", "2", "-q", "32", "-t", "2"],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 30,
+            ).stdout
+            runs.append(float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1)))
+            lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
+            if lost:
+                print(f"  (dnsperf lost {lost} queries)")
+    finally:
+        os.unlink(f.name)
+    return statistics.median(runs)
+
+
+def quiet(driver: str, seconds: float = 90.0) -> float:
+    """Wait until the plugin's processes use under 5% of a core over a second (what a burst
+    left them to do is done); how long that took."""
+    started = time.monotonic()
+    ticks = plugin_cpu_ticks(driver)
+    while time.monotonic() - started < seconds:
+        time.sleep(1.0)
+        now = plugin_cpu_ticks(driver)
+        if now - ticks <= 5:  # clock ticks of 10 ms
+            break
+        ticks = now
+    return time.monotonic() - started
+
+
+def network_rm(*names: str) -> None:
+    """remove_networks, and why dockerd kept one."""
+    remove_networks(*names, seconds=30)
+    for n in names:
+        res = subprocess.run(["docker", "network", "rm", n], capture_output=True, text=True)
+        if res.returncode and "not found" not in res.stderr:
+            print(f"  dockerd kept network {n}: {res.stderr.strip()[:200]}", flush=True)
+
+
+def bench_scale(driver: str, count: int = 1000, probes: int = 15) -> None:
+    """Item 5 of issue 23: `count` containers on one network (pybridge, then the built-in
+    bridge for comparison), then `count` // 5 pybridge networks of five containers. At the 10th
+    container and at the `count`th: the start of one more (median of `probes` `docker run
+    --rm`, and the plugin's CreateEndpoint p50), and dnsperf's q/s from a container for the
+    names of the network's containers. Measured once the plugin is quiet again after the fill.
+    Then `docker rm -f` of all and `network rm`, and what is left on the host and in the
+    plugin."""
+    if not shutil.which("dnsperf"):
+        raise SystemExit("--scale needs dnsperf (apt-get install dnsperf)")
+    tag = uuid.uuid4().hex[:6]
+    made_nets: list[str] = []
+    made: list[str] = []
+    figures: dict[str, tuple[float, float, float]] = {}
+
+    def fill(batch: list[tuple[str, str]]) -> None:
+        started = time.perf_counter()
+        start_detached(batch)
+        made.extend(n for n, _ in batch)
+        if len(batch) > 50:
+            waited = quiet(driver)
+            print(
+                f"  ({len(batch)} started in {time.perf_counter() - started - waited:.0f} s; "
+                f"the plugin quiet {waited:.0f} s later)",
+                flush=True,
+            )
+
+    def measure(label: str, probe_net: str, names: list[str], server: str, ours: bool) -> None:
+        median, stats = probe_starts(driver, probe_net, probes)
+        create = stats.get("NetworkDriver.CreateEndpoint", {}) if ours else {}
+        summed = stats.get("(per container) endpoint calls summed", {}) if ours else {}
+        qps = dns_names_qps(made[0], server, names)
+        few = dns_names_qps(made[0], server, names[:9]) if len(names) > 9 else qps
+        figures[label] = (median, summed.get("p50_ms", 0.0), qps)
+        plugin = (
+            f"plugin per container p50 {summed['p50_ms']:5.2f} ms (CreateEndpoint p50 {create['p50_ms']:5.2f} "
+            f"p99 {create['p99_ms']:5.2f}), "
+            if create and summed
+            else ""
+        )
+        print(
+            f"  {label:44s}: docker run --rm median {median * 1000:6.1f} ms, {plugin}"
+            f"DNS ({server}) over {len(names)} names {qps:7.0f} q/s"
+            + (f" (over 9 of them {few:7.0f} q/s: names cost {qps / few:.2f}x)" if len(names) > 9 else ""),
+            flush=True,
+        )
+
+    def clear(before: dict) -> None:
+        started = time.perf_counter()
+        remove_containers(made)
+        made.clear()
+        network_rm(*made_nets)
+        made_nets.clear()
+        print(f"  docker rm -f of all and network rm: {time.perf_counter() - started:.0f} s", flush=True)
+        left, waited = settled(driver, before)
+        print(f"  left behind: {'; '.join(left) if left else 'nothing'} ({waited:.1f} s later)", flush=True)
+
+    try:
+        # one network of `count` containers (a /22: 1,021 addresses)
+        print(f"scale: {count} containers on one network, then {count // 5} networks of 5", flush=True)
+        for kind in ("pybridge", "built-in"):
+            before = host_state(driver)
+            subnet = free_block(22)
+            net = f"pbscale-{tag}-{kind}"
+            ours = kind == "pybridge"
+            args = ("-d", driver, "--ipam-driver", driver) if ours else ("-d", "bridge")
+            sh("docker", "network", "create", *args, "--subnet", subnet, net)
+            made_nets.append(net)
+            server = str(ipaddress.ip_network(subnet).network_address + 1) if ours else "127.0.0.11"
+            for stage in (9, count - 1):
+                fill([(f"pbscale-{tag}-{kind}-{i}", net) for i in range(len(made), stage)])
+                measure(f"{kind}, one network, the {stage + 1}th container", net, made, server, ours)
+            clear(before)
+
+        # count // 5 networks of five (/29: five containers and the gateway)
+        before = host_state(driver)
+        blocks = list(ipaddress.ip_network(free_block(20)).subnets(new_prefix=29))
+        nets = count // 5
+        for i in range(nets):
+            name = f"pbscale-{tag}-n{i}"
+            sh("docker", "network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", str(blocks[i]), name)
+            made_nets.append(name)
+        probe_net, probe_gw = made_nets[0], str(blocks[0].network_address + 1)
+        for stage in (2, nets):
+            batch = [(f"pbscale-{tag}-{n}-{k}", made_nets[n]) for n in range(stage) for k in range(5)]
+            # the probe network keeps a slot free for the probe: the probe is the 10th / 1,000th
+            fill([b for b in batch if b[0] not in made and b[0] != f"pbscale-{tag}-0-4"])
+            measure(f"pybridge, {stage} networks, the {len(made) + 1}th container", probe_net, made[:4], probe_gw, True)
+        clear(before)
+    finally:
+        remove_containers(made)
+        remove_networks(*made_nets)
+    labels = list(figures)
+    for a, b in zip(labels[::2], labels[1::2]):
+        (t10, c10, q10), (tn, cn, qn) = figures[a], figures[b]
+        plugin = f", plugin per container p50 {cn / c10:.2f}" if c10 else ""
+        print(f"  {b} / {a.rsplit(',', 1)[1].strip()}: docker run {tn / t10:.2f}{plugin}, DNS q/s {qn / q10:.2f}")
+    print("  (bar, pybridge: the 1,000th start at most 1.2x the 10th; DNS with 1,000 names as fast as with 10)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
@@ -680,6 +912,13 @@ def main() -> int:
     ap.add_argument("--idle", action="store_true", help="also the plugin's idle CPU with 10,000 published ports")
     ap.add_argument("--idle-only", action="store_true", help="only that")
     ap.add_argument(
+        "--scale",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the scale figures: N containers on one network, then N/5 networks of five",
+    )
+    ap.add_argument(
         "--footprint-only",
         action="store_true",
         help="only rootfs size, idle PSS and enable-to-ready (disables and enables the plugin)",
@@ -687,6 +926,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.footprint_only:
         bench_footprint(args.driver)
+        return 0
+    if args.scale:
+        subprocess.run(["scripts/make-test-image.sh"], check=True)
+        bench_scale(args.driver, args.scale)
         return 0
     if args.firewall_only:
         bench_firewall()
