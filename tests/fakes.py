@@ -591,6 +591,7 @@ class FakeOverlay:
         self.underlays = dict(underlays or {})
         self.vnis: dict[str, int] = {}
         self.entries: dict[str, dict] = {}
+        self.full_sets = 0  # set_peers calls (update_peers: only what changed)
 
     def underlay(self, address):
         return self.underlays.get(address)
@@ -621,6 +622,22 @@ class FakeOverlay:
         if name not in self.netlink.devices or bridge not in self.netlink.devices:
             raise KernelError(f"VXLAN {name} or its bridge {bridge} is missing")
         self.entries[name] = {mac: (host, frozenset(ips)) for mac, (host, ips) in peers.items()}
+        self.full_sets += 1
+
+    def update_peers(self, name, bridge, peers, have):
+        """The real adapter reads nothing back and trusts `have`: here it must be the truth."""
+        if name not in self.netlink.devices or bridge not in self.netlink.devices:
+            raise KernelError(f"VXLAN {name} or its bridge {bridge} is missing")
+        entries = self.entries.setdefault(name, {})
+        for mac in set(have) | set(peers):
+            assert entries.get(mac) == have.get(mac), (
+                f"{mac}: programmed {entries.get(mac)}, caller believes {have.get(mac)}"
+            )
+            if mac in peers:
+                host, ips = peers[mac]
+                entries[mac] = (host, frozenset(ips))
+            else:
+                del entries[mac]
 
 
 class FakeWireGuard:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any, Callable, ContextManager
@@ -62,6 +63,12 @@ class ClusterNetworks:
         self.vxlan_port = vxlan_port
         self.local_names = local_names  # Docker's names of this host's containers, by network id
         self._vxlan_filter: tuple[Any, ...] = (0, ())  # what the firewall was last told
+        # per VXLAN device, the entries last programmed on it: a change of the others'
+        # containers programs only what differs (reading thousands of entries back from the
+        # kernel on every change was the cost). Set whole (and read back) at attach, on the
+        # watch's first read, and after a failure
+        self._programmed: dict[str, Peers] = {}
+        self._programming = threading.Lock()
 
     def names_changed(self, updated: dict[str, tuple[str, list[ContainerInfo]]], networks: dict[str, Network]) -> None:
         """The container inventory's report: this host's names on a cluster network, for the
@@ -134,14 +141,29 @@ class ClusterNetworks:
             name, network.vni, self.path.local, self.vxlan_port, network.mtu or 1500, network.bridge
         )
         if self.cluster.loaded:
-            self.overlay.set_peers(
-                name, network.bridge, self._remote(network, self.cluster.remote_peers(network.cluster))
-            )
+            self._program(name, network.bridge, self._remote(network, self.cluster.remote_peers(network.cluster)))
         # else: entries already there stay (a restart with etcd away); the first read programs it
 
     def detach(self, network: Network) -> None:
         for name in self.links(network):
+            with self._programming:
+                self._programmed.pop(name, None)
             self.netlink.delete_link(name)
+
+    def _program(self, name: str, bridge: str, peers: Peers, whole: bool = True) -> None:
+        """The device's entries := `peers`: only what differs from what was last programmed,
+        unless `whole` (or nothing is known of it: then read back from the kernel and set)."""
+        with self._programming:
+            before = None if whole else self._programmed.pop(name, None)
+            if before is None:
+                self.overlay.set_peers(name, bridge, peers)
+            else:
+                changed = {m: v for m, v in peers.items() if before.get(m) != v}
+                gone = [m for m in before if m not in peers]
+                if changed or gone:
+                    have = {m: before[m] for m in (*changed, *gone) if m in before}
+                    self.overlay.update_peers(name, bridge, changed, have)
+            self._programmed[name] = dict(peers)  # (left out when a call failed: set whole next)
 
     def changed(self, network: Network | None) -> None:
         if network is None or network.cluster:
@@ -165,7 +187,7 @@ class ClusterNetworks:
             networks = [n for n in tx.networks.all() if n.cluster]
         for n in networks:
             try:
-                self.overlay.set_peers(
+                self._program(
                     vxlan_name(self.prefix, n.vni), n.bridge, self._remote(n, self.cluster.remote_peers(n.cluster))
                 )
             except PybridgeError as e:
@@ -207,7 +229,7 @@ class ClusterNetworks:
             networks = [n for n in tx.networks.all() if n.cluster == cluster]
         for n in networks:
             try:
-                self.overlay.set_peers(vxlan_name(self.prefix, n.vni), n.bridge, self._remote(n, peers))
+                self._program(vxlan_name(self.prefix, n.vni), n.bridge, self._remote(n, peers), whole=False)
             except PybridgeError as e:
                 log.warning("cluster network %s: %s", n.cluster, e)
         self._filter_vxlan()

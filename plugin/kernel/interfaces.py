@@ -118,6 +118,13 @@ class OverlayPort(Protocol):
     def ensure_vxlan(self, name: str, vni: int, local: str, port: int, mtu: int, bridge: str) -> bool: ...
     def peers(self, name: str) -> dict[str, tuple[str, frozenset[str]]]: ...
     def set_peers(self, name: str, bridge: str, peers: dict[str, tuple[str, frozenset[str]]]) -> None: ...
+    def update_peers(
+        self,
+        name: str,
+        bridge: str,
+        peers: dict[str, tuple[str, frozenset[str]]],
+        have: dict[str, tuple[str, frozenset[str]]],
+    ) -> None: ...
 
 
 def check_key(key: str, what: str = "WireGuard key") -> str:

@@ -135,39 +135,67 @@ class Vxlan:
             br = ipr.link_lookup(ifname=bridge)
             if index is None or not br:
                 raise KernelError(f"VXLAN {name} or its bridge {bridge} is missing")
-            have = self._read(ipr, index)
-            refused: list[str] = []
-            for mac, (host, ips) in have.items():
-                want = peers.get(mac)
-                if want is not None and want[0] == host:
-                    for ip in ips - want[1]:
-                        self._quiet(ipr.neigh, "del", ifindex=index, dst=ip, lladdr=mac)
-                    continue
-                self._quiet(ipr.fdb, "del", ifindex=index, lladdr=mac, dst=host)
-                self._quiet(ipr.fdb, "del", ifindex=index, lladdr=mac, master=br[0], flags=NTF_MASTER)
-                for ip in ips:
+            self._reconcile(ipr, name, index, br[0], self._read(ipr, index), peers)
+
+    def update_peers(
+        self,
+        name: str,
+        bridge: str,
+        peers: dict[str, tuple[str, frozenset[str]]],
+        have: dict[str, tuple[str, frozenset[str]]],
+    ) -> None:
+        """Only some MACs' entries: `have` is what is programmed for them (what the caller set
+        before), `peers` what they should be now (a MAC of `have` not in it goes). Reads nothing
+        from the kernel: reading every entry back took most of the time at thousands of peers."""
+        with self._ipr() as ipr:
+            index = self._index(ipr, name)
+            br = ipr.link_lookup(ifname=bridge)
+            if index is None or not br:
+                raise KernelError(f"VXLAN {name} or its bridge {bridge} is missing")
+            self._reconcile(ipr, name, index, br[0], have, peers)
+
+    def _reconcile(
+        self,
+        ipr: IPRoute,
+        name: str,
+        index: int,
+        bridge_index: int,
+        have: dict[str, tuple[str, frozenset[str]]],
+        peers: dict[str, tuple[str, frozenset[str]]],
+    ) -> None:
+        """The entries `have` made those of `peers`."""
+        refused: list[str] = []
+        for mac, (host, ips) in have.items():
+            want = peers.get(mac)
+            if want is not None and want[0] == host:
+                for ip in ips - want[1]:
                     self._quiet(ipr.neigh, "del", ifindex=index, dst=ip, lladdr=mac)
-            for mac, (host, ips) in peers.items():
-                try:
-                    if have.get(mac, ("",))[0] != host:
-                        ipr.fdb("append", ifindex=index, lladdr=mac, dst=host, state=NUD_PERMANENT)
-                        # static, not permanent: a permanent bridge entry means "this host's
-                        # own MAC", and the bridge would deliver the frames to itself. Added,
-                        # never replaced: an entry the bridge has (its own MAC, a local
-                        # container's) stays where it is
-                        if not self._add_bridge_entry(ipr, index, br[0], mac):
-                            self._quiet(ipr.fdb, "del", ifindex=index, lladdr=mac, dst=host)
-                            refused.append(mac)
-                            continue
-                    for ip in ips - (have[mac][1] if mac in have and have[mac][0] == host else frozenset()):
-                        ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
-                except NetlinkError as e:
-                    raise KernelError(f"VXLAN {name}: entry {mac} via {host}: {e}") from e
-            if refused:
-                raise KernelError(
-                    f"VXLAN {name}: {', '.join(refused)} not taken from other hosts: the bridge "
-                    "has them on a port of its own (its MAC, a container here)"
-                )
+                continue
+            self._quiet(ipr.fdb, "del", ifindex=index, lladdr=mac, dst=host)
+            self._quiet(ipr.fdb, "del", ifindex=index, lladdr=mac, master=bridge_index, flags=NTF_MASTER)
+            for ip in ips:
+                self._quiet(ipr.neigh, "del", ifindex=index, dst=ip, lladdr=mac)
+        for mac, (host, ips) in peers.items():
+            try:
+                if have.get(mac, ("",))[0] != host:
+                    ipr.fdb("append", ifindex=index, lladdr=mac, dst=host, state=NUD_PERMANENT)
+                    # static, not permanent: a permanent bridge entry means "this host's
+                    # own MAC", and the bridge would deliver the frames to itself. Added,
+                    # never replaced: an entry the bridge has (its own MAC, a local
+                    # container's) stays where it is
+                    if not self._add_bridge_entry(ipr, index, bridge_index, mac):
+                        self._quiet(ipr.fdb, "del", ifindex=index, lladdr=mac, dst=host)
+                        refused.append(mac)
+                        continue
+                for ip in ips - (have[mac][1] if mac in have and have[mac][0] == host else frozenset()):
+                    ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
+            except NetlinkError as e:
+                raise KernelError(f"VXLAN {name}: entry {mac} via {host}: {e}") from e
+        if refused:
+            raise KernelError(
+                f"VXLAN {name}: {', '.join(refused)} not taken from other hosts: the bridge "
+                "has them on a port of its own (its MAC, a container here)"
+            )
 
     @staticmethod
     def _add_bridge_entry(ipr: IPRoute, index: int, bridge: int, mac: str) -> bool:

@@ -125,6 +125,38 @@ def test_vxlan_device_and_entries(netns):
         vx.ensure_vxlan("ptx5000", 5000, "10.206.1.1", 4789, 1450, "pt-br")
 
 
+def test_vxlan_entries_updated_by_what_changed(netns):
+    """Issue 23, item 8: update_peers programs only some MACs, from what the caller says is
+    there, reading nothing back; the device ends as set_peers would have left it."""
+    run(netns, "ip", "link", "add", "pbul0", "type", "veth", "peer", "name", "pbul1")
+    run(netns, "ip", "addr", "add", "10.206.1.1/24", "dev", "pbul0")
+    run(netns, "ip", "link", "set", "pbul0", "up")
+    run(netns, "ip", "link", "add", "pt-br", "type", "bridge")
+    vx = Vxlan(netns)
+    vx.ensure_vxlan("ptx4096", 4096, "10.206.1.1", 4789, 1450, "pt-br")
+    a, b, c = "02:42:0a:cd:00:05", "02:42:0a:cd:00:06", "02:42:0a:cd:00:07"
+    first = {
+        a: ("10.206.1.2", frozenset({"10.205.0.5"})),
+        b: ("10.206.1.2", frozenset({"10.205.0.6", "fd70::6"})),
+        c: ("10.206.1.3", frozenset({"10.205.0.7"})),
+    }
+    vx.set_peers("ptx4096", "pt-br", first)
+    # a moves to another host, b loses an address, c goes, d comes
+    d = "02:42:0a:cd:00:08"
+    changed = {
+        a: ("10.206.1.3", frozenset({"10.205.0.5"})),
+        b: ("10.206.1.2", frozenset({"10.205.0.6"})),
+        d: ("10.206.1.2", frozenset({"10.205.0.8"})),
+    }
+    vx.update_peers("ptx4096", "pt-br", changed, {m: first[m] for m in (a, b, c)})
+    assert vx.peers("ptx4096") == changed
+    fdb = run(netns, "bridge", "fdb", "show", "dev", "ptx4096")
+    assert f"{a} dst 10.206.1.3 self permanent" in fdb and f"{a} dst 10.206.1.2" not in fdb
+    assert c not in fdb and f"{d} master pt-br static" in fdb
+    neigh = run(netns, "ip", "neigh", "show", "dev", "ptx4096")
+    assert "10.205.0.7" not in neigh and "fd70::6" not in run(netns, "ip", "-6", "neigh", "show", "dev", "ptx4096")
+
+
 def test_remote_entries_never_replace_the_bridges_own_or_a_local_containers(netns):
     """Issue 19, item 2: `fdb replace ... master` took the gateway's own entry (and a local
     container's) for a remote MAC; entries are added now, and a MAC the bridge has on a port of
