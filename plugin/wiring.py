@@ -195,7 +195,13 @@ def build_services(
         if settings.host_dns:
             from .kernel.resolved import ResolvedLinks
 
-            host = ResolvedLinks(settings.host_dns, lambda name: getattr(netlink.link(name), "index", None))
+            def link_addresses(index: int) -> set[str]:
+                named = next((link.name for link in netlink.links() if link.index == index), None)
+                return {a.split("/")[0] for a in netlink.addresses(named)} if named else set()
+
+            host = ResolvedLinks(
+                settings.host_dns, lambda name: getattr(netlink.link(name), "index", None), link_addresses
+            )
         dns = DnsService(
             store,
             DnsServer(port=settings.dns_port, ttl=settings.dns_ttl),

@@ -12,7 +12,9 @@ Where no bus or no resolved answers, nothing happens (logged once).
 
 It also reads resolved's own DNS servers (its DNS property, global and per link, or FallbackDNS
 when there are none), for the DNS's upstreams where the host's resolv.conf names resolved's stub:
-the stub routes pybridge's suffix back to pybridge. Servers on pybridge's own links are left out.
+the stub routes pybridge's suffix back to pybridge. Servers on pybridge's own links are left out,
+and so is any server that is an address of the very link it is set for: a bridge whose own
+address serves its DNS is pybridge's (another instance's) or a driver's like it, never an upstream.
 """
 
 from __future__ import annotations
@@ -32,9 +34,15 @@ Links = dict[str, tuple[tuple[str, ...], str]]  # bridge -> (DNS server addresse
 
 
 class ResolvedLinks:
-    def __init__(self, bus_address: str, link_index: Callable[[str], int | None]):
+    def __init__(
+        self,
+        bus_address: str,
+        link_index: Callable[[str], int | None],
+        link_addresses: Callable[[int], set[str]],
+    ):
         self.bus_address = bus_address
         self.link_index = link_index
+        self.link_addresses = link_addresses  # ifindex -> its addresses, without prefix length
         self._desired: Links = {}
         self._applied: dict[str, tuple[Any, ...]] = {}  # bridge -> (ifindex, servers, domain) as last told
         self._wake = threading.Event()
@@ -110,7 +118,9 @@ class ResolvedLinks:
                 self.applied_count += 1
             if self._servers_wanted:
                 ours = {i for i in map(self.link_index, desired) if i is not None}
-                found = self._read_servers(conn, ours, {a for servers, _ in desired.values() for a in servers})
+                found = self._read_servers(
+                    conn, ours, {a for servers, _ in desired.values() for a in servers}, self.link_addresses
+                )
                 if found != self._servers:
                     self._servers = found
                     log.info("DNS upstreams from systemd-resolved: %s", ", ".join(found) or "none")
@@ -124,9 +134,12 @@ class ResolvedLinks:
         self._applied = {k: v for k, v in self._applied.items() if k in desired}
 
     @staticmethod
-    def _read_servers(conn: Any, our_links: set[int], our_addresses: set[str]) -> tuple[str, ...]:
+    def _read_servers(
+        conn: Any, our_links: set[int], our_addresses: set[str], link_addresses: Callable[[int], set[str]]
+    ) -> tuple[str, ...]:
         """resolved's servers, global then per link (FallbackDNS when it has none), without those
-        of pybridge's links or addresses, link-local ones (they need a scope) and its stubs."""
+        of pybridge's links or addresses, link-local ones (they need a scope), its stubs, and a
+        link's own address set as that link's server."""
         from jeepney import DBusAddress
         from jeepney.wrappers import Properties, unwrap_msg
 
@@ -138,6 +151,15 @@ class ResolvedLinks:
             )
         )
         out: list[str] = []
+        on_link: dict[int, set[str]] = {}
+
+        def own(index: int, ip: str) -> bool:
+            if index <= 0:  # a global server: on no link
+                return False
+            if index not in on_link:
+                on_link[index] = link_addresses(index)
+            return ip in on_link[index]
+
         for prop in ("DNS", "FallbackDNS"):
             ((signature, entries),) = unwrap_msg(conn.send_and_get_reply(manager.get(prop), timeout=TIMEOUT))
             if signature != "a(iiay)" or not isinstance(entries, list):
@@ -146,6 +168,8 @@ class ResolvedLinks:
                 try:
                     index, family, raw = entry
                     ip = ipaddress.ip_address(bytes(raw))
+                    if not isinstance(index, int):
+                        raise TypeError(index)
                 except (TypeError, ValueError):
                     continue
                 if (
@@ -157,6 +181,7 @@ class ResolvedLinks:
                     or ip.is_multicast
                     or family not in (2, 10)
                     or str(ip) in out
+                    or own(index, str(ip))
                 ):
                     continue
                 out.append(str(ip))

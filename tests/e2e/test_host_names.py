@@ -7,6 +7,8 @@ upstream); the registration goes with the network."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 
 import pytest
@@ -98,7 +100,7 @@ def test_the_plugin_reads_resolveds_own_servers_never_its_stub_nor_its_own_links
     server is read, a pybridge bridge's is not."""
     from jeepney import DBusAddress, new_method_call
     from jeepney.io.blocking import open_dbus_connection
-    from jeepney.wrappers import unwrap_msg
+    from jeepney.wrappers import Properties, unwrap_msg
 
     from plugin.kernel.resolved import ResolvedLinks
     from .hostdns import BUS
@@ -133,10 +135,26 @@ def test_the_plugin_reads_resolveds_own_servers_never_its_stub_nor_its_own_links
             except OSError:
                 return None
 
-        links = ResolvedLinks(f"unix:path={BUS}", index_of)
+        def addresses_of(i):
+            out = json.loads(sh("ip", "-j", "addr", "show").stdout)
+            return {a["local"] for l in out if l["ifindex"] == i for a in l.get("addr_info", [])}
+
+        def link_servers():
+            with open_dbus_connection(bus=f"unix:path={BUS}") as conn:
+                ((_, entries),) = unwrap_msg(conn.send_and_get_reply(Properties(manager).get("DNS"), timeout=5))
+            return {(i, str(ipaddress.ip_address(bytes(raw)))) for i, _, raw in entries}
+
+        # the running plugin registers the bridge with its gateway as server: that is in resolved
+        assert wait_for(lambda: (index_of(bridge), gw) in link_servers(), 40), link_servers()
+        # an instance that does not know the bridge as its own (another pybridge) leaves it out
+        # all the same: a link's own address as its server is a bridge serving itself
+        stranger = ResolvedLinks(f"unix:path={BUS}", index_of, addresses_of)
+        stranger.publish({})
+        assert stranger.servers() == ()  # not read yet: none
+        assert wait_for(lambda: stranger.servers() == ("127.0.0.99",), 15), (stranger.servers(), link_servers())
+        links = ResolvedLinks(f"unix:path={BUS}", index_of, addresses_of)
         links.publish({bridge: ((gw,), f"{net}.{SUFFIX}")})
-        assert links.servers() == ()  # not read yet: none
-        assert wait_for(lambda: links.servers() == ("127.0.0.99",), 15), links.servers()
+        assert wait_for(lambda: links.servers() == ("127.0.0.99",), 15), (links.servers(), link_servers())
         links.publish({})
     finally:
         sh("ip", "link", "del", link, check=False)
