@@ -19,6 +19,7 @@ import ipaddress
 import json
 import re
 import statistics
+import signal
 import subprocess
 import sys
 import time
@@ -924,6 +925,9 @@ def main() -> int:
         help="only rootfs size, idle PSS and enable-to-ready (disables and enables the plugin)",
     )
     args = ap.parse_args()
+    # a TERM (a session's end, a CI timeout) unwinds like an error: every `finally` removes what
+    # the bench made, where the default action would leave hundreds of networks behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.footprint_only:
         bench_footprint(args.driver)
         return 0
