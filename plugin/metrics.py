@@ -301,6 +301,17 @@ class StateCollector:
             "Keys and records read from etcd that are not what pybridge writes, left out (each is logged, quoted)",
             value=view["refused_records"],
         )
+        reserve = view.get("reserve", {})
+        yield CounterMetricFamily(
+            "pybridge_cluster_reserve_hits",
+            "Addresses handed out from this host's reserve (claimed in etcd ahead: no round trip on the call)",
+            value=reserve.get("hits", 0),
+        )
+        yield CounterMetricFamily(
+            "pybridge_cluster_reserve_misses",
+            "Address requests the reserve could not serve in time: claimed in etcd on the call",
+            value=reserve.get("misses", 0),
+        )
         remote = GaugeMetricFamily(
             "pybridge_cluster_remote_endpoints",
             "Other hosts' containers programmed on this host's VXLAN device, by cluster network",

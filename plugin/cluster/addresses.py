@@ -62,6 +62,12 @@ class AddressBook:
                     return candidate
             return None
 
+    def free(self, network: str, lo: int, hi: int) -> int:
+        """How many addresses of [lo, hi] are neither taken nor being claimed."""
+        with self._lock:
+            busy = self._taken.get(network, set()) | self._pending.get(network, set())
+            return hi - lo + 1 - sum(1 for a in busy if lo <= a <= hi)
+
     def settle(self, network: str, address: int, taken: bool) -> None:
         """The claim of `address` is over: taken (by this host or another), or not (etcd did not
         answer)."""

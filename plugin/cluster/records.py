@@ -15,6 +15,9 @@ may create (create-only by compare-and-swap) and which each name their holder:
   host/HOST/addr/CLUSTERNET/ADDRHEX  the host's own list of the addresses it claims (host lease):
                                    who holds an address is the host that listed it first
                                    (etcd's create revision), whatever addr/ says now
+  host/HOST/want/CLUSTERNET/ADDRHEX  this host asks for an address another host holds in its
+                                   reserve (claimed ahead, not handed out): the holder gives it
+                                   up; "{}" (host lease, deleted once answered)
   host/HOST/tunnel                 TunnelRecord: its WireGuard public key and port (host lease;
                                    PYBRIDGE_CLUSTER_ENCRYPT=wireguard), reached at HOST itself
   net/CLUSTERNET                   NetRecord: subnets, gateways, VNI, gateway MAC, MTU (no lease)
@@ -135,6 +138,23 @@ def split_listing_key(key: str) -> tuple[str, str, int] | None:
         return None
     parts = key[len(PREFIX) + 5 :].split("/")
     if len(parts) != 4 or parts[1] != "addr" or not _NAME_RE.fullmatch(parts[2]):
+        return None
+    if not re.fullmatch(r"[0-9a-f]{32}", parts[3]):
+        return None
+    host = _host_of(key, parts[0])
+    return (host, parts[2], int(parts[3], 16)) if host is not None else None
+
+
+def want_key(name: str, host: str, address: int) -> str:
+    return f"{host_prefix(host)}want/{name}/{address:032x}"
+
+
+def split_want_key(key: str) -> tuple[str, str, int] | None:
+    """(asking host, network, address) of a host/HOST/want/NET/ADDRHEX key, or None."""
+    if not key.startswith(PREFIX + "host/"):
+        return None
+    parts = key[len(PREFIX) + 5 :].split("/")
+    if len(parts) != 4 or parts[1] != "want" or not _NAME_RE.fullmatch(parts[2]):
         return None
     if not re.fullmatch(r"[0-9a-f]{32}", parts[3]):
         return None
@@ -358,7 +378,7 @@ def parse_net(key: str, value: bytes) -> NetRecord:
 def parse_addr(key: str, value: bytes) -> AddrRecord:
     d = _load(key, value)
     host, kind = d.get("host"), d.get("kind")
-    if not isinstance(kind, str) or kind not in ("gateway", "static", "dynamic", "aux"):
+    if not isinstance(kind, str) or kind not in ("gateway", "static", "dynamic", "aux", "reserve"):
         raise InvalidRecord(f"etcd key {key[:100]!r}: kind {kind!r} unknown")
     return AddrRecord(host_address(key, host) if host else "", kind)
 

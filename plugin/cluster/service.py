@@ -20,6 +20,7 @@ import functools
 import ipaddress
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, ContextManager, Iterable, Iterator
@@ -28,6 +29,7 @@ from ..domain.errors import Conflict, Exhausted
 from ..domain.model import ContainerInfo
 from . import records as r
 from .addresses import AddressBook, home
+from .reserve import SHARE, Reserve
 from .watch import ClusterWatch, Peers
 from .interfaces import (
     Absent,
@@ -46,6 +48,9 @@ from .interfaces import (
 log = logging.getLogger(__name__)
 
 CLAIM_ATTEMPTS = 64
+RESERVE_WAIT = 1.0  # seconds a call waits for the reserve's next batch before it claims alone
+HANDOVER_WAIT = 2.0  # seconds a host waits for another to give up an address of its reserve
+BATCH = 40  # addresses claimed in one transaction at most (etcd allows 128 operations)
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,12 @@ class ClusterService:
         self._lock = threading.RLock()
         self._book = AddressBook()
         self.watch = ClusterWatch(kv, host, self._book)
+        # addresses claimed ahead (see reserve.py), topped up by run_reserve while it runs
+        self._reserve = Reserve()
+        self._reserving = False
+        self._refill_due = threading.Event()
+        self._reserve_cursor: dict[str, int] = {}
+        self.watch.on_want = self._give_up
         self.reachable = False
         self.resyncs = 0
         self.local: Callable[[], list[LocalNetwork]] = lambda: []
@@ -280,6 +291,7 @@ class ClusterService:
         with self._names_lock:
             self._names.pop(name, None)
             self._names_pending.discard(name)
+        self._reserve.forget(name)  # (its claims are this host's: they go below)
         try:
             held, _ = self.kv.range(r.addr_prefix(name))
             ops: list[Operation] = [
@@ -329,18 +341,68 @@ class ClusterService:
             return False
 
     def claim(self, name: str, address: int, kind: str) -> bool:
-        """True when this host holds the address now (made now, or held already)."""
+        """True when this host holds the address now (made now, or held already). An address
+        of this host's reserve is handed out as it is; one in another host's reserve is asked
+        for, when asked for by name (a static address)."""
+        if self._reserve.drop(name, address, handed=True):
+            return True
         key = r.addr_key(name, address)
         try:
             value = r.AddrRecord(self.host, kind).to_json().encode()
             if self._take(name, address, value):
                 return True
             held = self.kv.get(key)
+            if kind == "static" and held is not None and self._reserved_by_another(key, held):
+                return self._ask(name, address, value)
         except ClusterUnavailable as e:
             raise self._fail(f"address {ipaddress.ip_address(address)} of cluster network {name}", e) from e
         if self.watch.holder(name, address) == self.host:
             return True  # (its claim in addr/ was deleted and made anew by another host: it holds it all the same)
         return held is not None and self._mine(key, held) and self.watch.holder(name, address) in (None, self.host)
+
+    def _reserved_by_another(self, key: str, value: bytes) -> bool:
+        try:
+            record = r.parse_addr(key, value)
+        except r.InvalidRecord:
+            return False
+        return record.kind == "reserve" and record.host not in ("", self.host)
+
+    def _ask(self, name: str, address: int, value: bytes) -> bool:
+        """Ask the host whose reserve holds `address` to give it up (a key under this host's own
+        prefix: the holder knows who asks), and claim it once it is free; False when it was not
+        given up in HANDOVER_WAIT (the holder handed it out meanwhile, or does not answer)."""
+        want, key = r.want_key(name, self.host, address), r.addr_key(name, address)
+        self._leased([], lambda lease: [Put(want, b"{}", lease)])
+        try:
+            deadline = time.monotonic() + HANDOVER_WAIT
+            while time.monotonic() < deadline:
+                held = self.kv.get(key)
+                if held is None and self._take(name, address, value):
+                    return True
+                if held is not None and not self._reserved_by_another(key, held):
+                    return False  # handed out there (its record says so now), or taken by a third
+                time.sleep(0.02)
+            return False
+        finally:
+            self.kv.txn([], [Delete(want)])
+
+    def _give_up(self, name: str, address: int, asker: str) -> None:
+        """Another host asks for an address: given up when it is in this host's reserve (not
+        handed out); else the asker's wait ends when it sees the record, or times out."""
+        if not self._reserve.drop(name, address):
+            return
+        log.info("cluster network %s: %s given up to %s, which asks for it", name, ipaddress.ip_address(address), asker)
+        with self.changing():
+            self._give_back(name, address)
+
+    def _give_back(self, name: str, address: int) -> None:
+        """A claim of the reserve (not handed out) is deleted, with this host's listing of it."""
+        key = r.addr_key(name, address)
+        value = r.AddrRecord(self.host, "reserve").to_json().encode()
+        try:
+            self.kv.txn([ValueIs(key, value)], [Delete(key), Delete(r.listing_key(name, self.host, address))])
+        except ClusterUnavailable:
+            self._dirty.set()  # (the resync deletes what this host no longer wants)
 
     def _take(self, name: str, address: int, value: bytes) -> bool:
         """Claim a free address: its claim in addr/ and this host's listing of it, in one
@@ -369,9 +431,23 @@ class ClusterService:
         self._book.load(name, [*claimed, *self.watch.listed(name)])
 
     def allocate(self, name: str, lo: int, hi: int, cursor: int, avoid: Collection[int] = ()) -> int:
+        """A free address in [lo, hi]: from this host's reserve while it is kept (no etcd round
+        trip), waiting with the others for its next batch when it is empty; else claimed alone."""
+        if self._reserving:
+            got = self._reserve.take(name, lo, hi, avoid)
+            if got is None:
+                self._refill_due.set()
+                got = self._reserve.wait(name, lo, hi, avoid, RESERVE_WAIT)
+            self._refill_due.set()
+            if got is not None:
+                return got
+        return self._allocate(name, lo, hi, cursor, avoid)
+
+    def _allocate(self, name: str, lo: int, hi: int, cursor: int, avoid: Collection[int] = ()) -> int:
         """A free address in [lo, hi] after cursor (or after this host's home in the subnet, for
         its first), claimed for this host: usually one transaction (see AddressBook). Addresses
-        in `avoid` (remembered for containers that restart) are taken only when no other is free."""
+        in `avoid` (remembered for containers that restart) are taken only when no other is free.
+        With none left, one in another host's reserve is asked for."""
         try:
             if not self._book.known(name):
                 self._load_taken(name)
@@ -383,6 +459,9 @@ class ClusterService:
                     value = self._book.reserve(name, lo, hi, cursor)
                 if value is None:
                     if reloaded:
+                        asked = self._ask_any(name, lo, hi)
+                        if asked is not None:
+                            return asked
                         raise Exhausted(f"no free address left in cluster network {name}")
                     self._load_taken(name)  # the book may hold addresses freed since
                     reloaded = True
@@ -401,6 +480,104 @@ class ClusterService:
         except ClusterUnavailable as e:
             raise self._fail(f"an address on cluster network {name}", e) from e
         raise Exhausted(f"cluster network {name}: no address could be claimed in {CLAIM_ATTEMPTS} attempts")
+
+    def _ask_any(self, name: str, lo: int, hi: int) -> int | None:
+        """The subnet is full: an address in another host's reserve, asked for (a few tried)."""
+        held, _ = self.kv.range(r.addr_prefix(name))
+        value = r.AddrRecord(self.host, "dynamic").to_json().encode()
+        candidates = [
+            parts[1]
+            for k, v in sorted(held.items())
+            if (parts := r.split_addr_key(k, name)) and lo <= parts[1] <= hi and self._reserved_by_another(k, v)
+        ]
+        for address in candidates[:3]:
+            if self._ask(name, address, value):
+                return address
+        return None
+
+    # --- the reserve
+    def run_reserve(self, stop: threading.Event) -> None:
+        """Keep the reserve of each network in demand topped up (and give back what is over its
+        share), write the records of addresses handed out from it as theirs ("dynamic")."""
+        self._reserving = True
+        try:
+            while not stop.is_set():
+                self._refill_due.wait(1.0)
+                self._refill_due.clear()
+                for name, (lo, hi) in self._reserve.networks().items():
+                    try:
+                        self._refill(name, lo, hi)
+                    except ClusterUnavailable:
+                        stop.wait(0.5)
+                    except Exception:
+                        log.exception("cluster network %s: the reserve of addresses", name)
+                        stop.wait(0.5)
+        finally:
+            self._reserving = False
+
+    def _refill(self, name: str, lo: int, hi: int) -> None:
+        with self.changing():  # the claims and the reserve, as one step for the resync
+            if not self._book.known(name):
+                self._load_taken(name)
+            # (what the reserve holds counts as free here: the share is of what no container has)
+            free = self._book.free(name, lo, hi) + len(self._reserve.addresses(name))
+            cap = free // (SHARE * max(1, self.watch.hosts(name)))
+            n = self._reserve.wanted(name, cap)
+            if n < 0:
+                for a in self._reserve.excess(name, -n):
+                    self._give_back(name, a)
+            elif n > 0:
+                got = self._claim_batch(name, lo, hi, min(n, BATCH))
+                if not self._reserve.add(name, got):  # (the network left meanwhile)
+                    for a in got:
+                        self._give_back(name, a)
+            handed = self._reserve.handed(name)
+        if handed:
+            reserve = r.AddrRecord(self.host, "reserve").to_json().encode()
+            dynamic = r.AddrRecord(self.host, "dynamic").to_json().encode()
+            keys = [r.addr_key(name, a) for a in sorted(handed)]
+            if not self._leased([ValueIs(k, reserve) for k in keys], functools.partial(self._puts, keys, dynamic)):
+                for k in keys:  # (one was released meanwhile: each on its own)
+                    self._leased([ValueIs(k, reserve)], functools.partial(self._puts, [k], dynamic))
+
+    @staticmethod
+    def _puts(keys: list[str], value: bytes, lease: int) -> list[Operation]:
+        return [Put(k, value, lease) for k in keys]
+
+    def _claim_batch(self, name: str, lo: int, hi: int, n: int) -> list[int]:
+        """Up to n free addresses claimed for the reserve in one transaction (each on its own when
+        that fails: another host took one of them meanwhile)."""
+        cursor = self._reserve_cursor.get(name, home(self.host, lo, hi))
+        picks: list[int] = []
+        for _ in range(n):
+            a = self._book.reserve(name, lo, hi, cursor)
+            if a is None:
+                break
+            picks.append(a)
+            cursor = a
+        self._reserve_cursor[name] = cursor
+        if not picks:
+            return []
+        value = r.AddrRecord(self.host, "reserve").to_json().encode()
+        won: list[int] = []
+        answered = False
+        try:
+            if self._leased(
+                [Absent(r.addr_key(name, a)) for a in picks],
+                lambda lease: [op for a in picks for op in _claim_ops(name, self.host, a, value, lease)],
+            ):
+                for a in picks:
+                    if self.watch.holder(name, a) in (None, self.host):
+                        won.append(a)
+                    else:  # (listed first by another host: its all the same)
+                        self._give_back(name, a)
+            else:
+                won = [a for a in picks if self._take(name, a, value)]
+            answered = True
+        finally:
+            for a in picks:  # (taken: by this host, or by the one that had it first)
+                self._book.settle(name, a, taken=answered)
+        return won
 
     def release(self, name: str, address: int) -> None:
         key = r.addr_key(name, address)
@@ -575,6 +752,8 @@ class ClusterService:
         with self._turns.alone():
             networks = self.local()
             mine = {n.name for n in networks}
+            for name in set(self._reserve.networks()) - mine:
+                self._reserve.forget(name)
             listings = self._listings()
             for n in networks:
                 self._resync_network(n, lease, listings.get(n.name, {}))
@@ -609,6 +788,14 @@ class ClusterService:
                 log.error("cluster network %s: aux address %s is held by a container", n.name, a)
         held, _ = self.kv.range(r.addr_prefix(n.name))
         wanted = {r.addr_key(n.name, a): kind for a, kind in n.addresses}
+        for ra in self._reserve.addresses(n.name):  # kept while etcd still has it as this host's
+            k = r.addr_key(n.name, ra)
+            listed = listings.get(ra, {})
+            own, others = listed.get(self.host), [c for h, c in listed.items() if h != self.host]
+            if k in held and self._mine(k, held[k]) and not (others and (own is None or min(others) < own)):
+                wanted.setdefault(k, "reserve")
+            else:
+                self._reserve.drop(n.name, ra)
         for k, kind in wanted.items():
             address = int(k.rsplit("/", 1)[-1], 16)
             listed = listings.get(address, {})
@@ -688,6 +875,7 @@ class ClusterService:
                 (self.watch.run, "pybridge-cluster-watch"),
                 (self.watch.run_notifier, "pybridge-cluster-notify"),
                 (self.run_names, "pybridge-cluster-names"),
+                (self.run_reserve, "pybridge-cluster-reserve"),
             )
         ]
         for t in self._threads:
@@ -743,4 +931,9 @@ class ClusterService:
             "refused_records": self.watch.refused,
             "tunnel": self.describe_tunnel(),
             "clashes": {n: sorted(str(ipaddress.ip_address(a)) for a in s) for n, s in self.clashes.items() if s},
+            "reserve": {
+                "hits": self._reserve.hits,
+                "misses": self._reserve.misses,
+                "held": {n: len(self._reserve.addresses(n)) for n in self._reserve.networks()},
+            },
         }

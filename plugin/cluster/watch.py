@@ -48,6 +48,8 @@ class ClusterWatch:
         self.on_names: Callable[[str, list[ContainerInfo]], None] = lambda n, c: None
         self.on_loaded: Callable[[], None] = lambda: None
         self.on_tunnels: Callable[[dict[str, r.TunnelRecord]], None] = lambda t: None
+        # another host asks for an address: (network, address, asking host)
+        self.on_want: Callable[[str, int, str], None] = lambda n, a, h: None
         self._tunnels: dict[str, r.TunnelRecord] = {}  # host -> its WireGuard record (live hosts)
         self.refused = 0  # keys and values under host/ that are not pybridge's
         # what makes a record count: its host is a live member of the network (its member key,
@@ -97,9 +99,12 @@ class ClusterWatch:
                     {
                         k: v
                         for k, (v, _) in own.items()
-                        if r.split_member_key(k) is None and r.split_listing_key(k) is None
+                        if r.split_member_key(k) is None
+                        and r.split_listing_key(k) is None
+                        and r.split_want_key(k) is None
                     }
                 )
+                self._wanted([r.split_want_key(k) for k in own])
                 self.loaded = True
                 try:
                     self.on_loaded()
@@ -117,8 +122,14 @@ class ClusterWatch:
 
     def _events(self, events: list[Event]) -> None:
         changed: set[tuple[str, str]] = set()
+        wants: list[tuple[str, str, int] | None] = []
         with self._lock:
             for ev in events:
+                want = r.split_want_key(ev.key)
+                if want is not None:
+                    if ev.value is not None:
+                        wants.append(want)
+                    continue
                 if r.split_addr_key(ev.key) is not None:
                     self._claim(ev.key, ev.value)
                     continue
@@ -130,6 +141,23 @@ class ClusterWatch:
                     continue
                 changed |= self._apply(ev.key, ev.value)
         self._notify(changed)
+        self._wanted(wants)
+
+    def _wanted(self, wants: list[tuple[str, str, int] | None]) -> None:
+        """Tell of the addresses other hosts ask for (outside the lock: answering writes etcd)."""
+        for want in wants:
+            if want is None or want[0] == self.host:
+                continue
+            asker, network, address = want
+            try:
+                self.on_want(network, address, asker)
+            except Exception:
+                log.exception("cluster network %s: an address asked for by %s", network, asker)
+
+    def hosts(self, network: str) -> int:
+        """How many hosts are live members of the network."""
+        with self._lock:
+            return len(self._members.get(network, ()))
 
     def _member(self, key: str, value: bytes | None, recount: bool = True) -> set[tuple[str, str]]:
         parts = r.split_member_key(key)

@@ -121,5 +121,6 @@ class Views:
             "resyncs": state["resyncs"],
             "refused_records": state["refused_records"],
             "clashes": state["clashes"],
+            "reserve": state.get("reserve", {"hits": 0, "misses": 0, "held": {}}),
             "networks": out,
         }

@@ -8,6 +8,8 @@ import ipaddress
 import json
 import time
 
+import pytest
+
 from tests.waiting import wait_for
 
 
@@ -71,8 +73,39 @@ def test_twenty_concurrent_starts_on_each_of_three_hosts_get_sixty_addresses(clu
         futures = [pool.submit(start, h, i) for h in cluster.hosts for i in range(20)]
         addresses = [f.result() for f in futures]
     assert len(addresses) == 60 and len(set(addresses)) == 60, sorted(addresses)
-    held = cluster.etcdctl("get", "--prefix", "--keys-only", f"/pybridge/v2/addr/{name}/").split()
-    assert len(held) == 61  # and the gateway
+    # in etcd: the sixty and the gateway, and what each host claimed ahead in its reserve
+    # (issue 23, item 6), whose records become "dynamic" once handed out
+    assert wait_for(lambda: sum(kind != "reserve" for kind in claims(cluster, name).values()) == 61, timeout=10), (
+        claims(cluster, name)
+    )
+    ahead = [a for a, kind in claims(cluster, name).items() if kind == "reserve"]
+    assert not set(ahead) & set(addresses)
+
+
+def claims(cluster, name: str) -> dict[str, str]:
+    """address -> kind of every claim in etcd on cluster network `name`."""
+    lines = cluster.etcdctl("get", "--prefix", f"/pybridge/v2/addr/{name}/").splitlines()
+    out = {}
+    for key, value in zip(lines[::2], lines[1::2]):
+        out[str(ipaddress.ip_address(int(key.rsplit("/", 1)[-1], 16)))] = json.loads(value)["kind"]
+    return out
+
+
+def test_an_address_in_another_hosts_reserve_is_given_up_to_docker_run_ip(cluster, net):
+    """Issue 23, item 6: host 1 holds addresses claimed ahead; `docker run --ip` of one of them
+    on host 2 gets it (host 1 gives it up), and a container of host 1 reaches it there. One
+    host 1 has handed out is refused on host 3."""
+    h1, h2, h3 = cluster.hosts
+    name = net()
+    mine = h1.run(f"{name}-one", name, "sleep", "600")
+    assert wait_for(lambda: "reserve" in claims(cluster, name).values(), timeout=10), claims(cluster, name)
+    wanted = next(a for a, kind in sorted(claims(cluster, name).items()) if kind == "reserve")
+    assert h2.run(f"{name}-two", name, "httpd", "-f", "-p", "8080", extra=("--ip", wanted)) == wanted
+    assert claims(cluster, name)[wanted] == "static"
+    http = h1.exec(f"{name}-one", "sh", "-c", f"echo 'GET / HTTP/1.0' | nc -w 3 {wanted} 8080")
+    assert http.stdout.startswith("HTTP/1."), http.stdout + http.stderr
+    with pytest.raises(AssertionError, match=f"address {mine} is already in use in cluster network"):
+        h3.run(f"{name}-three", name, "sleep", "600", extra=("--ip", mine))
 
 
 def test_without_etcd_running_containers_talk_new_cluster_starts_fail_clearly_local_ones_work(cluster, net):

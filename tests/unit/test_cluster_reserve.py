@@ -1,0 +1,229 @@
+"""Issue 23, item 6: each host keeps a small reserve of a cluster network's addresses, claimed in
+etcd ahead of need, so that a container's address needs no etcd round trip; an address asked for
+by name (--ip) on another host is given up by the host whose reserve holds it, and a nearly full
+subnet's last addresses are not held back in reserves."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+
+import pytest
+
+from plugin.cluster import records as r
+from plugin.cluster.reserve import SHARE, TARGET, Reserve
+from plugin.domain.errors import Conflict, Exhausted
+from tests.fakes import FakeKV
+from tests.unit.test_cluster import create_cluster_net, make_host, nid, wait_until
+
+
+@pytest.fixture
+def kv():
+    return FakeKV()
+
+
+@pytest.fixture
+def hosts(tmp_path, kv):
+    made = [make_host(tmp_path, kv, n) for n in (1, 2)]
+    for h in made:
+        h.cluster.start()
+    yield made
+    for h in made:
+        h.cluster.stop()
+        h.store.close()
+    assert [h.cluster.kv.refused for h in made] == [0, 0]
+
+
+def ip(a: str) -> int:
+    return int(ipaddress.ip_interface(a).ip)
+
+
+def record(kv, address: int) -> dict | None:
+    raw = kv.get(r.addr_key("web", address))
+    return json.loads(raw) if raw is not None else None
+
+
+def reserved(h) -> set[int]:
+    return h.cluster._reserve.addresses("web")
+
+
+def txns_on_this_thread(kv, monkeypatch) -> list:
+    """The transactions the calling thread makes from now on (the reserve's own thread's are
+    not counted)."""
+    made: list = []
+    real = kv.txn
+    me = threading.get_ident()
+
+    def txn(conditions, operations):
+        if threading.get_ident() == me:
+            made.append(operations)
+        return real(conditions, operations)
+
+    monkeypatch.setattr(kv, "txn", txn)
+    return made
+
+
+def test_addresses_come_from_the_reserve_with_no_etcd_transaction_on_the_call(hosts, kv, monkeypatch):
+    a, _ = hosts
+    pool = create_cluster_net(a, nid(1))
+    first = a.ipam.request_address(pool, "", {})  # the network is in demand from now on
+    wait_until(lambda: len(reserved(a)) == TARGET, what="the reserve filled")
+    ahead = reserved(a)
+    for address in ahead:  # claimed in etcd for this host, and listed by it
+        assert record(kv, address) == {"host": a.address, "kind": "reserve"}
+        assert kv.get(r.listing_key("web", a.address, address)) is not None
+    made = txns_on_this_thread(a.cluster.kv, monkeypatch)
+    got = [a.ipam.request_address(pool, "", {}) for _ in range(5)]
+    assert made == [], "an address from the reserve needs no etcd transaction"
+    assert {ip(g) for g in got} <= ahead and len(set(got)) == 5 and first not in got
+    # the records of what was handed out become the container's, and the reserve is topped up
+    wait_until(
+        lambda: all(record(kv, ip(g)) == {"host": a.address, "kind": "dynamic"} for g in got),
+        what="handed-out records rewritten as dynamic",
+    )
+    wait_until(lambda: len(reserved(a)) == TARGET, what="the reserve topped up")
+    assert not reserved(a) & {ip(g) for g in got}
+    assert a.cluster.snapshot()["reserve"]["hits"] >= 5
+
+
+def test_a_burst_waits_for_one_batch_instead_of_each_claiming_alone(hosts, kv):
+    """20 calls at once on a host whose reserve holds 8: the rest wait for the next batch, which
+    claims for all of them in one transaction; never an address twice."""
+    a, b = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    a.ipam.request_address(pa, "", {})
+    b.ipam.request_address(pb, "", {})
+    wait_until(lambda: len(reserved(a)) == TARGET and len(reserved(b)) == TARGET, what="both reserves filled")
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def start(h, pool):
+        a = h.ipam.request_address(pool, "", {})
+        with lock:
+            got.append(a)
+
+    threads = [threading.Thread(target=start, args=(h, p)) for h, p in ((a, pa), (b, pb)) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 40 and len(set(got)) == 40
+    assert a.cluster._reserve.misses == 0 and b.cluster._reserve.misses == 0, "every call was served by a batch"
+    for g in got:  # each is its host's in etcd, and listed by that host only
+        holder = record(kv, ip(g))["host"]
+        assert kv.get(r.listing_key("web", holder, ip(g))) is not None
+
+
+def test_an_address_asked_for_by_name_is_given_up_by_the_reserve_that_holds_it(hosts, kv):
+    a, b = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    a.ipam.request_address(pa, "", {})
+    wait_until(lambda: len(reserved(a)) == TARGET, what="A's reserve filled")
+    wait_until(lambda: b.cluster.loaded, what="B's first read")
+    wanted = min(reserved(a))
+    text = str(ipaddress.ip_address(wanted))
+    assert b.ipam.request_address(pb, text, {}) == f"{text}/24"
+    assert record(kv, wanted) == {"host": b.address, "kind": "static"}
+    assert kv.get(r.listing_key("web", a.address, wanted)) is None
+    assert wanted not in reserved(a)
+    assert not [k for k in kv.data if r.split_want_key(k)], "the question is gone once answered"
+    # A hands out only what it still holds
+    got = {ip(a.ipam.request_address(pa, "", {})) for _ in range(TARGET + 2)}
+    assert wanted not in got
+
+
+def test_an_address_handed_out_from_a_reserve_is_refused_to_another_host(hosts, kv):
+    a, b = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    a.ipam.request_address(pa, "", {})
+    wait_until(lambda: len(reserved(a)) == TARGET, what="A's reserve filled")
+    mine = a.ipam.request_address(pa, "", {})
+    with pytest.raises(Conflict, match=f"{mine.split('/')[0]} is already in use in cluster network web"):
+        b.ipam.request_address(pb, mine.split("/")[0], {})
+    assert record(kv, ip(mine))["host"] == a.address
+
+
+def fill_27(a, b, full: bool):
+    subnet, gw = "10.205.9.0/27", "10.205.9.1/27"  # 29 addresses for containers
+    pa = create_cluster_net(a, nid(1), subnet=subnet, gateway=gw)
+    pb = create_cluster_net(b, nid(2), subnet=subnet, gateway=gw)
+    theirs = {a.ipam.request_address(pa, "", {}) for _ in range(4)}
+    if full:
+        wait_until(lambda: len(reserved(a)) == TARGET, what="A keeps a full reserve")
+    else:  # its share: 25 free // (SHARE x 2 hosts)
+        wait_until(lambda: len(reserved(a)) == 25 // (SHARE * 2), what="A keeps its share")
+    return pa, pb, theirs
+
+
+def take_all(h, pool) -> set[str]:
+    got = set()
+    while True:
+        try:
+            got.add(h.ipam.request_address(pool, "", {}))
+        except Exhausted:
+            return got
+
+
+def test_a_reserve_shrinks_to_its_share_as_the_subnet_fills(hosts, kv):
+    """A keeps at most free // (SHARE x hosts): once B has taken most of a /27, A gives back
+    what it held ahead, with no one asking."""
+    a, b = hosts
+    _, pb, _ = fill_27(a, b, full=False)
+    for _ in range(18):  # 29 - 4 - 3 = 22 were free: 4 are left, a share of 0
+        b.ipam.request_address(pb, "", {})
+    a.cluster._refill_due.set()
+    wait_until(lambda: not reserved(a), what="A's reserve given back")
+    assert len(take_all(b, pb)) == 29 - 4 - 18
+
+
+def test_the_last_addresses_of_a_full_subnet_are_asked_for_from_another_hosts_reserve(hosts, kv, monkeypatch):
+    """Where A still holds a reserve when B finds nothing free (here A believes the subnet
+    empty, so it keeps its reserve whole), B asks A for them, and gets them."""
+    a, b = hosts
+    monkeypatch.setattr(a.cluster._book, "free", lambda network, lo, hi: 1000)
+    _, pb, theirs = fill_27(a, b, full=True)
+    ours = take_all(b, pb)
+    assert not ours & theirs
+    assert len(ours) + len(theirs) == 29, (len(ours), sorted(reserved(a)))
+    assert not reserved(a)
+
+
+def test_a_reserve_etcd_lost_is_claimed_anew_and_a_restart_gives_it_back(hosts, kv):
+    a, _ = hosts
+    pool = create_cluster_net(a, nid(1))
+    a.ipam.request_address(pool, "", {})
+    wait_until(lambda: len(reserved(a)) == TARGET, what="A's reserve filled")
+    kv.data.clear()  # etcd lost everything: what it no longer has is dropped, and claimed anew
+    kv.leases.clear()
+
+    def claimed_again():
+        now = reserved(a)
+        return len(now) == TARGET and all(record(kv, x) == {"host": a.address, "kind": "reserve"} for x in now)
+
+    wait_until(claimed_again, what="the reserve claimed again after etcd's loss")
+    ahead = reserved(a)
+    # a restarted plugin has no reserve (it is in memory only): its first resync deletes the
+    # claims made ahead
+    a.cluster.stop()
+    a.cluster._reserve.forget("web")
+    a.cluster._dirty.set()
+    a.cluster.start()
+    wait_until(lambda: all(record(kv, x) is None for x in ahead), what="the claims made ahead deleted")
+
+
+def test_the_reserve_bookkeeping():
+    res = Reserve(target=3)
+    assert res.take("n", 10, 20) is None  # in demand from now on
+    assert res.wanted("n", cap=100) == 3
+    assert res.wanted("n", cap=1) == 1
+    assert res.add("n", [11, 12, 13])
+    assert res.take("n", 10, 20, avoid={11}) == 12
+    assert res.take("n", 13, 20) == 13
+    assert res.wanted("n", cap=100) == 2
+    assert res.wanted("n", cap=0) == -1  # the share is gone: give back
+    assert res.excess("n", 1) == [11]
+    assert res.handed("n") == {12, 13} and res.handed("n") == set()
+    assert res.add("n", [14]) and res.drop("n", 14, handed=True) and res.handed("n") == {14}
+    assert not res.drop("n", 14)
+    assert res.forget("n") == [] and not res.add("n", [15])
