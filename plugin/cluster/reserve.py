@@ -24,10 +24,11 @@ TARGET = 8
 SHARE = 4
 
 
+Range = tuple[str, int, int]  # (network, first, last address): a network's IPv4 and IPv6 apart
+
+
 @dataclass
 class _Net:
-    lo: int
-    hi: int
     free: list[int] = field(default_factory=list)  # claimed ahead, not handed out, oldest first
     waiting: int = 0  # calls waiting for the next batch
     handed: set[int] = field(default_factory=set)  # handed out: etcd's record still says "reserve"
@@ -37,80 +38,68 @@ class Reserve:
     def __init__(self, target: int = TARGET) -> None:
         self.target = target
         self._cond = threading.Condition()
-        self._nets: dict[str, _Net] = {}
+        self._nets: dict[Range, _Net] = {}
         self.hits = 0
         self.misses = 0
 
     def take(self, network: str, lo: int, hi: int, avoid: Collection[int] = ()) -> int | None:
-        """An address of the reserve in [lo, hi] and not in `avoid`, handed out now (None: none);
-        the network is in demand from now on (the range is the last one asked for)."""
+        """An address of the reserve of [lo, hi], not in `avoid`, handed out now (None: none);
+        the range is in demand from now on."""
         with self._cond:
-            return self._take(self._demand(network, lo, hi), lo, hi, avoid)
+            return self._take(self._nets.setdefault((network, lo, hi), _Net()), avoid)
 
     def wait(self, network: str, lo: int, hi: int, avoid: Collection[int], timeout: float) -> int | None:
         """As take, waiting up to `timeout` for the next batch (which claims one more for each
         waiting call); None when none came (the caller claims alone)."""
         with self._cond:
-            net = self._demand(network, lo, hi)
+            net = self._nets.setdefault((network, lo, hi), _Net())
             net.waiting += 1
-            self._cond.notify_all()
             try:
-                got = self._cond.wait_for(lambda: self._take(net, lo, hi, avoid), timeout)
+                got = self._cond.wait_for(lambda: self._take(net, avoid), timeout)
             finally:
                 net.waiting -= 1
             if got is None:
                 self.misses += 1
             return got
 
-    def _take(self, net: _Net, lo: int, hi: int, avoid: Collection[int]) -> int | None:
+    def _take(self, net: _Net, avoid: Collection[int]) -> int | None:
         for i, a in enumerate(net.free):
-            if lo <= a <= hi and a not in avoid:
+            if a not in avoid:
                 del net.free[i]
                 net.handed.add(a)
                 self.hits += 1
                 return a
         return None
 
-    def _demand(self, network: str, lo: int, hi: int) -> _Net:
-        net = self._nets.get(network)
-        if net is None:
-            net = self._nets[network] = _Net(lo, hi)
-        net.lo, net.hi = lo, hi
-        return net
-
-    def wanted(self, network: str, cap: int) -> int:
+    def wanted(self, key: Range, cap: int) -> int:
         """How many to claim now: the target (no more than `cap`) and one for each call waiting,
         less what the reserve has; negative: how many to give back."""
         with self._cond:
-            net = self._nets.get(network)
+            net = self._nets.get(key)
             if net is None:
                 return 0
             return max(0, min(self.target, cap)) + net.waiting - len(net.free)
 
-    def waiters(self) -> bool:
+    def ranges(self) -> list[Range]:
+        """The ranges in demand."""
         with self._cond:
-            return any(n.waiting for n in self._nets.values())
+            return list(self._nets)
 
-    def networks(self) -> dict[str, tuple[int, int]]:
-        """The networks in demand, with the range last asked for."""
+    def add(self, key: Range, addresses: Collection[int]) -> bool:
+        """Claimed addresses into the reserve; False when the range is no longer in demand here
+        (its network was forgotten meanwhile: the caller gives them back)."""
         with self._cond:
-            return {n: (net.lo, net.hi) for n, net in self._nets.items()}
-
-    def add(self, network: str, addresses: Collection[int]) -> bool:
-        """Claimed addresses into the reserve; False when the network is no longer in demand
-        here (it was forgotten meanwhile: the caller gives them back)."""
-        with self._cond:
-            net = self._nets.get(network)
+            net = self._nets.get(key)
             if net is None:
                 return False
             net.free.extend(a for a in addresses if a not in net.free)
             self._cond.notify_all()
             return True
 
-    def excess(self, network: str, count: int) -> list[int]:
+    def excess(self, key: Range, count: int) -> list[int]:
         """The newest `count` addresses of the reserve, taken out of it (to be given back)."""
         with self._cond:
-            net = self._nets.get(network)
+            net = self._nets.get(key)
             if net is None or count <= 0:
                 return []
             out = net.free[-count:]
@@ -118,35 +107,46 @@ class Reserve:
             return out
 
     def drop(self, network: str, address: int, handed: bool = False) -> bool:
-        """Take `address` out of the reserve: True when it was there, not handed out. `handed`:
-        it is handed out here now (asked for by name); else it is given up (to another host)."""
+        """Take `address` out of the network's reserve: True when it was there, not handed out.
+        `handed`: it is handed out here now (asked for by name); else it is given up."""
         with self._cond:
-            net = self._nets.get(network)
-            if net is None or address not in net.free:
-                return False
-            net.free.remove(address)
-            if handed:
-                net.handed.add(address)
-                self.hits += 1
-            return True
+            for (name, _, _), net in self._nets.items():
+                if name == network and address in net.free:
+                    net.free.remove(address)
+                    if handed:
+                        net.handed.add(address)
+                        self.hits += 1
+                    return True
+            return False
 
-    def handed(self, network: str) -> set[int]:
+    def handed(self, key: Range) -> set[int]:
         """Handed out since the last call, whose records still say "reserve"."""
         with self._cond:
-            net = self._nets.get(network)
+            net = self._nets.get(key)
             if net is None:
                 return set()
             out, net.handed = net.handed, set()
             return out
 
-    def addresses(self, network: str) -> set[int]:
+    def held(self, key: Range) -> int:
         with self._cond:
-            net = self._nets.get(network)
-            return set(net.free) if net is not None else set()
+            net = self._nets.get(key)
+            return len(net.free) if net is not None else 0
+
+    def addresses(self, network: str) -> set[int]:
+        """What the network's reserve holds, in every range."""
+        with self._cond:
+            return {a for (name, _, _), net in self._nets.items() if name == network for a in net.free}
+
+    def networks(self) -> set[str]:
+        with self._cond:
+            return {name for name, _, _ in self._nets}
 
     def forget(self, network: str) -> list[int]:
         """The network is gone here: its reserve (to be given back) and its demand."""
         with self._cond:
-            net = self._nets.pop(network, None)
+            out: list[int] = []
+            for key in [k for k in self._nets if k[0] == network]:
+                out += self._nets.pop(key).free
             self._cond.notify_all()
-            return list(net.free) if net is not None else []
+            return out

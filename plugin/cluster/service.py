@@ -150,7 +150,7 @@ class ClusterService:
         self._reserve = Reserve()
         self._reserving = False
         self._refill_due = threading.Event()
-        self._reserve_cursor: dict[str, int] = {}
+        self._reserve_cursor: dict[tuple[str, int, int], int] = {}
         self.watch.on_want = self._give_up
         self.reachable = False
         self.resyncs = 0
@@ -504,34 +504,35 @@ class ClusterService:
             while not stop.is_set():
                 self._refill_due.wait(1.0)
                 self._refill_due.clear()
-                for name, (lo, hi) in self._reserve.networks().items():
+                for key in self._reserve.ranges():
                     try:
-                        self._refill(name, lo, hi)
+                        self._refill(key)
                     except ClusterUnavailable:
                         stop.wait(0.5)
                     except Exception:
-                        log.exception("cluster network %s: the reserve of addresses", name)
+                        log.exception("cluster network %s: the reserve of addresses", key[0])
                         stop.wait(0.5)
         finally:
             self._reserving = False
 
-    def _refill(self, name: str, lo: int, hi: int) -> None:
+    def _refill(self, key: tuple[str, int, int]) -> None:
+        name, lo, hi = key
         with self.changing():  # the claims and the reserve, as one step for the resync
             if not self._book.known(name):
                 self._load_taken(name)
             # (what the reserve holds counts as free here: the share is of what no container has)
-            free = self._book.free(name, lo, hi) + len(self._reserve.addresses(name))
+            free = self._book.free(name, lo, hi) + self._reserve.held(key)
             cap = free // (SHARE * max(1, self.watch.hosts(name)))
-            n = self._reserve.wanted(name, cap)
+            n = self._reserve.wanted(key, cap)
             if n < 0:
-                for a in self._reserve.excess(name, -n):
+                for a in self._reserve.excess(key, -n):
                     self._give_back(name, a)
             elif n > 0:
                 got = self._claim_batch(name, lo, hi, min(n, BATCH))
-                if not self._reserve.add(name, got):  # (the network left meanwhile)
+                if not self._reserve.add(key, got):  # (the network left meanwhile)
                     for a in got:
                         self._give_back(name, a)
-            handed = self._reserve.handed(name)
+            handed = self._reserve.handed(key)
         if handed:
             reserve = r.AddrRecord(self.host, "reserve").to_json().encode()
             dynamic = r.AddrRecord(self.host, "dynamic").to_json().encode()
@@ -547,7 +548,7 @@ class ClusterService:
     def _claim_batch(self, name: str, lo: int, hi: int, n: int) -> list[int]:
         """Up to n free addresses claimed for the reserve in one transaction (each on its own when
         that fails: another host took one of them meanwhile)."""
-        cursor = self._reserve_cursor.get(name, home(self.host, lo, hi))
+        cursor = self._reserve_cursor.get((name, lo, hi), home(self.host, lo, hi))
         picks: list[int] = []
         for _ in range(n):
             a = self._book.reserve(name, lo, hi, cursor)
@@ -555,7 +556,7 @@ class ClusterService:
                 break
             picks.append(a)
             cursor = a
-        self._reserve_cursor[name] = cursor
+        self._reserve_cursor[(name, lo, hi)] = cursor
         if not picks:
             return []
         value = r.AddrRecord(self.host, "reserve").to_json().encode()
@@ -752,7 +753,7 @@ class ClusterService:
         with self._turns.alone():
             networks = self.local()
             mine = {n.name for n in networks}
-            for name in set(self._reserve.networks()) - mine:
+            for name in self._reserve.networks() - mine:
                 self._reserve.forget(name)
             listings = self._listings()
             for n in networks:

@@ -214,16 +214,19 @@ def test_a_reserve_etcd_lost_is_claimed_anew_and_a_restart_gives_it_back(hosts, 
 
 def test_the_reserve_bookkeeping():
     res = Reserve(target=3)
-    assert res.take("n", 10, 20) is None  # in demand from now on
-    assert res.wanted("n", cap=100) == 3
-    assert res.wanted("n", cap=1) == 1
-    assert res.add("n", [11, 12, 13])
-    assert res.take("n", 10, 20, avoid={11}) == 12
-    assert res.take("n", 13, 20) == 13
-    assert res.wanted("n", cap=100) == 2
-    assert res.wanted("n", cap=0) == -1  # the share is gone: give back
-    assert res.excess("n", 1) == [11]
-    assert res.handed("n") == {12, 13} and res.handed("n") == set()
-    assert res.add("n", [14]) and res.drop("n", 14, handed=True) and res.handed("n") == {14}
+    v4, v6 = ("n", 10, 20), ("n", 100, 200)  # a network's two families are apart
+    assert res.take(*v4) is None and res.take(*v6) is None  # in demand from now on
+    assert res.ranges() == [v4, v6]
+    assert res.wanted(v4, cap=100) == 3
+    assert res.wanted(v4, cap=1) == 1
+    assert res.add(v4, [11, 12, 13]) and res.add(v6, [101])
+    assert res.take(*v4, avoid={11}) == 12
+    assert res.take(*v6) == 101 and res.take(*v6) is None
+    assert res.wanted(v4, cap=100) == 1 and res.held(v4) == 2
+    assert res.wanted(v4, cap=0) == -2  # the share is gone: give back
+    assert res.excess(v4, 1) == [13]
+    assert res.handed(v4) == {12} and res.handed(v4) == set() and res.handed(v6) == {101}
+    assert res.add(v4, [14]) and res.drop("n", 14, handed=True) and res.handed(v4) == {14}
     assert not res.drop("n", 14)
-    assert res.forget("n") == [] and not res.add("n", [15])
+    assert res.addresses("n") == {11} and res.networks() == {"n"}
+    assert res.forget("n") == [11] and not res.add(v4, [15]) and res.ranges() == []
