@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any, Callable, ContextManager
 
 from ..domain.errors import CorruptState, InvalidRequest, KernelError, PybridgeError
+from ..ipam.allocator import usable_range
 from ..domain.model import ContainerInfo, Endpoint, Network
 from ..domain.naming import vxlan_name
 from ..driver.firewall import FirewallWriter
@@ -168,6 +169,18 @@ class ClusterNetworks:
     def changed(self, network: Network | None) -> None:
         if network is None or network.cluster:
             self._filter_vxlan()
+        if network is not None and network.cluster:
+            self._prime(network)
+
+    def _prime(self, network: Network) -> None:
+        """A cluster network made here: its pools' reserves are filled before its first
+        container (not for a network just removed)."""
+        with self.store.reading() as tx:
+            if tx.networks.get(network.id) is None:
+                return
+            pools = [p for p in tx.leases.pools() if p.cluster == network.cluster]
+        for pool in pools:
+            self.cluster.prime(network.cluster, *usable_range(pool.subnet, pool.ip_range))
 
     def endpoint_created(self, network: Network, endpoint: Endpoint) -> None:
         """The other hosts learn the endpoint's MAC and addresses (and program their VXLAN

@@ -7,7 +7,8 @@ This is only the bookkeeping, in memory: ClusterService claims (a batch in one t
 thread of its own), hands out, gives back, and writes the reserve into etcd again in its resync.
 A plugin that restarts has an empty reserve; its resync deletes the claims it no longer wants.
 
-How much is kept: TARGET per network that has asked, never more than a share of what is free
+How much is kept: TARGET per network made here (doubled, up to MOST, each time calls had to wait
+for a batch: a host that starts containers in bursts keeps more), never more than a share of what is free
 (free // (SHARE x hosts on the network)), so that a nearly full subnet's last addresses are not
 held in reserves while another host needs them; what is over that share is given back. A call
 that finds the reserve empty waits, with the others that do, for the next batch (one etcd
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Collection
 
 TARGET = 8
+MOST = 64  # what a range's target grows to, doubling each time calls had to wait for a batch
 SHARE = 4
 
 
@@ -29,6 +31,7 @@ Range = tuple[str, int, int]  # (network, first, last address): a network's IPv4
 
 @dataclass
 class _Net:
+    target: int
     free: list[int] = field(default_factory=list)  # claimed ahead, not handed out, oldest first
     waiting: int = 0  # calls waiting for the next batch
     handed: set[int] = field(default_factory=set)  # handed out: etcd's record still says "reserve"
@@ -42,18 +45,25 @@ class Reserve:
         self.hits = 0
         self.misses = 0
 
+    def demand(self, network: str, lo: int, hi: int) -> None:
+        """The range is in demand from now on (a network made here: its first container's
+        address is claimed ahead too)."""
+        with self._cond:
+            self._nets.setdefault((network, lo, hi), _Net(self.target))
+
     def take(self, network: str, lo: int, hi: int, avoid: Collection[int] = ()) -> int | None:
         """An address of the reserve of [lo, hi], not in `avoid`, handed out now (None: none);
         the range is in demand from now on."""
         with self._cond:
-            return self._take(self._nets.setdefault((network, lo, hi), _Net()), avoid)
+            return self._take(self._nets.setdefault((network, lo, hi), _Net(self.target)), avoid)
 
     def wait(self, network: str, lo: int, hi: int, avoid: Collection[int], timeout: float) -> int | None:
         """As take, waiting up to `timeout` for the next batch (which claims one more for each
         waiting call); None when none came (the caller claims alone)."""
         with self._cond:
-            net = self._nets.setdefault((network, lo, hi), _Net())
+            net = self._nets.setdefault((network, lo, hi), _Net(self.target))
             net.waiting += 1
+            net.target = min(MOST, max(net.target, self.target) * 2)  # (bursts come again)
             try:
                 got = self._cond.wait_for(lambda: self._take(net, avoid), timeout)
             finally:
@@ -78,7 +88,12 @@ class Reserve:
             net = self._nets.get(key)
             if net is None:
                 return 0
-            return max(0, min(self.target, cap)) + net.waiting - len(net.free)
+            return max(0, min(net.target, cap)) + net.waiting - len(net.free)
+
+    def waiters(self) -> bool:
+        """Whether any call waits for a batch."""
+        with self._cond:
+            return any(n.waiting for n in self._nets.values())
 
     def ranges(self) -> list[Range]:
         """The ranges in demand."""

@@ -496,6 +496,11 @@ class ClusterService:
         return None
 
     # --- the reserve
+    def prime(self, name: str, lo: int, hi: int) -> None:
+        """A network of this host: its reserve is filled now, before its first container."""
+        self._reserve.demand(name, lo, hi)
+        self._refill_due.set()
+
     def run_reserve(self, stop: threading.Event) -> None:
         """Keep the reserve of each network in demand topped up (and give back what is over its
         share), write the records of addresses handed out from it as theirs ("dynamic")."""
@@ -532,7 +537,8 @@ class ClusterService:
                 if not self._reserve.add(key, got):  # (the network left meanwhile)
                     for a in got:
                         self._give_back(name, a)
-            handed = self._reserve.handed(key)
+            # (the records of what was handed out are rewritten when no call waits for a batch)
+            handed = self._reserve.handed(key) if not self._reserve.waiters() else set()
         if handed:
             reserve = r.AddrRecord(self.host, "reserve").to_json().encode()
             dynamic = r.AddrRecord(self.host, "dynamic").to_json().encode()

@@ -68,7 +68,7 @@ def test_addresses_come_from_the_reserve_with_no_etcd_transaction_on_the_call(ho
     a, _ = hosts
     pool = create_cluster_net(a, nid(1))
     first = a.ipam.request_address(pool, "", {})  # the network is in demand from now on
-    wait_until(lambda: len(reserved(a)) == TARGET, what="the reserve filled")
+    wait_until(lambda: len(reserved(a)) >= TARGET, what="the reserve filled")
     ahead = reserved(a)
     for address in ahead:  # claimed in etcd for this host, and listed by it
         assert record(kv, address) == {"host": a.address, "kind": "reserve"}
@@ -82,7 +82,7 @@ def test_addresses_come_from_the_reserve_with_no_etcd_transaction_on_the_call(ho
         lambda: all(record(kv, ip(g)) == {"host": a.address, "kind": "dynamic"} for g in got),
         what="handed-out records rewritten as dynamic",
     )
-    wait_until(lambda: len(reserved(a)) == TARGET, what="the reserve topped up")
+    wait_until(lambda: len(reserved(a)) >= TARGET, what="the reserve topped up")
     assert not reserved(a) & {ip(g) for g in got}
     assert a.cluster.snapshot()["reserve"]["hits"] >= 5
 
@@ -94,7 +94,7 @@ def test_a_burst_waits_for_one_batch_instead_of_each_claiming_alone(hosts, kv):
     pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
     a.ipam.request_address(pa, "", {})
     b.ipam.request_address(pb, "", {})
-    wait_until(lambda: len(reserved(a)) == TARGET and len(reserved(b)) == TARGET, what="both reserves filled")
+    wait_until(lambda: len(reserved(a)) >= TARGET and len(reserved(b)) >= TARGET, what="both reserves filled")
     got: list[str] = []
     lock = threading.Lock()
 
@@ -119,7 +119,7 @@ def test_an_address_asked_for_by_name_is_given_up_by_the_reserve_that_holds_it(h
     a, b = hosts
     pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
     a.ipam.request_address(pa, "", {})
-    wait_until(lambda: len(reserved(a)) == TARGET, what="A's reserve filled")
+    wait_until(lambda: len(reserved(a)) >= TARGET, what="A's reserve filled")
     wait_until(lambda: b.cluster.loaded, what="B's first read")
     wanted = min(reserved(a))
     text = str(ipaddress.ip_address(wanted))
@@ -137,7 +137,7 @@ def test_an_address_handed_out_from_a_reserve_is_refused_to_another_host(hosts, 
     a, b = hosts
     pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
     a.ipam.request_address(pa, "", {})
-    wait_until(lambda: len(reserved(a)) == TARGET, what="A's reserve filled")
+    wait_until(lambda: len(reserved(a)) >= TARGET, what="A's reserve filled")
     mine = a.ipam.request_address(pa, "", {})
     with pytest.raises(Conflict, match=f"{mine.split('/')[0]} is already in use in cluster network web"):
         b.ipam.request_address(pb, mine.split("/")[0], {})
@@ -150,9 +150,9 @@ def fill_27(a, b, full: bool):
     pb = create_cluster_net(b, nid(2), subnet=subnet, gateway=gw)
     theirs = {a.ipam.request_address(pa, "", {}) for _ in range(4)}
     if full:
-        wait_until(lambda: len(reserved(a)) == TARGET, what="A keeps a full reserve")
-    else:  # its share: 25 free // (SHARE x 2 hosts)
-        wait_until(lambda: len(reserved(a)) == 25 // (SHARE * 2), what="A keeps its share")
+        wait_until(lambda: len(reserved(a)) >= TARGET, what="A keeps a full reserve")
+    else:  # at most its share: 25 free (less B's own reserve) // (SHARE x 2 hosts)
+        wait_until(lambda: 0 < len(reserved(a)) <= 25 // (SHARE * 2), what="A keeps its share")
     return pa, pb, theirs
 
 
@@ -193,13 +193,13 @@ def test_a_reserve_etcd_lost_is_claimed_anew_and_a_restart_gives_it_back(hosts, 
     a, _ = hosts
     pool = create_cluster_net(a, nid(1))
     a.ipam.request_address(pool, "", {})
-    wait_until(lambda: len(reserved(a)) == TARGET, what="A's reserve filled")
+    wait_until(lambda: len(reserved(a)) >= TARGET, what="A's reserve filled")
     kv.data.clear()  # etcd lost everything: what it no longer has is dropped, and claimed anew
     kv.leases.clear()
 
     def claimed_again():
         now = reserved(a)
-        return len(now) == TARGET and all(record(kv, x) == {"host": a.address, "kind": "reserve"} for x in now)
+        return len(now) >= TARGET and all(record(kv, x) == {"host": a.address, "kind": "reserve"} for x in now)
 
     wait_until(claimed_again, what="the reserve claimed again after etcd's loss")
     ahead = reserved(a)
@@ -230,3 +230,6 @@ def test_the_reserve_bookkeeping():
     assert not res.drop("n", 14)
     assert res.addresses("n") == {11} and res.networks() == {"n"}
     assert res.forget("n") == [11] and not res.add(v4, [15]) and res.ranges() == []
+    # a call that had to wait: the range keeps more from then on (up to MOST)
+    assert res.wait("m", 0, 50, (), timeout=0.01) is None and res.misses == 1
+    assert res.wanted(("m", 0, 50), cap=100) == 6 and res.wanted(("m", 0, 50), cap=4) == 4
