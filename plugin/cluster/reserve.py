@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Collection
 
-TARGET = 8
+TARGET = 16
 MOST = 64  # what a range's target grows to, doubling each time calls had to wait for a batch
 SHARE = 4
 
