@@ -21,9 +21,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Collection
 
-TARGET = 16
+TARGET = 32
 MOST = 64  # what a range's target grows to, doubling each time calls had to wait for a batch
-SHARE = 4
+SHARE = 2
 
 
 Range = tuple[str, int, int]  # (network, first, last address): a network's IPv4 and IPv6 apart
