@@ -537,15 +537,16 @@ class ClusterService:
                 if not self._reserve.add(key, got):  # (the network left meanwhile)
                     for a in got:
                         self._give_back(name, a)
-            # (the records of what was handed out are rewritten when no call waits for a batch)
+            # the records of what was handed out are rewritten when no call waits for a batch;
+            # a change too (a resync re-claims a key with the value it read: never under it)
             handed = self._reserve.handed(key) if not self._reserve.waiters() else set()
-        if handed:
-            reserve = r.AddrRecord(self.host, "reserve").to_json().encode()
-            dynamic = r.AddrRecord(self.host, "dynamic").to_json().encode()
-            keys = [r.addr_key(name, a) for a in sorted(handed)]
-            if not self._leased([ValueIs(k, reserve) for k in keys], functools.partial(self._puts, keys, dynamic)):
-                for k in keys:  # (one was released meanwhile: each on its own)
-                    self._leased([ValueIs(k, reserve)], functools.partial(self._puts, [k], dynamic))
+            if handed:
+                reserve = r.AddrRecord(self.host, "reserve").to_json().encode()
+                dynamic = r.AddrRecord(self.host, "dynamic").to_json().encode()
+                keys = [r.addr_key(name, a) for a in sorted(handed)]
+                if not self._leased([ValueIs(k, reserve) for k in keys], functools.partial(self._puts, keys, dynamic)):
+                    for k in keys:  # (one was released meanwhile: each on its own)
+                        self._leased([ValueIs(k, reserve)], functools.partial(self._puts, [k], dynamic))
 
     @staticmethod
     def _puts(keys: list[str], value: bytes, lease: int) -> list[Operation]:
@@ -813,7 +814,14 @@ class ClusterService:
             elif k in held and self._mine(k, held[k]):
                 value = held[k]
                 if not self.kv.txn([ValueIs(k, value)], [Put(k, value, lease), Put(listing, b"{}", lease)]):
-                    log.error("cluster network %s: address key %s changed while re-claimed", n.name, k)
+                    # gone meanwhile (the old lease's keys expire while the resync runs) or
+                    # changed: a reserve's address is not handed out then, and the next resync
+                    # claims a container's again as a missing key
+                    if kind == "reserve":
+                        self._reserve.drop(n.name, address)
+                    else:
+                        log.warning("cluster network %s: address key %s changed while re-claimed", n.name, k)
+                    self._dirty.set()
             elif k in held and own is not None:
                 # its claim in addr/ was deleted and made anew by another host; this host listed
                 # the address first, so it holds it for every host all the same

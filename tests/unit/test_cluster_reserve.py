@@ -234,3 +234,34 @@ def test_the_reserve_bookkeeping():
     # a call that had to wait: the range keeps more from then on (up to MOST)
     assert res.wait("m", 0, 50, (), timeout=0.01) is None and res.misses == 1
     assert res.wanted(("m", 0, 50), cap=100) == 6 and res.wanted(("m", 0, 50), cap=4) == 4
+
+
+def test_a_reserve_address_whose_key_expires_under_a_resync_is_not_handed_out(hosts, kv, monkeypatch):
+    """The simulator found it: a host whose lease expired resyncs while etcd drops the old
+    lease's keys; a reserve key that went between the resync's read and its re-claim stayed in
+    the reserve, unclaimed in etcd, for another host to take and this one to hand out too."""
+    from plugin.cluster.interfaces import ValueIs
+
+    a, _ = hosts
+    pool = create_cluster_net(a, nid(1))
+    a.ipam.request_address(pool, "", {})
+    wait_until(lambda: len(reserved(a)) >= TARGET, what="A's reserve filled")
+    a.cluster.stop()  # (no refill meanwhile)
+    victim = min(reserved(a))
+    key = r.addr_key("web", victim)
+    real, fired = a.cluster.kv.txn, []
+
+    def txn(conditions, operations):
+        if any(isinstance(c, ValueIs) and c.key == key for c in conditions) and not fired:
+            fired.append(key)
+            kv.data.pop(key, None)  # expired just now, with the old lease
+        return real(conditions, operations)
+
+    monkeypatch.setattr(a.cluster.kv, "txn", txn)
+    a.cluster._dirty.clear()
+    a.cluster.resync()
+    assert fired, "the fault was not injected"
+    assert victim not in reserved(a)
+    assert a.cluster._dirty.is_set(), "another resync follows"
+    got = {ip(a.ipam.request_address(pool, "", {})) for _ in range(len(reserved(a)) + 1)}
+    assert victim not in got or record(kv, victim) is not None
