@@ -132,17 +132,22 @@ def listing_key(name: str, host: str, address: int) -> str:
     return f"{listing_prefix(name, host)}{address:032x}"
 
 
-def split_listing_key(key: str) -> tuple[str, str, int] | None:
-    """(host, network, address) of a host/HOST/addr/NET/ADDRHEX key, or None."""
+def _split_host_address_key(key: str, kind: str) -> tuple[str, str, int] | None:
+    """(host, network, address) of a host/HOST/KIND/NET/ADDRHEX key, or None."""
     if not key.startswith(PREFIX + "host/"):
         return None
     parts = key[len(PREFIX) + 5 :].split("/")
-    if len(parts) != 4 or parts[1] != "addr" or not _NAME_RE.fullmatch(parts[2]):
+    if len(parts) != 4 or parts[1] != kind or not _NAME_RE.fullmatch(parts[2]):
         return None
     if not re.fullmatch(r"[0-9a-f]{32}", parts[3]):
         return None
     host = _host_of(key, parts[0])
     return (host, parts[2], int(parts[3], 16)) if host is not None else None
+
+
+def split_listing_key(key: str) -> tuple[str, str, int] | None:
+    """(host, network, address) of a host/HOST/addr/NET/ADDRHEX key, or None."""
+    return _split_host_address_key(key, "addr")
 
 
 def want_key(name: str, host: str, address: int) -> str:
@@ -151,15 +156,7 @@ def want_key(name: str, host: str, address: int) -> str:
 
 def split_want_key(key: str) -> tuple[str, str, int] | None:
     """(asking host, network, address) of a host/HOST/want/NET/ADDRHEX key, or None."""
-    if not key.startswith(PREFIX + "host/"):
-        return None
-    parts = key[len(PREFIX) + 5 :].split("/")
-    if len(parts) != 4 or parts[1] != "want" or not _NAME_RE.fullmatch(parts[2]):
-        return None
-    if not re.fullmatch(r"[0-9a-f]{32}", parts[3]):
-        return None
-    host = _host_of(key, parts[0])
-    return (host, parts[2], int(parts[3], 16)) if host is not None else None
+    return _split_host_address_key(key, "want")
 
 
 def tunnel_key(host: str) -> str:
