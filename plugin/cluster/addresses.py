@@ -11,8 +11,12 @@ so hosts starting containers at the same moment do not race for the same address
 from __future__ import annotations
 
 import threading
+import time
 import zlib
 from typing import Collection, Iterable
+
+
+QUARANTINE = 120.0  # seconds an address that came free is passed over while others are free
 
 
 def home(host: str, lo: int, hi: int) -> int:
@@ -25,6 +29,19 @@ class AddressBook:
         self._lock = threading.Lock()
         self._taken: dict[str, set[int]] = {}
         self._pending: dict[str, set[int]] = {}
+        # network -> address -> when it came free: a cut-off host's addresses come free when its
+        # lease expires, and it claims them back when it returns; reserves that top up at once
+        # would otherwise take them first (and take that host's containers off the network)
+        self._freed: dict[str, dict[int, float]] = {}
+
+    def _came_free(self, network: str, addresses: Iterable[int]) -> None:
+        now = time.monotonic()
+        freed = self._freed.setdefault(network, {})
+        for a in addresses:
+            freed[a] = now
+        if len(freed) > 4096:  # (forget the oldest)
+            for a, _ in sorted(freed.items(), key=lambda at: at[1])[: len(freed) - 4096]:
+                del freed[a]
 
     def known(self, network: str) -> bool:
         with self._lock:
@@ -32,10 +49,14 @@ class AddressBook:
 
     def load(self, network: str, addresses: Iterable[int]) -> None:
         with self._lock:
-            self._taken[network] = set(addresses)
+            new = set(addresses)
+            self._came_free(network, self._taken.get(network, set()) - new)
+            self._taken[network] = new
 
     def replace_all(self, by_network: dict[str, set[int]]) -> None:
         with self._lock:
+            for n, old in self._taken.items():
+                self._came_free(n, old - by_network.get(n, set()))
             self._taken = {n: set(a) for n, a in by_network.items()}
 
     def taken(self, network: str, address: int) -> None:
@@ -44,22 +65,33 @@ class AddressBook:
 
     def freed(self, network: str, address: int) -> None:
         with self._lock:
-            self._taken.get(network, set()).discard(address)
+            taken = self._taken.get(network, set())
+            if address in taken:
+                taken.discard(address)
+                self._came_free(network, (address,))
 
     def reserve(self, network: str, lo: int, hi: int, cursor: int, avoid: Collection[int] = ()) -> int | None:
         """The first address after cursor (wrapping once) that is neither taken, nor being
-        claimed by another thread here, nor in `avoid`; it is being claimed from now on (settle()
-        ends that)."""
+        claimed by another thread here, nor in `avoid`, nor come free in the last QUARANTINE
+        seconds (unless no other is free); it is being claimed from now on (settle() ends that)."""
         with self._lock:
             taken = self._taken.setdefault(network, set())
             pending = self._pending.setdefault(network, set())
+            now = time.monotonic()
+            recent = {a for a, t in self._freed.get(network, {}).items() if now - t < QUARANTINE}
             size = hi - lo + 1
             start = cursor + 1 if lo <= cursor + 1 <= hi else lo
-            for i in range(size):
-                candidate = lo + (start - lo + i) % size
-                if candidate not in taken and candidate not in pending and candidate not in avoid:
-                    pending.add(candidate)
-                    return candidate
+            for skip in (recent, frozenset[int]()) if recent else (frozenset[int](),):
+                for i in range(size):
+                    candidate = lo + (start - lo + i) % size
+                    if (
+                        candidate not in taken
+                        and candidate not in pending
+                        and candidate not in avoid
+                        and candidate not in skip
+                    ):
+                        pending.add(candidate)
+                        return candidate
             return None
 
     def free(self, network: str, lo: int, hi: int) -> int:
