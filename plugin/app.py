@@ -48,6 +48,7 @@ def _body() -> dict:
 def _view(services, stats: CallStats, method: str, handler):
     def view():
         started = time.perf_counter()
+        cpu_started, queued_started = stats.clock()
         ok = False
         endpoint = ""
         try:
@@ -68,7 +69,15 @@ def _view(services, stats: CallStats, method: str, handler):
             return _reply({"Err": f"{method}: internal error in pybridge (see the plugin log)"}, 500)
         finally:
             took = time.perf_counter() - started
-            stats.record(method, took, ok, endpoint[:64])
+            cpu, queued = stats.clock()
+            stats.record(
+                method,
+                took,
+                ok,
+                endpoint[:64],
+                cpu - cpu_started,
+                None if queued is None or queued_started is None else queued - queued_started,
+            )
             if services.metrics is not None:
                 services.metrics.observe_call(method, took, ok)
 
