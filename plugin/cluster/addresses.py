@@ -33,6 +33,16 @@ class AddressBook:
         # lease expires, and it claims them back when it returns; reserves that top up at once
         # would otherwise take them first (and take that host's containers off the network)
         self._freed: dict[str, dict[int, float]] = {}
+        # network -> how many times what it has taken or being claimed changed: the reserve's
+        # loop re-counts a network's free addresses only when this moved
+        self._versions: dict[str, int] = {}
+
+    def _bump(self, network: str) -> None:
+        self._versions[network] = self._versions.get(network, 0) + 1
+
+    def version(self, network: str) -> int:
+        with self._lock:
+            return self._versions.get(network, 0)
 
     def _came_free(self, network: str, addresses: Iterable[int]) -> None:
         now = time.monotonic()
@@ -52,16 +62,20 @@ class AddressBook:
             new = set(addresses)
             self._came_free(network, self._taken.get(network, set()) - new)
             self._taken[network] = new
+            self._bump(network)
 
     def replace_all(self, by_network: dict[str, set[int]]) -> None:
         with self._lock:
             for n, old in self._taken.items():
                 self._came_free(n, old - by_network.get(n, set()))
+            for n in {*self._taken, *by_network}:
+                self._bump(n)
             self._taken = {n: set(a) for n, a in by_network.items()}
 
     def taken(self, network: str, address: int) -> None:
         with self._lock:
             self._taken.setdefault(network, set()).add(address)
+            self._bump(network)
 
     def freed(self, network: str, address: int) -> None:
         with self._lock:
@@ -69,6 +83,7 @@ class AddressBook:
             if address in taken:
                 taken.discard(address)
                 self._came_free(network, (address,))
+                self._bump(network)
 
     def reserve(self, network: str, lo: int, hi: int, cursor: int, avoid: Collection[int] = ()) -> int | None:
         """The first address after cursor (wrapping once) that is neither taken, nor being
@@ -91,6 +106,7 @@ class AddressBook:
                         and candidate not in skip
                     ):
                         pending.add(candidate)
+                        self._bump(network)
                         return candidate
             return None
 
@@ -107,3 +123,4 @@ class AddressBook:
             self._pending.get(network, set()).discard(address)
             if taken:
                 self._taken.setdefault(network, set()).add(address)
+            self._bump(network)

@@ -90,6 +90,15 @@ class Reserve:
                 return 0
             return max(0, min(net.target, cap)) + net.waiting - len(net.free)
 
+    def quiet(self, key: Range) -> tuple[int, int] | None:
+        """What the reserve of `key` holds and its target, when nothing handed out from it waits
+        to be written down and no call waits for it (else None: its loop has work)."""
+        with self._cond:
+            net = self._nets.get(key)
+            if net is None or net.handed or net.waiting:
+                return None
+            return len(net.free), net.target
+
     def waiters(self) -> bool:
         """Whether any call waits for a batch."""
         with self._cond:

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 CLAIM_ATTEMPTS = 64
 RESERVE_WAIT = 1.0  # seconds a call waits for the reserve's next batch before it claims alone
 HANDOVER_WAIT = 2.0  # seconds a host waits for another to give up an address of its reserve
+# a range's reserve (size, target), its network's book version and host count (see _quiet_signature)
+_Quiet = tuple[tuple[int, int], int, int]
 BATCH = 40  # addresses claimed in one transaction at most (etcd allows 128 operations)
 
 
@@ -150,6 +152,9 @@ class ClusterService:
         self._reserve = Reserve()
         self._reserving = False
         self._refill_due = threading.Event()
+        # range -> what it looked like when its last refill found nothing to do: an idle loop
+        # passes it over until one of those moves (see _quiet_signature)
+        self._quiet_at: dict[tuple[str, int, int], _Quiet] = {}
         self._reserve_cursor: dict[tuple[str, int, int], int] = {}
         self.watch.on_want = self._give_up
         self.reachable = False
@@ -509,9 +514,18 @@ class ClusterService:
             while not stop.is_set():
                 self._refill_due.wait(1.0)
                 self._refill_due.clear()
-                for key in self._reserve.ranges():
+                ranges = self._reserve.ranges()
+                for gone in self._quiet_at.keys() - set(ranges):
+                    del self._quiet_at[gone]
+                for key in ranges:
                     try:
-                        self._refill(key)
+                        before = self._quiet_signature(key)
+                        if before is not None and self._quiet_at.get(key) == before:
+                            continue  # nothing moved since it last had nothing to do
+                        self._quiet_at.pop(key, None)
+                        if not self._refill(key) and before is not None:
+                            # (what it saw before: a change during the refill moves it again)
+                            self._quiet_at[key] = before
                     except ClusterUnavailable:
                         stop.wait(0.5)
                     except Exception:
@@ -520,7 +534,18 @@ class ClusterService:
         finally:
             self._reserving = False
 
-    def _refill(self, key: tuple[str, int, int]) -> None:
+    def _quiet_signature(self, key: tuple[str, int, int]) -> _Quiet | None:
+        """What decides a range's refill, cheaply: the reserve's size and target, the book's
+        version of the network (any address taken, freed or being claimed) and its host count;
+        None while the reserve has work whatever these say (handed-out records, waiting calls)."""
+        reserve = self._reserve.quiet(key)
+        if reserve is None:
+            return None
+        return reserve, self._book.version(key[0]), self.watch.hosts(key[0])
+
+    def _refill(self, key: tuple[str, int, int]) -> bool:
+        """Top up (or trim) a range's reserve and write down what it handed out; whether there
+        was anything to do."""
         name, lo, hi = key
         with self.changing():  # the claims and the reserve, as one step for the resync
             if not self._book.known(name):
@@ -540,13 +565,15 @@ class ClusterService:
             # the records of what was handed out are rewritten when no call waits for a batch;
             # a change too (a resync re-claims a key with the value it read: never under it)
             handed = self._reserve.handed(key) if not self._reserve.waiters() else set()
-            if handed:
-                reserve = r.AddrRecord(self.host, "reserve").to_json().encode()
-                dynamic = r.AddrRecord(self.host, "dynamic").to_json().encode()
-                keys = [r.addr_key(name, a) for a in sorted(handed)]
-                if not self._leased([ValueIs(k, reserve) for k in keys], functools.partial(self._puts, keys, dynamic)):
-                    for k in keys:  # (one was released meanwhile: each on its own)
-                        self._leased([ValueIs(k, reserve)], functools.partial(self._puts, [k], dynamic))
+            if not handed:
+                return n != 0
+            reserve = r.AddrRecord(self.host, "reserve").to_json().encode()
+            dynamic = r.AddrRecord(self.host, "dynamic").to_json().encode()
+            keys = [r.addr_key(name, a) for a in sorted(handed)]
+            if not self._leased([ValueIs(k, reserve) for k in keys], functools.partial(self._puts, keys, dynamic)):
+                for k in keys:  # (one was released meanwhile: each on its own)
+                    self._leased([ValueIs(k, reserve)], functools.partial(self._puts, [k], dynamic))
+            return True
 
     @staticmethod
     def _puts(keys: list[str], value: bytes, lease: int) -> list[Operation]:

@@ -283,3 +283,26 @@ def test_addresses_that_came_free_are_passed_over_while_others_are_free():
     assert book.reserve("n", 1, 8, cursor=2) == 8
     assert book.reserve("n", 1, 8, cursor=2) == 3  # nothing else left: the recent ones after all
     assert book.free("n", 1, 8) == 2
+
+
+def test_an_idle_reserve_is_not_recounted_until_something_moves(hosts, kv, monkeypatch):
+    """The reserve's loop wakes every second; a full reserve of a network where nothing changed
+    is passed over without counting the network's free addresses. Another host's claim (through
+    the watch) moves the network's share, and the loop counts again."""
+    a, b = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    a.ipam.request_address(pa, "", {})
+    wait_until(lambda: len(reserved(a)) >= TARGET, what="A's reserve filled")
+    wait_until(lambda: bool(a.cluster._quiet_at), what="A's loop found nothing to do")
+    passes, counts = [], []
+    real_sig, real_free = a.cluster._quiet_signature, a.cluster._book.free
+    monkeypatch.setattr(a.cluster, "_quiet_signature", lambda key: passes.append(key) or real_sig(key))
+    monkeypatch.setattr(a.cluster._book, "free", lambda *args: counts.append(args) or real_free(*args))
+    for _ in range(3):  # (three passes of the loop, woken at once)
+        seen = len(passes)
+        a.cluster._refill_due.set()
+        wait_until(lambda: len(passes) > seen, what="a pass of the reserve's loop")
+    assert counts == [], "an idle reserve was recounted"
+    b.ipam.request_address(pb, "", {})  # B's claim reaches A through the watch
+    a.cluster._refill_due.set()
+    wait_until(lambda: counts, what="A's loop counting again after B's claim")
