@@ -328,3 +328,25 @@ def test_watch_links_reports_bridges_and_gateway_routes_only(netns):
     after(veth_on_it, False)
     after(gateway_route, True)
     after(gone, True)
+
+
+def test_create_veth_reads_the_bridge_again_when_the_one_it_kept_is_gone(netns):
+    """create_veth keeps a bridge's index for a few seconds (each lookup waits for the kernel's
+    RTNL lock while containers start). A bridge deleted and made again by hand under the same
+    name has a new index: the kernel refuses the old one as master, and the veth is made on the
+    new bridge. A bridge that is simply gone is reported, and no veth is left."""
+    nl = Netlink(netns)
+    nl.ensure_bridge("pt-br4", None, "02:00:00:00:00:04")
+    nl.create_veth("pth4", "ptc4", "pt-br4", None, "02:42:0a:00:00:05")
+    old = links(netns)["pt-br4"]["ifindex"]
+    run(netns, "ip", "link", "del", "pt-br4")  # (by hand: not through the adapter, which would forget it)
+    run(netns, "ip", "link", "add", "pt-br4", "mtu", "1300", "type", "bridge")
+    ls = links(netns)
+    assert ls["pt-br4"]["ifindex"] != old
+    nl.create_veth("pth5", "ptc5", "pt-br4", None, "02:42:0a:00:00:06")
+    ls = links(netns)
+    assert ls["pth5"]["master"] == "pt-br4" and ls["pth5"]["mtu"] == 1300
+    run(netns, "ip", "link", "del", "pt-br4")
+    with pytest.raises(KernelError, match="pt-br4 does not exist"):
+        nl.create_veth("pth6", "ptc6", "pt-br4", None, "02:42:0a:00:00:07")
+    assert not {"pth6", "ptc6"} & set(links(netns))
