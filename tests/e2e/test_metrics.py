@@ -48,7 +48,17 @@ def test_a_scrape_shows_networks_endpoints_pools_calls_dns_and_firewall_and_valu
         )
 
     after = wait_for(moved, 15)  # the network's Docker name comes from the event watcher
-    assert after, "the network, its endpoint and the DNS answer never showed in the metrics"
+    if not after:  # (say which of the two never showed, and under which labels)
+        last = scrape()
+        seen = sorted((k, v) for k, v in last.items() if any(nid[:12] in str(label) for label in k[1]))
+        shown = (
+            get(last, "pybridge_endpoints", **labels),
+            get(last, "pybridge_dns_queries_total", rcode="NOERROR", **labels),
+        )
+        raise AssertionError(
+            f"the network, its endpoint and the DNS answer never showed in the metrics: "
+            f"endpoints, NOERROR answers = {shown}; the network's series: {seen}"
+        )
     assert get(after, "pybridge_networks") == get(before, "pybridge_networks") + 1
     assert get(after, "pybridge_pool_addresses", subnet=subnet, **labels) == 254
     assert get(after, "pybridge_pool_addresses_used", subnet=subnet, **labels) >= 2  # gateway + web
