@@ -418,8 +418,9 @@ class FakeSysctl:
 class FakeKV:
     """ClusterKVPort in memory, with etcd's semantics: a revision per change, keys bound to
     leases vanish when the lease expires or is revoked (tests call expire()), transactions are
-    all or nothing, keepalive of an unknown lease answers False, and while `down` every call
-    raises ClusterUnavailable."""
+    all or nothing and refused above etcd's default size (TXN_OPS conditions or operations),
+    keepalive of an unknown lease answers False, and while `down` every call raises
+    ClusterUnavailable."""
 
     def __init__(self):
         from plugin.cluster.interfaces import ClusterUnavailable
@@ -489,7 +490,11 @@ class FakeKV:
     def txn(self, conditions, operations):
         from plugin.cluster.interfaces import Absent, Delete, NoneUnder, Put, ValueIs
 
+        from plugin.cluster.interfaces import TXN_OPS
+
         self._check()
+        if len(conditions) > TXN_OPS or len(operations) > TXN_OPS:  # (as etcd answers it, applying nothing)
+            raise self._unavailable("etcd transaction failed: etcdserver: too many operations in txn request")
         self.txns = getattr(self, "txns", 0) + 1
         with self._cond:
             for c in conditions:

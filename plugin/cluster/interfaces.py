@@ -73,10 +73,16 @@ class Event:
     created: int = 0  # the revision that created the key (0 for a delete)
 
 
+# What one transaction may hold: etcd refuses one with more conditions, or more operations,
+# than its --max-txn-ops (128 unless set), and applies none of it (ClusterUnavailable here).
+TXN_OPS = 128
+
+
 class ClusterKVPort(Protocol):
     """Keys and values shared by the hosts, leases that expire when a host stops renewing them,
-    all-or-nothing transactions, and a watch of a prefix. Every call raises ClusterUnavailable
-    when no endpoint answers; txn raises LeaseExpired when a Put names a lease that is gone."""
+    all-or-nothing transactions (of at most TXN_OPS conditions and TXN_OPS operations), and a
+    watch of a prefix. Every call raises ClusterUnavailable when no endpoint answers, or when etcd
+    refuses it; txn raises LeaseExpired when a Put names a lease that is gone."""
 
     def grant(self, ttl: int) -> int: ...
     def keepalive(self, lease: int) -> bool: ...

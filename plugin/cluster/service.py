@@ -42,6 +42,7 @@ from .interfaces import (
     NoneUnder,
     Operation,
     Put,
+    TXN_OPS,
     ValueIs,
 )
 
@@ -52,7 +53,7 @@ RESERVE_WAIT = 1.0  # seconds a call waits for the reserve's next batch before i
 HANDOVER_WAIT = 2.0  # seconds a host waits for another to give up an address of its reserve
 # a range's reserve (size, target), its network's book version and host count (see _quiet_signature)
 _Quiet = tuple[tuple[int, int], int, int]
-BATCH = 40  # addresses claimed in one transaction at most (etcd allows 128 operations)
+BATCH = 40  # addresses claimed in one transaction at most (two operations each; etcd allows TXN_OPS)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,15 @@ def _claim_ops(name: str, host: str, address: int, value: bytes, lease: int) -> 
     """An address's claim (addr/, which every host may write) and the holder's own listing of
     it (under its prefix, which only it may write: what the other hosts believe)."""
     return [Put(r.addr_key(name, address), value, lease), Put(r.listing_key(name, host, address), b"{}", lease)]
+
+
+def _claims_ops(name: str, host: str, claims: list[tuple[int, bytes]], lease: int) -> list[Operation]:
+    return [op for address, value in claims for op in _claim_ops(name, host, address, value, lease)]
+
+
+def _writes(items: list[tuple[str, bytes | None]], lease: int) -> list[Operation]:
+    """Puts (under lease) and deletes (a value of None)."""
+    return [Put(k, v, lease) if v is not None else Delete(k) for k, v in items]
 
 
 def _holder_in(key: str, value: bytes) -> str:
@@ -165,6 +175,10 @@ class ClusterService:
         # writes, so that a resync that read older names never puts them back over newer ones
         self._names: dict[str, list[ContainerInfo]] = {}
         self._names_pending: set[str] = set()
+        # network -> the lease its names were all last written under (names thread only): under
+        # a newer one, every name is written again, not only those that changed, or the ones
+        # still under a lease that ends (a restarted plugin's) would go with it
+        self._names_lease: dict[str, int] = {}
         self._names_lock = threading.Lock()
         self._names_due = threading.Event()
         self._dirty = threading.Event()
@@ -212,6 +226,20 @@ class ClusterService:
                 if attempt == 2:
                     raise ClusterUnavailable("etcd dropped two leases of this host in a row") from None
         return False
+
+    def _apply(self, operations: list[Operation]) -> None:
+        """Unconditional operations in transactions etcd takes (TXN_OPS at most each): each is
+        applied whole, not all of them together (what calls this is made whole again by a
+        resync)."""
+        for start in range(0, len(operations), TXN_OPS):
+            self.kv.txn([], operations[start : start + TXN_OPS])
+
+    def _apply_leased(self, puts: dict[str, bytes], deletes: list[str]) -> None:
+        """Puts under this host's lease and deletes, as _apply sends them."""
+        items = [*puts.items(), *((k, None) for k in deletes)]
+        for start in range(0, len(items), TXN_OPS):
+            chunk = items[start : start + TXN_OPS]
+            self._leased([], functools.partial(_writes, chunk))
 
     def _fail(self, what: str, e: ClusterUnavailable) -> ClusterUnavailable:
         self.reachable = False
@@ -296,6 +324,7 @@ class ClusterService:
         with self._names_lock:
             self._names.pop(name, None)
             self._names_pending.discard(name)
+            self._names_lease.pop(name, None)
         self._reserve.forget(name)  # (its claims are this host's: they go below)
         try:
             held, _ = self.kv.range(r.addr_prefix(name))
@@ -308,7 +337,7 @@ class ClusterService:
             ]
             ops += [Delete(k) for k, v in held.items() if self._mine(k, v)]
             ops += [Delete(k) for k in self._my_macs(name)]
-            self.kv.txn([], ops)
+            self._apply(ops)
             raw = self.kv.get(r.net_key(name))
             if raw is None:
                 return
@@ -416,6 +445,12 @@ class ClusterService:
         key = r.addr_key(name, address)
         if not self._leased([Absent(key)], functools.partial(_claim_ops, name, self.host, address, value)):
             return False
+        return self._kept(name, address, value)
+
+    def _kept(self, name: str, address: int, value: bytes) -> bool:
+        """After a claim was made: whether this host keeps it (no other host listed the address
+        before; else the claim is given back)."""
+        key = r.addr_key(name, address)
         holder = self.watch.holder(name, address)
         if holder in (None, self.host):
             return True
@@ -427,6 +462,75 @@ class ClusterService:
         )
         self.kv.txn([ValueIs(key, value)], [Delete(key), Delete(r.listing_key(name, self.host, address))])
         return False
+
+    def _claim_lost(self, name: str, lost: list[tuple[int, str]]) -> list[int]:
+        """Claims of this host's addresses that etcd no longer has (its lease expired), BATCH in
+        a transaction: a returning host makes a few round trips, not one per container. A batch
+        that etcd refuses (one of its addresses was claimed meanwhile) is claimed one by one.
+        Returns the addresses another host holds now."""
+        clashes: list[int] = []
+        for start in range(0, len(lost), BATCH):
+            chunk = lost[start : start + BATCH]
+            values = {a: r.AddrRecord(self.host, kind).to_json().encode() for a, kind in chunk}
+            if len(chunk) > 1 and self._leased(
+                [Absent(r.addr_key(name, a)) for a, _ in chunk],
+                functools.partial(_claims_ops, name, self.host, [(a, values[a]) for a, _ in chunk]),
+            ):
+                clashes += [a for a, _ in chunk if not self._kept(name, a, values[a])]
+            else:
+                clashes += [a for a, kind in chunk if not self.claim(name, a, kind)]
+        return clashes
+
+    def _claim_kept(self, name: str, kept: list[tuple[int, str, bytes]], lease: int) -> None:
+        """Claims etcd still has as this host's (address, kind, value) put again under `lease`
+        with their listings, BATCH in a transaction (a restarted plugin's keys still carry the
+        lease of the one before), each batch kept only if no claim of it changed; one by one when
+        one did."""
+        for start in range(0, len(kept), BATCH):
+            chunk = kept[start : start + BATCH]
+
+            def ops(items: list[tuple[int, str, bytes]]) -> list[Operation]:
+                return [
+                    op
+                    for a, _, v in items
+                    for op in (Put(r.addr_key(name, a), v, lease), Put(r.listing_key(name, self.host, a), b"{}", lease))
+                ]
+
+            if len(chunk) > 1 and self.kv.txn([ValueIs(r.addr_key(name, a), v) for a, _, v in chunk], ops(chunk)):
+                continue
+            for a, kind, v in chunk:
+                if self.kv.txn([ValueIs(r.addr_key(name, a), v)], ops([(a, kind, v)])):
+                    continue
+                # gone meanwhile (the old lease's keys expire while the resync runs) or changed:
+                # a reserve's address is not handed out then, and the next resync claims a
+                # container's again as a missing key
+                if kind == "reserve":
+                    self._reserve.drop(name, a)
+                else:
+                    log.warning(
+                        "cluster network %s: address key %s changed while re-claimed", name, r.addr_key(name, a)
+                    )
+                self._dirty.set()
+
+    def _claim_macs(self, name: str, wanted: dict[str, bytes], held: dict[str, bytes], lease: int) -> None:
+        """This host's MAC claims (key -> claim) made again under `lease`, TXN_OPS in a
+        transaction, each made if absent or kept if it is this host's; one held by another
+        endpoint is logged and left to it."""
+        mine = [(k, v) for k, v in wanted.items() if k not in held or held[k] == v]
+        for k in wanted.keys() - dict(mine).keys():
+            log.error(
+                "cluster network %s: MAC %s of a container here is claimed by another endpoint too",
+                name,
+                k.rsplit("/", 1)[-1],
+            )
+        for start in range(0, len(mine), TXN_OPS):
+            chunk = mine[start : start + TXN_OPS]
+            conditions: list[Condition] = [Absent(k) if k not in held else ValueIs(k, v) for k, v in chunk]
+            if len(chunk) > 1 and self.kv.txn(conditions, [Put(k, v, lease) for k, v in chunk]):
+                continue
+            for (k, v), condition in zip(chunk, conditions):  # (one changed meanwhile: each alone)
+                if not self.kv.txn([condition], [Put(k, v, lease)]):
+                    log.error("cluster network %s: the claim of MAC %s changed meanwhile", name, k.rsplit("/", 1)[-1])
 
     def _load_taken(self, name: str) -> None:
         """What etcd holds of the network's addresses, into the book (the watch keeps it current
@@ -599,7 +703,7 @@ class ClusterService:
         try:
             if self._leased(
                 [Absent(r.addr_key(name, a)) for a in picks],
-                lambda lease: [op for a in picks for op in _claim_ops(name, self.host, a, value, lease)],
+                functools.partial(_claims_ops, name, self.host, [(a, value) for a in picks]),
             ):
                 for a in picks:
                     if self.watch.holder(name, a) in (None, self.host):
@@ -737,16 +841,19 @@ class ClusterService:
 
     def _put_names(self, name: str, containers: list[ContainerInfo]) -> None:
         prefix = r.name_prefix(name, self.host)
+        lease = self._session()
         have, _ = self.kv.range(prefix)
         want = {
             r.name_key(name, self.host, c.id): r.name_to_json(c).encode()
             for c in containers
             if r.split_key(r.name_key(name, self.host, c.id))
         }
-        deletes: list[Operation] = [Delete(k) for k in have if k not in want]
-        puts = {k: v for k, v in want.items() if have.get(k) != v}
+        deletes = [k for k in have if k not in want]
+        again = self._names_lease.get(name) != lease
+        puts = {k: v for k, v in want.items() if again or have.get(k) != v}
         if puts or deletes:
-            self._leased([], lambda lease: [Put(k, v, lease) for k, v in puts.items()] + deletes)
+            self._apply_leased(puts, deletes)
+        self._names_lease[name] = lease
 
     # --- background: session, resync, watch
     def run_session(self, stop: threading.Event) -> None:
@@ -801,8 +908,7 @@ class ClusterService:
                 self.kv.txn([], [Put(tunnel, self.tunnel.to_json().encode(), lease)])
             stale = [k for k in own if _network_of(k, self.host) not in mine and not (k == tunnel and self.tunnel)]
             stale += [k for k in index if k.rsplit("/", 1)[-1] == self.host and k.split("/")[-2] not in mine]
-            if stale:
-                self.kv.txn([], [Delete(k) for k in stale])
+            self._apply([Delete(k) for k in stale])
         self.resyncs += 1
 
     def _resync_network(self, n: LocalNetwork, lease: int, listings: dict[int, dict[str, int]]) -> None:
@@ -831,6 +937,8 @@ class ClusterService:
                 wanted.setdefault(k, "reserve")
             else:
                 self._reserve.drop(n.name, ra)
+        lost: list[tuple[int, str]] = []
+        kept: list[tuple[int, str, bytes]] = []  # still this host's, under an older lease
         for k, kind in wanted.items():
             address = int(k.rsplit("/", 1)[-1], 16)
             listed = listings.get(address, {})
@@ -839,16 +947,7 @@ class ClusterService:
             if others and (own is None or min(others) < own):
                 self._clash(n.name, address)  # another host listed it first (this host was cut off)
             elif k in held and self._mine(k, held[k]):
-                value = held[k]
-                if not self.kv.txn([ValueIs(k, value)], [Put(k, value, lease), Put(listing, b"{}", lease)]):
-                    # gone meanwhile (the old lease's keys expire while the resync runs) or
-                    # changed: a reserve's address is not handed out then, and the next resync
-                    # claims a container's again as a missing key
-                    if kind == "reserve":
-                        self._reserve.drop(n.name, address)
-                    else:
-                        log.warning("cluster network %s: address key %s changed while re-claimed", n.name, k)
-                    self._dirty.set()
+                kept.append((address, kind, held[k]))
             elif k in held and own is not None:
                 # its claim in addr/ was deleted and made anew by another host; this host listed
                 # the address first, so it holds it for every host all the same
@@ -860,10 +959,13 @@ class ClusterService:
                     _holder_in(k, held[k]),
                 )
                 self.kv.txn([], [Put(listing, b"{}", lease)])
-            elif k not in held and self.claim(n.name, address, kind):
-                pass
+            elif k not in held:
+                lost.append((address, kind))
             else:
                 self._clash(n.name, address)
+        self._claim_kept(n.name, kept, lease)
+        for address in self._claim_lost(n.name, lost):
+            self._clash(n.name, address)
         stale = [k for k, v in held.items() if k not in wanted and self._mine(k, v)]
         stale += [
             r.listing_key(n.name, self.host, a)
@@ -877,20 +979,11 @@ class ClusterService:
             r.mac_key(n.name, rec.mac): r.MacClaim(self.host, eid).to_json().encode() for eid, rec in n.endpoints
         }
         macs, _ = self.kv.range(r.mac_prefix(n.name))
-        for k, claim in want_macs.items():
-            if k not in macs or macs[k] == claim:
-                self.kv.txn([Absent(k)] if k not in macs else [ValueIs(k, claim)], [Put(k, claim, lease)])
-            else:
-                log.error(
-                    "cluster network %s: MAC %s of a container here is claimed by another endpoint too",
-                    n.name,
-                    k.rsplit("/", 1)[-1],
-                )
+        self._claim_macs(n.name, want_macs, macs, lease)
         stale += [k for k in self._my_macs(n.name, held=macs) if k not in want_macs]
         ops: list[Operation] = [Put(k, v, lease) for k, v in want_eps.items()]
         ops += [Delete(k) for k in stale]
-        if ops:
-            self.kv.txn([], ops)
+        self._apply(ops)
 
     def _clash(self, name: str, address: int) -> None:
         """Another host holds an address a container here has (this host was cut off past the

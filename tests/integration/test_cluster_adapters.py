@@ -23,6 +23,7 @@ from plugin.cluster.interfaces import (
     LeaseExpired,
     NoneUnder,
     Put,
+    TXN_OPS,
     ValueIs,
 )
 from plugin.kernel.vxlan import Vxlan
@@ -60,6 +61,14 @@ def test_transactions_leases_and_watch_behave_as_etcd_says(etcd):
     kv.txn([], [DeleteUnder("/w/")])
     assert wait_for(lambda: len(events) == 4, timeout=10), events
     assert [(e.key, e.value) for e in events] == [("/w/x", b"1"), ("/w/y", b"2"), ("/w/x", None), ("/w/y", None)]
+    # etcd takes TXN_OPS operations (and conditions) in a transaction, no more, and applies
+    # nothing of a longer one (the fake refuses it the same way)
+    assert kv.txn([], [Put(f"/n/{i}", b"1") for i in range(TXN_OPS)])
+    with pytest.raises(ClusterUnavailable, match="too many operations"):
+        kv.txn([], [Put(f"/o/{i}", b"1") for i in range(TXN_OPS + 1)])
+    with pytest.raises(ClusterUnavailable, match="too many operations"):
+        kv.txn([Absent(f"/o/{i}") for i in range(TXN_OPS + 1)], [Put("/o/x", b"1")])
+    assert kv.range("/o/")[0] == {} and len(kv.range("/n/")[0]) == TXN_OPS
     kv.revoke(lease)  # keys of a revoked (or expired) lease go
     assert kv.get("/t/a") is None and not kv.keepalive(lease)
     with pytest.raises(LeaseExpired):  # and a put under it is refused, whole

@@ -1268,3 +1268,64 @@ def test_the_peers_kept_as_keys_change_are_the_peers_computed_from_scratch():
 
     run()
     assert seen["counted"] > 100 and seen["shared"] > 0, seen
+
+
+def test_a_host_with_more_containers_than_one_etcd_transaction_holds_keeps_them_all_in_etcd(hosts, kv):
+    """etcd refuses a transaction of more than 128 operations (the fake as etcd does): a host
+    with 150 containers on one network wrote its names, and its keys after a lost lease, in one
+    transaction each, and etcd took none of them. A returning host also claimed its lost
+    addresses and MACs one transaction each (two round trips per container before its endpoints
+    reached the others); now they go in batches."""
+    a = hosts[0]
+    pool = create_cluster_net(a, nid(1))
+    ids = [f"{i:064x}" for i in range(1, 151)]
+    infos = []
+    for i, eid in enumerate(ids):
+        addr = a.ipam.request_address(pool, "", {})
+        a.endpoints.create(nid(1), eid, address=addr, address6="", mac=f"02:42:0a:cd:01:{i:02x}")
+        infos.append(ContainerInfo(eid, f"c{i}", (), addr.split("/")[0], ""))
+    a.cluster.publish_names("web", infos)
+    a.cluster.write_names()
+    assert len(kv.range(r.name_prefix("web", a.address))[0]) == 150, "the names never reached etcd"
+
+    kv.expire(a.cluster._lease)  # cut off past the grace: every key of the host is gone
+    assert kv.range(r.ep_prefix("web", a.address))[0] == {}
+    a.cluster._lease_gone(a.cluster._lease)
+    before = kv.txns
+    a.cluster.resync()
+    a.cluster.write_names()
+    assert len(kv.range(r.ep_prefix("web", a.address))[0]) == 150
+    assert len(kv.range(r.name_prefix("web", a.address))[0]) == 150
+    mine = [k for k, v in kv.range(r.addr_prefix("web"))[0].items() if r.parse_addr(k, v).host == a.address]
+    assert len(mine) == 150
+    assert len(a.cluster._my_macs("web")) == 150
+    assert a.views.cluster()["clashes"] == {}
+    assert kv.txns - before <= 20, f"the resync took {kv.txns - before} transactions for 150 containers"
+
+    old = a.cluster._lease  # a restarted plugin: a new lease, its keys still under the old one
+    a.cluster._lease = 0
+    before = kv.txns
+    a.cluster.resync()
+    a.cluster.write_names()
+    assert a.cluster._lease != old
+    left = sorted(k for k, (_, lease, _) in kv.data.items() if lease == old)
+    assert left == [], f"{len(left)} keys left under the old lease: {left[:3]}"
+    assert kv.txns - before <= 20, f"the resync took {kv.txns - before} transactions for 150 containers"
+
+
+def test_a_returning_host_claims_its_lost_addresses_together_and_clashes_only_on_the_one_taken(hosts, kv):
+    a, b, _ = hosts
+    pa, pb = create_cluster_net(a, nid(1)), create_cluster_net(b, nid(2))
+    held = [a.ipam.request_address(pa, "", {}) for _ in range(5)]
+    for i, addr in enumerate(held):
+        a.endpoints.create(nid(1), f"e{i}" * 32, address=addr, address6="", mac="")
+    kv.expire(a.cluster._lease)
+    taken = held[2].split("/")[0]
+    assert b.ipam.request_address(pb, taken, {}) == held[2]  # B takes one of them meanwhile
+    a.cluster._lease_gone(a.cluster._lease)
+    a.cluster.resync()
+    assert a.views.cluster()["clashes"] == {"web": [taken]}
+    for addr in held:
+        ip = addr.split("/")[0]
+        owner = r.parse_addr("k", kv.get(r.addr_key("web", int(ipaddress.ip_address(ip))))).host
+        assert owner == (b.address if ip == taken else a.address), ip
