@@ -6,7 +6,8 @@ real three-member etcd on loopback that this script starts and removes.
     scripts/simulate_cluster.py [--hosts 10 50 100] [--containers 50] [--grace 5]
 
 For each N it reports:
-- at rest: etcd requests and bytes per second (leases kept alive, watches idle);
+- at rest: etcd requests and bytes per second (leases kept alive, watches idle), once every
+  host's address reserve is full;
 - churn: every host starts its containers at once (RequestAddress + CreateEndpoint, as dockerd
   calls them): claim-to-programmed time on every other host (p50/p99), etcd requests and bytes
   per second meanwhile, CPU and memory per host;
@@ -171,6 +172,12 @@ class SimHost:
         self.pool = ""
         self.network_id = f"{n + 1:064x}"
 
+    def reserve_full(self) -> bool:
+        """Whether this host's address reserve holds its target (nothing waits on it)."""
+        reserve = self.cluster._reserve
+        ranges = reserve.ranges()
+        return bool(ranges) and all((q := reserve.quiet(key)) is not None and q[0] >= q[1] for key in ranges)
+
     def create_network(self) -> None:
         from plugin.domain.options import LOCAL_SPACE, IpamDataSpec
 
@@ -235,6 +242,9 @@ def simulate(base: Path, n_hosts: int, containers: int, grace: int) -> dict:
     for h in hosts:
         h.cluster.start()
     assert wait_until(lambda: all(h.cluster.watch.loaded for h in hosts), 60), "watches did not load"
+    # "at rest" starts once every host's reserve is full: its first fill (TARGET addresses
+    # claimed per host, each seen by every host) is start-up, not rest
+    filled = wait_until(lambda: all(h.reserve_full() for h in hosts), 60 + n_hosts)
     time.sleep(2)
     # at rest
     r0, b0, t0 = *etcd_counters(), time.monotonic()
@@ -305,6 +315,7 @@ def simulate(base: Path, n_hosts: int, containers: int, grace: int) -> dict:
         "churn": churn,
         "death": {"dropped": dropped, "drop_s": drop_s, "returned": returned, "back_s": back_s},
         "death_requests": dv1[0] - dv0[0],
+        "filled": filled,
     }
 
 
@@ -338,7 +349,8 @@ def main() -> int:
                 f"  {n:5d} {r['rest'][0]:10.1f} {r['rest'][1] / 1024:9.1f} | {c['seconds']:7.1f} {c['p50_ms']:8.1f} "
                 f"{c['p99_ms']:8.1f} {c['requests_per_s']:7.0f} {c['bytes_per_s'] / 1024:8.0f} "
                 f"{c['cpu_ms_per_host']:11.0f} {c['rss_mb_per_host']:7.2f} | {d['drop_s']:6.1f} {d['back_s']:6.1f} {c['flaps']:5d}"
-                + ("" if c["converged"] and d["dropped"] and d["returned"] else "  (did not converge)"),
+                + ("" if c["converged"] and d["dropped"] and d["returned"] else "  (did not converge)")
+                + ("" if r["filled"] else "  (reserves not full before the rest window)"),
                 flush=True,
             )
     finally:
