@@ -134,7 +134,7 @@ class UdpListener:
         if loop is None:  # listeners are made by the running server, inside its loop
             raise RuntimeError("the DNS server's event loop is not running")
         batch = DatagramBatch(self.sock, BATCH)
-        receive, data_of, source_of, reply, flush = batch.receive, batch.data, batch.source, batch.reply, batch.flush
+        receive, items, reply, flush = batch.receive, batch.items, batch.reply, batch.flush
         find = bytes.find
         while True:
             try:
@@ -145,11 +145,9 @@ class UdpListener:
                 continue
             if self._closed:  # shutdown() wakes the receive
                 return
-            for i in range(n):
-                source = source_of(i)
+            for i, (source, data) in enumerate(items() if n else ()):
                 if not (seen.get(source) or allows(source)):
                     continue  # not from this network: no answer at all
-                data = data_of(i)
                 try:
                     cache = server.caches.get(nid)
                     if cache is not None and not self.log_queries:

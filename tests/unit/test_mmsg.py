@@ -91,3 +91,31 @@ def test_a_batch_grows_while_batches_come_full_and_no_further():
     finally:
         server.close()
         client.close()
+
+
+def test_replies_longer_than_a_slot_and_replies_out_of_order_reach_their_senders():
+    """A reply is copied into a slot of the batch's own (size bytes); a longer one is sent from
+    where it is. Replies queued in another order than their queries go to their own senders."""
+    server, clients = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), []
+    try:
+        server.bind(("127.0.0.1", 0))
+        batch = DatagramBatch(server, most=4, size=64, start=4)
+        for k in range(3):
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            clients.append(c)
+            c.bind(("127.0.0.1", 0))
+            c.settimeout(5)
+            c.sendto(b"q%d" % k, server.getsockname())
+        got: list[tuple[str, bytes]] = []
+        while len(got) < 3:
+            batch.receive()
+            got += batch.items()
+            assert {d for _, d in got} <= {b"q0", b"q1", b"q2"}
+            for i, (source, data) in reversed(list(enumerate(batch.items()))):
+                assert source == "127.0.0.1"
+                batch.reply(i, data * 50 if data == b"q1" else b"r" + data)  # q1's: 100 bytes
+            batch.flush()
+        assert [c.recvfrom(200)[0] for c in clients] == [b"rq0", b"q1" * 50, b"rq2"]
+    finally:
+        for s in (server, *clients):
+            s.close()
