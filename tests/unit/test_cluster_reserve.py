@@ -306,3 +306,25 @@ def test_an_idle_reserve_is_not_recounted_until_something_moves(hosts, kv, monke
     b.ipam.request_address(pb, "", {})  # B's claim reaches A through the watch
     a.cluster._refill_due.set()
     wait_until(lambda: counts, what="A's loop counting again after B's claim")
+
+
+def test_the_addresses_that_came_free_are_kept_newest_first_at_a_constant_cost(monkeypatch):
+    """Item 8 at 100 simulated hosts: past 4,096 remembered addresses, every address that came
+    free sorted all of them to forget the oldest; a lease storm freeing thousands made each
+    host's watch quadratic. The oldest is forgotten now without a sort, and an address freed
+    again counts as freed now."""
+    from plugin.cluster import addresses
+    from plugin.cluster.addresses import AddressBook
+
+    sorts = []
+    monkeypatch.setattr(addresses, "sorted", lambda *a, **k: sorts.append(1) or sorted(*a, **k), raising=False)
+    book = AddressBook()
+    book.load("n", range(1, 5001))
+    for a in range(1, 5001):
+        book.freed("n", a)
+    assert list(book._freed["n"]) == list(range(905, 5001))  # the newest 4,096, oldest first
+    book.taken("n", 905)
+    book.freed("n", 905)  # freed again: now the newest
+    assert list(book._freed["n"])[-1] == 905 and len(book._freed["n"]) == 4096
+    assert next(iter(book._freed["n"])) == 906
+    assert sorts == [], "the remembered addresses were sorted"
