@@ -10,8 +10,8 @@ The buffers: `count` slots of `size` bytes, each with room for the sender's addr
 at first, doubled (up to `most`) while batches come full, so that the hundreds of listeners of
 a host with hundreds of networks hold kilobytes, not megabytes. 1,232 bytes a slot: the UDP
 size DNS agreed on (DNS flag day 2020); a longer query is cut there, as recvfrom(4096) cut it at
-4,096 before. A reply goes back to the address of the slot its query came in (nothing is copied
-or decoded for it); `peer()` decodes an address only for the queries that leave the hot path.
+4,096 before. A reply goes back to the address of the slot its query came in (the address is
+neither copied nor decoded for it); `peer()` decodes an address only for the queries that leave the hot path.
 Not thread-safe: one batch belongs to one listener thread.
 
 The headers are read and written through memoryviews and struct, not ctypes' field objects (a
