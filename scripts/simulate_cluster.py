@@ -3,7 +3,7 @@
 watch, allocation, resync, as build_services wires them) with fake kernel adapters, against a
 real three-member etcd on loopback that this script starts and removes.
 
-    scripts/simulate_cluster.py [--hosts 10 50 100] [--containers 50] [--grace 5]
+    scripts/simulate_cluster.py [--hosts 10 50 100] [--containers 50] [--grace 5] [--procs 4]
 
 For each N it reports:
 - at rest: etcd requests and bytes per second (leases kept alive, watches idle), once every
@@ -14,9 +14,10 @@ For each N it reports:
 - a host's death (its lease left to expire) and return: how long until every other host has
   dropped its containers, and has them again.
 
-All hosts share this process, and this machine's two cores: CPU per host is what the watch and
-allocation cost a host (the sum over hosts, divided); times at large N include waiting for the
-other simulated hosts' CPU, so they are upper bounds of what real hosts would see.
+The hosts are spread over --procs worker processes (4 by default; each its own GIL), all on this
+machine's two cores: CPU per host is what the watch and allocation cost a host (the sum over
+processes, divided by N); times at large N include waiting for the other simulated hosts' CPU,
+so they are upper bounds of what real hosts would see.
 Only loopback is used: etcd listens on 127.0.0.1, the hosts' "underlay addresses" are names.
 """
 
@@ -232,19 +233,169 @@ def wait_until(predicate, timeout: float) -> bool:
     return predicate()
 
 
-def simulate(base: Path, n_hosts: int, containers: int, grace: int) -> dict:
+class Worker:
+    """One process's share of the hosts (host i lives in process i % procs), driven by commands
+    from the main process over a pipe. Each process has its own GIL: at 100 hosts, one process's
+    keepalives came late enough under the churn that leases expired (the last notes' finding)."""
+
+    def __init__(self, base: Path, indices: list[int], grace: int):
+        import plugin.cluster.etcd  # noqa: F401  (the imports are the process's, not the hosts')
+        import tests.fakes  # noqa: F401
+
+        self.rss0 = rss_mb()
+        self.hosts = {i: SimHost(base, i, grace) for i in indices}
+        for h in self.hosts.values():
+            h.create_network()
+        for h in self.hosts.values():
+            h.cluster.start()
+
+    def loaded(self) -> bool:
+        return all(h.cluster.watch.loaded for h in self.hosts.values())
+
+    def full(self) -> bool:
+        return all(h.reserve_full() for h in self.hosts.values())
+
+    def usage(self) -> tuple[float, float]:
+        return cpu_seconds(), rss_mb() - self.rss0
+
+    def churn(self, containers: int) -> dict[str, tuple[int, float]]:
+        created: dict[str, tuple[int, float]] = {}
+        lock = threading.Lock()
+
+        def one_host(i: int) -> None:
+            for k in range(containers):
+                mac, when = self.hosts[i].start_container(k, i)
+                with lock:
+                    created[mac] = (i, when)
+
+        with ThreadPoolExecutor(max_workers=min(32, len(self.hosts))) as pool:
+            list(pool.map(one_host, self.hosts))
+        return created
+
+    def fewest_seen(self) -> int:
+        return min(len(h.seen) for h in self.hosts.values())
+
+    def seen(self) -> tuple[dict[int, dict[str, float]], int]:
+        return {i: dict(h.seen) for i, h in self.hosts.items()}, sum(h.flaps for h in self.hosts.values())
+
+    def clear_gone(self) -> None:
+        for h in self.hosts.values():
+            h.gone.clear()
+
+    def stop(self, i: int) -> None:
+        if i in self.hosts:
+            self.hosts[i].cluster.stop()
+
+    def start(self, i: int) -> None:
+        if i in self.hosts:
+            self.hosts[i].cluster.start()
+
+    def _others(self, victim: int) -> list[SimHost]:
+        return [h for i, h in self.hosts.items() if i != victim]
+
+    def all_gone(self, macs: set[str], victim: int) -> bool:
+        return all(macs <= set(h.gone) for h in self._others(victim))
+
+    def all_seen(self, macs: set[str], victim: int) -> bool:
+        return all(macs <= set(h.seen) for h in self._others(victim))
+
+    def last_gone(self, macs: set[str], victim: int) -> float:
+        return max((h.gone[m] for h in self._others(victim) for m in macs if m in h.gone), default=0.0)
+
+    def last_seen(self, macs: set[str], victim: int) -> float:
+        return max((h.seen[m] for h in self._others(victim) for m in macs if m in h.seen), default=0.0)
+
+    def forget(self, macs: set[str], victim: int) -> None:
+        for h in self._others(victim):
+            for m in macs:
+                h.seen.pop(m, None)
+                h.gone.pop(m, None)
+
+    def close(self) -> None:
+        with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:  # (each waits for its threads)
+            list(pool.map(lambda h: h.cluster.stop(), self.hosts.values()))
+        for h in self.hosts.values():
+            h.services.store.close()
+
+
+def serve(conn, base: Path, indices: list[int], grace: int) -> None:
+    """A worker process's loop: (method, args) in, ("ok", result) or ("error", text) out."""
+    import logging
+    import traceback
+
+    logging.basicConfig(level=logging.ERROR)
+    try:
+        worker = Worker(base, indices, grace)
+        conn.send(("ok", None))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        method, args = conn.recv()
+        try:
+            conn.send(("ok", getattr(worker, method)(*args)))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+        if method == "close":
+            return
+
+
+class Fleet:
+    """N simulated hosts spread over `procs` worker processes; a call goes to every worker at
+    once and returns their answers."""
+
+    def __init__(self, base: Path, n_hosts: int, grace: int, procs: int):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")  # nothing runs in this process yet but etcd's Popen
+        self.conns, self.procs = [], []
+        for w in range(min(procs, n_hosts)):
+            parent, child = ctx.Pipe()
+            indices = list(range(w, n_hosts, procs))
+            p = ctx.Process(target=serve, args=(child, base, indices, grace), daemon=True)
+            p.start()
+            self.conns.append(parent)
+            self.procs.append(p)
+        for c in self.conns:
+            self._answer(c)
+
+    @staticmethod
+    def _answer(conn):
+        status, value = conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"a simulation worker failed:\n{value}")
+        return value
+
+    def ask(self, method: str, *args) -> list:
+        for c in self.conns:
+            c.send((method, args))
+        return [self._answer(c) for c in self.conns]
+
+    def close(self) -> None:
+        try:
+            self.ask("close")
+        finally:
+            for p in self.procs:
+                p.join(30)
+                if p.is_alive():
+                    p.kill()
+
+
+def simulate(base: Path, n_hosts: int, containers: int, grace: int, procs: int) -> dict:
     wipe()
-    rss0 = rss_mb()
     (base / f"n{n_hosts}").mkdir()
-    hosts = [SimHost(base / f"n{n_hosts}", i, grace) for i in range(n_hosts)]
-    for h in hosts:
-        h.create_network()
-    for h in hosts:
-        h.cluster.start()
-    assert wait_until(lambda: all(h.cluster.watch.loaded for h in hosts), 60), "watches did not load"
+    fleet = Fleet(base / f"n{n_hosts}", n_hosts, grace, procs)
+    try:
+        return measure(fleet, n_hosts, containers, grace)
+    finally:
+        fleet.close()
+
+
+def measure(fleet: Fleet, n_hosts: int, containers: int, grace: int) -> dict:
+    assert wait_until(lambda: all(fleet.ask("loaded")), 60 + n_hosts), "watches did not load"
     # "at rest" starts once every host's reserve is full: its first fill (TARGET addresses
     # claimed per host, each seen by every host) is start-up, not rest
-    filled = wait_until(lambda: all(h.reserve_full() for h in hosts), 60 + n_hosts)
+    filled = wait_until(lambda: all(fleet.ask("full")), 60 + n_hosts)
     time.sleep(2)
     # at rest
     r0, b0, t0 = *etcd_counters(), time.monotonic()
@@ -252,29 +403,28 @@ def simulate(base: Path, n_hosts: int, containers: int, grace: int) -> dict:
     r1, b1, t1 = *etcd_counters(), time.monotonic()
     rest = ((r1 - r0) / (t1 - t0), (b1 - b0) / (t1 - t0))
     # churn: every host starts its containers, all hosts at once
+    usage0 = fleet.ask("usage")
+    c0, v0, s0 = *etcd_counters(), time.monotonic()
     created: dict[str, tuple[int, float]] = {}
-    cpu0, c0, v0, s0 = cpu_seconds(), *etcd_counters(), time.monotonic()
-    lock = threading.Lock()
-
-    def one_host(i: int) -> None:
-        for k in range(containers):
-            mac, when = hosts[i].start_container(k, i)
-            with lock:
-                created[mac] = (i, when)
-
-    with ThreadPoolExecutor(max_workers=min(32, n_hosts)) as pool:
-        list(pool.map(one_host, range(n_hosts)))
+    for part in fleet.ask("churn", containers):
+        created.update(part)
     everyone = n_hosts * containers
     converged = wait_until(
-        lambda: all(len(h.seen) >= everyone - containers for h in hosts), timeout=max(60, everyone / 50)
+        lambda: min(fleet.ask("fewest_seen")) >= everyone - containers, timeout=max(60, everyone / 50)
     )
     s1 = time.monotonic()
-    cpu1, c1, v1 = cpu_seconds(), *etcd_counters()
+    usage1 = fleet.ask("usage")
+    c1, v1 = etcd_counters()
+    seen: dict[int, dict[str, float]] = {}
+    flaps = 0
+    for part, f in fleet.ask("seen"):
+        seen.update(part)
+        flaps += f
     delays = [
-        h.seen[mac] - when
-        for j, h in enumerate(hosts)
+        seen_by[mac] - when
+        for j, seen_by in seen.items()
         for mac, (i, when) in created.items()
-        if i != j and mac in h.seen
+        if i != j and mac in seen_by
     ]
     churn = {
         "seconds": s1 - s0,
@@ -283,33 +433,26 @@ def simulate(base: Path, n_hosts: int, containers: int, grace: int) -> dict:
         "p99_ms": percentile(delays, 99) * 1000,
         "requests_per_s": (c1 - c0) / (s1 - s0),
         "bytes_per_s": (v1 - v0) / (s1 - s0),
-        "cpu_ms_per_host": (cpu1 - cpu0) * 1000 / n_hosts,
-        "rss_mb_per_host": (rss_mb() - rss0) / n_hosts,
-        "flaps": sum(h.flaps for h in hosts),  # a container dropped by a host, though alive
+        "cpu_ms_per_host": sum(b[0] - a[0] for a, b in zip(usage0, usage1)) * 1000 / n_hosts,
+        "rss_mb_per_host": sum(b[1] for b in usage1) / n_hosts,
+        "flaps": flaps,  # a container dropped by a host, though alive
     }
     # a host dies (its lease is left to expire), then comes back
-    victim = hosts[-1]
-    macs = {mac for mac, (i, _) in created.items() if i == n_hosts - 1}
-    others = hosts[:-1]
-    for h in hosts:
-        h.gone.clear()
+    victim = n_hosts - 1
+    macs = {mac for mac, (i, _) in created.items() if i == victim}
+    fleet.ask("clear_gone")
     died, dv0 = time.time(), etcd_counters()
-    victim.cluster.stop()  # (its lease is not revoked: it expires after the grace)
-    dropped = wait_until(lambda: all(macs <= set(h.gone) for h in others), timeout=grace * 4 + 30)
-    drop_s = max((h.gone[m] for h in others for m in macs if m in h.gone), default=float("nan")) - died
-    for h in others:
-        for m in macs:
-            h.seen.pop(m, None)
-            h.gone.pop(m, None)
+    fleet.ask("stop", victim)  # (its lease is not revoked: it expires after the grace)
+    dropped = wait_until(lambda: all(fleet.ask("all_gone", macs, victim)), timeout=grace * 4 + 30)
+    last = max(fleet.ask("last_gone", macs, victim))
+    drop_s = last - died if last else float("nan")
+    fleet.ask("forget", macs, victim)
     back = time.time()
-    victim.cluster.start()
-    returned = wait_until(lambda: all(macs <= set(h.seen) for h in others), timeout=60)
-    back_s = max((h.seen[m] for h in others for m in macs if m in h.seen), default=float("nan")) - back
+    fleet.ask("start", victim)
+    returned = wait_until(lambda: all(fleet.ask("all_seen", macs, victim)), timeout=60)
+    last = max(fleet.ask("last_seen", macs, victim))
+    back_s = last - back if last else float("nan")
     dv1 = etcd_counters()
-    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:  # (each waits for its threads)
-        list(pool.map(lambda h: h.cluster.stop(), hosts))
-    for h in hosts:
-        h.services.store.close()
     return {
         "rest": rest,
         "churn": churn,
@@ -324,6 +467,7 @@ def main() -> int:
     ap.add_argument("--hosts", type=int, nargs="+", default=[10, 50, 100])
     ap.add_argument("--containers", type=int, default=50, help="containers per host")
     ap.add_argument("--grace", type=int, default=5, help="PYBRIDGE_CLUSTER_GRACE of the hosts (s)")
+    ap.add_argument("--procs", type=int, default=4, help="processes the hosts are spread over (host i in i %% procs)")
     args = ap.parse_args()
     if not shutil.which("etcd"):
         raise SystemExit("simulate: etcd is not installed (apt-get install etcd-server etcd-client)")
@@ -336,14 +480,14 @@ def main() -> int:
         procs = start_etcd(base)
         print(
             f"cluster simulation: real etcd (3 members, loopback), {args.containers} containers per host, "
-            f"grace {args.grace} s; all hosts in one process on {os.cpu_count()} cores"
+            f"grace {args.grace} s; hosts spread over {args.procs} processes on {os.cpu_count()} cores"
         )
         print(
             f"  {'hosts':>5s} {'rest req/s':>10s} {'rest KB/s':>9s} | {'churn s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} "
             f"{'req/s':>7s} {'KB/s':>8s} {'CPU ms/host':>11s} {'MB/host':>7s} | {'drop s':>6s} {'back s':>6s} {'flaps':>5s}"
         )
         for n in args.hosts:
-            r = simulate(base, n, args.containers, args.grace)
+            r = simulate(base, n, args.containers, args.grace, args.procs)
             c, d = r["churn"], r["death"]
             print(
                 f"  {n:5d} {r['rest'][0]:10.1f} {r['rest'][1] / 1024:9.1f} | {c['seconds']:7.1f} {c['p50_ms']:8.1f} "
