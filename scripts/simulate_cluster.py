@@ -258,19 +258,31 @@ class Worker:
     def usage(self) -> tuple[float, float]:
         return cpu_seconds(), rss_mb() - self.rss0
 
-    def churn(self, containers: int) -> dict[str, tuple[int, float]]:
+    def churn(self, containers: int) -> tuple[dict[str, tuple[int, float]], int]:
+        """Every host here starts its containers; (MAC -> (host, when claimed), starts refused).
+        A start the cluster refuses (etcd did not answer in time) fails as dockerd's would, and
+        is counted, not retried."""
+        from plugin.cluster.interfaces import ClusterUnavailable
+
         created: dict[str, tuple[int, float]] = {}
+        refused = 0
         lock = threading.Lock()
 
         def one_host(i: int) -> None:
+            nonlocal refused
             for k in range(containers):
-                mac, when = self.hosts[i].start_container(k, i)
+                try:
+                    mac, when = self.hosts[i].start_container(k, i)
+                except ClusterUnavailable:
+                    with lock:
+                        refused += 1
+                    continue
                 with lock:
                     created[mac] = (i, when)
 
         with ThreadPoolExecutor(max_workers=min(32, len(self.hosts))) as pool:
             list(pool.map(one_host, self.hosts))
-        return created
+        return created, refused
 
     def fewest_seen(self) -> int:
         return min(len(h.seen) for h in self.hosts.values())
@@ -406,9 +418,11 @@ def measure(fleet: Fleet, n_hosts: int, containers: int, grace: int) -> dict:
     usage0 = fleet.ask("usage")
     c0, v0, s0 = *etcd_counters(), time.monotonic()
     created: dict[str, tuple[int, float]] = {}
-    for part in fleet.ask("churn", containers):
+    refused = 0
+    for part, r in fleet.ask("churn", containers):
         created.update(part)
-    everyone = n_hosts * containers
+        refused += r
+    everyone = len(created)
     converged = wait_until(
         lambda: min(fleet.ask("fewest_seen")) >= everyone - containers, timeout=max(60, everyone / 50)
     )
@@ -436,6 +450,7 @@ def measure(fleet: Fleet, n_hosts: int, containers: int, grace: int) -> dict:
         "cpu_ms_per_host": sum(b[0] - a[0] for a, b in zip(usage0, usage1)) * 1000 / n_hosts,
         "rss_mb_per_host": sum(b[1] for b in usage1) / n_hosts,
         "flaps": flaps,  # a container dropped by a host, though alive
+        "refused": refused,
     }
     # a host dies (its lease is left to expire), then comes back
     victim = n_hosts - 1
@@ -494,6 +509,7 @@ def main() -> int:
                 f"{c['p99_ms']:8.1f} {c['requests_per_s']:7.0f} {c['bytes_per_s'] / 1024:8.0f} "
                 f"{c['cpu_ms_per_host']:11.0f} {c['rss_mb_per_host']:7.2f} | {d['drop_s']:6.1f} {d['back_s']:6.1f} {c['flaps']:5d}"
                 + ("" if c["converged"] and d["dropped"] and d["returned"] else "  (did not converge)")
+                + (f"  ({c['refused']} starts refused: etcd did not answer)" if c["refused"] else "")
                 + ("" if r["filled"] else "  (reserves not full before the rest window)"),
                 flush=True,
             )
